@@ -1,0 +1,80 @@
+//! Command-line arguments (argh) and their validation into a [`Config`].
+
+use crate::codec::MAX_REMAINING_LENGTH;
+use crate::config::{Config, DEFAULT_MAX_PACKET_SIZE};
+use crate::runtime::RuntimeKind;
+use argh::FromArgs;
+use log::LevelFilter;
+use std::net::SocketAddr;
+
+/// midge: an MQTT 3.1.1 broker on async-std or smol.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// address to listen on (repeatable; default 127.0.0.1:1883)
+    #[argh(option)]
+    pub bind: Vec<SocketAddr>,
+    /// runtime: smol or async-std (default: smol when compiled in)
+    #[argh(option)]
+    pub runtime: Option<RuntimeKind>,
+    /// executor threads (default: number of cores)
+    #[argh(option)]
+    pub threads: Option<usize>,
+    /// largest packet accepted, in bytes (default 1048576)
+    #[argh(option)]
+    pub max_packet_size: Option<usize>,
+    /// log level: error, warn, info, debug or trace (default info)
+    #[argh(option)]
+    pub log_level: Option<LevelFilter>,
+    /// log at debug level (same as --log-level debug)
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+}
+
+/// What the binary runs: a broker configuration and how to run it.
+#[derive(Debug)]
+pub struct Settings {
+    /// The broker configuration.
+    pub config: Config,
+    /// The runtime chosen.
+    pub runtime: RuntimeKind,
+    /// Executor threads.
+    pub threads: usize,
+    /// Log level.
+    pub log_level: LevelFilter,
+}
+
+impl Args {
+    /// Validates the arguments; the error is a message for the user.
+    pub fn settings(self) -> Result<Settings, String> {
+        let mut config = Config::default();
+        if !self.bind.is_empty() {
+            config.bind = self.bind;
+        }
+        config.max_packet_size = match self.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
+            n if (2..=MAX_REMAINING_LENGTH + 5).contains(&n) => n,
+            n => {
+                return Err(format!(
+                    "--max-packet-size {n}: must be between 2 and {}",
+                    MAX_REMAINING_LENGTH + 5
+                ));
+            }
+        };
+        let threads = match self.threads {
+            Some(0) => return Err("--threads 0: need at least one thread".into()),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let log_level = match (self.log_level, self.verbose) {
+            (Some(level), _) => level,
+            (None, true) => LevelFilter::Debug,
+            (None, false) => LevelFilter::Info,
+        };
+        let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
+        Ok(Settings {
+            config,
+            runtime,
+            threads,
+            log_level,
+        })
+    }
+}

@@ -1,0 +1,377 @@
+//! The asynchronous-codec `Decoder`/`Encoder` for MQTT 3.1.1 over mqttrs.
+//!
+//! Framing is ours: the remaining length is parsed here and checked against
+//! the maximum packet size *before* any byte of the body is buffered, the
+//! frame is cut out exactly (mqttrs reads past the end of its input), shape
+//! checked by [`validate`](crate::validate), and only then decoded by mqttrs
+//! and turned into owned [`Packet`]s whose payloads share the frame's bytes.
+
+use crate::error::{Error, Violation};
+use crate::packet::{Connect, Packet, Protocol, Publish, QoS, SubackCode, Will};
+use crate::{topic, validate};
+use asynchronous_codec::{Decoder, Encoder};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// The largest remaining length MQTT can express (four length bytes).
+pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// Server-side MQTT codec: decodes client packets, encodes server packets.
+#[derive(Debug, Clone)]
+pub struct MqttCodec {
+    /// Largest whole packet accepted, fixed header included.
+    max_packet_size: usize,
+}
+
+impl MqttCodec {
+    /// A codec that refuses packets larger than `max_packet_size` bytes.
+    pub fn new(max_packet_size: usize) -> Self {
+        MqttCodec { max_packet_size }
+    }
+}
+
+impl Decoder for MqttCodec {
+    type Item = Packet;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, Error> {
+        let Some(&header) = src.first() else {
+            return Ok(None);
+        };
+        validate::check_header(header)?;
+        let Some((body_at, len)) = remaining_length(src)? else {
+            return Ok(None);
+        };
+        let total = body_at + len;
+        if total > self.max_packet_size {
+            return Err(Violation::PacketTooLarge.into());
+        }
+        if src.len() < total {
+            return Ok(None);
+        }
+        let frame = src.split_to(total).freeze();
+        validate::check_body(header, &frame[body_at..])?;
+        Ok(Some(decode_frame(&frame)?))
+    }
+}
+
+/// Parses the remaining length: `Some((header_len, remaining_len))`, or `None`
+/// while its bytes are still arriving.
+fn remaining_length(src: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
+    let mut len = 0usize;
+    for i in 1..=4 {
+        let Some(&byte) = src.get(i) else {
+            return Ok(None);
+        };
+        len |= usize::from(byte & 0x7f) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Ok(Some((i + 1, len)));
+        }
+    }
+    Err(Violation::RemainingLength)
+}
+
+/// Decodes one exact, shape-checked frame with mqttrs. `catch_unwind` is a
+/// backstop only: [`validate`] already rules out the inputs known to panic.
+fn decode_frame(frame: &Bytes) -> Result<Packet, Violation> {
+    let decoded = catch_unwind(AssertUnwindSafe(|| mqttrs::decode_slice(frame)));
+    match decoded {
+        Ok(Ok(Some(packet))) => owned(frame, packet),
+        Ok(Err(e)) => Err(from_mqttrs(e)),
+        Ok(Ok(None)) | Err(_) => Err(Violation::Malformed),
+    }
+}
+
+fn from_mqttrs(e: mqttrs::Error) -> Violation {
+    match e {
+        mqttrs::Error::InvalidString(_) => Violation::InvalidUtf8,
+        mqttrs::Error::InvalidPid => Violation::PacketIdZero,
+        mqttrs::Error::InvalidProtocol(..) => Violation::ProtocolLevel,
+        _ => Violation::Malformed,
+    }
+}
+
+fn owned(frame: &Bytes, packet: mqttrs::Packet<'_>) -> Result<Packet, Violation> {
+    use mqttrs::Packet as P;
+    Ok(match packet {
+        P::Connect(c) => Packet::Connect(connect(c)?),
+        P::Publish(p) => Packet::Publish(publish(frame, p)?),
+        P::Puback(pid) => Packet::Puback(pid.get()),
+        P::Pubrec(pid) => Packet::Pubrec(pid.get()),
+        P::Pubrel(pid) => Packet::Pubrel(pid.get()),
+        P::Pubcomp(pid) => Packet::Pubcomp(pid.get()),
+        P::Subscribe(s) => {
+            let filters = s.topics.into_iter().map(|t| (t.topic_path, qos(t.qos)));
+            let filters: Vec<_> = filters.collect();
+            for (filter, _) in &filters {
+                topic::validate_filter(filter)?;
+            }
+            Packet::Subscribe(s.pid.get(), filters)
+        }
+        P::Unsubscribe(u) => {
+            for filter in &u.topics {
+                topic::validate_filter(filter)?;
+            }
+            Packet::Unsubscribe(u.pid.get(), u.topics)
+        }
+        P::Pingreq => Packet::Pingreq,
+        P::Disconnect => Packet::Disconnect,
+        P::Connack(_) | P::Suback(_) | P::Unsuback(_) | P::Pingresp => {
+            return Err(Violation::ServerOnlyPacket);
+        }
+    })
+}
+
+fn qos(q: mqttrs::QoS) -> QoS {
+    match q {
+        mqttrs::QoS::AtMostOnce => QoS::AtMostOnce,
+        mqttrs::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        mqttrs::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// Converts CONNECT; the will and password are copied because they live as
+/// long as the connection, and a slice would pin the whole frame.
+fn connect(c: mqttrs::Connect<'_>) -> Result<Connect, Violation> {
+    topic::validate_string(c.client_id)?;
+    if let Some(username) = c.username {
+        topic::validate_string(username)?;
+    }
+    let will = match c.last_will {
+        Some(w) => {
+            topic::validate_name(w.topic)?;
+            Some(Will {
+                topic: w.topic.into(),
+                payload: Bytes::copy_from_slice(w.message),
+                qos: qos(w.qos),
+                retain: w.retain,
+            })
+        }
+        None => None,
+    };
+    Ok(Connect {
+        protocol: match c.protocol {
+            mqttrs::Protocol::MQTT311 => Protocol::V311,
+            mqttrs::Protocol::MQIsdp => Protocol::V31,
+        },
+        keep_alive: c.keep_alive,
+        client_id: c.client_id.to_owned(),
+        clean_session: c.clean_session,
+        will,
+        username: c.username.map(str::to_owned),
+        password: c.password.map(Bytes::copy_from_slice),
+    })
+}
+
+/// Converts PUBLISH; the payload shares the frame's allocation.
+fn publish(frame: &Bytes, p: mqttrs::Publish<'_>) -> Result<Publish, Violation> {
+    topic::validate_name(p.topic_name)?;
+    Ok(Publish {
+        dup: p.dup,
+        qos: qos(p.qospid.qos()),
+        pid: p.qospid.pid().map(|pid| pid.get()),
+        retain: p.retain,
+        topic: p.topic_name.into(),
+        payload: frame.slice_ref(p.payload),
+    })
+}
+
+impl Encoder for MqttCodec {
+    type Item<'a> = &'a Packet;
+    type Error = Error;
+
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+        match packet {
+            Packet::Publish(p) => encode_publish(p, dst),
+            Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
+            Packet::Connack {
+                session_present,
+                code,
+            } => encode_fixed(
+                dst,
+                0x20,
+                u16::from(*session_present) << 8 | *code as u16,
+                [],
+            ),
+            Packet::Puback(pid) => encode_fixed(dst, 0x40, *pid, []),
+            Packet::Pubrec(pid) => encode_fixed(dst, 0x50, *pid, []),
+            Packet::Pubrel(pid) => encode_fixed(dst, 0x62, *pid, []),
+            Packet::Pubcomp(pid) => encode_fixed(dst, 0x70, *pid, []),
+            Packet::Unsuback(pid) => encode_fixed(dst, 0xb0, *pid, []),
+            Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
+            other => return Err(Error::Io(not_a_server_packet(other))),
+        }
+        Ok(())
+    }
+}
+
+fn not_a_server_packet(p: &Packet) -> std::io::Error {
+    let msg = format!("{} is not sent by a server", p.name());
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
+}
+
+fn suback(code: &SubackCode) -> u8 {
+    match code {
+        SubackCode::Granted(q) => *q as u8,
+        SubackCode::Failure => 0x80,
+    }
+}
+
+/// Encodes a fixed header, a two-byte field and trailing single bytes.
+fn encode_fixed(
+    dst: &mut BytesMut,
+    header: u8,
+    word: u16,
+    rest: impl IntoIterator<Item = u8, IntoIter: ExactSizeIterator>,
+) {
+    dst.put_u8(header);
+    let rest = rest.into_iter();
+    put_remaining_length(dst, 2 + rest.len());
+    dst.put_u16(word);
+    rest.for_each(|b| dst.put_u8(b));
+}
+
+/// The wire size of a PUBLISH's variable header and payload.
+pub fn publish_remaining_length(p: &Publish) -> usize {
+    2 + p.topic.len() + if p.pid.is_some() { 2 } else { 0 } + p.payload.len()
+}
+
+/// Encodes PUBLISH by hand: header and topic, then one copy of the payload
+/// (mqttrs copies it byte by byte).
+fn encode_publish(p: &Publish, dst: &mut BytesMut) {
+    let len = publish_remaining_length(p);
+    dst.reserve(5 + len);
+    let header = 0x30 | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain);
+    dst.put_u8(header);
+    put_remaining_length(dst, len);
+    dst.put_u16(p.topic.len() as u16);
+    dst.put_slice(p.topic.as_bytes());
+    if let Some(pid) = p.pid {
+        dst.put_u16(pid);
+    }
+    dst.put_slice(&p.payload);
+}
+
+fn put_remaining_length(dst: &mut BytesMut, mut len: usize) {
+    debug_assert!(len <= MAX_REMAINING_LENGTH);
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        if len == 0 {
+            dst.put_u8(byte);
+            return;
+        }
+        dst.put_u8(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::ConnectCode;
+
+    fn decode(bytes: &[u8]) -> Result<Option<Packet>, Error> {
+        MqttCodec::new(1 << 20).decode(&mut BytesMut::from(bytes))
+    }
+
+    fn violation(bytes: &[u8]) -> Violation {
+        match decode(bytes) {
+            Err(Error::Violation(v)) => v,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn declared_length_over_the_limit_is_refused_before_buffering() {
+        let mut codec = MqttCodec::new(1024);
+        let mut src = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0x7f][..]);
+        assert!(matches!(
+            codec.decode(&mut src),
+            Err(Error::Violation(Violation::PacketTooLarge))
+        ));
+        assert_eq!(
+            violation(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Violation::RemainingLength
+        );
+    }
+
+    #[test]
+    fn partial_frames_wait_and_keep_their_bytes() {
+        let mut codec = MqttCodec::new(1024);
+        let mut src = BytesMut::from(&[0x30, 0x05, 0x00, 0x01][..]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert_eq!(src.len(), 4);
+        src.extend_from_slice(&[b'a', b'h', b'i', 0xc0, 0x00]);
+        let Some(Packet::Publish(p)) = codec.decode(&mut src).unwrap() else {
+            panic!()
+        };
+        assert_eq!((&*p.topic, &p.payload[..]), ("a", &b"hi"[..]));
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pingreq));
+    }
+
+    #[test]
+    fn the_read_past_the_frame_case_is_malformed() {
+        // mqttrs alone decodes `40 00 C0 00` as PUBACK 49152.
+        assert_eq!(violation(&[0x40, 0x00, 0xc0, 0x00]), Violation::Malformed);
+    }
+
+    #[test]
+    fn topic_rules() {
+        assert_eq!(
+            violation(&[0x30, 0x03, 0x00, 0x01, b'#']),
+            Violation::WildcardInTopicName
+        );
+        assert_eq!(violation(&[0x30, 0x02, 0x00, 0x00]), Violation::EmptyTopic);
+        assert_eq!(
+            violation(&[0x30, 0x03, 0x00, 0x01, 0x00]),
+            Violation::NullCharacter
+        );
+        assert_eq!(
+            violation(&[0x30, 0x03, 0x00, 0x01, 0xff]),
+            Violation::InvalidUtf8
+        );
+        let sub = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'+', 0x00];
+        assert!(decode(&sub).unwrap().is_some());
+        let bad = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'#', b'b', 0x00];
+        assert_eq!(violation(&bad), Violation::MultiLevelWildcard);
+    }
+
+    #[test]
+    fn connect_with_unsupported_level_asks_for_connack_1() {
+        let connect = [
+            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, b'c',
+        ];
+        assert_eq!(violation(&connect), Violation::ProtocolLevel);
+    }
+
+    #[test]
+    fn encodes_server_packets() {
+        let mut dst = BytesMut::new();
+        let mut codec = MqttCodec::new(1024);
+        let connack = Packet::Connack {
+            session_present: true,
+            code: ConnectCode::Accepted,
+        };
+        codec.encode(&connack, &mut dst).unwrap();
+        let suback = Packet::Suback(
+            7,
+            vec![SubackCode::Granted(QoS::AtLeastOnce), SubackCode::Failure],
+        );
+        codec.encode(&suback, &mut dst).unwrap();
+        let publish = Publish {
+            dup: true,
+            qos: QoS::AtLeastOnce,
+            pid: Some(9),
+            retain: false,
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"x"),
+        };
+        codec.encode(&Packet::Publish(publish), &mut dst).unwrap();
+        let expected: &[u8] = &[
+            0x20, 2, 1, 0, //
+            0x90, 4, 0, 7, 1, 0x80, //
+            0x3a, 8, 0, 3, b'a', b'/', b'b', 0, 9, b'x',
+        ];
+        assert_eq!(&dst[..], expected);
+    }
+}

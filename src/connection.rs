@@ -1,0 +1,272 @@
+//! One task per socket: CONNECT under a timeout, then a loop over the next
+//! packet, queued deliveries, takeover, shutdown and the keepalive deadline;
+//! the will on the way out.
+//!
+//! Generic over `futures::io`, so TCP, TLS or an in-memory pipe all work.
+
+use crate::broker::Broker;
+use crate::codec::MqttCodec;
+use crate::error::{Error, Violation};
+use crate::handle::{self, Client, Flow};
+use crate::packet::Packet;
+use crate::runtime::Runtime;
+use crate::session::Message;
+use async_channel::Receiver;
+use asynchronous_codec::Framed;
+use futures::future::{Either, Fuse, FutureExt, select};
+use futures::io::{AsyncRead, AsyncWrite};
+use futures::{SinkExt, StreamExt, pin_mut};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+type Transport<S> = Framed<S, MqttCodec>;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The peer closed the socket.
+    PeerClosed,
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The client broke a protocol rule.
+    Violation(Violation),
+    /// A newer connection took over the client id (MQTT-3.1.4-2).
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Close {
+    /// The will is published on every close not preceded by DISCONNECT
+    /// (MQTT-3.1.2-8/-10); a broker shutdown is not the client's failure.
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Close::Disconnect | Close::Shutdown)
+    }
+}
+
+impl fmt::Display for Close {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Close::Disconnect => f.write_str("client sent DISCONNECT"),
+            Close::PeerClosed => f.write_str("connection closed by peer"),
+            Close::Io(e) => write!(f, "i/o error: {e}"),
+            Close::Violation(v) => write!(f, "protocol violation: {v}"),
+            Close::TakenOver => {
+                f.write_str("taken over by a new connection with the same client id")
+            }
+            Close::Shutdown => f.write_str("broker shutting down"),
+        }
+    }
+}
+
+impl From<Error> for Close {
+    fn from(e: Error) -> Close {
+        match e {
+            Error::Violation(v) => Close::Violation(v),
+            Error::Io(e) => Close::Io(e),
+        }
+    }
+}
+
+/// Serves one client connection until it ends.
+pub async fn run<R, S>(rt: R, broker: Broker, stream: S, peer: SocketAddr, shutdown: Receiver<()>)
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut framed = Framed::new(stream, MqttCodec::new(broker.config().max_packet_size));
+    let mut out = Vec::new();
+    let (kick, kicked) = async_channel::bounded(1);
+    let conn = broker.next_connection_id();
+    let Some(mut client) = accept(&rt, &broker, &mut framed, peer, conn, kick, &mut out).await
+    else {
+        let _ = framed.close().await;
+        return;
+    };
+    broker.stats().connected();
+    let reason = serve(
+        &rt,
+        &broker,
+        &client,
+        &mut framed,
+        &mut out,
+        kicked,
+        shutdown,
+    )
+    .await;
+    match &reason {
+        Close::Violation(_) => log::warn!("client {} ({peer}) disconnected: {reason}", client.id),
+        _ => log::info!("client {} ({peer}) disconnected: {reason}", client.id),
+    }
+    if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
+        let message = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: false,
+        };
+        broker.publish(message, will.retain);
+    }
+    broker.detach(&client.id, conn);
+    broker.stats().disconnected();
+    let _ = framed.close().await;
+}
+
+/// Waits for CONNECT (MQTT-3.1.0-1) within the connect timeout and answers it.
+async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    broker: &Broker,
+    framed: &mut Transport<S>,
+    peer: SocketAddr,
+    conn: u64,
+    kick: async_channel::Sender<()>,
+    out: &mut Vec<Packet>,
+) -> Option<Client> {
+    let timeout = broker.config().connect_timeout;
+    let first = {
+        let next = framed.next();
+        let deadline = rt.sleep(timeout);
+        pin_mut!(deadline);
+        match select(next, deadline).await {
+            Either::Left((packet, _)) => packet,
+            Either::Right(_) => {
+                log::info!("{peer}: no CONNECT within {timeout:?}, closing");
+                return None;
+            }
+        }
+    };
+    let result = match first {
+        Some(Ok(Packet::Connect(connect))) => {
+            let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
+            handle::connect(broker, connect, conn, kick, out)
+                .inspect(|c| log::info!("client {} connected from {peer} (clean session {clean}, keepalive {keep_alive}s)", c.id))
+        }
+        Some(Ok(_)) => Err(Violation::FirstPacketNotConnect),
+        Some(Err(Error::Violation(v))) => Err(v),
+        Some(Err(Error::Io(e))) => {
+            log::debug!("{peer}: i/o error before CONNECT: {e}");
+            return None;
+        }
+        None => {
+            log::debug!("{peer}: closed before CONNECT");
+            return None;
+        }
+    };
+    match result {
+        Ok(client) => match write(framed, out).await {
+            Ok(()) => Some(client),
+            Err(e) => {
+                log::info!("client {} ({peer}): {}", client.id, Close::from(e));
+                broker.detach(&client.id, conn);
+                None
+            }
+        },
+        Err(v) => {
+            log::warn!("{peer}: CONNECT refused: {v}");
+            if let Some(code) = v.connack() {
+                out.push(Packet::Connack {
+                    session_present: false,
+                    code,
+                });
+                let _ = write(framed, out).await;
+            }
+            None
+        }
+    }
+}
+
+enum Event {
+    Packet(Option<Result<Packet, Error>>),
+    Queued,
+    Kicked,
+    Shutdown,
+    Keepalive,
+}
+
+/// The connection loop after CONNACK.
+async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    broker: &Broker,
+    client: &Client,
+    framed: &mut Transport<S>,
+    out: &mut Vec<Packet>,
+    kicked: Receiver<()>,
+    shutdown: Receiver<()>,
+) -> Close {
+    let bell = client.session.bell();
+    // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
+    let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
+    let mut last_packet = Instant::now();
+    // One timer per connection, re-armed only when it fires early.
+    let mut timer = match client.keep_alive {
+        0 => Fuse::terminated(),
+        _ => Box::pin(rt.sleep(keepalive)).fuse(),
+    };
+    loop {
+        let event = {
+            let next = framed.next().fuse();
+            let queued = bell.recv().fuse();
+            let kicked = kicked.recv().fuse();
+            let stop = shutdown.recv().fuse();
+            pin_mut!(next, queued, kicked, stop);
+            futures::select! {
+                packet = next => Event::Packet(packet),
+                _ = queued => Event::Queued,
+                _ = kicked => Event::Kicked,
+                _ = stop => Event::Shutdown,
+                () = timer => Event::Keepalive,
+            }
+        };
+        match event {
+            Event::Packet(Some(Ok(packet))) => {
+                last_packet = Instant::now();
+                match handle::packet(client, broker, packet, out) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Disconnect) => return Close::Disconnect,
+                    Ok(Flow::TakenOver) => return Close::TakenOver,
+                    Err(v) => return Close::Violation(v),
+                }
+            }
+            Event::Packet(Some(Err(e))) => return e.into(),
+            Event::Packet(None) => return Close::PeerClosed,
+            Event::Queued => {}
+            Event::Kicked => return Close::TakenOver,
+            Event::Shutdown => return Close::Shutdown,
+            Event::Keepalive => {
+                let idle = last_packet.elapsed();
+                if idle >= keepalive {
+                    return Close::Violation(Violation::KeepaliveTimeout);
+                }
+                timer = Box::pin(rt.sleep(keepalive - idle)).fuse();
+            }
+        }
+        if handle::drain(client, out) == Flow::TakenOver {
+            return Close::TakenOver;
+        }
+        let sent = out
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count();
+        if let Err(e) = write(framed, out).await {
+            return e.into();
+        }
+        broker.stats().sent(sent as u64);
+    }
+}
+
+/// Writes every packet in `out` and flushes once: one syscall for a batch.
+async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Transport<S>,
+    out: &mut Vec<Packet>,
+) -> Result<(), Error> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    for packet in out.drain(..) {
+        framed.feed(&packet).await?;
+    }
+    framed.flush().await
+}

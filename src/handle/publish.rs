@@ -1,0 +1,49 @@
+//! Inbound PUBLISH at QoS 0, 1 and 2.
+
+use super::{Client, Flow};
+use crate::broker::Broker;
+use crate::packet::{Packet, Publish, QoS};
+use crate::session::Message;
+
+/// Routes an inbound PUBLISH and queues its acknowledgement: PUBACK for
+/// QoS 1 (MQTT-4.3.2-2), PUBREC for QoS 2 (MQTT-4.3.3-2), where a QoS 2
+/// message re-sent before PUBREL is acknowledged but not routed again.
+pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Flow {
+    let message = Message {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+    };
+    match (p.qos, p.pid) {
+        (QoS::AtLeastOnce, Some(pid)) => {
+            route(client, broker, message, p.retain);
+            out.push(Packet::Puback(pid));
+        }
+        (QoS::ExactlyOnce, Some(pid)) => {
+            let Some(new) = client.with_session(|s| s.receive_qos2(pid)) else {
+                return Flow::TakenOver;
+            };
+            if new {
+                route(client, broker, message, p.retain);
+            }
+            out.push(Packet::Pubrec(pid));
+        }
+        _ => route(client, broker, message, p.retain),
+    }
+    Flow::Continue
+}
+
+/// Hands the message to the broker, except on `$SYS` topics, which only the
+/// broker publishes.
+fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
+    if message.topic.starts_with("$SYS") {
+        log::info!(
+            "client {} published to {}: ignored, $SYS topics are the broker's",
+            client.id,
+            message.topic
+        );
+        return;
+    }
+    broker.publish(message, retain);
+}

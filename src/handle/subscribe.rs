@@ -1,0 +1,34 @@
+//! SUBSCRIBE and UNSUBSCRIBE.
+
+use super::{Client, Flow};
+use crate::broker::Broker;
+use crate::packet::{Packet, Pid, QoS};
+
+/// Adds the subscriptions and answers SUBACK with one code per filter, in
+/// order (MQTT-3.8.4-1/-5); retained messages follow through the session queue.
+pub fn subscribe(
+    client: &Client,
+    broker: &Broker,
+    pid: Pid,
+    filters: &[(String, QoS)],
+    out: &mut Vec<Packet>,
+) -> Flow {
+    let codes = broker.subscribe(&client.id, &client.session, filters);
+    log::debug!("client {} subscribed to {:?}", client.id, filters);
+    out.push(Packet::Suback(pid, codes));
+    Flow::Continue
+}
+
+/// Removes the subscriptions and answers UNSUBACK, even for filters that were
+/// not subscribed (MQTT-3.10.4-4/-5).
+pub fn unsubscribe(
+    client: &Client,
+    broker: &Broker,
+    pid: Pid,
+    filters: &[String],
+    out: &mut Vec<Packet>,
+) -> Flow {
+    broker.unsubscribe(&client.id, &client.session, filters);
+    out.push(Packet::Unsuback(pid));
+    Flow::Continue
+}
