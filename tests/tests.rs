@@ -1,1 +1,19 @@
+//! midge's integration tests: one binary; every test runs once per compiled
+//! runtime (`runtime_test!`), against a broker on 127.0.0.1 port 0. Names and
+//! doc comments carry the MQTT 3.1.1 statement each test checks.
 
+#[macro_use]
+mod support;
+
+/// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
+mod connect;
+/// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
+mod publish;
+/// SUBSCRIBE, UNSUBSCRIBE, wildcards and `$` topics.
+mod subscribe;
+/// Malformed and hostile input: the offender is closed, others carry on.
+mod bad_input;
+/// Persistent sessions, wills and retained messages.
+mod session;
+/// Independent clients: mosquitto_pub / mosquitto_sub.
+mod interop;

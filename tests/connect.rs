@@ -1,0 +1,180 @@
+use crate::support::TestBroker;
+use crate::support::packets::{self, Connect, CONNACK_ACCEPTED, DISCONNECT, PINGREQ};
+use std::time::{Duration, Instant};
+
+runtime_test!(
+    /// A valid MQTT 3.1.1 CONNECT is answered by CONNACK 0 (MQTT-3.2.0-1), and
+    /// PINGREQ by PINGRESP (MQTT-3.12.4-1).
+    mqtt_3_2_0_1_connack_then_pingresp,
+    |b: &TestBroker| {
+        let mut c = b.client("c1");
+        c.ping();
+        c.send(&DISCONNECT);
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.0-1: a first packet other than CONNECT closes the connection.
+    mqtt_3_1_0_1_first_packet_must_be_connect,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&PINGREQ);
+        raw.expect_closed();
+        b.client("still-works").ping();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.0-2: a second CONNECT is a protocol violation and closes.
+    mqtt_3_1_0_2_second_connect_closes,
+    |b: &TestBroker| {
+        let mut c = b.client("twice");
+        c.send(&packets::connect("twice", true, 60));
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-2: an unsupported protocol level (5 here) gets CONNACK 1, then close.
+    mqtt_3_1_2_2_unsupported_level_gets_connack_1,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&Connect { level: 5, client_id: "v5", ..Connect::default() }.bytes());
+        raw.expect(&[0x20, 0x02, 0x00, 0x01]);
+        raw.expect_closed();
+        let mut raw = b.raw();
+        raw.send(&Connect { level: 3, client_id: "v3", ..Connect::default() }.bytes());
+        raw.expect(&[0x20, 0x02, 0x00, 0x01]);
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-1: a protocol name other than MQTT / MQIsdp closes without CONNACK.
+    mqtt_3_1_2_1_unknown_protocol_name_closes,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&Connect { protocol: "MQTX", client_id: "x", ..Connect::default() }.bytes());
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT 3.1 (`MQIsdp`, level 3) is accepted; its 23-character client-id
+    /// limit is enforced with CONNACK 2.
+    mqtt_3_1_protocol_is_accepted_with_its_client_id_limit,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&Connect { protocol: "MQIsdp", level: 3, client_id: "old-client", ..Connect::default() }.bytes());
+        raw.expect(&CONNACK_ACCEPTED);
+        raw.ping();
+        let long = "a".repeat(24);
+        let mut raw = b.raw();
+        raw.send(&Connect { protocol: "MQIsdp", level: 3, client_id: &long, ..Connect::default() }.bytes());
+        raw.expect(&[0x20, 0x02, 0x00, 0x02]);
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-3: the reserved CONNECT flag must be 0, else close.
+    mqtt_3_1_2_3_reserved_connect_flag_closes,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&Connect { client_id: "r", extra_flags: 0x01, ..Connect::default() }.bytes());
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-22: a password without a user name is a violation.
+    mqtt_3_1_2_22_password_without_username_closes,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&Connect { client_id: "p", password: Some(b"pw"), ..Connect::default() }.bytes());
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-11/-13/-15: will QoS or will retain set without the will flag.
+    mqtt_3_1_2_11_will_flags_without_will_close,
+    |b: &TestBroker| {
+        for extra_flags in [0x08, 0x20] {
+            let mut raw = b.raw();
+            raw.send(&Connect { client_id: "w", extra_flags, ..Connect::default() }.bytes());
+            raw.expect_closed();
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.3-8: an empty client id with clean session 0 gets CONNACK 2, then close.
+    mqtt_3_1_3_8_empty_client_id_with_persistent_session_is_rejected,
+    |b: &TestBroker| {
+        let mut raw = b.raw();
+        raw.send(&packets::connect("", false, 60));
+        raw.expect(&[0x20, 0x02, 0x00, 0x02]);
+        raw.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.3-6: an empty client id with clean session 1 is accepted and
+    /// gets a unique id: two such clients can both subscribe and receive.
+    mqtt_3_1_3_6_empty_client_id_with_clean_session_is_assigned_one,
+    |b: &TestBroker| {
+        let mut first = b.client("");
+        let mut second = b.client("");
+        first.subscribe(1, &[("anon", 0)]);
+        second.subscribe(1, &[("anon", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("anon", b"x"));
+        assert_eq!(first.recv().publish().2, b"x");
+        assert_eq!(second.recv().publish().2, b"x");
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.4-2: a CONNECT with a client id already connected disconnects
+    /// the existing client; the new one works.
+    mqtt_3_1_4_2_takeover_disconnects_the_existing_client,
+    |b: &TestBroker| {
+        let mut old = b.client("same");
+        let mut new = b.client("same");
+        old.expect_closed();
+        new.ping();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-24: no packet within 1.5 × keepalive closes the connection,
+    /// and not before the keepalive has passed; a client within its own
+    /// keepalive (2 s) is unaffected.
+    mqtt_3_1_2_24_keepalive_expiry_closes,
+    |b: &TestBroker| {
+        let mut idle = b.raw();
+        idle.send(&packets::connect("idle", true, 1));
+        idle.expect(&CONNACK_ACCEPTED);
+        let start = Instant::now();
+        let mut alive = b.raw();
+        alive.send(&packets::connect("alive", true, 2));
+        alive.expect(&CONNACK_ACCEPTED);
+        idle.expect_closed();
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(1000), "closed after {waited:?}");
+        alive.ping();
+    }
+);
+
+runtime_test!(
+    /// A socket that never sends CONNECT is closed after the connect timeout.
+    connect_timeout_closes_silent_sockets,
+    |c: &mut midge::Config| c.connect_timeout = Duration::from_millis(300),
+    |b: &TestBroker| {
+        let mut silent = b.raw();
+        silent.expect_closed();
+        b.client("after").ping();
+    }
+);
