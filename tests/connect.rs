@@ -1,5 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::packets::{self, Connect, CONNACK_ACCEPTED, DISCONNECT, PINGREQ};
+use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, DISCONNECT, PINGREQ};
 use std::time::{Duration, Instant};
 
 runtime_test!(

@@ -1,0 +1,144 @@
+use crate::support::TestBroker;
+use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+
+runtime_test!(
+    /// QoS 0 from publisher to subscriber, payload and topic intact.
+    qos0_round_trip,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("a/b", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("a/b", b"hello"));
+        let got = sub.recv();
+        assert_eq!(got.publish(), ("a/b".into(), None, b"hello".to_vec()));
+        assert_eq!(got.qos(), 0);
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.3.2-2: a QoS 1 PUBLISH is acknowledged with PUBACK carrying its
+    /// packet id; the subscriber gets it at QoS 1 with a non-zero packet id
+    /// (MQTT-2.3.1-1) and the broker accepts its PUBACK.
+    mqtt_4_3_2_2_qos1_both_ways,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("a/b", 1)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("a/b", b"one", 1, 77));
+        publisher.expect(&ack(PUBACK, 77));
+        let got = sub.recv();
+        assert_eq!(got.qos(), 1);
+        let (topic, pid, payload) = got.publish();
+        assert_eq!((topic.as_str(), payload.as_slice()), ("a/b", &b"one"[..]));
+        let pid = pid.unwrap();
+        assert_ne!(pid, 0);
+        sub.send(&ack(PUBACK, pid));
+        sub.ping();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.4-6: delivery QoS is the minimum of the published QoS and the
+    /// granted QoS.
+    mqtt_3_8_4_6_delivery_at_minimum_of_published_and_granted_qos,
+    |b: &TestBroker| {
+        let mut low = b.client("low");
+        low.subscribe(1, &[("t", 0)]);
+        let mut high = b.client("high");
+        high.subscribe(1, &[("t", 2)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("t", b"q1", 1, 1));
+        publisher.expect(&ack(PUBACK, 1));
+        assert_eq!(low.recv().qos(), 0);
+        assert_eq!(high.recv().qos(), 1);
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.3.3-2: inbound QoS 2 gets PUBREC; a re-sent PUBLISH with DUP
+    /// before PUBREL is acknowledged again but not delivered twice; PUBREL
+    /// gets PUBCOMP.
+    mqtt_4_3_3_2_inbound_qos2_exactly_once,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("q2", 2)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("q2", b"once", 2, 5));
+        publisher.expect(&ack(PUBREC, 5));
+        publisher.send(&packets::publish_with("q2", b"once", 2, Some(5), false, true));
+        publisher.expect(&ack(PUBREC, 5));
+        publisher.send(&ack(PUBREL, 5));
+        publisher.expect(&ack(PUBCOMP, 5));
+        let got = sub.recv();
+        assert_eq!(got.qos(), 2);
+        let pid = got.publish().1.unwrap();
+        sub.send(&ack(PUBREC, pid));
+        sub.expect(&ack(PUBREL, pid));
+        sub.send(&ack(PUBCOMP, pid));
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.3.5-1: overlapping subscriptions deliver one copy per client, at
+    /// the highest granted QoS.
+    mqtt_3_3_5_1_overlapping_subscriptions_deliver_once_at_max_qos,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("a/+", 0), ("a/#", 1), ("a/b", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("a/b", b"x", 1, 1));
+        publisher.expect(&ack(PUBACK, 1));
+        publisher.ping();
+        let got = sub.recv();
+        assert_eq!(got.qos(), 1);
+        sub.send(&ack(PUBACK, got.publish().1.unwrap()));
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.6.0-2/-6: 1000 QoS 1 messages from one publisher on one topic
+    /// arrive in order, with the inflight window (20) refilled as the
+    /// subscriber acknowledges.
+    mqtt_4_6_0_qos1_order_is_preserved,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("seq", 1)]);
+        let mut publisher = b.client("pub");
+        let reader = std::thread::spawn(move || {
+            for i in 0u32..1000 {
+                let got = sub.recv();
+                let (_, pid, payload) = got.publish();
+                assert_eq!(payload, i.to_be_bytes(), "message {i} out of order");
+                sub.send(&ack(PUBACK, pid.unwrap()));
+            }
+        });
+        for i in 0u32..1000 {
+            let pid = (i % 60000 + 1) as u16;
+            publisher.send(&packets::publish("seq", &i.to_be_bytes(), 1, pid));
+            publisher.expect(&ack(PUBACK, pid));
+        }
+        reader.join().unwrap();
+    }
+);
+
+runtime_test!(
+    /// Outbound QoS 2: PUBLISH, PUBREC from the subscriber, PUBREL from the
+    /// broker, PUBCOMP; packet ids are the broker's own.
+    outbound_qos2_handshake,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("t2", 2)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("t2", b"a", 2, 9));
+        publisher.expect(&ack(PUBREC, 9));
+        let got = sub.recv();
+        let pid = got.publish().1.unwrap();
+        assert!(!got.dup());
+        sub.send(&ack(PUBREC, pid));
+        sub.expect(&ack(PUBREL, pid));
+        sub.send(&ack(PUBCOMP, pid));
+        sub.ping();
+    }
+);

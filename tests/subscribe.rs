@@ -1,0 +1,138 @@
+use crate::support::TestBroker;
+use crate::support::packets::{self, PUBACK, UNSUBACK, ack};
+
+runtime_test!(
+    /// MQTT-3.8.4-1/-5: SUBACK carries the packet id and one return code per
+    /// filter, in order.
+    mqtt_3_8_4_5_suback_has_one_code_per_filter_in_order,
+    |b: &TestBroker| {
+        let mut c = b.client("c");
+        c.send(&packets::subscribe(0x1234, &[("a", 2), ("b/+", 0), ("c/#", 1)]));
+        c.expect(&packets::suback(0x1234, &[2, 0, 1]));
+    }
+);
+
+runtime_test!(
+    /// `+` matches one level, `#` any number including the parent
+    /// (MQTT-4.7.1-2/-3).
+    wildcards_match_levels,
+    |b: &TestBroker| {
+        let mut plus = b.client("plus");
+        plus.subscribe(1, &[("a/+/c", 0)]);
+        let mut hash = b.client("hash");
+        hash.subscribe(1, &[("a/#", 0)]);
+        let mut publisher = b.client("pub");
+        for topic in ["a", "a/b/c", "a/b/d"] {
+            publisher.send(&packets::publish0(topic, topic.as_bytes()));
+        }
+        publisher.ping();
+        assert_eq!(plus.recv().publish().0, "a/b/c");
+        plus.expect_nothing_queued();
+        for topic in ["a", "a/b/c", "a/b/d"] {
+            assert_eq!(hash.recv().publish().0, topic);
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.7.2-1: filters starting with a wildcard do not match topics
+    /// starting with `$`; `$`-prefixed filters do.
+    mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics,
+    |b: &TestBroker| {
+        let mut all = b.client("all");
+        all.subscribe(1, &[("#", 0), ("+/x", 0)]);
+        let mut dollar = b.client("dollar");
+        dollar.subscribe(1, &[("$app/#", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("$app/x", b"d"));
+        publisher.ping();
+        assert_eq!(dollar.recv().publish().0, "$app/x");
+        all.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.4-3: subscribing again to an identical filter replaces the
+    /// subscription (new QoS, still one copy per message).
+    mqtt_3_8_4_3_repeated_filter_replaces_subscription,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("r", 1)]);
+        sub.subscribe(2, &[("r", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("r", b"x", 1, 1));
+        publisher.expect(&ack(PUBACK, 1));
+        assert_eq!(sub.recv().qos(), 0);
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.10.4-4/-5: UNSUBACK answers every UNSUBSCRIBE, even for unknown
+    /// filters, and the subscription stops delivering.
+    mqtt_3_10_4_5_unsubscribe_always_acknowledged,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("u", 0)]);
+        sub.send(&packets::unsubscribe(2, &["u", "never/subscribed"]));
+        sub.expect(&ack(UNSUBACK, 2));
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("u", b"x"));
+        publisher.ping();
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.1-1: SUBSCRIBE with reserved flags other than 0010 closes.
+    mqtt_3_8_1_1_subscribe_with_wrong_flags_closes,
+    |b: &TestBroker| {
+        let mut c = b.client("c");
+        let mut bad = packets::subscribe(1, &[("a", 0)]);
+        bad[0] = 0x80;
+        c.send(&bad);
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.3-3: SUBSCRIBE without any filter closes.
+    mqtt_3_8_3_3_subscribe_without_filters_closes,
+    |b: &TestBroker| {
+        let mut c = b.client("c");
+        c.send(&packets::subscribe(1, &[]));
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.10.3-2: UNSUBSCRIBE without any filter closes.
+    mqtt_3_10_3_2_unsubscribe_without_filters_closes,
+    |b: &TestBroker| {
+        let mut c = b.client("c");
+        c.send(&packets::unsubscribe(1, &[]));
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.3-4: a requested QoS above 2 closes.
+    mqtt_3_8_3_4_subscribe_with_qos_3_closes,
+    |b: &TestBroker| {
+        let mut c = b.client("c");
+        c.send(&packets::subscribe(1, &[("a", 3)]));
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.7.1-2/-3, MQTT-4.7.3-1: invalid filters close the connection.
+    mqtt_4_7_1_invalid_filters_close,
+    |b: &TestBroker| {
+        for filter in ["a/#/b", "a+", "#x", ""] {
+            let mut c = b.client("c");
+            c.send(&packets::subscribe(1, &[(filter, 0)]));
+            c.expect_closed();
+        }
+    }
+);

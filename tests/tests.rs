@@ -5,15 +5,15 @@
 #[macro_use]
 mod support;
 
-/// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
-mod connect;
-/// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
-mod publish;
-/// SUBSCRIBE, UNSUBSCRIBE, wildcards and `$` topics.
-mod subscribe;
 /// Malformed and hostile input: the offender is closed, others carry on.
 mod bad_input;
-/// Persistent sessions, wills and retained messages.
-mod session;
+/// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
+mod connect;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
+mod publish;
+/// Persistent sessions, wills and retained messages.
+mod session;
+/// SUBSCRIBE, UNSUBSCRIBE, wildcards and `$` topics.
+mod subscribe;

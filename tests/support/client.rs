@@ -64,13 +64,16 @@ impl Raw {
     /// Reads exactly `expected.len()` bytes and compares.
     pub fn expect(&mut self, expected: &[u8]) {
         let mut got = vec![0; expected.len()];
-        self.stream.read_exact(&mut got).unwrap_or_else(|e| panic!("expected {expected:02x?}: {e}"));
+        self.stream
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("expected {expected:02x?}: {e}"));
         assert_eq!(got, expected);
     }
 
     /// Reads one whole packet.
     pub fn recv(&mut self) -> Received {
-        self.try_recv().unwrap_or_else(|e| panic!("expected a packet: {e}"))
+        self.try_recv()
+            .unwrap_or_else(|e| panic!("expected a packet: {e}"))
     }
 
     fn try_recv(&mut self) -> std::io::Result<Received> {

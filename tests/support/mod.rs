@@ -53,7 +53,10 @@ impl TestBroker {
     /// Starts a broker on `runtime` with the test defaults adjusted by `configure`.
     pub fn start(runtime: RuntimeKind, configure: impl FnOnce(&mut Config)) -> TestBroker {
         let _ = femme_once();
-        let mut config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
+        let mut config = Config {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
         configure(&mut config);
         let broker = Broker::new(config);
         match runtime {
@@ -67,10 +70,16 @@ impl TestBroker {
     }
 
     fn start_on<R: Runtime>(rt: R, runtime: RuntimeKind, broker: Broker) -> TestBroker {
-        let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
+        let server =
+            futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
         let addr = server.local_addrs()[0];
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr, runtime, stop: Some(stop), broker }
+        TestBroker {
+            addr,
+            runtime,
+            stop: Some(stop),
+            broker,
+        }
     }
 
     /// The broker's shared state.
