@@ -7,6 +7,8 @@ mod support;
 
 /// Malformed and hostile input: the offender is closed, others carry on.
 mod bad_input;
+/// The `midge` binary: runtimes, log lines, signals.
+mod binary;
 /// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
 mod connect;
 /// Independent clients: mosquitto_pub / mosquitto_sub.

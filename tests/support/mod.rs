@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod packets;
+pub mod process;
 
 use midge::{Broker, Config, Runtime, RuntimeKind, Server};
 use std::net::SocketAddr;

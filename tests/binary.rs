@@ -1,0 +1,80 @@
+//! The `midge` binary itself: start-up on each runtime, log lines, a
+//! mosquitto round trip, and a clean exit on SIGTERM.
+
+use crate::support::client::Raw;
+use crate::support::packets;
+use crate::support::process::{Process, run};
+
+fn start(runtime: &str) -> (Process, std::net::SocketAddr) {
+    let args = [
+        "--runtime",
+        runtime,
+        "--bind",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+    ];
+    let mut midge = Process::spawn(env!("CARGO_BIN_EXE_midge"), &args);
+    midge.wait_for(&format!("runtime {runtime}"));
+    let line = midge.wait_for("listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    (midge, addr.parse().unwrap())
+}
+
+fn serves_logs_and_stops(runtime: &str) {
+    let (mut midge, addr) = start(runtime);
+    let port = addr.port().to_string();
+    let mut sub = Process::mosquitto_sub(&[
+        "-p", &port, "-t", "a/#", "-q", "1", "-C", "1", "-W", "20", "-d",
+    ]);
+    sub.wait_for("Subscribed (mid");
+    assert_eq!(
+        run(
+            "mosquitto_pub",
+            &["-p", &port, "-t", "a/b", "-q", "1", "-m", "hi"]
+        ),
+        Some(0)
+    );
+    sub.wait_for("hi");
+    assert_eq!(sub.wait_exit(), Some(0));
+    midge.wait_for("connected from 127.0.0.1");
+    midge.wait_for("disconnected: client sent DISCONNECT");
+    let mut bad = Raw::connect(addr);
+    bad.send(&packets::PINGREQ);
+    bad.expect_closed();
+    let warn = midge.wait_for("MQTT-3.1.0-1");
+    assert!(
+        warn.contains("\x1b[33m") || warn.contains("\"level\":40"),
+        "not at warn level: {warn:?}"
+    );
+    assert_eq!(run("kill", &["-TERM", &midge.id().to_string()]), Some(0));
+    midge.wait_for("shutting down");
+    assert_eq!(midge.wait_exit(), Some(0));
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn binary_serves_on_async_std() {
+    serves_logs_and_stops("async-std");
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn binary_serves_on_smol() {
+    serves_logs_and_stops("smol");
+}
+
+/// A runtime name that is not known is refused with exit code 2.
+#[test]
+fn binary_refuses_unknown_runtime() {
+    assert_eq!(
+        run(env!("CARGO_BIN_EXE_midge"), &["--runtime", "tokio"]),
+        Some(1)
+    );
+}
