@@ -2,22 +2,23 @@
 //! inside your own program.
 //!
 //! Build a [`Broker`] from a [`Config`], start a [`Server`] on a runtime
-//! adapter ([`Smol`] with your executor, or [`AsyncStd`]), and call
-//! [`Server::shutdown`] when you are done:
+//! adapter, and call [`Server::shutdown`] when you are done. With smol, hand
+//! midge your own executor with `Smol::with_executor(Arc<Executor>)`, or let
+//! it start threads with `Smol::with_threads(n)`; with async-std, use
+//! `AsyncStd`. `examples/embed_smol.rs` and `examples/embed_async_std.rs` show
+//! a whole program.
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "smol")] {
-//! use std::sync::Arc;
 //! use midge::{Broker, Config, Server, Smol};
 //!
-//! let executor = Arc::new(smol::Executor::new());
 //! let config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
-//! smol::block_on(executor.run(async {
-//!     let server = Server::start(Smol::with_executor(executor.clone()), Broker::new(config)).await?;
+//! futures::executor::block_on(async {
+//!     let server = Server::start(Smol::with_threads(1), Broker::new(config)).await?;
 //!     println!("MQTT on {}", server.local_addrs()[0]);
 //!     server.shutdown().await;
 //!     Ok::<_, std::io::Error>(())
-//! }))
+//! })
 //! .unwrap();
 //! # }
 //! ```

@@ -44,10 +44,7 @@ macro_rules! runtime_test {
 pub struct TestBroker {
     /// The address clients connect to.
     pub addr: SocketAddr,
-    /// Which runtime it runs on.
-    pub runtime: RuntimeKind,
     stop: Option<Box<dyn FnOnce() + Send>>,
-    broker: Broker,
 }
 
 impl TestBroker {
@@ -62,30 +59,22 @@ impl TestBroker {
         let broker = Broker::new(config);
         match runtime {
             #[cfg(feature = "async-std")]
-            RuntimeKind::AsyncStd => Self::start_on(midge::AsyncStd, runtime, broker),
+            RuntimeKind::AsyncStd => Self::start_on(midge::AsyncStd, broker),
             #[cfg(feature = "smol")]
-            RuntimeKind::Smol => Self::start_on(smol_runtime(), runtime, broker),
+            RuntimeKind::Smol => Self::start_on(smol_runtime(), broker),
             #[allow(unreachable_patterns)]
             other => panic!("runtime {other} not compiled in"),
         }
     }
 
-    fn start_on<R: Runtime>(rt: R, runtime: RuntimeKind, broker: Broker) -> TestBroker {
-        let server =
-            futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
+    fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
+        let server = futures::executor::block_on(Server::start(rt, broker)).expect("start broker");
         let addr = server.local_addrs()[0];
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
         TestBroker {
             addr,
-            runtime,
             stop: Some(stop),
-            broker,
         }
-    }
-
-    /// The broker's shared state.
-    pub fn broker(&self) -> &Broker {
-        &self.broker
     }
 
     /// A raw client connected over TCP, before any packet is sent.
