@@ -246,7 +246,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_inflight: 2,
-        max_queued: 3,
+        max_queued: 4,
         queue_qos0: false,
     };
 
