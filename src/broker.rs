@@ -15,6 +15,7 @@ use async_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Instant;
 
 /// A handle to one broker's state; cheap to clone.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ struct Subscriber {
 /// A session shared between its connection and the publishers routing to it.
 #[derive(Debug)]
 pub struct SessionHandle {
+    /// The client this session belongs to, for log lines.
+    client_id: Arc<str>,
     state: Mutex<Owned>,
     /// Rung (capacity 1, coalescing) when a message is queued for an online client.
     bell: (Sender<()>, Receiver<()>),
@@ -73,9 +76,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SessionHandle {
-    fn new(session: Session) -> Arc<SessionHandle> {
+    fn new(client_id: Arc<str>, session: Session) -> Arc<SessionHandle> {
         let state = Mutex::new(Owned { owner: 0, session });
         Arc::new(SessionHandle {
+            client_id,
             state,
             bell: async_channel::bounded(1),
         })
@@ -93,14 +97,23 @@ impl SessionHandle {
         self.bell.1.clone()
     }
 
-    /// Offers a message and rings the bell if an online client should send it.
+    /// Offers a message and rings the bell if an online client should send
+    /// it; drops are logged at most once per second per client.
     fn deliver(&self, message: Message) -> Offer {
-        let (offer, online) = {
+        let (offer, online, report) = {
             let mut s = lock(&self.state);
-            (s.session.offer(message), s.owner != 0)
+            let offer = s.session.offer(message);
+            let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
+            (offer, s.owner != 0, report.flatten())
         };
         if offer == Offer::Queued && online {
             let _ = self.bell.0.try_send(());
+        }
+        if let Some(count) = report {
+            log::warn!(
+                "client {}: queue full, {count} message(s) dropped",
+                self.client_id
+            );
         }
         offer
     }
@@ -140,6 +153,30 @@ impl Broker {
         &self.shared.stats
     }
 
+    /// Clients known to the broker: connected, plus persistent sessions
+    /// waiting for their client.
+    pub fn client_count(&self) -> usize {
+        lock(&self.shared.registry).len()
+    }
+
+    /// (filter, client) subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.shared
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.shared
+            .retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// A fresh connection id.
     pub fn next_connection_id(&self) -> u64 {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
@@ -168,7 +205,10 @@ impl Broker {
                     self.drop_subscriptions(client_id, &e.session);
                 }
                 (
-                    SessionHandle::new(Session::new(clean, self.shared.config.limits())),
+                    SessionHandle::new(
+                        client_id.clone(),
+                        Session::new(clean, self.shared.config.limits()),
+                    ),
                     false,
                 )
             }
@@ -299,7 +339,6 @@ impl Broker {
     /// the highest QoS among its matching subscriptions (MQTT-3.3.5-1),
     /// reduced to the published QoS. `retain` also stores it as retained.
     pub fn publish(&self, message: Message, retain: bool) {
-        self.shared.stats.received(&message);
         if retain {
             self.shared
                 .retained

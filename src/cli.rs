@@ -6,6 +6,14 @@ use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+fn positive(flag: &str, n: usize) -> Result<usize, String> {
+    match n {
+        0 => Err(format!("{flag} 0: must be at least 1")),
+        n => Ok(n),
+    }
+}
 
 /// midge: an MQTT 3.1.1 broker on async-std or smol.
 #[derive(FromArgs, Debug)]
@@ -22,6 +30,18 @@ pub struct Args {
     /// largest packet accepted, in bytes (default 1048576)
     #[argh(option)]
     pub max_packet_size: Option<usize>,
+    /// outbound QoS 1/2 messages in flight per client (default 20)
+    #[argh(option)]
+    pub max_inflight: Option<usize>,
+    /// messages queued per client behind the inflight window (default 1000)
+    #[argh(option)]
+    pub max_queued_messages: Option<usize>,
+    /// also queue QoS 0 messages for offline persistent sessions
+    #[argh(switch)]
+    pub queue_qos0_messages: bool,
+    /// seconds between $SYS updates; 0 turns them off (default 10)
+    #[argh(option)]
+    pub sys_interval: Option<u64>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<LevelFilter>,
@@ -59,9 +79,18 @@ impl Args {
                 ));
             }
         };
+        if let Some(n) = self.max_inflight {
+            config.max_inflight = positive("--max-inflight", n)?;
+        }
+        if let Some(n) = self.max_queued_messages {
+            config.max_queued = n;
+        }
+        config.queue_qos0 = self.queue_qos0_messages;
+        if let Some(seconds) = self.sys_interval {
+            config.sys_interval = Duration::from_secs(seconds);
+        }
         let threads = match self.threads {
-            Some(0) => return Err("--threads 0: need at least one thread".into()),
-            Some(n) => n,
+            Some(n) => positive("--threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let log_level = match (self.log_level, self.verbose) {

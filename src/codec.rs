@@ -21,12 +21,24 @@ pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 pub struct MqttCodec {
     /// Largest whole packet accepted, fixed header included.
     max_packet_size: usize,
+    /// Bytes decoded and encoded since the last [`MqttCodec::take_counts`].
+    counts: (u64, u64),
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size }
+        MqttCodec {
+            max_packet_size,
+            counts: (0, 0),
+        }
+    }
+}
+
+impl MqttCodec {
+    /// Bytes (received, sent) since the last call, for the broker's counters.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.counts)
     }
 }
 
@@ -50,6 +62,7 @@ impl Decoder for MqttCodec {
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
+        self.counts.0 += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         Ok(Some(decode_frame(&frame)?))
     }
@@ -181,6 +194,7 @@ impl Encoder for MqttCodec {
     type Error = Error;
 
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+        let start = dst.len();
         match packet {
             Packet::Publish(p) => encode_publish(p, dst),
             Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
@@ -201,6 +215,7 @@ impl Encoder for MqttCodec {
             Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
             other => return Err(Error::Io(not_a_server_packet(other))),
         }
+        self.counts.1 += (dst.len() - start) as u64;
         Ok(())
     }
 }

@@ -15,6 +15,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_INFLIGHT: usize = 20;
 /// Messages queued per client behind the inflight window (Mosquitto's default).
 pub const DEFAULT_MAX_QUEUED: usize = 1000;
+/// How often `$SYS` statistics are published (Mosquitto's default).
+pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything the broker can be told.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub max_queued: usize,
     /// Queue QoS 0 messages for offline persistent sessions.
     pub queue_qos0: bool,
+    /// `$SYS` publishing interval; zero turns it off.
+    pub sys_interval: Duration,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             max_queued: DEFAULT_MAX_QUEUED,
             queue_qos0: false,
+            sys_interval: DEFAULT_SYS_INTERVAL,
         }
     }
 }

@@ -84,6 +84,7 @@ where
     let Some(mut client) = accept(&rt, &broker, &mut framed, peer, conn, kick, &mut out).await
     else {
         let _ = framed.close().await;
+        account(&broker, &mut framed);
         return;
     };
     broker.stats().connected();
@@ -113,6 +114,7 @@ where
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
     let _ = framed.close().await;
+    account(&broker, &mut framed);
 }
 
 /// Waits for CONNECT (MQTT-3.1.0-1) within the connect timeout and answers it.
@@ -250,11 +252,19 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             .iter()
             .filter(|p| matches!(p, Packet::Publish(_)))
             .count();
-        if let Err(e) = write(framed, out).await {
+        let written = write(framed, out).await;
+        account(broker, framed);
+        if let Err(e) = written {
             return e.into();
         }
         broker.stats().sent(sent as u64);
     }
+}
+
+/// Adds the bytes the codec saw to the broker's counters.
+fn account<S: AsyncRead + AsyncWrite + Unpin>(broker: &Broker, framed: &mut Transport<S>) {
+    let (received, sent) = framed.codec_mut().take_counts();
+    broker.stats().bytes(received, sent);
 }
 
 /// Writes every packet in `out` and flushes once: one syscall for a batch.

@@ -2,8 +2,8 @@
 //! stop cleanly on shutdown.
 
 use crate::broker::Broker;
-use crate::connection;
 use crate::runtime::Runtime;
+use crate::{connection, sys};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -55,6 +55,7 @@ impl<R: Runtime> Server<R> {
             );
             rt.spawn(task);
         }
+        rt.spawn(sys::run(rt.clone(), broker.clone(), stopped));
         Ok(Server {
             rt,
             broker,

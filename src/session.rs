@@ -8,6 +8,10 @@ use crate::packet::{Packet, Pid, Publish, QoS};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Drops are logged at most this often per client.
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An application message on its way to a subscriber.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +77,8 @@ pub struct Session {
     incoming: HashSet<Pid>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// `dropped` when it was last reported, and when.
+    reported: (u64, Option<Instant>),
 }
 
 impl Session {
@@ -88,6 +94,7 @@ impl Session {
             queue: VecDeque::new(),
             incoming: HashSet::new(),
             dropped: 0,
+            reported: (0, None),
         }
     }
 
@@ -132,6 +139,20 @@ impl Session {
         }
         self.queue.push_back(message);
         Offer::Queued
+    }
+
+    /// The number of drops to report now, if the last report is at least
+    /// [`DROP_REPORT_INTERVAL`] old: drops are logged at most once a second.
+    pub fn drop_report(&mut self, now: Instant) -> Option<u64> {
+        let due = match self.reported.1 {
+            Some(last) => now.duration_since(last) >= DROP_REPORT_INTERVAL,
+            None => true,
+        };
+        let count = self.dropped - self.reported.0;
+        (due && count > 0).then(|| {
+            self.reported = (self.dropped, Some(now));
+            count
+        })
     }
 
     /// Moves queued messages out while the inflight window has room, in
@@ -285,6 +306,25 @@ mod tests {
         out.clear();
         s.next_packets(&mut out);
         assert_eq!(pids(&out), [(Some(3), false), (None, false)]);
+    }
+
+    #[test]
+    fn drops_are_reported_at_most_once_a_second() {
+        let mut s = Session::new(
+            false,
+            Limits {
+                max_queued: 0,
+                ..LIMITS
+            },
+        );
+        let start = Instant::now();
+        s.offer(message(QoS::AtLeastOnce));
+        assert_eq!(s.drop_report(start), Some(1));
+        s.offer(message(QoS::AtLeastOnce));
+        s.offer(message(QoS::AtLeastOnce));
+        assert_eq!(s.drop_report(start + Duration::from_millis(500)), None);
+        assert_eq!(s.drop_report(start + DROP_REPORT_INTERVAL), Some(2));
+        assert_eq!(s.drop_report(start + DROP_REPORT_INTERVAL * 3), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod bad_input;
 mod binary;
 /// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
 mod connect;
+/// Inflight window, queue limits, dropped messages.
+mod flow;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
 /// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
@@ -19,3 +21,5 @@ mod publish;
 mod session;
 /// SUBSCRIBE, UNSUBSCRIBE, wildcards and `$` topics.
 mod subscribe;
+/// `$SYS` statistics.
+mod sys;

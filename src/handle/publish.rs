@@ -9,6 +9,7 @@ use crate::session::Message;
 /// QoS 1 (MQTT-4.3.2-2), PUBREC for QoS 2 (MQTT-4.3.3-2), where a QoS 2
 /// message re-sent before PUBREL is acknowledged but not routed again.
 pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Flow {
+    broker.stats().received();
     let message = Message {
         topic: p.topic,
         payload: p.payload,

@@ -1,0 +1,74 @@
+use crate::support::TestBroker;
+use crate::support::packets::{
+    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, ack,
+};
+
+fn small_windows(c: &mut midge::Config) {
+    c.max_inflight = 2;
+    c.max_queued = 10;
+    c.sys_interval = std::time::Duration::from_millis(50);
+}
+
+runtime_test!(
+    /// A subscriber that does not acknowledge gets at most `max_inflight`
+    /// QoS 1 messages; `max_queued` more wait; the rest are dropped and
+    /// counted, while the publisher keeps getting PUBACKs. Acknowledging
+    /// releases the queue in order.
+    inflight_window_and_queue_limit,
+    small_windows,
+    |b: &TestBroker| {
+        let mut sub = b.client("slow");
+        sub.subscribe(1, &[("f", 1)]);
+        let mut publisher = b.client("pub");
+        for i in 1..=50u16 {
+            publisher.send(&packets::publish("f", &i.to_be_bytes(), 1, i));
+            publisher.expect(&ack(PUBACK, i));
+        }
+        let mut received = Vec::new();
+        let mut inflight = Vec::new();
+        for _ in 0..2 {
+            let (_, pid, payload) = sub.recv().publish();
+            inflight.push(pid.unwrap());
+            received.push(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        sub.expect_nothing_queued();
+        while received.len() < 12 {
+            sub.send(&ack(PUBACK, inflight.remove(0)));
+            let (_, pid, payload) = sub.recv().publish();
+            inflight.push(pid.unwrap());
+            received.push(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        inflight.into_iter().for_each(|pid| sub.send(&ack(PUBACK, pid)));
+        sub.expect_nothing_queued();
+        assert_eq!(received, (1..=12).collect::<Vec<_>>());
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
+        loop {
+            if watcher.recv().publish().2 == b"38" {
+                break;
+            }
+        }
+    }
+);
+
+runtime_test!(
+    /// With `queue_qos0`, QoS 0 messages wait for an offline persistent
+    /// session too.
+    queue_qos0_option_keeps_qos0_for_offline_sessions,
+    |c: &mut midge::Config| c.queue_qos0 = true,
+    |b: &TestBroker| {
+        let mut sub = b.raw();
+        sub.send(&packets::connect("offline", false, 60));
+        sub.expect(&CONNACK_ACCEPTED);
+        sub.subscribe(1, &[("q0", 0)]);
+        sub.send(&DISCONNECT);
+        sub.expect_closed();
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("q0", b"waiting"));
+        publisher.ping();
+        let mut sub = b.raw();
+        sub.send(&packets::connect("offline", false, 60));
+        sub.expect(&CONNACK_SESSION_PRESENT);
+        assert_eq!(sub.recv().publish().2, b"waiting");
+    }
+);
