@@ -15,6 +15,8 @@ mod connect;
 mod flow;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// The connection handler over an in-memory stream.
+mod pipe;
 /// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
 mod publish;
 /// Persistent sessions, wills and retained messages.
