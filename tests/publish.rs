@@ -142,3 +142,34 @@ runtime_test!(
         sub.ping();
     }
 );
+
+runtime_test!(
+    /// MQTT-3.3.1-3: the DUP flag of an outgoing PUBLISH is set independently
+    /// of the incoming one: a first delivery has DUP 0.
+    mqtt_3_3_1_3_outgoing_dup_is_independent,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("d", 1)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish_with("d", b"x", 1, Some(3), false, true));
+        publisher.expect(&ack(PUBACK, 3));
+        assert!(!sub.recv().dup());
+    }
+);
+
+runtime_test!(
+    /// MQTT-1.5.3-3 / MQTT-4.7.3-4: a BOM (U+FEFF) in a topic is neither
+    /// stripped nor normalised: it only matches a filter with the same bytes.
+    mqtt_1_5_3_3_bom_is_kept_in_topics,
+    |b: &TestBroker| {
+        let mut exact = b.client("exact");
+        exact.subscribe(1, &[("\u{feff}t", 0)]);
+        let mut plain = b.client("plain");
+        plain.subscribe(1, &[("t", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("\u{feff}t", b"bom"));
+        publisher.ping();
+        assert_eq!(exact.recv().publish().0, "\u{feff}t");
+        plain.expect_nothing_queued();
+    }
+);

@@ -1,6 +1,7 @@
 use crate::support::TestBroker;
 use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, DISCONNECT, PUBACK, ack,
+    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, DISCONNECT, PUBACK, PUBCOMP, PUBREC,
+    PUBREL, ack,
 };
 
 runtime_test!(
@@ -166,5 +167,136 @@ runtime_test!(
         let mut later = b.client("later");
         later.subscribe(1, &[("ret/#", 0)]);
         later.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-8: the will is published when the server closes the
+    /// connection for a keepalive expiry or a protocol violation.
+    mqtt_3_1_2_8_will_published_on_keepalive_expiry_and_violation,
+    |b: &TestBroker| {
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("will/#", 1)]);
+        let mut silent = b.raw();
+        let will = Some(("will/topic", &b"gone"[..], 0, false));
+        silent.send(&Connect { client_id: "silent", keep_alive: 1, will, ..Connect::default() }.bytes());
+        silent.expect(&CONNACK_ACCEPTED);
+        silent.expect_closed();
+        assert_eq!(watcher.recv().publish().2, b"gone");
+        let mut rude = will_client(b, "rude", false);
+        rude.send(&packets::publish0("bad/#", b"x"));
+        rude.expect_closed();
+        assert_eq!(watcher.recv().publish().2, b"gone");
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.4-3: repeating a subscription re-sends the retained messages
+    /// that match it.
+    mqtt_3_8_4_3_repeated_subscription_resends_retained,
+    |b: &TestBroker| {
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish_with("again/r", b"kept", 0, None, true, false));
+        publisher.ping();
+        let mut sub = b.client("sub");
+        for pid in 1..=2 {
+            sub.send(&packets::subscribe(pid, &[("again/#", 0)]));
+            sub.expect(&packets::suback(pid, &[0]));
+            let got = sub.recv();
+            assert!(got.retain());
+            assert_eq!(got.publish().2, b"kept");
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-7: retained messages are not part of a session and survive
+    /// the end of the publisher's clean session.
+    mqtt_3_1_2_7_retained_messages_outlive_sessions,
+    |b: &TestBroker| {
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish_with("survive", b"still", 0, None, true, false));
+        publisher.send(&DISCONNECT);
+        publisher.expect_closed();
+        let mut sub = b.client("sub");
+        sub.send(&packets::subscribe(1, &[("survive", 0)]));
+        sub.expect(&packets::suback(1, &[0]));
+        assert_eq!(sub.recv().publish().2, b"still");
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.4.0-1: a QoS 2 message whose PUBREC arrived is resumed with
+    /// PUBREL (not PUBLISH) on reconnect, in order with unacknowledged ones.
+    mqtt_4_4_0_1_pubrel_resent_on_reconnect,
+    |b: &TestBroker| {
+        let mut sub = b.raw();
+        sub.send(&packets::connect("q2sub", false, 60));
+        sub.expect(&CONNACK_ACCEPTED);
+        sub.subscribe(1, &[("q2", 2)]);
+        let mut publisher = b.client("pub");
+        for pid in 1..=2 {
+            publisher.send(&packets::publish("q2", &[pid as u8], 2, pid));
+            publisher.expect(&ack(PUBREC, pid));
+            publisher.send(&ack(PUBREL, pid));
+            publisher.expect(&ack(PUBCOMP, pid));
+        }
+        let first = sub.recv().publish().1.unwrap();
+        let second = sub.recv();
+        sub.send(&ack(PUBREC, first));
+        sub.expect(&ack(PUBREL, first));
+        drop(sub);
+        let mut sub = b.raw();
+        sub.send(&packets::connect("q2sub", false, 60));
+        sub.expect(&CONNACK_SESSION_PRESENT);
+        sub.expect(&ack(PUBREL, first));
+        let again = sub.recv();
+        assert!(again.dup());
+        assert_eq!(again.publish(), second.publish());
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.3.3-2 across a reconnect: a persistent publisher that re-sends a
+    /// QoS 2 PUBLISH (DUP) after reconnecting, before PUBREL, is not
+    /// delivered twice.
+    mqtt_4_3_3_2_inbound_qos2_state_survives_reconnect,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("once", 0)]);
+        let mut publisher = b.raw();
+        publisher.send(&packets::connect("q2pub", false, 60));
+        publisher.expect(&CONNACK_ACCEPTED);
+        publisher.send(&packets::publish("once", b"1", 2, 42));
+        publisher.expect(&ack(PUBREC, 42));
+        drop(publisher);
+        let mut publisher = b.raw();
+        publisher.send(&packets::connect("q2pub", false, 60));
+        publisher.expect(&CONNACK_SESSION_PRESENT);
+        publisher.send(&packets::publish_with("once", b"1", 2, Some(42), false, true));
+        publisher.expect(&ack(PUBREC, 42));
+        publisher.send(&ack(PUBREL, 42));
+        publisher.expect(&ack(PUBCOMP, 42));
+        assert_eq!(sub.recv().publish().2, b"1");
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.4-3 / MQTT-3.2.2-2: a persistent client taking over its own
+    /// live connection resumes the same session (Session Present 1).
+    persistent_takeover_keeps_the_session,
+    |b: &TestBroker| {
+        let mut first = b.raw();
+        first.send(&packets::connect("same", false, 60));
+        first.expect(&CONNACK_ACCEPTED);
+        first.subscribe(1, &[("kept", 0)]);
+        let mut second = b.raw();
+        second.send(&packets::connect("same", false, 60));
+        second.expect(&CONNACK_SESSION_PRESENT);
+        first.expect_closed();
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("kept", b"x"));
+        assert_eq!(second.recv().publish().2, b"x");
     }
 );
