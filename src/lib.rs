@@ -39,6 +39,7 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod sys;
 pub mod topic;
 pub mod trie;
