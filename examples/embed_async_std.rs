@@ -18,19 +18,14 @@ fn main() -> io::Result<()> {
 }
 
 async fn app() -> io::Result<()> {
-    let config = Config {
-        bind: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Config::default()
-    };
-    let server = Server::start(AsyncStd, Broker::new(config)).await?;
+    let config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
+    let server = Server::start(AsyncStd, Broker::in_memory(config)).await?;
     let addr = server.local_addrs()[0];
 
     let mut subscriber = Client::connect(TcpStream::connect(addr).await?, "subscriber").await?;
     subscriber.subscribe("greetings/#").await?;
     let mut publisher = Client::connect(TcpStream::connect(addr).await?, "publisher").await?;
-    publisher
-        .publish("greetings/world", b"hello from async-std")
-        .await?;
+    publisher.publish("greetings/world", b"hello from async-std").await?;
     let (topic, payload) = subscriber.next_publish().await?;
     println!("received on {topic}: {}", String::from_utf8_lossy(&payload));
     assert_eq!(payload, b"hello from async-std");

@@ -15,9 +15,8 @@ impl AsyncStd {
     /// Sizes async-std's global executor to `threads` worker threads. Call it
     /// before anything else uses async-std; later calls have no effect.
     pub fn init(threads: usize) {
-        let config = async_global_executor::GlobalExecutorConfig::default()
-            .with_min_threads(threads)
-            .with_max_threads(threads);
+        let config =
+            async_global_executor::GlobalExecutorConfig::default().with_min_threads(threads).with_max_threads(threads);
         async_global_executor::init_with_config(config);
     }
 

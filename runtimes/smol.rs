@@ -25,17 +25,12 @@ impl Smol {
     /// A new executor driven by `threads` background threads for the life of
     /// the process (for tests and applications without an executor).
     pub fn with_threads(threads: usize) -> Smol {
-        let smol = Smol {
-            executor: Arc::new(Executor::new()),
-        };
+        let smol = Smol { executor: Arc::new(Executor::new()) };
         for i in 0..threads.max(1) {
             let executor = smol.executor.clone();
             let name = format!("midge-smol-{i}");
             let run = move || smol::block_on(executor.run(std::future::pending::<()>()));
-            thread::Builder::new()
-                .name(name)
-                .spawn(run)
-                .expect("spawn executor thread");
+            thread::Builder::new().name(name).spawn(run).expect("spawn executor thread");
         }
         smol
     }
@@ -46,17 +41,13 @@ impl Smol {
     where
         F: Future<Output = T>,
     {
-        let smol = Smol {
-            executor: Arc::new(Executor::new()),
-        };
+        let smol = Smol { executor: Arc::new(Executor::new()) };
         let (stop, stopped) = async_channel::bounded::<()>(1);
         let helpers: Vec<_> = (1..threads.max(1))
             .map(|i| {
                 let (executor, stopped) = (smol.executor.clone(), stopped.clone());
                 let run = move || smol::block_on(executor.run(stopped.recv()));
-                thread::Builder::new()
-                    .name(format!("midge-smol-{i}"))
-                    .spawn(run)
+                thread::Builder::new().name(format!("midge-smol-{i}")).spawn(run)
             })
             .collect::<io::Result<_>>()
             .expect("spawn executor threads");

@@ -1,5 +1,5 @@
 //! The shared broker state: the session registry, the subscription trie,
-//! retained messages and counters, and routing between them.
+//! retained messages, counters and the store, and routing between them.
 //!
 //! Locks are `std::sync` locks held for short sections and never across an
 //! `.await`. Order: registry, then a session or the trie; a session lock and
@@ -9,13 +9,15 @@ use crate::config::Config;
 use crate::packet::{QoS, SubackCode};
 use crate::retain::Retained;
 use crate::session::{Message, Offer, Session};
+use crate::session_handle::SessionHandle;
 use crate::stats::Stats;
+use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, StoreError, Ticket};
 use crate::trie::Trie;
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A handle to one broker's state; cheap to clone.
 #[derive(Clone)]
@@ -33,11 +35,15 @@ struct Shared {
     stats: Stats,
     /// Source of connection ids; 0 means "no connection".
     next_connection: AtomicU64,
+    /// Durable state, unless the broker runs in memory.
+    store: Option<Persistence>,
 }
 
 struct Entry {
     session: Arc<SessionHandle>,
     connection: Option<Attached>,
+    /// When the last connection left (persistent sessions; for expiry).
+    left: Option<SystemTime>,
 }
 
 /// The connection currently attached to a session.
@@ -52,94 +58,97 @@ struct Subscriber {
     session: Arc<SessionHandle>,
 }
 
-/// A session shared between its connection and the publishers routing to it.
-#[derive(Debug)]
-pub struct SessionHandle {
-    /// The client this session belongs to, for log lines.
-    client_id: Arc<str>,
-    state: Mutex<Owned>,
-    /// Rung (capacity 1, coalescing) when a message is queued for an online client.
-    bell: (Sender<()>, Receiver<()>),
-}
-
-/// A session and the id of the connection that owns it (0: offline).
-#[derive(Debug)]
-pub struct Owned {
-    /// The connection attached, or 0.
-    pub owner: u64,
-    /// The MQTT session state.
-    pub session: Session,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl SessionHandle {
-    fn new(client_id: Arc<str>, session: Session) -> Arc<SessionHandle> {
-        let state = Mutex::new(Owned { owner: 0, session });
-        Arc::new(SessionHandle {
-            client_id,
-            state,
-            bell: async_channel::bounded(1),
-        })
-    }
-
-    /// Locks the session if connection `conn` still owns it; `None` means the
-    /// client was taken over by a newer connection.
-    pub fn lock_owned(&self, conn: u64) -> Option<MutexGuard<'_, Owned>> {
-        let guard = lock(&self.state);
-        (guard.owner == conn).then_some(guard)
-    }
-
-    /// A receiver that wakes when messages are queued for the session.
-    pub fn bell(&self) -> Receiver<()> {
-        self.bell.1.clone()
-    }
-
-    /// Offers a message and rings the bell if an online client should send
-    /// it; drops are logged at most once per second per client.
-    fn deliver(&self, message: Message) -> Offer {
-        let (offer, online, report) = {
-            let mut s = lock(&self.state);
-            let offer = s.session.offer(message);
-            let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
-            (offer, s.owner != 0, report.flatten())
-        };
-        if offer == Offer::Queued && online {
-            let _ = self.bell.0.try_send(());
-        }
-        if let Some(count) = report {
-            log::warn!(
-                "client {}: queue full, {count} message(s) dropped",
-                self.client_id
-            );
-        }
-        offer
-    }
-}
-
 /// The session a new connection gets.
 pub struct Attachment {
     /// The session, persistent or fresh.
     pub session: Arc<SessionHandle>,
     /// Whether an existing session was resumed (CONNACK Session Present).
     pub session_present: bool,
+    /// When the session's creation is durable.
+    pub ticket: Ticket,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn epoch_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Broker {
-    /// A broker with no clients, sessions or retained messages.
-    pub fn new(config: Config) -> Broker {
+    /// Opens a broker as configured: durable in `data_dir` (restoring what
+    /// is stored there), or in memory when `data_dir` is `None`.
+    pub fn open(config: Config) -> Result<Broker, StoreError> {
+        match config.data_dir.clone() {
+            Some(dir) => {
+                let store = RedbStore::open(&dir, config.recover_store)?;
+                Broker::with_store(config, Box::new(store))
+            }
+            None => Ok(Broker::in_memory(config)),
+        }
+    }
+
+    /// A broker that keeps everything in memory, whatever `data_dir` says.
+    pub fn in_memory(config: Config) -> Broker {
+        Broker::build(config, None, Snapshot::default())
+    }
+
+    /// A broker over any [`Store`], restoring its contents.
+    pub fn with_store(config: Config, store: Box<dyn Store>) -> Result<Broker, StoreError> {
+        let started = Instant::now();
+        let snapshot = store.load()?;
+        let (sessions, retained) = (snapshot.sessions.len(), snapshot.retained.len());
+        let messages: usize = snapshot.sessions.values().map(|s| s.messages.len()).sum();
+        let broker = Broker::build(config, Some(Persistence::start(store)), snapshot);
+        log::info!(
+            "store: restored {sessions} persistent session(s), {messages} queued or inflight message(s), {retained} retained message(s) in {:?}",
+            started.elapsed()
+        );
+        Ok(broker)
+    }
+
+    fn build(config: Config, store: Option<Persistence>, snapshot: Snapshot) -> Broker {
+        let mut retained = Retained::default();
+        for (topic, (qos, payload)) in snapshot.retained {
+            retained.set(&Message { topic, payload, qos, retain: true });
+        }
+        let mut registry = HashMap::new();
+        let mut trie = Trie::default();
+        let now = SystemTime::now();
+        for (id, stored) in snapshot.sessions {
+            let left = now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen)));
+            let session = Session::restore(id.clone(), stored, config.limits());
+            let handle = SessionHandle::new(id.clone(), session, store.clone());
+            for (filter, qos) in handle.lock().session.subscriptions() {
+                trie.insert(filter, id.clone(), Subscriber { qos, session: handle.clone() });
+            }
+            registry.insert(id, Entry { session: handle, connection: None, left });
+        }
         let shared = Shared {
             config,
-            registry: Mutex::default(),
-            subscriptions: RwLock::default(),
-            retained: RwLock::default(),
+            registry: Mutex::new(registry),
+            subscriptions: RwLock::new(trie),
+            retained: RwLock::new(retained),
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
+            store,
         };
-        Broker {
-            shared: Arc::new(shared),
+        Broker { shared: Arc::new(shared) }
+    }
+
+    /// Commits what is pending and stops the store's writer thread.
+    pub fn close(&self) {
+        if let Some(store) = &self.shared.store {
+            store.stop();
         }
     }
 
@@ -153,6 +162,11 @@ impl Broker {
         &self.shared.stats
     }
 
+    /// The store, when the broker is durable.
+    pub fn store(&self) -> Option<&Persistence> {
+        self.shared.store.as_ref()
+    }
+
     /// Clients known to the broker: connected, plus persistent sessions
     /// waiting for their client.
     pub fn client_count(&self) -> usize {
@@ -161,20 +175,12 @@ impl Broker {
 
     /// (filter, client) subscriptions.
     pub fn subscription_count(&self) -> usize {
-        self.shared
-            .subscriptions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        read(&self.shared.subscriptions).len()
     }
 
     /// Retained messages.
     pub fn retained_count(&self) -> usize {
-        self.shared
-            .retained
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        read(&self.shared.retained).len()
     }
 
     /// A fresh connection id.
@@ -182,54 +188,47 @@ impl Broker {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
+    fn append(&self, ops: Vec<Op>) -> Ticket {
+        match &self.shared.store {
+            Some(store) => store.append(ops),
+            None => Ticket::default(),
+        }
+    }
+
     /// Attaches connection `conn` to `client_id`'s session: takes over (kicks)
     /// any connection already using the id (MQTT-3.1.4-2), resumes a
     /// persistent session unless `clean`, otherwise starts a new one
     /// (MQTT-3.1.2-4/-6).
-    pub fn attach(
-        &self,
-        client_id: &Arc<str>,
-        clean: bool,
-        conn: u64,
-        kick: Sender<()>,
-    ) -> Attachment {
+    pub fn attach(&self, client_id: &Arc<str>, clean: bool, conn: u64, kick: Sender<()>) -> Attachment {
         let mut registry = lock(&self.shared.registry);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
             kick.close();
         }
+        let mut ops = Vec::new();
         let (session, session_present) = match previous {
-            Some(e) if !clean && !lock(&e.session.state).session.clean => (e.session, true),
+            Some(e) if !clean && !e.session.lock().session.clean => (e.session, true),
             other => {
                 if let Some(e) = other {
-                    self.drop_subscriptions(client_id, &e.session);
+                    self.discard(client_id, &e.session, &mut ops);
                 }
-                (
-                    SessionHandle::new(
-                        client_id.clone(),
-                        Session::new(clean, self.shared.config.limits()),
-                    ),
-                    false,
-                )
+                let durable = !clean && self.shared.store.is_some();
+                if durable {
+                    ops.push(Op::Session(client_id.clone(), Some(epoch_seconds(SystemTime::now()))));
+                }
+                let session = Session::new(client_id.clone(), clean, self.shared.config.limits(), durable);
+                (SessionHandle::new(client_id.clone(), session, self.shared.store.clone()), false)
             }
         };
         {
-            let mut s = lock(&session.state);
+            let mut s = session.lock();
             s.owner = conn;
             s.session.set_online(true);
         }
-        let connection = Some(Attached { id: conn, kick });
-        registry.insert(
-            client_id.clone(),
-            Entry {
-                session: session.clone(),
-                connection,
-            },
-        );
-        Attachment {
-            session,
-            session_present,
-        }
+        let ticket = self.append(ops);
+        let entry = Entry { session: session.clone(), connection: Some(Attached { id: conn, kick }), left: None };
+        registry.insert(client_id.clone(), entry);
+        Attachment { session, session_present, ticket }
     }
 
     /// Detaches connection `conn` from `client_id`'s session, unless a newer
@@ -237,36 +236,65 @@ impl Broker {
     /// a persistent one stays, collecting messages for its client.
     pub fn detach(&self, client_id: &Arc<str>, conn: u64) {
         let mut registry = lock(&self.shared.registry);
-        let Some(entry) = registry.get_mut(client_id) else {
-            return;
-        };
+        let Some(entry) = registry.get_mut(client_id) else { return };
         if entry.connection.as_ref().map(|a| a.id) != Some(conn) {
             return;
         }
         entry.connection = None;
         let clean = {
-            let mut s = lock(&entry.session.state);
+            let mut s = entry.session.lock();
             s.owner = 0;
             s.session.set_online(false);
             s.session.clean
         };
+        let mut ops = Vec::new();
         if clean {
             let entry = registry.remove(client_id).expect("entry exists");
-            self.drop_subscriptions(client_id, &entry.session);
+            self.discard(client_id, &entry.session, &mut ops);
+        } else {
+            let now = SystemTime::now();
+            entry.left = Some(now);
+            if self.shared.store.is_some() {
+                ops.push(Op::Session(client_id.clone(), Some(epoch_seconds(now))));
+            }
         }
+        self.append(ops);
     }
 
-    fn drop_subscriptions(&self, client_id: &Arc<str>, session: &SessionHandle) {
-        let filters: Vec<String> = lock(&session.state)
-            .session
-            .filters()
-            .map(str::to_owned)
+    /// Removes persistent sessions whose client has been gone longer than
+    /// `max_age` (Mosquitto's `persistent_client_expiration`).
+    pub fn expire_sessions(&self, max_age: Duration) -> usize {
+        let mut registry = lock(&self.shared.registry);
+        let now = SystemTime::now();
+        let expired: Vec<Arc<str>> = registry
+            .iter()
+            .filter(|(_, e)| e.left.is_some_and(|left| now.duration_since(left).unwrap_or_default() >= max_age))
+            .map(|(id, _)| id.clone())
             .collect();
-        let mut trie = self
-            .shared
-            .subscriptions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut ops = Vec::new();
+        for id in &expired {
+            let entry = registry.remove(id).expect("listed above");
+            self.discard(id, &entry.session, &mut ops);
+            log::info!("session of client {id} expired after {max_age:?} offline");
+        }
+        self.append(ops);
+        expired.len()
+    }
+
+    /// Forgets a session: its subscriptions leave the trie, it stops
+    /// journaling, and a stored copy is deleted.
+    fn discard(&self, client_id: &Arc<str>, session: &SessionHandle, ops: &mut Vec<Op>) {
+        let (filters, stored): (Vec<String>, bool) = {
+            let mut s = session.lock();
+            let filters = s.session.subscriptions().map(|(f, _)| f.to_owned()).collect();
+            let stored = !s.session.clean;
+            s.session.discard();
+            (filters, stored)
+        };
+        if stored && self.shared.store.is_some() {
+            ops.push(Op::Session(client_id.clone(), None));
+        }
+        let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
             trie.remove(&filter, client_id);
         }
@@ -279,95 +307,68 @@ impl Broker {
         client_id: &Arc<str>,
         session: &Arc<SessionHandle>,
         filters: &[(String, QoS)],
-    ) -> Vec<SubackCode> {
+    ) -> (Vec<SubackCode>, Ticket) {
+        let mut ticket = {
+            let mut s = session.lock();
+            filters.iter().for_each(|(f, qos)| s.session.subscribe(f, *qos));
+            s.commit()
+        };
         {
-            let mut s = lock(&session.state);
-            filters
-                .iter()
-                .for_each(|(f, qos)| s.session.subscribe(f, *qos));
-        }
-        {
-            let mut trie = self
-                .shared
-                .subscriptions
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut trie = write(&self.shared.subscriptions);
             for (filter, qos) in filters {
-                let subscriber = Subscriber {
-                    qos: *qos,
-                    session: session.clone(),
-                };
+                let subscriber = Subscriber { qos: *qos, session: session.clone() };
                 trie.insert(filter, client_id.clone(), subscriber);
             }
         }
-        let retained = self
-            .shared
-            .retained
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let retained = read(&self.shared.retained);
         for (filter, qos) in filters {
             retained.for_each_match(filter, |m| {
-                session.deliver(Message {
-                    qos: m.qos.min(*qos),
-                    ..m.clone()
-                });
+                let (_, t) = session.deliver(Message { qos: m.qos.min(*qos), ..m.clone() });
+                ticket = ticket.max(t);
             });
         }
-        filters
-            .iter()
-            .map(|(_, qos)| SubackCode::Granted(*qos))
-            .collect()
+        (filters.iter().map(|(_, qos)| SubackCode::Granted(*qos)).collect(), ticket)
     }
 
     /// Removes subscriptions; unknown filters are not an error (MQTT-3.10.4-5).
-    pub fn unsubscribe(&self, client_id: &Arc<str>, session: &SessionHandle, filters: &[String]) {
-        {
-            let mut s = lock(&session.state);
+    pub fn unsubscribe(&self, client_id: &Arc<str>, session: &SessionHandle, filters: &[String]) -> Ticket {
+        let ticket = {
+            let mut s = session.lock();
             filters.iter().for_each(|f| s.session.unsubscribe(f));
-        }
-        let mut trie = self
-            .shared
-            .subscriptions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+            s.commit()
+        };
+        let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
             trie.remove(filter, client_id);
         }
+        ticket
     }
 
     /// Routes a message to every matching subscription, once per client at
     /// the highest QoS among its matching subscriptions (MQTT-3.3.5-1),
     /// reduced to the published QoS. `retain` also stores it as retained.
-    pub fn publish(&self, message: Message, retain: bool) {
+    /// The ticket says when every durable copy is committed.
+    pub fn publish(&self, message: Message, retain: bool) -> Ticket {
+        let mut ticket = Ticket::default();
         if retain {
-            self.shared
-                .retained
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .set(&message);
+            let mut retained = write(&self.shared.retained);
+            retained.set(&message);
+            let kept = (!message.payload.is_empty()).then(|| (message.qos, message.payload.clone()));
+            ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
         }
         let mut targets: Vec<(Arc<SessionHandle>, QoS)> = Vec::new();
-        {
-            let trie = self
-                .shared
-                .subscriptions
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            trie.for_each_match(&message.topic, |_, s| {
-                targets.push((s.session.clone(), s.qos))
-            });
-        }
+        read(&self.shared.subscriptions)
+            .for_each_match(&message.topic, |_, s| targets.push((s.session.clone(), s.qos)));
         targets.sort_unstable_by_key(|(s, qos)| (Arc::as_ptr(s), std::cmp::Reverse(*qos)));
         targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
         for (session, qos) in targets {
-            let copy = Message {
-                qos: message.qos.min(qos),
-                retain: false,
-                ..message.clone()
-            };
-            if session.deliver(copy) == Offer::Dropped {
+            let copy = Message { qos: message.qos.min(qos), retain: false, ..message.clone() };
+            let (offer, t) = session.deliver(copy);
+            if offer == Offer::Dropped {
                 self.shared.stats.dropped();
             }
+            ticket = ticket.max(t);
         }
+        ticket
     }
 }

@@ -6,6 +6,7 @@ use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn positive(flag: &str, n: usize) -> Result<usize, String> {
@@ -42,6 +43,18 @@ pub struct Args {
     /// seconds between $SYS updates; 0 turns them off (default 10)
     #[argh(option)]
     pub sys_interval: Option<u64>,
+    /// directory of the durable store (default ./midge-data)
+    #[argh(option)]
+    pub data_dir: Option<PathBuf>,
+    /// keep everything in memory: nothing survives a restart
+    #[argh(switch)]
+    pub in_memory: bool,
+    /// if the store is damaged, move its files aside (kept) and start empty
+    #[argh(switch)]
+    pub recover_store: bool,
+    /// remove persistent sessions whose client has been away this many seconds (default: never)
+    #[argh(option)]
+    pub session_expiry: Option<u64>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<LevelFilter>,
@@ -73,10 +86,7 @@ impl Args {
         config.max_packet_size = match self.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
             n if (2..=MAX_REMAINING_LENGTH + 5).contains(&n) => n,
             n => {
-                return Err(format!(
-                    "--max-packet-size {n}: must be between 2 and {}",
-                    MAX_REMAINING_LENGTH + 5
-                ));
+                return Err(format!("--max-packet-size {n}: must be between 2 and {}", MAX_REMAINING_LENGTH + 5));
             }
         };
         if let Some(n) = self.max_inflight {
@@ -89,6 +99,17 @@ impl Args {
         if let Some(seconds) = self.sys_interval {
             config.sys_interval = Duration::from_secs(seconds);
         }
+        config.data_dir = match (self.in_memory, self.data_dir) {
+            (true, Some(_)) => return Err("--in-memory and --data-dir exclude each other".into()),
+            (true, None) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => config.data_dir,
+        };
+        config.recover_store = self.recover_store;
+        config.session_expiry = match self.session_expiry {
+            Some(0) => return Err("--session-expiry 0: must be at least 1 second".into()),
+            seconds => seconds.map(Duration::from_secs),
+        };
         let threads = match self.threads {
             Some(n) => positive("--threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -99,11 +120,6 @@ impl Args {
             (None, false) => LevelFilter::Info,
         };
         let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
-        Ok(Settings {
-            config,
-            runtime,
-            threads,
-            log_level,
-        })
+        Ok(Settings { config, runtime, threads, log_level })
     }
 }

@@ -28,10 +28,7 @@ pub struct MqttCodec {
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec {
-            max_packet_size,
-            counts: (0, 0),
-        }
+        MqttCodec { max_packet_size, counts: (0, 0) }
     }
 }
 
@@ -198,15 +195,9 @@ impl Encoder for MqttCodec {
         match packet {
             Packet::Publish(p) => encode_publish(p, dst),
             Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
-            Packet::Connack {
-                session_present,
-                code,
-            } => encode_fixed(
-                dst,
-                0x20,
-                u16::from(*session_present) << 8 | *code as u16,
-                [],
-            ),
+            Packet::Connack { session_present, code } => {
+                encode_fixed(dst, 0x20, u16::from(*session_present) << 8 | *code as u16, [])
+            }
             Packet::Puback(pid) => encode_fixed(dst, 0x40, *pid, []),
             Packet::Pubrec(pid) => encode_fixed(dst, 0x50, *pid, []),
             Packet::Pubrel(pid) => encode_fixed(dst, 0x62, *pid, []),
@@ -300,14 +291,8 @@ mod tests {
     fn declared_length_over_the_limit_is_refused_before_buffering() {
         let mut codec = MqttCodec::new(1024);
         let mut src = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0x7f][..]);
-        assert!(matches!(
-            codec.decode(&mut src),
-            Err(Error::Violation(Violation::PacketTooLarge))
-        ));
-        assert_eq!(
-            violation(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
-            Violation::RemainingLength
-        );
+        assert!(matches!(codec.decode(&mut src), Err(Error::Violation(Violation::PacketTooLarge))));
+        assert_eq!(violation(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]), Violation::RemainingLength);
     }
 
     #[test]
@@ -317,9 +302,7 @@ mod tests {
         assert!(codec.decode(&mut src).unwrap().is_none());
         assert_eq!(src.len(), 4);
         src.extend_from_slice(&[b'a', b'h', b'i', 0xc0, 0x00]);
-        let Some(Packet::Publish(p)) = codec.decode(&mut src).unwrap() else {
-            panic!()
-        };
+        let Some(Packet::Publish(p)) = codec.decode(&mut src).unwrap() else { panic!() };
         assert_eq!((&*p.topic, &p.payload[..]), ("a", &b"hi"[..]));
         assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pingreq));
     }
@@ -332,19 +315,10 @@ mod tests {
 
     #[test]
     fn topic_rules() {
-        assert_eq!(
-            violation(&[0x30, 0x03, 0x00, 0x01, b'#']),
-            Violation::WildcardInTopicName
-        );
+        assert_eq!(violation(&[0x30, 0x03, 0x00, 0x01, b'#']), Violation::WildcardInTopicName);
         assert_eq!(violation(&[0x30, 0x02, 0x00, 0x00]), Violation::EmptyTopic);
-        assert_eq!(
-            violation(&[0x30, 0x03, 0x00, 0x01, 0x00]),
-            Violation::NullCharacter
-        );
-        assert_eq!(
-            violation(&[0x30, 0x03, 0x00, 0x01, 0xff]),
-            Violation::InvalidUtf8
-        );
+        assert_eq!(violation(&[0x30, 0x03, 0x00, 0x01, 0x00]), Violation::NullCharacter);
+        assert_eq!(violation(&[0x30, 0x03, 0x00, 0x01, 0xff]), Violation::InvalidUtf8);
         let sub = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'+', 0x00];
         assert!(decode(&sub).unwrap().is_some());
         let bad = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'#', b'b', 0x00];
@@ -353,9 +327,7 @@ mod tests {
 
     #[test]
     fn connect_with_unsupported_level_asks_for_connack_1() {
-        let connect = [
-            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, b'c',
-        ];
+        let connect = [0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, b'c'];
         assert_eq!(violation(&connect), Violation::ProtocolLevel);
     }
 
@@ -363,15 +335,9 @@ mod tests {
     fn encodes_server_packets() {
         let mut dst = BytesMut::new();
         let mut codec = MqttCodec::new(1024);
-        let connack = Packet::Connack {
-            session_present: true,
-            code: ConnectCode::Accepted,
-        };
+        let connack = Packet::Connack { session_present: true, code: ConnectCode::Accepted };
         codec.encode(&connack, &mut dst).unwrap();
-        let suback = Packet::Suback(
-            7,
-            vec![SubackCode::Granted(QoS::AtLeastOnce), SubackCode::Failure],
-        );
+        let suback = Packet::Suback(7, vec![SubackCode::Granted(QoS::AtLeastOnce), SubackCode::Failure]);
         codec.encode(&suback, &mut dst).unwrap();
         let publish = Publish {
             dup: true,

@@ -2,6 +2,7 @@
 
 use crate::session::Limits;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default listener: Mosquitto 2's local-only default.
@@ -15,6 +16,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_INFLIGHT: usize = 20;
 /// Messages queued per client behind the inflight window (Mosquitto's default).
 pub const DEFAULT_MAX_QUEUED: usize = 1000;
+/// Where durable state lives unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "midge-data";
 /// How often `$SYS` statistics are published (Mosquitto's default).
 pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,12 @@ pub struct Config {
     pub queue_qos0: bool,
     /// `$SYS` publishing interval; zero turns it off.
     pub sys_interval: Duration,
+    /// Directory of the durable store; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Move a damaged store aside and start empty instead of refusing to start.
+    pub recover_store: bool,
+    /// Remove persistent sessions whose client has been away this long.
+    pub session_expiry: Option<Duration>,
 }
 
 impl Default for Config {
@@ -47,6 +56,9 @@ impl Default for Config {
             max_queued: DEFAULT_MAX_QUEUED,
             queue_qos0: false,
             sys_interval: DEFAULT_SYS_INTERVAL,
+            data_dir: Some(DEFAULT_DATA_DIR.into()),
+            recover_store: false,
+            session_expiry: None,
         }
     }
 }
@@ -54,10 +66,6 @@ impl Default for Config {
 impl Config {
     /// The session limits this configuration sets.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_inflight: self.max_inflight,
-            max_queued: self.max_queued,
-            queue_qos0: self.queue_qos0,
-        }
+        Limits { max_inflight: self.max_inflight, max_queued: self.max_queued, queue_qos0: self.queue_qos0 }
     }
 }

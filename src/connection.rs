@@ -7,15 +7,17 @@
 use crate::broker::Broker;
 use crate::codec::MqttCodec;
 use crate::error::{Error, Violation};
-use crate::handle::{self, Client, Flow};
+use crate::handle::{self, Client, Drained, Flow};
 use crate::packet::Packet;
 use crate::runtime::Runtime;
 use crate::session::Message;
+use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
-use futures::future::{Either, Fuse, FutureExt, select};
+use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,6 +39,8 @@ enum Close {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// The store could not commit what the client sent.
+    StoreFailed,
 }
 
 impl Close {
@@ -54,10 +58,9 @@ impl fmt::Display for Close {
             Close::PeerClosed => f.write_str("connection closed by peer"),
             Close::Io(e) => write!(f, "i/o error: {e}"),
             Close::Violation(v) => write!(f, "protocol violation: {v}"),
-            Close::TakenOver => {
-                f.write_str("taken over by a new connection with the same client id")
-            }
+            Close::TakenOver => f.write_str("taken over by a new connection with the same client id"),
             Close::Shutdown => f.write_str("broker shutting down"),
+            Close::StoreFailed => f.write_str("store write failed, not acknowledging what the client sent"),
         }
     }
 }
@@ -81,34 +84,19 @@ where
     let mut out = Vec::new();
     let (kick, kicked) = async_channel::bounded(1);
     let conn = broker.next_connection_id();
-    let Some(mut client) = accept(&rt, &broker, &mut framed, peer, conn, kick, &mut out).await
-    else {
+    let Some(mut client) = accept(&rt, &broker, &mut framed, peer, conn, kick, &mut out).await else {
         let _ = framed.close().await;
         account(&broker, &mut framed);
         return;
     };
     broker.stats().connected();
-    let reason = serve(
-        &rt,
-        &broker,
-        &client,
-        &mut framed,
-        &mut out,
-        kicked,
-        shutdown,
-    )
-    .await;
+    let reason = serve(&rt, &broker, &client, &mut framed, &mut out, kicked, shutdown).await;
     match &reason {
         Close::Violation(_) => log::warn!("client {} ({peer}) disconnected: {reason}", client.id),
         _ => log::info!("client {} ({peer}) disconnected: {reason}", client.id),
     }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
-        let message = Message {
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: false,
-        };
+        let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: false };
         broker.publish(message, will.retain);
     }
     broker.detach(&client.id, conn);
@@ -143,8 +131,9 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     let result = match first {
         Some(Ok(Packet::Connect(connect))) => {
             let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
-            handle::connect(broker, connect, conn, kick, out)
-                .inspect(|c| log::info!("client {} connected from {peer} (clean session {clean}, keepalive {keep_alive}s)", c.id))
+            handle::connect(broker, connect, conn, kick, out).inspect(|c| {
+                log::info!("client {} connected from {peer} (clean session {clean}, keepalive {keep_alive}s)", c.id)
+            })
         }
         Some(Ok(_)) => Err(Violation::FirstPacketNotConnect),
         Some(Err(Error::Violation(v))) => Err(v),
@@ -158,6 +147,11 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     match result {
+        Ok(client) if !durable(broker, &client).await => {
+            log::warn!("client {} ({peer}): store write failed, refusing the connection", client.id);
+            broker.detach(&client.id, conn);
+            None
+        }
         Ok(client) => match write(framed, out).await {
             Ok(()) => Some(client),
             Err(e) => {
@@ -169,10 +163,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         Err(v) => {
             log::warn!("{peer}: CONNECT refused: {v}");
             if let Some(code) = v.connack() {
-                out.push(Packet::Connack {
-                    session_present: false,
-                    code,
-                });
+                out.push(Packet::Connack { session_present: false, code });
                 let _ = write(framed, out).await;
             }
             None
@@ -180,8 +171,18 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Waits until what CONNECT changed (a new persistent session) is durable.
+async fn durable(broker: &Broker, client: &Client) -> bool {
+    let ticket = client.take_ticket();
+    match broker.store() {
+        Some(store) => store.wait(ticket).await != TicketStatus::Failed,
+        None => true,
+    }
+}
+
 enum Event {
     Packet(Option<Result<Packet, Error>>),
+    Committed,
     Queued,
     Kicked,
     Shutdown,
@@ -207,21 +208,10 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         0 => Fuse::terminated(),
         _ => Box::pin(rt.sleep(keepalive)).fuse(),
     };
+    // Responses waiting for the store commit of what they acknowledge, in order.
+    let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
+    let mut event = Event::Queued;
     loop {
-        let event = {
-            let next = framed.next().fuse();
-            let queued = bell.recv().fuse();
-            let kicked = kicked.recv().fuse();
-            let stop = shutdown.recv().fuse();
-            pin_mut!(next, queued, kicked, stop);
-            futures::select! {
-                packet = next => Event::Packet(packet),
-                _ = queued => Event::Queued,
-                _ = kicked => Event::Kicked,
-                _ = stop => Event::Shutdown,
-                () = timer => Event::Keepalive,
-            }
-        };
         match event {
             Event::Packet(Some(Ok(packet))) => {
                 last_packet = Instant::now();
@@ -231,10 +221,14 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Flow::TakenOver) => return Close::TakenOver,
                     Err(v) => return Close::Violation(v),
                 }
+                let ticket = client.take_ticket();
+                if ticket != Ticket::default() || !held.is_empty() {
+                    held.push_back((ticket, std::mem::take(out)));
+                }
             }
             Event::Packet(Some(Err(e))) => return e.into(),
             Event::Packet(None) => return Close::PeerClosed,
-            Event::Queued => {}
+            Event::Queued | Event::Committed => {}
             Event::Kicked => return Close::TakenOver,
             Event::Shutdown => return Close::Shutdown,
             Event::Keepalive => {
@@ -245,20 +239,63 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 timer = Box::pin(rt.sleep(keepalive - idle)).fuse();
             }
         }
-        if handle::drain(client, out) == Flow::TakenOver {
-            return Close::TakenOver;
+        if !release(broker, &mut held, out) {
+            return Close::StoreFailed;
         }
-        let sent = out
-            .iter()
-            .filter(|p| matches!(p, Packet::Publish(_)))
-            .count();
+        // The store commit the next queued delivery waits for, if any.
+        let blocked = match handle::drain(client, broker, out) {
+            Drained::TakenOver => return Close::TakenOver,
+            Drained::Waiting(ticket) => Some(ticket),
+            Drained::Sent => None,
+        };
+        let sent = out.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
         let written = write(framed, out).await;
         account(broker, framed);
         if let Err(e) = written {
             return e.into();
         }
         broker.stats().sent(sent as u64);
+        event = {
+            let next = framed.next().fuse();
+            let queued = bell.recv().fuse();
+            let kicked = kicked.recv().fuse();
+            let stop = shutdown.recv().fuse();
+            let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
+            let committed = committed(broker, awaited).fuse();
+            pin_mut!(next, queued, kicked, stop, committed);
+            futures::select! {
+                packet = next => Event::Packet(packet),
+                _ = queued => Event::Queued,
+                _ = kicked => Event::Kicked,
+                _ = stop => Event::Shutdown,
+                () = timer => Event::Keepalive,
+                () = committed => Event::Committed,
+            }
+        };
     }
+}
+
+/// Completes once the store has committed (or failed) `ticket`; never
+/// without one.
+async fn committed(broker: &Broker, ticket: Option<Ticket>) {
+    match (broker.store(), ticket) {
+        (Some(store), Some(ticket)) => drop(store.wait(ticket).await),
+        _ => future::pending().await,
+    }
+}
+
+/// Moves responses whose commit is done from `held` to `out`, in order;
+/// `false` if a commit failed (nothing it covered may be acknowledged).
+fn release(broker: &Broker, held: &mut VecDeque<(Ticket, Vec<Packet>)>, out: &mut Vec<Packet>) -> bool {
+    while let Some((ticket, _)) = held.front() {
+        let status = broker.store().map_or(TicketStatus::Committed, |s| s.status(*ticket));
+        match status {
+            TicketStatus::Pending => break,
+            TicketStatus::Failed => return false,
+            TicketStatus::Committed => out.extend(held.pop_front().expect("front exists").1),
+        }
+    }
+    true
 }
 
 /// Adds the bytes the codec saw to the broker's counters.

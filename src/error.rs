@@ -111,9 +111,7 @@ impl Violation {
     pub const fn connack(self) -> Option<ConnectCode> {
         match self {
             Violation::ProtocolLevel => Some(ConnectCode::BadProtocolVersion),
-            Violation::EmptyClientIdPersistent | Violation::ClientIdRejected => {
-                Some(ConnectCode::IdentifierRejected)
-            }
+            Violation::EmptyClientIdPersistent | Violation::ClientIdRejected => Some(ConnectCode::IdentifierRejected),
             _ => None,
         }
     }

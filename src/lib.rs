@@ -14,7 +14,7 @@
 //!
 //! let config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
 //! futures::executor::block_on(async {
-//!     let server = Server::start(Smol::with_threads(1), Broker::new(config)).await?;
+//!     let server = Server::start(Smol::with_threads(1), Broker::in_memory(config)).await?;
 //!     println!("MQTT on {}", server.local_addrs()[0]);
 //!     server.shutdown().await;
 //!     Ok::<_, std::io::Error>(())
@@ -26,18 +26,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod expiry;
 pub mod handle;
 pub mod packet;
 pub mod retain;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod session_handle;
 pub mod stats;
 pub mod store;
 pub mod sys;

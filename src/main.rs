@@ -4,7 +4,7 @@
 use async_signal::{Signal, Signals};
 use futures::StreamExt;
 use midge::cli::{Args, Settings};
-use midge::{Broker, Config, Runtime, RuntimeKind, Server};
+use midge::{Broker, Runtime, RuntimeKind, Server};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -33,21 +33,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Blocks on the broker with the chosen runtime adapter.
+/// Opens the store, then blocks on the broker with the chosen runtime adapter.
 fn run(settings: Settings) -> std::io::Result<()> {
-    let Settings {
-        config,
-        runtime,
-        threads,
-        ..
-    } = settings;
+    let Settings { config, runtime, threads, .. } = settings;
+    let broker = Broker::open(config).map_err(std::io::Error::other)?;
     match runtime {
         #[cfg(feature = "smol")]
-        RuntimeKind::Smol => midge::Smol::block_on(threads, |rt| serve(rt, config)),
+        RuntimeKind::Smol => midge::Smol::block_on(threads, |rt| serve(rt, broker)),
         #[cfg(feature = "async-std")]
         RuntimeKind::AsyncStd => {
             midge::AsyncStd::init(threads);
-            midge::AsyncStd::block_on(serve(midge::AsyncStd, config))
+            midge::AsyncStd::block_on(serve(midge::AsyncStd, broker))
         }
         #[allow(unreachable_patterns)]
         other => unreachable!("runtime {other} is refused when arguments are parsed"),
@@ -55,9 +51,9 @@ fn run(settings: Settings) -> std::io::Result<()> {
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down cleanly.
-async fn serve<R: Runtime>(rt: R, config: Config) -> std::io::Result<()> {
+async fn serve<R: Runtime>(rt: R, broker: Broker) -> std::io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int])?;
-    let server = Server::start(rt, Broker::new(config)).await?;
+    let server = Server::start(rt, broker).await?;
     if let Some(signal) = signals.next().await {
         log::info!("received {:?}, shutting down", signal?);
     }

@@ -20,20 +20,14 @@ impl Retained {
             self.messages.remove(&message.topic);
             return;
         }
-        let stored = Message {
-            payload: bytes::Bytes::copy_from_slice(&message.payload),
-            retain: true,
-            ..message.clone()
-        };
+        let stored =
+            Message { payload: bytes::Bytes::copy_from_slice(&message.payload), retain: true, ..message.clone() };
         self.messages.insert(message.topic.clone(), stored);
     }
 
     /// Calls `f` for every retained message whose topic matches `filter`.
     pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&Message)) {
-        self.messages
-            .values()
-            .filter(|m| topic::matches(filter, &m.topic))
-            .for_each(&mut f);
+        self.messages.values().filter(|m| topic::matches(filter, &m.topic)).for_each(&mut f);
     }
 
     /// Number of retained messages.

@@ -6,9 +6,7 @@ use futures::io::{AsyncRead, AsyncWrite};
 use std::{fmt, future::Future, io, net::SocketAddr, str::FromStr, time::Duration};
 
 #[cfg(not(any(feature = "async-std", feature = "smol")))]
-compile_error!(
-    "midge needs a runtime: enable the `async-std` feature, the `smol` feature, or both"
-);
+compile_error!("midge needs a runtime: enable the `async-std` feature, the `smol` feature, or both");
 
 #[cfg(feature = "async-std")]
 #[path = "../runtimes/async_std.rs"]
@@ -37,10 +35,7 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// The address a listener is bound to (the real port after binding port 0).
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
     /// Accepts one connection, with `TCP_NODELAY` set.
-    fn accept(
-        &self,
-        listener: &Self::Listener,
-    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+    fn accept(&self, listener: &Self::Listener) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
     /// Runs a task to completion in the background (detached).
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
     /// Completes after `duration`.
@@ -97,11 +92,7 @@ impl FromStr for RuntimeKind {
         if !Self::COMPILED.contains(&kind) {
             return Err(format!(
                 "runtime {kind} is not compiled in (this build has: {}); rebuild with --features {kind}",
-                Self::COMPILED
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                Self::COMPILED.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
             ));
         }
         Ok(kind)

@@ -3,7 +3,7 @@
 
 use crate::broker::Broker;
 use crate::runtime::Runtime;
-use crate::{connection, sys};
+use crate::{connection, expiry, sys};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -33,10 +33,8 @@ impl<R: Runtime> Server<R> {
     pub async fn start(rt: R, broker: Broker) -> io::Result<Server<R>> {
         let mut listeners = Vec::new();
         for addr in &broker.config().bind {
-            let listener = rt
-                .bind(*addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let listener =
+                rt.bind(*addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(listener);
         }
         let (stop, stopped) = async_channel::bounded(1);
@@ -46,23 +44,12 @@ impl<R: Runtime> Server<R> {
             let addr = R::local_addr(&listener)?;
             log::info!("listening on {addr} (runtime {})", rt.name());
             local_addrs.push(addr);
-            let task = accept_loop(
-                rt.clone(),
-                broker.clone(),
-                listener,
-                stopped.clone(),
-                alive.clone(),
-            );
+            let task = accept_loop(rt.clone(), broker.clone(), listener, stopped.clone(), alive.clone());
             rt.spawn(task);
         }
-        rt.spawn(sys::run(rt.clone(), broker.clone(), stopped));
-        Ok(Server {
-            rt,
-            broker,
-            local_addrs,
-            stop,
-            done,
-        })
+        rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
+        rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped));
+        Ok(Server { rt, broker, local_addrs, stop, done })
     }
 
     /// The bound addresses, in configuration order (real ports for port 0).
@@ -85,6 +72,7 @@ impl<R: Runtime> Server<R> {
         if let Either::Right(_) = select(all_done, grace).await {
             log::warn!("shutdown: some connections did not end within {SHUTDOWN_GRACE:?}");
         }
+        self.broker.close();
         log::info!("broker stopped");
     }
 }

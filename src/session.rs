@@ -2,9 +2,12 @@
 //! outbound inflight messages, the queue behind them, and inbound QoS 2 ids.
 //!
 //! Methods take a packet or a message and push the packets to send into an
-//! output `Vec`, so the rules are testable without sockets.
+//! output `Vec`, so the rules are testable without sockets. A persistent
+//! session also records each change as a store [`Op`] in its journal, which
+//! whoever holds the session's lock hands to the store.
 
 use crate::packet::{Packet, Pid, Publish, QoS};
+use crate::store::{Op, Progress, StoredMessage, StoredSession, Ticket};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -41,10 +44,32 @@ pub struct Limits {
 /// An outbound QoS 1/2 message that has been sent and awaits its ack.
 #[derive(Debug, Clone)]
 struct Inflight {
-    pid: Pid,
+    seq: u64,
     message: Message,
     /// `true` once PUBREC arrived and PUBREL was sent (QoS 2 second half).
     released: bool,
+}
+
+impl Inflight {
+    fn pid(&self) -> Pid {
+        pid_for(self.seq)
+    }
+}
+
+/// A message waiting to be sent.
+#[derive(Debug, Clone)]
+struct Queued {
+    seq: u64,
+    message: Message,
+    /// The store commit that makes it durable (default: nothing to wait for).
+    ticket: Ticket,
+}
+
+/// The packet id of the message with sequence number `seq`. Deriving it
+/// from the stored sequence number keeps ids stable across a restart
+/// without writing each assignment to the store.
+pub fn pid_for(seq: u64) -> Pid {
+    (seq.wrapping_sub(1) % u64::from(u16::MAX)) as Pid + 1
 }
 
 /// What happened to a message offered to a session.
@@ -61,20 +86,27 @@ pub enum Offer {
 /// The state of one client's session.
 #[derive(Debug)]
 pub struct Session {
+    /// The client this session belongs to (the key of its stored state).
+    client_id: Arc<str>,
     /// Clean session: discarded when the connection ends.
     pub clean: bool,
+    /// Whether changes are journaled for the store.
+    durable: bool,
     /// Whether a connection is attached.
     online: bool,
     limits: Limits,
     /// Filter → granted QoS.
     subscriptions: HashMap<String, QoS>,
-    last_pid: Pid,
+    /// Sequence number of the last message queued.
+    last_seq: u64,
     /// Sent, unacknowledged QoS 1/2 messages in send order.
     inflight: VecDeque<Inflight>,
     /// Messages not yet sent, in arrival order.
-    queue: VecDeque<Message>,
+    queue: VecDeque<Queued>,
     /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
     incoming: HashSet<Pid>,
+    /// Changes not yet handed to the store.
+    journal: Vec<Op>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// `dropped` when it was last reported, and when.
@@ -82,19 +114,61 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new, empty session.
-    pub fn new(clean: bool, limits: Limits) -> Session {
+    /// A new, empty session; `durable` journals its changes for the store
+    /// (only persistent sessions are ever written: pass `!clean && store`).
+    pub fn new(client_id: Arc<str>, clean: bool, limits: Limits, durable: bool) -> Session {
         Session {
+            client_id,
             clean,
+            durable,
             online: false,
             limits,
             subscriptions: HashMap::new(),
-            last_pid: 0,
+            last_seq: 0,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             incoming: HashSet::new(),
+            journal: Vec::new(),
             dropped: 0,
             reported: (0, None),
+        }
+    }
+
+    /// Rebuilds a persistent session from the store: messages that were sent
+    /// become inflight again (re-sent with DUP=1), the others queued.
+    pub fn restore(client_id: Arc<str>, stored: StoredSession, limits: Limits) -> Session {
+        let mut session = Session::new(client_id, false, limits, true);
+        session.subscriptions.extend(stored.subscriptions);
+        session.incoming.extend(stored.incoming);
+        for (seq, (m, progress)) in stored.messages {
+            let message = Message { topic: m.topic, payload: m.payload, qos: m.qos, retain: m.retain };
+            session.last_seq = seq;
+            match progress {
+                Progress::Queued => session.queue.push_back(Queued { seq, message, ticket: Ticket::default() }),
+                Progress::Sent | Progress::Released => {
+                    let released = progress == Progress::Released;
+                    session.inflight.push_back(Inflight { seq, message, released });
+                }
+            }
+        }
+        session
+    }
+
+    /// The changes made since the last call, for the store.
+    pub fn take_journal(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Stops journaling: the session is being discarded, and a newer one may
+    /// take its client id in the store.
+    pub fn discard(&mut self) {
+        self.durable = false;
+        self.journal.clear();
+    }
+
+    fn record(&mut self, op: impl FnOnce(Arc<str>) -> Op) {
+        if self.durable {
+            self.journal.push(op(self.client_id.clone()));
         }
     }
 
@@ -111,16 +185,19 @@ impl Session {
     /// Records a subscription, replacing one with the same filter.
     pub fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.subscriptions.insert(filter.to_owned(), qos);
+        self.record(|id| Op::Subscription(id, filter.to_owned(), Some(qos)));
     }
 
     /// Forgets a subscription, if it exists.
     pub fn unsubscribe(&mut self, filter: &str) {
-        self.subscriptions.remove(filter);
+        if self.subscriptions.remove(filter).is_some() {
+            self.record(|id| Op::Subscription(id, filter.to_owned(), None));
+        }
     }
 
-    /// Every subscribed filter.
-    pub fn filters(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.keys().map(String::as_str)
+    /// Every subscription: filter and granted QoS.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, QoS)> {
+        self.subscriptions.iter().map(|(f, q)| (f.as_str(), *q))
     }
 
     /// Number of messages queued or inflight.
@@ -128,7 +205,8 @@ impl Session {
         self.queue.len() + self.inflight.len()
     }
 
-    /// Offers a message for delivery, applying the queue limits.
+    /// Offers a message for delivery, applying the queue limits. A QoS 1/2
+    /// message queued in a durable session is journaled.
     pub fn offer(&mut self, message: Message) -> Offer {
         if message.qos == QoS::AtMostOnce && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
@@ -137,8 +215,26 @@ impl Session {
             self.dropped += 1;
             return Offer::Dropped;
         }
-        self.queue.push_back(message);
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        if message.qos != QoS::AtMostOnce {
+            let stored = StoredMessage {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos: message.qos,
+                retain: message.retain,
+            };
+            self.record(|id| Op::Message(id, seq, Some(stored)));
+        }
+        self.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
         Offer::Queued
+    }
+
+    /// Notes the store commit the last queued message waits for.
+    pub fn stamp_last(&mut self, ticket: Ticket) {
+        if let Some(last) = self.queue.back_mut() {
+            last.ticket = ticket;
+        }
     }
 
     /// The number of drops to report now, if the last report is at least
@@ -156,29 +252,39 @@ impl Session {
     }
 
     /// Moves queued messages out while the inflight window has room, in
-    /// order: a QoS 0 message never overtakes a QoS 1/2 one waiting for room.
-    pub fn next_packets(&mut self, out: &mut Vec<Packet>) {
+    /// order: a QoS 0 message never overtakes a QoS 1/2 one waiting for room,
+    /// and a message whose packet id is still in use waits for it.
+    ///
+    /// A QoS 2 message of a durable session also waits until it is durable
+    /// (`durable(ticket)`): a receiver remembers a QoS 2 packet id until
+    /// PUBREL, so a message forgotten in a crash after it was sent would make
+    /// the receiver drop the next message that reuses its id. The ticket it
+    /// waits for is returned.
+    pub fn next_packets(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
         if !self.online {
-            return;
+            return None;
         }
-        while let Some(message) = self.queue.front() {
-            if message.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.max_inflight {
-                return;
+        while let Some(front) = self.queue.front() {
+            let (seq, qos) = (front.seq, front.message.qos);
+            if qos != QoS::AtMostOnce
+                && (self.inflight.len() >= self.limits.max_inflight
+                    || self.inflight.iter().any(|f| f.pid() == pid_for(seq)))
+            {
+                return None;
             }
-            let message = self.queue.pop_front().expect("front exists");
-            let pid = match message.qos {
-                QoS::AtMostOnce => None,
-                _ => Some(self.next_pid()),
-            };
-            out.push(publish_packet(&message, pid, false));
-            if let Some(pid) = pid {
-                self.inflight.push_back(Inflight {
-                    pid,
-                    message,
-                    released: false,
-                });
+            if qos == QoS::ExactlyOnce && self.durable && !durable(front.ticket) {
+                return Some(front.ticket);
             }
+            let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
+            if qos == QoS::AtMostOnce {
+                out.push(publish_packet(&message, None, false));
+                continue;
+            }
+            out.push(publish_packet(&message, Some(pid_for(seq)), false));
+            self.record(|id| Op::Progress(id, seq, Progress::Sent));
+            self.inflight.push_back(Inflight { seq, message, released: false });
         }
+        None
     }
 
     /// On reconnect: re-sends every unacknowledged PUBLISH with DUP set and
@@ -186,8 +292,8 @@ impl Session {
     pub fn resend(&mut self, out: &mut Vec<Packet>) {
         for f in &self.inflight {
             out.push(match f.released {
-                true => Packet::Pubrel(f.pid),
-                false => publish_packet(&f.message, Some(f.pid), true),
+                true => Packet::Pubrel(f.pid()),
+                false => publish_packet(&f.message, Some(f.pid()), true),
             });
         }
     }
@@ -199,10 +305,11 @@ impl Session {
 
     /// PUBREC: the first half of a QoS 2 delivery; always answered by PUBREL.
     pub fn pubrec(&mut self, pid: Pid, out: &mut Vec<Packet>) {
-        if let Some(f) = self.inflight.iter_mut().find(|f| f.pid == pid) {
-            if f.message.qos == QoS::ExactlyOnce {
-                f.released = true;
-            }
+        let found = self.inflight.iter_mut().find(|f| f.pid() == pid && f.message.qos == QoS::ExactlyOnce);
+        if let Some(f) = found.filter(|f| !f.released) {
+            f.released = true;
+            let seq = f.seq;
+            self.record(|id| Op::Progress(id, seq, Progress::Released));
         }
         out.push(Packet::Pubrel(pid));
     }
@@ -213,19 +320,20 @@ impl Session {
     }
 
     fn complete(&mut self, pid: Pid, qos: QoS, released: bool) {
-        let found = self
-            .inflight
-            .iter()
-            .position(|f| f.pid == pid && f.message.qos == qos && f.released == released);
-        if let Some(i) = found {
-            self.inflight.remove(i);
+        let found = self.inflight.iter().position(|f| f.pid() == pid && f.message.qos == qos && f.released == released);
+        if let Some(f) = found.and_then(|i| self.inflight.remove(i)) {
+            self.record(|id| Op::Message(id, f.seq, None));
         }
     }
 
     /// An inbound QoS 2 PUBLISH: returns whether it is new and must be
     /// delivered (a re-sent one before PUBREL is not, MQTT-4.3.3-2).
     pub fn receive_qos2(&mut self, pid: Pid) -> bool {
-        self.incoming.insert(pid)
+        let new = self.incoming.insert(pid);
+        if new {
+            self.record(|id| Op::Incoming(id, pid, true));
+        }
+        new
     }
 
     /// Inbound QoS 2 ids received and not yet released.
@@ -235,18 +343,10 @@ impl Session {
 
     /// PUBREL from the client: forget the id; always answered by PUBCOMP.
     pub fn pubrel(&mut self, pid: Pid, out: &mut Vec<Packet>) {
-        self.incoming.remove(&pid);
-        out.push(Packet::Pubcomp(pid));
-    }
-
-    /// The next packet id not used by an inflight message.
-    fn next_pid(&mut self) -> Pid {
-        loop {
-            self.last_pid = self.last_pid.wrapping_add(1).max(1);
-            if !self.inflight.iter().any(|f| f.pid == self.last_pid) {
-                return self.last_pid;
-            }
+        if self.incoming.remove(&pid) {
+            self.record(|id| Op::Incoming(id, pid, false));
         }
+        out.push(Packet::Pubcomp(pid));
     }
 }
 
@@ -265,19 +365,10 @@ fn publish_packet(message: &Message, pid: Option<Pid>, dup: bool) -> Packet {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_inflight: 2,
-        max_queued: 4,
-        queue_qos0: false,
-    };
+    const LIMITS: Limits = Limits { max_inflight: 2, max_queued: 4, queue_qos0: false };
 
     fn message(qos: QoS) -> Message {
-        Message {
-            topic: "t".into(),
-            payload: Bytes::from_static(b"p"),
-            qos,
-            retain: false,
-        }
+        Message { topic: "t".into(), payload: Bytes::from_static(b"p"), qos, retain: false }
     }
 
     fn pids(out: &[Packet]) -> Vec<(Option<Pid>, bool)> {
@@ -292,7 +383,7 @@ mod tests {
 
     #[test]
     fn inflight_window_holds_back_and_keeps_order() {
-        let mut s = Session::new(false, LIMITS);
+        let mut s = Session::new("c".into(), false, LIMITS, false);
         s.set_online(true);
         for qos in [QoS::AtLeastOnce, QoS::AtLeastOnce, QoS::AtLeastOnce] {
             assert_eq!(s.offer(message(qos)), Offer::Queued);
@@ -300,23 +391,18 @@ mod tests {
         assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Queued);
         assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped);
         let mut out = Vec::new();
-        s.next_packets(&mut out);
+        s.next_packets(&mut out, |_| true);
         assert_eq!(pids(&out), [(Some(1), false), (Some(2), false)]);
         s.puback(1);
         out.clear();
-        s.next_packets(&mut out);
+        s.next_packets(&mut out, |_| true);
         assert_eq!(pids(&out), [(Some(3), false), (None, false)]);
     }
 
     #[test]
     fn drops_are_reported_at_most_once_a_second() {
-        let mut s = Session::new(
-            false,
-            Limits {
-                max_queued: 0,
-                ..LIMITS
-            },
-        );
+        let limits = Limits { max_queued: 0, ..LIMITS };
+        let mut s = Session::new("c".into(), false, limits, false);
         let start = Instant::now();
         s.offer(message(QoS::AtLeastOnce));
         assert_eq!(s.drop_report(start), Some(1));
@@ -329,13 +415,13 @@ mod tests {
 
     #[test]
     fn offline_qos0_is_skipped_and_resend_sets_dup() {
-        let mut s = Session::new(false, LIMITS);
+        let mut s = Session::new("c".into(), false, LIMITS, false);
         assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Skipped);
         s.offer(message(QoS::ExactlyOnce));
         s.offer(message(QoS::AtLeastOnce));
         s.set_online(true);
         let mut out = Vec::new();
-        s.next_packets(&mut out);
+        s.next_packets(&mut out, |_| true);
         out.clear();
         s.pubrec(1, &mut out);
         assert_eq!(out, [Packet::Pubrel(1)]);
@@ -351,12 +437,54 @@ mod tests {
 
     #[test]
     fn inbound_qos2_is_delivered_once_until_released() {
-        let mut s = Session::new(false, LIMITS);
+        let mut s = Session::new("c".into(), false, LIMITS, false);
         assert!(s.receive_qos2(7));
         assert!(!s.receive_qos2(7));
         let mut out = Vec::new();
         s.pubrel(7, &mut out);
         assert_eq!(out, [Packet::Pubcomp(7)]);
         assert!(s.receive_qos2(7));
+    }
+
+    #[test]
+    fn packet_ids_follow_sequence_numbers_and_wrap_without_zero() {
+        assert_eq!(pid_for(1), 1);
+        assert_eq!(pid_for(65535), 65535);
+        assert_eq!(pid_for(65536), 1);
+    }
+
+    #[test]
+    fn a_durable_session_journals_and_restores() {
+        let mut s = Session::new("c".into(), false, LIMITS, true);
+        s.set_online(true);
+        s.subscribe("t/#", QoS::ExactlyOnce);
+        s.offer(message(QoS::AtLeastOnce));
+        s.offer(message(QoS::ExactlyOnce));
+        s.offer(message(QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        s.next_packets(&mut out, |_| true);
+        s.pubrec(2, &mut out);
+        s.puback(1);
+        assert!(s.receive_qos2(9));
+        let mut stored = crate::store::Snapshot::default();
+        stored.apply(&[Op::Session("c".into(), Some(0))]); // written by the broker on attach
+        stored.apply(&s.take_journal());
+        let stored = stored.sessions.remove("c").expect("session stored by its ops");
+        let mut restored = Session::restore("c".into(), stored, LIMITS);
+        restored.set_online(true);
+        out.clear();
+        restored.resend(&mut out);
+        restored.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(2), false), (Some(3), false)]);
+        assert!(matches!(out[0], Packet::Pubrel(2)));
+        assert!(!restored.receive_qos2(9), "MQTT-4.3.3-2 state survives");
+    }
+
+    #[test]
+    fn a_clean_session_journals_nothing() {
+        let mut s = Session::new("c".into(), true, LIMITS, false);
+        s.subscribe("t", QoS::AtLeastOnce);
+        s.offer(message(QoS::AtLeastOnce));
+        assert!(s.take_journal().is_empty());
     }
 }

@@ -19,11 +19,7 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, stopped: Receiver<()>) {
         return;
     }
     let started = Instant::now();
-    publish(
-        &broker,
-        "version",
-        format!("midge version {}", env!("CARGO_PKG_VERSION")),
-    );
+    publish(&broker, "version", format!("midge version {}", env!("CARGO_PKG_VERSION")));
     loop {
         publish_stats(&broker, started);
         let tick = rt.sleep(interval);
@@ -39,32 +35,14 @@ fn publish_stats(broker: &Broker, started: Instant) {
     let s = broker.stats();
     let values = [
         ("uptime", format!("{} seconds", started.elapsed().as_secs())),
-        (
-            "clients/connected",
-            s.clients_connected.load(Relaxed).to_string(),
-        ),
+        ("clients/connected", s.clients_connected.load(Relaxed).to_string()),
         ("clients/total", broker.client_count().to_string()),
-        (
-            "clients/maximum",
-            s.clients_maximum.load(Relaxed).to_string(),
-        ),
-        (
-            "messages/received",
-            s.messages_received.load(Relaxed).to_string(),
-        ),
+        ("clients/maximum", s.clients_maximum.load(Relaxed).to_string()),
+        ("messages/received", s.messages_received.load(Relaxed).to_string()),
         ("messages/sent", s.messages_sent.load(Relaxed).to_string()),
-        (
-            "publish/messages/dropped",
-            s.messages_dropped.load(Relaxed).to_string(),
-        ),
-        (
-            "retained messages/count",
-            broker.retained_count().to_string(),
-        ),
-        (
-            "subscriptions/count",
-            broker.subscription_count().to_string(),
-        ),
+        ("publish/messages/dropped", s.messages_dropped.load(Relaxed).to_string()),
+        ("retained messages/count", broker.retained_count().to_string()),
+        ("subscriptions/count", broker.subscription_count().to_string()),
         ("bytes/received", s.bytes_received.load(Relaxed).to_string()),
         ("bytes/sent", s.bytes_sent.load(Relaxed).to_string()),
     ];

@@ -80,19 +80,13 @@ mod tests {
         assert_eq!(validate_filter("a/#/b"), Err(Violation::MultiLevelWildcard));
         assert_eq!(validate_filter("a#"), Err(Violation::MultiLevelWildcard));
         assert_eq!(validate_filter("a+"), Err(Violation::SingleLevelWildcard));
-        assert_eq!(
-            validate_filter("a/b+/c"),
-            Err(Violation::SingleLevelWildcard)
-        );
+        assert_eq!(validate_filter("a/b+/c"), Err(Violation::SingleLevelWildcard));
         assert_eq!(validate_filter(""), Err(Violation::EmptyTopic));
     }
 
     #[test]
     fn matching() {
-        assert!(
-            matches("a/#", "a"),
-            "MQTT-4.7.1-2: # matches the parent level"
-        );
+        assert!(matches("a/#", "a"), "MQTT-4.7.1-2: # matches the parent level");
         assert!(matches("a/#", "a/b/c"));
         assert!(matches("a/+", "a/b"));
         assert!(!matches("a/+", "a/b/c"));

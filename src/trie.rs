@@ -23,19 +23,13 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node {
-            children: HashMap::new(),
-            subscribers: HashMap::new(),
-        }
+        Node { children: HashMap::new(), subscribers: HashMap::new() }
     }
 }
 
 impl<V> Default for Trie<V> {
     fn default() -> Self {
-        Trie {
-            root: Node::default(),
-            len: 0,
-        }
+        Trie { root: Node::default(), len: 0 }
     }
 }
 
@@ -142,15 +136,7 @@ mod tests {
         trie.insert("$SYS/#", "c4".into(), 4);
         trie.insert("+/b", "c5".into(), 5);
         assert_eq!(matched(&trie, "a"), [("c1".into(), 1), ("c3".into(), 3)]);
-        assert_eq!(
-            matched(&trie, "a/b"),
-            [
-                ("c1".into(), 1),
-                ("c2".into(), 2),
-                ("c3".into(), 3),
-                ("c5".into(), 5)
-            ]
-        );
+        assert_eq!(matched(&trie, "a/b"), [("c1".into(), 1), ("c2".into(), 2), ("c3".into(), 3), ("c5".into(), 5)]);
         assert_eq!(matched(&trie, "$SYS/b"), [("c4".into(), 4)]);
         assert_eq!(trie.len(), 5);
     }

@@ -200,10 +200,7 @@ mod tests {
         assert_eq!(check(0x30, &[0x00, 0x05, b'a']), Err(Violation::Malformed));
         assert_eq!(check(0x32, &[0x00, 0x01, b'a']), Err(Violation::Malformed));
         assert_eq!(check(0x82, &[0, 1, 0, 1, b'a']), Err(Violation::Malformed));
-        assert_eq!(
-            check(0x10, &[0, 4, b'M', b'Q', b'T', b'T', 4]),
-            Err(Violation::Malformed)
-        );
+        assert_eq!(check(0x10, &[0, 4, b'M', b'Q', b'T', b'T', 4]), Err(Violation::Malformed));
     }
 
     #[test]
@@ -227,21 +224,12 @@ mod tests {
         assert_eq!(check(0x00, &[]), Err(Violation::ReservedPacketType));
         assert_eq!(check(0xf0, &[]), Err(Violation::ReservedPacketType));
         assert_eq!(check(0x20, &[0, 0]), Err(Violation::ServerOnlyPacket));
-        assert_eq!(
-            check(0x80, &[0, 1, 0, 1, b'a', 0]),
-            Err(Violation::HeaderFlags)
-        );
+        assert_eq!(check(0x80, &[0, 1, 0, 1, b'a', 0]), Err(Violation::HeaderFlags));
         assert_eq!(check(0x36, &[0, 1, b'a', 0, 1]), Err(Violation::PublishQos));
         assert_eq!(check(0x38, &[0, 1, b'a']), Err(Violation::DupOnQos0));
         assert_eq!(check(0x82, &[0, 1]), Err(Violation::SubscribeEmpty));
-        assert_eq!(
-            check(0x82, &[0, 1, 0, 1, b'a', 3]),
-            Err(Violation::SubscribeQos)
-        );
+        assert_eq!(check(0x82, &[0, 1, 0, 1, b'a', 3]), Err(Violation::SubscribeQos));
         assert_eq!(check(0xa2, &[0, 1]), Err(Violation::UnsubscribeEmpty));
-        assert_eq!(
-            check(0x82, &[0, 0, 0, 1, b'a', 0]),
-            Err(Violation::PacketIdZero)
-        );
+        assert_eq!(check(0x82, &[0, 0, 0, 1, b'a', 0]), Err(Violation::PacketIdZero));
     }
 }

@@ -9,11 +9,7 @@ use crate::support::{TestBroker, packets};
 fn offender_is_closed(b: &TestBroker, connect: bool, bytes: &[u8]) {
     let mut bystander = b.client("bystander");
     bystander.subscribe(1, &[("still/#", 0)]);
-    let mut offender = if connect {
-        b.client("offender")
-    } else {
-        b.raw()
-    };
+    let mut offender = if connect { b.client("offender") } else { b.raw() };
     offender.send(bytes);
     offender.expect_closed();
     let mut publisher: Raw = b.client("publisher");

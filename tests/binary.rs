@@ -1,46 +1,34 @@
 //! The `midge` binary itself: start-up on each runtime, log lines, a
 //! mosquitto round trip, and a clean exit on SIGTERM.
 
+use crate::support::TempDir;
 use crate::support::client::Raw;
 use crate::support::packets;
 use crate::support::process::{Process, run};
 
-fn start(runtime: &str) -> (Process, std::net::SocketAddr) {
-    let args = [
-        "--runtime",
-        runtime,
-        "--bind",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-    ];
+/// Starts the binary on `runtime` with its store in `data`.
+pub fn start(runtime: &str, data: &TempDir) -> (Process, std::net::SocketAddr) {
+    start_with(runtime, data, &[])
+}
+
+/// [`start`] with extra arguments.
+pub fn start_with(runtime: &str, data: &TempDir, extra: &[&str]) -> (Process, std::net::SocketAddr) {
+    let mut args = vec!["--runtime", runtime, "--bind", "127.0.0.1:0", "--threads", "2", "--data-dir", data.arg()];
+    args.extend_from_slice(extra);
     let mut midge = Process::spawn(env!("CARGO_BIN_EXE_midge"), &args);
     midge.wait_for(&format!("runtime {runtime}"));
     let line = midge.wait_for("listening on ");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();
     (midge, addr.parse().unwrap())
 }
 
 fn serves_logs_and_stops(runtime: &str) {
-    let (mut midge, addr) = start(runtime);
+    let data = TempDir::new("binary");
+    let (mut midge, addr) = start(runtime, &data);
     let port = addr.port().to_string();
-    let mut sub = Process::mosquitto_sub(&[
-        "-p", &port, "-t", "a/#", "-q", "1", "-C", "1", "-W", "20", "-d",
-    ]);
+    let mut sub = Process::mosquitto_sub(&["-p", &port, "-t", "a/#", "-q", "1", "-C", "1", "-W", "20", "-d"]);
     sub.wait_for("Subscribed (mid");
-    assert_eq!(
-        run(
-            "mosquitto_pub",
-            &["-p", &port, "-t", "a/b", "-q", "1", "-m", "hi"]
-        ),
-        Some(0)
-    );
+    assert_eq!(run("mosquitto_pub", &["-p", &port, "-t", "a/b", "-q", "1", "-m", "hi"]), Some(0));
     sub.wait_for("hi");
     assert_eq!(sub.wait_exit(), Some(0));
     midge.wait_for("connected from 127.0.0.1");
@@ -49,10 +37,7 @@ fn serves_logs_and_stops(runtime: &str) {
     bad.send(&packets::PINGREQ);
     bad.expect_closed();
     let warn = midge.wait_for("MQTT-3.1.0-1");
-    assert!(
-        warn.contains("\x1b[33m") || warn.contains("\"level\":40"),
-        "not at warn level: {warn:?}"
-    );
+    assert!(warn.contains("\x1b[33m") || warn.contains("\"level\":40"), "not at warn level: {warn:?}");
     assert_eq!(run("kill", &["-TERM", &midge.id().to_string()]), Some(0));
     midge.wait_for("shutting down");
     assert_eq!(midge.wait_exit(), Some(0));
@@ -73,8 +58,23 @@ fn binary_serves_on_smol() {
 /// A runtime name that is not known is refused with exit code 2.
 #[test]
 fn binary_refuses_unknown_runtime() {
-    assert_eq!(
-        run(env!("CARGO_BIN_EXE_midge"), &["--runtime", "tokio"]),
-        Some(1)
-    );
+    assert_eq!(run(env!("CARGO_BIN_EXE_midge"), &["--runtime", "tokio"]), Some(1));
+}
+
+/// A data directory in use by a running midge is refused with a clear
+/// error and a non-zero exit; a data directory that is a file too.
+#[test]
+fn binary_refuses_a_locked_or_unusable_store() {
+    let data = TempDir::new("locked");
+    let runtime = midge::RuntimeKind::default_compiled().name();
+    let (_first, _) = start(runtime, &data);
+    let mut second = Process::spawn(env!("CARGO_BIN_EXE_midge"), &["--bind", "127.0.0.1:0", "--data-dir", data.arg()]);
+    second.wait_for("in use by another running midge");
+    assert_eq!(second.wait_exit(), Some(1));
+    let file = data.0.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let mut third =
+        Process::spawn(env!("CARGO_BIN_EXE_midge"), &["--bind", "127.0.0.1:0", "--data-dir", file.to_str().unwrap()]);
+    third.wait_for("cannot create data directory");
+    assert_eq!(third.wait_exit(), Some(1));
 }

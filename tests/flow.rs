@@ -1,7 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, ack,
-};
+use crate::support::packets::{self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, ack};
 
 fn small_windows(c: &mut midge::Config) {
     c.max_inflight = 2;

@@ -9,52 +9,19 @@ use crate::support::process::{Process, run};
 fn round_trip(b: &TestBroker, filter: &str, messages: &[(&str, u8, &str)]) {
     let port = b.addr.port().to_string();
     let count = messages.len().to_string();
-    let sub_args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-t",
-        filter,
-        "-q",
-        "1",
-        "-C",
-        &count,
-        "-W",
-        "20",
-        "-d",
-        "-F",
-        "msg %t %p",
-    ];
+    let sub_args =
+        ["-h", "127.0.0.1", "-p", &port, "-t", filter, "-q", "1", "-C", &count, "-W", "20", "-d", "-F", "msg %t %p"];
     let mut sub = Process::mosquitto_sub(&sub_args);
     sub.wait_for("Subscribed (mid");
     for (topic, qos, payload) in messages {
         let qos = qos.to_string();
-        let pub_args = [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            topic,
-            "-q",
-            &qos,
-            "-m",
-            payload,
-        ];
-        assert_eq!(
-            run("mosquitto_pub", &pub_args),
-            Some(0),
-            "mosquitto_pub -q {qos} failed"
-        );
+        let pub_args = ["-h", "127.0.0.1", "-p", &port, "-t", topic, "-q", &qos, "-m", payload];
+        assert_eq!(run("mosquitto_pub", &pub_args), Some(0), "mosquitto_pub -q {qos} failed");
     }
     for (topic, qos, payload) in messages {
         let delivered = qos.min(&1); // the subscription is at QoS 1
         let received = sub.wait_for(&format!("'{topic}', ..."));
-        assert!(
-            received.contains(&format!(", q{delivered}, ")),
-            "{topic} not at QoS {delivered}: {received}"
-        );
+        assert!(received.contains(&format!(", q{delivered}, ")), "{topic} not at QoS {delivered}: {received}");
         sub.wait_for(&format!("msg {topic} {payload}"));
     }
     assert_eq!(sub.wait_exit(), Some(0));

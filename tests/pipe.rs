@@ -16,21 +16,13 @@ struct Scripted {
 }
 
 impl AsyncRead for Scripted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.input).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Scripted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.output.lock().unwrap().extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -57,26 +49,19 @@ fn scripted_session<R: Runtime>(rt: R) {
     ]
     .concat();
     let output = Arc::new(Mutex::new(Vec::new()));
-    let stream = Scripted {
-        input: Cursor::new(script),
-        output: output.clone(),
-    };
+    let stream = Scripted { input: Cursor::new(script), output: output.clone() };
     let (_stop, stopped) = async_channel::bounded(1);
     let peer = "127.0.0.1:9".parse().unwrap();
     futures::executor::block_on(midge::connection::run(
         rt,
-        Broker::new(Config::default()),
+        Broker::in_memory(Config::default()),
         stream,
         peer,
         stopped,
     ));
-    let expected = [
-        CONNACK_ACCEPTED.to_vec(),
-        packets::suback(1, &[0]),
-        packets::publish0("self", b"loop"),
-        PINGRESP.to_vec(),
-    ]
-    .concat();
+    let expected =
+        [CONNACK_ACCEPTED.to_vec(), packets::suback(1, &[0]), packets::publish0("self", b"loop"), PINGRESP.to_vec()]
+            .concat();
     assert_eq!(*output.lock().unwrap(), expected);
 }
 

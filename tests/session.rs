@@ -1,7 +1,6 @@
 use crate::support::TestBroker;
 use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, DISCONNECT, PUBACK, PUBCOMP, PUBREC,
-    PUBREL, ack,
+    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack,
 };
 
 runtime_test!(
@@ -78,14 +77,7 @@ runtime_test!(
 fn will_client(b: &TestBroker, id: &str, retain: bool) -> crate::support::client::Raw {
     let mut raw = b.raw();
     let will = Some(("will/topic", &b"gone"[..], 1, retain));
-    raw.send(
-        &Connect {
-            client_id: id,
-            will,
-            ..Connect::default()
-        }
-        .bytes(),
-    );
+    raw.send(&Connect { client_id: id, will, ..Connect::default() }.bytes());
     raw.expect(&CONNACK_ACCEPTED);
     raw
 }

@@ -91,9 +91,6 @@ fn field(bytes: &[u8]) -> Vec<u8> {
 fn check(ok: bool, expected: &str) -> io::Result<()> {
     match ok {
         true => Ok(()),
-        false => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("expected {expected}"),
-        )),
+        false => Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected {expected}"))),
     }
 }

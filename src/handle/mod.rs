@@ -8,11 +8,14 @@ mod subscribe;
 
 pub use connect::connect;
 
-use crate::broker::{Broker, SessionHandle};
+use crate::broker::Broker;
 use crate::error::Violation;
 use crate::packet::{Packet, Will};
 use crate::session::Session;
+use crate::session_handle::SessionHandle;
+use crate::store::{Ticket, TicketStatus};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A connected client: what the connection knows beyond its session.
 pub struct Client {
@@ -26,15 +29,29 @@ pub struct Client {
     pub will: Option<Will>,
     /// Keepalive in seconds (0: none).
     pub keep_alive: u16,
+    /// The store commit the packets being answered wait for: responses go
+    /// out only once what they acknowledge is durable.
+    pub ticket: AtomicU64,
 }
 
 impl Client {
     /// Runs `f` on the session if this connection still owns it; `None`
     /// means a newer connection with the same client id took over.
     pub fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
-        self.session
-            .lock_owned(self.conn)
-            .map(|mut owned| f(&mut owned.session))
+        let mut owned = self.session.lock_owned(self.conn)?;
+        let result = f(&mut owned.session);
+        self.wait_for(owned.commit());
+        Some(result)
+    }
+
+    /// Holds the current responses until `ticket` is committed.
+    pub fn wait_for(&self, ticket: Ticket) {
+        self.ticket.fetch_max(ticket.0, Ordering::Relaxed);
+    }
+
+    /// The ticket the current responses wait for, resetting it.
+    pub fn take_ticket(&self) -> Ticket {
+        Ticket(self.ticket.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -56,12 +73,7 @@ impl From<Option<()>> for Flow {
 }
 
 /// Handles one packet received after CONNECT.
-pub fn packet(
-    client: &Client,
-    broker: &Broker,
-    packet: Packet,
-    out: &mut Vec<Packet>,
-) -> Result<Flow, Violation> {
+pub fn packet(client: &Client, broker: &Broker, packet: Packet, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     Ok(match packet {
         Packet::Publish(p) => publish::publish(client, broker, p, out),
         Packet::Puback(pid) => client.with_session(|s| s.puback(pid)).into(),
@@ -69,9 +81,7 @@ pub fn packet(
         Packet::Pubrel(pid) => client.with_session(|s| s.pubrel(pid, out)).into(),
         Packet::Pubcomp(pid) => client.with_session(|s| s.pubcomp(pid)).into(),
         Packet::Subscribe(pid, filters) => subscribe::subscribe(client, broker, pid, &filters, out),
-        Packet::Unsubscribe(pid, filters) => {
-            subscribe::unsubscribe(client, broker, pid, &filters, out)
-        }
+        Packet::Unsubscribe(pid, filters) => subscribe::unsubscribe(client, broker, pid, &filters, out),
         Packet::Pingreq => pong(out),
         Packet::Disconnect => Flow::Disconnect,
         Packet::Connect(_) => return Err(Violation::SecondConnect),
@@ -79,9 +89,28 @@ pub fn packet(
     })
 }
 
+/// What [`drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Sent what the inflight window allows.
+    Sent,
+    /// The next message waits for this store commit.
+    Waiting(Ticket),
+    /// Another connection took the client id over.
+    TakenOver,
+}
+
 /// Moves queued messages into `out` as far as the inflight window allows.
-pub fn drain(client: &Client, out: &mut Vec<Packet>) -> Flow {
-    client.with_session(|s| s.next_packets(out)).into()
+/// Deliveries need not wait for the store, except QoS 2 ones (see
+/// [`Session::next_packets`]): a "sent" mark only decides DUP after a crash,
+/// and the packet id is fixed by the stored sequence number.
+pub fn drain(client: &Client, broker: &Broker, out: &mut Vec<Packet>) -> Drained {
+    let Some(mut owned) = client.session.lock_owned(client.conn) else { return Drained::TakenOver };
+    let durable = |t| broker.store().is_none_or(|s| s.status(t) != TicketStatus::Pending);
+    match owned.session.next_packets(out, durable) {
+        Some(ticket) => Drained::Waiting(ticket),
+        None => Drained::Sent,
+    }
 }
 
 /// PINGREQ is answered by PINGRESP (MQTT-3.12.4-1).

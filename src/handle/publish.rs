@@ -10,12 +10,7 @@ use crate::session::Message;
 /// message re-sent before PUBREL is acknowledged but not routed again.
 pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Flow {
     broker.stats().received();
-    let message = Message {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-    };
+    let message = Message { topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain };
     match (p.qos, p.pid) {
         (QoS::AtLeastOnce, Some(pid)) => {
             route(client, broker, message, p.retain);
@@ -39,12 +34,8 @@ pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packe
 /// broker publishes.
 fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
     if message.topic.starts_with("$SYS") {
-        log::info!(
-            "client {} published to {}: ignored, $SYS topics are the broker's",
-            client.id,
-            message.topic
-        );
+        log::info!("client {} published to {}: ignored, $SYS topics are the broker's", client.id, message.topic);
         return;
     }
-    broker.publish(message, retain);
+    client.wait_for(broker.publish(message, retain));
 }

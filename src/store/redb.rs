@@ -4,8 +4,7 @@
 use super::{Op, Progress, Snapshot, Store, StoreError, StoredMessage};
 use crate::packet::QoS;
 use ::redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, Table, TableDefinition,
-    WriteTransaction,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, Table, TableDefinition, WriteTransaction,
 };
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -40,7 +39,11 @@ impl RedbStore {
             Err(StoreError::Corrupted(why)) if recover => {
                 let aside = aside_name(&path);
                 std::fs::rename(&path, &aside)?;
-                log::warn!("store {} is damaged ({why}); moved to {} and starting empty", path.display(), aside.display());
+                log::warn!(
+                    "store {} is damaged ({why}); moved to {} and starting empty",
+                    path.display(),
+                    aside.display()
+                );
                 Self::open_file(&path)
             }
             other => other,

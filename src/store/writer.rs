@@ -29,6 +29,13 @@ pub struct Persistence {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let done = self.shared.done.load(Ordering::Relaxed);
+        f.debug_struct("Persistence").field("committed_batches", &done).finish()
+    }
+}
+
 struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when ops are appended or on stop.
@@ -151,4 +158,3 @@ impl Shared {
         }
     }
 }
-

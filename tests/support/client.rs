@@ -64,19 +64,17 @@ impl Raw {
     /// Reads exactly `expected.len()` bytes and compares.
     pub fn expect(&mut self, expected: &[u8]) {
         let mut got = vec![0; expected.len()];
-        self.stream
-            .read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("expected {expected:02x?}: {e}"));
+        self.stream.read_exact(&mut got).unwrap_or_else(|e| panic!("expected {expected:02x?}: {e}"));
         assert_eq!(got, expected);
     }
 
     /// Reads one whole packet.
     pub fn recv(&mut self) -> Received {
-        self.try_recv()
-            .unwrap_or_else(|e| panic!("expected a packet: {e}"))
+        self.try_recv().unwrap_or_else(|e| panic!("expected a packet: {e}"))
     }
 
-    fn try_recv(&mut self) -> std::io::Result<Received> {
+    /// Reads one whole packet, or the error that ended the connection.
+    pub fn try_recv(&mut self) -> std::io::Result<Received> {
         let mut byte = [0u8];
         self.stream.read_exact(&mut byte)?;
         let header = byte[0];

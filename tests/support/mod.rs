@@ -40,6 +40,30 @@ macro_rules! runtime_test {
     };
 }
 
+/// Defines one `#[test]` per compiled runtime for a body that takes the
+/// `RuntimeKind` itself (for tests that start and stop brokers).
+macro_rules! runtime_kind_test {
+    ($(#[$meta:meta])* $name:ident, $body:expr) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[cfg(feature = "async-std")]
+            #[test]
+            fn async_std() {
+                ($body)(midge::RuntimeKind::AsyncStd);
+            }
+
+            #[cfg(feature = "smol")]
+            #[test]
+            fn smol() {
+                ($body)(midge::RuntimeKind::Smol);
+            }
+        }
+    };
+}
+
 /// A broker listening on 127.0.0.1 on a free port, shut down on drop.
 pub struct TestBroker {
     /// The address clients connect to.
@@ -50,13 +74,19 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on `runtime` with the test defaults adjusted by `configure`.
     pub fn start(runtime: RuntimeKind, configure: impl FnOnce(&mut Config)) -> TestBroker {
-        let _ = femme_once();
-        let mut config = Config {
-            bind: vec!["127.0.0.1:0".parse().unwrap()],
-            ..Config::default()
-        };
+        let mut config = Self::config();
         configure(&mut config);
-        let broker = Broker::new(config);
+        Self::with_broker(runtime, Broker::open(config).expect("open broker"))
+    }
+
+    /// The test defaults: port 0 on 127.0.0.1, in memory.
+    pub fn config() -> Config {
+        Config { bind: vec!["127.0.0.1:0".parse().unwrap()], data_dir: None, ..Config::default() }
+    }
+
+    /// Starts an already built broker on `runtime`.
+    pub fn with_broker(runtime: RuntimeKind, broker: Broker) -> TestBroker {
+        let _ = femme_once();
         match runtime {
             #[cfg(feature = "async-std")]
             RuntimeKind::AsyncStd => Self::start_on(midge::AsyncStd, broker),
@@ -71,10 +101,7 @@ impl TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker)).expect("start broker");
         let addr = server.local_addrs()[0];
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker {
-            addr,
-            stop: Some(stop),
-        }
+        TestBroker { addr, stop: Some(stop) }
     }
 
     /// A raw client connected over TCP, before any packet is sent.
@@ -113,4 +140,31 @@ fn femme_once() -> Option<()> {
     std::env::var_os("MIDGE_TEST_LOG")?;
     ONCE.get_or_init(|| femme::with_level(log::LevelFilter::Debug));
     Some(())
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `midge-test-<name>-<pid>-<n>`.
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("midge-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// The path as a string, for command lines.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -97,13 +97,7 @@ impl Connect<'_> {
 
 /// A plain MQTT 3.1.1 CONNECT.
 pub fn connect(client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> {
-    Connect {
-        client_id,
-        clean,
-        keep_alive,
-        ..Connect::default()
-    }
-    .bytes()
+    Connect { client_id, clean, keep_alive, ..Connect::default() }.bytes()
 }
 
 /// SUBSCRIBE with (filter, qos) pairs.
@@ -126,21 +120,12 @@ pub fn suback(pid: u16, codes: &[u8]) -> Vec<u8> {
 /// UNSUBSCRIBE.
 pub fn unsubscribe(pid: u16, filters: &[&str]) -> Vec<u8> {
     let mut body = pid.to_be_bytes().to_vec();
-    filters
-        .iter()
-        .for_each(|f| body.extend(field(f.as_bytes())));
+    filters.iter().for_each(|f| body.extend(field(f.as_bytes())));
     packet(0xa2, &body)
 }
 
 /// PUBLISH with explicit flags.
-pub fn publish_with(
-    topic: &str,
-    payload: &[u8],
-    qos: u8,
-    pid: Option<u16>,
-    retain: bool,
-    dup: bool,
-) -> Vec<u8> {
+pub fn publish_with(topic: &str, payload: &[u8], qos: u8, pid: Option<u16>, retain: bool, dup: bool) -> Vec<u8> {
     let header = 0x30 | u8::from(dup) << 3 | qos << 1 | u8::from(retain);
     let mut body = field(topic.as_bytes());
     if let Some(pid) = pid {

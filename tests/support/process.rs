@@ -26,7 +26,9 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program} ({e}); .ci/run installs it (apt-get install mosquitto-clients)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run {program} ({e}); .ci/run installs it (apt-get install mosquitto-clients)")
+            });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -36,11 +38,7 @@ impl Process {
                 }
             }
         });
-        Process {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Process { child, lines, seen: Vec::new() }
     }
 
     /// Starts `mosquitto_sub` with line-buffered output (it fully buffers a

@@ -1,0 +1,129 @@
+//! A session shared between its connection and the publishers routing to
+//! it: the lock, the bell that wakes the connection, and the hand-off of the
+//! session's journaled changes to the store whenever the lock is released.
+
+use crate::session::{Message, Offer, Session};
+use crate::store::{Persistence, Ticket};
+use async_channel::{Receiver, Sender};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// One client's session behind a lock.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// The client this session belongs to, for log lines.
+    client_id: Arc<str>,
+    state: Mutex<Owned>,
+    /// Rung (capacity 1, coalescing) when a message is queued for an online client.
+    bell: (Sender<()>, Receiver<()>),
+    /// Where journaled changes go (persistent sessions with a store).
+    store: Option<Persistence>,
+}
+
+/// A session and the id of the connection that owns it (0: offline).
+#[derive(Debug)]
+pub struct Owned {
+    /// The connection attached, or 0.
+    pub owner: u64,
+    /// The MQTT session state.
+    pub session: Session,
+}
+
+/// The locked session; its journal goes to the store when the guard is
+/// committed or dropped, so no change is ever left behind.
+pub struct Guard<'a> {
+    guard: MutexGuard<'a, Owned>,
+    store: Option<&'a Persistence>,
+}
+
+impl Guard<'_> {
+    /// Hands the journal to the store and unlocks; the ticket says when the
+    /// changes are durable.
+    pub fn commit(mut self) -> Ticket {
+        self.flush()
+    }
+
+    /// Hands the journal to the store, keeping the lock.
+    pub fn flush(&mut self) -> Ticket {
+        let ops = self.guard.session.take_journal();
+        match self.store {
+            Some(store) => store.append(ops),
+            None => Ticket::default(),
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl Deref for Guard<'_> {
+    type Target = Owned;
+    fn deref(&self) -> &Owned {
+        &self.guard
+    }
+}
+
+impl DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Owned {
+        &mut self.guard
+    }
+}
+
+impl fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.guard.fmt(f)
+    }
+}
+
+impl SessionHandle {
+    /// Wraps a session; `store` receives its journal.
+    pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
+        let state = Mutex::new(Owned { owner: 0, session });
+        Arc::new(SessionHandle { client_id, state, bell: async_channel::bounded(1), store })
+    }
+
+    /// Locks the session.
+    pub fn lock(&self) -> Guard<'_> {
+        let guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Guard { guard, store: self.store.as_ref() }
+    }
+
+    /// Locks the session if connection `conn` still owns it; `None` means the
+    /// client was taken over by a newer connection.
+    pub fn lock_owned(&self, conn: u64) -> Option<Guard<'_>> {
+        Some(self.lock()).filter(|g| g.owner == conn)
+    }
+
+    /// A receiver that wakes when messages are queued for the session.
+    pub fn bell(&self) -> Receiver<()> {
+        self.bell.1.clone()
+    }
+
+    /// Offers a message and rings the bell if an online client should send
+    /// it; drops are logged at most once per second per client.
+    pub fn deliver(&self, message: Message) -> (Offer, Ticket) {
+        let (offer, online, report, ticket) = {
+            let mut s = self.lock();
+            let offer = s.session.offer(message);
+            let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
+            let online = s.owner != 0;
+            let ticket = s.flush();
+            if offer == Offer::Queued {
+                s.session.stamp_last(ticket);
+            }
+            (offer, online, report.flatten(), ticket)
+        };
+        if offer == Offer::Queued && online {
+            let _ = self.bell.0.try_send(());
+        }
+        if let Some(count) = report {
+            log::warn!("client {}: queue full, {count} message(s) dropped", self.client_id);
+        }
+        (offer, ticket)
+    }
+}

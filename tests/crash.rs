@@ -1,0 +1,218 @@
+//! The durability promise under `kill -9`: a QoS 1 or QoS 2 message whose
+//! PUBACK / PUBCOMP the publisher received is delivered to a persistent
+//! subscriber after the broker is killed at any instant and restarted
+//! (QoS 2 exactly once), and acknowledged retained messages are still there.
+
+use crate::binary::start_with;
+use crate::support::TempDir;
+use crate::support::client::{Raw, Received};
+use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+use crate::support::process::run;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Messages published per round at most; the kill comes long before.
+const MESSAGES: u32 = 20_000;
+/// The promise covers messages that land in the subscriber's queue: make
+/// room for all of them (past the limit, midge drops and counts).
+const QUEUE_ALL: &[&str] = &["--max-queued-messages", "100000"];
+/// Unacknowledged publishes the publisher keeps in flight.
+const WINDOW: usize = 16;
+
+/// Message `i`: QoS 1 or 2 alternately, every tenth retained on its own topic.
+fn message(i: u32) -> (String, u8, bool) {
+    let qos = 1 + (i % 2) as u8;
+    match i % 10 {
+        0 => (format!("crash/retained/{i}"), qos, true),
+        _ => ("crash/data".to_owned(), qos, false),
+    }
+}
+
+/// Streams messages with a window, completing QoS 2 handshakes, until the
+/// connection dies; reports once `signal_at` are acknowledged. Returns the
+/// acknowledged message numbers.
+fn publish_until_killed(addr: SocketAddr, signal_at: usize, progress: mpsc::Sender<()>) -> Vec<u32> {
+    let mut c = Raw::connect(addr);
+    c.send(&packets::connect("crash-pub", true, 0));
+    c.expect(&packets::CONNACK_ACCEPTED);
+    let (mut next, mut outstanding, mut acked) = (0u32, 0usize, Vec::new());
+    loop {
+        while outstanding < WINDOW && next < MESSAGES {
+            let (topic, qos, retain) = message(next);
+            let pid = next as u16 + 1;
+            c.send(&packets::publish_with(&topic, &next.to_be_bytes(), qos, Some(pid), retain, false));
+            next += 1;
+            outstanding += 1;
+        }
+        let Ok(p) = c.try_recv() else { return acked };
+        let pid = u16::from_be_bytes([p.body[0], p.body[1]]);
+        match p.header {
+            0x40 | 0x70 => {
+                acked.push(u32::from(pid) - 1);
+                outstanding -= 1;
+                if acked.len() == signal_at {
+                    let _ = progress.send(());
+                }
+            }
+            0x50 => c.send(&ack(PUBREL, pid)),
+            other => panic!("publisher got {other:#x}"),
+        }
+    }
+}
+
+/// A persistent subscriber's view: what it delivered to the application,
+/// and the QoS 2 packet ids it has PUBREC'd but not yet seen released.
+#[derive(Default)]
+struct Subscriber {
+    delivered: Vec<(u32, u8)>,
+    unreleased: HashSet<u16>,
+}
+
+impl Subscriber {
+    fn connect(addr: SocketAddr) -> (Raw, bool) {
+        let mut c = Raw::connect(addr);
+        c.send(&packets::connect("crash-sub", false, 0));
+        let connack = c.recv();
+        assert_eq!((connack.header, connack.body[1]), (0x20, 0), "CONNACK accepted");
+        (c, connack.body[0] == 1)
+    }
+
+    /// Handles one packet as an MQTT receiver; `false` for PINGRESP.
+    fn handle(&mut self, c: &mut Raw, p: Received) -> bool {
+        match p.header >> 4 {
+            3 => {
+                let (_, pid, payload) = p.publish();
+                let (pid, n) = (pid.unwrap(), u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                if p.qos() == 2 {
+                    // MQTT-4.3.3-2 on the receiving side: a PUBLISH with an id
+                    // not yet released is the same message again.
+                    if self.unreleased.insert(pid) {
+                        self.delivered.push((n, 2));
+                    }
+                    c.send(&ack(PUBREC, pid));
+                } else {
+                    self.delivered.push((n, 1));
+                    c.send(&ack(PUBACK, pid));
+                }
+                true
+            }
+            6 => {
+                let pid = u16::from_be_bytes([p.body[0], p.body[1]]);
+                self.unreleased.remove(&pid);
+                c.send(&ack(PUBCOMP, pid));
+                true
+            }
+            13 => false,
+            other => panic!("subscriber got packet type {other}"),
+        }
+    }
+
+    /// Receives until the connection dies (the broker is killed).
+    fn receive_until_killed(&mut self, mut c: Raw) {
+        while let Ok(p) = c.try_recv() {
+            self.handle(&mut c, p);
+        }
+    }
+
+    /// Receives until a PINGREQ round trip brings nothing new.
+    fn drain(&mut self, c: &mut Raw) {
+        for _ in 0..100_000 {
+            c.send(&packets::PINGREQ);
+            let mut active = false;
+            loop {
+                let p = c.recv();
+                if !self.handle(c, p) {
+                    break;
+                }
+                active = true;
+            }
+            if !active && self.unreleased.is_empty() {
+                return;
+            }
+        }
+        panic!("QoS 2 packet ids never released by the broker: {:?}", self.unreleased);
+    }
+}
+
+fn crash_round(runtime: &str, kill_after: usize, subscriber_online: bool) {
+    let data = TempDir::new("crash");
+    let (midge, addr) = start_with(runtime, &data, QUEUE_ALL);
+    let mut subscriber = Subscriber::default();
+    let (mut sub, _) = Subscriber::connect(addr);
+    sub.subscribe(1, &[("crash/#", 2)]);
+    let online = if subscriber_online {
+        Some(std::thread::spawn(move || {
+            let mut s = Subscriber::default();
+            s.receive_until_killed(sub);
+            s
+        }))
+    } else {
+        sub.send(&packets::DISCONNECT);
+        sub.expect_closed();
+        None
+    };
+    let (progress, reached) = mpsc::channel();
+    let publisher = std::thread::spawn(move || publish_until_killed(addr, kill_after, progress));
+    reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
+    assert_eq!(run("kill", &["-KILL", &midge.id().to_string()]), Some(0));
+    let acked = publisher.join().unwrap();
+    if let Some(online) = online {
+        subscriber = online.join().unwrap();
+    }
+    drop(midge);
+
+    let (_midge, addr) = start_with(runtime, &data, QUEUE_ALL);
+    let (mut sub, present) = Subscriber::connect(addr);
+    assert!(present, "MQTT-3.2.2-2: the persistent session survived the kill");
+    subscriber.drain(&mut sub);
+
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    subscriber.delivered.iter().for_each(|(n, _)| *counts.entry(*n).or_default() += 1);
+    for n in &acked {
+        assert!(counts.contains_key(n), "acknowledged message {n} lost (killed after {kill_after} acks)");
+    }
+    for (n, qos) in &subscriber.delivered {
+        if *qos == 2 {
+            assert_eq!(counts[n], 1, "QoS 2 message {n} delivered twice");
+        }
+    }
+    let mut reader = Raw::connect(addr);
+    reader.send(&packets::connect("crash-retained", true, 0));
+    reader.expect(&packets::CONNACK_ACCEPTED);
+    reader.send(&packets::subscribe(1, &[("crash/retained/#", 0)]));
+    reader.expect(&packets::suback(1, &[0]));
+    let mut retained = HashSet::new();
+    let expected: Vec<u32> = acked.iter().copied().filter(|n| message(*n).2).collect();
+    reader.send(&packets::PINGREQ);
+    loop {
+        let p = reader.recv();
+        if p.header == 0xd0 {
+            break;
+        }
+        retained.insert(u32::from_be_bytes(p.publish().2[..4].try_into().unwrap()));
+    }
+    for n in expected {
+        assert!(retained.contains(&n), "acknowledged retained message {n} lost");
+    }
+    assert!(acked.len() >= kill_after);
+}
+
+fn crash_rounds(runtime: &str) {
+    for (kill_after, online) in [(20, false), (300, true), (1500, false), (3000, true)] {
+        crash_round(runtime, kill_after, online);
+    }
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn kill_9_loses_nothing_acknowledged_smol() {
+    crash_rounds("smol");
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn kill_9_loses_nothing_acknowledged_async_std() {
+    crash_rounds("async-std");
+}

@@ -1,0 +1,162 @@
+//! Durable state across restarts, store failures and session expiry.
+
+use crate::support::client::Raw;
+use crate::support::packets::{
+    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack,
+};
+use crate::support::{TempDir, TestBroker};
+use midge::store::{MemoryStore, Op, Snapshot, Store, StoreError};
+use midge::{Broker, RuntimeKind};
+use std::time::Duration;
+
+fn durable(data: &TempDir) -> impl FnOnce(&mut midge::Config) + '_ {
+    |c| c.data_dir = Some(data.0.clone())
+}
+
+fn persistent(b: &TestBroker, id: &str, present: bool) -> Raw {
+    let mut c = b.raw();
+    c.send(&packets::connect(id, false, 60));
+    c.expect(if present { &CONNACK_SESSION_PRESENT } else { &CONNACK_ACCEPTED });
+    c
+}
+
+/// Receives one PUBLISH and completes its acknowledgement; returns (topic, qos, payload, retain).
+fn receive_and_ack(c: &mut Raw) -> (String, u8, Vec<u8>, bool) {
+    let got = c.recv();
+    let (topic, pid, payload) = got.publish();
+    match (got.qos(), pid) {
+        (1, Some(pid)) => c.send(&ack(PUBACK, pid)),
+        (2, Some(pid)) => {
+            c.send(&ack(PUBREC, pid));
+            c.expect(&ack(PUBREL, pid));
+            c.send(&ack(PUBCOMP, pid));
+        }
+        _ => {}
+    }
+    (topic, got.qos(), payload, got.retain())
+}
+
+runtime_kind_test!(
+    /// A graceful restart keeps persistent sessions (subscriptions, queued
+    /// QoS 1 and 2 messages, Session Present 1) and retained messages.
+    graceful_restart_keeps_sessions_and_retained,
+    |kind: RuntimeKind| {
+        let data = TempDir::new("restart");
+        {
+            let b = TestBroker::start(kind, durable(&data));
+            let mut sub = persistent(&b, "durable-sub", false);
+            sub.subscribe(1, &[("d/#", 2)]);
+            sub.send(&DISCONNECT);
+            sub.expect_closed();
+            let mut publisher = b.client("pub");
+            publisher.send(&packets::publish("d/1", b"one", 1, 1));
+            publisher.expect(&ack(PUBACK, 1));
+            publisher.send(&packets::publish("d/2", b"two", 2, 2));
+            publisher.expect(&ack(PUBREC, 2));
+            publisher.send(&ack(PUBREL, 2));
+            publisher.expect(&ack(PUBCOMP, 2));
+            publisher.send(&packets::publish_with("kept/r", b"retained", 1, Some(3), true, false));
+            publisher.expect(&ack(PUBACK, 3));
+        }
+        let b = TestBroker::start(kind, durable(&data));
+        let mut sub = persistent(&b, "durable-sub", true);
+        assert_eq!(receive_and_ack(&mut sub), ("d/1".into(), 1, b"one".to_vec(), false));
+        assert_eq!(receive_and_ack(&mut sub), ("d/2".into(), 2, b"two".to_vec(), false));
+        sub.expect_nothing_queued();
+        let mut late = b.client("late");
+        late.send(&packets::subscribe(1, &[("kept/#", 1)]));
+        late.expect(&packets::suback(1, &[1]));
+        assert_eq!(receive_and_ack(&mut late), ("kept/r".into(), 1, b"retained".to_vec(), true));
+    }
+);
+
+runtime_kind_test!(
+    /// Unacknowledged deliveries survive a restart and are re-sent with DUP=1
+    /// and their packet ids; a QoS 2 message past PUBREC resumes with PUBREL.
+    restart_resends_inflight_with_dup,
+    |kind: RuntimeKind| {
+        let data = TempDir::new("inflight");
+        let (first, second) = {
+            let b = TestBroker::start(kind, durable(&data));
+            let mut sub = persistent(&b, "inflight-sub", false);
+            sub.subscribe(1, &[("i", 2)]);
+            let mut publisher = b.client("pub");
+            for pid in 1..=2u16 {
+                publisher.send(&packets::publish("i", &[pid as u8], 2, pid));
+                publisher.expect(&ack(PUBREC, pid));
+                publisher.send(&ack(PUBREL, pid));
+                publisher.expect(&ack(PUBCOMP, pid));
+            }
+            let first = sub.recv().publish();
+            let second = sub.recv().publish();
+            sub.send(&ack(PUBREC, first.1.unwrap()));
+            sub.expect(&ack(PUBREL, first.1.unwrap()));
+            sub.ping(); // the PUBREC is processed (and journaled) before shutdown
+            (first, second)
+        };
+        let b = TestBroker::start(kind, durable(&data));
+        let mut sub = persistent(&b, "inflight-sub", true);
+        sub.expect(&ack(PUBREL, first.1.unwrap()));
+        let again = sub.recv();
+        assert!(again.dup());
+        assert_eq!(again.publish(), second);
+    }
+);
+
+/// A store that refuses every commit containing a queued message, as a full
+/// disk would.
+struct FullDisk(MemoryStore);
+
+impl Store for FullDisk {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        match ops.iter().any(|op| matches!(op, Op::Message(_, _, Some(_)))) {
+            true => Err(StoreError::Io("no space left on device".into())),
+            false => self.0.apply(ops),
+        }
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.0.load()
+    }
+}
+
+runtime_kind_test!(
+    /// When the store cannot commit, a QoS 1 PUBLISH that would be stored is
+    /// not acknowledged: the publisher is disconnected (so it will re-send),
+    /// and clients that need no storage carry on.
+    failed_commit_is_not_acknowledged,
+    |kind: RuntimeKind| {
+        let broker = Broker::with_store(TestBroker::config(), Box::new(FullDisk(MemoryStore::default()))).unwrap();
+        let b = TestBroker::with_broker(kind, broker);
+        let mut sub = persistent(&b, "stored", false);
+        sub.subscribe(1, &[("full", 1)]);
+        let mut bystander = b.client("bystander");
+        bystander.subscribe(1, &[("other", 0)]);
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish("full", b"x", 1, 1));
+        publisher.expect_closed();
+        let mut publisher = b.client("pub2");
+        publisher.send(&packets::publish0("other", b"fine"));
+        assert_eq!(bystander.recv().publish().2, b"fine");
+    }
+);
+
+runtime_test!(
+    /// `session_expiry`: a persistent session whose client stays away longer
+    /// is removed (its client then gets Session Present 0).
+    session_expiry_removes_abandoned_sessions,
+    |c: &mut midge::Config| {
+        c.session_expiry = Some(Duration::from_millis(300));
+        c.sys_interval = Duration::from_millis(50);
+    },
+    |b: &TestBroker| {
+        let mut gone = persistent(b, "abandoned", false);
+        gone.subscribe(1, &[("x", 1)]);
+        gone.send(&DISCONNECT);
+        gone.expect_closed();
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("$SYS/broker/clients/total", 0)]);
+        while watcher.recv().publish().2 != b"1" {}
+        persistent(b, "abandoned", false).ping();
+    }
+);
