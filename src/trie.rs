@@ -83,10 +83,8 @@ fn walk<V>(
     skip_wildcards: bool,
     f: &mut impl FnMut(&Arc<str>, &V),
 ) {
-    if !skip_wildcards {
-        if let Some(hash) = node.children.get("#") {
-            hash.subscribers.iter().for_each(|(c, v)| f(c, v));
-        }
+    if !skip_wildcards && let Some(hash) = node.children.get("#") {
+        hash.subscribers.iter().for_each(|(c, v)| f(c, v));
     }
     let Some(level) = level else {
         node.subscribers.iter().for_each(|(c, v)| f(c, v));
@@ -97,10 +95,8 @@ fn walk<V>(
     if let Some(child) = node.children.get(level) {
         walk(child, next_level, next.clone(), false, f);
     }
-    if !skip_wildcards {
-        if let Some(plus) = node.children.get("+") {
-            walk(plus, next_level, next, false, f);
-        }
+    if !skip_wildcards && let Some(plus) = node.children.get("+") {
+        walk(plus, next_level, next, false, f);
     }
 }
 

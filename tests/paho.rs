@@ -18,15 +18,10 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Panics with an install hint unless python3 can import paho-mqtt 2.x.
 fn require_paho() {
     let check = Command::new("python3")
-        .args([
-            "-c",
-            "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
-        ])
+        .args(["-c", "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2"])
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 ({e}); install Python 3, then pip install paho-mqtt==2.2.0")
-        });
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); install Python 3, then pip install paho-mqtt==2.2.0"));
     assert!(
         check.status.success(),
         "python3 cannot import paho-mqtt 2.x: pip install paho-mqtt==2.2.0\n{}",
@@ -53,9 +48,7 @@ fn run_script(b: &TestBroker) -> (Option<i32>, String, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 {SCRIPT} ({e}); pip install paho-mqtt==2.2.0")
-        });
+        .unwrap_or_else(|e| panic!("cannot run python3 {SCRIPT} ({e}); pip install paho-mqtt==2.2.0"));
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
@@ -66,10 +59,7 @@ fn run_script(b: &TestBroker) -> (Option<i32>, String, String) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{SCRIPT} did not finish within {SCRIPT_TIMEOUT:?}; output so far:\n{}",
-                stdout.join().unwrap()
-            );
+            panic!("{SCRIPT} did not finish within {SCRIPT_TIMEOUT:?}; output so far:\n{}", stdout.join().unwrap());
         }
         std::thread::sleep(Duration::from_millis(50));
     };

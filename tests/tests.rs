@@ -7,20 +7,20 @@ mod support;
 
 /// Malformed and hostile input: the offender is closed, others carry on.
 mod bad_input;
-/// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).
-mod paho;
 /// The `midge` binary: runtimes, log lines, signals.
 mod binary;
 /// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
 mod connect;
-/// Inflight window, queue limits, dropped messages.
-mod flow;
-/// Durable state: restarts, store failures, session expiry.
-mod durability;
 /// kill -9 during a stream of QoS 1/2 publishes loses nothing acknowledged.
 mod crash;
+/// Durable state: restarts, store failures, session expiry.
+mod durability;
+/// Inflight window, queue limits, dropped messages.
+mod flow;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).
+mod paho;
 /// The connection handler over an in-memory stream.
 mod pipe;
 /// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
