@@ -2,8 +2,8 @@
 //! retained messages, counters and the store, and routing between them.
 //!
 //! Locks are `std::sync` locks held for short sections and never across an
-//! `.await`. Order: registry, then a session or the trie; a session lock and
-//! the trie lock are never held together.
+//! `.await`. Order: registry, then a session, then the trie; routing takes
+//! the trie (read) and sessions one after the other, never nested.
 
 use crate::config::Config;
 use crate::packet::{QoS, SubackCode};
@@ -301,25 +301,26 @@ impl Broker {
     }
 
     /// Adds or replaces subscriptions (MQTT-3.8.4-3) and queues the retained
-    /// messages they match (MQTT-3.3.1-6); returns one code per filter.
+    /// messages they match (MQTT-3.3.1-6); returns one code per filter, or
+    /// `None` if connection `conn` no longer owns the session (takeover).
+    /// The trie is updated under the session lock, so a takeover that
+    /// discards the session cannot leave a subscription behind.
     pub fn subscribe(
         &self,
         client_id: &Arc<str>,
         session: &Arc<SessionHandle>,
+        conn: u64,
         filters: &[(String, QoS)],
-    ) -> (Vec<SubackCode>, Ticket) {
+    ) -> Option<(Vec<SubackCode>, Ticket)> {
         let mut ticket = {
-            let mut s = session.lock();
+            let mut s = session.lock_owned(conn)?;
             filters.iter().for_each(|(f, qos)| s.session.subscribe(f, *qos));
-            s.commit()
-        };
-        {
             let mut trie = write(&self.shared.subscriptions);
             for (filter, qos) in filters {
-                let subscriber = Subscriber { qos: *qos, session: session.clone() };
-                trie.insert(filter, client_id.clone(), subscriber);
+                trie.insert(filter, client_id.clone(), Subscriber { qos: *qos, session: session.clone() });
             }
-        }
+            s.commit()
+        };
         let retained = read(&self.shared.retained);
         for (filter, qos) in filters {
             retained.for_each_match(filter, |m| {
@@ -327,21 +328,25 @@ impl Broker {
                 ticket = ticket.max(t);
             });
         }
-        (filters.iter().map(|(_, qos)| SubackCode::Granted(*qos)).collect(), ticket)
+        Some((filters.iter().map(|(_, qos)| SubackCode::Granted(*qos)).collect(), ticket))
     }
 
     /// Removes subscriptions; unknown filters are not an error (MQTT-3.10.4-5).
-    pub fn unsubscribe(&self, client_id: &Arc<str>, session: &SessionHandle, filters: &[String]) -> Ticket {
-        let ticket = {
-            let mut s = session.lock();
-            filters.iter().for_each(|f| s.session.unsubscribe(f));
-            s.commit()
-        };
+    /// `None` if connection `conn` no longer owns the session.
+    pub fn unsubscribe(
+        &self,
+        client_id: &Arc<str>,
+        session: &SessionHandle,
+        conn: u64,
+        filters: &[String],
+    ) -> Option<Ticket> {
+        let mut s = session.lock_owned(conn)?;
+        filters.iter().for_each(|f| s.session.unsubscribe(f));
         let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
             trie.remove(filter, client_id);
         }
-        ticket
+        Some(s.commit())
     }
 
     /// Routes a message to every matching subscription, once per client at

@@ -45,9 +45,10 @@ enum Close {
 
 impl Close {
     /// The will is published on every close not preceded by DISCONNECT
-    /// (MQTT-3.1.2-8/-10); a broker shutdown is not the client's failure.
+    /// (MQTT-3.1.2-8/-10), a broker shutdown included: it goes to
+    /// persistent sessions and the store before the store closes.
     fn publishes_will(&self) -> bool {
-        !matches!(self, Close::Disconnect | Close::Shutdown)
+        !matches!(self, Close::Disconnect)
     }
 }
 

@@ -28,15 +28,15 @@ pub enum Violation {
     PasswordWithoutUsername,
     /// MQTT-3.1.3-8: empty client id with clean session 0.
     EmptyClientIdPersistent,
-    /// MQTT-3.1.3-5 (MQTT 3.1: 23 characters): the client id is not accepted.
+    /// MQTT-3.1.3-9 (MQTT 3.1: at most 23 characters): the client id is not accepted.
     ClientIdRejected,
     /// MQTT-3.1.2-24: nothing received within 1.5 × the keepalive.
     KeepaliveTimeout,
-    /// MQTT-2.2.3: the remaining length takes more than four bytes.
+    /// MQTT-4.8.0-1 (section 2.2.3): the remaining length takes more than four bytes.
     RemainingLength,
     /// The declared remaining length exceeds the broker's maximum packet size.
     PacketTooLarge,
-    /// MQTT-2.2.1: packet types 0 and 15 are reserved.
+    /// MQTT-4.8.0-1 (section 2.2.1): packet types 0 and 15 are reserved.
     ReservedPacketType,
     /// MQTT-2.2.2-2: the fixed-header flags are wrong for the packet type.
     HeaderFlags,
@@ -84,11 +84,11 @@ impl Violation {
             WillQos => "MQTT-3.1.2-14",
             PasswordWithoutUsername => "MQTT-3.1.2-22",
             EmptyClientIdPersistent => "MQTT-3.1.3-8",
-            ClientIdRejected => "MQTT-3.1.3-5",
+            ClientIdRejected => "MQTT-3.1.3-9",
             KeepaliveTimeout => "MQTT-3.1.2-24",
-            RemainingLength => "MQTT-2.2.3",
+            RemainingLength => "MQTT-4.8.0-1",
             PacketTooLarge => "max_packet_size",
-            ReservedPacketType => "MQTT-2.2.1",
+            ReservedPacketType => "MQTT-4.8.0-1",
             HeaderFlags => "MQTT-2.2.2-2",
             Malformed | ServerOnlyPacket => "MQTT-4.8.0-1",
             InvalidUtf8 => "MQTT-1.5.3-1",

@@ -38,7 +38,7 @@ runtime_test!(
 );
 
 runtime_test!(
-    /// MQTT-2.2.3: a remaining length longer than four bytes closes.
+    /// MQTT-4.8.0-1 (section 2.2.3): a remaining length longer than four bytes closes.
     remaining_length_over_four_bytes_closes,
     |b: &TestBroker| offender_is_closed(b, true, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01])
 );

@@ -9,6 +9,8 @@ mod support;
 mod bad_input;
 /// The `midge` binary: runtimes, log lines, signals.
 mod binary;
+/// Smaller normative statements, one test each.
+mod conformance;
 /// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
 mod connect;
 /// kill -9 during a stream of QoS 1/2 publishes loses nothing acknowledged.

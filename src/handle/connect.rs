@@ -25,7 +25,9 @@ pub fn connect(
 ) -> Result<Client, Violation> {
     let id = client_id(&connect, conn)?;
     let attachment = broker.attach(&id, connect.clean_session, conn, kick);
-    out.push(Packet::Connack { session_present: attachment.session_present, code: ConnectCode::Accepted });
+    // MQTT 3.1 has no Session Present flag: that byte is reserved there.
+    let session_present = attachment.session_present && connect.protocol == Protocol::V311;
+    out.push(Packet::Connack { session_present, code: ConnectCode::Accepted });
     let client = Client {
         id,
         conn,
