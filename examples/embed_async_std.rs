@@ -18,7 +18,7 @@ fn main() -> io::Result<()> {
 }
 
 async fn app() -> io::Result<()> {
-    let config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
+    let config = Config::listening_on("127.0.0.1:0".parse().unwrap());
     let server = Server::start(AsyncStd, Broker::in_memory(config)).await?;
     let addr = server.local_addrs()[0];
 

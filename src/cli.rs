@@ -1,7 +1,7 @@
 //! Command-line arguments (argh) and their validation into a [`Config`].
 
 use crate::codec::MAX_REMAINING_LENGTH;
-use crate::config::{Config, DEFAULT_MAX_PACKET_SIZE};
+use crate::config::{Config, DEFAULT_MAX_PACKET_SIZE, Listener};
 use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
@@ -81,7 +81,7 @@ impl Args {
     pub fn settings(self) -> Result<Settings, String> {
         let mut config = Config::default();
         if !self.bind.is_empty() {
-            config.bind = self.bind;
+            config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
         }
         config.max_packet_size = match self.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
             n if (2..=MAX_REMAINING_LENGTH + 5).contains(&n) => n,

@@ -24,8 +24,8 @@ pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
 /// Everything the broker can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TCP listeners.
-    pub bind: Vec<SocketAddr>,
+    /// Where clients connect.
+    pub listeners: Vec<Listener>,
     /// Largest packet accepted from a client, fixed header included.
     pub max_packet_size: usize,
     /// Time allowed between accept and CONNECT.
@@ -44,12 +44,59 @@ pub struct Config {
     pub recover_store: bool,
     /// Remove persistent sessions whose client has been away this long.
     pub session_expiry: Option<Duration>,
+    /// Whether clients without a user name may connect; `None`: yes, unless
+    /// a password file is configured (Mosquitto's rule).
+    pub allow_anonymous: Option<bool>,
+    /// A `mosquitto_passwd` file of user names and password hashes.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Most clients connected at once, over all listeners.
+    pub max_connections: Option<usize>,
+    /// Longest keepalive a client may ask for; longer (or 0) is refused with
+    /// CONNACK 2, as Mosquitto does for MQTT 3.1.1.
+    pub max_keepalive: Option<u16>,
+    /// Most PUBLISH packets per second accepted from one client.
+    pub max_publish_rate: Option<u32>,
+}
+
+/// One listener: an address, optionally TLS, optionally its own limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// Most clients connected at once on this listener.
+    pub max_connections: Option<usize>,
+    /// TLS settings; `None` for plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Listener {
+    /// A plain TCP listener with no limit of its own.
+    pub fn tcp(bind: SocketAddr) -> Listener {
+        Listener { bind, max_connections: None, tls: None }
+    }
+}
+
+/// Certificate files of a TLS listener (Mosquitto's key names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// PEM certificate chain of the server.
+    pub certfile: PathBuf,
+    /// PEM private key of the server.
+    pub keyfile: PathBuf,
+    /// PEM CA certificates that client certificates must chain to.
+    pub cafile: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (mutual TLS).
+    pub require_certificate: bool,
+    /// Use the client certificate's Common Name as the user name.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: vec![DEFAULT_BIND.parse().expect("valid default address")],
+            listeners: vec![Listener::tcp(DEFAULT_BIND.parse().expect("valid default address"))],
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_inflight: DEFAULT_MAX_INFLIGHT,
@@ -59,11 +106,22 @@ impl Default for Config {
             data_dir: Some(DEFAULT_DATA_DIR.into()),
             recover_store: false,
             session_expiry: None,
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            max_connections: None,
+            max_keepalive: None,
+            max_publish_rate: None,
         }
     }
 }
 
 impl Config {
+    /// The defaults with a single plain listener on `bind` (e.g. port 0).
+    pub fn listening_on(bind: SocketAddr) -> Config {
+        Config { listeners: vec![Listener::tcp(bind)], ..Config::default() }
+    }
+
     /// The session limits this configuration sets.
     pub fn limits(&self) -> Limits {
         Limits { max_inflight: self.max_inflight, max_queued: self.max_queued, queue_qos0: self.queue_qos0 }

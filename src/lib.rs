@@ -12,7 +12,7 @@
 //! # #[cfg(feature = "smol")] {
 //! use midge::{Broker, Config, Server, Smol};
 //!
-//! let config = Config { bind: vec!["127.0.0.1:0".parse().unwrap()], ..Config::default() };
+//! let config = Config::listening_on("127.0.0.1:0".parse().unwrap());
 //! futures::executor::block_on(async {
 //!     let server = Server::start(Smol::with_threads(1), Broker::in_memory(config)).await?;
 //!     println!("MQTT on {}", server.local_addrs()[0]);

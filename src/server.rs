@@ -32,9 +32,9 @@ impl<R: Runtime> Server<R> {
     /// connections on `rt`. Fails if any address cannot be bound.
     pub async fn start(rt: R, broker: Broker) -> io::Result<Server<R>> {
         let mut listeners = Vec::new();
-        for addr in &broker.config().bind {
+        for addr in broker.config().listeners.iter().map(|l| l.bind) {
             let listener =
-                rt.bind(*addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                rt.bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(listener);
         }
         let (stop, stopped) = async_channel::bounded(1);

@@ -81,7 +81,7 @@ impl TestBroker {
 
     /// The test defaults: port 0 on 127.0.0.1, in memory.
     pub fn config() -> Config {
-        Config { bind: vec!["127.0.0.1:0".parse().unwrap()], data_dir: None, ..Config::default() }
+        Config { data_dir: None, ..Config::listening_on("127.0.0.1:0".parse().unwrap()) }
     }
 
     /// Starts an already built broker on `runtime`.
