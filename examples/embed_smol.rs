@@ -25,7 +25,11 @@ fn main() -> io::Result<()> {
 
     let app = async {
         let config = Config::listening_on("127.0.0.1:0".parse().unwrap());
-        let server = Server::start(Smol::with_executor(executor.clone()), Broker::in_memory(config)).await?;
+        let server = Server::start(
+            Smol::with_executor(executor.clone()),
+            Broker::in_memory(config).map_err(std::io::Error::other)?,
+        )
+        .await?;
         let addr = server.local_addrs()[0];
 
         let mut subscriber = Client::connect(TcpStream::connect(addr).await?, "subscriber").await?;

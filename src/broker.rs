@@ -6,12 +6,14 @@
 //! the trie (read) and sessions one after the other, never nested.
 
 use crate::config::Config;
+use crate::error::OpenError;
 use crate::packet::{QoS, SubackCode};
 use crate::retain::Retained;
+use crate::security::{Guards, Hooks, Security};
 use crate::session::{Message, Offer, Session};
 use crate::session_handle::SessionHandle;
 use crate::stats::Stats;
-use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, StoreError, Ticket};
+use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, Ticket};
 use crate::trie::Trie;
 use async_channel::Sender;
 use std::collections::HashMap;
@@ -37,6 +39,10 @@ struct Shared {
     next_connection: AtomicU64,
     /// Durable state, unless the broker runs in memory.
     store: Option<Persistence>,
+    /// Password and ACL files in force; replaced on reload.
+    security: RwLock<Arc<Security>>,
+    /// The embedding application's hooks.
+    hooks: RwLock<Option<Arc<dyn Hooks>>>,
 }
 
 struct Entry {
@@ -85,30 +91,38 @@ fn epoch_seconds(t: SystemTime) -> u64 {
 }
 
 impl Broker {
-    /// Opens a broker as configured: durable in `data_dir` (restoring what
-    /// is stored there), or in memory when `data_dir` is `None`.
-    pub fn open(config: Config) -> Result<Broker, StoreError> {
+    /// Opens a broker as configured: reads the password and ACL files, and
+    /// is durable in `data_dir` (restoring what is stored there), or in
+    /// memory when `data_dir` is `None`.
+    pub fn open(config: Config) -> Result<Broker, OpenError> {
         match config.data_dir.clone() {
             Some(dir) => {
+                let security = Security::load(&config).map_err(OpenError::Config)?;
                 let store = RedbStore::open(&dir, config.recover_store)?;
-                Broker::with_store(config, Box::new(store))
+                Broker::restore(config, security, Box::new(store))
             }
-            None => Ok(Broker::in_memory(config)),
+            None => Broker::in_memory(config),
         }
     }
 
     /// A broker that keeps everything in memory, whatever `data_dir` says.
-    pub fn in_memory(config: Config) -> Broker {
-        Broker::build(config, None, Snapshot::default())
+    pub fn in_memory(config: Config) -> Result<Broker, OpenError> {
+        let security = Security::load(&config).map_err(OpenError::Config)?;
+        Ok(Broker::build(config, security, None, Snapshot::default()))
     }
 
     /// A broker over any [`Store`], restoring its contents.
-    pub fn with_store(config: Config, store: Box<dyn Store>) -> Result<Broker, StoreError> {
+    pub fn with_store(config: Config, store: Box<dyn Store>) -> Result<Broker, OpenError> {
+        let security = Security::load(&config).map_err(OpenError::Config)?;
+        Broker::restore(config, security, store)
+    }
+
+    fn restore(config: Config, security: Security, store: Box<dyn Store>) -> Result<Broker, OpenError> {
         let started = Instant::now();
         let snapshot = store.load()?;
         let (sessions, retained) = (snapshot.sessions.len(), snapshot.retained.len());
         let messages: usize = snapshot.sessions.values().map(|s| s.messages.len()).sum();
-        let broker = Broker::build(config, Some(Persistence::start(store)), snapshot);
+        let broker = Broker::build(config, security, Some(Persistence::start(store)), snapshot);
         log::info!(
             "store: restored {sessions} persistent session(s), {messages} queued or inflight message(s), {retained} retained message(s) in {:?}",
             started.elapsed()
@@ -116,7 +130,7 @@ impl Broker {
         Ok(broker)
     }
 
-    fn build(config: Config, store: Option<Persistence>, snapshot: Snapshot) -> Broker {
+    fn build(config: Config, security: Security, store: Option<Persistence>, snapshot: Snapshot) -> Broker {
         let mut retained = Retained::default();
         for (topic, (qos, payload)) in snapshot.retained {
             retained.set(&Message { topic, payload, qos, retain: true });
@@ -141,8 +155,28 @@ impl Broker {
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
             store,
+            security: RwLock::new(Arc::new(security)),
+            hooks: RwLock::new(None),
         };
         Broker { shared: Arc::new(shared) }
+    }
+
+    /// Installs the embedding application's hooks (before or while serving).
+    pub fn set_hooks(&self, hooks: Arc<dyn Hooks>) {
+        *write(&self.shared.hooks) = Some(hooks);
+    }
+
+    /// The file rules and hooks in force now.
+    pub fn guards(&self) -> Guards {
+        Guards { files: read(&self.shared.security).clone(), hooks: read(&self.shared.hooks).clone() }
+    }
+
+    /// Re-reads the password and ACL files; on an error the rules in force
+    /// stay and the error is returned.
+    pub fn reload_security(&self) -> Result<(), String> {
+        let security = Security::load(&self.shared.config)?;
+        *write(&self.shared.security) = Arc::new(security);
+        Ok(())
     }
 
     /// Commits what is pending and stops the store's writer thread.
@@ -199,7 +233,14 @@ impl Broker {
     /// any connection already using the id (MQTT-3.1.4-2), resumes a
     /// persistent session unless `clean`, otherwise starts a new one
     /// (MQTT-3.1.2-4/-6).
-    pub fn attach(&self, client_id: &Arc<str>, clean: bool, conn: u64, kick: Sender<()>) -> Attachment {
+    pub fn attach(
+        &self,
+        client_id: &Arc<str>,
+        username: Option<Arc<str>>,
+        clean: bool,
+        conn: u64,
+        kick: Sender<()>,
+    ) -> Attachment {
         let mut registry = lock(&self.shared.registry);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
@@ -223,6 +264,7 @@ impl Broker {
         {
             let mut s = session.lock();
             s.owner = conn;
+            s.username = username;
             s.session.set_online(true);
         }
         let ticket = self.append(ops);
@@ -321,10 +363,11 @@ impl Broker {
             }
             s.commit()
         };
+        let security = self.acl();
         let retained = read(&self.shared.retained);
         for (filter, qos) in filters {
             retained.for_each_match(filter, |m| {
-                let (_, t) = session.deliver(Message { qos: m.qos.min(*qos), ..m.clone() });
+                let (_, t) = session.deliver(Message { qos: m.qos.min(*qos), ..m.clone() }, security.as_deref());
                 ticket = ticket.max(t);
             });
         }
@@ -349,6 +392,11 @@ impl Broker {
         Some(s.commit())
     }
 
+    /// The rules deliveries are checked against, when an ACL is in force.
+    fn acl(&self) -> Option<Arc<Security>> {
+        Some(read(&self.shared.security).clone()).filter(|s| s.has_acl())
+    }
+
     /// Routes a message to every matching subscription, once per client at
     /// the highest QoS among its matching subscriptions (MQTT-3.3.5-1),
     /// reduced to the published QoS. `retain` also stores it as retained.
@@ -361,6 +409,7 @@ impl Broker {
             let kept = (!message.payload.is_empty()).then(|| (message.qos, message.payload.clone()));
             ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
         }
+        let security = self.acl();
         let mut targets: Vec<(Arc<SessionHandle>, QoS)> = Vec::new();
         read(&self.shared.subscriptions)
             .for_each_match(&message.topic, |_, s| targets.push((s.session.clone(), s.qos)));
@@ -368,7 +417,7 @@ impl Broker {
         targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
         for (session, qos) in targets {
             let copy = Message { qos: message.qos.min(qos), retain: false, ..message.clone() };
-            let (offer, t) = session.deliver(copy);
+            let (offer, t) = session.deliver(copy, security.as_deref());
             if offer == Offer::Dropped {
                 self.shared.stats.dropped();
             }

@@ -1,5 +1,6 @@
 //! Command-line arguments (argh) and their validation into a [`Config`].
 
+use crate::auth::PasswordFile;
 use crate::codec::MAX_REMAINING_LENGTH;
 use crate::config::{Config, DEFAULT_MAX_PACKET_SIZE, Listener};
 use crate::runtime::RuntimeKind;
@@ -61,6 +62,80 @@ pub struct Args {
     /// log at debug level (same as --log-level debug)
     #[argh(switch, short = 'v')]
     pub verbose: bool,
+    /// a subcommand instead of running the broker
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// Add or update a user in a password file.
+    Passwd(Passwd),
+}
+
+/// Add or update a user in a mosquitto_passwd file; the password is read
+/// from the terminal (asked twice) or from standard input, never from the
+/// command line.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "passwd")]
+pub struct Passwd {
+    /// the password file (created if missing)
+    #[argh(positional)]
+    pub file: PathBuf,
+    /// the user name
+    #[argh(positional)]
+    pub user: String,
+}
+
+/// Runs `midge passwd`: returns what to tell the user.
+pub fn passwd(args: &Passwd) -> Result<String, String> {
+    let mut file = match std::fs::read_to_string(&args.file) {
+        Ok(text) => PasswordFile::parse(&text).map_err(|e| format!("{}: {e}", args.file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PasswordFile::default(),
+        Err(e) => return Err(format!("cannot read {}: {e}", args.file.display())),
+    };
+    let password = read_password()?;
+    let existed = file.contains(&args.user);
+    file.set(&args.user, password.as_bytes()).map_err(|e| e.to_string())?;
+    std::fs::write(&args.file, file.to_file_string())
+        .map_err(|e| format!("cannot write {}: {e}", args.file.display()))?;
+    let verb = if existed { "updated" } else { "added" };
+    Ok(format!("{verb} user {} in {}", args.user, args.file.display()))
+}
+
+/// Reads a password: twice, without echo, on a terminal; one line otherwise.
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let read_line = || {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+        Ok::<_, String>(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    if !stdin.is_terminal() {
+        return read_line().and_then(|p| if p.is_empty() { Err("empty password".into()) } else { Ok(p) });
+    }
+    let echo = |on: bool| {
+        let _ = std::process::Command::new("stty").arg(if on { "echo" } else { "-echo" }).status();
+    };
+    let ask = |prompt: &str| {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        echo(false);
+        let line = read_line();
+        echo(true);
+        eprintln!();
+        line
+    };
+    let first = ask("Password: ")?;
+    let again = ask("Reenter password: ")?;
+    match (first.is_empty(), first == again) {
+        (true, _) => Err("empty password".into()),
+        (false, false) => Err("passwords do not match".into()),
+        (false, true) => Ok(first),
+    }
 }
 
 /// What the binary runs: a broker configuration and how to run it.

@@ -6,9 +6,9 @@
 
 use crate::broker::Broker;
 use crate::codec::MqttCodec;
-use crate::error::{Error, Violation};
-use crate::handle::{self, Client, Drained, Flow};
-use crate::packet::Packet;
+use crate::error::{Error, Refusal, Violation};
+use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
+use crate::packet::{Connect, Packet};
 use crate::runtime::Runtime;
 use crate::session::Message;
 use crate::store::{Ticket, TicketStatus};
@@ -19,7 +19,6 @@ use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 type Transport<S> = Framed<S, MqttCodec>;
@@ -76,7 +75,7 @@ impl From<Error> for Close {
 }
 
 /// Serves one client connection until it ends.
-pub async fn run<R, S>(rt: R, broker: Broker, stream: S, peer: SocketAddr, shutdown: Receiver<()>)
+pub async fn run<R, S>(rt: R, broker: Broker, stream: S, peer: Peer, shutdown: Receiver<()>)
 where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -85,20 +84,24 @@ where
     let mut out = Vec::new();
     let (kick, kicked) = async_channel::bounded(1);
     let conn = broker.next_connection_id();
-    let Some(mut client) = accept(&rt, &broker, &mut framed, peer, conn, kick, &mut out).await else {
+    let Some(mut client) = accept(&rt, &broker, &mut framed, &peer, conn, kick, &mut out).await else {
         let _ = framed.close().await;
         account(&broker, &mut framed);
         return;
     };
     broker.stats().connected();
     let reason = serve(&rt, &broker, &client, &mut framed, &mut out, kicked, shutdown).await;
+    let addr = peer.addr;
     match &reason {
-        Close::Violation(_) => log::warn!("client {} ({peer}) disconnected: {reason}", client.id),
-        _ => log::info!("client {} ({peer}) disconnected: {reason}", client.id),
+        Close::Violation(_) => log::warn!("client {} ({addr}) disconnected: {reason}", client.id),
+        _ => log::info!("client {} ({addr}) disconnected: {reason}", client.id),
     }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: false };
-        broker.publish(message, will.retain);
+        match broker.guards().allow_publish(&client.info(), &message) {
+            true => drop(broker.publish(message, will.retain)),
+            false => log::info!("client {}: will on {} not allowed, not published", client.id, message.topic),
+        }
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
@@ -111,12 +114,12 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
     broker: &Broker,
     framed: &mut Transport<S>,
-    peer: SocketAddr,
+    peer: &Peer,
     conn: u64,
     kick: async_channel::Sender<()>,
     out: &mut Vec<Packet>,
 ) -> Option<Client> {
-    let timeout = broker.config().connect_timeout;
+    let (timeout, addr) = (broker.config().connect_timeout, peer.addr);
     let first = {
         let next = framed.next();
         let deadline = rt.sleep(timeout);
@@ -124,52 +127,70 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         match select(next, deadline).await {
             Either::Left((packet, _)) => packet,
             Either::Right(_) => {
-                log::info!("{peer}: no CONNECT within {timeout:?}, closing");
+                log::info!("{addr}: no CONNECT within {timeout:?}, closing");
                 return None;
             }
         }
     };
     let result = match first {
-        Some(Ok(Packet::Connect(connect))) => {
-            let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
-            handle::connect(broker, connect, conn, kick, out).inspect(|c| {
-                log::info!("client {} connected from {peer} (clean session {clean}, keepalive {keep_alive}s)", c.id)
-            })
-        }
-        Some(Ok(_)) => Err(Violation::FirstPacketNotConnect),
-        Some(Err(Error::Violation(v))) => Err(v),
+        Some(Ok(Packet::Connect(connect))) => admit(broker, connect, peer, conn, kick, out).await,
+        Some(Ok(_)) => Err(Refusal::Violation(Violation::FirstPacketNotConnect)),
+        Some(Err(Error::Violation(v))) => Err(Refusal::Violation(v)),
         Some(Err(Error::Io(e))) => {
-            log::debug!("{peer}: i/o error before CONNECT: {e}");
+            log::debug!("{addr}: i/o error before CONNECT: {e}");
             return None;
         }
         None => {
-            log::debug!("{peer}: closed before CONNECT");
+            log::debug!("{addr}: closed before CONNECT");
             return None;
         }
     };
     match result {
         Ok(client) if !durable(broker, &client).await => {
-            log::warn!("client {} ({peer}): store write failed, refusing the connection", client.id);
+            log::warn!("client {} ({addr}): store write failed, refusing the connection", client.id);
             broker.detach(&client.id, conn);
             None
         }
         Ok(client) => match write(framed, out).await {
             Ok(()) => Some(client),
             Err(e) => {
-                log::info!("client {} ({peer}): {}", client.id, Close::from(e));
+                log::info!("client {} ({addr}): {}", client.id, Close::from(e));
                 broker.detach(&client.id, conn);
                 None
             }
         },
-        Err(v) => {
-            log::warn!("{peer}: CONNECT refused: {v}");
-            if let Some(code) = v.connack() {
+        Err(refusal) => {
+            log::warn!("{addr}: CONNECT refused: {refusal}");
+            if let Some(code) = refusal.connack() {
                 out.push(Packet::Connack { session_present: false, code });
                 let _ = write(framed, out).await;
             }
             None
         }
     }
+}
+
+/// Applies the client-id rules, limits and credentials to a CONNECT, then
+/// attaches the client to its session.
+async fn admit(
+    broker: &Broker,
+    connect: Connect,
+    peer: &Peer,
+    conn: u64,
+    kick: async_channel::Sender<()>,
+    out: &mut Vec<Packet>,
+) -> Result<Client, Refusal> {
+    let id = handle::admit(broker, &connect, conn)?;
+    let username = handle::authenticate(broker, &connect, &id, peer).await?;
+    let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
+    let client = handle::connect(broker, connect, Admitted { id, username, conn }, kick, out);
+    let user = client.username.as_deref().map(|u| format!(", user {u}")).unwrap_or_default();
+    log::info!(
+        "client {} connected from {} (clean session {clean}, keepalive {keep_alive}s{user})",
+        client.id,
+        peer.addr
+    );
+    Ok(client)
 }
 
 /// Waits until what CONNECT changed (a new persistent session) is durable.
@@ -209,6 +230,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         0 => Fuse::terminated(),
         _ => Box::pin(rt.sleep(keepalive)).fuse(),
     };
+    let mut rate = broker.config().max_publish_rate.map(PublishRate::new);
     // Responses waiting for the store commit of what they acknowledge, in order.
     let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
     let mut event = Event::Queued;
@@ -216,6 +238,12 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         match event {
             Event::Packet(Some(Ok(packet))) => {
                 last_packet = Instant::now();
+                if let (Packet::Publish(_), Some(rate)) = (&packet, rate.as_mut())
+                    && let Some(wait) = rate.take(last_packet)
+                {
+                    // Over its publish rate: stop reading from this client for a while.
+                    rt.sleep(wait).await;
+                }
                 match handle::packet(client, broker, packet, out) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Disconnect) => return Close::Disconnect,
@@ -297,6 +325,29 @@ fn release(broker: &Broker, held: &mut VecDeque<(Ticket, Vec<Packet>)>, out: &mu
         }
     }
     true
+}
+
+/// A token bucket for `max_publish_rate`: one second's worth of burst.
+struct PublishRate {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl PublishRate {
+    fn new(per_second: u32) -> PublishRate {
+        let per_second = f64::from(per_second.max(1));
+        PublishRate { per_second, tokens: per_second, last: Instant::now() }
+    }
+
+    /// Takes a token for a PUBLISH received at `now`; how long to pause
+    /// reading when the bucket is empty.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second) - 1.0;
+        self.last = now;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_second))
+    }
 }
 
 /// Adds the bytes the codec saw to the broker's counters.

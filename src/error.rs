@@ -191,3 +191,57 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Why a broker could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The store could not be opened or read.
+    Store(crate::store::StoreError),
+    /// A configured file (password, ACL) could not be read.
+    Config(String),
+}
+
+impl From<crate::store::StoreError> for OpenError {
+    fn from(e: crate::store::StoreError) -> Self {
+        OpenError::Store(e)
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Store(e) => e.fmt(f),
+            OpenError::Config(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It broke a protocol rule.
+    Violation(Violation),
+    /// The broker's configuration refuses it, with this CONNACK code.
+    Policy(ConnectCode, String),
+}
+
+impl Refusal {
+    /// The CONNACK code to send before closing, if any.
+    pub fn connack(&self) -> Option<ConnectCode> {
+        match self {
+            Refusal::Violation(v) => v.connack(),
+            Refusal::Policy(code, _) => Some(*code),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Violation(v) => v.fmt(f),
+            Refusal::Policy(code, why) => write!(f, "{why} (CONNACK {})", *code as u8),
+        }
+    }
+}

@@ -14,7 +14,7 @@
 //!
 //! let config = Config::listening_on("127.0.0.1:0".parse().unwrap());
 //! futures::executor::block_on(async {
-//!     let server = Server::start(Smol::with_threads(1), Broker::in_memory(config)).await?;
+//!     let server = Server::start(Smol::with_threads(1), Broker::in_memory(config).map_err(std::io::Error::other)?).await?;
 //!     println!("MQTT on {}", server.local_addrs()[0]);
 //!     server.shutdown().await;
 //!     Ok::<_, std::io::Error>(())
@@ -38,6 +38,7 @@ pub mod handle;
 pub mod packet;
 pub mod retain;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod session;
 pub mod session_handle;

@@ -1,14 +1,27 @@
 //! The `midge` binary: arguments → configuration → runtime → broker, until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM (SIGHUP reloads the password and ACL files); or the
+//! `midge passwd` subcommand.
 
 use async_signal::{Signal, Signals};
 use futures::StreamExt;
-use midge::cli::{Args, Settings};
+use midge::cli::{Args, Command, Settings};
 use midge::{Broker, Runtime, RuntimeKind, Server};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let mut args: Args = argh::from_env();
+    if let Some(Command::Passwd(passwd)) = args.command.take() {
+        return match midge::cli::passwd(&passwd) {
+            Ok(message) => {
+                eprintln!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("midge passwd: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match args.settings() {
         Ok(settings) => settings,
         Err(message) => {
@@ -50,12 +63,23 @@ fn run(settings: Settings) -> std::io::Result<()> {
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then shuts down cleanly.
+/// Serves until SIGINT or SIGTERM, then shuts down cleanly; SIGHUP
+/// re-reads the password and ACL files (a file that fails to parse keeps the
+/// old one in force).
 async fn serve<R: Runtime>(rt: R, broker: Broker) -> std::io::Result<()> {
-    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
+    let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
     let server = Server::start(rt, broker).await?;
-    if let Some(signal) = signals.next().await {
-        log::info!("received {:?}, shutting down", signal?);
+    while let Some(signal) = signals.next().await {
+        match signal? {
+            Signal::Hup => match server.reload() {
+                Ok(()) => log::info!("received SIGHUP: reloaded password, ACL and TLS files"),
+                Err(e) => log::error!("received SIGHUP: reload failed, keeping the files in force: {e}"),
+            },
+            signal => {
+                log::info!("received {signal:?}, shutting down");
+                break;
+            }
+        }
     }
     server.shutdown().await;
     Ok(())

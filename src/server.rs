@@ -2,6 +2,8 @@
 //! stop cleanly on shutdown.
 
 use crate::broker::Broker;
+use crate::config::Listener;
+use crate::handle::Peer;
 use crate::runtime::Runtime;
 use crate::{connection, expiry, sys};
 use async_channel::{Receiver, Sender};
@@ -9,6 +11,8 @@ use futures::future::{Either, select};
 use futures::pin_mut;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long shutdown waits for connections to finish.
@@ -32,20 +36,30 @@ impl<R: Runtime> Server<R> {
     /// connections on `rt`. Fails if any address cannot be bound.
     pub async fn start(rt: R, broker: Broker) -> io::Result<Server<R>> {
         let mut listeners = Vec::new();
-        for addr in broker.config().listeners.iter().map(|l| l.bind) {
+        for config in &broker.config().listeners {
+            let addr = config.bind;
             let listener =
                 rt.bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(listener);
+            listeners.push((listener, config.clone()));
         }
+        let total = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
         let mut local_addrs = Vec::new();
-        for listener in listeners {
+        for (listener, config) in listeners {
             let addr = R::local_addr(&listener)?;
             log::info!("listening on {addr} (runtime {})", rt.name());
             local_addrs.push(addr);
-            let task = accept_loop(rt.clone(), broker.clone(), listener, stopped.clone(), alive.clone());
-            rt.spawn(task);
+            rt.spawn(accept_loop(Accepting {
+                rt: rt.clone(),
+                broker: broker.clone(),
+                listener,
+                config,
+                open: Arc::new(AtomicUsize::new(0)),
+                total: total.clone(),
+                stopped: stopped.clone(),
+                alive: alive.clone(),
+            }));
         }
         rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
         rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped));
@@ -55,6 +69,12 @@ impl<R: Runtime> Server<R> {
     /// The bound addresses, in configuration order (real ports for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// Re-reads the password and ACL files (SIGHUP); on an error what was in
+    /// force stays.
+    pub fn reload(&self) -> Result<(), String> {
+        self.broker.reload_security()
     }
 
     /// The broker's shared state.
@@ -77,17 +97,50 @@ impl<R: Runtime> Server<R> {
     }
 }
 
-async fn accept_loop<R: Runtime>(
+/// A connection counted against its listener's and the broker's limits;
+/// the counts go down when it is dropped.
+struct Slot {
+    counters: [Arc<AtomicUsize>; 2],
+}
+
+impl Slot {
+    /// Takes a slot unless a limit is reached.
+    fn take(counters: [&Arc<AtomicUsize>; 2], limits: [Option<usize>; 2]) -> Option<Slot> {
+        let slot = Slot { counters: counters.map(Arc::clone) };
+        let taken = slot.counters.iter().map(|c| c.fetch_add(1, Ordering::AcqRel) + 1);
+        let within = taken.zip(limits).all(|(n, limit)| limit.is_none_or(|max| n <= max));
+        within.then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        for counter in &self.counters {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// What an accept loop needs to know about its listener.
+struct Accepting<R: Runtime> {
     rt: R,
     broker: Broker,
     listener: R::Listener,
+    config: Listener,
+    /// Open connections on this listener.
+    open: Arc<AtomicUsize>,
+    /// Open connections on every listener.
+    total: Arc<AtomicUsize>,
     stopped: Receiver<()>,
     alive: Sender<()>,
-) {
+}
+
+async fn accept_loop<R: Runtime>(a: Accepting<R>) {
+    let limits = [a.config.max_connections, a.broker.config().max_connections];
     loop {
         let accepted = {
-            let accept = rt.accept(&listener);
-            let stop = stopped.recv();
+            let accept = a.rt.accept(&a.listener);
+            let stop = a.stopped.recv();
             pin_mut!(accept, stop);
             match select(accept, stop).await {
                 Either::Left((accepted, _)) => accepted,
@@ -95,17 +148,20 @@ async fn accept_loop<R: Runtime>(
             }
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let (broker, stopped, alive) = (broker.clone(), stopped.clone(), alive.clone());
-                let rt2 = rt.clone();
-                rt.spawn(async move {
-                    connection::run(rt2, broker, stream, peer, stopped).await;
-                    drop(alive);
+            Ok((stream, addr)) => {
+                let Some(slot) = Slot::take([&a.open, &a.total], limits) else {
+                    log::warn!("{addr}: connection refused on {}: max_connections reached", a.config.bind);
+                    continue;
+                };
+                let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());
+                a.rt.spawn(async move {
+                    connection::run(rt, broker, stream, Peer { addr, identity: None }, stopped).await;
+                    drop((slot, alive));
                 });
             }
             Err(e) => {
                 log::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                rt.sleep(ACCEPT_BACKOFF).await;
+                a.rt.sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! it: the lock, the bell that wakes the connection, and the hand-off of the
 //! session's journaled changes to the store whenever the lock is released.
 
+use crate::security::Security;
 use crate::session::{Message, Offer, Session};
 use crate::store::{Persistence, Ticket};
 use async_channel::{Receiver, Sender};
@@ -27,6 +28,8 @@ pub struct SessionHandle {
 pub struct Owned {
     /// The connection attached, or 0.
     pub owner: u64,
+    /// The user name of the last connection (ACL checks on delivery).
+    pub username: Option<Arc<str>>,
     /// The MQTT session state.
     pub session: Session,
 }
@@ -83,7 +86,7 @@ impl fmt::Debug for Guard<'_> {
 impl SessionHandle {
     /// Wraps a session; `store` receives its journal.
     pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
-        let state = Mutex::new(Owned { owner: 0, session });
+        let state = Mutex::new(Owned { owner: 0, username: None, session });
         Arc::new(SessionHandle { client_id, state, bell: async_channel::bounded(1), store })
     }
 
@@ -105,10 +108,16 @@ impl SessionHandle {
     }
 
     /// Offers a message and rings the bell if an online client should send
-    /// it; drops are logged at most once per second per client.
-    pub fn deliver(&self, message: Message) -> (Offer, Ticket) {
+    /// it; drops are logged at most once per second per client. With an ACL,
+    /// a message the client may not read is skipped.
+    pub fn deliver(&self, message: Message, acl: Option<&Security>) -> (Offer, Ticket) {
         let (offer, online, report, ticket) = {
             let mut s = self.lock();
+            if let Some(acl) = acl
+                && !acl.can_read(&self.client_id, s.username.as_deref(), &message.topic)
+            {
+                return (Offer::Skipped, Ticket::default());
+            }
             let offer = s.session.offer(message);
             let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
             let online = s.owner != 0;

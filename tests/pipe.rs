@@ -3,6 +3,7 @@
 
 use crate::support::packets::{self, CONNACK_ACCEPTED, DISCONNECT, PINGREQ, PINGRESP};
 use futures::io::{AsyncRead, AsyncWrite, Cursor};
+use midge::handle::Peer;
 use midge::{Broker, Config, Runtime};
 use std::io;
 use std::pin::Pin;
@@ -51,14 +52,9 @@ fn scripted_session<R: Runtime>(rt: R) {
     let output = Arc::new(Mutex::new(Vec::new()));
     let stream = Scripted { input: Cursor::new(script), output: output.clone() };
     let (_stop, stopped) = async_channel::bounded(1);
-    let peer = "127.0.0.1:9".parse().unwrap();
-    futures::executor::block_on(midge::connection::run(
-        rt,
-        Broker::in_memory(Config::default()),
-        stream,
-        peer,
-        stopped,
-    ));
+    let peer = Peer { addr: "127.0.0.1:9".parse().unwrap(), identity: None };
+    let broker = Broker::in_memory(Config::default()).unwrap();
+    futures::executor::block_on(midge::connection::run(rt, broker, stream, peer, stopped));
     let expected =
         [CONNACK_ACCEPTED.to_vec(), packets::suback(1, &[0]), packets::publish0("self", b"loop"), PINGRESP.to_vec()]
             .concat();

@@ -27,6 +27,8 @@ mod paho;
 mod pipe;
 /// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
 mod publish;
+/// Passwords, ACLs, hooks and limits.
+mod security;
 /// Persistent sessions, wills and retained messages.
 mod session;
 /// SUBSCRIBE, UNSUBSCRIBE, wildcards and `$` topics.

@@ -123,21 +123,39 @@ impl Acl {
         self.check(&Client { id: client_id, username }, topic, Access::Write)
     }
 
-    /// Whether the client may subscribe to `filter`: always, as in
-    /// Mosquitto 2.0.
+    /// Whether the client may subscribe to `filter`: some rule granting
+    /// read access covers every topic the filter can match (`sensors/#`
+    /// allows `sensors/+/temp`; `sensors/+` does not allow `sensors/#`), and
+    /// no `deny` rule covers it. A refused filter gets 0x80 in SUBACK.
     ///
-    /// Mosquitto's default ACL check returns success for every SUBSCRIBE and
-    /// UNSUBSCRIBE (`mosquitto_acl_check_default()` in `src/security_default.c`:
-    /// `if(ed->access == MOSQ_ACL_SUBSCRIBE || ed->access == MOSQ_ACL_UNSUBSCRIBE)
-    /// return MOSQ_ERR_SUCCESS; /* FIXME - implement ACL subscription strings. */`),
-    /// whatever wildcards the filter has, so SUBACK never carries 0x80 because
-    /// of the ACL file. Read access is enforced per message instead:
-    /// `subs__send()` in `src/subs.c` (and the retained-message path) runs the
-    /// READ check on each message's concrete topic and silently skips the
-    /// client if it fails. The broker must therefore call [`Acl::can_read`] for
+    /// Mosquitto 2.0's default ACL check accepts every SUBSCRIBE
+    /// (`src/security_default.c`: "FIXME - implement ACL subscription
+    /// strings") and only filters deliveries; midge refuses a filter no rule
+    /// could ever serve, and like Mosquitto also checks [`Acl::can_read`] on
     /// every message it delivers, retained ones included.
-    pub fn can_subscribe(&self, _client_id: &str, _username: Option<&str>, _filter: &str) -> bool {
-        true
+    pub fn can_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        let client = Client { id: client_id, username };
+        let mut granted = false;
+        for rule in self.rules_for(&client) {
+            if rule.covers(filter, &client) {
+                if rule.access == Access::Deny {
+                    return false;
+                }
+                granted |= rule.access.grants(Access::Read);
+            }
+        }
+        granted
+    }
+
+    /// The client's own rules (its user's, or the anonymous ones), then the
+    /// patterns that may apply to it.
+    fn rules_for<'a>(&'a self, client: &Client<'_>) -> impl Iterator<Item = &'a Rule> {
+        let own = match client.username {
+            Some(name) => self.users.get(name).map_or(&[][..], Vec::as_slice),
+            None => &self.anonymous,
+        };
+        let patterns = if client.substitutable() { &self.patterns[..] } else { &[] };
+        own.iter().chain(patterns)
     }
 
     fn rules_mut(&mut self, user: Option<&str>) -> &mut Vec<Rule> {
@@ -151,13 +169,8 @@ impl Acl {
         if topic.is_empty() || topic.contains(['+', '#']) {
             return false;
         }
-        let own = match client.username {
-            Some(name) => self.users.get(name).map_or(&[][..], Vec::as_slice),
-            None => &self.anonymous,
-        };
-        let patterns = if client.substitutable() { &self.patterns[..] } else { &[] };
         let mut granted = false;
-        for rule in own.iter().chain(patterns) {
+        for rule in self.rules_for(client) {
             if rule.matches(topic, client) {
                 if rule.access == Access::Deny {
                     return false;
@@ -205,6 +218,26 @@ impl Client<'_> {
 }
 
 impl Rule {
+    /// Whether every topic matching `filter` matches this rule.
+    fn covers(&self, filter: &str, client: &Client<'_>) -> bool {
+        if self.uses_username && client.username.is_none() {
+            return false;
+        }
+        if filter.starts_with('$') && matches!(self.levels.first(), Some(Level::Plus | Level::Hash)) {
+            return false;
+        }
+        let mut filter_levels = filter.split('/');
+        for level in &self.levels {
+            match (level, filter_levels.next()) {
+                (Level::Hash, _) => return true,
+                (Level::Plus, Some(f)) if f != "#" => {}
+                (Level::Text(pieces), Some(f)) if f != "+" && f != "#" && level_matches(pieces, f, client) => {}
+                _ => return false,
+            }
+        }
+        filter_levels.next().is_none()
+    }
+
     /// Whether the rule's topic, after substitution, matches `topic`. Does
     /// not allocate: substituted values contain no `/`, so each level is
     /// compared piece by piece.
@@ -467,15 +500,22 @@ pattern read dev-%c/x%cy
     }
 
     #[test]
-    fn subscribe_is_always_allowed_and_delivery_is_checked() {
+    fn subscribe_needs_a_read_rule_covering_the_filter() {
         let a = acl();
-        for filter in ["#", "+/+", "alice/#", "$SYS/#", "nothing/granted"] {
+        for filter in ["bob/#", "bob/+/x", "bob", "users/bob/+", "users/bob/#"] {
             assert!(a.can_subscribe("c1", Some("bob"), filter), "{filter}");
-            assert!(Acl::default().can_subscribe("c1", None, filter), "{filter}");
         }
-        // bob subscribed to "#": only messages he may read reach him.
-        assert!(a.can_read("c1", Some("bob"), "bob/x"));
-        assert!(!a.can_read("c1", Some("bob"), "alice/x"));
+        for filter in ["#", "+/+", "alice/#", "$SYS/#", "nothing/granted", "users/+/x"] {
+            assert!(!a.can_subscribe("c1", Some("bob"), filter), "{filter}");
+        }
+        assert!(a.can_subscribe("c1", Some("alice"), "alice/x"));
+        assert!(!a.can_subscribe("c1", Some("alice"), "alice/secret"), "deny covers it");
+        assert!(a.can_subscribe("c1", None, "weather/+/now"));
+        assert!(!a.can_subscribe("c1", None, "weather/#"), "weather/+/now does not cover weather/#");
+        assert!(!Acl::default().can_subscribe("c1", None, "a"), "an empty ACL grants nothing");
+        // A subscription allowed by a broad rule still only delivers what may be read.
+        assert!(a.can_read("c1", Some("alice"), "alice/x"));
+        assert!(!a.can_read("c1", Some("alice"), "alice/secret"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! CONNECT: client-id rules, session attach or takeover, CONNACK, resend.
 
-use super::Client;
+use super::{Client, Peer};
 use crate::broker::Broker;
-use crate::error::Violation;
+use crate::error::{Refusal, Violation};
 use crate::packet::{Connect, ConnectCode, Packet, Protocol};
+use crate::security::ConnectInfo;
 use async_channel::Sender;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -19,17 +20,18 @@ const MQTT31_MAX_CLIENT_ID: usize = 23;
 pub fn connect(
     broker: &Broker,
     connect: Connect,
-    conn: u64,
+    admitted: Admitted,
     kick: Sender<()>,
     out: &mut Vec<Packet>,
-) -> Result<Client, Violation> {
-    let id = client_id(&connect, conn)?;
-    let attachment = broker.attach(&id, connect.clean_session, conn, kick);
+) -> Client {
+    let Admitted { id, username, conn } = admitted;
+    let attachment = broker.attach(&id, username.clone(), connect.clean_session, conn, kick);
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol == Protocol::V311;
     out.push(Packet::Connack { session_present, code: ConnectCode::Accepted });
     let client = Client {
         id,
+        username,
         conn,
         session: attachment.session,
         will: connect.will,
@@ -37,7 +39,74 @@ pub fn connect(
         ticket: AtomicU64::new(attachment.ticket.0),
     };
     client.with_session(|s| s.resend(out));
-    Ok(client)
+    client
+}
+
+/// A CONNECT that passed every check: who the client is.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Client id, assigned if the client sent none.
+    pub id: Arc<str>,
+    /// User name (or TLS identity) the client authenticated as.
+    pub username: Option<Arc<str>>,
+    /// The connection's id.
+    pub conn: u64,
+}
+
+/// The checks on a CONNECT before its credentials: client id rules and the
+/// broker's limits. Returns the client id to use.
+pub fn admit(broker: &Broker, connect: &Connect, conn: u64) -> Result<Arc<str>, Refusal> {
+    let id = client_id(connect, conn).map_err(Refusal::Violation)?;
+    if let Some(max) = broker.config().max_keepalive
+        && (connect.keep_alive == 0 || connect.keep_alive > max)
+    {
+        let why = format!("keepalive {}s not allowed (max_keepalive {max}s)", connect.keep_alive);
+        return Err(Refusal::Policy(ConnectCode::IdentifierRejected, why));
+    }
+    Ok(id)
+}
+
+/// Checks the credentials (password file, then the hooks): the user name
+/// to use, or the CONNACK code to refuse with. The password check runs on
+/// a blocking thread: PBKDF2 is slow on purpose.
+pub async fn authenticate(
+    broker: &Broker,
+    connect: &Connect,
+    id: &str,
+    peer: &Peer,
+) -> Result<Option<Arc<str>>, Refusal> {
+    let guards = broker.guards();
+    let username: Option<Arc<str>> = match &peer.identity {
+        Some(identity) => Some(identity.as_str().into()),
+        None => connect.username.as_deref().map(Into::into),
+    };
+    let files = guards.files.clone();
+    let (user, password) = (username.clone(), connect.password.clone());
+    let checked = match (&peer.identity, files.checks_passwords() && user.is_some()) {
+        (None, true) => blocking::unblock(move || files.authenticate(user.as_deref(), password.as_deref())).await,
+        (Some(_), _) => Ok(()),
+        (None, false) => files.authenticate(user.as_deref(), password.as_deref()),
+    };
+    let info = ConnectInfo {
+        client_id: id,
+        username: username.as_deref(),
+        password: connect.password.as_deref(),
+        peer: peer.addr,
+    };
+    checked
+        .and_then(|()| guards.hooks.as_ref().map_or(Ok(()), |h| h.authenticate(&info)))
+        .map_err(|code| Refusal::Policy(code, refusal_reason(code).into()))?;
+    Ok(username)
+}
+
+fn refusal_reason(code: ConnectCode) -> &'static str {
+    match code {
+        ConnectCode::BadUsernamePassword => "bad user name or password",
+        ConnectCode::NotAuthorized => "not authorized",
+        ConnectCode::IdentifierRejected => "identifier rejected",
+        ConnectCode::ServerUnavailable => "server unavailable",
+        _ => "refused",
+    }
 }
 
 /// The client id to use: the client's own, or one assigned for an empty id

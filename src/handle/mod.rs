@@ -6,11 +6,12 @@ mod connect;
 mod publish;
 mod subscribe;
 
-pub use connect::connect;
+pub use connect::{Admitted, admit, authenticate, connect};
 
 use crate::broker::Broker;
 use crate::error::Violation;
 use crate::packet::{Packet, Will};
+use crate::security::ClientInfo;
 use crate::session::Session;
 use crate::session_handle::SessionHandle;
 use crate::store::{Ticket, TicketStatus};
@@ -21,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Client {
     /// Client identifier (assigned by the broker when the client sent none).
     pub id: Arc<str>,
+    /// The user name it authenticated as (or its TLS identity).
+    pub username: Option<Arc<str>>,
     /// This connection's id; the session belongs to it until a takeover.
     pub conn: u64,
     /// The session, shared with publishers routing to it.
@@ -52,6 +55,23 @@ impl Client {
     /// The ticket the current responses wait for, resetting it.
     pub fn take_ticket(&self) -> Ticket {
         Ticket(self.ticket.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// The other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The Common Name of its TLS client certificate, when the listener
+    /// uses it as the user name (`use_identity_as_username`).
+    pub identity: Option<String>,
+}
+
+impl Client {
+    /// The client as hooks and ACL checks see it.
+    pub fn info(&self) -> ClientInfo<'_> {
+        ClientInfo { client_id: &self.id, username: self.username.as_deref() }
     }
 }
 

@@ -31,8 +31,13 @@ pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packe
 }
 
 /// Hands the message to the broker, except on `$SYS` topics, which only the
-/// broker publishes.
+/// broker publishes, and where the ACL or the hooks refuse it (the PUBLISH
+/// is still acknowledged, MQTT-3.3.5-2).
 fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
+    if !broker.guards().allow_publish(&client.info(), &message) {
+        log::info!("client {} may not publish to {}: not delivered", client.id, message.topic);
+        return;
+    }
     if message.topic.starts_with("$SYS") {
         log::info!("client {} published to {}: ignored, $SYS topics are the broker's", client.id, message.topic);
         return;

@@ -68,6 +68,8 @@ macro_rules! runtime_kind_test {
 pub struct TestBroker {
     /// The address clients connect to.
     pub addr: SocketAddr,
+    /// The broker's shared state (hooks, reloads).
+    pub broker: Broker,
     stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -98,10 +100,10 @@ impl TestBroker {
     }
 
     fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
-        let server = futures::executor::block_on(Server::start(rt, broker)).expect("start broker");
+        let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
         let addr = server.local_addrs()[0];
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr, stop: Some(stop) }
+        TestBroker { addr, broker, stop: Some(stop) }
     }
 
     /// A raw client connected over TCP, before any packet is sent.
