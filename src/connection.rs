@@ -235,24 +235,44 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
     let mut event = Event::Queued;
     loop {
-        match event {
+        let mut pending_packet = false;
+        // Set when a packet in the batch ends the connection: what was
+        // answered before it is still written.
+        let mut closing = None;
+        match std::mem::replace(&mut event, Event::Queued) {
             Event::Packet(Some(Ok(packet))) => {
                 last_packet = Instant::now();
-                if let (Packet::Publish(_), Some(rate)) = (&packet, rate.as_mut())
-                    && let Some(wait) = rate.take(last_packet)
-                {
+                let mut publishes = 0;
+                let mut next = Some(packet);
+                // Handle every packet already received before writing once:
+                // a pipelining publisher gets its acknowledgements in one write.
+                for _ in 0..BATCH {
+                    let Some(packet) = next.take() else { break };
+                    publishes += usize::from(matches!(packet, Packet::Publish(_)));
+                    if let Err(close) = on_packet(client, broker, packet, out, &mut held) {
+                        closing = Some(close);
+                        break;
+                    }
+                    next = match framed.next().now_or_never() {
+                        Some(Some(Ok(packet))) => Some(packet),
+                        Some(Some(Err(e))) => {
+                            closing = Some(e.into());
+                            None
+                        }
+                        Some(None) => {
+                            closing = Some(Close::PeerClosed);
+                            None
+                        }
+                        None => None,
+                    };
+                }
+                if let Some(packet) = next {
+                    event = Event::Packet(Some(Ok(packet)));
+                    pending_packet = true;
+                }
+                if let Some(wait) = rate.as_mut().and_then(|r| r.take(last_packet, publishes)) {
                     // Over its publish rate: stop reading from this client for a while.
                     rt.sleep(wait).await;
-                }
-                match handle::packet(client, broker, packet, out) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Disconnect) => return Close::Disconnect,
-                    Ok(Flow::TakenOver) => return Close::TakenOver,
-                    Err(v) => return Close::Violation(v),
-                }
-                let ticket = client.take_ticket();
-                if ticket != Ticket::default() || !held.is_empty() {
-                    held.push_back((ticket, std::mem::take(out)));
                 }
             }
             Event::Packet(Some(Err(e))) => return e.into(),
@@ -284,6 +304,12 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             return e.into();
         }
         broker.stats().sent(sent as u64);
+        if let Some(close) = closing {
+            return close;
+        }
+        if pending_packet {
+            continue;
+        }
         event = {
             let next = framed.next().fuse();
             let queued = bell.recv().fuse();
@@ -327,6 +353,32 @@ fn release(broker: &Broker, held: &mut VecDeque<(Ticket, Vec<Packet>)>, out: &mu
     true
 }
 
+/// Packets handled before the responses are written, at most.
+const BATCH: usize = 64;
+
+/// Handles one packet after CONNECT; the responses wait in `held` when what
+/// they acknowledge is not durable yet (or earlier responses wait).
+fn on_packet(
+    client: &Client,
+    broker: &Broker,
+    packet: Packet,
+    out: &mut Vec<Packet>,
+    held: &mut VecDeque<(Ticket, Vec<Packet>)>,
+) -> Result<(), Close> {
+    let mark = out.len();
+    match handle::packet(client, broker, packet, out) {
+        Ok(Flow::Continue) => {}
+        Ok(Flow::Disconnect) => return Err(Close::Disconnect),
+        Ok(Flow::TakenOver) => return Err(Close::TakenOver),
+        Err(v) => return Err(Close::Violation(v)),
+    }
+    let ticket = client.take_ticket();
+    if ticket != Ticket::default() || !held.is_empty() {
+        held.push_back((ticket, out.split_off(mark)));
+    }
+    Ok(())
+}
+
 /// A token bucket for `max_publish_rate`: one second's worth of burst.
 struct PublishRate {
     per_second: f64,
@@ -340,11 +392,14 @@ impl PublishRate {
         PublishRate { per_second, tokens: per_second, last: Instant::now() }
     }
 
-    /// Takes a token for a PUBLISH received at `now`; how long to pause
-    /// reading when the bucket is empty.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
+    /// Takes tokens for `count` PUBLISH packets received at `now`; how long
+    /// to pause reading when the bucket is empty.
+    fn take(&mut self, now: Instant, count: usize) -> Option<Duration> {
+        if count == 0 {
+            return None;
+        }
         let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.per_second) - 1.0;
+        self.tokens = (self.tokens + refill).min(self.per_second) - count as f64;
         self.last = now;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_second))
     }

@@ -38,8 +38,8 @@ impl AsyncWrite for Scripted {
 }
 
 /// CONNECT, SUBSCRIBE, a PUBLISH to itself, PINGREQ and DISCONNECT in one
-/// read; the exact bytes written back are CONNACK, SUBACK, the PUBLISH and
-/// PINGRESP, and the connection ends.
+/// read; the exact bytes written back are CONNACK, SUBACK, PINGRESP and the
+/// PUBLISH, and the connection ends.
 fn scripted_session<R: Runtime>(rt: R) {
     let script = [
         packets::connect("memory", true, 60),
@@ -55,8 +55,10 @@ fn scripted_session<R: Runtime>(rt: R) {
     let peer = Peer { addr: "127.0.0.1:9".parse().unwrap(), identity: None };
     let broker = Broker::in_memory(Config::default()).unwrap();
     futures::executor::block_on(midge::connection::run(rt, broker, stream, peer, stopped));
+    // The packets of one read are answered together, deliveries after the
+    // responses: SUBACK, PINGRESP, then the message routed back.
     let expected =
-        [CONNACK_ACCEPTED.to_vec(), packets::suback(1, &[0]), packets::publish0("self", b"loop"), PINGRESP.to_vec()]
+        [CONNACK_ACCEPTED.to_vec(), packets::suback(1, &[0]), PINGRESP.to_vec(), packets::publish0("self", b"loop")]
             .concat();
     assert_eq!(*output.lock().unwrap(), expected);
 }
