@@ -206,12 +206,15 @@ impl Session {
     }
 
     /// Offers a message for delivery, applying the queue limits. A QoS 1/2
-    /// message queued in a durable session is journaled.
+    /// message queued in a durable session is journaled. Retained messages
+    /// sent because of a new subscription (RETAIN set) are not limited by
+    /// `max_queued`: a `#` subscriber gets every retained message, and the
+    /// broker holds them all anyway.
     pub fn offer(&mut self, message: Message) -> Offer {
         if message.qos == QoS::AtMostOnce && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
         }
-        if self.queue.len() >= self.limits.max_queued {
+        if self.queue.len() >= self.limits.max_queued && !message.retain {
             self.dropped += 1;
             return Offer::Dropped;
         }
@@ -486,5 +489,16 @@ mod tests {
         s.subscribe("t", QoS::AtLeastOnce);
         s.offer(message(QoS::AtLeastOnce));
         assert!(s.take_journal().is_empty());
+    }
+
+    #[test]
+    fn retained_messages_for_a_new_subscription_are_not_limited() {
+        let mut s = Session::new("c".into(), false, Limits { max_queued: 1, ..LIMITS }, false);
+        s.set_online(true);
+        let retained = Message { retain: true, ..message(QoS::AtMostOnce) };
+        for _ in 0..10 {
+            assert_eq!(s.offer(retained.clone()), Offer::Queued);
+        }
+        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped);
     }
 }

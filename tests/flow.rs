@@ -70,3 +70,23 @@ runtime_test!(
         assert_eq!(sub.recv().publish().2, b"waiting");
     }
 );
+
+runtime_test!(
+    /// Retained messages sent for a new subscription are not cut at
+    /// `max_queued`: a wildcard subscriber gets every one.
+    retained_messages_are_not_limited_by_the_queue,
+    small_windows,
+    |b: &TestBroker| {
+        let mut publisher = b.client("pub");
+        for i in 0..50u8 {
+            publisher.send(&packets::publish_with(&format!("many/{i}"), &[i], 0, None, true, false));
+        }
+        publisher.ping();
+        let mut sub = b.client("sub");
+        sub.send(&packets::subscribe(1, &[("many/#", 0)]));
+        sub.expect(&packets::suback(1, &[0]));
+        let mut seen: Vec<u8> = (0..50).map(|_| sub.recv().publish().2[0]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+    }
+);
