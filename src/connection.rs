@@ -14,6 +14,7 @@ use crate::session::Message;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
+use bytes::BytesMut;
 use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
@@ -80,7 +81,7 @@ where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut framed = Framed::new(stream, MqttCodec::new(broker.config().max_packet_size));
+    let mut framed = small_buffers(Framed::new(stream, MqttCodec::new(broker.config().max_packet_size)));
     let mut out = Vec::new();
     let (kick, kicked) = async_channel::bounded(1);
     let conn = broker.next_connection_id();
@@ -403,6 +404,16 @@ impl PublishRate {
         self.last = now;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_second))
     }
+}
+
+/// Swaps asynchronous-codec's 8 KiB read and write buffers for empty ones
+/// that grow on demand: an idle connection then holds only what its last
+/// packets needed, not 16 KiB.
+fn small_buffers<S: AsyncRead + AsyncWrite + Unpin>(framed: Transport<S>) -> Transport<S> {
+    let mut parts = framed.into_parts();
+    parts.read_buffer = BytesMut::new();
+    parts.write_buffer = BytesMut::new();
+    Framed::from_parts(parts)
 }
 
 /// Adds the bytes the codec saw to the broker's counters.
