@@ -45,6 +45,7 @@ pub mod session_handle;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod tls;
 pub mod topic;
 pub mod trie;
 pub mod validate;

@@ -2,9 +2,10 @@
 //! stop cleanly on shutdown.
 
 use crate::broker::Broker;
-use crate::config::Listener;
+use crate::config::{Listener, TlsFiles};
 use crate::handle::Peer;
 use crate::runtime::Runtime;
+use crate::tls::TlsAcceptor;
 use crate::{connection, expiry, sys};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
@@ -29,6 +30,8 @@ pub struct Server<R: Runtime> {
     stop: Sender<()>,
     /// Fails to receive once every task holding a `Sender` clone has ended.
     done: Receiver<()>,
+    /// TLS listeners' acceptors and files, for reloads.
+    tls: Vec<(Arc<TlsAcceptor>, TlsFiles)>,
 }
 
 impl<R: Runtime> Server<R> {
@@ -36,25 +39,38 @@ impl<R: Runtime> Server<R> {
     /// connections on `rt`. Fails if any address cannot be bound.
     pub async fn start(rt: R, broker: Broker) -> io::Result<Server<R>> {
         let mut listeners = Vec::new();
+        let mut tls = Vec::new();
         for config in &broker.config().listeners {
             let addr = config.bind;
+            let acceptor = match &config.tls {
+                Some(files) => {
+                    let acceptor =
+                        TlsAcceptor::new(files).map_err(|e| io::Error::other(format!("listener {addr}: {e}")))?;
+                    let acceptor = Arc::new(acceptor);
+                    tls.push((acceptor.clone(), files.clone()));
+                    Some(acceptor)
+                }
+                None => None,
+            };
             let listener =
                 rt.bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listeners.push((listener, config.clone()));
+            listeners.push((listener, config.clone(), acceptor));
         }
         let total = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
         let mut local_addrs = Vec::new();
-        for (listener, config) in listeners {
+        for (listener, config, acceptor) in listeners {
             let addr = R::local_addr(&listener)?;
-            log::info!("listening on {addr} (runtime {})", rt.name());
+            let kind = if acceptor.is_some() { "MQTT over TLS" } else { "MQTT" };
+            log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
             local_addrs.push(addr);
             rt.spawn(accept_loop(Accepting {
                 rt: rt.clone(),
                 broker: broker.clone(),
                 listener,
                 config,
+                tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
                 total: total.clone(),
                 stopped: stopped.clone(),
@@ -63,7 +79,7 @@ impl<R: Runtime> Server<R> {
         }
         rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
         rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped));
-        Ok(Server { rt, broker, local_addrs, stop, done })
+        Ok(Server { rt, broker, local_addrs, stop, done, tls })
     }
 
     /// The bound addresses, in configuration order (real ports for port 0).
@@ -74,7 +90,19 @@ impl<R: Runtime> Server<R> {
     /// Re-reads the password and ACL files (SIGHUP); on an error what was in
     /// force stays.
     pub fn reload(&self) -> Result<(), String> {
-        self.broker.reload_security()
+        let mut errors = Vec::new();
+        if let Err(e) = self.broker.reload_security() {
+            errors.push(e);
+        }
+        for (acceptor, files) in &self.tls {
+            if let Err(e) = acceptor.reload(files) {
+                errors.push(e.to_string());
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(errors.join("; ")),
+        }
     }
 
     /// The broker's shared state.
@@ -95,6 +123,32 @@ impl<R: Runtime> Server<R> {
         self.broker.close();
         log::info!("broker stopped");
     }
+}
+
+/// Runs the TLS handshake (bounded by the connect timeout, on the
+/// connection's own task so a slow handshake never holds up the accept
+/// loop), then the MQTT connection over it.
+async fn serve_tls<R: Runtime>(
+    rt: R,
+    broker: Broker,
+    tls: &TlsAcceptor,
+    stream: R::Stream,
+    addr: std::net::SocketAddr,
+    use_identity: bool,
+    stopped: Receiver<()>,
+) {
+    let timeout = broker.config().connect_timeout;
+    let handshake = tls.accept(stream);
+    let deadline = rt.sleep(timeout);
+    pin_mut!(handshake, deadline);
+    let connection = match select(handshake, deadline).await {
+        Either::Left((Ok(connection), _)) => connection,
+        Either::Left((Err(e), _)) => return log::warn!("{addr}: TLS handshake failed: {e}"),
+        Either::Right(_) => return log::warn!("{addr}: TLS handshake not done within {timeout:?}, closing"),
+    };
+    let identity = connection.identity.filter(|_| use_identity);
+    let peer = Peer { addr, identity, identity_required: use_identity };
+    connection::run(rt, broker, connection.stream, peer, stopped).await;
 }
 
 /// A connection counted against its listener's and the broker's limits;
@@ -127,6 +181,8 @@ struct Accepting<R: Runtime> {
     broker: Broker,
     listener: R::Listener,
     config: Listener,
+    /// The TLS acceptor of a TLS listener.
+    tls: Option<Arc<TlsAcceptor>>,
     /// Open connections on this listener.
     open: Arc<AtomicUsize>,
     /// Open connections on every listener.
@@ -154,8 +210,13 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                     continue;
                 };
                 let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());
+                let (tls, use_identity) =
+                    (a.tls.clone(), a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username));
                 a.rt.spawn(async move {
-                    connection::run(rt, broker, stream, Peer { addr, identity: None }, stopped).await;
+                    match tls {
+                        None => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
+                        Some(tls) => serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped).await,
+                    }
                     drop((slot, alive));
                 });
             }

@@ -52,7 +52,7 @@ fn scripted_session<R: Runtime>(rt: R) {
     let output = Arc::new(Mutex::new(Vec::new()));
     let stream = Scripted { input: Cursor::new(script), output: output.clone() };
     let (_stop, stopped) = async_channel::bounded(1);
-    let peer = Peer { addr: "127.0.0.1:9".parse().unwrap(), identity: None };
+    let peer = Peer::plain("127.0.0.1:9".parse().unwrap());
     let broker = Broker::in_memory(Config::default()).unwrap();
     futures::executor::block_on(midge::connection::run(rt, broker, stream, peer, stopped));
     // The packets of one read are answered together, deliveries after the

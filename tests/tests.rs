@@ -35,3 +35,5 @@ mod session;
 mod subscribe;
 /// `$SYS` statistics.
 mod sys;
+/// MQTT over TLS with mosquitto clients.
+mod tls;

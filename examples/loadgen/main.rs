@@ -94,6 +94,10 @@ pub struct Args {
     /// print progress once a second on stderr
     #[argh(switch)]
     pub progress: bool,
+    /// subscribers connect with clean session 0 (persistent sessions, which a
+    /// durable broker writes to its store)
+    #[argh(switch)]
+    pub persistent: bool,
 }
 
 /// Shared state of one run.

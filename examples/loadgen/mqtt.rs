@@ -34,13 +34,14 @@ fn string(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
-/// CONNECT, protocol level 4, clean session, no will, no credentials.
-pub fn connect(buf: &mut Vec<u8>, client_id: &str, keepalive: u16) {
+/// CONNECT, protocol level 4, no will, no credentials; clean session unless
+/// `persistent`.
+pub fn connect(buf: &mut Vec<u8>, client_id: &str, keepalive: u16, persistent: bool) {
     buf.push(0x10);
     remaining_length(buf, 10 + 2 + client_id.len());
     string(buf, b"MQTT");
     buf.push(4);
-    buf.push(0x02);
+    buf.push(if persistent { 0x00 } else { 0x02 });
     buf.extend_from_slice(&keepalive.to_be_bytes());
     string(buf, client_id.as_bytes());
 }
@@ -226,6 +227,7 @@ pub async fn open(
     client_id: &str,
     keepalive: u16,
     read_buffer: usize,
+    persistent: bool,
 ) -> io::Result<(FrameReader, TcpStream)> {
     let stream = timeout(Duration::from_secs(10), "TCP connect", async {
         match source {
@@ -237,7 +239,7 @@ pub async fn open(
     stream.set_nodelay(true)?;
     let mut writer = stream.clone();
     let mut buf = Vec::with_capacity(64);
-    connect(&mut buf, client_id, keepalive);
+    connect(&mut buf, client_id, keepalive, persistent);
     writer.write_all(&buf).await?;
     let mut reader = FrameReader::new(stream, read_buffer);
     let (first, body) = timeout(Duration::from_secs(10), "CONNACK", reader.next()).await?;

@@ -173,7 +173,8 @@ async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut TcpStream, filter
 async fn setup_subscriber(ctx: Arc<Ctx>, filters: Vec<String>) -> io::Result<(FrameReader, TcpStream)> {
     by_deadline(&ctx, "subscriber setup", async {
         let (mut r, mut w) =
-            mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024).await?;
+            mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024, ctx.args.persistent)
+                .await?;
         subscribe_all(&ctx, &mut r, &mut w, &filters).await?;
         Ok((r, w))
     })
@@ -301,7 +302,7 @@ async fn publisher_inner(
     let opened = by_deadline(
         ctx,
         "publisher connect",
-        mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('p'), ctx.keepalive(), 4096),
+        mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('p'), ctx.keepalive(), 4096, false),
     )
     .await;
     let _ = ready.send(opened.is_ok()).await;
@@ -635,7 +636,8 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
                 if ctx.past_deadline() {
                     return Err(deadline_error("connect"));
                 }
-                by_deadline(&ctx, "connect", mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), 0, 64)).await
+                by_deadline(&ctx, "connect", mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), 0, 64, false))
+                    .await
             })
         })
         .collect();
@@ -783,12 +785,15 @@ async fn publish_many(
 async fn retained(ctx: Arc<Ctx>) -> io::Result<Report> {
     let n = ctx.args.retained.max(1);
     let qos = ctx.args.qos;
-    let (mut pr, mut pw) = mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('p'), ctx.keepalive(), 4096).await?;
+    let (mut pr, mut pw) =
+        mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('p'), ctx.keepalive(), 4096, false).await?;
     let t0 = Instant::now();
     publish_many(&ctx, &mut pr, &mut pw, n, qos, ctx.args.payload).await?;
     let publish_s = t0.elapsed().as_secs_f64();
 
-    let (mut sr, mut sw) = mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024).await?;
+    let (mut sr, mut sw) =
+        mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024, ctx.args.persistent)
+            .await?;
     let mut buf = Vec::new();
     mqtt::subscribe(&mut buf, 1, std::iter::once(&b"bench/retained/#"[..]), qos);
     let t1 = Instant::now();

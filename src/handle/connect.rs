@@ -76,6 +76,10 @@ pub async fn authenticate(
     peer: &Peer,
 ) -> Result<Option<Arc<str>>, Refusal> {
     let guards = broker.guards();
+    if peer.identity_required && peer.identity.is_none() {
+        let why = "no client certificate identity (use_identity_as_username)".into();
+        return Err(Refusal::Policy(ConnectCode::BadUsernamePassword, why));
+    }
     let username: Option<Arc<str>> = match &peer.identity {
         Some(identity) => Some(identity.as_str().into()),
         None => connect.username.as_deref().map(Into::into),

@@ -66,6 +66,16 @@ pub struct Peer {
     /// The Common Name of its TLS client certificate, when the listener
     /// uses it as the user name (`use_identity_as_username`).
     pub identity: Option<String>,
+    /// The listener uses certificate identities as user names: a client
+    /// without one is refused (CONNACK 4), as Mosquitto does.
+    pub identity_required: bool,
+}
+
+impl Peer {
+    /// A peer on a listener without certificate identities.
+    pub fn plain(addr: std::net::SocketAddr) -> Peer {
+        Peer { addr, identity: None, identity_required: false }
+    }
 }
 
 impl Client {
