@@ -104,7 +104,7 @@ fn from_mqttrs(e: mqttrs::Error) -> Violation {
 fn owned(frame: &Bytes, packet: mqttrs::Packet<'_>) -> Result<Packet, Violation> {
     use mqttrs::Packet as P;
     Ok(match packet {
-        P::Connect(c) => Packet::Connect(connect(c)?),
+        P::Connect(c) => Packet::Connect(Box::new(connect(c)?)),
         P::Publish(p) => Packet::Publish(publish(frame, p)?),
         P::Puback(pid) => Packet::Puback(pid.get()),
         P::Pubrec(pid) => Packet::Pubrec(pid.get()),

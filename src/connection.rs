@@ -85,7 +85,12 @@ where
     let mut out = Vec::new();
     let (kick, kicked) = async_channel::bounded(1);
     let conn = broker.next_connection_id();
-    let Some(mut client) = accept(&rt, &broker, &mut framed, &peer, conn, kick, &mut out).await else {
+    // Boxed: the CONNECT phase (credentials, a password check on a blocking
+    // thread) is needed once; inline, its state would stay in every
+    // connection's task for the connection's whole life.
+    let accepted = Box::pin(accept(&rt, &broker, &mut framed, &peer, conn, kick, &mut out)).await;
+    out = Vec::new();
+    let Some(mut client) = accepted else {
         let _ = framed.close().await;
         account(&broker, &mut framed);
         return;
@@ -134,7 +139,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let result = match first {
-        Some(Ok(Packet::Connect(connect))) => admit(broker, connect, peer, conn, kick, out).await,
+        Some(Ok(Packet::Connect(connect))) => admit(broker, *connect, peer, conn, kick, out).await,
         Some(Ok(_)) => Err(Refusal::Violation(Violation::FirstPacketNotConnect)),
         Some(Err(Error::Violation(v))) => Err(Refusal::Violation(v)),
         Some(Err(Error::Io(e))) => {

@@ -120,8 +120,8 @@ pub enum SubackCode {
 /// Every MQTT 3.1.1 control packet.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet {
-    /// CONNECT (client to server).
-    Connect(Connect),
+    /// CONNECT (client to server); boxed, as it is large and arrives once.
+    Connect(Box<Connect>),
     /// CONNACK (server to client).
     Connack {
         /// Session Present flag.

@@ -215,7 +215,9 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                 a.rt.spawn(async move {
                     match tls {
                         None => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
-                        Some(tls) => serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped).await,
+                        // Boxed: a TLS connection's state is several KiB, and
+                        // inline it would make every plain connection's task as big.
+                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await,
                     }
                     drop((slot, alive));
                 });
