@@ -5,7 +5,7 @@
 //! adapter, and call [`Server::shutdown`] when you are done. With smol, hand
 //! midge your own executor with `Smol::with_executor(Arc<Executor>)`, or let
 //! it start threads with `Smol::with_threads(n)`; with async-std, use
-//! `AsyncStd`. The `embed_smol` and `embed_async_std` examples show
+//! `AsyncStd`. The embedding examples listed in the README show
 //! a whole program.
 //!
 //! ```
