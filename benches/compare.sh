@@ -10,7 +10,9 @@
 #   DURATION=10      measured seconds per run (loadgen adds a 1.5 s warm-up)
 #   SCENARIOS="..."  scenario names (fanin fanout pairs latency conns subs
 #                    retained) or case ids (e.g. fanin-q1-64); default: all
-#   BROKERS="..."    subset of: midge-smol midge-async-std mosquitto rumqttd
+#   BROKERS="..."    subset of: midge-smol midge-async-std mosquitto rumqttd, and for
+#                    the durability comparison midge-memory (smol, --in-memory) and
+#                    mosquitto-persist (persistence true)
 #   CONNS=10000      connections for the conns case
 #   NO_BUILD=1       use the binaries already in target/release
 #   OUT=dir          where logs and results.tsv go (default target/bench-compare/<time>)
@@ -85,8 +87,8 @@ ACTIVE=""
 NOTES=()
 for b in $BROKERS; do
     case $b in
-        midge-smol|midge-async-std) ACTIVE="$ACTIVE $b" ;;
-        mosquitto) if command -v mosquitto >/dev/null; then ACTIVE="$ACTIVE $b"
+        midge-smol|midge-async-std|midge-memory) ACTIVE="$ACTIVE $b" ;;
+        mosquitto|mosquitto-persist) if command -v mosquitto >/dev/null; then ACTIVE="$ACTIVE $b"
                    else NOTES+=("mosquitto: not installed, skipped"); fi ;;
         rumqttd) if command -v rumqttd >/dev/null; then ACTIVE="$ACTIVE $b"
                  else NOTES+=("rumqttd: not on PATH, skipped (cargo install rumqttd to include it)"); fi ;;
@@ -112,6 +114,14 @@ start_broker() {
             # shellcheck disable=SC2086
             "$MIDGE" --bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
                 $MIDGE_ARGS >"$log" 2>&1 & ;;
+        midge-memory)
+            # shellcheck disable=SC2086
+            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --in-memory $MIDGE_ARGS >"$log" 2>&1 & ;;
+        mosquitto-persist)
+            rm -rf "$TMP/mosquitto-data"; mkdir -p "$TMP/mosquitto-data"
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\n' \
+                "$port" "$TMP/mosquitto-data" >"$TMP/mosquitto.conf"
+            mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 & ;;
         mosquitto)
             printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$TMP/mosquitto.conf"
             [ "$MOSQUITTO_NODELAY" = 1 ] && echo 'set_tcp_nodelay true' >>"$TMP/mosquitto.conf"
@@ -177,6 +187,7 @@ CASES=(
     "retained-q0-64|--scenario retained --qos 0 --payload 64"
     "fanin-q0-1024|--scenario fanin --qos 0 --payload 1024"
     "fanout-q0-1024|--scenario fanout --qos 0 --payload 1024"
+    "durable-q1-64|--scenario fanin --qos 1 --payload 64 --persistent"
 )
 SELECTED=()
 for c in "${CASES[@]}"; do
