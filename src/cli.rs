@@ -2,7 +2,8 @@
 
 use crate::auth::PasswordFile;
 use crate::codec::MAX_REMAINING_LENGTH;
-use crate::config::{Config, DEFAULT_MAX_PACKET_SIZE, Listener};
+use crate::config::{Config, Listener};
+use crate::config_file;
 use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
@@ -20,6 +21,9 @@ fn positive(flag: &str, n: usize) -> Result<usize, String> {
 /// midge: an MQTT 3.1.1 broker on async-std or smol.
 #[derive(FromArgs, Debug)]
 pub struct Args {
+    /// a TOML configuration file with mosquitto.conf key names (see examples/midge.toml)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
     /// address to listen on (repeatable; default 127.0.0.1:1883)
     #[argh(option)]
     pub bind: Vec<SocketAddr>,
@@ -153,24 +157,33 @@ pub struct Settings {
 
 impl Args {
     /// Validates the arguments; the error is a message for the user.
+    /// The configuration file (if any) first, then the flags given on top.
     pub fn settings(self) -> Result<Settings, String> {
-        let mut config = Config::default();
+        let (mut config, file_log_level) = match &self.config {
+            Some(path) => {
+                let file = config_file::load(path).map_err(|e| e.to_string())?;
+                (file.config, file.log_level)
+            }
+            None => (Config::default(), None),
+        };
         if !self.bind.is_empty() {
             config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
         }
-        config.max_packet_size = match self.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
-            n if (2..=MAX_REMAINING_LENGTH + 5).contains(&n) => n,
-            n => {
-                return Err(format!("--max-packet-size {n}: must be between 2 and {}", MAX_REMAINING_LENGTH + 5));
-            }
-        };
+        if let Some(n) = self.max_packet_size {
+            config.max_packet_size = match n {
+                n if (2..=MAX_REMAINING_LENGTH + 5).contains(&n) => n,
+                n => {
+                    return Err(format!("--max-packet-size {n}: must be between 2 and {}", MAX_REMAINING_LENGTH + 5));
+                }
+            };
+        }
         if let Some(n) = self.max_inflight {
             config.max_inflight = positive("--max-inflight", n)?;
         }
         if let Some(n) = self.max_queued_messages {
             config.max_queued = n;
         }
-        config.queue_qos0 = self.queue_qos0_messages;
+        config.queue_qos0 |= self.queue_qos0_messages;
         if let Some(seconds) = self.sys_interval {
             config.sys_interval = Duration::from_secs(seconds);
         }
@@ -181,10 +194,11 @@ impl Args {
             (false, None) => config.data_dir,
         };
         config.recover_store = self.recover_store;
-        config.session_expiry = match self.session_expiry {
+        match self.session_expiry {
             Some(0) => return Err("--session-expiry 0: must be at least 1 second".into()),
-            seconds => seconds.map(Duration::from_secs),
-        };
+            Some(seconds) => config.session_expiry = Some(Duration::from_secs(seconds)),
+            None => {}
+        }
         let threads = match self.threads {
             Some(n) => positive("--threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -192,7 +206,7 @@ impl Args {
         let log_level = match (self.log_level, self.verbose) {
             (Some(level), _) => level,
             (None, true) => LevelFilter::Debug,
-            (None, false) => LevelFilter::Info,
+            (None, false) => file_log_level.unwrap_or(LevelFilter::Info),
         };
         let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
         Ok(Settings { config, runtime, threads, log_level })

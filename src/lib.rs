@@ -31,6 +31,7 @@ pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod error;
 pub mod expiry;

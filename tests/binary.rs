@@ -78,3 +78,64 @@ fn binary_refuses_a_locked_or_unusable_store() {
     third.wait_for("cannot create data directory");
     assert_eq!(third.wait_exit(), Some(1));
 }
+
+/// `midge passwd FILE USER` writes a `$7$` entry (password from standard
+/// input, never argv) that the broker then accepts; SIGHUP re-reads the
+/// file, so a user added later can connect without a restart.
+#[test]
+fn binary_passwd_and_sighup_reload() {
+    use std::io::Write;
+    let data = TempDir::new("passwd-bin");
+    let file = data.0.join("passwd");
+    let add = |user: &str, password: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+            .args(["passwd", file.to_str().unwrap(), user])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    add("alice", "wonderland");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("alice:$7$"));
+    let config = data.0.join("midge.toml");
+    std::fs::write(&config, format!("password_file = {:?}\n", file.to_str().unwrap())).unwrap();
+    let runtime = midge::RuntimeKind::default_compiled().name();
+    let (midge, addr) = start_with(runtime, &data, &["--config", config.to_str().unwrap()]);
+    let connect = |user: &str, password: &[u8]| {
+        let mut c = Raw::connect(addr);
+        let packet =
+            packets::Connect { client_id: user, username: Some(user), password: Some(password), ..Default::default() };
+        c.send(&packet.bytes());
+        c.recv().body[1]
+    };
+    assert_eq!(connect("alice", b"wonderland"), 0);
+    assert_eq!(connect("bob", b"builder"), 4);
+    add("bob", "builder");
+    assert_eq!(run("kill", &["-HUP", &midge.id().to_string()]), Some(0));
+    let mut midge = midge;
+    midge.wait_for("reloaded");
+    assert_eq!(connect("bob", b"builder"), 0);
+}
+
+/// A configuration file with an unknown key or a bad value is refused with
+/// a message naming the key and its line, and a non-zero exit.
+#[test]
+fn binary_refuses_a_bad_config_file() {
+    let data = TempDir::new("config");
+    for (text, key, line) in
+        [("sys_interval = 5\nmax_conections = 5\n", "max_conections", 2), ("log_level = \"loud\"\n", "log_level", 1)]
+    {
+        let file = data.0.join("midge.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_midge"))
+            .args(["--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(stderr.contains(key) && stderr.contains(&format!("line {line}")), "{stderr}");
+    }
+}
