@@ -103,10 +103,12 @@ pub fn parse(text: &str, base: &Path, name: &str) -> Result<FileSettings, Config
         None => ConfigError::Invalid { file: name.to_owned(), line: None, message: e.message().to_owned() },
     })?;
     let path = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-    let mut config = Config::default();
-    config.allow_anonymous = file.allow_anonymous;
-    config.password_file = file.password_file.map(path);
-    config.acl_file = file.acl_file.map(path);
+    let mut config = Config {
+        allow_anonymous: file.allow_anonymous,
+        password_file: file.password_file.map(path),
+        acl_file: file.acl_file.map(path),
+        ..Config::default()
+    };
     if let Some(location) = file.persistence_location {
         config.data_dir = Some(path(location));
     }
