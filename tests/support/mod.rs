@@ -18,25 +18,10 @@ macro_rules! runtime_test {
         runtime_test!($(#[$meta])* $name, |_config| {}, $body);
     };
     ($(#[$meta:meta])* $name:ident, $configure:expr, $body:expr) => {
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[cfg(feature = "async-std")]
-            #[test]
-            fn async_std() {
-                let broker = $crate::support::TestBroker::start(midge::RuntimeKind::AsyncStd, $configure);
-                ($body)(&broker);
-            }
-
-            #[cfg(feature = "smol")]
-            #[test]
-            fn smol() {
-                let broker = $crate::support::TestBroker::start(midge::RuntimeKind::Smol, $configure);
-                ($body)(&broker);
-            }
-        }
+        runtime_kind_test!($(#[$meta])* $name, |kind: midge::RuntimeKind| {
+            let broker = $crate::support::TestBroker::start(kind, $configure);
+            ($body)(&broker);
+        });
     };
 }
 
