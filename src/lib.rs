@@ -36,6 +36,7 @@ pub mod connection;
 pub mod error;
 pub mod expiry;
 pub mod handle;
+pub mod logging;
 pub mod packet;
 pub mod retain;
 pub mod runtime;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    femme::with_level(settings.log_level);
+    midge::logging::init(settings.log_level);
     log::info!(
         "midge {} starting on runtime {} with {} threads",
         env!("CARGO_PKG_VERSION"),
