@@ -90,3 +90,42 @@ runtime_test!(
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
     }
 );
+
+runtime_test!(
+    /// A subscriber that never reads does not stall the publisher or another
+    /// subscriber: once its socket and its queue are full, messages to it are
+    /// dropped and counted in `$SYS/broker/publish/messages/dropped`, while
+    /// the publisher keeps going and a reading subscriber gets everything.
+    never_reading_subscriber_stalls_nobody,
+    |c: &mut midge::Config| c.sys_interval = std::time::Duration::from_millis(50),
+    |b: &TestBroker| {
+        const MESSAGES: u32 = 6000;
+        let payload = vec![7u8; 8192];
+        let mut stuck = b.client("stuck");
+        stuck.subscribe(1, &[("flood/#", 0)]);
+        let mut healthy = b.client("healthy");
+        healthy.subscribe(1, &[("flood/#", 0)]);
+        let reader = std::thread::spawn(move || {
+            (0..MESSAGES).map(|_| u32::from_be_bytes(healthy.recv().publish().2[..4].try_into().unwrap())).max()
+        });
+        let mut publisher = b.client("pub");
+        for i in 0..MESSAGES {
+            let mut body = i.to_be_bytes().to_vec();
+            body.extend_from_slice(&payload);
+            publisher.send(&packets::publish0("flood/x", &body));
+            if i % 100 == 99 {
+                publisher.ping(); // the publisher is never held up
+            }
+        }
+        assert_eq!(reader.join().unwrap(), Some(MESSAGES - 1), "the reading subscriber got every message");
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
+        loop {
+            let dropped: u64 = String::from_utf8(watcher.recv().publish().2).unwrap().parse().unwrap();
+            if dropped > 0 {
+                break;
+            }
+        }
+        drop(stuck);
+    }
+);

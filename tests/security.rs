@@ -225,3 +225,53 @@ runtime_test!(
         assert_eq!(c.recv().publish().0, "keep/x");
     }
 );
+
+runtime_kind_test!(
+    /// A password file made by Debian's `mosquitto_passwd` is read unchanged:
+    /// the right password gets CONNACK 0, a wrong one CONNACK 4.
+    mosquitto_passwd_file_is_accepted_unchanged,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("mosquitto-passwd");
+        let path = dir.0.join("passwd");
+        let made = std::process::Command::new("mosquitto_passwd")
+            .args(["-c", "-b", path.to_str().unwrap(), "carol", "s3cret"])
+            .status()
+            .expect("mosquitto_passwd (apt-get install mosquitto) makes the file");
+        assert!(made.success());
+        let b = TestBroker::start(kind, |c| c.password_file = Some(path));
+        login(&b, "c1", Some("carol"), Some(b"s3cret")).expect(&CONNACK_ACCEPTED);
+        let mut bad = login(&b, "c2", Some("carol"), Some(b"guess"));
+        bad.expect(&connack(4));
+        bad.expect_closed();
+    }
+);
+
+runtime_kind_test!(
+    /// ACL `pattern` rules with `%c` and `%u`: each client may publish only
+    /// under its own client id and read only under its own user name, for
+    /// PUBLISH and SUBSCRIBE alike.
+    acl_patterns_substitute_client_id_and_username,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("acl-pattern");
+        let (passwords, acl) = (password_file(&dir), dir.0.join("acl"));
+        std::fs::write(&acl, "pattern write devices/%c/#\npattern read users/%u/#\nuser bob\ntopic read devices/#\n").unwrap();
+        let b = TestBroker::start(kind, |c| {
+            c.password_file = Some(passwords);
+            c.acl_file = Some(acl);
+        });
+        let mut alice = login(&b, "alice-phone", Some("alice"), Some(b"wonderland"));
+        alice.expect(&CONNACK_ACCEPTED);
+        alice.send(&packets::subscribe(1, &[("users/alice/#", 0), ("users/bob/#", 0)]));
+        alice.expect(&packets::suback(1, &[0, 0x80]));
+        let mut bob = login(&b, "bob-laptop", Some("bob"), Some(b"builder"));
+        bob.expect(&CONNACK_ACCEPTED);
+        bob.send(&packets::subscribe(1, &[("devices/#", 0)]));
+        bob.expect(&packets::suback(1, &[0]));
+        alice.send(&packets::publish0("devices/someone-else/state", b"denied"));
+        alice.send(&packets::publish0("devices/alice-phone/state", b"allowed"));
+        alice.ping();
+        let got = bob.recv();
+        assert_eq!((got.publish().0.as_str(), got.publish().2.as_slice()), ("devices/alice-phone/state", &b"allowed"[..]));
+        bob.expect_nothing_queued();
+    }
+);
