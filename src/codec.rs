@@ -45,6 +45,7 @@ impl Decoder for MqttCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, Error> {
         let Some(&header) = src.first() else {
+            shrink(src);
             return Ok(None);
         };
         validate::check_header(header)?;
@@ -62,6 +63,16 @@ impl Decoder for MqttCodec {
         self.counts.0 += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         Ok(Some(decode_frame(&frame)?))
+    }
+}
+
+/// An empty buffer larger than this is given back: a burst of large packets
+/// must not pin memory for the rest of the connection's life.
+pub const SHRINK_ABOVE: usize = 64 * 1024;
+
+fn shrink(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > SHRINK_ABOVE {
+        *buffer = BytesMut::new();
     }
 }
 
@@ -191,6 +202,7 @@ impl Encoder for MqttCodec {
     type Error = Error;
 
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+        shrink(dst);
         let start = dst.len();
         match packet {
             Packet::Publish(p) => encode_publish(p, dst),
@@ -305,6 +317,20 @@ mod tests {
         let Some(Packet::Publish(p)) = codec.decode(&mut src).unwrap() else { panic!() };
         assert_eq!((&*p.topic, &p.payload[..]), ("a", &b"hi"[..]));
         assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pingreq));
+    }
+
+    #[test]
+    fn buffers_shrink_back_after_a_large_packet() {
+        let mut codec = MqttCodec::new(1 << 20);
+        let mut src = BytesMut::with_capacity(SHRINK_ABOVE * 4);
+        src.extend_from_slice(&[0x30, 0x80, 0x80, 0x04, 0x00, 0x01, b'a']);
+        src.resize(3 + 65536 + 1, b'x');
+        assert!(matches!(codec.decode(&mut src), Ok(Some(Packet::Publish(_)))));
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert_eq!(src.capacity(), 0, "read buffer given back once empty");
+        let mut dst = BytesMut::with_capacity(SHRINK_ABOVE * 4);
+        codec.encode(&Packet::Pingresp, &mut dst).unwrap();
+        assert!(dst.capacity() < SHRINK_ABOVE, "write buffer given back before the next packet");
     }
 
     #[test]
