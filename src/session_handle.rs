@@ -52,8 +52,10 @@ impl Guard<'_> {
     pub fn flush(&mut self) -> Ticket {
         let ops = self.guard.session.take_journal();
         match self.store {
-            Some(store) => store.append(ops),
-            None => Ticket::default(),
+            // Most unlocks change nothing durable (clean sessions, QoS 0):
+            // skip the store's lock, which every connection shares.
+            Some(store) if !ops.is_empty() => store.append(ops),
+            _ => Ticket::default(),
         }
     }
 }
