@@ -25,6 +25,8 @@ mod interop;
 mod paho;
 /// The connection handler over an in-memory stream.
 mod pipe;
+/// Property tests of the codec (proptest).
+mod properties;
 /// PUBLISH at QoS 0, 1 and 2 in both directions, and routing.
 mod publish;
 /// Passwords, ACLs, hooks and limits.
