@@ -134,14 +134,19 @@ impl Acl {
     /// could ever serve, and like Mosquitto also checks [`Acl::can_read`] on
     /// every message it delivers, retained ones included.
     pub fn can_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
-        let client = Client { id: client_id, username };
+        self.decide(&Client { id: client_id, username }, filter, Access::Read)
+    }
+
+    /// Whether some rule covering `subject` (a topic, or a filter: every
+    /// topic it can match) grants `want`, and no `deny` rule covers it.
+    fn decide(&self, client: &Client<'_>, subject: &str, want: Access) -> bool {
         let mut granted = false;
-        for rule in self.rules_for(&client) {
-            if rule.covers(filter, &client) {
+        for rule in self.rules_for(client) {
+            if rule.covers(subject, client) {
                 if rule.access == Access::Deny {
                     return false;
                 }
-                granted |= rule.access.grants(Access::Read);
+                granted |= rule.access.grants(want);
             }
         }
         granted
@@ -166,19 +171,7 @@ impl Acl {
     }
 
     fn check(&self, client: &Client<'_>, topic: &str, want: Access) -> bool {
-        if topic.is_empty() || topic.contains(['+', '#']) {
-            return false;
-        }
-        let mut granted = false;
-        for rule in self.rules_for(client) {
-            if rule.matches(topic, client) {
-                if rule.access == Access::Deny {
-                    return false;
-                }
-                granted |= rule.access.grants(want);
-            }
-        }
-        granted
+        !topic.is_empty() && !topic.contains(['+', '#']) && self.decide(client, topic, want)
     }
 }
 
@@ -218,7 +211,10 @@ impl Client<'_> {
 }
 
 impl Rule {
-    /// Whether every topic matching `filter` matches this rule.
+    /// Whether every topic matching `filter` (or the topic itself, for a
+    /// topic without wildcards) matches this rule after substitution. Does
+    /// not allocate: substituted values contain no `/`, so each level is
+    /// compared piece by piece.
     fn covers(&self, filter: &str, client: &Client<'_>) -> bool {
         if self.uses_username && client.username.is_none() {
             return false;
@@ -236,28 +232,6 @@ impl Rule {
             }
         }
         filter_levels.next().is_none()
-    }
-
-    /// Whether the rule's topic, after substitution, matches `topic`. Does
-    /// not allocate: substituted values contain no `/`, so each level is
-    /// compared piece by piece.
-    fn matches(&self, topic: &str, client: &Client<'_>) -> bool {
-        if self.uses_username && client.username.is_none() {
-            return false;
-        }
-        if topic.starts_with('$') && matches!(self.levels.first(), Some(Level::Plus | Level::Hash)) {
-            return false;
-        }
-        let mut topic_levels = topic.split('/');
-        for level in &self.levels {
-            match (level, topic_levels.next()) {
-                (Level::Hash, _) => return true,
-                (Level::Plus, Some(_)) => {}
-                (Level::Text(pieces), Some(t)) if level_matches(pieces, t, client) => {}
-                _ => return false,
-            }
-        }
-        topic_levels.next().is_none()
     }
 }
 
