@@ -275,3 +275,26 @@ runtime_kind_test!(
         bob.expect_nothing_queued();
     }
 );
+
+runtime_test!(
+    /// max_publish_rate: a client over its rate is slowed down (midge stops
+    /// reading from it), not disconnected: 60 PUBLISH at 20/s, with one
+    /// second's burst, take at least two seconds to be answered.
+    max_publish_rate_slows_a_fast_publisher,
+    |c: &mut midge::Config| c.max_publish_rate = Some(20),
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("rate", 0)]);
+        let mut fast = b.client("fast");
+        let start = std::time::Instant::now();
+        for i in 0..60u8 {
+            fast.send(&packets::publish0("rate", &[i]));
+        }
+        fast.ping();
+        let took = start.elapsed();
+        assert!(took >= std::time::Duration::from_millis(1900), "60 publishes at 20/s answered after {took:?}");
+        for i in 0..60u8 {
+            assert_eq!(sub.recv().publish().2, [i], "nothing is dropped");
+        }
+    }
+);
