@@ -12,10 +12,10 @@ use crate::retain::Retained;
 use crate::security::{Guards, Hooks, Security};
 use crate::session::{Message, Offer, Session};
 use crate::session_handle::SessionHandle;
+use crate::signal::Signal;
 use crate::stats::Stats;
 use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, Ticket};
 use crate::trie::Trie;
-use async_channel::Sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -55,8 +55,8 @@ struct Entry {
 /// The connection currently attached to a session.
 struct Attached {
     id: u64,
-    /// Closing it tells the connection to end (client takeover).
-    kick: Sender<()>,
+    /// Raising it tells the connection to end (client takeover).
+    kick: Arc<Signal>,
 }
 
 struct Subscriber {
@@ -239,12 +239,12 @@ impl Broker {
         username: Option<Arc<str>>,
         clean: bool,
         conn: u64,
-        kick: Sender<()>,
+        kick: Arc<Signal>,
     ) -> Attachment {
         let mut registry = lock(&self.shared.registry);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
-            kick.close();
+            kick.raise();
         }
         let mut ops = Vec::new();
         let (session, session_present) = match previous {

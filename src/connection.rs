@@ -11,6 +11,7 @@ use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::packet::{Connect, Packet};
 use crate::runtime::Runtime;
 use crate::session::Message;
+use crate::signal::Signal;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
@@ -20,6 +21,7 @@ use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Transport<S> = Framed<S, MqttCodec>;
@@ -83,12 +85,12 @@ where
 {
     let mut framed = small_buffers(Framed::new(stream, MqttCodec::new(broker.config().max_packet_size)));
     let mut out = Vec::new();
-    let (kick, kicked) = async_channel::bounded(1);
+    let kick = Arc::new(Signal::new());
     let conn = broker.next_connection_id();
     // Boxed: the CONNECT phase (credentials, a password check on a blocking
     // thread) is needed once; inline, its state would stay in every
     // connection's task for the connection's whole life.
-    let accepted = Box::pin(accept(&rt, &broker, &mut framed, &peer, conn, kick, &mut out)).await;
+    let accepted = Box::pin(accept(&rt, &broker, &mut framed, &peer, conn, kick.clone(), &mut out)).await;
     out = Vec::new();
     let Some(mut client) = accepted else {
         let _ = framed.close().await;
@@ -96,7 +98,7 @@ where
         return;
     };
     broker.stats().connected();
-    let reason = serve(&rt, &broker, &client, &mut framed, &mut out, kicked, shutdown).await;
+    let reason = serve(&rt, &broker, &client, &mut framed, &mut out, &kick, shutdown).await;
     let addr = peer.addr;
     match &reason {
         Close::Violation(_) => log::warn!("client {} ({addr}) disconnected: {reason}", client.id),
@@ -122,7 +124,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Transport<S>,
     peer: &Peer,
     conn: u64,
-    kick: async_channel::Sender<()>,
+    kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Option<Client> {
     let (timeout, addr) = (broker.config().connect_timeout, peer.addr);
@@ -183,7 +185,7 @@ async fn admit(
     connect: Connect,
     peer: &Peer,
     conn: u64,
-    kick: async_channel::Sender<()>,
+    kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Result<Client, Refusal> {
     let id = handle::admit(broker, &connect, conn)?;
@@ -224,10 +226,9 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     client: &Client,
     framed: &mut Transport<S>,
     out: &mut Vec<Packet>,
-    kicked: Receiver<()>,
+    kicked: &Signal,
     shutdown: Receiver<()>,
 ) -> Close {
-    let bell = client.session.bell();
     // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
     let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
     let mut last_packet = Instant::now();
@@ -318,8 +319,8 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
         event = {
             let next = framed.next().fuse();
-            let queued = bell.recv().fuse();
-            let kicked = kicked.recv().fuse();
+            let queued = client.session.rung().fuse();
+            let kicked = kicked.raised().fuse();
             let stop = shutdown.recv().fuse();
             let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
             let committed = committed(broker, awaited).fuse();

@@ -44,6 +44,7 @@ pub mod security;
 pub mod server;
 pub mod session;
 pub mod session_handle;
+pub mod signal;
 pub mod stats;
 pub mod store;
 pub mod sys;

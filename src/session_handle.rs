@@ -4,8 +4,8 @@
 
 use crate::security::Security;
 use crate::session::{Message, Offer, Session};
+use crate::signal::Signal;
 use crate::store::{Persistence, Ticket};
-use async_channel::{Receiver, Sender};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,8 +17,8 @@ pub struct SessionHandle {
     /// The client this session belongs to, for log lines.
     client_id: Arc<str>,
     state: Mutex<Owned>,
-    /// Rung (capacity 1, coalescing) when a message is queued for an online client.
-    bell: (Sender<()>, Receiver<()>),
+    /// Rung (coalescing) when a message is queued for an online client.
+    bell: Signal,
     /// Where journaled changes go (persistent sessions with a store).
     store: Option<Persistence>,
 }
@@ -89,7 +89,7 @@ impl SessionHandle {
     /// Wraps a session; `store` receives its journal.
     pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
         let state = Mutex::new(Owned { owner: 0, username: None, session });
-        Arc::new(SessionHandle { client_id, state, bell: async_channel::bounded(1), store })
+        Arc::new(SessionHandle { client_id, state, bell: Signal::new(), store })
     }
 
     /// Locks the session.
@@ -104,9 +104,9 @@ impl SessionHandle {
         Some(self.lock()).filter(|g| g.owner == conn)
     }
 
-    /// A receiver that wakes when messages are queued for the session.
-    pub fn bell(&self) -> Receiver<()> {
-        self.bell.1.clone()
+    /// Completes when messages were queued for the session (since the last time).
+    pub async fn rung(&self) {
+        self.bell.take().await;
     }
 
     /// Offers a message and rings the bell if an online client should send
@@ -130,7 +130,7 @@ impl SessionHandle {
             (offer, online, report.flatten(), ticket)
         };
         if offer == Offer::Queued && online {
-            let _ = self.bell.0.try_send(());
+            self.bell.raise();
         }
         if let Some(count) = report {
             log::warn!("client {}: queue full, {count} message(s) dropped", self.client_id);

@@ -5,7 +5,7 @@ use crate::broker::Broker;
 use crate::error::{Refusal, Violation};
 use crate::packet::{Connect, ConnectCode, Packet, Protocol};
 use crate::security::ConnectInfo;
-use async_channel::Sender;
+use crate::signal::Signal;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ pub fn connect(
     broker: &Broker,
     connect: Connect,
     admitted: Admitted,
-    kick: Sender<()>,
+    kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Client {
     let Admitted { id, username, conn } = admitted;
