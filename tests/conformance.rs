@@ -4,8 +4,7 @@
 use crate::support::TestBroker;
 
 use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, PUBACK, PUBCOMP, PUBREC, PUBREL, UNSUBACK, ack, field,
-    packet,
+    self, CONNACK_ACCEPTED, Connect, PUBACK, PUBCOMP, PUBREC, PUBREL, UNSUBACK, ack, field, packet,
 };
 
 /// A CONNECT with explicit flags and payload fields, for malformed variants.
@@ -175,9 +174,7 @@ runtime_test!(
     /// after UNSUBSCRIBE: the unacknowledged one is re-sent on reconnect.
     mqtt_3_10_4_3_unsubscribe_completes_inflight_delivery,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("unsub", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("unsub", false);
         sub.subscribe(1, &[("u", 1)]);
         let mut p = b.client("pub");
         p.send(&packets::publish("u", b"m", 1, 1));
@@ -186,9 +183,7 @@ runtime_test!(
         sub.send(&packets::unsubscribe(2, &["u"]));
         sub.expect(&ack(UNSUBACK, 2));
         drop(sub);
-        let mut sub = b.raw();
-        sub.send(&packets::connect("unsub", false, 60));
-        sub.expect(&CONNACK_SESSION_PRESENT);
+        let mut sub = b.persistent("unsub", true);
         let again = sub.recv();
         assert!(again.dup());
         assert_eq!(again.publish(), first);

@@ -1,9 +1,7 @@
 //! Durable state across restarts, store failures and session expiry.
 
 use crate::support::client::Raw;
-use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack,
-};
+use crate::support::packets::{self, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
 use crate::support::{TempDir, TestBroker};
 use midge::store::{MemoryStore, Op, Snapshot, Store, StoreError};
 use midge::{Broker, RuntimeKind};
@@ -11,13 +9,6 @@ use std::time::Duration;
 
 fn durable(data: &TempDir) -> impl FnOnce(&mut midge::Config) + '_ {
     |c| c.data_dir = Some(data.0.clone())
-}
-
-fn persistent(b: &TestBroker, id: &str, present: bool) -> Raw {
-    let mut c = b.raw();
-    c.send(&packets::connect(id, false, 60));
-    c.expect(if present { &CONNACK_SESSION_PRESENT } else { &CONNACK_ACCEPTED });
-    c
 }
 
 /// Receives one PUBLISH and completes its acknowledgement; returns (topic, qos, payload, retain).
@@ -44,7 +35,7 @@ runtime_kind_test!(
         let data = TempDir::new("restart");
         {
             let b = TestBroker::start(kind, durable(&data));
-            let mut sub = persistent(&b, "durable-sub", false);
+            let mut sub = b.persistent("durable-sub", false);
             sub.subscribe(1, &[("d/#", 2)]);
             sub.send(&DISCONNECT);
             sub.expect_closed();
@@ -59,7 +50,7 @@ runtime_kind_test!(
             publisher.expect(&ack(PUBACK, 3));
         }
         let b = TestBroker::start(kind, durable(&data));
-        let mut sub = persistent(&b, "durable-sub", true);
+        let mut sub = b.persistent("durable-sub", true);
         assert_eq!(receive_and_ack(&mut sub), ("d/1".into(), 1, b"one".to_vec(), false));
         assert_eq!(receive_and_ack(&mut sub), ("d/2".into(), 2, b"two".to_vec(), false));
         sub.expect_nothing_queued();
@@ -78,7 +69,7 @@ runtime_kind_test!(
         let data = TempDir::new("inflight");
         let (first, second) = {
             let b = TestBroker::start(kind, durable(&data));
-            let mut sub = persistent(&b, "inflight-sub", false);
+            let mut sub = b.persistent("inflight-sub", false);
             sub.subscribe(1, &[("i", 2)]);
             let mut publisher = b.client("pub");
             for pid in 1..=2u16 {
@@ -95,7 +86,7 @@ runtime_kind_test!(
             (first, second)
         };
         let b = TestBroker::start(kind, durable(&data));
-        let mut sub = persistent(&b, "inflight-sub", true);
+        let mut sub = b.persistent("inflight-sub", true);
         sub.expect(&ack(PUBREL, first.1.unwrap()));
         let again = sub.recv();
         assert!(again.dup());
@@ -128,7 +119,7 @@ runtime_kind_test!(
     |kind: RuntimeKind| {
         let broker = Broker::with_store(TestBroker::config(), Box::new(FullDisk(MemoryStore::default()))).unwrap();
         let b = TestBroker::with_broker(kind, broker);
-        let mut sub = persistent(&b, "stored", false);
+        let mut sub = b.persistent("stored", false);
         sub.subscribe(1, &[("full", 1)]);
         let mut bystander = b.client("bystander");
         bystander.subscribe(1, &[("other", 0)]);
@@ -150,13 +141,13 @@ runtime_test!(
         c.sys_interval = Duration::from_millis(50);
     },
     |b: &TestBroker| {
-        let mut gone = persistent(b, "abandoned", false);
+        let mut gone = b.persistent("abandoned", false);
         gone.subscribe(1, &[("x", 1)]);
         gone.send(&DISCONNECT);
         gone.expect_closed();
         let mut watcher = b.client("watcher");
         watcher.subscribe(1, &[("$SYS/broker/clients/total", 0)]);
         while watcher.recv().publish().2 != b"1" {}
-        persistent(b, "abandoned", false).ping();
+        b.persistent("abandoned", false).ping();
     }
 );

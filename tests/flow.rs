@@ -1,5 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::packets::{self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, DISCONNECT, PUBACK, ack};
+use crate::support::packets::{self, DISCONNECT, PUBACK, ack};
 
 fn small_windows(c: &mut midge::Config) {
     c.max_inflight = 2;
@@ -55,18 +55,14 @@ runtime_test!(
     queue_qos0_option_keeps_qos0_for_offline_sessions,
     |c: &mut midge::Config| c.queue_qos0 = true,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("offline", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("offline", false);
         sub.subscribe(1, &[("q0", 0)]);
         sub.send(&DISCONNECT);
         sub.expect_closed();
         let mut publisher = b.client("pub");
         publisher.send(&packets::publish0("q0", b"waiting"));
         publisher.ping();
-        let mut sub = b.raw();
-        sub.send(&packets::connect("offline", false, 60));
-        sub.expect(&CONNACK_SESSION_PRESENT);
+        let mut sub = b.persistent("offline", true);
         assert_eq!(sub.recv().publish().2, b"waiting");
     }
 );

@@ -1,7 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::packets::{
-    self, CONNACK_ACCEPTED, CONNACK_SESSION_PRESENT, Connect, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack,
-};
+use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
 
 runtime_test!(
     /// MQTT-3.1.2-4/-5, MQTT-3.2.2-2: a clean-session-0 client that comes back
@@ -9,9 +7,7 @@ runtime_test!(
     /// messages published while it was away; QoS 0 ones are not queued.
     mqtt_3_1_2_4_persistent_session_resumes_with_queued_messages,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("keeper", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("keeper", false);
         sub.subscribe(1, &[("p/#", 1)]);
         sub.send(&DISCONNECT);
         sub.expect_closed();
@@ -19,9 +15,7 @@ runtime_test!(
         publisher.send(&packets::publish0("p/zero", b"dropped"));
         publisher.send(&packets::publish("p/one", b"kept", 1, 1));
         publisher.expect(&ack(PUBACK, 1));
-        let mut sub = b.raw();
-        sub.send(&packets::connect("keeper", false, 60));
-        sub.expect(&CONNACK_SESSION_PRESENT);
+        let mut sub = b.persistent("keeper", true);
         let got = sub.recv();
         assert_eq!(got.publish().2, b"kept");
         sub.send(&ack(PUBACK, got.publish().1.unwrap()));
@@ -34,9 +28,7 @@ runtime_test!(
     /// session: Session Present 0 and no old subscriptions.
     mqtt_3_1_2_6_clean_session_discards_state,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("cleaner", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("cleaner", false);
         sub.subscribe(1, &[("c", 1)]);
         sub.send(&DISCONNECT);
         sub.expect_closed();
@@ -55,9 +47,7 @@ runtime_test!(
     /// when the persistent session reconnects.
     mqtt_4_4_0_1_unacknowledged_messages_are_resent_with_dup,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("forgetful", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("forgetful", false);
         sub.subscribe(1, &[("r", 1)]);
         let mut publisher = b.client("pub");
         publisher.send(&packets::publish("r", b"again", 1, 1));
@@ -65,9 +55,7 @@ runtime_test!(
         let first = sub.recv();
         assert!(!first.dup());
         drop(sub);
-        let mut sub = b.raw();
-        sub.send(&packets::connect("forgetful", false, 60));
-        sub.expect(&CONNACK_SESSION_PRESENT);
+        let mut sub = b.persistent("forgetful", true);
         let again = sub.recv();
         assert!(again.dup());
         assert_eq!(again.publish(), first.publish());
@@ -222,9 +210,7 @@ runtime_test!(
     /// PUBREL (not PUBLISH) on reconnect, in order with unacknowledged ones.
     mqtt_4_4_0_1_pubrel_resent_on_reconnect,
     |b: &TestBroker| {
-        let mut sub = b.raw();
-        sub.send(&packets::connect("q2sub", false, 60));
-        sub.expect(&CONNACK_ACCEPTED);
+        let mut sub = b.persistent("q2sub", false);
         sub.subscribe(1, &[("q2", 2)]);
         let mut publisher = b.client("pub");
         for pid in 1..=2 {
@@ -238,9 +224,7 @@ runtime_test!(
         sub.send(&ack(PUBREC, first));
         sub.expect(&ack(PUBREL, first));
         drop(sub);
-        let mut sub = b.raw();
-        sub.send(&packets::connect("q2sub", false, 60));
-        sub.expect(&CONNACK_SESSION_PRESENT);
+        let mut sub = b.persistent("q2sub", true);
         sub.expect(&ack(PUBREL, first));
         let again = sub.recv();
         assert!(again.dup());
@@ -256,15 +240,11 @@ runtime_test!(
     |b: &TestBroker| {
         let mut sub = b.client("sub");
         sub.subscribe(1, &[("once", 0)]);
-        let mut publisher = b.raw();
-        publisher.send(&packets::connect("q2pub", false, 60));
-        publisher.expect(&CONNACK_ACCEPTED);
+        let mut publisher = b.persistent("q2pub", false);
         publisher.send(&packets::publish("once", b"1", 2, 42));
         publisher.expect(&ack(PUBREC, 42));
         drop(publisher);
-        let mut publisher = b.raw();
-        publisher.send(&packets::connect("q2pub", false, 60));
-        publisher.expect(&CONNACK_SESSION_PRESENT);
+        let mut publisher = b.persistent("q2pub", true);
         publisher.send(&packets::publish_with("once", b"1", 2, Some(42), false, true));
         publisher.expect(&ack(PUBREC, 42));
         publisher.send(&ack(PUBREL, 42));
@@ -279,13 +259,9 @@ runtime_test!(
     /// live connection resumes the same session (Session Present 1).
     persistent_takeover_keeps_the_session,
     |b: &TestBroker| {
-        let mut first = b.raw();
-        first.send(&packets::connect("same", false, 60));
-        first.expect(&CONNACK_ACCEPTED);
+        let mut first = b.persistent("same", false);
         first.subscribe(1, &[("kept", 0)]);
-        let mut second = b.raw();
-        second.send(&packets::connect("same", false, 60));
-        second.expect(&CONNACK_SESSION_PRESENT);
+        let mut second = b.persistent("same", true);
         first.expect_closed();
         let mut publisher = b.client("pub");
         publisher.send(&packets::publish0("kept", b"x"));

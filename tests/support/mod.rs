@@ -96,6 +96,15 @@ impl TestBroker {
         client::Raw::connect(self.addr)
     }
 
+    /// A client of a persistent session (clean session 0, keepalive 60 s),
+    /// after CONNACK 0 with Session Present `present`.
+    pub fn persistent(&self, id: &str, present: bool) -> client::Raw {
+        let mut raw = self.raw();
+        raw.send(&packets::connect(id, false, 60));
+        raw.expect(if present { &packets::CONNACK_SESSION_PRESENT } else { &packets::CONNACK_ACCEPTED });
+        raw
+    }
+
     /// A client that has sent CONNECT (clean session, keepalive 60 s) and
     /// received CONNACK 0.
     pub fn client(&self, id: &str) -> client::Raw {
