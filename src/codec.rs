@@ -10,7 +10,7 @@ use crate::error::{Error, Violation};
 use crate::packet::{Connect, Packet, Protocol, Publish, QoS, SubackCode, Will};
 use crate::{topic, validate};
 use asynchronous_codec::{Decoder, Encoder};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// The largest remaining length MQTT can express (four length bytes).
@@ -59,11 +59,34 @@ impl Decoder for MqttCodec {
         if src.len() < total {
             return Ok(None);
         }
+        if let Some(packet) = acknowledgement(header, &src[..total]) {
+            src.advance(total);
+            self.counts.0 += total as u64;
+            return packet.map(Some);
+        }
         let frame = src.split_to(total).freeze();
         self.counts.0 += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         Ok(Some(decode_frame(&frame)?))
     }
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP are read here without mqttrs: they
+/// are half of all QoS 1/2 traffic and are only a packet id.
+fn acknowledgement(header: u8, frame: &[u8]) -> Option<Result<Packet, Error>> {
+    let &[_, 2, high, low] = frame else { return None };
+    let pid = u16::from_be_bytes([high, low]);
+    let packet = match header {
+        0x40 => Packet::Puback(pid),
+        0x50 => Packet::Pubrec(pid),
+        0x62 => Packet::Pubrel(pid),
+        0x70 => Packet::Pubcomp(pid),
+        _ => return None,
+    };
+    Some(match pid {
+        0 => Err(Violation::PacketIdZero.into()),
+        _ => Ok(packet),
+    })
 }
 
 /// An empty buffer larger than this is given back: a burst of large packets
@@ -331,6 +354,16 @@ mod tests {
         let mut dst = BytesMut::with_capacity(SHRINK_ABOVE * 4);
         codec.encode(&Packet::Pingresp, &mut dst).unwrap();
         assert!(dst.capacity() < SHRINK_ABOVE, "write buffer given back before the next packet");
+    }
+
+    #[test]
+    fn acknowledgements_take_the_short_path_with_the_same_rules() {
+        assert_eq!(decode(&[0x40, 2, 1, 2]).unwrap(), Some(Packet::Puback(0x102)));
+        assert_eq!(decode(&[0x62, 2, 0, 9]).unwrap(), Some(Packet::Pubrel(9)));
+        assert_eq!(violation(&[0x70, 2, 0, 0]), Violation::PacketIdZero);
+        // MQTT-3.6.1-1: PUBREL's reserved flags must be 0010.
+        assert!(matches!(decode(&[0x60, 2, 0, 9]), Err(Error::Violation(_))));
+        assert_eq!(violation(&[0x40, 3, 0, 9, 0]), Violation::Malformed);
     }
 
     #[test]

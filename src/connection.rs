@@ -7,6 +7,7 @@
 use crate::broker::Broker;
 use crate::codec::MqttCodec;
 use crate::error::{Error, Refusal, Violation};
+use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::packet::{Connect, Packet};
 use crate::runtime::Runtime;
@@ -83,6 +84,7 @@ where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let stream = ReadGate::new(stream);
     let mut framed = small_buffers(Framed::new(stream, MqttCodec::new(broker.config().max_packet_size)));
     let mut out = Vec::new();
     let kick = Arc::new(Signal::new());

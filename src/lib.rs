@@ -35,6 +35,7 @@ pub mod config_file;
 pub mod connection;
 pub mod error;
 pub mod expiry;
+pub mod gate;
 pub mod handle;
 pub mod logging;
 pub mod packet;

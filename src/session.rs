@@ -221,13 +221,15 @@ impl Session {
         self.last_seq += 1;
         let seq = self.last_seq;
         if message.qos != QoS::AtMostOnce {
-            let stored = StoredMessage {
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
-                qos: message.qos,
-                retain: message.retain,
-            };
-            self.record(|id| Op::Message(id, seq, Some(stored)));
+            self.record(|id| {
+                let stored = StoredMessage {
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos: message.qos,
+                    retain: message.retain,
+                };
+                Op::Message(id, seq, Some(stored))
+            });
         }
         self.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
         Offer::Queued
@@ -269,10 +271,7 @@ impl Session {
         }
         while let Some(front) = self.queue.front() {
             let (seq, qos) = (front.seq, front.message.qos);
-            if qos != QoS::AtMostOnce
-                && (self.inflight.len() >= self.limits.max_inflight
-                    || self.inflight.iter().any(|f| f.pid() == pid_for(seq)))
-            {
+            if qos != QoS::AtMostOnce && (self.inflight.len() >= self.limits.max_inflight || self.wraps(seq)) {
                 return None;
             }
             if qos == QoS::ExactlyOnce && self.durable && !durable(front.ticket) {
@@ -288,6 +287,13 @@ impl Session {
             self.inflight.push_back(Inflight { seq, message, released: false });
         }
         None
+    }
+
+    /// Whether `seq`'s packet id may still be in flight: ids repeat every
+    /// 65535 sequence numbers, and the inflight window is in sequence order,
+    /// so only its oldest entry can be that far behind (checked in O(1)).
+    fn wraps(&self, seq: u64) -> bool {
+        self.inflight.front().is_some_and(|oldest| seq - oldest.seq >= u64::from(u16::MAX))
     }
 
     /// On reconnect: re-sends every unacknowledged PUBLISH with DUP set and
@@ -454,6 +460,24 @@ mod tests {
         assert_eq!(pid_for(1), 1);
         assert_eq!(pid_for(65535), 65535);
         assert_eq!(pid_for(65536), 1);
+    }
+
+    #[test]
+    fn a_packet_id_still_in_flight_is_not_reused_after_wrapping() {
+        let mut s = Session::new("c".into(), false, Limits { max_inflight: 3, ..LIMITS }, false);
+        s.set_online(true);
+        let mut out = Vec::new();
+        s.offer(message(QoS::AtLeastOnce));
+        s.next_packets(&mut out, |_| true);
+        s.last_seq = 65534;
+        s.offer(message(QoS::AtLeastOnce));
+        s.offer(message(QoS::AtLeastOnce));
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(1), false), (Some(65535), false)], "seq 65536 would reuse id 1");
+        s.puback(1);
+        out.clear();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(1), false)]);
     }
 
     #[test]
