@@ -93,7 +93,7 @@ fn acknowledgement(header: u8, frame: &[u8]) -> Option<Result<Packet, Error>> {
 /// must not pin memory for the rest of the connection's life.
 pub const SHRINK_ABOVE: usize = 64 * 1024;
 
-fn shrink(buffer: &mut BytesMut) {
+pub(crate) fn shrink(buffer: &mut BytesMut) {
     if buffer.is_empty() && buffer.capacity() > SHRINK_ABOVE {
         *buffer = BytesMut::new();
     }
@@ -227,23 +227,33 @@ impl Encoder for MqttCodec {
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
         shrink(dst);
         let start = dst.len();
-        match packet {
-            Packet::Publish(p) => encode_publish(p, dst),
-            Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
-            Packet::Connack { session_present, code } => {
-                encode_fixed(dst, 0x20, u16::from(*session_present) << 8 | *code as u16, [])
-            }
-            Packet::Puback(pid) => encode_fixed(dst, 0x40, *pid, []),
-            Packet::Pubrec(pid) => encode_fixed(dst, 0x50, *pid, []),
-            Packet::Pubrel(pid) => encode_fixed(dst, 0x62, *pid, []),
-            Packet::Pubcomp(pid) => encode_fixed(dst, 0x70, *pid, []),
-            Packet::Unsuback(pid) => encode_fixed(dst, 0xb0, *pid, []),
-            Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
-            other => return Err(Error::Io(not_a_server_packet(other))),
-        }
+        encode(packet, dst)?;
         self.counts.1 += (dst.len() - start) as u64;
         Ok(())
     }
+}
+
+/// Appends a server packet to `dst`.
+pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+    match packet {
+        Packet::Publish(p) => {
+            dst.reserve(5 + publish_remaining_length(p));
+            encode_publish_head(p, dst);
+            dst.put_slice(&p.payload);
+        }
+        Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
+        Packet::Connack { session_present, code } => {
+            encode_fixed(dst, 0x20, u16::from(*session_present) << 8 | *code as u16, [])
+        }
+        Packet::Puback(pid) => encode_fixed(dst, 0x40, *pid, []),
+        Packet::Pubrec(pid) => encode_fixed(dst, 0x50, *pid, []),
+        Packet::Pubrel(pid) => encode_fixed(dst, 0x62, *pid, []),
+        Packet::Pubcomp(pid) => encode_fixed(dst, 0x70, *pid, []),
+        Packet::Unsuback(pid) => encode_fixed(dst, 0xb0, *pid, []),
+        Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
+        other => return Err(Error::Io(not_a_server_packet(other))),
+    }
+    Ok(())
 }
 
 fn not_a_server_packet(p: &Packet) -> std::io::Error {
@@ -277,11 +287,11 @@ pub fn publish_remaining_length(p: &Publish) -> usize {
     2 + p.topic.len() + if p.pid.is_some() { 2 } else { 0 } + p.payload.len()
 }
 
-/// Encodes PUBLISH by hand: header and topic, then one copy of the payload
-/// (mqttrs copies it byte by byte).
-fn encode_publish(p: &Publish, dst: &mut BytesMut) {
+/// Encodes everything of a PUBLISH before its payload: fixed header, topic
+/// and packet id. The payload follows, copied or as a shared chunk.
+pub fn encode_publish_head(p: &Publish, dst: &mut BytesMut) {
     let len = publish_remaining_length(p);
-    dst.reserve(5 + len);
+    dst.reserve(9 + p.topic.len());
     let header = 0x30 | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain);
     dst.put_u8(header);
     put_remaining_length(dst, len);
@@ -290,7 +300,6 @@ fn encode_publish(p: &Publish, dst: &mut BytesMut) {
     if let Some(pid) = p.pid {
         dst.put_u16(pid);
     }
-    dst.put_slice(&p.payload);
 }
 
 fn put_remaining_length(dst: &mut BytesMut, mut len: usize) {

@@ -9,6 +9,7 @@ use crate::codec::MqttCodec;
 use crate::error::{Error, Refusal, Violation};
 use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
+use crate::outbox::Outbox;
 use crate::packet::{Connect, Packet};
 use crate::runtime::Runtime;
 use crate::session::Message;
@@ -25,7 +26,47 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Transport<S> = Framed<S, MqttCodec>;
+/// A client's socket: asynchronous-codec framing for what it sends, an
+/// [`Outbox`] for what it is sent.
+struct Transport<S> {
+    framed: Framed<ReadGate<S>, MqttCodec>,
+    outbox: Outbox,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
+    /// asynchronous-codec's 8 KiB read and write buffers are swapped for
+    /// empty ones that grow on demand: an idle connection then holds only
+    /// what its last packets needed, not 16 KiB. (The write buffer stays
+    /// empty: writes go through the outbox.)
+    fn new(stream: S, max_packet_size: usize) -> Transport<S> {
+        let framed = Framed::new(ReadGate::new(stream), MqttCodec::new(max_packet_size));
+        let mut parts = framed.into_parts();
+        parts.read_buffer = BytesMut::new();
+        parts.write_buffer = BytesMut::new();
+        Transport { framed: Framed::from_parts(parts), outbox: Outbox::new() }
+    }
+
+    /// Writes every packet in `out` with one flush: one syscall for a batch.
+    async fn write(&mut self, out: &mut Vec<Packet>) -> Result<(), Error> {
+        for packet in out.drain(..) {
+            self.outbox.push(&packet)?;
+        }
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        Ok(self.outbox.write_to(&mut *self.framed).await?)
+    }
+
+    /// Adds the bytes read and written to the broker's counters.
+    fn account(&mut self, broker: &Broker) {
+        let (received, _) = self.framed.codec_mut().take_counts();
+        broker.stats().bytes(received, self.outbox.take_sent());
+    }
+
+    async fn close(&mut self) {
+        let _ = self.framed.close().await;
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -84,23 +125,22 @@ where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let stream = ReadGate::new(stream);
-    let mut framed = small_buffers(Framed::new(stream, MqttCodec::new(broker.config().max_packet_size)));
+    let mut link = Transport::new(stream, broker.config().max_packet_size);
     let mut out = Vec::new();
     let kick = Arc::new(Signal::new());
     let conn = broker.next_connection_id();
     // Boxed: the CONNECT phase (credentials, a password check on a blocking
     // thread) is needed once; inline, its state would stay in every
     // connection's task for the connection's whole life.
-    let accepted = Box::pin(accept(&rt, &broker, &mut framed, &peer, conn, kick.clone(), &mut out)).await;
+    let accepted = Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await;
     out = Vec::new();
     let Some(mut client) = accepted else {
-        let _ = framed.close().await;
-        account(&broker, &mut framed);
+        link.close().await;
+        link.account(&broker);
         return;
     };
     broker.stats().connected();
-    let reason = serve(&rt, &broker, &client, &mut framed, &mut out, &kick, shutdown).await;
+    let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
     let addr = peer.addr;
     match &reason {
         Close::Violation(_) => log::warn!("client {} ({addr}) disconnected: {reason}", client.id),
@@ -115,15 +155,15 @@ where
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
-    let _ = framed.close().await;
-    account(&broker, &mut framed);
+    link.close().await;
+    link.account(&broker);
 }
 
 /// Waits for CONNECT (MQTT-3.1.0-1) within the connect timeout and answers it.
 async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
     broker: &Broker,
-    framed: &mut Transport<S>,
+    link: &mut Transport<S>,
     peer: &Peer,
     conn: u64,
     kick: Arc<Signal>,
@@ -131,7 +171,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Option<Client> {
     let (timeout, addr) = (broker.config().connect_timeout, peer.addr);
     let first = {
-        let next = framed.next();
+        let next = link.framed.next();
         let deadline = rt.sleep(timeout);
         pin_mut!(deadline);
         match select(next, deadline).await {
@@ -161,7 +201,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             broker.detach(&client.id, conn);
             None
         }
-        Ok(client) => match write(framed, out).await {
+        Ok(client) => match link.write(out).await {
             Ok(()) => Some(client),
             Err(e) => {
                 log::info!("client {} ({addr}): {}", client.id, Close::from(e));
@@ -173,7 +213,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             log::warn!("{addr}: CONNECT refused: {refusal}");
             if let Some(code) = refusal.connack() {
                 out.push(Packet::Connack { session_present: false, code });
-                let _ = write(framed, out).await;
+                let _ = link.write(out).await;
             }
             None
         }
@@ -226,7 +266,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
     broker: &Broker,
     client: &Client,
-    framed: &mut Transport<S>,
+    link: &mut Transport<S>,
     out: &mut Vec<Packet>,
     kicked: &Signal,
     shutdown: Receiver<()>,
@@ -262,7 +302,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         closing = Some(close);
                         break;
                     }
-                    next = match framed.next().now_or_never() {
+                    next = match link.framed.next().now_or_never() {
                         Some(Some(Ok(packet))) => Some(packet),
                         Some(Some(Err(e))) => {
                             closing = Some(e.into());
@@ -307,8 +347,8 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             Drained::Sent => None,
         };
         let sent = out.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
-        let written = write(framed, out).await;
-        account(broker, framed);
+        let written = link.write(out).await;
+        link.account(broker);
         if let Err(e) = written {
             return e.into();
         }
@@ -320,7 +360,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             continue;
         }
         event = {
-            let next = framed.next().fuse();
+            let next = link.framed.next().fuse();
             let queued = client.session.rung().fuse();
             let kicked = kicked.raised().fuse();
             let stop = shutdown.recv().fuse();
@@ -412,34 +452,4 @@ impl PublishRate {
         self.last = now;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_second))
     }
-}
-
-/// Swaps asynchronous-codec's 8 KiB read and write buffers for empty ones
-/// that grow on demand: an idle connection then holds only what its last
-/// packets needed, not 16 KiB.
-fn small_buffers<S: AsyncRead + AsyncWrite + Unpin>(framed: Transport<S>) -> Transport<S> {
-    let mut parts = framed.into_parts();
-    parts.read_buffer = BytesMut::new();
-    parts.write_buffer = BytesMut::new();
-    Framed::from_parts(parts)
-}
-
-/// Adds the bytes the codec saw to the broker's counters.
-fn account<S: AsyncRead + AsyncWrite + Unpin>(broker: &Broker, framed: &mut Transport<S>) {
-    let (received, sent) = framed.codec_mut().take_counts();
-    broker.stats().bytes(received, sent);
-}
-
-/// Writes every packet in `out` and flushes once: one syscall for a batch.
-async fn write<S: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Transport<S>,
-    out: &mut Vec<Packet>,
-) -> Result<(), Error> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    for packet in out.drain(..) {
-        framed.feed(&packet).await?;
-    }
-    framed.flush().await
 }

@@ -1,0 +1,186 @@
+//! The write side of a connection: packets are encoded into one buffer and
+//! written with one vectored write per batch.
+//!
+//! A delivered PUBLISH is never re-encoded from scratch: its topic is a
+//! shared `Arc<str>` and its payload the `Bytes` of the frame it arrived in,
+//! shared by every subscriber. Per subscriber only the few header bytes that
+//! differ (fixed header, length, packet id) are written. A payload of
+//! [`SHARE_FROM`] bytes or more is not copied at all: it goes to the socket
+//! as its own slice of the vectored write. Smaller ones are copied, because
+//! an extra `iovec` costs the kernel more than copying them does.
+
+use crate::codec;
+use crate::error::Error;
+use crate::packet::Packet;
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncWrite, AsyncWriteExt, IoSlice};
+use std::io;
+
+/// Payloads at least this large are written from the shared bytes.
+pub const SHARE_FROM: usize = 512;
+
+/// Slices per `writev` at most.
+const MAX_SLICES: usize = 256;
+
+/// Encoded packets waiting to be written.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Everything but the shared payloads.
+    buf: BytesMut,
+    /// Shared payloads, each with the length of `buf` where it belongs.
+    shared: Vec<(usize, Bytes)>,
+    /// Bytes written since the last [`Outbox::take_sent`].
+    sent: u64,
+}
+
+impl Outbox {
+    /// An empty outbox; it allocates on first use.
+    pub fn new() -> Outbox {
+        Outbox::default()
+    }
+
+    /// Encodes a packet after those already waiting.
+    pub fn push(&mut self, packet: &Packet) -> Result<(), Error> {
+        match packet {
+            Packet::Publish(p) if p.payload.len() >= SHARE_FROM => {
+                codec::encode_publish_head(p, &mut self.buf);
+                self.shared.push((self.buf.len(), p.payload.clone()));
+                Ok(())
+            }
+            _ => codec::encode(packet, &mut self.buf),
+        }
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.shared.is_empty()
+    }
+
+    /// Bytes written since the last call, for the broker's counters.
+    pub fn take_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Writes everything waiting and flushes.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        let total = self.buf.len() + self.shared.iter().map(|(_, p)| p.len()).sum::<usize>();
+        if self.shared.is_empty() {
+            io.write_all(&self.buf).await?;
+        } else {
+            let mut done = 0;
+            while done < total {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let count = self.fill(done, &mut slices);
+                match io.write_vectored(&slices[..count]).await? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => done += n,
+                }
+            }
+        }
+        self.sent += total as u64;
+        self.buf.clear();
+        self.shared.clear();
+        codec::shrink(&mut self.buf);
+        io.flush().await
+    }
+
+    /// Fills `slices` with what is left after the first `skip` bytes; the
+    /// number of slices used.
+    fn fill<'a>(&'a self, mut skip: usize, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        let mut start = 0;
+        let ends = self.shared.iter().map(|(at, p)| (*at, &p[..])).chain([(self.buf.len(), &[][..])]);
+        for (at, payload) in ends {
+            for piece in [&self.buf[start..at], payload] {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                if count == slices.len() {
+                    return count;
+                }
+                slices[count] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                count += 1;
+            }
+            start = at;
+        }
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{Publish, QoS};
+    use futures::executor::block_on;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    fn publish(payload: Bytes, pid: Option<u16>) -> Packet {
+        let qos = if pid.is_some() { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        Packet::Publish(Publish { dup: false, qos, pid, retain: false, topic: "t".into(), payload })
+    }
+
+    /// Accepts at most `step` bytes per write, to exercise partial writes.
+    struct Trickle {
+        step: usize,
+        data: Vec<u8>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.get_mut().data.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let mut left = this.step;
+            for b in bufs {
+                let n = b.len().min(left);
+                this.data.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(this.step - left))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn shared_payloads_are_written_in_place_and_in_order() {
+        let big = Bytes::from(vec![7u8; SHARE_FROM]);
+        let packets = [
+            Packet::Puback(1),
+            publish(big.clone(), Some(2)),
+            publish(Bytes::from_static(b"small"), None),
+            publish(big.clone(), None),
+            Packet::Pingresp,
+        ];
+        let mut expected = BytesMut::new();
+        for p in &packets {
+            codec::encode(p, &mut expected).unwrap();
+        }
+        for step in [1, 3, 1000, usize::MAX] {
+            let mut outbox = Outbox::new();
+            for p in &packets {
+                outbox.push(p).unwrap();
+            }
+            assert_eq!(outbox.shared.len(), 2, "both large payloads shared, not copied");
+            let mut sink = Trickle { step, data: Vec::new() };
+            block_on(outbox.write_to(&mut sink)).unwrap();
+            assert_eq!(sink.data, expected, "write size {step}");
+            assert!(outbox.is_empty());
+            assert_eq!(outbox.take_sent(), expected.len() as u64);
+        }
+    }
+}
