@@ -14,6 +14,10 @@
 #                    the durability comparison midge-memory (smol, --in-memory) and
 #                    mosquitto-persist (persistence true)
 #   CONNS=10000      connections for the conns case
+#   INFLIGHT=100     outgoing QoS 1/2 window per client, the same for every broker
+#                    (midge --max-inflight, Mosquitto max_inflight_messages, rumqttd
+#                    max_inflight_count; 100 is rumqttd's shipped setting, 20 the
+#                    default of midge and Mosquitto)
 #   NO_BUILD=1       use the binaries already in target/release
 #   OUT=dir          where logs and results.tsv go (default target/bench-compare/<time>)
 #   LOADGEN_ARGS=""  extra loadgen arguments for every run (e.g. "--threads 1")
@@ -35,6 +39,7 @@ DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-"fanin fanout pairs latency conns subs retained"}
 BROKERS=${BROKERS:-"midge-smol midge-async-std mosquitto rumqttd"}
 CONNS=${CONNS:-10000}
+INFLIGHT=${INFLIGHT:-100}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
 MIDGE_ARGS=${MIDGE_ARGS:-}
 MOSQUITTO_NODELAY=${MOSQUITTO_NODELAY:-1}
@@ -113,17 +118,18 @@ start_broker() {
             rm -rf "$TMP/midge-data"
             # shellcheck disable=SC2086
             "$MIDGE" --bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
-                $MIDGE_ARGS >"$log" 2>&1 & ;;
+                --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-memory)
             # shellcheck disable=SC2086
-            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --in-memory $MIDGE_ARGS >"$log" 2>&1 & ;;
+            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --in-memory --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         mosquitto-persist)
             rm -rf "$TMP/mosquitto-data"; mkdir -p "$TMP/mosquitto-data"
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\n' \
-                "$port" "$TMP/mosquitto-data" >"$TMP/mosquitto.conf"
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\nmax_inflight_messages %s\n' \
+                "$port" "$TMP/mosquitto-data" "$INFLIGHT" >"$TMP/mosquitto.conf"
             mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 & ;;
         mosquitto)
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$TMP/mosquitto.conf"
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages %s\n' \
+                "$port" "$INFLIGHT" >"$TMP/mosquitto.conf"
             [ "$MOSQUITTO_NODELAY" = 1 ] && echo 'set_tcp_nodelay true' >>"$TMP/mosquitto.conf"
             mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 & ;;
         rumqttd)
@@ -145,7 +151,7 @@ next_connection_delay_ms = 0
     [v4.1.connections]
     connection_timeout_ms = 60000
     max_payload_size = 20480
-    max_inflight_count = 100
+    max_inflight_count = $INFLIGHT
     dynamic_filters = true
 EOF
             rumqttd -c "$TMP/rumqttd.toml" >"$log" 2>&1 & ;;
@@ -236,6 +242,7 @@ done
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r)"
 echo "midge $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src runtimes 2>/dev/null || echo '+dirty'); $(mosquitto -h 2>/dev/null | head -1); runs: $RUNS x ${DURATION}s; medians"
+echo "note: outgoing QoS 1/2 window $INFLIGHT for every broker (INFLIGHT)"
 [ "$MOSQUITTO_NODELAY" = 1 ] && echo "note: mosquitto runs with set_tcp_nodelay true (midge sets TCP_NODELAY too)"
 [ -n "$MIDGE_ARGS" ] && echo "note: midge arguments: $MIDGE_ARGS"
 for n in "${NOTES[@]}"; do echo "note: $n"; done
