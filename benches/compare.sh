@@ -193,6 +193,10 @@ CASES=(
     "retained-q0-64|--scenario retained --qos 0 --payload 64"
     "fanin-q0-1024|--scenario fanin --qos 0 --payload 1024"
     "fanout-q0-1024|--scenario fanout --qos 0 --payload 1024"
+    "fanin-q1-1024|--scenario fanin --qos 1 --payload 1024"
+    "fanout-q1-1024|--scenario fanout --qos 1 --payload 1024"
+    "pairs-q0-1024|--scenario pairs --qos 0 --payload 1024"
+    "pairs-q1-1024|--scenario pairs --qos 1 --payload 1024"
     "durable-q1-64|--scenario fanin --qos 1 --payload 64 --persistent"
 )
 SELECTED=()
