@@ -279,10 +279,10 @@ impl Session {
             }
             let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
             if qos == QoS::AtMostOnce {
-                out.push(publish_packet(&message, None, false));
+                out.push(publish_packet(message, None, false));
                 continue;
             }
-            out.push(publish_packet(&message, Some(pid_for(seq)), false));
+            out.push(publish_packet(message.clone(), Some(pid_for(seq)), false));
             self.record(|id| Op::Progress(id, seq, Progress::Sent));
             self.inflight.push_back(Inflight { seq, message, released: false });
         }
@@ -302,7 +302,7 @@ impl Session {
         for f in &self.inflight {
             out.push(match f.released {
                 true => Packet::Pubrel(f.pid()),
-                false => publish_packet(&f.message, Some(f.pid()), true),
+                false => publish_packet(f.message.clone(), Some(f.pid()), true),
             });
         }
     }
@@ -359,15 +359,11 @@ impl Session {
     }
 }
 
-fn publish_packet(message: &Message, pid: Option<Pid>, dup: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup,
-        qos: message.qos,
-        pid,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        payload: message.payload.clone(),
-    })
+/// A QoS 0 message moves into its packet; one kept inflight is cloned (its
+/// topic and payload are shared, not copied).
+fn publish_packet(message: Message, pid: Option<Pid>, dup: bool) -> Packet {
+    let Message { topic, payload, qos, retain } = message;
+    Packet::Publish(Publish { dup, qos, pid, retain, topic, payload })
 }
 
 #[cfg(test)]
