@@ -21,21 +21,22 @@ pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 pub struct MqttCodec {
     /// Largest whole packet accepted, fixed header included.
     max_packet_size: usize,
-    /// Bytes decoded and encoded since the last [`MqttCodec::take_counts`].
-    counts: (u64, u64),
+    /// Bytes decoded since the last [`MqttCodec::take_received`] (what is
+    /// sent is counted by the connection's [`Outbox`](crate::outbox::Outbox)).
+    received: u64,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size, counts: (0, 0) }
+        MqttCodec { max_packet_size, received: 0 }
     }
 }
 
 impl MqttCodec {
-    /// Bytes (received, sent) since the last call, for the broker's counters.
-    pub fn take_counts(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.counts)
+    /// Bytes received since the last call, for the broker's counters.
+    pub fn take_received(&mut self) -> u64 {
+        std::mem::take(&mut self.received)
     }
 }
 
@@ -61,11 +62,11 @@ impl Decoder for MqttCodec {
         }
         if let Some(packet) = acknowledgement(header, &src[..total]) {
             src.advance(total);
-            self.counts.0 += total as u64;
+            self.received += total as u64;
             return packet.map(Some);
         }
         let frame = src.split_to(total).freeze();
-        self.counts.0 += total as u64;
+        self.received += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         Ok(Some(decode_frame(&frame)?))
     }
@@ -226,10 +227,7 @@ impl Encoder for MqttCodec {
 
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
         shrink(dst);
-        let start = dst.len();
-        encode(packet, dst)?;
-        self.counts.1 += (dst.len() - start) as u64;
-        Ok(())
+        encode(packet, dst)
     }
 }
 

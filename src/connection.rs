@@ -59,7 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 
     /// Adds the bytes read and written to the broker's counters.
     fn account(&mut self, broker: &Broker) {
-        let (received, _) = self.framed.codec_mut().take_counts();
+        let received = self.framed.codec_mut().take_received();
         broker.stats().bytes(received, self.outbox.take_sent());
     }
 
