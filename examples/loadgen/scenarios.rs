@@ -636,7 +636,7 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
                 if ctx.past_deadline() {
                     return Err(deadline_error("connect"));
                 }
-                by_deadline(&ctx, "connect", mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), 0, 64, false))
+                by_deadline(&ctx, "connect", mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), ctx.keepalive(), 64, false))
                     .await
             })
         })
