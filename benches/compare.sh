@@ -18,6 +18,10 @@
 #                    (midge --max-inflight, Mosquitto max_inflight_messages, rumqttd
 #                    max_inflight_count; 100 is rumqttd's shipped setting, 20 the
 #                    default of midge and Mosquitto)
+#   RUMQTTD_OUTGOING=200  rumqttd's max_outgoing_packet_count (its shipped value);
+#                    rumqttd sends a new subscription at most this many retained
+#                    messages (it reads them all and truncates), so the retained
+#                    case needs RUMQTTD_OUTGOING=200000 for rumqttd to deliver them
 #   NO_BUILD=1       use the binaries already in target/release
 #   OUT=dir          where logs and results.tsv go (default target/bench-compare/<time>)
 #   LOADGEN_ARGS=""  extra loadgen arguments for every run (e.g. "--threads 1")
@@ -40,6 +44,7 @@ SCENARIOS=${SCENARIOS:-"fanin fanout pairs latency conns subs retained"}
 BROKERS=${BROKERS:-"midge-smol midge-async-std mosquitto rumqttd"}
 CONNS=${CONNS:-10000}
 INFLIGHT=${INFLIGHT:-100}
+RUMQTTD_OUTGOING=${RUMQTTD_OUTGOING:-200}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
 MIDGE_ARGS=${MIDGE_ARGS:-}
 MOSQUITTO_NODELAY=${MOSQUITTO_NODELAY:-1}
@@ -140,7 +145,7 @@ id = 0
 [router]
 id = 0
 max_connections = $((CONNS + 100))
-max_outgoing_packet_count = 200
+max_outgoing_packet_count = $RUMQTTD_OUTGOING
 max_segment_size = 104857600
 max_segment_count = 10
 
@@ -249,6 +254,7 @@ echo "midge $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- 
 echo "note: outgoing QoS 1/2 window $INFLIGHT for every broker (INFLIGHT)"
 [ "$MOSQUITTO_NODELAY" = 1 ] && echo "note: mosquitto runs with set_tcp_nodelay true (midge sets TCP_NODELAY too)"
 [ -n "$MIDGE_ARGS" ] && echo "note: midge arguments: $MIDGE_ARGS"
+[ "$RUMQTTD_OUTGOING" != 200 ] && echo "note: rumqttd runs with max_outgoing_packet_count $RUMQTTD_OUTGOING (shipped: 200)"
 for n in "${NOTES[@]}"; do echo "note: $n"; done
 awk -F'\t' -v brokers="$ACTIVE" '
 function jget(json, key,    re, s) {
