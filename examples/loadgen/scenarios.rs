@@ -636,8 +636,12 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
                 if ctx.past_deadline() {
                     return Err(deadline_error("connect"));
                 }
-                by_deadline(&ctx, "connect", mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), ctx.keepalive(), 64, false))
-                    .await
+                by_deadline(
+                    &ctx,
+                    "connect",
+                    mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('c'), ctx.keepalive(), 64, false),
+                )
+                .await
             })
         })
         .collect();
