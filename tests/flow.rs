@@ -1,4 +1,5 @@
 use crate::support::TestBroker;
+use crate::support::client::TIMEOUT;
 use crate::support::packets::{self, DISCONNECT, PUBACK, ack};
 
 fn small_windows(c: &mut midge::Config) {
@@ -101,19 +102,35 @@ runtime_test!(
         stuck.subscribe(1, &[("flood/#", 0)]);
         let mut healthy = b.client("healthy");
         healthy.subscribe(1, &[("flood/#", 0)]);
+        // The reader reports each message, so the publisher can stay within
+        // 200 messages of it: QoS 0 to a reader slower than the publisher is
+        // dropped once its queue is full, and the point here is the subscriber
+        // that never reads.
+        let (progress, reached) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            (0..MESSAGES).map(|_| u32::from_be_bytes(healthy.recv().publish().2[..4].try_into().unwrap())).max()
+            let mut got = Vec::with_capacity(MESSAGES as usize);
+            for _ in 0..MESSAGES {
+                let n = u32::from_be_bytes(healthy.recv().publish().2[..4].try_into().unwrap());
+                got.push(n);
+                let _ = progress.send(n);
+            }
+            got
         });
         let mut publisher = b.client("pub");
+        let mut read_up_to = 0;
         for i in 0..MESSAGES {
             let mut body = i.to_be_bytes().to_vec();
             body.extend_from_slice(&payload);
             publisher.send(&packets::publish0("flood/x", &body));
             if i % 100 == 99 {
-                publisher.ping(); // the publisher is never held up
+                publisher.ping(); // the publisher is never held up by the stuck subscriber
+                while read_up_to + 200 < i {
+                    read_up_to = reached.recv_timeout(TIMEOUT).expect("the reading subscriber keeps getting messages");
+                }
             }
         }
-        assert_eq!(reader.join().unwrap(), Some(MESSAGES - 1), "the reading subscriber got every message");
+        let got = reader.join().unwrap();
+        assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "the reading subscriber got every message, in order");
         let mut watcher = b.client("watcher");
         watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
         loop {
