@@ -783,30 +783,37 @@ std::thread_local! {
 /// Pushes `runnable` onto this thread's runner of `state`, if there is one,
 /// and wakes that runner; gives the runnable back otherwise.
 fn schedule_local(state: &State, runnable: Runnable) -> Result<(), Runnable> {
-    let current = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten();
-    match current {
-        Some(c) if c.state == state as *const State as usize && c.alive.load(Ordering::SeqCst) => {
-            match c.local.push(runnable) {
-                Ok(()) => {
-                    if !c.alive.load(Ordering::SeqCst) {
-                        // The runner went away meanwhile and may have drained its
-                        // queue already: hand what is left to the global queue.
-                        while let Ok(r) = c.local.pop() {
-                            let _ = state.queue.push(r);
-                        }
-                        state.notify();
-                        return Ok(());
+    let mut runnable = Some(runnable);
+    // Borrowed, not cloned: this runs on every wake-up. Nothing below takes
+    // `CURRENT` mutably (only creating or dropping a runner does).
+    let _ = CURRENT.try_with(|c| {
+        let c = c.borrow();
+        let c = match c.as_ref() {
+            Some(c) if c.state == state as *const State as usize && c.alive.load(Ordering::SeqCst) => c,
+            _ => return,
+        };
+        match c.local.push(runnable.take().expect("taken once")) {
+            Ok(()) => {
+                if !c.alive.load(Ordering::SeqCst) {
+                    // The runner went away meanwhile and may have drained its
+                    // queue already: hand what is left to the global queue.
+                    while let Ok(r) = c.local.pop() {
+                        let _ = state.queue.push(r);
                     }
-                    let waker = c.waker.lock().unwrap_or_else(PoisonError::into_inner).take();
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                    Ok(())
+                    state.notify();
+                    return;
                 }
-                Err(e) => Err(e.into_inner()),
+                let waker = c.waker.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(w) = waker {
+                    w.wake();
+                }
             }
+            Err(e) => runnable = Some(e.into_inner()),
         }
-        _ => Err(runnable),
+    });
+    match runnable {
+        None => Ok(()),
+        Some(r) => Err(r),
     }
 }
 
