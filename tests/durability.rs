@@ -1,6 +1,6 @@
 //! Durable state across restarts, store failures and session expiry.
 
-use crate::support::client::Raw;
+use crate::support::client::{Raw, Received, TIMEOUT};
 use crate::support::packets::{self, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
 use crate::support::{TempDir, TestBroker};
 use midge::store::{MemoryStore, Op, Snapshot, Store, StoreError};
@@ -150,8 +150,9 @@ runtime_test!(
         // The retained value may be "1" from before the watcher connected
         // (the abandoned session alone), so first see both counted, then
         // the abandoned one gone.
-        while watcher.recv().publish().2 != b"2" {}
-        while watcher.recv().publish().2 != b"1" {}
+        let total = |want: &'static [u8]| move |p: &Received| (p.publish().2 == want).then_some(());
+        watcher.recv_until(TIMEOUT, "$SYS/broker/clients/total = 2", total(b"2"));
+        watcher.recv_until(TIMEOUT, "$SYS/broker/clients/total = 1 (the session expired)", total(b"1"));
         b.persistent("abandoned", false).ping();
     }
 );

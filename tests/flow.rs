@@ -42,11 +42,9 @@ runtime_test!(
         assert_eq!(received, (1..=12).collect::<Vec<_>>());
         let mut watcher = b.client("watcher");
         watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
-        loop {
-            if watcher.recv().publish().2 == b"38" {
-                break;
-            }
-        }
+        watcher.recv_until(TIMEOUT, "$SYS/broker/publish/messages/dropped = 38", |p| {
+            (p.publish().2 == b"38").then_some(())
+        });
     }
 );
 
@@ -133,12 +131,10 @@ runtime_test!(
         assert_eq!(got, (0..MESSAGES).collect::<Vec<_>>(), "the reading subscriber got every message, in order");
         let mut watcher = b.client("watcher");
         watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
-        loop {
-            let dropped: u64 = String::from_utf8(watcher.recv().publish().2).unwrap().parse().unwrap();
-            if dropped > 0 {
-                break;
-            }
-        }
+        watcher.recv_until(TIMEOUT, "$SYS/broker/publish/messages/dropped > 0", |p| {
+            let dropped: u64 = String::from_utf8(p.publish().2).unwrap().parse().unwrap();
+            (dropped > 0).then_some(())
+        });
         drop(stuck);
     }
 );

@@ -1,5 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::client::Raw;
+use crate::support::client::{Raw, TIMEOUT};
 use crate::support::packets::{self, PUBACK, ack};
 use std::time::Duration;
 
@@ -7,15 +7,14 @@ fn fast_sys(c: &mut midge::Config) {
     c.sys_interval = Duration::from_millis(50);
 }
 
-/// Reads `$SYS` updates on `topic` until `accept` likes the value.
+/// Reads `$SYS` updates until one on `topic` has a value `accept` likes;
+/// panics if none does within the client timeout.
 fn wait_for_value(c: &mut Raw, topic: &str, accept: impl Fn(&str) -> bool) -> String {
-    loop {
-        let (got, _, payload) = c.recv().publish();
+    c.recv_until(TIMEOUT, &format!("acceptable value on {topic}"), |p| {
+        let (got, _, payload) = p.publish();
         let value = String::from_utf8(payload).unwrap();
-        if got == topic && accept(&value) {
-            return value;
-        }
-    }
+        (got == topic && accept(&value)).then_some(value)
+    })
 }
 
 runtime_test!(

@@ -2,7 +2,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest any single expectation waits.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +39,22 @@ impl Received {
     pub fn dup(&self) -> bool {
         self.header & 8 == 8
     }
+
+    /// A short description for failure messages: topic and payload (as
+    /// text) for a PUBLISH, the bytes otherwise.
+    pub fn summary(&self) -> String {
+        match self.header >> 4 {
+            3 => {
+                let (topic, _, payload) = self.publish();
+                format!("PUBLISH {topic:?} {:?}", String::from_utf8_lossy(&payload))
+            }
+            _ => format!("{:02x} {:02x?}", self.header, self.body),
+        }
+    }
+}
+
+fn describe(packet: &Option<Received>) -> String {
+    packet.as_ref().map_or_else(|| "none".into(), Received::summary)
 }
 
 /// A TCP connection to the broker speaking raw bytes.
@@ -51,6 +67,8 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("tcp connect");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        // A broker that stops reading must not hang a test in a write either.
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Raw { stream }
     }
@@ -89,6 +107,32 @@ impl Raw {
         let mut body = vec![0; len];
         self.stream.read_exact(&mut body)?;
         Ok(Received { header, body })
+    }
+
+    /// Reads packets until `accept` returns `Some`, and returns that; panics
+    /// naming `what` (and the last packet seen) if `within` passes first.
+    /// For waits on values that arrive repeatedly (`$SYS` updates), where a
+    /// per-read timeout alone never fires.
+    pub fn recv_until<T>(&mut self, within: Duration, what: &str, mut accept: impl FnMut(&Received) -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        let mut last: Option<Received> = None;
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            self.stream.set_read_timeout(Some(left.min(TIMEOUT))).unwrap();
+            match self.try_recv() {
+                Ok(packet) => match accept(&packet) {
+                    Some(value) => break Some(value),
+                    None => last = Some(packet),
+                },
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break None,
+                Err(e) => panic!("waiting for {what}: {e} (last packet: {})", describe(&last)),
+            }
+        };
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        found.unwrap_or_else(|| panic!("no {what} within {within:?} (last packet: {})", describe(&last)))
     }
 
     /// Asserts the broker closes the connection (EOF or reset) without
