@@ -1,7 +1,7 @@
 //! Smaller normative statements, one test each, that the feature-oriented
 //! modules do not already cover (see docs/conformance.md).
 
-use crate::support::TestBroker;
+use crate::support::{TempDir, TestBroker};
 
 use crate::support::packets::{
     self, CONNACK_ACCEPTED, Connect, PUBACK, PUBCOMP, PUBREC, PUBREL, UNSUBACK, ack, field, packet,
@@ -58,15 +58,36 @@ runtime_test!(
     }
 );
 
-runtime_test!(
-    /// A valid user name and password are accepted (anonymous access is on by
-    /// default, so any credentials are).
+runtime_kind_test!(
+    /// MQTT-3.1.2-19 / -21, MQTT-3.1.3-1: the user name and password are read
+    /// from the payload and checked, against a password file with anonymous
+    /// access off: the right pair gets CONNACK 0; a wrong password, or one
+    /// user's password with another's name, CONNACK 4; no user name
+    /// CONNACK 5. Each refusal closes the connection.
     connect_with_username_and_password_is_accepted,
-    |b: &TestBroker| {
-        let mut c = b.raw();
-        c.send(&Connect { client_id: "u", username: Some("user"), password: Some(b"pw"), ..Connect::default() }.bytes());
-        c.expect(&CONNACK_ACCEPTED);
-        c.ping();
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("conformance-passwd");
+        let path = crate::security::password_file(&dir);
+        let b = TestBroker::start(kind, |c| {
+            c.password_file = Some(path);
+            c.allow_anonymous = Some(false);
+        });
+        let login = |id: &str, username: Option<&str>, password: Option<&[u8]>| {
+            let mut c = b.raw();
+            c.send(&Connect { client_id: id, username, password, ..Connect::default() }.bytes());
+            c
+        };
+        let mut ok = login("u", Some("alice"), Some(b"wonderland"));
+        ok.expect(&CONNACK_ACCEPTED);
+        for (user, password) in [("alice", &b"pw"[..]), ("bob", b"wonderland")] {
+            let mut refused = login("x", Some(user), Some(password));
+            refused.expect(&[0x20, 0x02, 0x00, 0x04]);
+            refused.expect_closed();
+        }
+        let mut anonymous = login("anon", None, None);
+        anonymous.expect(&[0x20, 0x02, 0x00, 0x05]);
+        anonymous.expect_closed();
+        ok.ping();
     }
 );
 

@@ -124,8 +124,10 @@ runtime_test!(
 );
 
 runtime_test!(
-    /// Outbound QoS 2: PUBLISH, PUBREC from the subscriber, PUBREL from the
-    /// broker, PUBCOMP; packet ids are the broker's own.
+    /// Outbound QoS 2 (MQTT-4.3.3-1): the delivery is a PUBLISH at QoS 2
+    /// with DUP 0 and retain 0 (first byte 0x34), then PUBREC from the
+    /// subscriber, PUBREL from the broker, PUBCOMP; packet ids are the
+    /// broker's own.
     outbound_qos2_handshake,
     |b: &TestBroker| {
         let mut sub = b.client("sub");
@@ -134,7 +136,12 @@ runtime_test!(
         publisher.send(&packets::publish("t2", b"a", 2, 9));
         publisher.expect(&ack(PUBREC, 9));
         let got = sub.recv();
-        let pid = got.publish().1.unwrap();
+        assert_eq!(got.qos(), 2, "delivered at QoS 2: {got:?}");
+        assert_eq!(got.header, 0x34, "PUBLISH, DUP 0, QoS 2, retain 0");
+        let (topic, pid, payload) = got.publish();
+        assert_eq!((topic.as_str(), payload.as_slice()), ("t2", &b"a"[..]));
+        let pid = pid.unwrap();
+        assert_ne!(pid, 0);
         assert!(!got.dup());
         sub.send(&ack(PUBREC, pid));
         sub.expect(&ack(PUBREL, pid));

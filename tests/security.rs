@@ -17,7 +17,7 @@ fn connack(code: u8) -> [u8; 4] {
 
 /// A password file with alice/wonderland and bob/builder, made with the
 /// same code `midge passwd` uses.
-fn password_file(dir: &TempDir) -> PathBuf {
+pub(crate) fn password_file(dir: &TempDir) -> PathBuf {
     let mut file = PasswordFile::default();
     file.set("alice", b"wonderland").unwrap();
     file.set("bob", b"builder").unwrap();
