@@ -1,5 +1,6 @@
 use crate::support::TestBroker;
-use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, DISCONNECT, PINGREQ};
+use crate::support::client::Raw;
+use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, DISCONNECT, PINGREQ, PINGRESP};
 use std::time::{Duration, Instant};
 
 runtime_test!(
@@ -148,23 +149,77 @@ runtime_test!(
     }
 );
 
+/// 1.5 × a keepalive of 1 s: the earliest a silent client may be closed.
+const KEEPALIVE_1S_LIMIT: Duration = Duration::from_millis(1500);
+/// How late after that limit the close may come.
+const KEEPALIVE_SLACK: Duration = Duration::from_secs(1);
+
+/// Waits for the broker to close `c`, whose last packet was sent at `last`
+/// (with keepalive 1 s), and asserts the close came 1.5 s after that packet,
+/// not earlier, and no more than `KEEPALIVE_SLACK` later.
+fn expect_keepalive_close(c: &mut Raw, what: &str, last: Instant) {
+    c.expect_closed();
+    let silent = last.elapsed();
+    assert!(silent >= KEEPALIVE_1S_LIMIT, "{what}: closed {silent:?} after its last packet, before 1.5 × keepalive");
+    assert!(
+        silent <= KEEPALIVE_1S_LIMIT + KEEPALIVE_SLACK,
+        "{what}: closed {silent:?} after its last packet, later than 1.5 × keepalive + {KEEPALIVE_SLACK:?}"
+    );
+}
+
 runtime_test!(
-    /// MQTT-3.1.2-24: no packet within 1.5 × keepalive closes the connection,
-    /// and not before the keepalive has passed; a client within its own
-    /// keepalive (2 s) is unaffected.
+    /// MQTT-3.1.2-24: a client silent for 1.5 × its keepalive (1 s) is
+    /// closed: not before 1.5 s after it sent CONNECT, and at most 1 s after
+    /// that; a client within its own keepalive (2 s, so 3 s) is unaffected.
     mqtt_3_1_2_24_keepalive_expiry_closes,
     |b: &TestBroker| {
         let mut idle = b.raw();
+        let sent = Instant::now();
         idle.send(&packets::connect("idle", true, 1));
         idle.expect(&CONNACK_ACCEPTED);
-        let start = Instant::now();
         let mut alive = b.raw();
         alive.send(&packets::connect("alive", true, 2));
         alive.expect(&CONNACK_ACCEPTED);
-        idle.expect_closed();
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(1000), "closed after {waited:?}");
+        expect_keepalive_close(&mut idle, "silent client", sent);
         alive.ping();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-24: every packet a client sends restarts its keepalive
+    /// timer. Two clients with keepalive 1 s send a packet every 400 ms for
+    /// 4 s (past 2.5 × the 1.5 s limit), one PINGREQs, the other QoS 0
+    /// PUBLISHes, and both stay connected (each PINGREQ is answered, each
+    /// PUBLISH delivered). Once they go silent, each is closed 1.5 s after its
+    /// own last packet, within 1 s more.
+    mqtt_3_1_2_24_traffic_resets_the_keepalive_timer,
+    |b: &TestBroker| {
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("ka/traffic", 0)]);
+        let mut pinger = b.raw();
+        pinger.send(&packets::connect("pinger", true, 1));
+        pinger.expect(&CONNACK_ACCEPTED);
+        let mut publisher = b.raw();
+        publisher.send(&packets::connect("publisher", true, 1));
+        publisher.expect(&CONNACK_ACCEPTED);
+        let start = Instant::now();
+        let (mut pinged, mut published) = (start, start);
+        let mut round = 0u32;
+        while start.elapsed() < Duration::from_secs(4) {
+            std::thread::sleep(Duration::from_millis(400));
+            round += 1;
+            pinged = Instant::now();
+            pinger.send(&PINGREQ);
+            published = Instant::now();
+            publisher.send(&packets::publish0("ka/traffic", &round.to_be_bytes()));
+            pinger.expect(&PINGRESP);
+            let got = watcher.recv().publish().2;
+            assert_eq!(got, round.to_be_bytes(), "publish {round} at {:?} delivered", start.elapsed());
+        }
+        assert!(round >= 9, "only {round} rounds in 4 s");
+        expect_keepalive_close(&mut pinger, "client sending PINGREQ", pinged);
+        expect_keepalive_close(&mut publisher, "client sending PUBLISH", published);
+        watcher.ping();
     }
 );
 
