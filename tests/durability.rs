@@ -94,6 +94,46 @@ runtime_kind_test!(
     }
 );
 
+runtime_kind_test!(
+    /// MQTT-3.1.2-8: a broker shutdown closes connections without DISCONNECT,
+    /// so their wills are published, and before the store closes: an offline
+    /// persistent subscriber of the will topic gets the will (QoS 1) after a
+    /// restart on the same data directory, and the will's retain flag left it
+    /// retained there too.
+    mqtt_3_1_2_8_will_published_on_broker_shutdown,
+    |kind: RuntimeKind| {
+        let data = TempDir::new("will-shutdown");
+        let mut dying = {
+            let b = TestBroker::start(kind, durable(&data));
+            let mut sub = b.persistent("will-sub", false);
+            sub.subscribe(1, &[("will/shutdown", 1)]);
+            sub.send(&DISCONNECT);
+            sub.expect_closed();
+            let mut dying = b.raw();
+            let will = Some(("will/shutdown", &b"broker went away"[..], 1, true));
+            dying.send(&packets::Connect { client_id: "dying", will, ..packets::Connect::default() }.bytes());
+            dying.expect(&packets::CONNACK_ACCEPTED);
+            dying.ping();
+            dying
+        };
+        dying.expect_closed();
+        let b = TestBroker::start(kind, durable(&data));
+        let mut sub = b.persistent("will-sub", true);
+        let got = sub.recv();
+        assert_eq!(got.publish().0, "will/shutdown");
+        assert_eq!(got.publish().2, b"broker went away");
+        assert_eq!(got.qos(), 1);
+        sub.send(&ack(PUBACK, got.publish().1.unwrap()));
+        sub.expect_nothing_queued();
+        let mut late = b.client("late");
+        late.send(&packets::subscribe(1, &[("will/#", 0)]));
+        late.expect(&packets::suback(1, &[0]));
+        let kept = late.recv();
+        assert!(kept.retain(), "the will was stored as retained: {kept:?}");
+        assert_eq!(kept.publish().2, b"broker went away");
+    }
+);
+
 /// A store that refuses every commit containing a queued message, as a full
 /// disk would.
 struct FullDisk(MemoryStore);

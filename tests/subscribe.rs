@@ -136,3 +136,70 @@ runtime_test!(
         }
     }
 );
+
+runtime_test!(
+    /// MQTT-3.10.4-1: UNSUBSCRIBE compares filters character by character,
+    /// it does not match them: `a/+`, `a/#`, `+/b` and `#` do not remove a
+    /// subscription to `a/b`, and `x/y` does not remove `x/#`; the exact
+    /// filter does.
+    mqtt_3_10_4_1_unsubscribe_compares_filters_literally,
+    |b: &TestBroker| {
+        let mut exact = b.client("exact");
+        exact.subscribe(1, &[("a/b", 0)]);
+        exact.send(&packets::unsubscribe(2, &["a/+", "a/#", "+/b", "#"]));
+        exact.expect(&ack(UNSUBACK, 2));
+        let mut wild = b.client("wild");
+        wild.subscribe(1, &[("x/#", 0)]);
+        wild.send(&packets::unsubscribe(2, &["x/y"]));
+        wild.expect(&ack(UNSUBACK, 2));
+        let mut publisher = b.client("pub");
+        publisher.send(&packets::publish0("a/b", b"still a/b"));
+        publisher.send(&packets::publish0("x/y", b"still x/#"));
+        publisher.ping();
+        assert_eq!(exact.recv().publish(), ("a/b".into(), None, b"still a/b".to_vec()));
+        assert_eq!(wild.recv().publish(), ("x/y".into(), None, b"still x/#".to_vec()));
+        exact.send(&packets::unsubscribe(3, &["a/b"]));
+        exact.expect(&ack(UNSUBACK, 3));
+        wild.send(&packets::unsubscribe(3, &["x/#"]));
+        wild.expect(&ack(UNSUBACK, 3));
+        publisher.send(&packets::publish0("a/b", b"gone"));
+        publisher.send(&packets::publish0("x/y", b"gone"));
+        publisher.ping();
+        exact.expect_nothing_queued();
+        wild.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.7.3-4: topic matching is case sensitive and does no
+    /// normalization: a subscriber to `a/B` does not get `a/b`, nor `A/#` get
+    /// `a/x`, `Accounts` does not get `ACCOUNTS`, and `\u{C5}` (Å) does not
+    /// get its decomposed form `A\u{30A}`; each gets its own exact topic.
+    mqtt_4_7_3_4_topics_are_case_sensitive_and_not_normalized,
+    |b: &TestBroker| {
+        let cases = [("a/B", "a/b"), ("A/#", "a/x"), ("Accounts", "ACCOUNTS"), ("\u{c5}", "A\u{30a}")];
+        let mut subs: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (filter, _))| {
+                let mut s = b.client(&format!("sub{i}"));
+                s.subscribe(1, &[(filter, 0)]);
+                s
+            })
+            .collect();
+        let mut publisher = b.client("pub");
+        for (_, other) in cases {
+            publisher.send(&packets::publish0(other, b"other spelling"));
+        }
+        publisher.send(&packets::publish0("a/B", b"exact"));
+        publisher.send(&packets::publish0("A/x", b"exact"));
+        publisher.send(&packets::publish0("Accounts", b"exact"));
+        publisher.send(&packets::publish0("\u{c5}", b"exact"));
+        publisher.ping();
+        for (sub, (filter, _)) in subs.iter_mut().zip(cases) {
+            let (topic, _, payload) = sub.recv().publish();
+            assert_eq!(payload, b"exact", "subscriber to {filter:?} got {topic:?}");
+            sub.expect_nothing_queued();
+        }
+    }
+);
