@@ -134,6 +134,115 @@ runtime_kind_test!(
     }
 );
 
+/// How many PUBLISHes the ordering tests pipeline.
+const PIPELINED: u16 = 1000;
+
+/// Asserts that `got` is `0..PIPELINED` in order, naming the first packet
+/// out of place.
+fn assert_in_order(what: &str, got: &[u16]) {
+    if let Some(at) = got.iter().enumerate().position(|(i, &n)| usize::from(n) != i) {
+        panic!("{what} out of order at #{at}: {:?}", &got[at.saturating_sub(2)..(at + 3).min(got.len())]);
+    }
+    assert_eq!(got.len(), usize::from(PIPELINED), "{what}: count");
+}
+
+/// Reads `PIPELINED` acknowledgements of type `header` and returns their
+/// packet ids, shifted to count from 0.
+fn read_acks(c: &mut Raw, header: u8) -> Vec<u16> {
+    (0..PIPELINED)
+        .map(|i| {
+            let got = c.recv();
+            assert_eq!((got.header, got.body.len()), (header, 2), "acknowledgement #{i}: {got:?}");
+            u16::from_be_bytes([got.body[0], got.body[1]]) - 1
+        })
+        .collect()
+}
+
+/// A persistent subscriber on `topic` at `qos` on its own thread: it reads
+/// `PIPELINED` deliveries, acknowledges each as it comes (PUBREC, then
+/// PUBCOMP on PUBREL, for QoS 2), and returns the message numbers in arrival
+/// order and, for QoS 2, whether the PUBRELs came in the order of its PUBRECs.
+fn ordered_subscriber(mut sub: Raw, qos: u8) -> std::thread::JoinHandle<(Vec<u16>, bool)> {
+    std::thread::spawn(move || {
+        let (mut numbers, mut recs, mut rels) = (Vec::new(), Vec::new(), Vec::new());
+        while numbers.len() < usize::from(PIPELINED) || rels.len() < recs.len() {
+            let got = sub.recv();
+            match got.header >> 4 {
+                3 => {
+                    assert_eq!(got.qos(), qos, "delivery #{} at the granted QoS: {got:?}", numbers.len());
+                    let (_, pid, payload) = got.publish();
+                    let pid = pid.unwrap();
+                    numbers.push(u16::from_be_bytes([payload[0], payload[1]]));
+                    match qos {
+                        1 => sub.send(&ack(PUBACK, pid)),
+                        _ => {
+                            sub.send(&ack(PUBREC, pid));
+                            recs.push(pid);
+                        }
+                    }
+                }
+                6 => {
+                    let pid = u16::from_be_bytes([got.body[0], got.body[1]]);
+                    sub.send(&ack(PUBCOMP, pid));
+                    rels.push(pid);
+                }
+                _ => panic!("subscriber: unexpected {got:?}"),
+            }
+        }
+        sub.expect_nothing_queued();
+        (numbers, recs == rels)
+    })
+}
+
+/// Pipelines `PIPELINED` PUBLISHes at `qos` (QoS 1 or 2) from a persistent
+/// session, on a durable broker, to a persistent subscriber that is online
+/// and reading, without waiting for any acknowledgement; asserts the order
+/// of the acknowledgements (for QoS 2: PUBRECs, then, after as many PUBRELs
+/// in one write, PUBCOMPs) and of the deliveries.
+fn pipelined_order_through_the_store(kind: RuntimeKind, qos: u8) {
+    let data = TempDir::new("order");
+    let b = TestBroker::start(kind, durable(&data));
+    let mut sub = b.persistent("ordered-sub", false);
+    sub.subscribe(1, &[("order/q", qos)]);
+    let subscriber = ordered_subscriber(sub, qos);
+    let mut publisher = b.persistent("pipeliner", false);
+    let publishes: Vec<u8> =
+        (0..PIPELINED).flat_map(|n| packets::publish("order/q", &n.to_be_bytes(), qos, n + 1)).collect();
+    publisher.send(&publishes);
+    match qos {
+        1 => assert_in_order("PUBACKs", &read_acks(&mut publisher, PUBACK)),
+        _ => {
+            assert_in_order("PUBRECs", &read_acks(&mut publisher, PUBREC));
+            let pubrels: Vec<u8> = (1..=PIPELINED).flat_map(|pid| ack(PUBREL, pid)).collect();
+            publisher.send(&pubrels);
+            assert_in_order("PUBCOMPs", &read_acks(&mut publisher, PUBCOMP));
+        }
+    }
+    publisher.expect_nothing_queued();
+    let (numbers, rels_follow_recs) = subscriber.join().expect("the subscriber got every message");
+    assert_in_order("deliveries", &numbers);
+    assert!(rels_follow_recs, "MQTT-4.6.0-4: PUBRELs in the order of the PUBRECs");
+}
+
+runtime_kind_test!(
+    /// MQTT-4.6.0-2 / -6 through the durable store: 1000 QoS 1 PUBLISHes
+    /// sent in one write by a persistent session get their PUBACKs in order,
+    /// and a persistent subscriber gets them in order, although every one is
+    /// journaled and its PUBACK waits for the store's commit.
+    mqtt_4_6_0_2_pipelined_qos1_order_through_the_store,
+    |kind: RuntimeKind| pipelined_order_through_the_store(kind, 1)
+);
+
+runtime_kind_test!(
+    /// MQTT-4.6.0-3 / -6 through the durable store: 1000 QoS 2 PUBLISHes
+    /// sent in one write get their PUBRECs in order, 1000 PUBRELs in one
+    /// write get their PUBCOMPs in order, and a persistent subscriber gets
+    /// the messages in order (and, MQTT-4.6.0-4, the broker's PUBRELs in the
+    /// order of its PUBRECs).
+    mqtt_4_6_0_3_pipelined_qos2_order_through_the_store,
+    |kind: RuntimeKind| pipelined_order_through_the_store(kind, 2)
+);
+
 /// A store that refuses every commit containing a queued message, as a full
 /// disk would.
 struct FullDisk(MemoryStore);
