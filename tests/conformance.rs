@@ -257,3 +257,137 @@ runtime_test!(
         }
     }
 );
+
+/// The tests a test source defines: the first identifier in each
+/// `runtime_test!` / `runtime_kind_test!` (after its doc comments and
+/// attributes), and every `fn` with `#[test]` among the attributes above it.
+fn defined_tests(source: &str) -> std::collections::HashSet<String> {
+    fn ident(s: &str) -> String {
+        s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+    }
+    let mut names = std::collections::HashSet::new();
+    for call in ["runtime_test!(", "runtime_kind_test!("] {
+        for (at, _) in source.match_indices(call) {
+            let body = source[at + call.len()..].lines().map(str::trim);
+            let mut body = body.skip_while(|l| l.is_empty() || l.starts_with("//") || l.starts_with("#["));
+            names.extend(body.next().map(ident));
+        }
+    }
+    let lines: Vec<&str> = source.lines().map(str::trim).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(rest) = line.strip_prefix("fn ").or_else(|| line.strip_prefix("pub fn ")) else { continue };
+        let attributes = lines[..i].iter().rev().take_while(|l| l.starts_with("#["));
+        if attributes.clone().any(|l| *l == "#[test]") {
+            names.insert(ident(rest));
+        }
+    }
+    names
+}
+
+/// The source file of the crate module `name` (`src/name.rs`,
+/// `src/name/mod.rs` or `src/<dir>/name.rs`), if there is one.
+fn src_module(root: &std::path::Path, name: &str) -> Option<String> {
+    let mut candidates = vec![root.join(format!("src/{name}.rs")), root.join(format!("src/{name}/mod.rs"))];
+    for dir in std::fs::read_dir(root.join("src")).unwrap().flatten().filter(|d| d.path().is_dir()) {
+        candidates.push(dir.path().join(format!("{name}.rs")));
+    }
+    candidates.into_iter().find_map(|path| std::fs::read_to_string(path).ok())
+}
+
+/// docs/conformance.md maps every normative statement to the tests that
+/// check it. This keeps the map from rotting: every test it names must
+/// exist (`module::name` in `tests/module.rs`, `x::tests::name` in the crate's
+/// `src/x.rs`), every crate item it names as `x::item` must exist in `src/x.rs`,
+/// every backquoted `*.rs` file must exist, and no `file.rs:NN` line number
+/// may appear (those went stale within 50 commits).
+#[test]
+fn conformance_map_names_existing_tests() {
+    use std::collections::HashMap;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/conformance.md")).expect("read docs/conformance.md");
+    let mut problems = Vec::new();
+    for (at, _) in doc.match_indices(".rs:") {
+        if doc[at + 4..].starts_with(|c: char| c.is_ascii_digit()) {
+            let start = doc[..at].rfind(|c: char| c.is_whitespace() || c == '`').map_or(0, |i| i + 1);
+            let end = at + 4 + doc[at + 4..].find(|c: char| !c.is_ascii_digit()).unwrap_or(0);
+            problems.push(format!("a line number: {}", &doc[start..end]));
+        }
+    }
+    let mut integration: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap().flatten() {
+        let path = entry.path();
+        let Some(module) =
+            path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension() == Some("rs".as_ref()))
+        else {
+            continue;
+        };
+        if module != "tests" {
+            integration.insert(module.to_owned(), defined_tests(&std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    let (mut tests_checked, mut spans) = (0, doc.split('`'));
+    // Every other piece between backquotes is a code span.
+    spans.next();
+    let spans: Vec<&str> = spans.collect();
+    for (i, span) in spans.iter().enumerate().step_by(2) {
+        // What follows the span up to the next one, for "`x_smol` / `_async_std`".
+        let twin = spans.get(i + 1).is_some_and(|between| *between == " / ") && spans.get(i + 2) == Some(&"_async_std");
+        if span.ends_with(".rs") && !span.contains(|c: char| c.is_whitespace() || "<>*".contains(c)) {
+            let exists = [root.join(span), root.join("src").join(span), root.join("tests").join(span)];
+            if !exists.iter().any(|p| p.is_file()) {
+                problems.push(format!("no file {span}"));
+            }
+            continue;
+        }
+        let parts: Vec<&str> = span.split("::").collect();
+        let is_ident = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if parts.len() < 2
+            || !parts[0].starts_with(|c: char| c.is_ascii_lowercase())
+            || !parts[..parts.len() - 1].iter().all(is_ident)
+            || !(is_ident(&parts[parts.len() - 1]) || parts[parts.len() - 1] == "*")
+        {
+            continue;
+        }
+        match parts[..] {
+            [module, "tests", name] => {
+                tests_checked += 1;
+                match src_module(root, module) {
+                    None => problems.push(format!("{span}: no module src/{module}.rs")),
+                    Some(_) if name == "*" => {}
+                    Some(source) if defined_tests(&source).contains(name) => {}
+                    Some(_) => problems.push(format!("{span}: no #[test] fn {name} in the crate's module {module}")),
+                }
+            }
+            [module, name] if integration.contains_key(module) => {
+                let mut names = vec![name.to_owned()];
+                if let Some(stem) = name.strip_suffix("_smol").filter(|_| twin) {
+                    names.push(format!("{stem}_async_std"));
+                }
+                for name in names {
+                    tests_checked += 1;
+                    if !integration[module].contains(&name) {
+                        problems.push(format!("{module}::{name}: no such test in tests/{module}.rs"));
+                    }
+                }
+            }
+            [module, item] => {
+                let Some(source) = src_module(root, module) else { continue };
+                let declared = ["fn", "struct", "enum", "const", "static", "type", "trait", "mod"].iter().any(|kind| {
+                    let declaration = format!("{kind} {item}");
+                    source.match_indices(&declaration).any(|(at, _)| {
+                        !source[at + declaration.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                });
+                if !declared {
+                    problems.push(format!("{span}: no item {item} in the crate's module {module}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
+    assert!(problems.is_empty(), "docs/conformance.md is out of date:\n  {}", problems.join("\n  "));
+    // A parser that stopped seeing names would pass vacuously.
+    assert!(tests_checked > 100, "only {tests_checked} tests found in docs/conformance.md: is the parser broken?");
+}

@@ -9,7 +9,8 @@ mod support;
 mod bad_input;
 /// The `midge` binary: runtimes, log lines, signals.
 mod binary;
-/// Smaller normative statements, one test each.
+/// Smaller normative statements, one test each, and the check that
+/// docs/conformance.md names only tests that exist.
 mod conformance;
 /// CONNECT, CONNACK, client ids, takeover, keepalive, connect timeout.
 mod connect;
