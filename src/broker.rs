@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::error::OpenError;
 use crate::packet::{QoS, SubackCode};
-use crate::retain::Retained;
+use crate::retain::{Retained, Scan};
 use crate::security::{Guards, Hooks, Security};
 use crate::session::{Message, Offer, Session};
 use crate::session_handle::SessionHandle;
@@ -207,6 +207,12 @@ impl Broker {
         lock(&self.shared.registry).len()
     }
 
+    /// Messages queued or inflight for `client_id`'s session, if it has one.
+    pub fn session_pending(&self, client_id: &str) -> Option<usize> {
+        let session = lock(&self.shared.registry).get(client_id).map(|e| e.session.clone())?;
+        Some(session.lock().session.pending())
+    }
+
     /// (filter, client) subscriptions.
     pub fn subscription_count(&self) -> usize {
         read(&self.shared.subscriptions).len()
@@ -289,6 +295,9 @@ impl Broker {
             s.session.set_online(false);
             s.session.clean
         };
+        // Publishers waiting for this client's queue to drain go on: an
+        // offline session keeps what fits and drops the rest.
+        entry.session.wake_publishers();
         let mut ops = Vec::new();
         if clean {
             let entry = registry.remove(client_id).expect("entry exists");
@@ -331,8 +340,13 @@ impl Broker {
             let filters = s.session.subscriptions().map(|(f, _)| f.to_owned()).collect();
             let stored = !s.session.clean;
             s.session.discard();
+            // The kick is authoritative: nothing the old connection still
+            // does reaches a discarded session (or, through it, the trie).
+            s.owner = 0;
+            s.session.set_online(false);
             (filters, stored)
         };
+        session.wake_publishers();
         if stored && self.shared.store.is_some() {
             ops.push(Op::Session(client_id.clone(), None));
         }
@@ -347,31 +361,85 @@ impl Broker {
     /// `None` if connection `conn` no longer owns the session (takeover).
     /// The trie is updated under the session lock, so a takeover that
     /// discards the session cannot leave a subscription behind.
+    ///
+    /// Identical filters in one SUBSCRIBE replace each other (the last one
+    /// counts), and each retained message goes out once, at the highest QoS
+    /// of the filters that match it. Retained messages go through the
+    /// session's queue limits like live ones; `pressed` gets the session
+    /// if they filled it (see [`Offer::Pressed`]).
     pub fn subscribe(
         &self,
         client_id: &Arc<str>,
         session: &Arc<SessionHandle>,
         conn: u64,
         filters: &[(String, QoS)],
+        pressed: &mut Vec<Arc<SessionHandle>>,
     ) -> Option<(Vec<SubackCode>, Ticket)> {
+        let mut unique: Vec<(&str, QoS)> = Vec::with_capacity(filters.len());
+        {
+            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(filters.len());
+            for (filter, qos) in filters {
+                match seen.get(filter.as_str()) {
+                    Some(&i) => unique[i].1 = *qos,
+                    None => {
+                        seen.insert(filter, unique.len());
+                        unique.push((filter, *qos));
+                    }
+                }
+            }
+        }
         let mut ticket = {
             let mut s = session.lock_owned(conn)?;
-            filters.iter().for_each(|(f, qos)| s.session.subscribe(f, *qos));
+            unique.iter().for_each(|(f, qos)| s.session.subscribe(f, *qos));
             let mut trie = write(&self.shared.subscriptions);
-            for (filter, qos) in filters {
+            for (filter, qos) in &unique {
                 trie.insert(filter, client_id.clone(), Subscriber { qos: *qos, session: session.clone() });
             }
             s.commit()
         };
         let security = self.acl();
-        let retained = read(&self.shared.retained);
-        for (filter, qos) in filters {
-            retained.for_each_match(filter, |m| {
-                let (_, t) = session.deliver(Message { qos: m.qos.min(*qos), ..m.clone() }, security.as_deref());
-                ticket = ticket.max(t);
-            });
+        let _hold = self.shared.store.as_ref().map(Persistence::hold);
+        for message in self.retained_for(&unique) {
+            let (offer, t) = session.deliver(message, security.as_deref());
+            self.count_offer(offer, session, pressed);
+            ticket = ticket.max(t);
         }
         Some((filters.iter().map(|(_, qos)| SubackCode::Granted(*qos)).collect(), ticket))
+    }
+
+    /// The retained messages matching any of `filters`, each once at the
+    /// highest QoS among the filters that match it. The retained lock is
+    /// taken for a bounded scan at a time, never for the whole set.
+    fn retained_for(&self, filters: &[(&str, QoS)]) -> Vec<Message> {
+        /// Topics looked at per hold of the retained lock.
+        const SCAN_BUDGET: usize = 1024;
+        let mut found: HashMap<Arc<str>, Message> = HashMap::new();
+        for (filter, qos) in filters {
+            let mut from = None;
+            loop {
+                let scan = read(&self.shared.retained).scan(filter, from.as_ref(), SCAN_BUDGET, |m| {
+                    let qos = m.qos.min(*qos);
+                    let entry = found.entry(m.topic.clone()).or_insert_with(|| Message { qos, ..m.clone() });
+                    entry.qos = entry.qos.max(qos);
+                });
+                match scan {
+                    Scan::Done => break,
+                    Scan::After(topic) => from = Some(topic),
+                }
+            }
+        }
+        let mut messages: Vec<Message> = found.into_values().collect();
+        messages.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
+        messages
+    }
+
+    /// Counts a drop, or notes a session that holds its publisher back.
+    fn count_offer(&self, offer: Offer, session: &Arc<SessionHandle>, pressed: &mut Vec<Arc<SessionHandle>>) {
+        match offer {
+            Offer::Dropped => self.shared.stats.dropped(),
+            Offer::Pressed if !pressed.iter().any(|p| Arc::ptr_eq(p, session)) => pressed.push(session.clone()),
+            _ => {}
+        }
     }
 
     /// Removes subscriptions; unknown filters are not an error (MQTT-3.10.4-5).
@@ -400,8 +468,22 @@ impl Broker {
     /// Routes a message to every matching subscription, once per client at
     /// the highest QoS among its matching subscriptions (MQTT-3.3.5-1),
     /// reduced to the published QoS. `retain` also stores it as retained.
-    /// The ticket says when every durable copy is committed.
+    /// The ticket says when every durable copy is committed. Publishers
+    /// that do not wait for full queues (the will, `$SYS`) use this.
     pub fn publish(&self, message: Message, retain: bool) -> Ticket {
+        self.publish_from(message, retain, &mut Vec::new())
+    }
+
+    /// [`Broker::publish`] for a client's PUBLISH: `pressed` gets every
+    /// session whose full queue took the message anyway because its client
+    /// is reading ([`Offer::Pressed`]); the publisher's connection stops
+    /// reading until they have room. Everything the message changes in the
+    /// store commits in one transaction.
+    pub fn publish_from(&self, message: Message, retain: bool, pressed: &mut Vec<Arc<SessionHandle>>) -> Ticket {
+        // QoS 0 copies are never stored: only a retained or QoS 1/2 message
+        // can change the store in more than one append.
+        let stored = retain || message.qos != QoS::AtMostOnce;
+        let _hold = self.shared.store.as_ref().filter(|_| stored).map(Persistence::hold);
         let mut ticket = Ticket::default();
         if retain {
             let mut retained = write(&self.shared.retained);
@@ -418,9 +500,7 @@ impl Broker {
         for (session, qos) in targets {
             let copy = Message { qos: message.qos.min(qos), retain: false, ..message.clone() };
             let (offer, t) = session.deliver(copy, security.as_deref());
-            if offer == Offer::Dropped {
-                self.shared.stats.dropped();
-            }
+            self.count_offer(offer, &session, pressed);
             ticket = ticket.max(t);
         }
         ticket

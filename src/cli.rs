@@ -42,6 +42,15 @@ pub struct Args {
     /// messages queued per client behind the inflight window (default 1000)
     #[argh(option)]
     pub max_queued_messages: Option<usize>,
+    /// payload bytes queued per client; 0 for no limit (default 67108864)
+    #[argh(option)]
+    pub max_queued_bytes: Option<usize>,
+    /// deepest topic name or filter accepted, in levels (default 128)
+    #[argh(option)]
+    pub max_topic_levels: Option<usize>,
+    /// seconds a connected subscriber with a full queue may make no progress before its publishers stop waiting for it (default 5)
+    #[argh(option)]
+    pub slow_consumer_timeout: Option<u64>,
     /// also queue QoS 0 messages for offline persistent sessions
     #[argh(switch)]
     pub queue_qos0_messages: bool,
@@ -182,6 +191,18 @@ impl Args {
         }
         if let Some(n) = self.max_queued_messages {
             config.max_queued = n;
+        }
+        if let Some(n) = self.max_queued_bytes {
+            config.max_queued_bytes = n;
+        }
+        if let Some(n) = self.max_topic_levels {
+            config.max_topic_levels = positive("--max-topic-levels", n)?;
+        }
+        if let Some(seconds) = self.slow_consumer_timeout {
+            config.slow_consumer_timeout = match seconds {
+                0 => return Err("--slow-consumer-timeout 0: must be at least 1 second".into()),
+                n => Duration::from_secs(n),
+            };
         }
         config.queue_qos0 |= self.queue_qos0_messages;
         if let Some(seconds) = self.sys_interval {

@@ -65,7 +65,17 @@ impl Decoder for MqttCodec {
             self.received += total as u64;
             return packet.map(Some);
         }
-        let frame = src.split_to(total).freeze();
+        // A frame shares the read buffer's allocation, and a queued payload
+        // keeps it alive: a small packet cut from a buffer that grew for a
+        // large one would pin all of it. Such a packet is copied out.
+        let frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
+            true => {
+                let frame = Bytes::copy_from_slice(&src[..total]);
+                src.advance(total);
+                frame
+            }
+            false => src.split_to(total).freeze(),
+        };
         self.received += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         Ok(Some(decode_frame(&frame)?))
@@ -89,6 +99,11 @@ fn acknowledgement(header: u8, frame: &[u8]) -> Option<Result<Packet, Error>> {
         _ => Ok(packet),
     })
 }
+
+/// A frame smaller than its read buffer's capacity divided by this is
+/// copied out of it (see [`MqttCodec`]'s decoder): what a queued payload pins is at
+/// most this many times its size, or [`SHRINK_ABOVE`].
+pub const PIN_RATIO: usize = 8;
 
 /// An empty buffer larger than this is given back: a burst of large packets
 /// must not pin memory for the rest of the connection's life.

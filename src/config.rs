@@ -16,6 +16,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_INFLIGHT: usize = 20;
 /// Messages queued per client behind the inflight window (Mosquitto's default).
 pub const DEFAULT_MAX_QUEUED: usize = 1000;
+/// Bytes of payload queued per client behind the inflight window. Mosquitto
+/// has no byte limit by default; midge bounds it so that 1000 queued 1 MiB
+/// messages cannot take 1 GiB for one session.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Deepest topic name or filter accepted, in levels. MQTT allows 32,768
+/// levels in a 65,535-byte string; deeper than this is refused.
+pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
+/// How long a connected subscriber with a full queue may make no progress
+/// before it stops holding its publishers back (and its messages drop).
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where durable state lives unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "midge-data";
 /// How often `$SYS` statistics are published (Mosquitto's default).
@@ -34,8 +44,15 @@ pub struct Config {
     pub max_inflight: usize,
     /// Messages queued per client.
     pub max_queued: usize,
+    /// Payload bytes queued per client (0: no limit).
+    pub max_queued_bytes: usize,
     /// Queue QoS 0 messages for offline persistent sessions.
     pub queue_qos0: bool,
+    /// Deepest topic name or filter accepted, in levels.
+    pub max_topic_levels: usize,
+    /// How long a connected subscriber whose queue is full may make no
+    /// progress before its publishers stop waiting for it.
+    pub slow_consumer_timeout: Duration,
     /// `$SYS` publishing interval; zero turns it off.
     pub sys_interval: Duration,
     /// Directory of the durable store; `None` keeps everything in memory.
@@ -101,7 +118,10 @@ impl Default for Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             queue_qos0: false,
+            max_topic_levels: DEFAULT_MAX_TOPIC_LEVELS,
+            slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             sys_interval: DEFAULT_SYS_INTERVAL,
             data_dir: Some(DEFAULT_DATA_DIR.into()),
             recover_store: false,
@@ -124,6 +144,15 @@ impl Config {
 
     /// The session limits this configuration sets.
     pub fn limits(&self) -> Limits {
-        Limits { max_inflight: self.max_inflight, max_queued: self.max_queued, queue_qos0: self.queue_qos0 }
+        Limits {
+            max_inflight: self.max_inflight,
+            max_queued: self.max_queued,
+            max_queued_bytes: match self.max_queued_bytes {
+                0 => usize::MAX,
+                n => n,
+            },
+            queue_qos0: self.queue_qos0,
+            slow_consumer_timeout: self.slow_consumer_timeout,
+        }
     }
 }

@@ -108,6 +108,9 @@ struct File {
     max_keepalive: Option<Spanned<u16>>,
     max_inflight_messages: Option<u16>,
     max_queued_messages: Option<u64>,
+    max_queued_bytes: Option<u64>,
+    max_topic_levels: Option<Spanned<u64>>,
+    slow_consumer_timeout: Option<Spanned<u64>>,
     queue_qos0_messages: Option<bool>,
     sys_interval: Option<u64>,
     persistent_client_expiration: Option<Spanned<String>>,
@@ -204,6 +207,24 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
         config.max_queued = match n {
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+    }
+    if let Some(n) = file.max_queued_bytes {
+        config.max_queued_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(levels) = file.max_topic_levels {
+        config.max_topic_levels = match *levels.get_ref() {
+            0 => return Err(at.error(Some(levels.span()), "max_topic_levels: must be at least 1".into())),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+    }
+    if let Some(seconds) = file.slow_consumer_timeout {
+        config.slow_consumer_timeout = match *seconds.get_ref() {
+            0 => {
+                let message = "slow_consumer_timeout: must be at least 1 second";
+                return Err(at.error(Some(seconds.span()), message.into()));
+            }
+            n => Duration::from_secs(n),
         };
     }
     if let Some(queue) = file.queue_qos0_messages {

@@ -13,6 +13,7 @@ use crate::outbox::Outbox;
 use crate::packet::{Connect, Packet};
 use crate::runtime::Runtime;
 use crate::session::Message;
+use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
@@ -22,9 +23,11 @@ use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
-use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use std::{fmt, io};
 
 /// A client's socket: asynchronous-codec framing for what it sends, an
 /// [`Outbox`] for what it is sent.
@@ -46,25 +49,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
         Transport { framed: Framed::from_parts(parts), outbox: Outbox::new() }
     }
 
-    /// Writes every packet in `out` with one flush: one syscall for a batch.
-    async fn write(&mut self, out: &mut Vec<Packet>) -> Result<(), Error> {
+    /// Encodes every packet in `out` into the outbox.
+    fn push(&mut self, out: &mut Vec<Packet>) -> Result<(), Error> {
         for packet in out.drain(..) {
             self.outbox.push(&packet)?;
         }
-        if self.outbox.is_empty() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Writes every packet in `out` with one flush: one syscall for a batch.
+    async fn write(&mut self, out: &mut Vec<Packet>) -> Result<(), Error> {
+        self.push(out)?;
         Ok(self.outbox.write_to(&mut *self.framed).await?)
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    fn write_now(&mut self) -> io::Result<()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.outbox.poll_write_to(&mut *self.framed, &mut cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Goes on writing what waits in the outbox, and reads the next packet
+    /// if `read`: writes are part of the connection's event loop, so a client
+    /// that stops reading never keeps the connection from its keepalive,
+    /// takeover or shutdown.
+    fn poll_io(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Event> {
+        if !self.outbox.is_empty()
+            && let Poll::Ready(written) = self.outbox.poll_write_to(&mut *self.framed, cx)
+        {
+            return Poll::Ready(Event::Written(written));
+        }
+        match read {
+            true => self.framed.poll_next_unpin(cx).map(Event::Packet),
+            false => Poll::Pending,
+        }
     }
 
     /// Adds the bytes read and written to the broker's counters.
     fn account(&mut self, broker: &Broker) {
         let received = self.framed.codec_mut().take_received();
         broker.stats().bytes(received, self.outbox.take_sent());
-    }
-
-    async fn close(&mut self) {
-        let _ = self.framed.close().await;
     }
 }
 
@@ -135,7 +162,7 @@ where
     let accepted = Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await;
     out = Vec::new();
     let Some(mut client) = accepted else {
-        link.close().await;
+        close(&rt, &mut link).await;
         link.account(&broker);
         return;
     };
@@ -148,15 +175,46 @@ where
     }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: false };
-        match broker.guards().allow_publish(&client.info(), &message) {
-            true => drop(broker.publish(message, will.retain)),
-            false => log::info!("client {}: will on {} not allowed, not published", client.id, message.topic),
+        // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
+        if handle::allowed(&broker, &client.info(), &message, "has a will") {
+            broker.publish(message, will.retain);
         }
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
-    link.close().await;
+    close(&rt, &mut link).await;
     link.account(&broker);
+}
+
+/// How long the last writes of a closing connection (what was answered
+/// before a protocol violation, a TLS close) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `fut` for at most `timeout`: `None` if it did not finish.
+async fn bounded<R: Runtime, T>(rt: &R, timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let deadline = rt.sleep(timeout);
+    pin_mut!(fut, deadline);
+    match select(fut, deadline).await {
+        Either::Left((value, _)) => Some(value),
+        Either::Right(_) => None,
+    }
+}
+
+/// Writes what is still waiting and closes the socket, within
+/// [`CLOSE_TIMEOUT`]: a client that does not read cannot hold the task.
+async fn close<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(rt: &R, link: &mut Transport<S>) {
+    let flushed = bounded(rt, CLOSE_TIMEOUT, async {
+        if !link.outbox.is_empty() {
+            link.outbox.write_to(&mut *link.framed).await?;
+        }
+        link.framed.close().await.map_err(|e| match e {
+            Error::Io(e) => e,
+            Error::Violation(v) => io::Error::other(v.to_string()),
+        })
+    });
+    if flushed.await.is_none() {
+        log::debug!("closing a connection whose client does not read: not waiting for its last writes");
+    }
 }
 
 /// Waits for CONNECT (MQTT-3.1.0-1) within the connect timeout and answers it.
@@ -201,19 +259,23 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             broker.detach(&client.id, conn);
             None
         }
-        Ok(client) => match link.write(out).await {
-            Ok(()) => Some(client),
-            Err(e) => {
-                log::info!("client {} ({addr}): {}", client.id, Close::from(e));
-                broker.detach(&client.id, conn);
-                None
-            }
-        },
+        // CONNACK and the resent messages go out within the connect
+        // timeout, or the client is not reading and is dropped.
+        Ok(client) => {
+            let why = match bounded(rt, timeout, link.write(out)).await {
+                Some(Ok(())) => return Some(client),
+                Some(Err(e)) => Close::from(e).to_string(),
+                None => format!("CONNACK not taken within {timeout:?}"),
+            };
+            log::info!("client {} ({addr}): {why}", client.id);
+            broker.detach(&client.id, conn);
+            None
+        }
         Err(refusal) => {
             log::warn!("{addr}: CONNECT refused: {refusal}");
             if let Some(code) = refusal.connack() {
                 out.push(Packet::Connack { session_present: false, code });
-                let _ = link.write(out).await;
+                let _ = link.push(out);
             }
             None
         }
@@ -254,14 +316,77 @@ async fn durable(broker: &Broker, client: &Client) -> bool {
 
 enum Event {
     Packet(Option<Result<Packet, Error>>),
+    Written(io::Result<()>),
     Committed,
     Queued,
     Kicked,
     Shutdown,
     Keepalive,
+    Relieved,
+    RateOver,
+}
+
+/// Responses waiting for the store, at most, before the connection stops
+/// reading from its client (the store is slow: fsync stalls).
+const MAX_HELD: usize = 1024;
+
+/// Response bytes encoded while earlier writes are unfinished, at most,
+/// before the connection stops reading from a client that sends but does
+/// not read what it is sent. (Deliveries are not counted: they are taken
+/// from the session only once the outbox is written.)
+const MAX_UNWRITTEN: usize = 256 * 1024;
+
+/// A session this connection's client filled, waited for until it has room
+/// again or its client makes no progress for the slow-consumer timeout.
+struct Waiting {
+    session: Arc<SessionHandle>,
+    /// Its progress count when last looked at, and since when it stands.
+    progress: u64,
+    since: Instant,
+}
+
+/// Completes once every session in `pressure` has room again, or is marked
+/// stuck after making no progress for `timeout` (then its publishers go on
+/// and what does not fit in its queue is dropped).
+async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Duration) {
+    while let Some(w) = pressure.last_mut() {
+        let listener = w.session.listen_for_room();
+        let (room, progress) = {
+            let s = w.session.lock();
+            (s.session.has_room(), s.session.progress())
+        };
+        if room {
+            pressure.pop();
+            continue;
+        }
+        if progress != w.progress {
+            (w.progress, w.since) = (progress, Instant::now());
+        }
+        let waited = w.since.elapsed();
+        if waited >= timeout {
+            if w.session.lock().session.mark_stuck() {
+                log::warn!(
+                    "client {}: queue full and no progress for {timeout:?} (slow_consumer_timeout): publishers no longer wait for it, what does not fit is dropped",
+                    w.session.client_id()
+                );
+            }
+            w.session.wake_publishers();
+            pressure.pop();
+            continue;
+        }
+        let deadline = rt.sleep(timeout - waited);
+        pin_mut!(deadline);
+        select(listener, deadline).await;
+    }
 }
 
 /// The connection loop after CONNACK.
+///
+/// Reads pause, and TCP flow control slows the client down, while:
+/// sessions it filled have no room yet (backpressure instead of loss);
+/// responses wait for the store beyond [`MAX_HELD`]; it does not read its
+/// responses beyond [`MAX_UNWRITTEN`]; it is over its publish rate. Writes,
+/// keepalive, takeover and shutdown go on all the while.
 async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
     broker: &Broker,
@@ -279,27 +404,50 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         0 => Fuse::terminated(),
         _ => Box::pin(rt.sleep(keepalive)).fuse(),
     };
+    // Response bytes encoded while earlier ones were still unwritten: a
+    // client that sends without reading what it is sent.
+    let mut unanswered = 0;
     let mut rate = broker.config().max_publish_rate.map(PublishRate::new);
+    let mut rate_until: Option<Instant> = None;
+    let slow_consumer = broker.config().slow_consumer_timeout;
     // Responses waiting for the store commit of what they acknowledge, in order.
     let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
+    let mut pressure: Vec<Waiting> = Vec::new();
+    // A packet read but not handled yet: the batch ended, or reads paused.
+    let mut stash: Option<Packet> = None;
+    let mut held_back = false;
     let mut event = Event::Queued;
     loop {
-        let mut pending_packet = false;
         // Set when a packet in the batch ends the connection: what was
         // answered before it is still written.
         let mut closing = None;
         match std::mem::replace(&mut event, Event::Queued) {
             Event::Packet(Some(Ok(packet))) => {
                 last_packet = Instant::now();
-                let mut publishes = 0;
                 let mut next = Some(packet);
                 // Handle every packet already received before writing once:
                 // a pipelining publisher gets its acknowledgements in one write.
                 for _ in 0..BATCH {
                     let Some(packet) = next.take() else { break };
-                    publishes += usize::from(matches!(packet, Packet::Publish(_)));
+                    // MQTT-3.1.4-2: once taken over, nothing more this
+                    // connection read is handled, however fast it arrives.
+                    if kicked.is_raised() {
+                        return Close::TakenOver;
+                    }
+                    let subscribe = matches!(packet, Packet::Subscribe(..));
+                    let publish = matches!(packet, Packet::Publish(_));
                     if let Err(close) = on_packet(client, broker, packet, out, &mut held) {
                         closing = Some(close);
+                        break;
+                    }
+                    if publish && let Some(wait) = rate.as_mut().and_then(|r| r.take(last_packet, 1)) {
+                        // Over its publish rate: stop reading from this client for a while.
+                        rate_until = Some(last_packet + wait);
+                        break;
+                    }
+                    // A SUBSCRIBE's retained messages can fill the session
+                    // alone: they drain before the next packet is handled.
+                    if (subscribe && !client.pressed_is_empty()) || held.len() >= MAX_HELD {
                         break;
                     }
                     next = match link.framed.next().now_or_never() {
@@ -315,65 +463,118 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         None => None,
                     };
                 }
-                if let Some(packet) = next {
-                    event = Event::Packet(Some(Ok(packet)));
-                    pending_packet = true;
-                }
-                if let Some(wait) = rate.as_mut().and_then(|r| r.take(last_packet, publishes)) {
-                    // Over its publish rate: stop reading from this client for a while.
-                    rt.sleep(wait).await;
-                }
+                stash = next;
             }
             Event::Packet(Some(Err(e))) => return e.into(),
             Event::Packet(None) => return Close::PeerClosed,
-            Event::Queued | Event::Committed => {}
+            Event::Written(Err(e)) => return Close::Io(e),
+            Event::Written(Ok(())) => unanswered = 0,
+            Event::Queued | Event::Committed | Event::Relieved => {}
+            Event::RateOver => rate_until = None,
             Event::Kicked => return Close::TakenOver,
             Event::Shutdown => return Close::Shutdown,
             Event::Keepalive => {
                 let idle = last_packet.elapsed();
-                if idle >= keepalive {
+                // Silence while midge itself holds the client back is not the
+                // client's (a client that does not read is not held back by
+                // midge: it is closed as any silent one).
+                if idle >= keepalive && !held_back {
                     return Close::Violation(Violation::KeepaliveTimeout);
                 }
-                timer = Box::pin(rt.sleep(keepalive - idle)).fuse();
+                let next = if idle >= keepalive { keepalive } else { keepalive - idle };
+                timer = Box::pin(rt.sleep(next)).fuse();
+            }
+        }
+        for session in client.take_pressed() {
+            if !pressure.iter().any(|w| Arc::ptr_eq(&w.session, &session)) {
+                let progress = session.lock().session.progress();
+                pressure.push(Waiting { session, progress, since: Instant::now() });
             }
         }
         if !release(broker, &mut held, out) {
             return Close::StoreFailed;
         }
-        // The store commit the next queued delivery waits for, if any.
-        let blocked = match handle::drain(client, broker, out) {
-            Drained::TakenOver => return Close::TakenOver,
-            Drained::Waiting(ticket) => Some(ticket),
-            Drained::Sent => None,
-        };
+        // Deliveries are taken from the session only once what was taken
+        // before is written: the queue, not the outbox, holds what a slow
+        // client has not read, under the queue's limits.
+        let mut blocked = None;
+        if link.outbox.is_empty() {
+            blocked = match handle::drain(client, broker, out) {
+                Drained::TakenOver => return Close::TakenOver,
+                Drained::Waiting(ticket) => Some(ticket),
+                Drained::Sent => None,
+            };
+        }
         let sent = out.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
-        let written = link.write(out).await;
-        link.account(broker);
-        if let Err(e) = written {
+        let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
+        if let Err(e) = link.push(out) {
             return e.into();
         }
+        if backlog {
+            unanswered += link.outbox.waiting() - before;
+        }
         broker.stats().sent(sent as u64);
+        let written = link.write_now();
+        link.account(broker);
+        if let Err(e) = written {
+            return Close::Io(e);
+        }
         if let Some(close) = closing {
             return close;
         }
-        if pending_packet {
+        // Paused by midge itself: the client's silence meanwhile is not its own.
+        let was_held_back =
+            std::mem::replace(&mut held_back, !pressure.is_empty() || held.len() >= MAX_HELD || rate_until.is_some());
+        if was_held_back && !held_back {
+            last_packet = Instant::now();
+        }
+        let reading = !held_back && unanswered <= MAX_UNWRITTEN;
+        if reading && stash.is_some() {
+            if shutdown.is_closed() {
+                return Close::Shutdown;
+            }
+            event = Event::Packet(stash.take().map(Ok));
             continue;
         }
         event = {
-            let next = link.framed.next().fuse();
-            let queued = client.session.rung().fuse();
+            let writing = !link.outbox.is_empty();
+            let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
+            let queued = async {
+                match writing {
+                    // Drained once the outbox is written (Event::Written).
+                    true => future::pending().await,
+                    false => client.session.rung().await,
+                }
+            }
+            .fuse();
             let kicked = kicked.raised().fuse();
             let stop = shutdown.recv().fuse();
             let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
             let committed = committed(broker, awaited).fuse();
-            pin_mut!(next, queued, kicked, stop, committed);
+            let relieved = async {
+                match pressure.is_empty() {
+                    true => future::pending().await,
+                    false => relief(rt, &mut pressure, slow_consumer).await,
+                }
+            }
+            .fuse();
+            let rate_over = async {
+                match rate_until {
+                    Some(until) => rt.sleep(until.saturating_duration_since(Instant::now())).await,
+                    None => future::pending().await,
+                }
+            }
+            .fuse();
+            pin_mut!(io, queued, kicked, stop, committed, relieved, rate_over);
             futures::select! {
-                packet = next => Event::Packet(packet),
+                event = io => event,
                 _ = queued => Event::Queued,
                 _ = kicked => Event::Kicked,
                 _ = stop => Event::Shutdown,
                 () = timer => Event::Keepalive,
                 () = committed => Event::Committed,
+                () = relieved => Event::Relieved,
+                () = rate_over => Event::RateOver,
             }
         };
     }

@@ -68,6 +68,8 @@ pub enum Violation {
     SubscribeQos,
     /// MQTT-3.10.3-2: UNSUBSCRIBE with no filters.
     UnsubscribeEmpty,
+    /// A PUBLISH or will topic deeper than the broker's `max_topic_levels`.
+    TopicTooDeep,
 }
 
 impl Violation {
@@ -103,6 +105,7 @@ impl Violation {
             SubscribeEmpty => "MQTT-3.8.3-3",
             SubscribeQos => "MQTT-3.8.3-4",
             UnsubscribeEmpty => "MQTT-3.10.3-2",
+            TopicTooDeep => "max_topic_levels",
         }
     }
 
@@ -148,6 +151,7 @@ impl Violation {
             SubscribeEmpty => "SUBSCRIBE without filters",
             SubscribeQos => "invalid requested QoS in SUBSCRIBE",
             UnsubscribeEmpty => "UNSUBSCRIBE without filters",
+            TopicTooDeep => "topic has more levels than max_topic_levels allows",
         }
     }
 }

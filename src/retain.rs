@@ -2,13 +2,24 @@
 
 use crate::session::Message;
 use crate::topic;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
-/// Retained messages by topic name.
+/// Retained messages by topic name, in topic order so that a scan can stop
+/// and resume where it left off (see [`Retained::scan`]).
 #[derive(Debug, Default)]
 pub struct Retained {
-    messages: HashMap<Arc<str>, Message>,
+    messages: BTreeMap<Arc<str>, Message>,
+}
+
+/// Where a scan of the retained messages stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scan {
+    /// Every topic was looked at.
+    Done,
+    /// Resume after this topic.
+    After(Arc<str>),
 }
 
 impl Retained {
@@ -25,9 +36,35 @@ impl Retained {
         self.messages.insert(message.topic.clone(), stored);
     }
 
-    /// Calls `f` for every retained message whose topic matches `filter`.
-    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&Message)) {
-        self.messages.values().filter(|m| topic::matches(filter, &m.topic)).for_each(&mut f);
+    /// Looks at up to `budget` topics after `from` (`None`: from the start)
+    /// and calls `f` for each retained message whose topic matches `filter`;
+    /// a filter without wildcards is one lookup. The caller holds the lock
+    /// only for one scan, so a scan over many retained messages does not
+    /// keep retained PUBLISHes waiting for all of it.
+    pub fn scan(&self, filter: &str, from: Option<&Arc<str>>, budget: usize, mut f: impl FnMut(&Message)) -> Scan {
+        if !filter.contains(['+', '#']) {
+            if from.is_none()
+                && let Some(m) = self.messages.get(filter)
+            {
+                f(m);
+            }
+            return Scan::Done;
+        }
+        let start = match from {
+            Some(topic) => Bound::Excluded(topic),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        for (seen, (topic, m)) in self.messages.range::<Arc<str>, _>((start, Bound::Unbounded)).enumerate() {
+            if seen == budget {
+                return last.map_or(Scan::Done, Scan::After);
+            }
+            if topic::matches(filter, topic) {
+                f(m);
+            }
+            last = Some(topic.clone());
+        }
+        Scan::Done
     }
 
     /// Number of retained messages.
@@ -38,5 +75,41 @@ impl Retained {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::QoS;
+
+    fn retained(topics: &[&str]) -> Retained {
+        let mut r = Retained::default();
+        for t in topics {
+            r.set(&Message { topic: (*t).into(), payload: "p".into(), qos: QoS::AtMostOnce, retain: true });
+        }
+        r
+    }
+
+    #[test]
+    fn a_scan_resumes_where_it_stopped() {
+        let r = retained(&["a/1", "a/2", "b/1", "a/3", "$SYS/x"]);
+        let mut found = Vec::new();
+        let mut from = None;
+        let mut scans = 0;
+        loop {
+            scans += 1;
+            match r.scan("a/#", from.as_ref(), 2, |m| found.push(m.topic.to_string())) {
+                Scan::Done => break,
+                Scan::After(topic) => from = Some(topic),
+            }
+        }
+        assert_eq!(found, ["a/1", "a/2", "a/3"]);
+        assert_eq!(scans, 3, "five topics, two per scan");
+        let mut exact = Vec::new();
+        assert_eq!(r.scan("b/1", None, 1, |m| exact.push(m.topic.clone())), Scan::Done);
+        assert_eq!(exact.len(), 1);
+        let sys = retained(&["$SYS/x"]);
+        assert_eq!(sys.scan("#", None, 10, |_| panic!("MQTT-4.7.2-1: # does not match $SYS")), Scan::Done);
     }
 }

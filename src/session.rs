@@ -37,8 +37,13 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Messages waiting behind the inflight window (or while offline).
     pub max_queued: usize,
+    /// Payload bytes waiting behind the inflight window (or while offline).
+    pub max_queued_bytes: usize,
     /// Whether QoS 0 messages are queued for an offline client.
     pub queue_qos0: bool,
+    /// How long a connected client with a full queue may make no progress
+    /// before publishers stop waiting for it (see [`Offer::Pressed`]).
+    pub slow_consumer_timeout: Duration,
 }
 
 /// An outbound QoS 1/2 message that has been sent and awaits its ack.
@@ -77,6 +82,12 @@ pub fn pid_for(seq: u64) -> Pid {
 pub enum Offer {
     /// Queued for sending.
     Queued,
+    /// Queued beyond the limits, for a connected client that is still
+    /// reading: the publisher must stop reading from its own client until
+    /// this session has room again ([`Session::has_room`]). Backpressure
+    /// instead of loss; how far beyond is bounded by what one batch of
+    /// packets from each publisher adds.
+    Pressed,
     /// QoS 0 for an offline client: not kept (as Mosquitto's default).
     Skipped,
     /// The queue was full: dropped and counted.
@@ -107,6 +118,18 @@ pub struct Session {
     incoming: HashSet<Pid>,
     /// Changes not yet handed to the store.
     journal: Vec<Op>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Counts deliveries moved out of the queue and acknowledgements: a
+    /// client whose count stands still for the slow-consumer timeout while
+    /// its queue is full is stuck.
+    progress: u64,
+    /// Marked stuck (no progress for the slow-consumer timeout with a full
+    /// queue): publishers no longer wait, and what is beyond the limits
+    /// drops. Cleared by the next progress.
+    stuck: bool,
+    /// A publisher was told to wait ([`Offer::Pressed`]) and not yet woken.
+    pressed: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// `dropped` when it was last reported, and when.
@@ -129,6 +152,10 @@ impl Session {
             queue: VecDeque::new(),
             incoming: HashSet::new(),
             journal: Vec::new(),
+            queued_bytes: 0,
+            progress: 0,
+            stuck: false,
+            pressed: false,
             dropped: 0,
             reported: (0, None),
         }
@@ -144,7 +171,10 @@ impl Session {
             let message = Message { topic: m.topic, payload: m.payload, qos: m.qos, retain: m.retain };
             session.last_seq = seq;
             match progress {
-                Progress::Queued => session.queue.push_back(Queued { seq, message, ticket: Ticket::default() }),
+                Progress::Queued => {
+                    session.queued_bytes += message.payload.len();
+                    session.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
+                }
                 Progress::Sent | Progress::Released => {
                     let released = progress == Progress::Released;
                     session.inflight.push_back(Inflight { seq, message, released });
@@ -175,6 +205,7 @@ impl Session {
     /// Marks the session online or offline.
     pub fn set_online(&mut self, online: bool) {
         self.online = online;
+        self.stuck = false;
     }
 
     /// Whether a connection is attached.
@@ -205,22 +236,35 @@ impl Session {
         self.queue.len() + self.inflight.len()
     }
 
-    /// Offers a message for delivery, applying the queue limits. A QoS 1/2
-    /// message queued in a durable session is journaled. Retained messages
-    /// sent because of a new subscription (RETAIN set) are not limited by
-    /// `max_queued`: a `#` subscriber gets every retained message, and the
-    /// broker holds them all anyway.
+    /// Offers a message for delivery, applying the queue limits (messages
+    /// and payload bytes, retained messages for a new subscription
+    /// included). Beyond them, a connected client that is still reading
+    /// gets the message anyway and the publisher is held back
+    /// ([`Offer::Pressed`]); an offline or stuck client has it dropped. A
+    /// stuck client's QoS 0 messages drop at once. A QoS 1/2 message queued
+    /// in a durable session is journaled.
     pub fn offer(&mut self, message: Message) -> Offer {
-        if message.qos == QoS::AtMostOnce && !self.online && !self.limits.queue_qos0 {
+        let qos0 = message.qos == QoS::AtMostOnce;
+        if qos0 && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
         }
-        if self.queue.len() >= self.limits.max_queued && !message.retain {
-            self.dropped += 1;
-            return Offer::Dropped;
-        }
+        let full = self.queue.len() >= self.limits.max_queued
+            || (!self.queue.is_empty()
+                && self.queued_bytes.saturating_add(message.payload.len()) > self.limits.max_queued_bytes);
+        let offer = match (full, self.online && !self.stuck) {
+            (false, _) if !(qos0 && self.stuck) => Offer::Queued,
+            (true, true) => {
+                self.pressed = true;
+                Offer::Pressed
+            }
+            _ => {
+                self.dropped += 1;
+                return Offer::Dropped;
+            }
+        };
         self.last_seq += 1;
         let seq = self.last_seq;
-        if message.qos != QoS::AtMostOnce {
+        if !qos0 {
             self.record(|id| {
                 let stored = StoredMessage {
                     topic: message.topic.clone(),
@@ -231,8 +275,41 @@ impl Session {
                 Op::Message(id, seq, Some(stored))
             });
         }
+        self.queued_bytes += message.payload.len();
         self.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
-        Offer::Queued
+        offer
+    }
+
+    /// Whether a publisher held back by this session may go on: the queue
+    /// is down to half its limits (so that publishers resume in batches,
+    /// not one message at a time), or the client is offline or stuck.
+    pub fn has_room(&self) -> bool {
+        !self.online
+            || self.stuck
+            || (self.queue.len() <= self.limits.max_queued / 2 && self.queued_bytes <= self.limits.max_queued_bytes / 2)
+    }
+
+    /// Deliveries moved out and acknowledgements received so far.
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Marks the client stuck: it made no progress for the slow-consumer
+    /// timeout with a full queue. Publishers stop waiting for it.
+    pub fn mark_stuck(&mut self) -> bool {
+        let newly = !self.stuck && self.online;
+        self.stuck = self.online;
+        newly
+    }
+
+    /// Whether publishers held back by this session should be woken now
+    /// (it has room again since one was told to wait); resets.
+    pub fn take_room(&mut self) -> bool {
+        let room = self.pressed && self.has_room();
+        if room {
+            self.pressed = false;
+        }
+        room
     }
 
     /// Notes the store commit the last queued message waits for.
@@ -269,6 +346,16 @@ impl Session {
         if !self.online {
             return None;
         }
+        let before = self.queue.len();
+        let waiting = self.drain_queue(out, durable);
+        if self.queue.len() < before {
+            self.progress += 1;
+            self.stuck = false;
+        }
+        waiting
+    }
+
+    fn drain_queue(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
         while let Some(front) = self.queue.front() {
             let (seq, qos) = (front.seq, front.message.qos);
             if qos != QoS::AtMostOnce && (self.inflight.len() >= self.limits.max_inflight || self.wraps(seq)) {
@@ -278,6 +365,7 @@ impl Session {
                 return Some(front.ticket);
             }
             let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
+            self.queued_bytes -= message.payload.len();
             if qos == QoS::AtMostOnce {
                 out.push(publish_packet(message, None, false));
                 continue;
@@ -331,6 +419,7 @@ impl Session {
     fn complete(&mut self, pid: Pid, qos: QoS, released: bool) {
         let found = self.inflight.iter().position(|f| f.pid() == pid && f.message.qos == qos && f.released == released);
         if let Some(f) = found.and_then(|i| self.inflight.remove(i)) {
+            self.progress += 1;
             self.record(|id| Op::Message(id, f.seq, None));
         }
     }
@@ -370,7 +459,13 @@ fn publish_packet(message: Message, pid: Option<Pid>, dup: bool) -> Packet {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_inflight: 2, max_queued: 4, queue_qos0: false };
+    const LIMITS: Limits = Limits {
+        max_inflight: 2,
+        max_queued: 4,
+        max_queued_bytes: usize::MAX,
+        queue_qos0: false,
+        slow_consumer_timeout: Duration::from_secs(5),
+    };
 
     fn message(qos: QoS) -> Message {
         Message { topic: "t".into(), payload: Bytes::from_static(b"p"), qos, retain: false }
@@ -394,14 +489,14 @@ mod tests {
             assert_eq!(s.offer(message(qos)), Offer::Queued);
         }
         assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Queued);
-        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped);
+        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Pressed, "full, but the client reads");
         let mut out = Vec::new();
         s.next_packets(&mut out, |_| true);
         assert_eq!(pids(&out), [(Some(1), false), (Some(2), false)]);
         s.puback(1);
         out.clear();
         s.next_packets(&mut out, |_| true);
-        assert_eq!(pids(&out), [(Some(3), false), (None, false)]);
+        assert_eq!(pids(&out), [(Some(3), false), (None, false), (None, false)]);
     }
 
     #[test]
@@ -512,13 +607,41 @@ mod tests {
     }
 
     #[test]
-    fn retained_messages_for_a_new_subscription_are_not_limited() {
-        let mut s = Session::new("c".into(), false, Limits { max_queued: 1, ..LIMITS }, false);
+    fn a_full_queue_presses_a_reading_client_and_drops_for_a_stuck_one() {
+        let mut s = Session::new("c".into(), false, Limits { max_inflight: 1, ..LIMITS }, false);
         s.set_online(true);
-        let retained = Message { retain: true, ..message(QoS::AtMostOnce) };
-        for _ in 0..10 {
-            assert_eq!(s.offer(retained.clone()), Offer::Queued);
+        for _ in 0..4 {
+            assert_eq!(s.offer(message(QoS::AtLeastOnce)), Offer::Queued);
         }
-        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped);
+        let retained = Message { retain: true, ..message(QoS::AtLeastOnce) };
+        assert_eq!(s.offer(retained), Offer::Pressed, "retained messages count against the limit too");
+        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Pressed, "nothing dropped while reading");
+        assert!(!s.has_room() && !s.take_room());
+        let mut out = Vec::new();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(s.progress(), 1);
+        assert!(!s.has_room(), "5 queued: above half the limit");
+        assert!(s.mark_stuck());
+        assert!(s.has_room() && s.take_room(), "publishers stop waiting for a stuck client");
+        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped, "stuck: QoS 0 drops at once");
+        assert_eq!(s.offer(message(QoS::AtLeastOnce)), Offer::Dropped, "stuck: beyond the limit drops");
+        assert_eq!(s.dropped, 2);
+        s.puback(1);
+        s.next_packets(&mut out, |_| true);
+        assert!(!s.stuck, "progress clears stuck");
+    }
+
+    #[test]
+    fn payload_bytes_are_limited_too() {
+        let limits = Limits { max_queued: 100, max_queued_bytes: 10, ..LIMITS };
+        let mut s = Session::new("c".into(), false, limits, false);
+        let big = |n| Message { payload: Bytes::from(vec![0; n]), ..message(QoS::AtLeastOnce) };
+        assert_eq!(s.offer(big(25)), Offer::Queued, "one message larger than the limit still fits an empty queue");
+        assert_eq!(s.offer(big(1)), Offer::Dropped, "offline: dropped beyond the byte limit");
+        s.set_online(true);
+        assert_eq!(s.offer(big(1)), Offer::Pressed);
+        let mut out = Vec::new();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(s.queued_bytes, 0);
     }
 }

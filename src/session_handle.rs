@@ -6,6 +6,7 @@ use crate::security::Security;
 use crate::session::{Message, Offer, Session};
 use crate::signal::Signal;
 use crate::store::{Persistence, Ticket};
+use event_listener::{Event, EventListener};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,6 +20,8 @@ pub struct SessionHandle {
     state: Mutex<Owned>,
     /// Rung (coalescing) when a message is queued for an online client.
     bell: Signal,
+    /// Notified when publishers held back by this session may go on.
+    room: Event,
     /// Where journaled changes go (persistent sessions with a store).
     store: Option<Persistence>,
 }
@@ -89,7 +92,7 @@ impl SessionHandle {
     /// Wraps a session; `store` receives its journal.
     pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
         let state = Mutex::new(Owned { owner: 0, username: None, session });
-        Arc::new(SessionHandle { client_id, state, bell: Signal::new(), store })
+        Arc::new(SessionHandle { client_id, state, bell: Signal::new(), room: Event::new(), store })
     }
 
     /// Locks the session.
@@ -109,6 +112,22 @@ impl SessionHandle {
         self.bell.take().await;
     }
 
+    /// The client this session belongs to.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// Starts listening for room (see [`SessionHandle::wake_publishers`]);
+    /// check [`Session::has_room`] after this, then await the listener.
+    pub fn listen_for_room(&self) -> EventListener {
+        self.room.listen()
+    }
+
+    /// Wakes every publisher waiting for room in this session.
+    pub fn wake_publishers(&self) {
+        self.room.notify(usize::MAX);
+    }
+
     /// Offers a message and rings the bell if an online client should send
     /// it; drops are logged at most once per second per client. With an ACL,
     /// a message the client may not read is skipped.
@@ -124,12 +143,12 @@ impl SessionHandle {
             let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
             let online = s.owner != 0;
             let ticket = s.flush();
-            if offer == Offer::Queued {
+            if matches!(offer, Offer::Queued | Offer::Pressed) {
                 s.session.stamp_last(ticket);
             }
             (offer, online, report.flatten(), ticket)
         };
-        if offer == Offer::Queued && online {
+        if matches!(offer, Offer::Queued | Offer::Pressed) && online {
             self.bell.raise();
         }
         if let Some(count) = report {

@@ -25,6 +25,11 @@ impl Signal {
         self.event.notify(usize::MAX);
     }
 
+    /// Whether the signal is raised now.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
     /// Waits until the signal is raised and lowers it (coalescing: several
     /// raises before the wait wake it once). Cancel-safe: a raise is never lost.
     pub async fn take(&self) {

@@ -40,6 +40,13 @@ pub fn validate_string(s: &str) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Whether a topic name or filter has more than `max` levels; counts only
+/// as far as it must.
+pub fn deeper_than(topic: &str, max: usize) -> bool {
+    let Some(slashes) = max.checked_sub(1) else { return true };
+    topic.len() >= max && topic.bytes().filter(|&b| b == b'/').nth(slashes).is_some()
+}
+
 /// Whether a (valid) filter matches a (valid) topic name, including the rule
 /// that a leading wildcard never matches a `$` topic (MQTT-4.7.2-1).
 pub fn matches(filter: &str, topic: &str) -> bool {
@@ -82,6 +89,15 @@ mod tests {
         assert_eq!(validate_filter("a+"), Err(Violation::SingleLevelWildcard));
         assert_eq!(validate_filter("a/b+/c"), Err(Violation::SingleLevelWildcard));
         assert_eq!(validate_filter(""), Err(Violation::EmptyTopic));
+    }
+
+    #[test]
+    fn depth() {
+        assert!(!deeper_than("a/b/c", 3));
+        assert!(deeper_than("a/b/c/d", 3));
+        assert!(deeper_than("///", 3), "four empty levels");
+        assert!(!deeper_than("abcdefgh", 1));
+        assert!(deeper_than("a/b", 1));
     }
 
     #[test]

@@ -27,6 +27,17 @@ impl<V> Default for Node<V> {
     }
 }
 
+/// Dropping a node drops its descendants one after another from a list, not
+/// by recursion: a deep chain of levels would otherwise overflow the stack.
+impl<V> Drop for Node<V> {
+    fn drop(&mut self) {
+        let mut pending: Vec<Node<V>> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, n)| n));
+        }
+    }
+}
+
 impl<V> Default for Trie<V> {
     fn default() -> Self {
         Trie { root: Node::default(), len: 0 }
@@ -49,11 +60,35 @@ impl<V> Trie<V> {
 
     /// Removes `client`'s subscription to `filter`, pruning empty levels.
     pub fn remove(&mut self, filter: &str, client: &str) -> Option<V> {
-        let old = remove_at(&mut self.root, filter.split('/'), client);
-        if old.is_some() {
-            self.len -= 1;
+        // The deepest level on the path that stays when the subscription's
+        // own node empties: the root, or a node with another child or a
+        // subscriber of its own. Everything below it goes in one cut.
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in filter.split('/').enumerate() {
+            if depth == 0 || node.children.len() > 1 || !node.subscribers.is_empty() {
+                keep = depth;
+            }
+            node = node.children.get(level)?;
         }
-        old
+        let prune = node.children.is_empty() && node.subscribers.len() == 1;
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        let old = node.subscribers.remove(client)?;
+        self.len -= 1;
+        if prune {
+            let mut levels = filter.split('/');
+            let mut node = &mut self.root;
+            for level in levels.by_ref().take(keep) {
+                node = node.children.get_mut(level).expect("walked above");
+            }
+            if let Some(level) = levels.next() {
+                node.children.remove(level);
+            }
+        }
+        Some(old)
     }
 
     /// Number of (filter, client) subscriptions.
@@ -69,47 +104,26 @@ impl<V> Trie<V> {
     /// Calls `f` for every subscription whose filter matches `topic`; a client
     /// with several matching filters is visited once per filter.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&Arc<str>, &V)) {
-        let mut levels = topic.split('/');
-        let first = levels.next();
-        let dollar = topic.starts_with('$');
-        walk(&self.root, first, levels, dollar, &mut f);
+        // Nodes still to visit, each with the levels left to match there and
+        // whether wildcards are skipped (the root of a `$` topic).
+        let mut pending: Vec<(&Node<V>, Split<'_, char>, bool)> = Vec::with_capacity(4);
+        pending.push((&self.root, topic.split('/'), topic.starts_with('$')));
+        while let Some((node, mut rest, skip_wildcards)) = pending.pop() {
+            if !skip_wildcards && let Some(hash) = node.children.get("#") {
+                hash.subscribers.iter().for_each(|(c, v)| f(c, v));
+            }
+            let Some(level) = rest.next() else {
+                node.subscribers.iter().for_each(|(c, v)| f(c, v));
+                continue;
+            };
+            if let Some(child) = node.children.get(level) {
+                pending.push((child, rest.clone(), false));
+            }
+            if !skip_wildcards && let Some(plus) = node.children.get("+") {
+                pending.push((plus, rest, false));
+            }
+        }
     }
-}
-
-fn walk<V>(
-    node: &Node<V>,
-    level: Option<&str>,
-    rest: Split<'_, char>,
-    skip_wildcards: bool,
-    f: &mut impl FnMut(&Arc<str>, &V),
-) {
-    if !skip_wildcards && let Some(hash) = node.children.get("#") {
-        hash.subscribers.iter().for_each(|(c, v)| f(c, v));
-    }
-    let Some(level) = level else {
-        node.subscribers.iter().for_each(|(c, v)| f(c, v));
-        return;
-    };
-    let mut next = rest.clone();
-    let next_level = next.next();
-    if let Some(child) = node.children.get(level) {
-        walk(child, next_level, next.clone(), false, f);
-    }
-    if !skip_wildcards && let Some(plus) = node.children.get("+") {
-        walk(plus, next_level, next, false, f);
-    }
-}
-
-fn remove_at<V>(node: &mut Node<V>, mut levels: Split<'_, char>, client: &str) -> Option<V> {
-    let Some(level) = levels.next() else {
-        return node.subscribers.remove(client);
-    };
-    let child = node.children.get_mut(level)?;
-    let old = remove_at(child, levels, client);
-    if child.children.is_empty() && child.subscribers.is_empty() {
-        node.children.remove(level);
-    }
-    old
 }
 
 #[cfg(test)]
@@ -147,5 +161,42 @@ mod tests {
         assert_eq!(trie.remove("a/b/c", "c1"), None);
         assert!(trie.root.children.is_empty());
         assert!(trie.is_empty());
+    }
+
+    #[test]
+    fn removing_prunes_only_what_is_left_empty() {
+        let mut trie = Trie::default();
+        trie.insert("a/b/c/d", "c1".into(), 1);
+        trie.insert("a/b", "c2".into(), 2);
+        trie.insert("a/x", "c3".into(), 3);
+        assert_eq!(trie.remove("a/b/c/d", "c2"), None, "other client");
+        assert_eq!(trie.remove("a/b/c", "c1"), None, "no subscription at a/b/c");
+        assert_eq!(trie.remove("a/b/c/d", "c1"), Some(1));
+        assert!(trie.root.children["a"].children["b"].children.is_empty(), "c/d pruned, b kept");
+        assert_eq!(matched(&trie, "a/b"), [("c2".into(), 2)]);
+        assert_eq!(trie.remove("a/b", "c2"), Some(2));
+        assert_eq!(trie.root.children["a"].children.len(), 1, "b pruned, x kept");
+        assert_eq!(trie.remove("a/x", "c3"), Some(3));
+        assert!(trie.root.children.is_empty() && trie.is_empty());
+    }
+
+    /// MQTT's strings allow a 65,535-byte filter: 30,000 levels. Inserting,
+    /// matching, removing and dropping it must not recurse per level.
+    #[test]
+    fn thirty_thousand_levels_do_not_overflow_the_stack() {
+        let deep = vec!["a"; 30_000].join("/");
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut trie = Trie::default();
+                trie.insert(&deep, "c1".into(), 1);
+                trie.insert(&format!("{deep}/#"), "c2".into(), 2);
+                assert_eq!(matched(&trie, &deep), [("c1".into(), 1), ("c2".into(), 2)]);
+                assert_eq!(trie.remove(&deep, "c1"), Some(1));
+                drop(trie);
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
     }
 }

@@ -1,6 +1,7 @@
 use crate::support::TestBroker;
 use crate::support::client::TIMEOUT;
-use crate::support::packets::{self, DISCONNECT, PUBACK, ack};
+use crate::support::packets::{self, DISCONNECT, PINGREQ, PINGRESP, PUBACK, ack};
+use std::time::{Duration, Instant};
 
 fn small_windows(c: &mut midge::Config) {
     c.max_inflight = 2;
@@ -10,19 +11,26 @@ fn small_windows(c: &mut midge::Config) {
 
 runtime_test!(
     /// A subscriber that does not acknowledge gets at most `max_inflight`
-    /// QoS 1 messages; `max_queued` more wait; the rest are dropped and
-    /// counted, while the publisher keeps getting PUBACKs. Acknowledging
-    /// releases the queue in order.
+    /// QoS 1 messages; `max_queued` more wait. Once its queue is full, the
+    /// publisher is held back (its PUBACKs wait) for `slow_consumer_timeout`;
+    /// the subscriber made no progress, so it is marked stuck: the publisher
+    /// goes on and the rest are dropped and counted. Acknowledging releases
+    /// the queue in order.
     inflight_window_and_queue_limit,
-    small_windows,
+    |c: &mut midge::Config| {
+        small_windows(c);
+        c.slow_consumer_timeout = Duration::from_millis(300);
+    },
     |b: &TestBroker| {
         let mut sub = b.client("slow");
         sub.subscribe(1, &[("f", 1)]);
         let mut publisher = b.client("pub");
+        let start = Instant::now();
         for i in 1..=50u16 {
             publisher.send(&packets::publish("f", &i.to_be_bytes(), 1, i));
             publisher.expect(&ack(PUBACK, i));
         }
+        assert!(start.elapsed() >= Duration::from_millis(300), "held back for the slow-consumer timeout");
         let mut received = Vec::new();
         let mut inflight = Vec::new();
         for _ in 0..2 {
@@ -31,20 +39,89 @@ runtime_test!(
             received.push(u16::from_be_bytes([payload[0], payload[1]]));
         }
         sub.expect_nothing_queued();
-        while received.len() < 12 {
-            sub.send(&ack(PUBACK, inflight.remove(0)));
-            let (_, pid, payload) = sub.recv().publish();
-            inflight.push(pid.unwrap());
-            received.push(u16::from_be_bytes([payload[0], payload[1]]));
+        // Acknowledge whatever arrives until a PINGREQ round trip with
+        // nothing to acknowledge brings nothing more.
+        loop {
+            let acked = inflight.len();
+            inflight.drain(..).for_each(|pid| sub.send(&ack(PUBACK, pid)));
+            sub.send(&PINGREQ);
+            let before = received.len();
+            loop {
+                let p = sub.recv();
+                if p.header == PINGRESP[0] {
+                    break;
+                }
+                let (_, pid, payload) = p.publish();
+                inflight.push(pid.unwrap());
+                received.push(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            if acked == 0 && received.len() == before {
+                break;
+            }
         }
-        inflight.into_iter().for_each(|pid| sub.send(&ack(PUBACK, pid)));
-        sub.expect_nothing_queued();
-        assert_eq!(received, (1..=12).collect::<Vec<_>>());
+        let n = received.len() as u16;
+        assert!((12..=14).contains(&n), "2 inflight, 10 queued, at most 2 more taken while held back: got {n}");
+        assert_eq!(received, (1..=n).collect::<Vec<_>>());
+        let dropped = (50 - n).to_string();
         let mut watcher = b.client("watcher");
         watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
-        watcher.recv_until(TIMEOUT, "$SYS/broker/publish/messages/dropped = 38", |p| {
-            (p.publish().2 == b"38").then_some(())
+        watcher.recv_until(TIMEOUT, &format!("$SYS/broker/publish/messages/dropped = {dropped}"), |p| {
+            (p.publish().2 == dropped.as_bytes()).then_some(())
         });
+    }
+);
+
+runtime_test!(
+    /// Backpressure instead of loss: three publishers pipeline QoS 1 and
+    /// QoS 0 messages into one subscriber whose queue holds 10 and whose
+    /// window is 2. The subscriber reads and acknowledges everything, so
+    /// the publishers are slowed to its pace and nothing they were
+    /// acknowledged is dropped: every message arrives, in each publisher's
+    /// order, and the drop counter stays 0.
+    a_full_queue_slows_publishers_and_loses_nothing_while_the_subscriber_reads,
+    small_windows,
+    |b: &TestBroker| {
+        const PER_PUBLISHER: u16 = 1000;
+        let mut sub = b.client("sink");
+        sub.subscribe(1, &[("in/#", 1)]);
+        let reader = std::thread::spawn(move || {
+            let mut next = [[0u16; 2]; 3];
+            for _ in 0..u32::from(PER_PUBLISHER) * 6 {
+                let got = sub.recv();
+                let (topic, pid, payload) = got.publish();
+                let publisher = usize::from(topic.as_bytes()[3] - b'0');
+                let qos = usize::from(got.qos());
+                let n = u16::from_be_bytes([payload[0], payload[1]]);
+                assert_eq!(n, next[publisher][qos], "{topic} QoS {qos} in order, none lost");
+                next[publisher][qos] += 1;
+                if let Some(pid) = pid {
+                    sub.send(&ack(PUBACK, pid));
+                }
+            }
+            sub.expect_nothing_queued();
+            next
+        });
+        let publishers: Vec<_> = (0..3u8)
+            .map(|p| {
+                let mut publisher = b.client(&format!("pub{p}"));
+                std::thread::spawn(move || {
+                    let topic = format!("in/{p}");
+                    for i in 0..PER_PUBLISHER {
+                        publisher.send(&packets::publish(&topic, &i.to_be_bytes(), 1, i + 1));
+                        publisher.send(&packets::publish0(&topic, &i.to_be_bytes()));
+                    }
+                    for i in 0..PER_PUBLISHER {
+                        publisher.expect(&ack(PUBACK, i + 1));
+                    }
+                })
+            })
+            .collect();
+        publishers.into_iter().for_each(|p| p.join().expect("every publish acknowledged"));
+        let next = reader.join().expect("the subscriber got everything");
+        assert_eq!(next, [[PER_PUBLISHER; 2]; 3]);
+        let mut watcher = b.client("watcher");
+        watcher.subscribe(1, &[("$SYS/broker/publish/messages/dropped", 0)]);
+        assert_eq!(watcher.recv().publish().2, b"0", "nothing dropped");
     }
 );
 
@@ -67,8 +144,9 @@ runtime_test!(
 );
 
 runtime_test!(
-    /// Retained messages sent for a new subscription are not cut at
-    /// `max_queued`: a wildcard subscriber gets every one.
+    /// Retained messages sent for a new subscription count against
+    /// `max_queued` too, but a subscriber that reads is held back (midge
+    /// stops reading from it) instead of losing them: it gets every one.
     retained_messages_are_not_limited_by_the_queue,
     small_windows,
     |b: &TestBroker| {
@@ -88,11 +166,16 @@ runtime_test!(
 
 runtime_test!(
     /// A subscriber that never reads does not stall the publisher or another
-    /// subscriber: once its socket and its queue are full, messages to it are
-    /// dropped and counted in `$SYS/broker/publish/messages/dropped`, while
-    /// the publisher keeps going and a reading subscriber gets everything.
+    /// subscriber: once its socket and its queue are full, it holds the
+    /// publisher back for `slow_consumer_timeout` at most; then it is stuck,
+    /// messages to it are dropped and counted in
+    /// `$SYS/broker/publish/messages/dropped`, while the publisher keeps
+    /// going and a reading subscriber gets everything.
     never_reading_subscriber_stalls_nobody,
-    |c: &mut midge::Config| c.sys_interval = std::time::Duration::from_millis(50),
+    |c: &mut midge::Config| {
+        c.sys_interval = Duration::from_millis(50);
+        c.slow_consumer_timeout = Duration::from_millis(500);
+    },
     |b: &TestBroker| {
         const MESSAGES: u32 = 6000;
         let payload = vec![7u8; 8192];

@@ -20,6 +20,9 @@ mod crash;
 mod durability;
 /// Inflight window, queue limits, dropped messages.
 mod flow;
+/// Hostile clients and overload: deep topics, stuck readers, takeovers,
+/// store stalls and crashes, pinned memory.
+mod hardening;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
 /// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).

@@ -37,6 +37,7 @@ pub fn connect(
         will: connect.will,
         keep_alive: connect.keep_alive,
         ticket: AtomicU64::new(attachment.ticket.0),
+        pressed: Default::default(),
     };
     client.with_session(|s| s.resend(out));
     client
@@ -57,6 +58,9 @@ pub struct Admitted {
 /// broker's limits. Returns the client id to use.
 pub fn admit(broker: &Broker, connect: &Connect, conn: u64) -> Result<Arc<str>, Refusal> {
     let id = client_id(connect, conn).map_err(Refusal::Violation)?;
+    if let Some(will) = &connect.will {
+        super::check_depth(broker, &will.topic).map_err(Refusal::Violation)?;
+    }
     if let Some(max) = broker.config().max_keepalive
         && (connect.keep_alive == 0 || connect.keep_alive > max)
     {

@@ -7,6 +7,7 @@ mod publish;
 mod subscribe;
 
 pub use connect::{Admitted, admit, authenticate, connect};
+pub use publish::{allowed, check_depth};
 
 use crate::broker::Broker;
 use crate::error::Violation;
@@ -15,8 +16,8 @@ use crate::security::ClientInfo;
 use crate::session::Session;
 use crate::session_handle::SessionHandle;
 use crate::store::{Ticket, TicketStatus};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A connected client: what the connection knows beyond its session.
 pub struct Client {
@@ -35,6 +36,10 @@ pub struct Client {
     /// The store commit the packets being answered wait for: responses go
     /// out only once what they acknowledge is durable.
     pub ticket: AtomicU64,
+    /// Sessions whose full queues took this client's messages because
+    /// their clients are reading: the connection stops reading from this
+    /// client until they have room (backpressure instead of loss).
+    pub pressed: Mutex<Vec<Arc<SessionHandle>>>,
 }
 
 impl Client {
@@ -50,6 +55,29 @@ impl Client {
     /// Holds the current responses until `ticket` is committed.
     pub fn wait_for(&self, ticket: Ticket) {
         self.ticket.fetch_max(ticket.0, Ordering::Relaxed);
+    }
+
+    /// Notes sessions to wait for (see [`Client::pressed`]).
+    pub fn press(&self, sessions: Vec<Arc<SessionHandle>>) {
+        if sessions.is_empty() {
+            return;
+        }
+        let mut pressed = self.pressed.lock().unwrap_or_else(PoisonError::into_inner);
+        for session in sessions {
+            if !pressed.iter().any(|p| Arc::ptr_eq(p, &session)) {
+                pressed.push(session);
+            }
+        }
+    }
+
+    /// Whether no session was noted since the last [`Client::take_pressed`].
+    pub fn pressed_is_empty(&self) -> bool {
+        self.pressed.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    /// The sessions noted since the last call.
+    pub fn take_pressed(&self) -> Vec<Arc<SessionHandle>> {
+        std::mem::take(&mut *self.pressed.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The ticket the current responses wait for, resetting it.
@@ -105,7 +133,7 @@ impl From<Option<()>> for Flow {
 /// Handles one packet received after CONNECT.
 pub fn packet(client: &Client, broker: &Broker, packet: Packet, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     Ok(match packet {
-        Packet::Publish(p) => publish::publish(client, broker, p, out),
+        Packet::Publish(p) => publish::publish(client, broker, p, out)?,
         Packet::Puback(pid) => client.with_session(|s| s.puback(pid)).into(),
         Packet::Pubrec(pid) => client.with_session(|s| s.pubrec(pid, out)).into(),
         Packet::Pubrel(pid) => client.with_session(|s| s.pubrel(pid, out)).into(),
@@ -137,7 +165,13 @@ pub enum Drained {
 pub fn drain(client: &Client, broker: &Broker, out: &mut Vec<Packet>) -> Drained {
     let Some(mut owned) = client.session.lock_owned(client.conn) else { return Drained::TakenOver };
     let durable = |t| broker.store().is_none_or(|s| s.status(t) != TicketStatus::Pending);
-    match owned.session.next_packets(out, durable) {
+    let waiting = owned.session.next_packets(out, durable);
+    let room = owned.session.take_room();
+    drop(owned);
+    if room {
+        client.session.wake_publishers();
+    }
+    match waiting {
         Some(ticket) => Drained::Waiting(ticket),
         None => Drained::Sent,
     }

@@ -2,14 +2,20 @@
 
 use super::{Client, Flow};
 use crate::broker::Broker;
+use crate::error::Violation;
 use crate::packet::{Packet, Publish, QoS};
+use crate::security::ClientInfo;
 use crate::session::Message;
+use crate::store::Persistence;
+use crate::topic;
 
 /// Routes an inbound PUBLISH and queues its acknowledgement: PUBACK for
 /// QoS 1 (MQTT-4.3.2-2), PUBREC for QoS 2 (MQTT-4.3.3-2), where a QoS 2
-/// message re-sent before PUBREL is acknowledged but not routed again.
-pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Flow {
+/// message re-sent before PUBREL is acknowledged but not routed again. A
+/// topic deeper than `max_topic_levels` closes the connection.
+pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     broker.stats().received();
+    check_depth(broker, &p.topic)?;
     let message = Message { topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain };
     match (p.qos, p.pid) {
         (QoS::AtLeastOnce, Some(pid)) => {
@@ -17,8 +23,12 @@ pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packe
             out.push(Packet::Puback(pid));
         }
         (QoS::ExactlyOnce, Some(pid)) => {
+            // The packet id and the routed copies commit together: a crash
+            // between them would keep the id, and the publisher's re-sent
+            // PUBLISH would be taken for a duplicate of a message never stored.
+            let _hold = broker.store().map(Persistence::hold);
             let Some(new) = client.with_session(|s| s.receive_qos2(pid)) else {
-                return Flow::TakenOver;
+                return Ok(Flow::TakenOver);
             };
             if new {
                 route(client, broker, message, p.retain);
@@ -27,20 +37,41 @@ pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packe
         }
         _ => route(client, broker, message, p.retain),
     }
-    Flow::Continue
+    Ok(Flow::Continue)
 }
 
-/// Hands the message to the broker, except on `$SYS` topics, which only the
-/// broker publishes, and where the ACL or the hooks refuse it (the PUBLISH
-/// is still acknowledged, MQTT-3.3.5-2).
-fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
-    if !broker.guards().allow_publish(&client.info(), &message) {
-        log::info!("client {} may not publish to {}: not delivered", client.id, message.topic);
-        return;
+/// Refuses a PUBLISH or will topic deeper than `max_topic_levels`.
+pub fn check_depth(broker: &Broker, topic: &str) -> Result<(), Violation> {
+    let max = broker.config().max_topic_levels;
+    match topic::deeper_than(topic, max) {
+        true => Err(Violation::TopicTooDeep),
+        false => Ok(()),
     }
+}
+
+/// Whether `who` may publish `message` (a PUBLISH or a will): not on `$SYS`
+/// topics, which only the broker publishes, and not where the ACL or the
+/// hooks refuse it. A refusal is logged; a PUBLISH is still acknowledged
+/// (MQTT-3.3.5-2).
+pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, what: &str) -> bool {
     if message.topic.starts_with("$SYS") {
-        log::info!("client {} published to {}: ignored, $SYS topics are the broker's", client.id, message.topic);
+        log::info!("client {} {what} to {}: ignored, $SYS topics are the broker's", who.client_id, message.topic);
+        return false;
+    }
+    if !broker.guards().allow_publish(who, message) {
+        log::info!("client {} {what} to {}: not allowed, not delivered", who.client_id, message.topic);
+        return false;
+    }
+    true
+}
+
+/// Hands the message to the broker if it is allowed; sessions whose full
+/// queues took it are noted for the connection to wait for.
+fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
+    if !allowed(broker, &client.info(), &message, "published") {
         return;
     }
-    client.wait_for(broker.publish(message, retain));
+    let mut pressed = Vec::new();
+    client.wait_for(broker.publish_from(message, retain, &mut pressed));
+    client.press(pressed);
 }

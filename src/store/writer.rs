@@ -4,9 +4,10 @@
 use super::{Op, Store};
 use event_listener::Event;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 /// The batch a set of ops was appended to; 0 means "nothing to wait for".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,12 +47,27 @@ struct Shared {
     failed: Mutex<BTreeSet<u64>>,
     /// Notified after every commit.
     committed: Event,
+    /// Open [`Hold`]s: the batch is not taken while one is open. An atomic,
+    /// not a field under `pending`: a hold costs no lock. Taking the batch
+    /// reads it under `pending`'s lock, and an append takes that lock after
+    /// its hold began, so an append inside a hold can never land in a batch
+    /// taken while the hold was open.
+    holds: AtomicUsize,
+    /// The writer waits for holds to end (a released last hold wakes it).
+    waiting_for_holds: AtomicBool,
+    /// Mirrors `Pending::eager`, for the hold's release.
+    eager: AtomicBool,
 }
 
 struct Pending {
     ops: Vec<Op>,
     /// Number of the batch being filled.
     batch: u64,
+    /// Test mode: each append (or hold) is applied as its own commit, as if
+    /// the writer took the batch between any two appends.
+    eager: bool,
+    /// In eager mode, where each append's ops end in `ops`.
+    cuts: Vec<usize>,
     stop: bool,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -64,11 +80,21 @@ impl Persistence {
     /// Starts the writer thread over `store`.
     pub fn start(store: Box<dyn Store>) -> Persistence {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending { ops: Vec::new(), batch: 1, stop: false, thread: None }),
+            pending: Mutex::new(Pending {
+                ops: Vec::new(),
+                batch: 1,
+                eager: false,
+                cuts: Vec::new(),
+                stop: false,
+                thread: None,
+            }),
             wake: Condvar::new(),
             done: AtomicU64::new(0),
             failed: Mutex::default(),
             committed: Event::new(),
+            holds: AtomicUsize::new(0),
+            waiting_for_holds: AtomicBool::new(false),
+            eager: AtomicBool::new(false),
         });
         let writer = shared.clone();
         let thread = thread::Builder::new()
@@ -88,10 +114,39 @@ impl Persistence {
         if pending.ops.len() == before {
             return Ticket::default();
         }
+        let held = self.shared.holds.load(Ordering::SeqCst) > 0;
+        if pending.eager && !held {
+            let end = pending.ops.len();
+            pending.cuts.push(end);
+        }
+        // Woken even inside a hold: it then waits for the hold to end.
         if before == 0 {
             self.shared.wake.notify_one();
         }
         Ticket(pending.batch)
+    }
+
+    /// Keeps the batch being filled open until the hold is dropped: every
+    /// append in between commits in one transaction (the inbound QoS 2
+    /// packet id and the copies of its PUBLISH, say), so a crash cannot
+    /// keep one without the other. Holds are short (one packet's routing)
+    /// and may nest; the writer waits for the last to end.
+    pub fn hold(&self) -> Hold<'_> {
+        self.shared.holds.fetch_add(1, Ordering::SeqCst);
+        Hold { persistence: self }
+    }
+
+    /// Test mode: each append outside a hold is committed on its own, as
+    /// if the writer took the batch between any two appends.
+    #[doc(hidden)]
+    pub fn commit_each_append(&self) {
+        lock(&self.shared.pending).eager = true;
+        self.shared.eager.store(true, Ordering::SeqCst);
+    }
+
+    /// Ops appended and not yet taken by the writer for a commit.
+    pub fn pending_ops(&self) -> usize {
+        lock(&self.shared.pending).ops.len()
     }
 
     /// Whether a ticket's batch is durable yet.
@@ -134,24 +189,67 @@ impl Persistence {
     }
 }
 
+/// An open hold on the batch being filled (see [`Persistence::hold`]).
+pub struct Hold<'a> {
+    persistence: &'a Persistence,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let shared = &self.persistence.shared;
+        if shared.eager.load(Ordering::SeqCst) {
+            let mut pending = lock(&shared.pending);
+            if shared.holds.load(Ordering::SeqCst) == 1 && pending.cuts.last() != Some(&pending.ops.len()) {
+                let end = pending.ops.len();
+                pending.cuts.push(end);
+            }
+        }
+        if shared.holds.fetch_sub(1, Ordering::SeqCst) == 1 && shared.waiting_for_holds.load(Ordering::SeqCst) {
+            let _pending = lock(&shared.pending);
+            shared.wake.notify_one();
+        }
+    }
+}
+
 impl Shared {
     fn run(&self, mut store: Box<dyn Store>) {
         loop {
-            let (ops, batch) = {
+            let (ops, cuts, batch) = {
                 let mut pending = lock(&self.pending);
-                while pending.ops.is_empty() && !pending.stop {
-                    pending = self.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    if pending.ops.is_empty() && !pending.stop {
+                        pending = self.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                    } else if self.holds.load(Ordering::SeqCst) > 0 {
+                        // Holds last one packet's routing. A release that
+                        // sees the flag wakes us; the timeout covers one
+                        // that read it just before it was set.
+                        self.waiting_for_holds.store(true, Ordering::SeqCst);
+                        let timeout = Duration::from_micros(200);
+                        pending = self.wake.wait_timeout(pending, timeout).unwrap_or_else(PoisonError::into_inner).0;
+                        self.waiting_for_holds.store(false, Ordering::SeqCst);
+                    } else {
+                        break;
+                    }
                 }
                 if pending.ops.is_empty() {
                     return;
                 }
                 let batch = pending.batch;
                 pending.batch += 1;
-                (std::mem::take(&mut pending.ops), batch)
+                (std::mem::take(&mut pending.ops), std::mem::take(&mut pending.cuts), batch)
             };
-            if let Err(e) = store.apply(&ops) {
-                log::error!("store commit of {} change(s) failed: {e}; those messages are not acknowledged", ops.len());
-                lock(&self.failed).insert(batch);
+            let mut start = 0;
+            let ends = cuts.into_iter().chain([ops.len()]).filter(|&end| end > 0);
+            for end in ends {
+                if end <= start {
+                    continue;
+                }
+                if let Err(e) = store.apply(&ops[start..end]) {
+                    let count = end - start;
+                    log::error!("store commit of {count} change(s) failed: {e}; those messages are not acknowledged");
+                    lock(&self.failed).insert(batch);
+                }
+                start = end;
             }
             self.done.store(batch, Ordering::Release);
             self.committed.notify(usize::MAX);

@@ -73,6 +73,30 @@ impl Raw {
         Raw { stream }
     }
 
+    /// A second handle on the same connection (to write from another thread).
+    pub fn try_clone(&self) -> Raw {
+        Raw { stream: self.stream.try_clone().expect("clone the socket") }
+    }
+
+    /// Sends bytes; an error means the broker closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Asserts the broker closed the connection; packets it sent before
+    /// (or a reset, if it closed with unread bytes) are skipped.
+    pub fn expect_closed_or_reset(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("expected close, got {e}"),
+            }
+        }
+    }
+
     /// Sends bytes; a broker that already closed may make this fail, which
     /// is ignored (the next expectation tells).
     pub fn send(&mut self, bytes: &[u8]) {
