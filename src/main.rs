@@ -36,20 +36,24 @@ fn main() -> ExitCode {
         settings.runtime,
         settings.threads
     );
-    match run(settings) {
+    let code = match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             eprintln!("midge: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The log's writer thread may still hold the last lines.
+    log::logger().flush();
+    code
 }
 
 /// Opens the store, then blocks on the broker with the chosen runtime adapter.
 fn run(settings: Settings) -> std::io::Result<()> {
     let Settings { config, runtime, threads, .. } = settings;
     let broker = Broker::open(config).map_err(std::io::Error::other)?;
+    memory::start();
     match runtime {
         #[cfg(feature = "smol")]
         RuntimeKind::Smol => midge::Smol::block_on(threads, |rt| serve(rt, broker)),

@@ -35,11 +35,17 @@ pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packe
 /// is still acknowledged, MQTT-3.3.5-2).
 fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
     if !broker.guards().allow_publish(&client.info(), &message) {
-        log::info!("client {} may not publish to {}: not delivered", client.id, message.topic);
+        let (id, topic) = (&client.id, &message.topic);
+        crate::limited!("denied publish", log::Level::Info, "client {id} may not publish to {topic}: not delivered");
         return;
     }
     if message.topic.starts_with("$SYS") {
-        log::info!("client {} published to {}: ignored, $SYS topics are the broker's", client.id, message.topic);
+        let (id, topic) = (&client.id, &message.topic);
+        crate::limited!(
+            "$SYS publish",
+            log::Level::Info,
+            "client {id} published to {topic}: ignored, $SYS topics are the broker's"
+        );
         return;
     }
     client.wait_for(broker.publish(message, retain));

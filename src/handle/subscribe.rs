@@ -24,7 +24,14 @@ pub fn subscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[(String,
     for ((filter, _), ok) in filters.iter().zip(&allowed) {
         match ok {
             true => log::debug!("client {} subscribed to {filter}", client.id),
-            false => log::info!("client {} may not subscribe to {filter}: refused (0x80)", client.id),
+            false => {
+                let id = &client.id;
+                crate::limited!(
+                    "denied subscribe",
+                    log::Level::Info,
+                    "client {id} may not subscribe to {filter}: refused (0x80)"
+                )
+            }
         }
     }
     out.push(Packet::Suback(pid, codes));
