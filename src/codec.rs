@@ -24,12 +24,15 @@ pub struct MqttCodec {
     /// Bytes decoded since the last [`MqttCodec::take_received`] (what is
     /// sent is counted by the connection's [`Outbox`](crate::outbox::Outbox)).
     received: u64,
+    /// The protocol version of the first CONNECT decoded: fixed-header
+    /// rules differ between MQTT 3.1 and 3.1.1.
+    protocol: Option<Protocol>,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size, received: 0 }
+        MqttCodec { max_packet_size, received: 0, protocol: None }
     }
 }
 
@@ -45,11 +48,11 @@ impl Decoder for MqttCodec {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, Error> {
-        let Some(&header) = src.first() else {
+        let Some(&first) = src.first() else {
             shrink(src);
             return Ok(None);
         };
-        validate::check_header(header)?;
+        let header = validate::check_header_for(first, self.protocol)?;
         let Some((body_at, len)) = remaining_length(src)? else {
             return Ok(None);
         };
@@ -68,17 +71,23 @@ impl Decoder for MqttCodec {
         // A frame shares the read buffer's allocation, and a queued payload
         // keeps it alive: a small packet cut from a buffer that grew for a
         // large one would pin all of it. Such a packet is copied out.
-        let frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
+        let mut frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
             true => {
-                let frame = Bytes::copy_from_slice(&src[..total]);
+                let frame = BytesMut::from(&src[..total]);
                 src.advance(total);
                 frame
             }
-            false => src.split_to(total).freeze(),
+            false => src.split_to(total),
         };
+        frame[0] = header;
+        let frame = frame.freeze();
         self.received += total as u64;
         validate::check_body(header, &frame[body_at..])?;
-        Ok(Some(decode_frame(&frame)?))
+        let packet = decode_frame(&frame)?;
+        if let Packet::Connect(connect) = &packet {
+            self.protocol.get_or_insert(connect.protocol);
+        }
+        Ok(Some(packet))
     }
 }
 
@@ -410,6 +419,30 @@ mod tests {
     fn connect_with_unsupported_level_asks_for_connack_1() {
         let connect = [0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, b'c'];
         assert_eq!(violation(&connect), Violation::ProtocolLevel);
+    }
+
+    /// The fixed-header rules are those of the protocol version the
+    /// connection's CONNECT named: MQTT 3.1 sets DUP on a resent PUBREL or
+    /// SUBSCRIBE, which 3.1.1 forbids (MQTT-2.2.2-2).
+    #[test]
+    fn header_rules_follow_the_connect_protocol_version() {
+        let v31 = [0x10, 0x11, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 3, b'o', b'l', b'd'];
+        let v311 = [0x10, 0x0f, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 3, b'n', b'e', b'w'];
+        let dup_pubrel = [0x6a, 2, 0, 9];
+        let dup_subscribe = [0x8a, 6, 0, 1, 0, 1, b'a', 1];
+        let mut codec = MqttCodec::new(1024);
+        let mut src = BytesMut::from(&v31[..]);
+        src.extend_from_slice(&dup_pubrel);
+        src.extend_from_slice(&dup_subscribe);
+        assert!(matches!(codec.decode(&mut src), Ok(Some(Packet::Connect(_)))));
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pubrel(9)));
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Subscribe(1, vec![("a".into(), QoS::AtLeastOnce)])));
+        let mut codec = MqttCodec::new(1024);
+        let mut src = BytesMut::from(&v311[..]);
+        src.extend_from_slice(&dup_pubrel);
+        assert!(matches!(codec.decode(&mut src), Ok(Some(Packet::Connect(_)))));
+        assert!(matches!(codec.decode(&mut src), Err(Error::Violation(Violation::HeaderFlags))));
+        assert_eq!(violation(&dup_pubrel), Violation::HeaderFlags, "before CONNECT: 3.1.1 rules");
     }
 
     #[test]

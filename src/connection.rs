@@ -170,13 +170,16 @@ where
     let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
     let addr = peer.addr;
     match &reason {
-        Close::Violation(_) => log::warn!("client {} ({addr}) disconnected: {reason}", client.id),
+        Close::Violation(_) => {
+            let id = &client.id;
+            crate::limited!("protocol violation", log::Level::Warn, "client {id} ({addr}) disconnected: {reason}")
+        }
         _ => log::info!("client {} ({addr}) disconnected: {reason}", client.id),
     }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: false };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
-        if handle::allowed(&broker, &client.info(), &message, "has a will") {
+        if handle::allowed(&broker, &client.info(), &message, true) {
             broker.publish(message, will.retain);
         }
     }
@@ -235,7 +238,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         match select(next, deadline).await {
             Either::Left((packet, _)) => packet,
             Either::Right(_) => {
-                log::info!("{addr}: no CONNECT within {timeout:?}, closing");
+                crate::limited!("CONNECT timeout", log::Level::Info, "{addr}: no CONNECT within {timeout:?}, closing");
                 return None;
             }
         }
@@ -272,7 +275,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             None
         }
         Err(refusal) => {
-            log::warn!("{addr}: CONNECT refused: {refusal}");
+            crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
             if let Some(code) = refusal.connack() {
                 out.push(Packet::Connack { session_present: false, code });
                 let _ = link.push(out);

@@ -36,20 +36,24 @@ fn main() -> ExitCode {
         settings.runtime,
         settings.threads
     );
-    match run(settings) {
+    let code = match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             eprintln!("midge: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The log's writer thread may still hold the last lines.
+    log::logger().flush();
+    code
 }
 
 /// Opens the store, then blocks on the broker with the chosen runtime adapter.
 fn run(settings: Settings) -> std::io::Result<()> {
     let Settings { config, runtime, threads, .. } = settings;
     let broker = Broker::open(config).map_err(std::io::Error::other)?;
+    memory::start();
     match runtime {
         #[cfg(feature = "smol")]
         RuntimeKind::Smol => midge::Smol::block_on(threads, |rt| serve(rt, broker)),
@@ -68,7 +72,6 @@ fn run(settings: Settings) -> std::io::Result<()> {
 /// old one in force).
 async fn serve<R: Runtime>(rt: R, broker: Broker) -> std::io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
-    memory::start(&rt);
     let server = Server::start(rt, broker).await?;
     while let Some(signal) = signals.next().await {
         match signal? {
@@ -90,9 +93,10 @@ async fn serve<R: Runtime>(rt: R, broker: Broker) -> std::io::Result<()> {
 /// messages): midge frees its buffers, but glibc keeps freed memory in its
 /// arenas, and after a large buffer is freed it raises its mmap threshold so
 /// the next large buffers come from the heap and are never returned either.
+/// The trim runs on a thread of its own: it walks and locks glibc's arenas,
+/// which must not hold up an executor thread.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod memory {
-    use midge::Runtime;
     use std::time::Duration;
 
     /// How often freed memory is trimmed.
@@ -101,22 +105,25 @@ mod memory {
     /// them at once (glibc's initial value, kept fixed).
     const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
-    pub fn start<R: Runtime>(rt: &R) {
+    pub fn start() {
         // SAFETY: mallopt and malloc_trim only tune and trim glibc's own
         // allocator; they take plain integers and touch no Rust memory.
         unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-        let timer = rt.clone();
-        rt.spawn(async move {
-            loop {
-                timer.sleep(TRIM_EVERY).await;
-                // SAFETY: as above.
-                unsafe { libc::malloc_trim(0) };
-            }
-        });
+        if let Err(e) = std::thread::Builder::new().name("midge-trim".into()).spawn(trim) {
+            log::warn!("cannot start the memory trim thread: {e}");
+        }
+    }
+
+    fn trim() {
+        loop {
+            std::thread::sleep(TRIM_EVERY);
+            // SAFETY: as in `start`.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod memory {
-    pub fn start<R: midge::Runtime>(_: &R) {}
+    pub fn start() {}
 }

@@ -6,7 +6,7 @@ use crate::config::{Listener, TlsFiles};
 use crate::handle::Peer;
 use crate::runtime::Runtime;
 use crate::tls::TlsAcceptor;
-use crate::{connection, expiry, sys};
+use crate::{connection, expiry, logging, sys};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long shutdown waits for connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -78,7 +78,8 @@ impl<R: Runtime> Server<R> {
             }));
         }
         rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
-        rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped));
+        rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped.clone()));
+        rt.spawn(report_suppressed(rt.clone(), stopped));
         Ok(Server { rt, broker, local_addrs, stop, done, tls })
     }
 
@@ -121,6 +122,7 @@ impl<R: Runtime> Server<R> {
             log::warn!("shutdown: some connections did not end within {SHUTDOWN_GRACE:?}");
         }
         self.broker.close();
+        logging::flush_suppressed();
         log::info!("broker stopped");
     }
 }
@@ -143,12 +145,40 @@ async fn serve_tls<R: Runtime>(
     pin_mut!(handshake, deadline);
     let connection = match select(handshake, deadline).await {
         Either::Left((Ok(connection), _)) => connection,
-        Either::Left((Err(e), _)) => return log::warn!("{addr}: TLS handshake failed: {e}"),
-        Either::Right(_) => return log::warn!("{addr}: TLS handshake not done within {timeout:?}, closing"),
+        Either::Left((Err(e), _)) => {
+            return crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
+        }
+        Either::Right(_) => {
+            return crate::limited!(
+                "TLS handshake timeout",
+                log::Level::Warn,
+                "{addr}: TLS handshake not done within {timeout:?}, closing"
+            );
+        }
     };
     let identity = connection.identity.filter(|_| use_identity);
     let peer = Peer { addr, identity, identity_required: use_identity };
     connection::run(rt, broker, connection.stream, peer, stopped).await;
+}
+
+/// Logs the counts of rate-limited log lines (see [`logging`]) once their
+/// window has passed, so a flood that stops is still reported.
+async fn report_suppressed<R: Runtime>(rt: R, stopped: Receiver<()>) {
+    loop {
+        let pending = logging::pending();
+        let stop = stopped.recv();
+        pin_mut!(pending, stop);
+        if let Either::Right(_) = select(pending, stop).await {
+            return;
+        }
+        let window = rt.sleep(logging::WINDOW);
+        let stop = stopped.recv();
+        pin_mut!(window, stop);
+        if let Either::Right(_) = select(window, stop).await {
+            return;
+        }
+        logging::report_suppressed(Instant::now());
+    }
 }
 
 /// A connection counted against its listener's and the broker's limits;
@@ -206,7 +236,12 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
         match accepted {
             Ok((stream, addr)) => {
                 let Some(slot) = Slot::take([&a.open, &a.total], limits) else {
-                    log::warn!("{addr}: connection refused on {}: max_connections reached", a.config.bind);
+                    let bind = a.config.bind;
+                    crate::limited!(
+                        "max_connections",
+                        log::Level::Warn,
+                        "{addr}: connection refused on {bind}: max_connections reached"
+                    );
                     continue;
                 };
                 let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());

@@ -6,9 +6,36 @@
 //! exactly, so that `mqttrs::decode_slice` only ever sees well-formed input.
 
 use crate::error::Violation;
+use crate::packet::Protocol;
 
-/// Checks the packet type and fixed-header flags of a client packet, as soon
-/// as its first byte arrives.
+/// Checks the packet type and fixed-header flags of a client packet by the
+/// rules of its protocol version (MQTT 3.1.1's while no CONNECT has said
+/// which), as soon as its first byte arrives. Returns the header with the
+/// flags MQTT 3.1.1 gives that packet type, which is what the rest of the
+/// decoder reads.
+pub fn check_header_for(header: u8, protocol: Option<Protocol>) -> Result<u8, Violation> {
+    match protocol {
+        Some(Protocol::V31) => mqtt31_header(header),
+        Some(Protocol::V311) | None => check_header(header).map(|()| header),
+    }
+}
+
+/// MQTT 3.1's fixed-header rules: PUBREL, SUBSCRIBE and UNSUBSCRIBE use
+/// QoS 1, and set DUP when they are sent again (a PUBREL resent after a
+/// reconnect); the flags of CONNECT, PUBACK, PUBREC, PUBCOMP, PINGREQ and
+/// DISCONNECT are "not used"; PUBLISH follows the same rules as in 3.1.1.
+fn mqtt31_header(header: u8) -> Result<u8, Violation> {
+    let (kind, flags) = (header >> 4, header & 0x0f);
+    match kind {
+        6 | 8 | 10 if flags & 0x06 == 0x02 => Ok(kind << 4 | 0x02),
+        6 | 8 | 10 => Err(Violation::HeaderFlags),
+        1 | 4 | 5 | 7 | 12 | 14 => Ok(kind << 4),
+        _ => check_header(header).map(|()| header),
+    }
+}
+
+/// Checks the packet type and fixed-header flags of a client packet by
+/// MQTT 3.1.1's rules (MQTT-2.2.2-1/-2).
 pub fn check_header(header: u8) -> Result<(), Violation> {
     let flags = header & 0x0f;
     let expected = match header >> 4 {
@@ -217,6 +244,27 @@ mod tests {
         assert_eq!(connect_flags(0x1c), Err(Violation::WillQos));
         assert_eq!(connect_flags(0x40), Err(Violation::PasswordWithoutUsername));
         assert_eq!(connect_flags(0xc2), Ok(()));
+    }
+
+    /// MQTT 3.1 allows DUP on PUBREL, SUBSCRIBE and UNSUBSCRIBE and does
+    /// not use the other packets' flags; 3.1.1 (and a connection that has
+    /// not sent CONNECT yet) refuses both.
+    #[test]
+    fn header_rules_follow_the_protocol_version() {
+        let v31 = Some(Protocol::V31);
+        for (header, canonical) in [(0x6a, 0x62), (0x8a, 0x82), (0xaa, 0xa2), (0x63, 0x62), (0x41, 0x40), (0xe8, 0xe0)]
+        {
+            assert_eq!(check_header_for(header, v31), Ok(canonical), "{header:#x}");
+            for v311 in [Some(Protocol::V311), None] {
+                assert_eq!(check_header_for(header, v311), Err(Violation::HeaderFlags), "{header:#x}");
+            }
+        }
+        assert_eq!(check_header_for(0x60, v31), Err(Violation::HeaderFlags));
+        assert_eq!(check_header_for(0x8c, v31), Err(Violation::HeaderFlags));
+        assert_eq!(check_header_for(0x38, v31), Err(Violation::DupOnQos0));
+        assert_eq!(check_header_for(0x3d, v31), Ok(0x3d));
+        assert_eq!(check_header_for(0x20, v31), Err(Violation::ServerOnlyPacket));
+        assert_eq!(check_header_for(0xf0, v31), Err(Violation::ReservedPacketType));
     }
 
     #[test]

@@ -139,3 +139,85 @@ fn binary_refuses_a_bad_config_file() {
         assert!(stderr.contains(key) && stderr.contains(&format!("line {line}")), "{stderr}");
     }
 }
+
+/// A client flooding the broker with refused packets does not flood the
+/// log: 2000 PUBLISHes the ACL refuses give at most 10 "may not publish"
+/// lines per second, and the rest are counted in "N similar message(s)
+/// suppressed (denied publish)" lines, which account for every one of them.
+fn rate_limits_denied_publish_lines(runtime: &str) {
+    const FLOOD: u16 = 2000;
+    let data = TempDir::new("flood");
+    let acl = data.0.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\n").unwrap();
+    let config = data.0.join("midge.toml");
+    std::fs::write(&config, format!("acl_file = {:?}\n", acl.to_str().unwrap())).unwrap();
+    let (mut midge, addr) = start_with(runtime, &data, &["--config", config.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    let mut c = Raw::connect(addr);
+    c.send(&packets::connect("flooder", true, 60));
+    c.expect(&packets::CONNACK_ACCEPTED);
+    let flood: Vec<u8> = (1..=FLOOD).flat_map(|pid| packets::publish("closed/x", b"x", 1, pid)).collect();
+    c.send(&flood);
+    for pid in 1..=FLOOD {
+        c.expect(&packets::ack(packets::PUBACK, pid));
+    }
+    let (mut logged, mut suppressed) = (0u64, 0u64);
+    while logged + suppressed < u64::from(FLOOD) {
+        let line = midge.next_line();
+        if line.contains("client flooder may not publish to closed/x: not delivered") {
+            logged += 1;
+        } else if let Some(at) = line.find(" similar message(s) suppressed (denied publish)") {
+            let count = line[..at].rsplit(|c: char| !c.is_ascii_digit()).next().unwrap();
+            suppressed += count.parse::<u64>().unwrap();
+        }
+    }
+    let windows = started.elapsed().as_secs() + 2;
+    assert!(logged <= 10 * windows, "{logged} lines logged in at most {windows} one-second windows");
+    assert!(suppressed > 0 && logged + suppressed == u64::from(FLOOD), "{logged} logged, {suppressed} suppressed");
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn binary_rate_limits_client_triggered_lines_on_async_std() {
+    rate_limits_denied_publish_lines("async-std");
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn binary_rate_limits_client_triggered_lines_on_smol() {
+    rate_limits_denied_publish_lines("smol");
+}
+
+/// Log lines never wait for stdout: with nobody reading the binary's
+/// output, 800 clients whose connect and disconnect lines are 2 KB each
+/// (far more than the pipe and the log queue hold) are all served; the
+/// lines that did not fit are counted, and the count is logged once stdout
+/// drains again.
+fn serves_while_stdout_is_blocked(runtime: &str) {
+    let data = TempDir::new("blocked-stdout");
+    let (mut midge, addr) = start(runtime, &data);
+    midge.pause();
+    let long = "x".repeat(2000);
+    for i in 0..800 {
+        let mut c = Raw::connect(addr);
+        c.send(&packets::connect(&format!("c{i}-{long}"), true, 60));
+        c.expect(&packets::CONNACK_ACCEPTED);
+        c.send(&packets::DISCONNECT);
+        c.expect_closed();
+    }
+    midge.resume();
+    let lost = midge.wait_for("log line(s) lost");
+    assert!(lost.contains("\"level\":40"), "not at warn level: {lost:?}");
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn binary_serves_while_stdout_is_blocked_on_async_std() {
+    serves_while_stdout_is_blocked("async-std");
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn binary_serves_while_stdout_is_blocked_on_smol() {
+    serves_while_stdout_is_blocked("smol");
+}

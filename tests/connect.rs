@@ -79,6 +79,25 @@ runtime_test!(
 );
 
 runtime_test!(
+    /// MQTT 3.1 (section 3.1, Client Identifier): the client id must have 1
+    /// to 23 characters, and there is no assigned id: an empty one gets
+    /// CONNACK 2 (identifier rejected), clean session or not, then close.
+    mqtt_3_1_empty_client_id_gets_connack_2,
+    |b: &TestBroker| {
+        for clean in [true, false] {
+            let mut raw = b.raw();
+            raw.send(&Connect { protocol: "MQIsdp", level: 3, client_id: "", clean, ..Connect::default() }.bytes());
+            raw.expect(&[0x20, 0x02, 0x00, 0x02]);
+            raw.expect_closed();
+        }
+        let mut raw = b.raw();
+        raw.send(&Connect { protocol: "MQIsdp", level: 3, client_id: "a", ..Connect::default() }.bytes());
+        raw.expect(&CONNACK_ACCEPTED);
+        raw.ping();
+    }
+);
+
+runtime_test!(
     /// MQTT-3.1.2-3: the reserved CONNECT flag must be 0, else close.
     mqtt_3_1_2_3_reserved_connect_flag_closes,
     |b: &TestBroker| {

@@ -1,5 +1,5 @@
 use crate::support::TestBroker;
-use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
 
 runtime_test!(
     /// QoS 0 from publisher to subscriber, payload and topic intact.
@@ -76,6 +76,44 @@ runtime_test!(
         sub.expect(&ack(PUBREL, pid));
         sub.send(&ack(PUBCOMP, pid));
         sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT 3.1 (sections 3.6, 3.8, 3.10): a PUBREL sent again after a
+    /// reconnect carries DUP, as 3.1 allows, and is answered by PUBCOMP (the
+    /// message delivered once); so are SUBSCRIBE and UNSUBSCRIBE with DUP.
+    /// Each version keeps its own header rules: the same PUBREL from an
+    /// MQTT 3.1.1 client closes its connection (MQTT-2.2.2-2).
+    mqtt_3_1_pubrel_resent_with_dup_gets_pubcomp,
+    |b: &TestBroker| {
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("q2", 0)]);
+        let v31 = Connect { protocol: "MQIsdp", level: 3, client_id: "old-pub", clean: false, ..Connect::default() };
+        let mut publisher = b.raw();
+        publisher.send(&v31.bytes());
+        publisher.expect(&CONNACK_ACCEPTED);
+        publisher.send(&packets::publish("q2", b"once", 2, 5));
+        publisher.expect(&ack(PUBREC, 5));
+        drop(publisher);
+        let mut publisher = b.raw();
+        publisher.send(&v31.bytes());
+        publisher.expect(&CONNACK_ACCEPTED);
+        publisher.send(&ack(PUBREL | 0x08, 5));
+        publisher.expect(&ack(PUBCOMP, 5));
+        let mut subscribe = packets::subscribe(6, &[("old/#", 1)]);
+        subscribe[0] |= 0x08;
+        publisher.send(&subscribe);
+        publisher.expect(&packets::suback(6, &[1]));
+        let mut unsubscribe = packets::unsubscribe(7, &["old/#"]);
+        unsubscribe[0] |= 0x08;
+        publisher.send(&unsubscribe);
+        publisher.expect(&ack(packets::UNSUBACK, 7));
+        assert_eq!(sub.recv().publish().2, b"once");
+        sub.expect_nothing_queued();
+        let mut v311 = b.client("new-pub");
+        v311.send(&ack(PUBREL | 0x08, 1));
+        v311.expect_closed();
     }
 );
 

@@ -29,6 +29,22 @@ const HASH_LEN: usize = 64;
 pub struct PasswordFile {
     lines: Vec<Line>,
     index: HashMap<String, usize>,
+    /// What an unknown user's password is checked against.
+    dummy: Dummy,
+}
+
+/// The kind of hash an unknown user name costs: the file's most common one,
+/// so that the time a refusal takes does not tell which user names exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Dummy {
+    Sha512,
+    Pbkdf2 { iterations: u32 },
+}
+
+impl Default for Dummy {
+    fn default() -> Self {
+        Dummy::Pbkdf2 { iterations: ITERATIONS }
+    }
 }
 
 #[derive(Clone)]
@@ -62,6 +78,7 @@ impl PasswordFile {
         for (i, raw) in text.lines().enumerate() {
             file.parse_line(i + 1, raw)?;
         }
+        file.choose_dummy();
         Ok(file)
     }
 
@@ -70,10 +87,24 @@ impl PasswordFile {
         Ok(PasswordFile::parse(&super::read(path)?)?)
     }
 
-    /// Whether `password` is `username`'s password. Unknown users are
-    /// refused; the hashes are compared in constant time.
+    /// Whether `password` is `username`'s password; the hashes are compared
+    /// in constant time. Unknown users are refused after the same work as
+    /// a known one (the file's most common hash, against a dummy entry), so
+    /// that timing does not tell which user names exist.
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
-        self.entry(username).is_some_and(|e| e.hash.verify(password))
+        match self.entry(username) {
+            Some(entry) => entry.hash.verify(password),
+            None => {
+                let dummy = match self.dummy {
+                    Dummy::Sha512 => Hash::Sha512 { salt: vec![0; SALT_LEN], hash: [0; HASH_LEN] },
+                    Dummy::Pbkdf2 { iterations } => {
+                        Hash::Pbkdf2 { iterations, salt: vec![0; SALT_LEN], hash: [0; HASH_LEN] }
+                    }
+                };
+                let _ = std::hint::black_box(dummy.verify(password));
+                false
+            }
+        }
     }
 
     /// Whether the file has an entry for `username`.
@@ -97,6 +128,7 @@ impl PasswordFile {
                 self.lines.push(line);
             }
         }
+        self.choose_dummy();
         Ok(())
     }
 
@@ -111,6 +143,27 @@ impl PasswordFile {
             out.push('\n');
         }
         out
+    }
+
+    /// Sets the dummy to the most common kind of hash among the entries
+    /// (the default PBKDF2 for a file without any).
+    fn choose_dummy(&mut self) {
+        let mut counts: HashMap<Dummy, usize> = HashMap::new();
+        for line in &self.lines {
+            if let Line::User(entry) = line {
+                let kind = match entry.hash {
+                    Hash::Sha512 { .. } => Dummy::Sha512,
+                    Hash::Pbkdf2 { iterations, .. } => Dummy::Pbkdf2 { iterations },
+                };
+                *counts.entry(kind).or_default() += 1;
+            }
+        }
+        // Ties go to the costlier kind, so that the choice is deterministic.
+        let cost = |d: &Dummy| match *d {
+            Dummy::Sha512 => 0,
+            Dummy::Pbkdf2 { iterations } => iterations,
+        };
+        self.dummy = counts.into_iter().max_by_key(|(d, n)| (*n, cost(d))).map(|(d, _)| d).unwrap_or_default();
     }
 
     fn entry(&self, username: &str) -> Option<&Entry> {
@@ -229,10 +282,14 @@ fn digest(field: Option<&str>) -> Result<[u8; HASH_LEN], String> {
 }
 
 fn sha512(password: &[u8], salt: &[u8]) -> [u8; HASH_LEN] {
+    #[cfg(test)]
+    tests::WORK.with(|w| w.set((w.get().0, w.get().1 + 1)));
     Sha512::new().chain_update(password).chain_update(salt).finalize().into()
 }
 
 fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; HASH_LEN] {
+    #[cfg(test)]
+    tests::WORK.with(|w| w.set((w.get().0 + u64::from(iterations), w.get().1)));
     let mut out = [0; HASH_LEN];
     pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
     out
@@ -241,6 +298,19 @@ fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; HASH_LEN
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Hash work done on this thread: (PBKDF2 iterations, SHA-512 hashes).
+        pub(super) static WORK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+
+    /// The hash work `f` does.
+    fn work(f: impl FnOnce() -> bool) -> (u64, u64) {
+        WORK.with(|w| w.set((0, 0)));
+        assert!(!f(), "a refused check");
+        WORK.with(Cell::get)
+    }
 
     // Made by Debian's mosquitto_passwd 2.0.11 (`-b`, and `-H sha512` for
     // dave); each checked against Python's hashlib.pbkdf2_hmac / sha512.
@@ -296,6 +366,26 @@ mod tests {
         assert!(!f.verify("", b""));
         assert!(!f.verify("# users", b""));
         assert!(f.contains("alice") && !f.contains("mallory"));
+    }
+
+    /// An unknown user name costs the same hash work as a known one with a
+    /// wrong password: the file's most common kind of hash (here PBKDF2
+    /// with 101 iterations: alice, bob, carol), so a refusal's timing does
+    /// not tell which user names exist.
+    #[test]
+    fn unknown_user_costs_the_same_hash_work() {
+        let f = file();
+        assert_eq!(work(|| f.verify("alice", b"wrong")), (101, 0));
+        assert_eq!(work(|| f.verify("mallory", b"wrong")), (101, 0));
+        assert_eq!(work(|| f.verify("", b"")), (101, 0));
+        assert_eq!(work(|| f.verify("# users", b"")), (101, 0));
+        let old = PasswordFile::parse(&[DAVE, ERIN].join("\n")).unwrap();
+        assert_eq!(work(|| old.verify("dave", b"wrong")), (0, 1));
+        assert_eq!(work(|| old.verify("mallory", b"wrong")), (0, 1));
+        let mut new = PasswordFile::default();
+        assert_eq!(work(|| new.verify("mallory", b"x")), (u64::from(ITERATIONS), 0));
+        new.set("zed", b"zzz").unwrap();
+        assert_eq!(work(|| new.verify("mallory", b"x")), work(|| new.verify("zed", b"x")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// MQTT 3.1 (MQIsdp) limits client ids to 23 characters.
+/// MQTT 3.1 (MQIsdp) limits client ids to 1 to 23 characters.
 const MQTT31_MAX_CLIENT_ID: usize = 23;
 
 /// Accepts a CONNECT: attaches the client to its session (taking over any
@@ -119,9 +119,11 @@ fn refusal_reason(code: ConnectCode) -> &'static str {
 
 /// The client id to use: the client's own, or one assigned for an empty id
 /// with clean session 1 (MQTT-3.1.3-6); an empty id with clean session 0 is
-/// refused (MQTT-3.1.3-8).
+/// refused (MQTT-3.1.3-8). MQTT 3.1 requires 1 to 23 characters and never
+/// assigns one: anything else is refused with CONNACK 2.
 fn client_id(connect: &Connect, conn: u64) -> Result<Arc<str>, Violation> {
     match (&*connect.client_id, connect.clean_session, connect.protocol) {
+        ("", _, Protocol::V31) => Err(Violation::ClientIdRejected),
         ("", false, _) => Err(Violation::EmptyClientIdPersistent),
         ("", true, _) => Ok(format!("auto-{:08x}-{conn}", process_nonce()).into()),
         (id, _, Protocol::V31) if id.chars().count() > MQTT31_MAX_CLIENT_ID => Err(Violation::ClientIdRejected),

@@ -49,17 +49,34 @@ pub fn check_depth(broker: &Broker, topic: &str) -> Result<(), Violation> {
     }
 }
 
-/// Whether `who` may publish `message` (a PUBLISH or a will): not on `$SYS`
-/// topics, which only the broker publishes, and not where the ACL or the
-/// hooks refuse it. A refusal is logged; a PUBLISH is still acknowledged
-/// (MQTT-3.3.5-2).
-pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, what: &str) -> bool {
-    if message.topic.starts_with("$SYS") {
-        log::info!("client {} {what} to {}: ignored, $SYS topics are the broker's", who.client_id, message.topic);
+/// Whether `who` may publish `message` (a PUBLISH, or its will when
+/// `will`): not on `$SYS` topics, which only the broker publishes, and not
+/// where the ACL or the hooks refuse it. A refusal is logged; a PUBLISH is
+/// still acknowledged (MQTT-3.3.5-2).
+pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, will: bool) -> bool {
+    let (id, topic) = (who.client_id, &message.topic);
+    let what = if will { "will" } else { "PUBLISH" };
+    if topic.starts_with("$SYS") {
+        crate::limited!(
+            "$SYS publish",
+            log::Level::Info,
+            "client {id}: {what} to {topic} ignored, $SYS topics are the broker's"
+        );
         return false;
     }
     if !broker.guards().allow_publish(who, message) {
-        log::info!("client {} {what} to {}: not allowed, not delivered", who.client_id, message.topic);
+        match will {
+            true => crate::limited!(
+                "denied will",
+                log::Level::Info,
+                "client {id}: will on {topic} not allowed, not published"
+            ),
+            false => crate::limited!(
+                "denied publish",
+                log::Level::Info,
+                "client {id} may not publish to {topic}: not delivered"
+            ),
+        }
         return false;
     }
     true
@@ -68,7 +85,7 @@ pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, what: &
 /// Hands the message to the broker if it is allowed; sessions whose full
 /// queues took it are noted for the connection to wait for.
 fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
-    if !allowed(broker, &client.info(), &message, "published") {
+    if !allowed(broker, &client.info(), &message, false) {
         return;
     }
     let mut pressed = Vec::new();

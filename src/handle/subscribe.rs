@@ -15,9 +15,11 @@ pub fn subscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[(String,
         .iter()
         .map(|(f, q)| {
             if topic::deeper_than(f, max_levels) {
-                log::warn!(
-                    "client {} subscribed to a filter deeper than max_topic_levels ({max_levels}): refused (0x80)",
-                    client.id
+                let id = &client.id;
+                crate::limited!(
+                    "deep filter",
+                    log::Level::Warn,
+                    "client {id} subscribed to a filter deeper than max_topic_levels ({max_levels}): refused (0x80)"
                 );
                 return false;
             }
@@ -43,7 +45,14 @@ pub fn subscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[(String,
         match ok {
             true => log::debug!("client {} subscribed to {filter}", client.id),
             false if topic::deeper_than(filter, max_levels) => {}
-            false => log::info!("client {} may not subscribe to {filter}: refused (0x80)", client.id),
+            false => {
+                let id = &client.id;
+                crate::limited!(
+                    "denied subscribe",
+                    log::Level::Info,
+                    "client {id} may not subscribe to {filter}: refused (0x80)"
+                )
+            }
         }
     }
     out.push(Packet::Suback(pid, codes));

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest a test waits for one line.
@@ -13,6 +14,8 @@ pub const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Process {
     child: Child,
     lines: Receiver<String>,
+    /// Set while the child's stdout is not read ([`Process::pause`]).
+    paused: Arc<(Mutex<bool>, Condvar)>,
     /// Every line seen so far.
     pub seen: Vec<String>,
 }
@@ -31,14 +34,41 @@ impl Process {
             });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
+                let (flag, resumed) = &*gate;
+                let _unpaused = resumed.wait_while(flag.lock().unwrap(), |paused| *paused).unwrap();
             }
         });
-        Process { child, lines, seen: Vec::new() }
+        Process { child, lines, paused, seen: Vec::new() }
+    }
+
+    /// Stops reading the child's stdout (after at most one more line), so
+    /// that its writes block once the pipe is full.
+    pub fn pause(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    /// Reads the child's stdout again.
+    pub fn resume(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
+    }
+
+    /// Waits for the next line and returns it.
+    pub fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(LINE_TIMEOUT) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(e) => panic!("no next line ({e}); saw {:#?}", self.seen),
+        }
     }
 
     /// Starts `mosquitto_sub` with line-buffered output (it fully buffers a
