@@ -407,3 +407,28 @@ fn small_payloads_pin_no_large_buffers_async_std() {
 fn small_payloads_pin_no_large_buffers_smol() {
     small_payloads_pin_no_large_buffers("smol");
 }
+
+/// MQTT-3.1.4-2, in process: after a takeover with a clean session, what
+/// the old connection still does with its session (a SUBSCRIBE or an
+/// UNSUBSCRIBE left in its batch) touches nothing: it neither replaces the
+/// new connection's subscription with a ghost of the discarded session nor
+/// removes it.
+#[test]
+fn mqtt_3_1_4_2_a_taken_over_connection_cannot_touch_the_new_session() {
+    use midge::packet::QoS;
+    use midge::session::Message;
+    use midge::signal::Signal;
+    let broker = Broker::in_memory(TestBroker::config()).unwrap();
+    let id: Arc<str> = "twin".into();
+    let old = broker.attach(&id, None, true, 1, Arc::new(Signal::new()));
+    let new = broker.attach(&id, None, true, 2, Arc::new(Signal::new()));
+    let filters = [("t".to_string(), QoS::AtLeastOnce)];
+    assert!(broker.subscribe(&id, &new.session, 2, &filters, &mut Vec::new()).is_some());
+    assert!(broker.subscribe(&id, &old.session, 1, &filters, &mut Vec::new()).is_none(), "old connection refused");
+    assert!(broker.unsubscribe(&id, &old.session, 1, &["t".to_string()]).is_none(), "old connection refused");
+    let message = Message { topic: "t".into(), payload: "m".into(), qos: QoS::AtLeastOnce, retain: false };
+    broker.publish(message, false);
+    assert_eq!(new.session.lock().session.pending(), 1, "the new session still has its subscription");
+    assert_eq!(old.session.lock().session.pending(), 0, "no ghost subscription of the discarded session");
+    assert_eq!(broker.subscription_count(), 1);
+}
