@@ -510,6 +510,9 @@ max_packet_size = 4096
 max_keepalive = 300
 max_inflight_messages = 10
 max_queued_messages = 50
+max_queued_bytes = 1000000
+max_topic_levels = 16
+slow_consumer_timeout = 2
 queue_qos0_messages = true
 sys_interval = 0
 persistent_client_expiration = "2d"
@@ -540,6 +543,8 @@ use_identity_as_username = true
         assert_eq!(c.max_packet_size, 4096);
         assert_eq!(c.max_keepalive, Some(300));
         assert_eq!((c.max_inflight, c.max_queued, c.queue_qos0), (10, 50, true));
+        assert_eq!((c.max_queued_bytes, c.max_topic_levels), (1_000_000, 16));
+        assert_eq!(c.slow_consumer_timeout, Duration::from_secs(2));
         assert_eq!(c.sys_interval, Duration::ZERO);
         assert_eq!(c.session_expiry, Some(Duration::from_secs(2 * 86400)));
         assert_eq!(c.max_publish_rate, Some(500));
@@ -701,6 +706,8 @@ use_identity_as_username = true
             ("max_connections = 0", "max_connections"),
             ("max_keepalive = 0", "max_keepalive"),
             ("max_publish_rate = 0", "max_publish_rate"),
+            ("max_topic_levels = 0", "max_topic_levels"),
+            ("slow_consumer_timeout = 0", "slow_consumer_timeout"),
             ("connect_timeout = 0", "connect_timeout"),
             ("password_file = \"\"", "password_file"),
             ("[[listener]]\nbind = \"127.0.0.1:1\"\nmax_connections = 0", "max_connections in [[listener]]"),
