@@ -522,6 +522,9 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         if let Err(e) = written {
             return Close::Io(e);
         }
+        if link.outbox.is_empty() {
+            unanswered = 0;
+        }
         if let Some(close) = closing {
             return close;
         }
