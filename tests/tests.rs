@@ -21,6 +21,9 @@ mod durability;
 mod flow;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// A model-based test: random sequences of connects, subscriptions,
+/// publishes, takeovers and crashes checked against a reference model.
+mod model;
 /// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).
 mod paho;
 /// The connection handler over an in-memory stream.
