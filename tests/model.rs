@@ -65,7 +65,7 @@ use crate::support::client::Received;
 use crate::support::packets::{self, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBREC, PUBREL, UNSUBACK, ack};
 use futures::io::{AsyncRead, AsyncWrite};
 use midge::handle::Peer;
-use midge::store::{Op, Snapshot, Store, StoreError};
+use midge::store::{Op, Progress, Snapshot, Store, StoreError};
 use midge::{Broker, Config, Runtime, RuntimeKind};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -92,6 +92,14 @@ const CASES: u32 = 256;
 /// The longest any expected packet, close or task end may take: only a
 /// failing case waits this long.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Issue 10's finding 7 (a QoS 2 PUBLISH's packet id and its routed copies
+/// commit separately, so a crash between them loses the message) is being
+/// fixed. Until then the random sequences cut QoS 2 PUBLISHes by a crash only
+/// before anything of theirs is committed, and
+/// `regressions::qos2_publish_cut_by_a_crash_is_not_lost` is ignored: with
+/// the fix, set this to `false` and un-ignore it.
+const FINDING_7_OPEN: bool = true;
 
 /// Topic names: levels from {a, b}, depth 1 to 3.
 const TOPICS: [&str; 14] =
@@ -165,6 +173,12 @@ enum Step {
     /// dies, and a new broker is opened over what the store had committed;
     /// the clients that were connected connect again as they did before.
     Crash,
+    /// A QoS 1/2 PUBLISH by a connected persistent client, cut by a crash:
+    /// the store commits `commits` more batches and stops (or stops after
+    /// 20 ms), then the broker crashes as in `Crash`; the publisher, which
+    /// got no acknowledgement, sends the PUBLISH again with DUP 1 on its new
+    /// connection. For any other client it is a plain `Crash`.
+    CrashInPublish { c: usize, topic: &'static str, qos: u8, retain: bool, commits: usize },
 }
 
 fn acks() -> impl Strategy<Value = Acks> {
@@ -199,6 +213,10 @@ fn step() -> impl Strategy<Value = Step> {
             Step::Publish { c, topic, qos, retain, exchange }
         }),
         1 => Just(Step::Crash),
+        1 => (c(), select(&TOPICS[..]), 1..=2u8, any::<bool>(), 0..=2usize).prop_map(|(c, topic, qos, retain, commits)| {
+            let commits = if FINDING_7_OPEN && qos == 2 { 0 } else { commits };
+            Step::CrashInPublish { c, topic, qos, retain, commits }
+        }),
     ]
 }
 
@@ -255,6 +273,31 @@ fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// A message owed to a client, `min..=max` times: once, except after a crash
+/// in the middle of a PUBLISH, where the publisher sends it again and the
+/// first attempt may or may not have been committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Due {
+    msg: Msg,
+    min: usize,
+    max: usize,
+}
+
+impl Due {
+    fn once(msg: Msg) -> Due {
+        Due { msg, min: 1, max: 1 }
+    }
+}
+
+impl fmt::Display for Due {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.min, self.max) {
+            (1, 1) => write!(f, "{}", self.msg),
+            (min, max) => write!(f, "{} ({min} to {max} times)", self.msg),
+        }
+    }
+}
+
 /// A session as the model sees it.
 #[derive(Debug, Default)]
 struct Session {
@@ -263,7 +306,7 @@ struct Session {
     /// Filter → granted QoS.
     subs: BTreeMap<String, u8>,
     /// Messages the broker owes the client and has not sent yet, in order.
-    due: Vec<Msg>,
+    due: Vec<Due>,
 }
 
 #[derive(Debug, Default)]
@@ -299,7 +342,7 @@ impl Model {
         for c in 0..=ONCE {
             self.disconnect(c);
             if let Some(s) = &mut self.sessions[c] {
-                s.due.retain(|m| m.qos > 0);
+                s.due.retain(|d| d.msg.qos > 0);
             }
         }
     }
@@ -312,7 +355,7 @@ impl Model {
                 if matches(filter, topic) {
                     let m =
                         Msg { topic: topic.clone(), payload: payload.clone(), qos: (*rqos).min(*qos), retain: true };
-                    s.due.push(m);
+                    s.due.push(Due::once(m));
                 }
             }
         }
@@ -339,11 +382,39 @@ impl Model {
             if qos == 0 && !s.online {
                 continue;
             }
-            s.due.push(Msg { topic: topic.to_owned(), payload: payload.to_vec(), qos, retain: false });
+            s.due.push(Due::once(Msg { topic: topic.to_owned(), payload: payload.to_vec(), qos, retain: false }));
         }
     }
 
-    fn take_due(&mut self, c: usize) -> Vec<Msg> {
+    /// A PUBLISH cut by a crash and sent again (DUP 1) by its persistent
+    /// publisher once the broker is back; the sessions are as they are after
+    /// the crash. The first attempt's QoS 0 copies died with the broker;
+    /// what it committed for persistent sessions may be there or not, and
+    /// the second attempt routes again unless the broker kept the QoS 2
+    /// packet id. So a persistent session with a QoS 1/2 copy gets exactly
+    /// one of a QoS 2 PUBLISH (MQTT 4.3.3: the two attempts are one
+    /// message) and one or two of a QoS 1 PUBLISH; a QoS 0 copy arrives at
+    /// most once, and only for a session online when it is sent again.
+    fn publish_again_after_crash(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
+        if retain {
+            self.retained.insert(topic.to_owned(), (qos, payload.to_vec()));
+        }
+        for s in self.sessions.iter_mut().flatten() {
+            let granted = s.subs.iter().filter(|(f, _)| matches(f, topic)).map(|(_, q)| *q).max();
+            let Some(granted) = granted else { continue };
+            let msg = Msg { topic: topic.to_owned(), payload: payload.to_vec(), qos: qos.min(granted), retain: false };
+            let (min, max) = match (msg.qos, qos) {
+                (0, _) if !s.online => continue,
+                (0, 1) => (1, 1),
+                (0, _) => (0, 1),
+                (_, 1) => (1, 2),
+                _ => (1, 1),
+            };
+            s.due.push(Due { msg, min, max });
+        }
+    }
+
+    fn take_due(&mut self, c: usize) -> Vec<Due> {
         self.sessions[c].as_mut().map(|s| std::mem::take(&mut s.due)).unwrap_or_default()
     }
 
@@ -352,16 +423,33 @@ impl Model {
     }
 }
 
-/// Whether `got` is what was `expected`: the same messages, and the ones
-/// that are not retained deliveries in the same order.
-fn same_deliveries(expected: &[Msg], got: &[Msg]) -> bool {
-    let sorted = |l: &[Msg]| {
-        let mut l = l.to_vec();
-        l.sort();
-        l
-    };
-    let live = |l: &[Msg]| l.iter().filter(|m| !m.retain).cloned().collect::<Vec<_>>();
-    sorted(expected) == sorted(got) && live(expected) == live(got)
+/// Whether `got` is what was `expected`: each message as many times as it
+/// is owed, and the messages owed exactly once that are not retained
+/// deliveries in the same order.
+fn same_deliveries(expected: &[Due], got: &[Msg]) -> bool {
+    let mut counts: BTreeMap<&Msg, (usize, usize, usize)> = BTreeMap::new();
+    for d in expected {
+        let e = counts.entry(&d.msg).or_default();
+        (e.0, e.1) = (e.0 + d.min, e.1 + d.max);
+    }
+    for m in got {
+        match counts.get_mut(m) {
+            Some(e) => e.2 += 1,
+            None => return false,
+        }
+    }
+    if counts.values().any(|(min, max, n)| n < min || n > max) {
+        return false;
+    }
+    let exact = |m: &Msg| !m.retain && expected.iter().all(|d| d.msg != *m || (d.min, d.max) == (1, 1));
+    let live_expected: Vec<&Msg> = expected.iter().map(|d| &d.msg).filter(|m| exact(m)).collect();
+    let live_got: Vec<&Msg> = got.iter().filter(|m| exact(m)).collect();
+    live_expected == live_got
+}
+
+fn owed(expected: &[Due]) -> String {
+    let items: Vec<String> = expected.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
 }
 
 // ---- an in-memory duplex stream ------------------------------------------------
@@ -593,6 +681,8 @@ struct Durable {
     snapshot: Snapshot,
     /// After the crash instant nothing more is committed.
     crashed: bool,
+    /// Commits still allowed before the crash, when one is set up.
+    budget: Option<usize>,
 }
 
 /// A [`MemoryStore`](midge::store::MemoryStore) whose contents outlive the
@@ -603,7 +693,16 @@ struct SharedStore(Arc<Mutex<Durable>>);
 
 impl SharedStore {
     fn over(snapshot: Snapshot) -> SharedStore {
-        SharedStore(Arc::new(Mutex::new(Durable { snapshot, crashed: false })))
+        SharedStore(Arc::new(Mutex::new(Durable { snapshot, crashed: false, budget: None })))
+    }
+
+    /// The store takes `commits` more commits and then stops.
+    fn crash_after(&self, commits: usize) {
+        lock(&self.0).budget = Some(commits);
+    }
+
+    fn stopped(&self) -> bool {
+        lock(&self.0).crashed
     }
 
     fn crash(&self) -> Snapshot {
@@ -616,6 +715,11 @@ impl SharedStore {
 impl Store for SharedStore {
     fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let mut d = lock(&self.0);
+        match d.budget {
+            Some(0) => d.crashed = true,
+            Some(n) => d.budget = Some(n - 1),
+            None => {}
+        }
         if !d.crashed {
             d.snapshot.apply(ops);
         }
@@ -666,12 +770,26 @@ struct Client {
     fresh: Vec<Msg>,
     /// Its own QoS 2 PUBLISHes answered by PUBREC, PUBREL not sent yet.
     held: Vec<u16>,
+    /// A crash cut packets in flight to it: until the next check, a first
+    /// delivery may carry DUP 1 (the broker sent it before, the client
+    /// never read it).
+    cut: bool,
 }
 
 impl Client {
     fn new(id: String) -> Client {
         let (acks, will, clean) = (Acks::All, None, true);
-        Client { id, conn: None, acks, will, clean, inbound: BTreeMap::new(), fresh: Vec::new(), held: Vec::new() }
+        Client {
+            id,
+            conn: None,
+            acks,
+            will,
+            clean,
+            inbound: BTreeMap::new(),
+            fresh: Vec::new(),
+            held: Vec::new(),
+            cut: false,
+        }
     }
 
     /// Handles a PUBLISH or PUBREL from the broker as a client does, and
@@ -708,7 +826,7 @@ impl Client {
                         e.resend_due = false;
                     }
                     None => {
-                        if p.dup() {
+                        if p.dup() && !self.cut {
                             return Err(format!("{who}: first delivery of {msg} has DUP 1"));
                         }
                         self.fresh.push(msg.clone());
@@ -803,6 +921,12 @@ impl<R: Runtime> Run<R> {
         match step {
             Step::Connect { c, clean, acks, will } => self.connect(*c, *clean, *acks, will.clone()),
             Step::Crash => self.crash(),
+            Step::CrashInPublish { c, topic, qos, retain, commits }
+                if self.clients[*c].conn.is_some() && !self.clients[*c].clean =>
+            {
+                self.crash_in_publish(*c, topic, *qos, *retain, *commits)
+            }
+            Step::CrashInPublish { .. } => self.crash(),
             Step::Publish { c, topic, qos, retain, exchange } if self.clients[*c].conn.is_none() => {
                 self.connect(ONCE, true, Acks::All, None)?;
                 let exchange = if *exchange == Exchange::Hold { Exchange::Plain } else { *exchange };
@@ -862,13 +986,27 @@ impl<R: Runtime> Run<R> {
             }
             old.ended(&who)?;
             if let Some((w, payload)) = old_will {
-                self.model.publish(w.topic, &payload, w.qos, w.retain);
+                self.published_will(&w, &payload);
             }
         }
         for pid in std::mem::take(&mut self.clients[c].held) {
             self.release(c, pid)?;
         }
         Ok(())
+    }
+
+    /// The broker published a will. Nobody waits for its store commit, so
+    /// the test does, as an acknowledgement would make a publisher wait: a
+    /// crash in a later step then finds it durable, like everything else the
+    /// model counts on after a crash.
+    fn published_will(&mut self, will: &Will, payload: &[u8]) {
+        self.model.publish(will.topic, payload, will.qos, will.retain);
+        if let Some(store) = self.broker.store() {
+            // A no-op (there is no such session), committed after every
+            // earlier append.
+            let barrier = store.append([Op::Progress("model-barrier".into(), 0, Progress::Queued)]);
+            futures::executor::block_on(store.wait(barrier));
+        }
     }
 
     fn disconnect(&mut self, c: usize) -> Result<(), String> {
@@ -904,7 +1042,7 @@ impl<R: Runtime> Run<R> {
         // midge publishes the will before it detaches the session, so the
         // session still counts as online for it.
         if let Some((w, payload)) = self.clients[c].will.take() {
-            self.model.publish(w.topic, &payload, w.qos, w.retain);
+            self.published_will(&w, &payload);
         }
         self.gone(c);
         Ok(())
@@ -936,6 +1074,32 @@ impl<R: Runtime> Run<R> {
             self.connect(c, clean, acks, will)?;
         }
         Ok(())
+    }
+
+    fn crash_in_publish(&mut self, c: usize, topic: &str, qos: u8, retain: bool, commits: usize) -> Result<(), String> {
+        let payload = self.payload("m");
+        let publish = |pid, dup| packets::publish_with(topic, &payload, qos, Some(pid), retain, dup);
+        self.store.crash_after(commits);
+        let conn = self.clients[c].conn.as_mut().expect("connected");
+        let pid = conn.pid();
+        conn.send(&publish(pid, false));
+        let start = Instant::now();
+        while !self.store.stopped() && start.elapsed() < Duration::from_millis(20) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Whatever was on its way to a client dies with the connections.
+        self.clients.iter_mut().filter(|client| client.conn.is_some()).for_each(|client| client.cut = true);
+        self.crash()?;
+        self.model.publish_again_after_crash(topic, &payload, qos, retain);
+        // MQTT-4.4.0-1: the publisher sends it again with its packet id.
+        self.clients[c].conn.as_ref().expect("connected again").send(&publish(pid, true));
+        match qos {
+            1 => self.expect(c, &ack(PUBACK, pid), "PUBACK for the PUBLISH sent again"),
+            _ => {
+                self.expect(c, &ack(PUBREC, pid), "PUBREC for the PUBLISH sent again")?;
+                self.release(c, pid)
+            }
+        }
     }
 
     fn subscribe(&mut self, c: usize, filters: &[(&'static str, u8)]) -> Result<(), String> {
@@ -1051,7 +1215,7 @@ impl<R: Runtime> Run<R> {
                 }
                 rounds += 1;
                 let client = &self.clients[c];
-                let owed = self.model.sessions[c].as_ref().map_or(0, |s| s.due.len());
+                let owed: usize = self.model.sessions[c].as_ref().map_or(0, |s| s.due.iter().map(|d| d.min).sum());
                 let short = client.fresh.len() < owed || client.inbound.values().any(|e| e.resend_due);
                 if rounds >= 2 && quiet && (!short || start.elapsed() > TIMEOUT) {
                     break;
@@ -1068,9 +1232,10 @@ impl<R: Runtime> Run<R> {
             }
             let expected = self.model.take_due(c);
             let client = &mut self.clients[c];
+            client.cut = false;
             let got = std::mem::take(&mut client.fresh);
             if !same_deliveries(&expected, &got) {
-                return Err(format!("{}: got {} but the model expected {}", client.id, list(&got), list(&expected)));
+                return Err(format!("{}: got {} but the model expected {}", client.id, list(&got), owed(&expected)));
             }
             {
                 let missing: Vec<String> = client
@@ -1218,5 +1383,39 @@ runtime_kind_test!(
     }
 );
 
-/// Shrunk sequences of failures found by the random test, kept to replay.
-mod regressions {}
+/// Failures the random test found, shrunk, kept to replay.
+mod regressions {
+    use super::*;
+
+    /// Issue 10, finding 7, found by the random test (its shrinking is
+    /// defeated by the race, so this is shrunk by hand): a QoS 2 PUBLISH by
+    /// a persistent client, cut by a crash after the store committed one
+    /// batch. The batch held the inbound packet id (`Op::Incoming`) but not
+    /// the retained message appended just after it, so the publisher's DUP
+    /// resend is taken for a duplicate: PUBREC and PUBCOMP, and the message
+    /// is gone. Fails in about 6 of 10 attempts on 68c325b: 20 attempts.
+    fn qos2_publish_cut_by_a_crash_is_not_lost(kind: RuntimeKind) {
+        use Step::*;
+        let steps = [
+            Connect { c: 0, clean: false, acks: Acks::All, will: None },
+            CrashInPublish { c: 0, topic: "a", qos: 2, retain: true, commits: 1 },
+        ];
+        for _ in 0..20 {
+            replay(kind, &steps);
+        }
+    }
+
+    #[cfg(feature = "async-std")]
+    #[test]
+    #[ignore = "issue 10 finding 7 (QoS 2 atomicity) is not fixed yet; un-ignore with FINDING_7_OPEN"]
+    fn qos2_publish_cut_by_a_crash_is_not_lost_async_std() {
+        qos2_publish_cut_by_a_crash_is_not_lost(RuntimeKind::AsyncStd);
+    }
+
+    #[cfg(feature = "smol")]
+    #[test]
+    #[ignore = "issue 10 finding 7 (QoS 2 atomicity) is not fixed yet; un-ignore with FINDING_7_OPEN"]
+    fn qos2_publish_cut_by_a_crash_is_not_lost_smol() {
+        qos2_publish_cut_by_a_crash_is_not_lost(RuntimeKind::Smol);
+    }
+}
