@@ -25,6 +25,9 @@ mod flow;
 mod hardening;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// A model-based test: random sequences of connects, subscriptions,
+/// publishes, takeovers and crashes checked against a reference model.
+mod model;
 /// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).
 mod paho;
 /// The connection handler over an in-memory stream.

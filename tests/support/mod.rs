@@ -125,7 +125,7 @@ impl Drop for TestBroker {
 
 /// One smol executor with two threads shared by every smol test.
 #[cfg(feature = "smol")]
-fn smol_runtime() -> midge::Smol {
+pub fn smol_runtime() -> midge::Smol {
     static RT: OnceLock<midge::Smol> = OnceLock::new();
     RT.get_or_init(|| midge::Smol::with_threads(2)).clone()
 }
