@@ -14,8 +14,9 @@
 //! - A PUBLISH reaches each client with a matching subscription once, at the
 //!   published QoS reduced to the highest granted QoS among its matching
 //!   filters (MQTT-3.3.5-1), with RETAIN 0 (MQTT-3.3.1-9).
-//! - A new subscription gets the retained message of every matching topic,
-//!   at the lower of the two QoS, with RETAIN 1 (MQTT-3.3.1-6/-8); a
+//! - A SUBSCRIBE gets the retained message of every matching topic once,
+//!   at the lower of its QoS and the highest QoS among the SUBSCRIBE's
+//!   filters that match it, with RETAIN 1 (MQTT-3.3.1-6/-8); a
 //!   retained PUBLISH with an empty payload clears its topic
 //!   (MQTT-3.3.1-10/-11) and still goes to subscribers. UNSUBSCRIBE is
 //!   literal (MQTT-3.10.4-1).
@@ -108,12 +109,11 @@ const CASES: u32 = 256;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Issue 10's finding 7 (a QoS 2 PUBLISH's packet id and its routed copies
-/// commit separately, so a crash between them loses the message) is being
-/// fixed. Until then the random sequences cut QoS 2 PUBLISHes by a crash only
-/// before anything of theirs is committed, and
-/// `regressions::qos2_publish_cut_by_a_crash_is_not_lost` is ignored: with
-/// the fix, set this to `false` and un-ignore it.
-const FINDING_7_OPEN: bool = true;
+/// committed separately, so a crash between them lost the message) is fixed:
+/// one PUBLISH commits in one transaction. With `true`, the random sequences
+/// would cut QoS 2 PUBLISHes by a crash only before anything of theirs is
+/// committed (for bisecting an older broker).
+const FINDING_7_OPEN: bool = false;
 
 /// Topic names: levels from {a, b}, depth 1 to 3.
 const TOPICS: [&str; 14] =
@@ -361,16 +361,21 @@ impl Model {
         }
     }
 
+    /// Identical filters in one SUBSCRIBE replace each other (the last
+    /// counts, MQTT-3.8.4-3), and each matching retained message is owed
+    /// once per SUBSCRIBE, at the highest QoS of the filters that match it.
     fn subscribe(&mut self, c: usize, filters: &[(&str, u8)]) {
         let s = self.sessions[c].as_mut().expect("subscribing client has a session");
+        let mut granted: BTreeMap<&str, u8> = BTreeMap::new();
         for (filter, qos) in filters {
             s.subs.insert(filter.to_string(), *qos);
-            for (topic, (rqos, payload)) in &self.retained {
-                if matches(filter, topic) {
-                    let m =
-                        Msg { topic: topic.clone(), payload: payload.clone(), qos: (*rqos).min(*qos), retain: true };
-                    s.due.push(Due::once(m));
-                }
+            granted.insert(filter, *qos);
+        }
+        for (topic, (rqos, payload)) in &self.retained {
+            let best = granted.iter().filter(|(f, _)| matches(f, topic)).map(|(_, q)| *q).max();
+            if let Some(qos) = best {
+                let m = Msg { topic: topic.clone(), payload: payload.clone(), qos: (*rqos).min(qos), retain: true };
+                s.due.push(Due::once(m));
             }
         }
     }
@@ -1423,14 +1428,12 @@ mod regressions {
 
     #[cfg(feature = "async-std")]
     #[test]
-    #[ignore = "issue 10 finding 7 (QoS 2 atomicity) is not fixed yet; un-ignore with FINDING_7_OPEN"]
     fn qos2_publish_cut_by_a_crash_is_not_lost_async_std() {
         qos2_publish_cut_by_a_crash_is_not_lost(RuntimeKind::AsyncStd);
     }
 
     #[cfg(feature = "smol")]
     #[test]
-    #[ignore = "issue 10 finding 7 (QoS 2 atomicity) is not fixed yet; un-ignore with FINDING_7_OPEN"]
     fn qos2_publish_cut_by_a_crash_is_not_lost_smol() {
         qos2_publish_cut_by_a_crash_is_not_lost(RuntimeKind::Smol);
     }
