@@ -12,7 +12,9 @@
 #                    retained) or case ids (e.g. fanin-q1-64); default: all
 #   BROKERS="..."    subset of: midge-smol midge-async-std mosquitto rumqttd, and for
 #                    the durability comparison midge-memory (smol, --in-memory) and
-#                    mosquitto-persist (persistence true)
+#                    mosquitto-persist (persistence true), and midge-bigqueue (smol,
+#                    --max-queued-messages 1000000: no queue limit in practice, so
+#                    no backpressure either)
 #   CONNS=10000      connections for the conns case
 #   INFLIGHT=100     outgoing QoS 1/2 window per client, the same for every broker
 #                    (midge --max-inflight, Mosquitto max_inflight_messages, rumqttd
@@ -97,7 +99,7 @@ ACTIVE=""
 NOTES=()
 for b in $BROKERS; do
     case $b in
-        midge-smol|midge-async-std|midge-memory) ACTIVE="$ACTIVE $b" ;;
+        midge-smol|midge-async-std|midge-memory|midge-bigqueue) ACTIVE="$ACTIVE $b" ;;
         mosquitto|mosquitto-persist) if command -v mosquitto >/dev/null; then ACTIVE="$ACTIVE $b"
                    else NOTES+=("mosquitto: not installed, skipped"); fi ;;
         rumqttd) if command -v rumqttd >/dev/null; then ACTIVE="$ACTIVE $b"
@@ -124,6 +126,11 @@ start_broker() {
             # shellcheck disable=SC2086
             "$MIDGE" --bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
                 --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
+        midge-bigqueue)
+            rm -rf "$TMP/midge-data"
+            # shellcheck disable=SC2086
+            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" --max-inflight "$INFLIGHT" \
+                --max-queued-messages 1000000 $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-memory)
             # shellcheck disable=SC2086
             "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --in-memory --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
