@@ -355,8 +355,14 @@ async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Durati
     while let Some(w) = pressure.last_mut() {
         let listener = w.session.listen_for_room();
         let (room, progress) = {
-            let s = w.session.lock();
-            (s.session.has_room(), s.session.progress())
+            let mut s = w.session.lock();
+            let room = s.session.has_room();
+            if !room {
+                // Whoever drains the queue next wakes us, even if another
+                // publisher's wake-up already went by.
+                s.session.expect_waiter();
+            }
+            (room, s.session.progress())
         };
         if room {
             pressure.pop();

@@ -302,6 +302,12 @@ impl Session {
         newly
     }
 
+    /// Notes that a publisher found no room and waits: the drain that makes
+    /// room wakes it ([`Session::take_room`]).
+    pub fn expect_waiter(&mut self) {
+        self.pressed = true;
+    }
+
     /// Whether publishers held back by this session should be woken now
     /// (it has room again since one was told to wait); resets.
     pub fn take_room(&mut self) -> bool {

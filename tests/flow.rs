@@ -126,6 +126,48 @@ runtime_test!(
 );
 
 runtime_test!(
+    /// Publishers held back by a full queue are woken when it drains, every
+    /// time: pure QoS 0 fan-in (no acknowledgements to wake anything else)
+    /// from three pipelining publishers into a queue of 10, with a
+    /// slow-consumer timeout so long that one missed wake-up stalls the test
+    /// past the client's 10 s read timeout.
+    held_back_qos0_publishers_are_always_woken,
+    |c: &mut midge::Config| {
+        small_windows(c);
+        c.slow_consumer_timeout = Duration::from_secs(60);
+    },
+    |b: &TestBroker| {
+        const PER_PUBLISHER: u32 = 5000;
+        let mut sub = b.client("sink");
+        sub.subscribe(1, &[("q0/#", 0)]);
+        let reader = std::thread::spawn(move || {
+            let mut next = [0u32; 3];
+            for _ in 0..PER_PUBLISHER * 3 {
+                let (topic, _, payload) = sub.recv().publish();
+                let publisher = usize::from(topic.as_bytes()[3] - b'0');
+                assert_eq!(u32::from_be_bytes(payload[..4].try_into().unwrap()), next[publisher], "{topic} in order");
+                next[publisher] += 1;
+            }
+            next
+        });
+        let publishers: Vec<_> = (0..3u8)
+            .map(|p| {
+                let mut publisher = b.client(&format!("pub{p}"));
+                std::thread::spawn(move || {
+                    let topic = format!("q0/{p}");
+                    let bytes: Vec<u8> =
+                        (0..PER_PUBLISHER).flat_map(|i| packets::publish0(&topic, &i.to_be_bytes())).collect();
+                    publisher.send(&bytes);
+                    publisher.ping();
+                })
+            })
+            .collect();
+        publishers.into_iter().for_each(|p| p.join().expect("publisher answered"));
+        assert_eq!(reader.join().expect("every message, none stalled"), [PER_PUBLISHER; 3]);
+    }
+);
+
+runtime_test!(
     /// With `queue_qos0`, QoS 0 messages wait for an offline persistent
     /// session too.
     queue_qos0_option_keeps_qos0_for_offline_sessions,
