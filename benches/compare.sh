@@ -4,12 +4,17 @@
 #
 #   bash benches/compare.sh
 #   DURATION=3 RUNS=1 SCENARIOS="fanin fanout pairs latency" bash benches/compare.sh
+#   SCENARIOS=soak DURATION=600 BROKERS="midge-smol" bash benches/compare.sh
 #
 # Environment:
 #   RUNS=3           runs per (case, broker); brokers are interleaved A B C A B C
+#                    (default 1 when SCENARIOS=soak)
 #   DURATION=10      measured seconds per run (loadgen adds a 1.5 s warm-up)
 #   SCENARIOS="..."  scenario names (fanin fanout pairs latency conns subs
-#                    retained) or case ids (e.g. fanin-q1-64); default: all
+#                    retained) or case ids (e.g. fanin-q1-64); default: all of
+#                    those. Optional, not in the default: soak (mixed traffic for
+#                    DURATION seconds, acked-but-lost count and broker RSS over
+#                    time), e.g. SCENARIOS=soak DURATION=600 BROKERS=midge-smol
 #   BROKERS="..."    subset of: midge-smol midge-async-std mosquitto rumqttd, and for
 #                    the durability comparison midge-memory (smol, --in-memory) and
 #                    mosquitto-persist (persistence true), and midge-bigqueue (smol,
@@ -24,7 +29,8 @@
 #                    rumqttd sends a new subscription at most this many retained
 #                    messages (it reads them all and truncates), so the retained
 #                    case needs RUMQTTD_OUTGOING=200000 for rumqttd to deliver them
-#   NO_BUILD=1       use the binaries already in target/release
+#   NO_BUILD=1       use the binaries already in target/release ($CARGO_TARGET_DIR/release
+#                    if that is set, as for the build)
 #   OUT=dir          where logs and results.tsv go (default target/bench-compare/<time>)
 #   LOADGEN_ARGS=""  extra loadgen arguments for every run (e.g. "--threads 1")
 #   MIDGE_ARGS=""    extra midge arguments (e.g. "--in-memory"); by default midge
@@ -40,9 +46,9 @@
 set -u
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-3}
-DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-"fanin fanout pairs latency conns subs retained"}
+if [ "$SCENARIOS" = soak ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
+DURATION=${DURATION:-10}
 BROKERS=${BROKERS:-"midge-smol midge-async-std mosquitto rumqttd"}
 CONNS=${CONNS:-10000}
 INFLIGHT=${INFLIGHT:-100}
@@ -51,8 +57,9 @@ LOADGEN_ARGS=${LOADGEN_ARGS:-}
 MIDGE_ARGS=${MIDGE_ARGS:-}
 MOSQUITTO_NODELAY=${MOSQUITTO_NODELAY:-1}
 OUT=${OUT:-target/bench-compare/$(date +%Y%m%d-%H%M%S)}
-MIDGE=target/release/midge
-LOADGEN=target/release/examples/loadgen
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+MIDGE=$TARGET_DIR/release/midge
+LOADGEN=$TARGET_DIR/release/examples/loadgen
 
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
@@ -82,7 +89,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     cargo build --release --all-features >"$OUT/build.log" 2>&1 \
         && cargo build --release --example loadgen --features smol >>"$OUT/build.log" 2>&1 \
         || { echo "build failed, see $OUT/build.log" >&2; [ -x "$MIDGE" ] && [ -x "$LOADGEN" ] || exit 1;
-             echo "using the binaries already in target/release" >&2; }
+             echo "using the binaries already in $TARGET_DIR/release" >&2; }
 fi
 for b in "$MIDGE" "$LOADGEN"; do
     [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }
@@ -210,6 +217,7 @@ CASES=(
     "pairs-q0-1024|--scenario pairs --qos 0 --payload 1024"
     "pairs-q1-1024|--scenario pairs --qos 1 --payload 1024"
     "durable-q1-64|--scenario fanin --qos 1 --payload 64 --persistent"
+    "soak|--scenario soak"
 )
 SELECTED=()
 for c in "${CASES[@]}"; do
@@ -239,7 +247,7 @@ for c in "${SELECTED[@]}"; do
                 continue
             fi
             extra=""
-            [[ $args == *"--scenario conns"* ]] && extra="--broker-pid $BROKER_PID"
+            [[ $args == *"--scenario conns"* || $args == *"--scenario soak"* ]] && extra="--broker-pid $BROKER_PID"
             # shellcheck disable=SC2086
             out=$(timeout -k 5 $((DURATION + 40)) "$LOADGEN" $args $extra --port "$port" --host 127.0.0.1 \
                     --duration "$DURATION" --label "$broker" $LOADGEN_ARGS 2>"$OUT/$id.$broker.$run.stderr")
@@ -286,15 +294,17 @@ function fmt(v) {
 {
     id = $1; b = $2; j = $4
     if (!(id in seen)) { seen[id] = 1; order[++ncases] = id }
-    split(id, parts, "-"); sc = parts[1]
+    split(id, parts, "-"); sc = parts[1]; m3 = ""
     if (sc == "latency") { m1 = "p50_us"; m2 = "p99_us" }
     else if (sc == "conns") { m1 = "connect_per_s"; m2 = "rss_per_conn_bytes" }
     else if (sc == "retained") { m1 = "receive_s"; m2 = "retained_received" }
     else if (sc == "subs") { m1 = "received_per_s"; m2 = "subscribe_per_s" }
+    else if (sc == "soak") { m1 = "received_per_s"; m2 = "acked_lost"; m3 = "rss_max_mb" }
     else { m1 = "received_per_s"; m2 = "" }
-    metric[id, 1] = m1; metric[id, 2] = m2
+    metric[id, 1] = m1; metric[id, 2] = m2; metric[id, 3] = m3
     v = jget(j, m1); if (v != "" && v != "null") vals[id, b, 1] = vals[id, b, 1] " " v
     if (m2 != "") { v = jget(j, m2); if (v != "" && v != "null") vals[id, b, 2] = vals[id, b, 2] " " v }
+    if (m3 != "") { v = jget(j, m3); if (v != "" && v != "null") vals[id, b, 3] = vals[id, b, 3] " " v }
     if (jget(j, "lost") + 0 != 0 || jget(j, "errors") + 0 != 0 || jget(j, "error") != "") flag[id, b] = "*"
 }
 END {
@@ -304,7 +314,7 @@ END {
     printf "   %s\n", "midge/mosquitto (smol, async-std)"
     for (k = 1; k <= ncases; k++) {
         id = order[k]
-        for (m = 1; m <= 2; m++) {
+        for (m = 1; m <= 3; m++) {
             if (metric[id, m] == "") continue
             printf "%-16s %-20s", (m == 1 ? id : ""), metric[id, m]
             for (i = 1; i <= nb; i++) {
@@ -321,5 +331,5 @@ END {
         }
     }
     print "* = some run lost messages, had connection errors or failed (see results.tsv)."
-    print "higher is better for *_per_s and retained_received; lower for *_us, receive_s and rss_per_conn_bytes."
+    print "higher is better for *_per_s and retained_received; lower for *_us, receive_s, rss_per_conn_bytes and rss_max_mb; acked_lost must be 0."
 }' "$RESULTS" | tee "$OUT/table.txt"

@@ -18,6 +18,7 @@
 mod mqtt;
 mod rawsock;
 mod scenarios;
+mod soak;
 
 use argh::FromArgs;
 use smol::Executor;
@@ -28,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// loadgen: load generator for MQTT 3.1.1 brokers (fanin, fanout, pairs,
-/// latency, conns, subs, retained).
+/// latency, conns, subs, retained, soak).
 #[derive(FromArgs, Debug, Clone)]
 pub struct Args {
-    /// scenario: fanin, fanout, pairs, latency, conns, subs or retained (default fanin)
+    /// scenario: fanin, fanout, pairs, latency, conns, subs, retained or soak (default fanin)
     #[argh(option, default = "String::from(\"fanin\")")]
     pub scenario: String,
     /// broker host (default 127.0.0.1)
@@ -46,10 +47,10 @@ pub struct Args {
     /// payload size in bytes (default 64; at least 20 carries sequence numbers and timestamps)
     #[argh(option, default = "64")]
     pub payload: usize,
-    /// clients: publishers (fanin, subs), subscribers (fanout), pairs, or connections (conns); default 10, conns 10000, subs/retained 1
+    /// clients: publishers (fanin, subs), subscribers (fanout), pairs, connections (conns), or the width of each group (soak); default 10, conns 10000, subs/retained 1, soak 4
     #[argh(option)]
     pub clients: Option<usize>,
-    /// measured seconds after the warm-up (default 10)
+    /// measured seconds after the warm-up (default 10); soak: the whole run, no warm-up
     #[argh(option, default = "10.0")]
     pub duration: f64,
     /// warm-up seconds before measuring (default 1.5)
@@ -70,7 +71,7 @@ pub struct Args {
     /// latency: messages per second (default 10000)
     #[argh(option, default = "10000")]
     pub rate: u64,
-    /// conns: broker process id, to read its VmRSS from /proc
+    /// conns, soak: broker process id, to read its VmRSS from /proc
     #[argh(option)]
     pub broker_pid: Option<u32>,
     /// subs: distinct subscriptions (default 100000)
@@ -98,6 +99,9 @@ pub struct Args {
     /// durable broker writes to its store)
     #[argh(switch)]
     pub persistent: bool,
+    /// soak: seed of the traffic mix and the on/offline schedule (default: from the clock; printed)
+    #[argh(option)]
+    pub seed: Option<u64>,
 }
 
 /// Shared state of one run.
@@ -211,7 +215,7 @@ pub fn json_string(s: &str) -> String {
 fn main() {
     let mut args: Args = argh::from_env();
     let scenario = args.scenario.clone();
-    if !["fanin", "fanout", "pairs", "latency", "conns", "subs", "retained"].contains(&scenario.as_str()) {
+    if !["fanin", "fanout", "pairs", "latency", "conns", "subs", "retained", "soak"].contains(&scenario.as_str()) {
         eprintln!("loadgen: unknown --scenario {scenario}");
         std::process::exit(2);
     }
@@ -236,6 +240,7 @@ fn main() {
     let clients = args.clients.unwrap_or(match scenario.as_str() {
         "conns" => 10000,
         "subs" | "retained" | "latency" => 1,
+        "soak" => 4,
         _ => 10,
     });
     args.clients = Some(clients.max(1));
@@ -313,9 +318,16 @@ fn main() {
     let errors = ctx.errors.load(Relaxed);
     let stalls = ctx.stalls.load(Relaxed);
     let label = if args.label.is_empty() { String::new() } else { format!(" [{}]", args.label) };
+    // The soak mixes QoS 0 and 1, small and large payloads.
+    let soak = scenario == "soak";
+    let (qos, payload) = if soak {
+        ("0+1".to_string(), "16-64+65536-262144".to_string())
+    } else {
+        (args.qos.to_string(), args.payload.to_string())
+    };
     let mut human = format!(
-        "{scenario}{label} qos={} payload={}B clients={clients} duration={}s: received {:.0}/s, sent {:.0}/s, lost {}",
-        args.qos, args.payload, args.duration, report.received_per_s, report.sent_per_s, report.lost
+        "{scenario}{label} qos={qos} payload={payload}B clients={clients} duration={}s: received {:.0}/s, sent {:.0}/s, lost {}",
+        args.duration, report.received_per_s, report.sent_per_s, report.lost
     );
     if !report.human.is_empty() {
         human.push_str(", ");
@@ -333,8 +345,8 @@ fn main() {
         "{{\"scenario\":{},\"label\":{},\"qos\":{},\"payload\":{},\"clients\":{},\"duration_s\":{},\"threads\":{},\"sent_per_s\":{:.1},\"received_per_s\":{:.1},\"lost\":{}",
         json_string(&scenario),
         json_string(&args.label),
-        args.qos,
-        args.payload,
+        if soak { json_string(&qos) } else { qos },
+        if soak { json_string(&payload) } else { payload },
         clients,
         args.duration,
         threads,

@@ -229,6 +229,19 @@ pub async fn open(
     read_buffer: usize,
     persistent: bool,
 ) -> io::Result<(FrameReader, TcpStream)> {
+    let (reader, writer, _) = open_session(addr, source, client_id, keepalive, read_buffer, persistent).await?;
+    Ok((reader, writer))
+}
+
+/// [`open`], also returning the CONNACK's session-present flag.
+pub async fn open_session(
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    client_id: &str,
+    keepalive: u16,
+    read_buffer: usize,
+    persistent: bool,
+) -> io::Result<(FrameReader, TcpStream, bool)> {
     let stream = timeout(Duration::from_secs(10), "TCP connect", async {
         match source {
             Some(src) => crate::rawsock::connect_from(src, addr).await,
@@ -252,7 +265,7 @@ pub async fn open(
     if body[1] != 0 {
         return Err(io::Error::new(ErrorKind::ConnectionRefused, format!("CONNACK return code {}", body[1])));
     }
-    Ok((reader, writer))
+    Ok((reader, writer, body[0] & 1 == 1))
 }
 
 /// Sends DISCONNECT and shuts the socket down; errors are ignored.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Publishers write once this much is buffered (or when they must wait).
-const FLUSH_AT: usize = 8 * 1024;
+pub(crate) const FLUSH_AT: usize = 8 * 1024;
 /// A subscriber that delivers nothing for this long is considered to have
 /// lost the outstanding messages: its credits are refilled and a stall counted.
 const STALL: Duration = Duration::from_secs(2);
@@ -22,6 +22,7 @@ pub async fn run(ctx: Arc<Ctx>) -> io::Result<Report> {
     match ctx.args.scenario.as_str() {
         "conns" => conns(ctx).await,
         "retained" => retained(ctx).await,
+        "soak" => crate::soak::soak(ctx).await,
         _ => flows(ctx).await,
     }
 }
@@ -31,7 +32,7 @@ fn deadline_error(what: &str) -> io::Error {
 }
 
 /// `f`, or a TimedOut error at the run's soft deadline.
-async fn by_deadline<T>(ctx: &Ctx, what: &str, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+pub(crate) async fn by_deadline<T>(ctx: &Ctx, what: &str, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     let deadline = ctx.deadline;
     smol::future::or(f, async move {
         Timer::at(deadline).await;
@@ -106,7 +107,7 @@ fn sum<T>(items: &[Arc<T>], f: impl Fn(&T) -> &AtomicU64) -> u64 {
     items.iter().map(|i| f(i).load(Relaxed)).sum()
 }
 
-async fn flush(w: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) async fn flush(w: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
     if !buf.is_empty() {
         w.write_all(buf).await?;
         buf.clear();
@@ -615,7 +616,7 @@ async fn flows(ctx: Arc<Ctx>) -> io::Result<Report> {
 
 // ---------------------------------------------------------------- conns --
 
-fn rss_bytes(pid: Option<u32>) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: Option<u32>) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
