@@ -19,7 +19,8 @@
 #                    the durability comparison midge-memory (smol, --in-memory) and
 #                    mosquitto-persist (persistence true), and midge-bigqueue (smol,
 #                    --max-queued-messages 1000000: no queue limit in practice, so
-#                    no backpressure either)
+#                    no backpressure either), and midge-base (smol, the binary at
+#                    MIDGE_BASE, e.g. an older commit's build: an A/B in one run)
 #   CONNS=10000      connections for the conns case
 #   INFLIGHT=100     outgoing QoS 1/2 window per client, the same for every broker
 #                    (midge --max-inflight, Mosquitto max_inflight_messages, rumqttd
@@ -107,6 +108,8 @@ NOTES=()
 for b in $BROKERS; do
     case $b in
         midge-smol|midge-async-std|midge-memory|midge-bigqueue) ACTIVE="$ACTIVE $b" ;;
+        midge-base) if [ -x "${MIDGE_BASE:-}" ]; then ACTIVE="$ACTIVE $b"
+                    else echo "midge-base needs MIDGE_BASE=path/to/an/older/midge" >&2; exit 2; fi ;;
         mosquitto|mosquitto-persist) if command -v mosquitto >/dev/null; then ACTIVE="$ACTIVE $b"
                    else NOTES+=("mosquitto: not installed, skipped"); fi ;;
         rumqttd) if command -v rumqttd >/dev/null; then ACTIVE="$ACTIVE $b"
@@ -132,6 +135,11 @@ start_broker() {
             rm -rf "$TMP/midge-data"
             # shellcheck disable=SC2086
             "$MIDGE" --bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
+                --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
+        midge-base)
+            rm -rf "$TMP/midge-data"
+            # shellcheck disable=SC2086
+            "$MIDGE_BASE" --bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" \
                 --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-bigqueue)
             rm -rf "$TMP/midge-data"

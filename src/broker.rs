@@ -408,19 +408,18 @@ impl Broker {
     }
 
     /// The retained messages matching any of `filters`, each once at the
-    /// highest QoS among the filters that match it. The retained lock is
-    /// taken for a bounded scan at a time, never for the whole set.
+    /// highest QoS among the filters that match it, in topic order. The
+    /// retained lock is taken for a bounded scan at a time, never for the
+    /// whole set.
     fn retained_for(&self, filters: &[(&str, QoS)]) -> Vec<Message> {
         /// Topics looked at per hold of the retained lock.
         const SCAN_BUDGET: usize = 1024;
-        let mut found: HashMap<Arc<str>, Message> = HashMap::new();
+        let mut found: Vec<Message> = Vec::new();
         for (filter, qos) in filters {
             let mut from = None;
             loop {
                 let scan = read(&self.shared.retained).scan(filter, from.as_ref(), SCAN_BUDGET, |m| {
-                    let qos = m.qos.min(*qos);
-                    let entry = found.entry(m.topic.clone()).or_insert_with(|| Message { qos, ..m.clone() });
-                    entry.qos = entry.qos.max(qos);
+                    found.push(Message { qos: m.qos.min(*qos), ..m.clone() });
                 });
                 match scan {
                     Scan::Done => break,
@@ -428,9 +427,12 @@ impl Broker {
                 }
             }
         }
-        let mut messages: Vec<Message> = found.into_values().collect();
-        messages.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
-        messages
+        if filters.len() > 1 {
+            // Highest QoS first within a topic, then keep the first of each.
+            found.sort_by(|a, b| a.topic.cmp(&b.topic).then(b.qos.cmp(&a.qos)));
+            found.dedup_by(|later, first| later.topic == first.topic);
+        }
+        found
     }
 
     /// Counts a drop, or notes a session that holds its publisher back.

@@ -423,7 +423,8 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
     let mut pressure: Vec<Waiting> = Vec::new();
     // A packet read but not handled yet: the batch ended, or reads paused.
-    let mut stash: Option<Packet> = None;
+    // Boxed: rarely used, and a packet inline would grow every connection.
+    let mut stash: Option<Box<Packet>> = None;
     let mut held_back = false;
     let mut event = Event::Queued;
     loop {
@@ -472,7 +473,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         None => None,
                     };
                 }
-                stash = next;
+                stash = next.map(Box::new);
             }
             Event::Packet(Some(Err(e))) => return e.into(),
             Event::Packet(None) => return Close::PeerClosed,
@@ -545,7 +546,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             if shutdown.is_closed() {
                 return Close::Shutdown;
             }
-            event = Event::Packet(stash.take().map(Ok));
+            event = Event::Packet(stash.take().map(|p| Ok(*p)));
             continue;
         }
         event = {
@@ -563,20 +564,16 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             let stop = shutdown.recv().fuse();
             let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
             let committed = committed(broker, awaited).fuse();
-            let relieved = async {
-                match pressure.is_empty() {
-                    true => future::pending().await,
-                    false => relief(rt, &mut pressure, slow_consumer).await,
-                }
-            }
-            .fuse();
-            let rate_over = async {
-                match rate_until {
-                    Some(until) => rt.sleep(until.saturating_duration_since(Instant::now())).await,
-                    None => future::pending().await,
-                }
-            }
-            .fuse();
+            // Boxed, and only while needed: inline, their timers and
+            // listeners would make every idle connection's task larger.
+            let relieved = match pressure.is_empty() {
+                true => Fuse::terminated(),
+                false => Box::pin(relief(rt, &mut pressure, slow_consumer)).fuse(),
+            };
+            let rate_over = match rate_until {
+                None => Fuse::terminated(),
+                Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
+            };
             pin_mut!(io, queued, kicked, stop, committed, relieved, rate_over);
             futures::select! {
                 event = io => event,

@@ -115,23 +115,25 @@ pub(crate) async fn flush(w: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()
     Ok(())
 }
 
+/// Takes one permit (kept taken) if one comes within `wait`.
+pub async fn acquire_within(sem: &Semaphore, wait: Duration) -> bool {
+    let acquired = async {
+        sem.acquire().await.forget();
+        true
+    };
+    smol::future::or(acquired, async {
+        Timer::after(wait).await;
+        false
+    })
+    .await
+}
+
 /// Waits for one permit. With `refill`, a stall (no permit for [`STALL`])
 /// counts and refills the semaphore to that many permits. False on stop.
 async fn wait_credit(ctx: &Ctx, sem: &Semaphore, refill: Option<usize>) -> bool {
     let mut started = Instant::now();
     loop {
-        let got = smol::future::or(
-            async {
-                sem.acquire().await.forget();
-                true
-            },
-            async {
-                Timer::after(Duration::from_millis(50)).await;
-                false
-            },
-        )
-        .await;
-        if got {
+        if acquire_within(sem, Duration::from_millis(50)).await {
             return true;
         }
         if ctx.stop.load(Relaxed) {

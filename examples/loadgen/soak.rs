@@ -55,7 +55,7 @@
 //! maximum is within 10 % (or 4 MiB) of the middle third's.
 
 use crate::mqtt::{self, FrameReader};
-use crate::scenarios::{FLUSH_AT, by_deadline, flush, rss_bytes};
+use crate::scenarios::{FLUSH_AT, acquire_within, by_deadline, flush, rss_bytes};
 use crate::{Ctx, Report};
 use event_listener::Event;
 use futures::FutureExt as _;
@@ -593,18 +593,7 @@ async fn publisher_inner(
                 None => {
                     flush(&mut w, &mut buf).await?;
                     loop {
-                        let got = smol::future::or(
-                            async {
-                                inflight.acquire().await.forget();
-                                true
-                            },
-                            async {
-                                Timer::after(Duration::from_millis(50)).await;
-                                false
-                            },
-                        )
-                        .await;
-                        if got {
+                        if acquire_within(&inflight, Duration::from_millis(50)).await {
                             break;
                         }
                         if ctx.stop.load(Relaxed) {
