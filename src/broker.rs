@@ -410,16 +410,29 @@ impl Broker {
     /// The retained messages matching any of `filters`, each once at the
     /// highest QoS among the filters that match it, in topic order. The
     /// retained lock is taken for a bounded scan at a time, never for the
-    /// whole set.
+    /// whole set, and what is collected never exceeds the retained set, however
+    /// many filters match the same topics.
     fn retained_for(&self, filters: &[(&str, QoS)]) -> Vec<Message> {
         /// Topics looked at per hold of the retained lock.
         const SCAN_BUDGET: usize = 1024;
         let mut found: Vec<Message> = Vec::new();
+        // With more than one filter, a topic's place in `found`.
+        let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
         for (filter, qos) in filters {
             let mut from = None;
             loop {
                 let scan = read(&self.shared.retained).scan(filter, from.as_ref(), SCAN_BUDGET, |m| {
-                    found.push(Message { qos: m.qos.min(*qos), ..m.clone() });
+                    let qos = m.qos.min(*qos);
+                    if filters.len() == 1 {
+                        return found.push(Message { qos, ..m.clone() });
+                    }
+                    match seen.get(&m.topic) {
+                        Some(&i) => found[i].qos = found[i].qos.max(qos),
+                        None => {
+                            seen.insert(m.topic.clone(), found.len());
+                            found.push(Message { qos, ..m.clone() });
+                        }
+                    }
                 });
                 match scan {
                     Scan::Done => break,
@@ -428,9 +441,7 @@ impl Broker {
             }
         }
         if filters.len() > 1 {
-            // Highest QoS first within a topic, then keep the first of each.
-            found.sort_by(|a, b| a.topic.cmp(&b.topic).then(b.qos.cmp(&a.qos)));
-            found.dedup_by(|later, first| later.topic == first.topic);
+            found.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
         }
         found
     }
