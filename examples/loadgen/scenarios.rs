@@ -296,12 +296,8 @@ async fn pub_reader(ctx: Arc<Ctx>, mut r: FrameReader, st: Arc<PubState>, inflig
     }
 }
 
-async fn publisher_inner(
-    ctx: &Arc<Ctx>,
-    mut spec: PubSpec,
-    st: &Arc<PubState>,
-    ready: smol::channel::Sender<bool>,
-) -> io::Result<()> {
+/// Connects a publisher (clean session) and tells `ready` whether it did.
+pub async fn connect_publisher(ctx: &Ctx, ready: &smol::channel::Sender<bool>) -> io::Result<(FrameReader, TcpStream)> {
     let opened = by_deadline(
         ctx,
         "publisher connect",
@@ -309,7 +305,16 @@ async fn publisher_inner(
     )
     .await;
     let _ = ready.send(opened.is_ok()).await;
-    let (r, mut w) = opened?;
+    opened
+}
+
+async fn publisher_inner(
+    ctx: &Arc<Ctx>,
+    mut spec: PubSpec,
+    st: &Arc<PubState>,
+    ready: smol::channel::Sender<bool>,
+) -> io::Result<()> {
+    let (r, mut w) = connect_publisher(ctx, &ready).await?;
     let qos = ctx.args.qos;
     let payload_len = ctx.args.payload;
     let inflight = Arc::new(Semaphore::new(ctx.args.inflight));

@@ -55,7 +55,7 @@
 //! maximum is within 10 % (or 4 MiB) of the middle third's.
 
 use crate::mqtt::{self, FrameReader};
-use crate::scenarios::{FLUSH_AT, acquire_within, by_deadline, flush, rss_bytes};
+use crate::scenarios::{FLUSH_AT, acquire_within, by_deadline, connect_publisher, flush, rss_bytes};
 use crate::{Ctx, Report};
 use event_listener::Event;
 use futures::FutureExt as _;
@@ -550,14 +550,7 @@ async fn publisher_inner(
     seed: u64,
     ready: Sender<bool>,
 ) -> io::Result<()> {
-    let opened = by_deadline(
-        ctx,
-        "publisher connect",
-        mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('p'), ctx.keepalive(), 4096, false),
-    )
-    .await;
-    let _ = ready.send(opened.is_ok()).await;
-    let (r, mut w) = opened?;
+    let (r, mut w) = connect_publisher(ctx, &ready).await?;
     let inflight = Arc::new(Semaphore::new(ctx.args.inflight));
     let pids: Arc<Vec<AtomicU64>> = Arc::new((0..65536).map(|_| AtomicU64::new(0)).collect());
     let reader = ctx.ex.spawn(pub_reader(ctx.clone(), r, s.clone(), inflight.clone(), pids.clone()));
