@@ -450,7 +450,7 @@ impl Broker {
     fn count_offer(&self, offer: Offer, session: &Arc<SessionHandle>, pressed: &mut Vec<Arc<SessionHandle>>) {
         match offer {
             Offer::Dropped => self.shared.stats.dropped(),
-            Offer::Pressed if !pressed.iter().any(|p| Arc::ptr_eq(p, session)) => pressed.push(session.clone()),
+            Offer::Pressed => pressed.push(session.clone()),
             _ => {}
         }
     }

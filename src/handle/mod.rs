@@ -62,12 +62,8 @@ impl Client {
         if sessions.is_empty() {
             return;
         }
-        let mut pressed = self.pressed.lock().unwrap_or_else(PoisonError::into_inner);
-        for session in sessions {
-            if !pressed.iter().any(|p| Arc::ptr_eq(p, &session)) {
-                pressed.push(session);
-            }
-        }
+        // Repeats are dropped where the connection takes them.
+        self.pressed.lock().unwrap_or_else(PoisonError::into_inner).extend(sessions);
     }
 
     /// Whether no session was noted since the last [`Client::take_pressed`].
