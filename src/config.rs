@@ -75,6 +75,9 @@ pub struct Config {
     pub max_keepalive: Option<u16>,
     /// Most PUBLISH packets per second accepted from one client.
     pub max_publish_rate: Option<u32>,
+    /// Where the HTTP endpoint (`GET /metrics`, `GET /healthz`) listens;
+    /// `None` (the default): no HTTP listener.
+    pub http_listener: Option<SocketAddr>,
 }
 
 /// One listener: an address, optionally TLS, optionally its own limit.
@@ -86,12 +89,34 @@ pub struct Listener {
     pub max_connections: Option<usize>,
     /// TLS settings; `None` for plain TCP.
     pub tls: Option<TlsFiles>,
+    /// MQTT over WebSockets (RFC 6455) instead of bare MQTT; over TLS when
+    /// `tls` is set too (`wss://`).
+    pub websockets: Option<WebSockets>,
+}
+
+/// How a WebSocket listener accepts its handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSockets {
+    /// The request path the handshake must name (default `/mqtt`).
+    pub path: String,
+    /// Take the client's address from `X-Forwarded-For` (only behind a
+    /// proxy that sets it; otherwise any client could claim any address).
+    pub trust_forwarded_for: bool,
+}
+
+/// The WebSocket path Mosquitto's clients and MQTT.js use by default.
+pub const DEFAULT_WEBSOCKETS_PATH: &str = "/mqtt";
+
+impl Default for WebSockets {
+    fn default() -> Self {
+        WebSockets { path: DEFAULT_WEBSOCKETS_PATH.into(), trust_forwarded_for: false }
+    }
 }
 
 impl Listener {
     /// A plain TCP listener with no limit of its own.
     pub fn tcp(bind: SocketAddr) -> Listener {
-        Listener { bind, max_connections: None, tls: None }
+        Listener { bind, max_connections: None, tls: None, websockets: None }
     }
 }
 
@@ -132,6 +157,7 @@ impl Default for Config {
             max_connections: None,
             max_keepalive: None,
             max_publish_rate: None,
+            http_listener: None,
         }
     }
 }

@@ -321,7 +321,7 @@ fn listener(
             None
         }
     };
-    Ok(Listener { bind, max_connections, tls })
+    Ok(Listener { bind, max_connections, tls, websockets: None })
 }
 
 /// Mosquitto's connection limit: -1 (any negative) is no limit; 0 would
