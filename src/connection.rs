@@ -15,6 +15,7 @@ use crate::runtime::Runtime;
 use crate::session::Message;
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
+use crate::stats::DropCause;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
@@ -167,7 +168,14 @@ where
         return;
     };
     broker.stats().connected();
+    let level = client.protocol.level();
+    if let Some(listener) = &peer.listener {
+        listener.connected(level);
+    }
     let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
+    if link.framed.codec().refused_oversized_publish() {
+        broker.stats().dropped(DropCause::TooLarge, 1);
+    }
     let addr = peer.addr;
     match &reason {
         Close::Violation(_) => {
@@ -185,6 +193,9 @@ where
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
+    if let Some(listener) = &peer.listener {
+        listener.disconnected(level);
+    }
     close(&rt, &mut link).await;
     link.account(&broker);
 }
@@ -515,7 +526,14 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 Drained::Sent => None,
             };
         }
-        let sent = out.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
+        // PUBLISH packets and payload bytes by QoS, for the counters.
+        let mut sent = [(0, 0); 3];
+        for packet in out.iter() {
+            if let Packet::Publish(p) = packet {
+                let slot = &mut sent[p.qos as usize];
+                *slot = (slot.0 + 1, slot.1 + p.payload.len() as u64);
+            }
+        }
         let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
         if let Err(e) = link.push(out) {
             return e.into();
@@ -523,7 +541,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         if backlog {
             unanswered += link.outbox.waiting() - before;
         }
-        broker.stats().sent(sent as u64);
+        broker.stats().sent(&sent);
         let written = link.write_now();
         link.account(broker);
         if let Err(e) = written {
