@@ -25,8 +25,11 @@ use std::time::Duration;
 pub const MAX_HEAD: usize = 8 * 1024;
 /// HTTP connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Time allowed to write an error answer after the request time ran out.
+/// Time allowed to write an error answer after the request time ran out,
+/// and to read what the client sent beyond the head before closing.
 const LAST_WRITE: Duration = Duration::from_secs(1);
+/// Bytes beyond the head read (and dropped) before closing, at most.
+const MAX_DISCARD: usize = 64 * 1024;
 /// Pause after a failed accept before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -131,6 +134,23 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     if within(rt, timeout, exchange).await.is_none() {
         bad_request(peer, &format!("request not complete within {timeout:?}"));
         within(rt, LAST_WRITE, write(&mut stream, &Response::error(408, "Request Timeout"))).await;
+    }
+    // What the client sent beyond the head (a body, the rest of an
+    // oversized head) is read and dropped before the socket closes: closed
+    // with unread bytes, it would be reset, and the client could lose the
+    // answer. Bounded in time and bytes.
+    within(rt, LAST_WRITE, discard(&mut stream)).await;
+}
+
+/// Reads and drops up to [`MAX_DISCARD`] bytes, until the client closes.
+async fn discard<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut buf = [0u8; 1024];
+    let mut left = MAX_DISCARD;
+    while left > 0 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
     }
 }
 
