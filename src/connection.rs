@@ -11,7 +11,7 @@ use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::outbox::Outbox;
 use crate::packet::{Connect, Packet};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, within};
 use crate::session::Message;
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
@@ -24,7 +24,6 @@ use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -204,20 +203,10 @@ where
 /// before a protocol violation, a TLS close) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs `fut` for at most `timeout`: `None` if it did not finish.
-async fn bounded<R: Runtime, T>(rt: &R, timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    let deadline = rt.sleep(timeout);
-    pin_mut!(fut, deadline);
-    match select(fut, deadline).await {
-        Either::Left((value, _)) => Some(value),
-        Either::Right(_) => None,
-    }
-}
-
 /// Writes what is still waiting and closes the socket, within
 /// [`CLOSE_TIMEOUT`]: a client that does not read cannot hold the task.
 async fn close<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(rt: &R, link: &mut Transport<S>) {
-    let flushed = bounded(rt, CLOSE_TIMEOUT, async {
+    let flushed = within(rt, CLOSE_TIMEOUT, async {
         if !link.outbox.is_empty() {
             link.outbox.write_to(&mut *link.framed).await?;
         }
@@ -276,7 +265,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         // CONNACK and the resent messages go out within the connect
         // timeout, or the client is not reading and is dropped.
         Ok(client) => {
-            let why = match bounded(rt, timeout, link.write(out)).await {
+            let why = match within(rt, timeout, link.write(out)).await {
                 Some(Ok(())) => return Some(client),
                 Some(Err(e)) => Close::from(e).to_string(),
                 None => format!("CONNACK not taken within {timeout:?}"),

@@ -9,13 +9,12 @@
 
 use crate::broker::Broker;
 use crate::metrics;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, within};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::pin_mut;
 use prometheus_client::registry::Registry;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,16 +95,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Runs `fut` for at most `timeout`: `None` if it did not finish.
-async fn within<R: Runtime, T>(rt: &R, timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    let deadline = rt.sleep(timeout);
-    pin_mut!(fut, deadline);
-    match select(fut, deadline).await {
-        Either::Left((value, _)) => Some(value),
-        Either::Right(_) => None,
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Stats {
     /// Payload bytes of the PUBLISH packets sent, by QoS.
     pub payload_sent: [AtomicU64; 3],
     /// Messages dropped, by [`DropCause`] (in [`DropCause::ALL`] order).
-    pub messages_dropped: [AtomicU64; 5],
+    pub messages_dropped: [AtomicU64; DropCause::ALL.len()],
     /// Bytes of MQTT packets received.
     pub bytes_received: AtomicU64,
     /// Bytes of MQTT packets sent.

@@ -27,11 +27,17 @@ struct Answer {
     body: String,
 }
 
-/// Sends `request` as it is and reads the answer until the server closes.
-fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to the HTTP listener");
+/// A TCP connection with a deadline on every read and write.
+fn open(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to the HTTP listener");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `request` as it is and reads the answer until the server closes.
+fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+    let mut stream = open(addr);
     stream.write_all(request).expect("send the request");
     read_answer(&mut stream)
 }
@@ -302,9 +308,7 @@ runtime_test!(
         assert_eq!(answer.status, 431, "{}", answer.head);
         let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
         huge.resize(1 << 20, b'a');
-        let mut stream = TcpStream::connect(http_addr(b)).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut stream = open(http_addr(b));
         // The server stops reading: the write may fail (reset) or stall.
         let _ = stream.write_all(&huge);
         let mut first = [0u8; 12];
@@ -326,15 +330,12 @@ runtime_test!(
     },
     |b: &TestBroker| {
         let started = Instant::now();
-        let mut stream = TcpStream::connect(http_addr(b)).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut stream = open(http_addr(b));
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: mid").unwrap();
         let answer = read_answer(&mut stream);
         assert_eq!(answer.status, 408, "{}", answer.head);
         assert!(started.elapsed() >= Duration::from_millis(250), "answered after {:?}", started.elapsed());
-        let mut silent = TcpStream::connect(http_addr(b)).unwrap();
-        silent.set_read_timeout(Some(TIMEOUT)).unwrap();
-        assert_eq!(read_answer(&mut silent).status, 408, "a connection that sends nothing");
+        assert_eq!(read_answer(&mut open(http_addr(b))).status, 408, "a connection that sends nothing");
     }
 );
 
@@ -346,8 +347,7 @@ runtime_test!(
     |b: &TestBroker| {
         let addr = http_addr(b);
         let idle: Vec<TcpStream> = (0..midge::http::MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        let mut extra = TcpStream::connect(addr).unwrap();
-        extra.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut extra = open(addr);
         let mut buf = [0u8; 16];
         match extra.read(&mut buf) {
             Ok(n) => assert_eq!(n, 0, "the 17th connection got an answer"),
@@ -356,8 +356,7 @@ runtime_test!(
         drop(idle);
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut stream = open(addr);
             stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
             let mut bytes = Vec::new();
             if stream.read_to_end(&mut bytes).is_ok() && bytes.starts_with(b"HTTP/1.1 200") {
@@ -495,5 +494,59 @@ runtime_kind_test!(
         assert_eq!(get(addr, "/healthz").status, 200);
         let m = scrape(addr);
         assert!(m.contains_key("midge_messages_received_total{qos=\"0\"}"), "{m:#?}");
+    }
+);
+
+runtime_test!(
+    /// A TLS handshake that fails (plain MQTT sent to a TLS listener) is
+    /// counted, and the listener is labelled `mqtt+tls`.
+    metrics_count_tls_handshake_failures,
+    |c: &mut midge::Config| {
+        with_http(c);
+        let fixture = |name: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+        let tls = midge::config::TlsFiles {
+            certfile: fixture("server.pem"),
+            keyfile: fixture("server.key"),
+            cafile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+        };
+        c.listeners = vec![midge::config::Listener { tls: Some(tls), ..midge::config::Listener::tcp("127.0.0.1:0".parse().unwrap()) }];
+    },
+    |b: &TestBroker| {
+        let mut plain = b.raw();
+        plain.send(&packets::connect("plain", true, 60));
+        plain.expect_closed_or_reset();
+        let m = scrape_until(http_addr(b), "the failed handshake", |m| {
+            m.get("midge_tls_handshake_failures_total") == Some(&1.0)
+        });
+        let key = format!("midge_connections_total{{listener=\"{}\",kind=\"mqtt+tls\",protocol=\"3.1.1\"}}", b.addr);
+        assert_eq!(value(&m, &key), 0.0);
+    }
+);
+
+runtime_test!(
+    /// Messages queued in a persistent session that expires
+    /// (`persistent_client_expiration`) are counted as dropped (`expired`).
+    metrics_count_messages_of_expired_sessions,
+    |c: &mut midge::Config| {
+        with_http(c);
+        c.session_expiry = Some(Duration::from_secs(1));
+    },
+    |b: &TestBroker| {
+        let mut away = b.persistent("away", false);
+        away.subscribe(1, &[("t", 1)]);
+        away.send(&DISCONNECT);
+        away.expect_closed();
+        let mut publisher = b.client("pub");
+        for pid in 1..=2 {
+            publisher.send(&packets::publish("t", b"x", 1, pid));
+            publisher.expect(&ack(PUBACK, pid));
+        }
+        let m = scrape_until(http_addr(b), "the expired session's messages", |m| {
+            m.get("midge_messages_dropped_total{cause=\"expired\"}") == Some(&2.0)
+        });
+        assert_eq!(value(&m, "midge_sessions_persistent"), 0.0);
+        assert_eq!(value(&m, "midge_queued_messages"), 0.0);
     }
 );
