@@ -101,14 +101,14 @@ impl Drop for Slot {
 /// Reads one request and answers it, all within the connect timeout.
 async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     mut stream: S,
     peer: SocketAddr,
 ) {
     let timeout = endpoint.broker.config().connect_timeout;
     let exchange = async {
         let response = match read_head(&mut stream).await {
-            Ok(Some(head)) => answer(endpoint, &head, peer),
+            Ok(Some(head)) => answer(endpoint, &head, peer).await,
             Ok(None) => {
                 bad_request(peer, "request head larger than 8 KiB");
                 Response::error(431, "Request Header Fields Too Large")
@@ -227,8 +227,9 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) {
     let _ = stream.close().await;
 }
 
-/// The answer to a complete request head.
-fn answer(endpoint: &Endpoint, head: &[u8], peer: SocketAddr) -> Response {
+/// The answer to a complete request head. The metrics are encoded on a
+/// blocking thread: counting queued messages locks every session in turn.
+async fn answer(endpoint: &Arc<Endpoint>, head: &[u8], peer: SocketAddr) -> Response {
     let (method, path) = match parse_request_line(head) {
         Ok(request) => request,
         Err((status, reason, why)) => {
@@ -246,7 +247,11 @@ fn answer(endpoint: &Endpoint, head: &[u8], peer: SocketAddr) -> Response {
     }
     let text = "text/plain; charset=utf-8";
     let response = match path {
-        "/metrics" => Response::new(200, "OK", metrics::CONTENT_TYPE, metrics::encode(&endpoint.registry).into_bytes()),
+        "/metrics" => {
+            let endpoint = endpoint.clone();
+            let text = blocking::unblock(move || metrics::encode(&endpoint.registry)).await;
+            Response::new(200, "OK", metrics::CONTENT_TYPE, text.into_bytes())
+        }
         _ if endpoint.broker.store().is_some_and(|s| s.stats().failing()) => {
             Response::new(503, "Service Unavailable", text, b"store failing\n".to_vec())
         }

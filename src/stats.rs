@@ -154,11 +154,17 @@ impl Stats {
         self.dropped_for(DropCause::QueueFull) + self.dropped_for(DropCause::SlowConsumer)
     }
 
-    /// Registers a listener's counters (at server start).
+    /// A listener's counters, registered at server start. A server started
+    /// again on the same broker and address goes on with the same counters
+    /// (one series per label set, and counters never go back).
     pub fn add_listener(&self, listener: String, kind: &'static str) -> Arc<ListenerStats> {
+        let mut listeners = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = listeners.iter().find(|l| l.listener == listener && l.kind == kind) {
+            return known.clone();
+        }
         let stats =
             Arc::new(ListenerStats { listener, kind, connected: Default::default(), total: Default::default() });
-        self.listeners.lock().unwrap_or_else(PoisonError::into_inner).push(stats.clone());
+        listeners.push(stats.clone());
         stats
     }
 
@@ -284,5 +290,9 @@ mod tests {
         assert_eq!(counts, [("3.1", 1, 1), ("3.1.1", 1, 2)]);
         assert_eq!(protocol_label(5), "5.0");
         assert_eq!(stats.listeners().len(), 1);
+        let again = stats.add_listener("127.0.0.1:1883".into(), "mqtt");
+        assert!(Arc::ptr_eq(&l, &again), "a restarted listener keeps its counters");
+        stats.add_listener("127.0.0.1:8883".into(), "mqtt+tls");
+        assert_eq!(stats.listeners().len(), 2);
     }
 }
