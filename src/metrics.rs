@@ -136,7 +136,7 @@ impl Collector for BrokerCollector {
             persistent as u64,
         )?;
         gauge(&mut e, "subscriptions", "Subscriptions (filter, client).", broker.subscription_count() as u64)?;
-        gauge(&mut e, "retained_messages", "Retained messages.", broker.retained_count() as u64)?;
+        gauge(&mut e, "retained_messages", "Retained messages ($SYS ones included).", broker.retained_count() as u64)?;
         gauge(&mut e, "queued_messages", "Messages queued or in flight in every session.", broker.queued_messages())?;
         by_qos(
             &mut e,
