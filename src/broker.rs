@@ -13,7 +13,7 @@ use crate::security::{Guards, Hooks, Security};
 use crate::session::{Message, Offer, Session};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
-use crate::stats::Stats;
+use crate::stats::{DropCause, Stats};
 use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, Ticket};
 use crate::trie::Trie;
 use std::collections::HashMap;
@@ -47,6 +47,8 @@ struct Shared {
 
 struct Entry {
     session: Arc<SessionHandle>,
+    /// A clean session (discarded when its connection ends).
+    clean: bool,
     connection: Option<Attached>,
     /// When the last connection left (persistent sessions; for expiry).
     left: Option<SystemTime>,
@@ -145,7 +147,7 @@ impl Broker {
             for (filter, qos) in handle.lock().session.subscriptions() {
                 trie.insert(filter, id.clone(), Subscriber { qos, session: handle.clone() });
             }
-            registry.insert(id, Entry { session: handle, connection: None, left });
+            registry.insert(id, Entry { session: handle, clean: false, connection: None, left });
         }
         let shared = Shared {
             config,
@@ -205,6 +207,23 @@ impl Broker {
     /// waiting for their client.
     pub fn client_count(&self) -> usize {
         lock(&self.shared.registry).len()
+    }
+
+    /// Sessions known to the broker: (with a connection, without one,
+    /// persistent ones among both).
+    pub fn session_counts(&self) -> (usize, usize, usize) {
+        let registry = lock(&self.shared.registry);
+        let online = registry.values().filter(|e| e.connection.is_some()).count();
+        let persistent = registry.values().filter(|e| !e.clean).count();
+        (online, registry.len() - online, persistent)
+    }
+
+    /// Messages queued or inflight in every session. Each session is locked
+    /// in turn, outside the registry's lock: for a scrape, not the hot path.
+    pub fn queued_messages(&self) -> u64 {
+        let sessions: Vec<Arc<SessionHandle>> =
+            lock(&self.shared.registry).values().map(|e| e.session.clone()).collect();
+        sessions.iter().map(|s| s.lock().session.pending() as u64).sum()
     }
 
     /// Messages queued or inflight for `client_id`'s session, if it has one.
@@ -274,7 +293,9 @@ impl Broker {
             s.session.set_online(true);
         }
         let ticket = self.append(ops);
-        let entry = Entry { session: session.clone(), connection: Some(Attached { id: conn, kick }), left: None };
+        // A resumed session is persistent, as the CONNECT asked: `clean` either way.
+        let entry =
+            Entry { session: session.clone(), clean, connection: Some(Attached { id: conn, kick }), left: None };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
     }
@@ -325,6 +346,8 @@ impl Broker {
         let mut ops = Vec::new();
         for id in &expired {
             let entry = registry.remove(id).expect("listed above");
+            let pending = entry.session.lock().session.pending();
+            self.shared.stats.dropped(DropCause::Expired, pending as u64);
             self.discard(id, &entry.session, &mut ops);
             log::info!("session of client {id} expired after {max_age:?} offline");
         }
@@ -449,7 +472,7 @@ impl Broker {
     /// Counts a drop, or notes a session that holds its publisher back.
     fn count_offer(&self, offer: Offer, session: &Arc<SessionHandle>, pressed: &mut Vec<Arc<SessionHandle>>) {
         match offer {
-            Offer::Dropped => self.shared.stats.dropped(),
+            Offer::Dropped(cause) => self.shared.stats.dropped(cause, 1),
             Offer::Pressed => pressed.push(session.clone()),
             _ => {}
         }

@@ -69,6 +69,9 @@ pub struct Args {
     /// remove persistent sessions whose client has been away this many seconds (default: never)
     #[argh(option)]
     pub session_expiry: Option<u64>,
+    /// serve GET /metrics (Prometheus) and GET /healthz over HTTP on this address (default: off)
+    #[argh(option)]
+    pub http_listener: Option<SocketAddr>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<LevelFilter>,
@@ -220,6 +223,9 @@ impl Args {
             Some(seconds) => config.session_expiry = Some(Duration::from_secs(seconds)),
             None => {}
         }
+        if let Some(addr) = self.http_listener {
+            config.http_listener = Some(addr);
+        }
         let threads = match self.threads {
             Some(n) => positive("--threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -231,5 +237,23 @@ impl Args {
         };
         let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
         Ok(Settings { config, runtime, threads, log_level })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        Args::from_args(&["midge"], args).map_err(|e| e.output)?.settings()
+    }
+
+    #[test]
+    fn http_listener_is_off_unless_given() {
+        assert_eq!(settings(&[]).unwrap().config.http_listener, None);
+        let s = settings(&["--http-listener", "127.0.0.1:9090", "--in-memory"]).unwrap();
+        assert_eq!(s.config.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
+        let e = settings(&["--http-listener", "9090"]).err().unwrap();
+        assert!(e.contains("--http-listener"), "{e}");
     }
 }

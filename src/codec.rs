@@ -27,12 +27,19 @@ pub struct MqttCodec {
     /// The protocol version of the first CONNECT decoded: fixed-header
     /// rules differ between MQTT 3.1 and 3.1.1.
     protocol: Option<Protocol>,
+    /// The packet refused for its size was a PUBLISH (a dropped message).
+    oversized_publish: bool,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size, received: 0, protocol: None }
+        MqttCodec { max_packet_size, received: 0, protocol: None, oversized_publish: false }
+    }
+
+    /// Whether the packet refused as larger than `max_packet_size` was a PUBLISH.
+    pub fn refused_oversized_publish(&self) -> bool {
+        self.oversized_publish
     }
 }
 
@@ -58,6 +65,7 @@ impl Decoder for MqttCodec {
         };
         let total = body_at + len;
         if total > self.max_packet_size {
+            self.oversized_publish = header >> 4 == 3;
             return Err(Violation::PacketTooLarge.into());
         }
         if src.len() < total {

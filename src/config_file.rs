@@ -117,6 +117,7 @@ struct File {
     max_publish_rate: Option<Spanned<u32>>,
     log_level: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<u64>>,
+    http_listener: Option<Spanned<String>>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
 }
@@ -257,6 +258,14 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
             0 => return Err(at.error(Some(seconds.span()), "connect_timeout: must be at least 1 second".into())),
             n => Duration::from_secs(n),
         };
+    }
+    if let Some(addr) = file.http_listener {
+        let parsed = addr.get_ref().trim().parse().map_err(|_| {
+            let message =
+                format!("http_listener: {:?} is not an IP address and port like 127.0.0.1:9090", addr.get_ref());
+            at.error(Some(addr.span()), message)
+        })?;
+        config.http_listener = Some(parsed);
     }
     let log_level = match file.log_level {
         None => None,
@@ -519,6 +528,7 @@ persistent_client_expiration = "2d"
 max_publish_rate = 500
 log_level = "debug"
 connect_timeout = 5
+http_listener = "127.0.0.1:9090"
 
 [[listener]]
 bind = "0.0.0.0:1883"
@@ -549,6 +559,7 @@ use_identity_as_username = true
         assert_eq!(c.session_expiry, Some(Duration::from_secs(2 * 86400)));
         assert_eq!(c.max_publish_rate, Some(500));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(
             c.listeners[0],
@@ -582,6 +593,19 @@ use_identity_as_username = true
             (None, None, None, None)
         );
         assert!(!c.queue_qos0 && c.password_file.is_none() && c.acl_file.is_none());
+        assert_eq!(c.http_listener, None, "no HTTP listener unless asked for");
+    }
+
+    #[test]
+    fn http_listener_takes_an_address_and_port() {
+        assert_eq!(config("http_listener = \"[::1]:9100\"").http_listener, Some("[::1]:9100".parse().unwrap()));
+        for bad in ["\"9090\"", "\"localhost:9090\"", "\"127.0.0.1\"", "\"\""] {
+            let (e, line) = error(&format!("sys_interval = 1\nhttp_listener = {bad}\n"));
+            assert_eq!(line, Some(2), "{e}");
+            assert!(e.starts_with("line 2: http_listener: ") && e.contains("is not an IP address and port"), "{e}");
+        }
+        let (e, _) = error("http_listener = 9090\n");
+        assert!(e.starts_with("line 1: http_listener: invalid type: integer"), "{e}");
     }
 
     #[test]
@@ -784,6 +808,7 @@ use_identity_as_username = true
             (d.sys_interval, d.connect_timeout, d.queue_qos0)
         );
         assert_eq!((c.allow_anonymous, c.max_connections), (Some(true), None));
+        assert_eq!(c.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.data_dir, Some(PathBuf::from("/etc/midge/midge-data")));
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.listeners[0], Config::default().listeners[0]);

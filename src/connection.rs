@@ -11,10 +11,11 @@ use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::outbox::Outbox;
 use crate::packet::{Connect, Packet};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, within};
 use crate::session::Message;
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
+use crate::stats::DropCause;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
@@ -23,7 +24,6 @@ use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -167,7 +167,14 @@ where
         return;
     };
     broker.stats().connected();
+    let level = client.protocol.level();
+    if let Some(listener) = &peer.listener {
+        listener.connected(level);
+    }
     let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
+    if link.framed.codec().refused_oversized_publish() {
+        broker.stats().dropped(DropCause::TooLarge, 1);
+    }
     let addr = peer.addr;
     match &reason {
         Close::Violation(_) => {
@@ -185,6 +192,9 @@ where
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
+    if let Some(listener) = &peer.listener {
+        listener.disconnected(level);
+    }
     close(&rt, &mut link).await;
     link.account(&broker);
 }
@@ -193,20 +203,10 @@ where
 /// before a protocol violation, a TLS close) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs `fut` for at most `timeout`: `None` if it did not finish.
-async fn bounded<R: Runtime, T>(rt: &R, timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    let deadline = rt.sleep(timeout);
-    pin_mut!(fut, deadline);
-    match select(fut, deadline).await {
-        Either::Left((value, _)) => Some(value),
-        Either::Right(_) => None,
-    }
-}
-
 /// Writes what is still waiting and closes the socket, within
 /// [`CLOSE_TIMEOUT`]: a client that does not read cannot hold the task.
 async fn close<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(rt: &R, link: &mut Transport<S>) {
-    let flushed = bounded(rt, CLOSE_TIMEOUT, async {
+    let flushed = within(rt, CLOSE_TIMEOUT, async {
         if !link.outbox.is_empty() {
             link.outbox.write_to(&mut *link.framed).await?;
         }
@@ -265,7 +265,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         // CONNACK and the resent messages go out within the connect
         // timeout, or the client is not reading and is dropped.
         Ok(client) => {
-            let why = match bounded(rt, timeout, link.write(out)).await {
+            let why = match within(rt, timeout, link.write(out)).await {
                 Some(Ok(())) => return Some(client),
                 Some(Err(e)) => Close::from(e).to_string(),
                 None => format!("CONNACK not taken within {timeout:?}"),
@@ -515,7 +515,14 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 Drained::Sent => None,
             };
         }
-        let sent = out.iter().filter(|p| matches!(p, Packet::Publish(_))).count();
+        // PUBLISH packets and payload bytes by QoS, for the counters.
+        let mut sent = [(0, 0); 3];
+        for packet in out.iter() {
+            if let Packet::Publish(p) = packet {
+                let slot = &mut sent[p.qos as usize];
+                *slot = (slot.0 + 1, slot.1 + p.payload.len() as u64);
+            }
+        }
         let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
         if let Err(e) = link.push(out) {
             return e.into();
@@ -523,7 +530,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         if backlog {
             unanswered += link.outbox.waiting() - before;
         }
-        broker.stats().sent(sent as u64);
+        broker.stats().sent(&sent);
         let written = link.write_now();
         link.account(broker);
         if let Err(e) = written {

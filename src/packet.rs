@@ -42,6 +42,16 @@ pub enum Protocol {
     V311,
 }
 
+impl Protocol {
+    /// The protocol level CONNECT carries (3, 4).
+    pub fn level(self) -> u8 {
+        match self {
+            Protocol::V31 => 3,
+            Protocol::V311 => 4,
+        }
+    }
+}
+
 /// The will a client leaves in CONNECT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Will {

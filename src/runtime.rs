@@ -42,6 +42,16 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static;
 }
 
+/// Runs `fut` for at most `timeout` on `rt`'s timers: `None` if it did not finish.
+pub async fn within<R: Runtime, T>(rt: &R, timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let deadline = rt.sleep(timeout);
+    futures::pin_mut!(fut, deadline);
+    match futures::future::select(fut, deadline).await {
+        futures::future::Either::Left((value, _)) => Some(value),
+        futures::future::Either::Right(_) => None,
+    }
+}
+
 /// The runtimes midge knows, whether or not compiled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {

@@ -5,8 +5,9 @@ use crate::broker::Broker;
 use crate::config::{Listener, TlsFiles};
 use crate::handle::Peer;
 use crate::runtime::Runtime;
+use crate::stats::ListenerStats;
 use crate::tls::TlsAcceptor;
-use crate::{connection, expiry, logging, sys};
+use crate::{connection, expiry, http, logging, sys};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -26,6 +27,8 @@ pub struct Server<R: Runtime> {
     rt: R,
     broker: Broker,
     local_addrs: Vec<SocketAddr>,
+    /// The HTTP endpoint's bound address, when configured.
+    http_addr: Option<SocketAddr>,
     /// Closed to tell the accept loops and connections to stop.
     stop: Sender<()>,
     /// Fails to receive once every task holding a `Sender` clone has ended.
@@ -56,15 +59,24 @@ impl<R: Runtime> Server<R> {
                 rt.bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push((listener, config.clone(), acceptor));
         }
+        let http = match broker.config().http_listener {
+            Some(addr) => Some(
+                rt.bind(addr)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (http_listener): {e}")))?,
+            ),
+            None => None,
+        };
         let total = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
         let mut local_addrs = Vec::new();
         for (listener, config, acceptor) in listeners {
             let addr = R::local_addr(&listener)?;
-            let kind = if acceptor.is_some() { "MQTT over TLS" } else { "MQTT" };
+            let (kind, label) = if acceptor.is_some() { ("MQTT over TLS", "mqtt+tls") } else { ("MQTT", "mqtt") };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
             local_addrs.push(addr);
+            let counters = broker.stats().add_listener(addr.to_string(), label);
             rt.spawn(accept_loop(Accepting {
                 rt: rt.clone(),
                 broker: broker.clone(),
@@ -73,19 +85,32 @@ impl<R: Runtime> Server<R> {
                 tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
                 total: total.clone(),
+                counters,
                 stopped: stopped.clone(),
                 alive: alive.clone(),
             }));
         }
+        let mut http_addr = None;
+        if let Some(listener) = http {
+            let addr = R::local_addr(&listener)?;
+            log::info!("listening on {addr} (HTTP: /metrics, /healthz)");
+            http_addr = Some(addr);
+            rt.spawn(http::run(rt.clone(), broker.clone(), listener, stopped.clone(), alive.clone()));
+        }
         rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
         rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped.clone()));
         rt.spawn(report_suppressed(rt.clone(), stopped));
-        Ok(Server { rt, broker, local_addrs, stop, done, tls })
+        Ok(Server { rt, broker, local_addrs, http_addr, stop, done, tls })
     }
 
     /// The bound addresses, in configuration order (real ports for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The HTTP endpoint's address (`http_listener`; the real port for port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Re-reads the password and ACL files (SIGHUP); on an error what was in
@@ -135,10 +160,10 @@ async fn serve_tls<R: Runtime>(
     broker: Broker,
     tls: &TlsAcceptor,
     stream: R::Stream,
-    addr: std::net::SocketAddr,
-    use_identity: bool,
+    peer: Peer,
     stopped: Receiver<()>,
 ) {
+    let addr = peer.addr;
     let timeout = broker.config().connect_timeout;
     let handshake = tls.accept(stream);
     let deadline = rt.sleep(timeout);
@@ -146,9 +171,11 @@ async fn serve_tls<R: Runtime>(
     let connection = match select(handshake, deadline).await {
         Either::Left((Ok(connection), _)) => connection,
         Either::Left((Err(e), _)) => {
+            broker.stats().tls_handshake_failed();
             return crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
         }
         Either::Right(_) => {
+            broker.stats().tls_handshake_failed();
             return crate::limited!(
                 "TLS handshake timeout",
                 log::Level::Warn,
@@ -156,8 +183,8 @@ async fn serve_tls<R: Runtime>(
             );
         }
     };
-    let identity = connection.identity.filter(|_| use_identity);
-    let peer = Peer { addr, identity, identity_required: use_identity };
+    let identity = connection.identity.filter(|_| peer.identity_required);
+    let peer = Peer { identity, ..peer };
     connection::run(rt, broker, connection.stream, peer, stopped).await;
 }
 
@@ -217,6 +244,8 @@ struct Accepting<R: Runtime> {
     open: Arc<AtomicUsize>,
     /// Open connections on every listener.
     total: Arc<AtomicUsize>,
+    /// This listener's connection counters.
+    counters: Arc<ListenerStats>,
     stopped: Receiver<()>,
     alive: Sender<()>,
 }
@@ -245,14 +274,18 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                     continue;
                 };
                 let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());
-                let (tls, use_identity) =
-                    (a.tls.clone(), a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username));
+                let tls = a.tls.clone();
+                let peer = Peer {
+                    identity_required: a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username),
+                    listener: Some(a.counters.clone()),
+                    ..Peer::plain(addr)
+                };
                 a.rt.spawn(async move {
                     match tls {
-                        None => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
+                        None => connection::run(rt, broker, stream, peer, stopped).await,
                         // Boxed: a TLS connection's state is several KiB, and
                         // inline it would make every plain connection's task as big.
-                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await,
+                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, peer, stopped)).await,
                     }
                     drop((slot, alive));
                 });

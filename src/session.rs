@@ -7,6 +7,7 @@
 //! whoever holds the session's lock hands to the store.
 
 use crate::packet::{Packet, Pid, Publish, QoS};
+use crate::stats::DropCause;
 use crate::store::{Op, Progress, StoredMessage, StoredSession, Ticket};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -90,8 +91,8 @@ pub enum Offer {
     Pressed,
     /// QoS 0 for an offline client: not kept (as Mosquitto's default).
     Skipped,
-    /// The queue was full: dropped and counted.
-    Dropped,
+    /// Not queued: dropped and counted, for this reason.
+    Dropped(DropCause),
 }
 
 /// The state of one client's session.
@@ -259,7 +260,8 @@ impl Session {
             }
             _ => {
                 self.dropped += 1;
-                return Offer::Dropped;
+                let cause = if self.stuck { DropCause::SlowConsumer } else { DropCause::QueueFull };
+                return Offer::Dropped(cause);
             }
         };
         self.last_seq += 1;
@@ -629,8 +631,16 @@ mod tests {
         assert!(!s.has_room(), "5 queued: above half the limit");
         assert!(s.mark_stuck());
         assert!(s.has_room() && s.take_room(), "publishers stop waiting for a stuck client");
-        assert_eq!(s.offer(message(QoS::AtMostOnce)), Offer::Dropped, "stuck: QoS 0 drops at once");
-        assert_eq!(s.offer(message(QoS::AtLeastOnce)), Offer::Dropped, "stuck: beyond the limit drops");
+        assert_eq!(
+            s.offer(message(QoS::AtMostOnce)),
+            Offer::Dropped(DropCause::SlowConsumer),
+            "stuck: QoS 0 drops at once"
+        );
+        assert_eq!(
+            s.offer(message(QoS::AtLeastOnce)),
+            Offer::Dropped(DropCause::SlowConsumer),
+            "stuck: beyond the limit drops"
+        );
         assert_eq!(s.dropped, 2);
         s.puback(1);
         s.next_packets(&mut out, |_| true);
@@ -643,7 +653,7 @@ mod tests {
         let mut s = Session::new("c".into(), false, limits, false);
         let big = |n| Message { payload: Bytes::from(vec![0; n]), ..message(QoS::AtLeastOnce) };
         assert_eq!(s.offer(big(25)), Offer::Queued, "one message larger than the limit still fits an empty queue");
-        assert_eq!(s.offer(big(1)), Offer::Dropped, "offline: dropped beyond the byte limit");
+        assert_eq!(s.offer(big(1)), Offer::Dropped(DropCause::QueueFull), "offline: dropped beyond the byte limit");
         s.set_online(true);
         assert_eq!(s.offer(big(1)), Offer::Pressed);
         let mut out = Vec::new();

@@ -5,6 +5,7 @@
 use crate::security::Security;
 use crate::session::{Message, Offer, Session};
 use crate::signal::Signal;
+use crate::stats::DropCause;
 use crate::store::{Persistence, Ticket};
 use event_listener::{Event, EventListener};
 use std::fmt;
@@ -130,17 +131,17 @@ impl SessionHandle {
 
     /// Offers a message and rings the bell if an online client should send
     /// it; drops are logged at most once per second per client. With an ACL,
-    /// a message the client may not read is skipped.
+    /// a message the client may not read is dropped (cause `acl`), not logged.
     pub fn deliver(&self, message: Message, acl: Option<&Security>) -> (Offer, Ticket) {
         let (offer, online, report, ticket) = {
             let mut s = self.lock();
             if let Some(acl) = acl
                 && !acl.can_read(&self.client_id, s.username.as_deref(), &message.topic)
             {
-                return (Offer::Skipped, Ticket::default());
+                return (Offer::Dropped(DropCause::Acl), Ticket::default());
             }
             let offer = s.session.offer(message);
-            let report = (offer == Offer::Dropped).then(|| s.session.drop_report(Instant::now()));
+            let report = matches!(offer, Offer::Dropped(_)).then(|| s.session.drop_report(Instant::now()));
             let online = s.owner != 0;
             let ticket = s.flush();
             if matches!(offer, Offer::Queued | Offer::Pressed) {

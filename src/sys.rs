@@ -1,5 +1,6 @@
 //! The `$SYS` publisher: Mosquitto-compatible broker statistics, published
-//! retained at QoS 0 every `sys_interval`.
+//! retained at QoS 0 every `sys_interval`, read from the same counters as
+//! the Prometheus metrics (`crate::metrics`).
 
 use crate::broker::Broker;
 use crate::packet::QoS;
@@ -38,9 +39,9 @@ fn publish_stats(broker: &Broker, started: Instant) {
         ("clients/connected", s.clients_connected.load(Relaxed).to_string()),
         ("clients/total", broker.client_count().to_string()),
         ("clients/maximum", s.clients_maximum.load(Relaxed).to_string()),
-        ("messages/received", s.messages_received.load(Relaxed).to_string()),
-        ("messages/sent", s.messages_sent.load(Relaxed).to_string()),
-        ("publish/messages/dropped", s.messages_dropped.load(Relaxed).to_string()),
+        ("messages/received", s.messages_received_total().to_string()),
+        ("messages/sent", s.messages_sent_total().to_string()),
+        ("publish/messages/dropped", s.queue_drops().to_string()),
         ("retained messages/count", broker.retained_count().to_string()),
         ("subscriptions/count", broker.subscription_count().to_string()),
         ("bytes/received", s.bytes_received.load(Relaxed).to_string()),

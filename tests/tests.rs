@@ -25,6 +25,9 @@ mod flow;
 mod hardening;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// Prometheus metrics and the HTTP endpoint: counters after traffic, bad
+/// HTTP input, `promtool check metrics`, a real Prometheus server scraping.
+mod metrics;
 /// A model-based test: random sequences of connects, subscriptions,
 /// publishes, takeovers and crashes checked against a reference model.
 mod model;

@@ -36,6 +36,7 @@ pub fn connect(
         session: attachment.session,
         will: connect.will,
         keep_alive: connect.keep_alive,
+        protocol: connect.protocol,
         ticket: AtomicU64::new(attachment.ticket.0),
         pressed: Default::default(),
     };
@@ -81,6 +82,7 @@ pub async fn authenticate(
 ) -> Result<Option<Arc<str>>, Refusal> {
     let guards = broker.guards();
     if peer.identity_required && peer.identity.is_none() {
+        broker.stats().auth_failed();
         let why = "no client certificate identity (use_identity_as_username)".into();
         return Err(Refusal::Policy(ConnectCode::BadUsernamePassword, why));
     }
@@ -101,9 +103,10 @@ pub async fn authenticate(
         password: connect.password.as_deref(),
         peer: peer.addr,
     };
-    checked
-        .and_then(|()| guards.hooks.as_ref().map_or(Ok(()), |h| h.authenticate(&info)))
-        .map_err(|code| Refusal::Policy(code, refusal_reason(code).into()))?;
+    checked.and_then(|()| guards.hooks.as_ref().map_or(Ok(()), |h| h.authenticate(&info))).map_err(|code| {
+        broker.stats().auth_failed();
+        Refusal::Policy(code, refusal_reason(code).into())
+    })?;
     Ok(username)
 }
 

@@ -15,6 +15,7 @@ use crate::packet::{Packet, Will};
 use crate::security::ClientInfo;
 use crate::session::Session;
 use crate::session_handle::SessionHandle;
+use crate::stats::ListenerStats;
 use crate::store::{Ticket, TicketStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +34,8 @@ pub struct Client {
     pub will: Option<Will>,
     /// Keepalive in seconds (0: none).
     pub keep_alive: u16,
+    /// The protocol the client spoke in CONNECT.
+    pub protocol: crate::packet::Protocol,
     /// The store commit the packets being answered wait for: responses go
     /// out only once what they acknowledge is durable.
     pub ticket: AtomicU64,
@@ -93,12 +96,14 @@ pub struct Peer {
     /// The listener uses certificate identities as user names: a client
     /// without one is refused (CONNACK 4), as Mosquitto does.
     pub identity_required: bool,
+    /// The counters of the listener it came in on (none over a pipe).
+    pub listener: Option<Arc<ListenerStats>>,
 }
 
 impl Peer {
     /// A peer on a listener without certificate identities.
     pub fn plain(addr: std::net::SocketAddr) -> Peer {
-        Peer { addr, identity: None, identity_required: false }
+        Peer { addr, identity: None, identity_required: false, listener: None }
     }
 }
 

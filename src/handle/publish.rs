@@ -6,6 +6,7 @@ use crate::error::Violation;
 use crate::packet::{Packet, Publish, QoS};
 use crate::security::ClientInfo;
 use crate::session::Message;
+use crate::stats::DropCause;
 use crate::store::Persistence;
 use crate::topic;
 
@@ -14,7 +15,7 @@ use crate::topic;
 /// message re-sent before PUBREL is acknowledged but not routed again. A
 /// topic deeper than `max_topic_levels` closes the connection.
 pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
-    broker.stats().received();
+    broker.stats().received(p.qos as usize, p.payload.len());
     check_depth(broker, &p.topic)?;
     let message = Message { topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain };
     match (p.qos, p.pid) {
@@ -65,6 +66,7 @@ pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, will: b
         return false;
     }
     if !broker.guards().allow_publish(who, message) {
+        broker.stats().dropped(DropCause::Acl, 1);
         match will {
             true => crate::limited!(
                 "denied will",

@@ -2,12 +2,13 @@
 //! (group commit), and tasks wait on tickets without blocking an executor.
 
 use super::{Op, Store};
+use crate::stats::StoreStats;
 use event_listener::Event;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The batch a set of ops was appended to; 0 means "nothing to wait for".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,6 +58,8 @@ struct Shared {
     waiting_for_holds: AtomicBool,
     /// Mirrors `Pending::eager`, for the hold's release.
     eager: AtomicBool,
+    /// Commits and their latency, for the metrics.
+    stats: StoreStats,
 }
 
 struct Pending {
@@ -95,6 +98,7 @@ impl Persistence {
             holds: AtomicUsize::new(0),
             waiting_for_holds: AtomicBool::new(false),
             eager: AtomicBool::new(false),
+            stats: StoreStats::default(),
         });
         let writer = shared.clone();
         let thread = thread::Builder::new()
@@ -142,6 +146,11 @@ impl Persistence {
     pub fn commit_each_append(&self) {
         lock(&self.shared.pending).eager = true;
         self.shared.eager.store(true, Ordering::SeqCst);
+    }
+
+    /// The writer's counters: commits, failures, commit latency.
+    pub fn stats(&self) -> &StoreStats {
+        &self.shared.stats
     }
 
     /// Ops appended and not yet taken by the writer for a commit.
@@ -244,7 +253,10 @@ impl Shared {
                 if end <= start {
                     continue;
                 }
-                if let Err(e) = store.apply(&ops[start..end]) {
+                let began = Instant::now();
+                let applied = store.apply(&ops[start..end]);
+                self.stats.commit(began.elapsed(), applied.is_ok());
+                if let Err(e) = applied {
                     let count = end - start;
                     log::error!("store commit of {count} change(s) failed: {e}; those messages are not acknowledged");
                     lock(&self.failed).insert(batch);

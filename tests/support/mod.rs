@@ -53,6 +53,8 @@ macro_rules! runtime_kind_test {
 pub struct TestBroker {
     /// The address clients connect to.
     pub addr: SocketAddr,
+    /// The HTTP endpoint's address, when `http_listener` is set.
+    pub http: Option<SocketAddr>,
     /// The broker's shared state (hooks, reloads).
     pub broker: Broker,
     stop: Option<Box<dyn FnOnce() + Send>>,
@@ -86,9 +88,9 @@ impl TestBroker {
 
     fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
-        let addr = server.local_addrs()[0];
+        let (addr, http) = (server.local_addrs()[0], server.http_addr());
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr, broker, stop: Some(stop) }
+        TestBroker { addr, http, broker, stop: Some(stop) }
     }
 
     /// A raw client connected over TCP, before any packet is sent.
