@@ -75,6 +75,14 @@ pub struct Config {
     pub max_keepalive: Option<u16>,
     /// Most PUBLISH packets per second accepted from one client.
     pub max_publish_rate: Option<u32>,
+    /// Whether retained messages are supported (Mosquitto's
+    /// `retain_available`); when `false` a PUBLISH or a will with RETAIN set
+    /// closes the connection, as Mosquitto does for MQTT 3.1.1.
+    pub retain_available: bool,
+    /// Largest PUBLISH payload accepted, in bytes (Mosquitto's
+    /// `message_size_limit`); a larger one is acknowledged but dropped.
+    /// `None`: any size the packet limit lets through.
+    pub message_size_limit: Option<usize>,
     /// Where the HTTP endpoint (`GET /metrics`, `GET /healthz`) listens;
     /// `None` (the default): no HTTP listener.
     pub http_listener: Option<SocketAddr>,
@@ -157,6 +165,8 @@ impl Default for Config {
             max_connections: None,
             max_keepalive: None,
             max_publish_rate: None,
+            retain_available: true,
+            message_size_limit: None,
             http_listener: None,
         }
     }

@@ -38,6 +38,7 @@ pub mod expiry;
 pub mod gate;
 pub mod handle;
 pub mod logging;
+pub mod mosquitto_conf;
 pub mod outbox;
 pub mod packet;
 pub mod retain;

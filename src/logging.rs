@@ -225,19 +225,65 @@ pub fn flush_suppressed() {
     }
 }
 
-/// Starts the binary's logging at `level`: lines are formatted by the
-/// caller and written to stdout by a thread of their own (see the module
-/// docs). Does nothing if a logger is already set.
+/// Where the binary's log goes (Mosquitto's `log_dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output (midge's default).
+    Stdout,
+    /// Standard error (Mosquitto's default).
+    Stderr,
+    /// Appended to this file.
+    File(std::path::PathBuf),
+    /// Nowhere.
+    None,
+}
+
+/// How the binary logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The most verbose level written.
+    pub level: LevelFilter,
+    /// Where lines go.
+    pub destination: Destination,
+    /// Start pretty (terminal) lines with the Unix time in seconds, as
+    /// Mosquitto does; ndjson lines always carry their `time`.
+    pub timestamp: bool,
+}
+
+/// Starts the binary's logging at `level` on stdout: see [`init_with`].
 pub fn init(level: LevelFilter) {
-    let pretty = std::io::stdout().is_terminal();
-    let (logger, queue) = Logger::new(pretty, QUEUE_LINES);
+    let _ = init_with(&Options { level, destination: Destination::Stdout, timestamp: false });
+}
+
+/// Starts the binary's logging: lines are formatted by the caller and
+/// written by a thread of their own (see the module docs); pretty lines on
+/// a terminal, ndjson otherwise (a file is ndjson). Does nothing if a
+/// logger is already set. Fails only if the log file cannot be opened.
+pub fn init_with(options: &Options) -> std::io::Result<()> {
+    let (out, pretty): (Box<dyn Write + Send>, bool) = match &options.destination {
+        Destination::None => {
+            log::set_max_level(LevelFilter::Off);
+            return Ok(());
+        }
+        Destination::Stdout => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
+        Destination::Stderr => (Box::new(std::io::stderr()), std::io::stderr().is_terminal()),
+        Destination::File(path) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
+            })?;
+            (Box::new(file), false)
+        }
+    };
+    let (mut logger, queue) = Logger::new(pretty, QUEUE_LINES);
+    logger.timestamp = options.timestamp && pretty;
     if log::set_boxed_logger(Box::new(logger)).is_err() {
-        return;
+        return Ok(());
     }
-    let spawned = std::thread::Builder::new().name("midge-log".into()).spawn(move || queue.write_to(std::io::stdout()));
+    let spawned = std::thread::Builder::new().name("midge-log".into()).spawn(move || queue.write_to(out));
     if spawned.is_ok() {
-        log::set_max_level(level);
+        log::set_max_level(options.level);
     }
+    Ok(())
 }
 
 enum Message {
@@ -249,6 +295,8 @@ enum Message {
 /// The sending side: formats, queues, never waits.
 struct Logger {
     pretty: bool,
+    /// Start each line with the Unix time in seconds (pretty lines only).
+    timestamp: bool,
     queue: SyncSender<Message>,
     lost: Arc<AtomicU64>,
 }
@@ -264,12 +312,16 @@ impl Logger {
     fn new(pretty: bool, capacity: usize) -> (Logger, Queue) {
         let (queue, lines) = sync_channel(capacity);
         let lost = Arc::new(AtomicU64::new(0));
-        (Logger { pretty, queue, lost: lost.clone() }, Queue { pretty, lines, lost })
+        (Logger { pretty, timestamp: false, queue, lost: lost.clone() }, Queue { pretty, lines, lost })
     }
 
     /// Formats the line and queues it, or counts it as lost if the queue is full.
     fn queue_line(&self, record: &Record<'_>) {
-        let line = format_line(self.pretty, record.level(), record.target(), record.args());
+        let mut line = format_line(self.pretty, record.level(), record.target(), record.args());
+        if self.timestamp {
+            let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            line.insert_str(0, &format!("{seconds}: "));
+        }
         match self.queue.try_send(Message::Line(line)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => drop(self.lost.fetch_add(1, Ordering::Relaxed)),

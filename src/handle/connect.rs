@@ -60,6 +60,7 @@ pub fn admit(broker: &Broker, connect: &Connect, conn: u64) -> Result<Arc<str>, 
     let id = client_id(connect, conn).map_err(Refusal::Violation)?;
     if let Some(will) = &connect.will {
         super::check_depth(broker, &will.topic).map_err(Refusal::Violation)?;
+        super::check_retain(broker, will.retain).map_err(Refusal::Violation)?;
     }
     if let Some(max) = broker.config().max_keepalive
         && (connect.keep_alive == 0 || connect.keep_alive > max)

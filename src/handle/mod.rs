@@ -7,7 +7,7 @@ mod publish;
 mod subscribe;
 
 pub use connect::{Admitted, admit, authenticate, connect};
-pub use publish::{allowed, check_depth};
+pub use publish::{allowed, check_depth, check_retain};
 
 use crate::broker::Broker;
 use crate::error::Violation;
