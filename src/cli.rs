@@ -146,7 +146,8 @@ pub fn check_config(args: &CheckConfig) -> Result<String, String> {
         let limit = l.max_connections.map_or("no connection limit".to_owned(), |n| format!("at most {n} connections"));
         let _ = writeln!(out, "  {} {protocol}, {tls}, {limit}", l.bind);
     }
-    let scope = if settings.per_listener_settings { " (per_listener_settings: the same on every listener)" } else { "" };
+    let scope =
+        if settings.per_listener_settings { " (per_listener_settings: the same on every listener)" } else { "" };
     let _ = writeln!(out, "auth{scope}:");
     let anonymous = c.allow_anonymous.unwrap_or(c.password_file.is_none());
     let _ = writeln!(out, "  anonymous clients: {}", if anonymous { "allowed" } else { "refused" });
@@ -317,8 +318,9 @@ impl Args {
             None => FileSettings::new(Config::default()),
         };
         let destination = file.log_dest.clone().unwrap_or_else(|| default_destination(&file));
-        let FileSettings { mut config, log_level: file_log_level, log_timestamp, pid_file, user, ignored, notes, .. } =
-            file;
+        let FileSettings {
+            mut config, log_level: file_log_level, log_timestamp, pid_file, user, ignored, notes, ..
+        } = file;
         let mut warnings = Vec::new();
         if !ignored.is_empty() {
             let list: Vec<String> = ignored.iter().map(ToString::to_string).collect();
@@ -379,11 +381,7 @@ impl Args {
             (None, false) => file_log_level.unwrap_or(LevelFilter::Info),
         };
         let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
-        let log = crate::logging::Options {
-            level: log_level,
-            destination,
-            timestamp: log_timestamp.unwrap_or(false),
-        };
+        let log = crate::logging::Options { level: log_level, destination, timestamp: log_timestamp.unwrap_or(false) };
         Ok(Settings { config, runtime, threads, log_level, log, pid_file, user, warnings, notes })
     }
 }

@@ -116,7 +116,8 @@ impl ConfigError {
         }
     }
 
-    fn in_file(self, path: &Path) -> ConfigError {
+    /// Names `path` in an error that names no file yet.
+    pub(crate) fn in_file(self, path: &Path) -> ConfigError {
         match self {
             ConfigError::Invalid { file: None, line, message } => {
                 ConfigError::Invalid { file: Some(path.to_owned()), line, message }
@@ -282,9 +283,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
     if let Some(expiry) = file.persistent_client_expiration {
         let span = expiry.span();
         let expiry = expiry.into_inner();
-        config.session_expiry = Some(
-            client_expiration("persistent_client_expiration", &expiry).map_err(|m| at.error(Some(span), m))?,
-        );
+        config.session_expiry =
+            Some(client_expiration("persistent_client_expiration", &expiry).map_err(|m| at.error(Some(span), m))?);
     }
     if let Some(rate) = file.max_publish_rate {
         config.max_publish_rate = match *rate.get_ref() {

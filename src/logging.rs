@@ -268,9 +268,10 @@ pub fn init_with(options: &Options) -> std::io::Result<()> {
         Destination::Stdout => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
         Destination::Stderr => (Box::new(std::io::stderr()), std::io::stderr().is_terminal()),
         Destination::File(path) => {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
-            })?;
+            let file =
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
+                })?;
             (Box::new(file), false)
         }
     };

@@ -92,9 +92,8 @@ struct PidFile(std::path::PathBuf);
 
 impl PidFile {
     fn write(path: &std::path::Path) -> std::io::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot write pid_file {}: {e}", path.display()))
-        })?;
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write pid_file {}: {e}", path.display())))?;
         Ok(PidFile(path.to_owned()))
     }
 }
@@ -131,11 +130,11 @@ fn run(settings: Settings, user: Option<privileges::User>) -> std::io::Result<()
 async fn serve<R: Runtime>(rt: R, broker: Broker, user: Option<privileges::User>) -> std::io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
     let server = Server::start(rt, broker).await?;
-    if let Some(user) = user {
-        if let Err(e) = privileges::become_user(&user) {
-            server.shutdown().await;
-            return Err(e);
-        }
+    if let Some(user) = user
+        && let Err(e) = privileges::become_user(&user)
+    {
+        server.shutdown().await;
+        return Err(e);
     }
     while let Some(signal) = signals.next().await {
         match signal? {
@@ -216,11 +215,12 @@ mod privileges {
         // points to live in `buf`, which outlives every use below.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found)
-        };
+        let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
         if rc != 0 {
-            return Err(io::Error::other(format!("user {name}: cannot look it up: {}", io::Error::from_raw_os_error(rc))));
+            return Err(io::Error::other(format!(
+                "user {name}: cannot look it up: {}",
+                io::Error::from_raw_os_error(rc)
+            )));
         }
         if found.is_null() {
             return Err(io::Error::other(format!("user {name}: no such user")));

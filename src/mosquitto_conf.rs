@@ -57,23 +57,52 @@ fn refused(key: &str) -> Option<&'static str> {
         "auth_plugin_deny_special_chars" => PLUGIN,
         "psk_hint" | "psk_file" => "TLS with pre-shared keys is not supported",
         "capath" => "a CA directory is not supported; name the CA certificates in one cafile",
-        "crlfile" => "certificate revocation lists are not supported, and without one revoked client \
-                      certificates would be accepted",
-        "mount_point" => "mount points are not supported, and without one the listener's clients would see \
-                          every topic",
-        "bind_interface" => "binding to an interface is not supported, and without it the listener would \
-                             listen on every interface; use listener PORT ADDRESS",
-        "use_subject_as_username" => "the certificate subject as user name is not supported; \
-                                      use_identity_as_username takes the Common Name",
-        "use_username_as_clientid" => "use_username_as_clientid is not supported, and without it a client \
-                                       could take another user's client id",
-        "clientid_prefixes" => "clientid_prefixes is not supported, and without it every client id would be \
-                                let in",
+        "crlfile" => {
+            "certificate revocation lists are not supported, and without one revoked client \
+                      certificates would be accepted"
+        }
+        "mount_point" => {
+            "mount points are not supported, and without one the listener's clients would see \
+                          every topic"
+        }
+        "bind_interface" => {
+            "binding to an interface is not supported, and without it the listener would \
+                             listen on every interface; use listener PORT ADDRESS"
+        }
+        "use_subject_as_username" => {
+            "the certificate subject as user name is not supported; \
+                                      use_identity_as_username takes the Common Name"
+        }
+        "use_username_as_clientid" => {
+            "use_username_as_clientid is not supported, and without it a client \
+                                       could take another user's client id"
+        }
+        "clientid_prefixes" => {
+            "clientid_prefixes is not supported, and without it every client id would be \
+                                let in"
+        }
         "tls_engine" | "tls_engine_kpass_sha1" | "tls_keyform" => "OpenSSL engines are not supported (rustls)",
-        "connection" | "address" | "addresses" | "cleansession" | "idle_timeout" | "keepalive_interval"
-        | "local_cleansession" | "local_clientid" | "local_password" | "local_username" | "notifications"
-        | "notifications_local_only" | "notification_topic" | "remote_clientid" | "remote_password"
-        | "remote_username" | "restart_timeout" | "round_robin" | "start_type" | "threshold" | "topic"
+        "connection"
+        | "address"
+        | "addresses"
+        | "cleansession"
+        | "idle_timeout"
+        | "keepalive_interval"
+        | "local_cleansession"
+        | "local_clientid"
+        | "local_password"
+        | "local_username"
+        | "notifications"
+        | "notifications_local_only"
+        | "notification_topic"
+        | "remote_clientid"
+        | "remote_password"
+        | "remote_username"
+        | "restart_timeout"
+        | "round_robin"
+        | "start_type"
+        | "threshold"
+        | "topic"
         | "try_private" => BRIDGE,
         k if k.starts_with("bridge_") => BRIDGE,
         _ => return None,
@@ -151,17 +180,7 @@ struct Reader {
 /// Reads `path` (and what its `include_dir` lines name).
 pub fn load(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
-    parse(&text).map_err(|e| in_file(e, path))
-}
-
-/// Names the main file in an error that has none.
-fn in_file(e: ConfigError, path: &Path) -> ConfigError {
-    match e {
-        ConfigError::Invalid { file: None, line, message } => {
-            ConfigError::Invalid { file: Some(path.to_owned()), line, message }
-        }
-        e => e,
-    }
+    parse(&text).map_err(|e| e.in_file(path))
 }
 
 /// Parses the text of a main configuration file.
@@ -730,7 +749,13 @@ mod tests {
         let bound: Vec<SocketAddr> = c.listeners.iter().map(|l| l.bind).collect();
         assert_eq!(
             bound,
-            [addr("127.0.0.1:1891"), addr("[::1]:8883"), addr("127.0.0.1:1892"), addr("[::]:1893"), addr("0.0.0.0:1890")]
+            [
+                addr("127.0.0.1:1891"),
+                addr("[::1]:8883"),
+                addr("127.0.0.1:1892"),
+                addr("[::]:1893"),
+                addr("0.0.0.0:1890")
+            ]
         );
         let default = &c.listeners[4];
         assert_eq!((default.max_connections, default.websockets.is_some()), (Some(5), false));
@@ -854,8 +879,14 @@ mod tests {
     #[test]
     fn bad_values_name_the_line() {
         for (text, message) in [
-            ("listener 1883\nmax_connections 0", "line 2: max_connections: 0 would refuse every client; -1 means no limit"),
-            ("max_packet_size 1", "line 1: max_packet_size: 1 is not between 2 and 268435460 (0: the protocol maximum)"),
+            (
+                "listener 1883\nmax_connections 0",
+                "line 2: max_connections: 0 would refuse every client; -1 means no limit",
+            ),
+            (
+                "max_packet_size 1",
+                "line 1: max_packet_size: 1 is not between 2 and 268435460 (0: the protocol maximum)",
+            ),
             ("max_keepalive 0", "line 1: max_keepalive: 0 would refuse every client; leave it out for no limit"),
             ("max_keepalive 70000", "line 1: max_keepalive: \"70000\" is not an integer from 0 to 65535"),
             ("max_inflight_messages -1", "line 1: max_inflight_messages: \"-1\" is not an integer from 0 to 65535"),
@@ -866,12 +897,21 @@ mod tests {
             ("listener 1883 a b", "line 1: listener: expected PORT [ADDRESS]"),
             ("port", "line 1: port: \"\" is not a port from 1 to 65535"),
             ("protocol http", "line 1: protocol: \"http\" is not mqtt or websockets"),
-            ("message_size_limit 268435456", "line 1: message_size_limit: 268435456 is larger than MQTT's largest payload, 268435455 (0: no limit)"),
-            ("persistent_client_expiration soon", "line 1: persistent_client_expiration: \"soon\" is not a duration like 1h, 2d, 1w, 1m (30 days) or 1y"),
+            (
+                "message_size_limit 268435456",
+                "line 1: message_size_limit: 268435456 is larger than MQTT's largest payload, 268435455 (0: no limit)",
+            ),
+            (
+                "persistent_client_expiration soon",
+                "line 1: persistent_client_expiration: \"soon\" is not a duration like 1h, 2d, 1w, 1m (30 days) or 1y",
+            ),
             ("http_listener 9090", "line 1: http_listener: \"9090\" is not an IP address and port like 127.0.0.1:9090"),
             ("listener 8883\ncertfile /c.pem", "line 2: TLS needs both certfile and keyfile on the listener"),
             ("listener 8883\ncafile /ca.pem", "line 2: cafile: TLS needs certfile and keyfile on the listener"),
-            ("listener 8883\ncertfile /c\nkeyfile /k\nrequire_certificate true", "line 4: require_certificate: needs a cafile to check client certificates"),
+            (
+                "listener 8883\ncertfile /c\nkeyfile /k\nrequire_certificate true",
+                "line 4: require_certificate: needs a cafile to check client certificates",
+            ),
         ] {
             assert_eq!(error(text).0, message, "{text}");
         }
@@ -904,8 +944,9 @@ mod tests {
         assert_eq!(s.config.password_file.as_deref(), Some(Path::new(&passwd)));
         assert_eq!(s.config.allow_anonymous, Some(false));
         // Different security on two listeners: refused, never run more open.
-        let (e, line) =
-            error("per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\nallow_anonymous false\n");
+        let (e, line) = error(
+            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\nallow_anonymous false\n",
+        );
         assert_eq!(line, Some(4));
         assert!(e.contains("the listener at line 2 and the listener at line 4 have different"), "{e}");
         let (e, _) = error("per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n");

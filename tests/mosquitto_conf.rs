@@ -307,12 +307,32 @@ fn bad_mosquitto_conf_is_refused_naming_the_line() {
     let dir = TempDir::new("check-bad");
     let cases = [
         ("unknown.conf", "listener 1883\nallow_anonymus true\n", "line 2: unknown key \"allow_anonymus\""),
-        ("include.conf", "listener 1883\ninclude_dir /nonexistent/midge.d\n", "line 2: include_dir /nonexistent/midge.d: cannot read the directory"),
-        ("plugin.conf", "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n", "line 1: plugin: midge runs no Mosquitto plugins"),
-        ("acl.conf", "listener 1883\n\nacl_file /nonexistent/midge.acl\n", "line 3: acl_file /nonexistent/midge.acl: cannot read file"),
-        ("range.conf", "listener 1883\nmax_keepalive 70000\n", "line 2: max_keepalive: \"70000\" is not an integer from 0 to 65535"),
+        (
+            "include.conf",
+            "listener 1883\ninclude_dir /nonexistent/midge.d\n",
+            "line 2: include_dir /nonexistent/midge.d: cannot read the directory",
+        ),
+        (
+            "plugin.conf",
+            "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\n",
+            "line 1: plugin: midge runs no Mosquitto plugins",
+        ),
+        (
+            "acl.conf",
+            "listener 1883\n\nacl_file /nonexistent/midge.acl\n",
+            "line 3: acl_file /nonexistent/midge.acl: cannot read file",
+        ),
+        (
+            "range.conf",
+            "listener 1883\nmax_keepalive 70000\n",
+            "line 2: max_keepalive: \"70000\" is not an integer from 0 to 65535",
+        ),
         ("bridge.conf", "connection other\naddress 10.0.0.1\n", "line 1: connection: bridges are not supported yet"),
-        ("differ.conf", "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n", "line 4: per_listener_settings true: the listener at line 2 and the listener at line 4"),
+        (
+            "differ.conf",
+            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n",
+            "line 4: per_listener_settings true: the listener at line 2 and the listener at line 4",
+        ),
     ];
     for (name, text, needle) in cases {
         let file = dir.0.join(name);
