@@ -380,7 +380,7 @@ runtime_kind_test!(
         std::fs::create_dir_all(&conf_d).unwrap();
         std::fs::create_dir_all(&store).unwrap();
         let port = free_port();
-        std::fs::write(conf_d.join("local.conf"), format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser nobody\n"))
+        std::fs::write(conf_d.join("local.conf"), format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser nobody\nmax_qos 1\n"))
             .unwrap();
         let debian = std::fs::read_to_string(DEBIAN_CONF)
             .unwrap()
@@ -409,6 +409,8 @@ runtime_kind_test!(
         assert!(!pid.exists(), "pid file removed at exit");
         let text = wait_for_in_file(&log, "shutting down");
         assert!(text.contains(&format!("listening on 127.0.0.1:{port}")), "{text}");
+        let ignored = format!("options not supported by midge, ignored: max_qos ({} line 4)", conf_d.join("local.conf").display());
+        assert!(text.contains(&ignored), "{text}");
     }
 );
 
