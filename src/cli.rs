@@ -112,10 +112,20 @@ pub fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
     }
 }
 
+/// What `midge check-config` found in a usable file.
+#[derive(Debug)]
+pub struct Checked {
+    /// The report to print.
+    pub report: String,
+    /// The `user` the file names, for the binary to look up (an unknown
+    /// user makes the file unusable).
+    pub user: Option<String>,
+}
+
 /// Runs `midge check-config`: the report, or why the file cannot be used.
 /// Beyond parsing, the password and ACL files are read (as the broker
 /// will) and the TLS certificates loaded.
-pub fn check_config(args: &CheckConfig) -> Result<String, String> {
+pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
     use std::fmt::Write as _;
     let settings = load_file(&args.file).map_err(|e| e.to_string())?;
     let c = &settings.config;
@@ -124,11 +134,6 @@ pub fn check_config(args: &CheckConfig) -> Result<String, String> {
         if let Some(files) = &l.tls {
             crate::tls::TlsAcceptor::new(files).map_err(|e| format!("listener {}: {e}", l.bind))?;
         }
-    }
-    if let Some(user) = &settings.user
-        && !user_exists(user)
-    {
-        return Err(format!("user {user}: no such user"));
     }
     let mut out = format!("{}: usable\n", args.file.display());
     let _ = writeln!(out, "listeners:");
@@ -194,7 +199,7 @@ pub fn check_config(args: &CheckConfig) -> Result<String, String> {
     for note in &settings.notes {
         let _ = writeln!(out, "note: {note}");
     }
-    Ok(out)
+    Ok(Checked { report: out, user: settings.user })
 }
 
 fn describe_log(settings: &FileSettings) -> String {
@@ -214,13 +219,6 @@ fn default_destination(settings: &FileSettings) -> Destination {
         true => Destination::Stderr,
         false => Destination::Stdout,
     }
-}
-
-/// Whether the system knows `user`.
-pub fn user_exists(user: &str) -> bool {
-    std::fs::read_to_string("/etc/passwd")
-        .map(|text| text.lines().any(|l| l.split(':').next() == Some(user)))
-        .unwrap_or(false)
 }
 
 /// Add or update a user in a mosquitto_passwd file; the password is read

@@ -24,9 +24,13 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::CheckConfig(check)) => {
-            return match midge::cli::check_config(&check) {
-                Ok(report) => {
-                    print!("{report}");
+            let checked = midge::cli::check_config(&check).and_then(|checked| match &checked.user {
+                Some(name) => privileges::lookup(name).map(|_| checked).map_err(|e| e.to_string()),
+                None => Ok(checked),
+            });
+            return match checked {
+                Ok(checked) => {
+                    print!("{}", checked.report);
                     ExitCode::SUCCESS
                 }
                 Err(message) => {
