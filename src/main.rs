@@ -130,7 +130,8 @@ fn run(settings: Settings, user: Option<privileges::User>) -> std::io::Result<()
 
 /// Serves until SIGINT or SIGTERM, then shuts down cleanly; SIGHUP
 /// re-reads the password and ACL files (a file that fails to parse keeps the
-/// old one in force). Becomes `user` once the listeners are bound.
+/// old one in force) and reopens the log file. Becomes `user` once the
+/// listeners are bound.
 async fn serve<R: Runtime>(rt: R, broker: Broker, user: Option<privileges::User>) -> std::io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])?;
     let server = Server::start(rt, broker).await?;
@@ -142,10 +143,14 @@ async fn serve<R: Runtime>(rt: R, broker: Broker, user: Option<privileges::User>
     }
     while let Some(signal) = signals.next().await {
         match signal? {
-            Signal::Hup => match server.reload() {
-                Ok(()) => log::info!("received SIGHUP: reloaded password, ACL and TLS files"),
-                Err(e) => log::error!("received SIGHUP: reload failed, keeping the files in force: {e}"),
-            },
+            Signal::Hup => {
+                // The log file (log_dest file) is reopened before this line.
+                midge::logging::reopen();
+                match server.reload() {
+                    Ok(()) => log::info!("received SIGHUP: reloaded password, ACL and TLS files"),
+                    Err(e) => log::error!("received SIGHUP: reload failed, keeping the files in force: {e}"),
+                }
+            }
             signal => {
                 log::info!("received {signal:?}, shutting down");
                 break;

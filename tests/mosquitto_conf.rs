@@ -374,7 +374,8 @@ runtime_kind_test!(
     /// listener added in its conf.d (with `user nobody`): midge writes the
     /// pid file, logs to the file, keeps its store as midge.redb in the
     /// persistence_location (no mosquitto.db), becomes `nobody` after
-    /// binding, serves, and removes the pid file on SIGTERM.
+    /// binding, serves, reopens its log file on SIGHUP (logrotate), and
+    /// removes the pid file on SIGTERM.
     debians_file_runs,
     |kind: RuntimeKind| {
         mosquitto_installed();
@@ -411,10 +412,16 @@ runtime_kind_test!(
         assert_eq!(code, Some(0));
         client.subscribe(1, &[("t", 1)]);
         assert!(store.join("midge.redb").exists() && !store.join("mosquitto.db").exists());
+        // logrotate: the file is moved away, SIGHUP reopens it at its path.
+        let rotated = dir.0.join("mosquitto.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        assert_eq!(crate::support::process::run("kill", &["-HUP", &broker.id().to_string()]), Some(0));
+        wait_for_in_file(&log, "received SIGHUP");
         assert_eq!(crate::support::process::run("kill", &["-TERM", &broker.id().to_string()]), Some(0));
         assert_eq!(broker.wait_exit(), Some(0));
         assert!(!pid.exists(), "pid file removed at exit");
-        let text = wait_for_in_file(&log, "shutting down");
+        wait_for_in_file(&log, "shutting down");
+        let text = std::fs::read_to_string(&rotated).unwrap();
         assert!(text.contains(&format!("listening on 127.0.0.1:{port}")), "{text}");
         let ignored = format!("options not supported by midge, ignored: max_qos ({} line 4)", conf_d.join("local.conf").display());
         assert!(text.contains(&ignored), "{text}");
