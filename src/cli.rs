@@ -151,13 +151,26 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
         let limit = l.max_connections.map_or("no connection limit".to_owned(), |n| format!("at most {n} connections"));
         let _ = writeln!(out, "  {} {protocol}, {tls}, {limit}", l.bind);
     }
-    let scope =
-        if settings.per_listener_settings { " (per_listener_settings: the same on every listener)" } else { "" };
-    let _ = writeln!(out, "auth{scope}:");
-    let anonymous = c.allow_anonymous.unwrap_or(c.password_file.is_none());
-    let _ = writeln!(out, "  anonymous clients: {}", if anonymous { "allowed" } else { "refused" });
     let shown = |p: &Option<PathBuf>| p.as_ref().map_or("none".to_owned(), |p| p.display().to_string());
-    let _ = writeln!(out, "  password_file: {}", shown(&c.password_file));
+    let anonymous = |allow: Option<bool>, passwords: &Option<PathBuf>| match allow.unwrap_or(passwords.is_none()) {
+        true => "allowed",
+        false => "refused",
+    };
+    match c.listener_auth.is_empty() {
+        true => {
+            let _ = writeln!(out, "auth:");
+            let _ = writeln!(out, "  anonymous clients: {}", anonymous(c.allow_anonymous, &c.password_file));
+            let _ = writeln!(out, "  password_file: {}", shown(&c.password_file));
+        }
+        false => {
+            let _ = writeln!(out, "auth (per_listener_settings):");
+            for (l, auth) in c.listeners.iter().zip(&c.listener_auth) {
+                let allowed = anonymous(auth.allow_anonymous, &auth.password_file);
+                let file = shown(&auth.password_file);
+                let _ = writeln!(out, "  {}: anonymous clients {allowed}, password_file {file}", l.bind);
+            }
+        }
+    }
     let _ = writeln!(out, "  acl_file: {}", shown(&c.acl_file));
     let unlimited = |n: Option<usize>| n.map_or("no limit".to_owned(), |n| n.to_string());
     let _ = writeln!(out, "limits:");
@@ -325,6 +338,11 @@ impl Args {
             warnings.push(format!("options not supported by midge, ignored: {}", list.join(", ")));
         }
         if !self.bind.is_empty() {
+            if !config.listener_auth.is_empty() {
+                return Err("--bind cannot replace the listeners of a file with per_listener_settings true: \
+                            their authentication belongs to them"
+                    .into());
+            }
             config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
         }
         if let Some(n) = self.max_packet_size {

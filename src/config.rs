@@ -68,6 +68,11 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file.
     pub acl_file: Option<PathBuf>,
+    /// Authentication per listener (Mosquitto's `per_listener_settings
+    /// true`), by index in `listeners`: each listener's own
+    /// `allow_anonymous` and `password_file` in place of the ones above.
+    /// Empty (the default): the ones above, on every listener.
+    pub listener_auth: Vec<ListenerAuth>,
     /// Most clients connected at once, over all listeners.
     pub max_connections: Option<usize>,
     /// Longest keepalive a client may ask for; longer (or 0) is refused with
@@ -86,6 +91,16 @@ pub struct Config {
     /// Where the HTTP endpoint (`GET /metrics`, `GET /healthz`) listens;
     /// `None` (the default): no HTTP listener.
     pub http_listener: Option<SocketAddr>,
+}
+
+/// The authentication settings of one listener (`per_listener_settings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerAuth {
+    /// Whether clients without a user name may connect on this listener;
+    /// `None`: yes, unless it has a password file.
+    pub allow_anonymous: Option<bool>,
+    /// The listener's `mosquitto_passwd` file.
+    pub password_file: Option<PathBuf>,
 }
 
 /// One listener: an address, optionally TLS, optionally its own limit.
@@ -162,6 +177,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
+            listener_auth: Vec::new(),
             max_connections: None,
             max_keepalive: None,
             max_publish_rate: None,

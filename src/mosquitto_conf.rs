@@ -21,7 +21,7 @@
 //!   the line, so midge never runs more open than the file asks.
 
 use crate::auth::{Acl, PasswordFile};
-use crate::config::{Config, Listener, TlsFiles, WebSockets};
+use crate::config::{Config, Listener, ListenerAuth, TlsFiles, WebSockets};
 use crate::config_file::{self, ConfigError, FileSettings, Ignored};
 use crate::logging::Destination;
 use log::LevelFilter;
@@ -479,35 +479,38 @@ impl Reader {
         if default_listener.touched {
             drafts.push(default_listener);
         }
-        let local_only = drafts.is_empty();
+        let per_listener = self.per_listener == Some(true);
         let mut listeners = Vec::new();
-        let mut security: Option<(Security, Option<At>)> = None;
-        if local_only {
+        if drafts.is_empty() {
             listeners.push(Listener::tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT)));
             // Mosquitto's local-only mode lets anonymous clients in;
             // midge keeps an explicit `allow_anonymous false`.
-            let mut global = self.global.clone();
-            global.allow_anonymous.get_or_insert(true);
-            security = Some((global, None));
+            self.global.allow_anonymous.get_or_insert(true);
         }
+        // Mosquitto 2.0: anonymous clients are refused on a configured
+        // listener unless allowed.
+        self.global.allow_anonymous.get_or_insert(false);
+        let mut acl: Option<(Option<PathBuf>, Option<At>)> = None;
         for draft in &drafts {
             listeners.push(listener(draft)?);
-            let mut own = match self.per_listener == Some(true) {
-                true => draft.security.clone(),
-                false => self.global.clone(),
-            };
-            own.allow_anonymous.get_or_insert(false);
-            match &security {
-                None => security = Some((own, draft.at.clone())),
-                Some((first, first_at)) if *first != own => {
+            if !per_listener {
+                continue;
+            }
+            let mut own = draft.security.clone();
+            let allow_anonymous = *own.allow_anonymous.get_or_insert(false);
+            let auth = ListenerAuth { allow_anonymous: Some(allow_anonymous), password_file: own.password_file };
+            self.config.listener_auth.push(auth);
+            match &acl {
+                None => acl = Some((own.acl_file, draft.at.clone())),
+                Some((first, first_at)) if *first != own.acl_file => {
                     let name = |at: &Option<At>| match at {
                         Some(at) => format!("the listener at {}", describe(at)),
                         None => "the default listener".to_owned(),
                     };
                     let message = format!(
-                        "per_listener_settings true: {} and {} have different allow_anonymous, password_file or \
-                         acl_file settings; midge applies one set of them to every listener, so give every \
-                         listener the same ones",
+                        "per_listener_settings true: {} and {} have different acl_file settings; midge applies \
+                         one ACL to every listener (authentication is per listener), so give every listener the \
+                         same acl_file",
                         name(first_at),
                         name(&draft.at)
                     );
@@ -517,11 +520,19 @@ impl Reader {
                 Some(_) => {}
             }
         }
-        let (security, _) = security.expect("at least one listener");
         self.config.listeners = listeners;
-        self.config.allow_anonymous = security.allow_anonymous;
-        self.config.password_file = security.password_file;
-        self.config.acl_file = security.acl_file;
+        match acl {
+            Some((acl_file, _)) => {
+                // Every listener has its own; a listener without one would be refused.
+                self.config.allow_anonymous = Some(false);
+                self.config.acl_file = acl_file;
+            }
+            None => {
+                self.config.allow_anonymous = self.global.allow_anonymous;
+                self.config.password_file = self.global.password_file.take();
+                self.config.acl_file = self.global.acl_file.take();
+            }
+        }
         self.settings.per_listener_settings = self.per_listener == Some(true);
         self.config.data_dir = match self.persistence {
             true => Some(self.persistence_location.take().unwrap_or_else(|| PathBuf::from("."))),
@@ -936,21 +947,32 @@ mod tests {
     fn per_listener_settings() {
         let dir = Dir::new("per-listener");
         let passwd = dir.file("passwd", "");
-        let same = format!(
-            "per_listener_settings true\nlistener 1883\npassword_file {passwd}\nlistener 1884\npassword_file {passwd}\n"
-        );
-        let s = parse_ok(&same);
+        let acl = dir.file("acl", "topic read a/#\n");
+        let s = parse_ok(&format!(
+            "per_listener_settings true\nlistener 1883 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n\
+             listener 1884\npassword_file {passwd}\nacl_file {acl}\nlistener 1885\nacl_file {acl}\n"
+        ));
         assert!(s.per_listener_settings);
-        assert_eq!(s.config.password_file.as_deref(), Some(Path::new(&passwd)));
-        assert_eq!(s.config.allow_anonymous, Some(false));
-        // Different security on two listeners: refused, never run more open.
-        let (e, line) = error(
-            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\nallow_anonymous false\n",
-        );
+        let c = &s.config;
+        let auth = |allow, file: Option<&str>| ListenerAuth {
+            allow_anonymous: Some(allow),
+            password_file: file.map(Into::into),
+        };
+        assert_eq!(c.listener_auth, [auth(true, None), auth(false, Some(&passwd)), auth(false, None)]);
+        assert_eq!(c.acl_file.as_deref(), Some(Path::new(&acl)));
+        assert_eq!((c.allow_anonymous, c.password_file.as_ref()), (Some(false), None));
+        // Options before the first listener belong to the default listener.
+        let c = config("per_listener_settings true\nallow_anonymous true\nlistener 1884\n");
+        let ports: Vec<u16> = c.listeners.iter().map(|l| l.bind.port()).collect();
+        assert_eq!(ports, [1884, 1883]);
+        assert_eq!(c.listener_auth, [auth(false, None), auth(true, None)]);
+        // Without per_listener_settings, the options apply to every listener.
+        let c = config("listener 1883\nallow_anonymous true\nlistener 1884\n");
+        assert!(c.listener_auth.is_empty() && c.allow_anonymous == Some(true));
+        // Different ACLs: refused (midge has one ACL for every listener).
+        let (e, line) = error(&format!("per_listener_settings true\nlistener 1883\nacl_file {acl}\nlistener 1884\n"));
         assert_eq!(line, Some(4));
-        assert!(e.contains("the listener at line 2 and the listener at line 4 have different"), "{e}");
-        let (e, _) = error("per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n");
-        assert!(e.contains("different allow_anonymous"), "{e}");
+        assert!(e.contains("the listener at line 2 and the listener at line 4 have different acl_file"), "{e}");
         // It must come before the security options, as in Mosquitto.
         let (e, line) = error("allow_anonymous true\nper_listener_settings true\n");
         assert_eq!(line, Some(2));

@@ -12,9 +12,29 @@ use std::sync::Arc;
 /// The file-based rules in force: replaced as a whole on reload.
 #[derive(Debug, Default)]
 pub struct Security {
-    passwords: Option<PasswordFile>,
+    /// Authentication on every listener without its own.
+    auth: Auth,
+    /// Authentication per listener index (`per_listener_settings`).
+    listeners: Vec<Auth>,
     acl: Option<Acl>,
+}
+
+/// Who may connect: a password file and the anonymous rule.
+#[derive(Debug, Default)]
+struct Auth {
+    passwords: Option<PasswordFile>,
     allow_anonymous: bool,
+}
+
+impl Auth {
+    fn load(allow_anonymous: Option<bool>, password_file: Option<&Path>, key: &str) -> Result<Auth, String> {
+        let passwords = match password_file {
+            Some(path) => Some(PasswordFile::load(path).map_err(|e| file_error(key, path, e))?),
+            None => None,
+        };
+        let allow_anonymous = allow_anonymous.unwrap_or(passwords.is_none());
+        Ok(Auth { passwords, allow_anonymous })
+    }
 }
 
 /// A CONNECT as the hooks see it.
@@ -75,23 +95,39 @@ pub trait Hooks: Send + Sync + 'static {
 impl Security {
     /// Reads the files the configuration names.
     pub fn load(config: &Config) -> Result<Security, String> {
-        let passwords = match &config.password_file {
-            Some(path) => Some(PasswordFile::load(path).map_err(|e| file_error("password_file", path, e))?),
-            None => None,
-        };
+        let auth = Auth::load(config.allow_anonymous, config.password_file.as_deref(), "password_file")?;
+        let listeners = config
+            .listener_auth
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let key = format!("password_file of listener {}", i + 1);
+                Auth::load(l.allow_anonymous, l.password_file.as_deref(), &key)
+            })
+            .collect::<Result<_, _>>()?;
         let acl = match &config.acl_file {
             Some(path) => Some(Acl::load(path).map_err(|e| file_error("acl_file", path, e))?),
             None => None,
         };
-        let allow_anonymous = config.allow_anonymous.unwrap_or(passwords.is_none());
-        Ok(Security { passwords, acl, allow_anonymous })
+        Ok(Security { auth, listeners, acl })
     }
 
-    /// Checks CONNECT credentials. This is slow on purpose (PBKDF2): run it
-    /// off the executor threads.
-    pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ConnectCode> {
-        match (username, &self.passwords) {
-            (None, _) if self.allow_anonymous => Ok(()),
+    /// The authentication of the listener at `index` in the configuration.
+    fn auth(&self, listener: usize) -> &Auth {
+        self.listeners.get(listener).unwrap_or(&self.auth)
+    }
+
+    /// Checks CONNECT credentials on the listener at index `listener`. This
+    /// is slow on purpose (PBKDF2): run it off the executor threads.
+    pub fn authenticate(
+        &self,
+        listener: usize,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<(), ConnectCode> {
+        let auth = self.auth(listener);
+        match (username, &auth.passwords) {
+            (None, _) if auth.allow_anonymous => Ok(()),
             (None, _) => Err(ConnectCode::NotAuthorized),
             (Some(_), None) => Ok(()),
             (Some(user), Some(file)) if file.verify(user, password.unwrap_or_default()) => Ok(()),
@@ -99,9 +135,9 @@ impl Security {
         }
     }
 
-    /// Whether a password check is needed (it is the slow part).
-    pub fn checks_passwords(&self) -> bool {
-        self.passwords.is_some()
+    /// Whether a password check is needed on the listener (it is the slow part).
+    pub fn checks_passwords(&self, listener: usize) -> bool {
+        self.auth(listener).passwords.is_some()
     }
 
     /// Whether the client may publish to `topic`.

@@ -60,7 +60,7 @@ impl<R: Runtime> Server<R> {
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
         let mut local_addrs = Vec::new();
-        for (listener, config, acceptor) in listeners {
+        for (index, (listener, config, acceptor)) in listeners.into_iter().enumerate() {
             let addr = R::local_addr(&listener)?;
             let kind = if acceptor.is_some() { "MQTT over TLS" } else { "MQTT" };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
@@ -69,6 +69,7 @@ impl<R: Runtime> Server<R> {
                 rt: rt.clone(),
                 broker: broker.clone(),
                 listener,
+                index,
                 config,
                 tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
@@ -135,10 +136,11 @@ async fn serve_tls<R: Runtime>(
     broker: Broker,
     tls: &TlsAcceptor,
     stream: R::Stream,
-    addr: std::net::SocketAddr,
+    peer: Peer,
     use_identity: bool,
     stopped: Receiver<()>,
 ) {
+    let addr = peer.addr;
     let timeout = broker.config().connect_timeout;
     let handshake = tls.accept(stream);
     let deadline = rt.sleep(timeout);
@@ -157,7 +159,7 @@ async fn serve_tls<R: Runtime>(
         }
     };
     let identity = connection.identity.filter(|_| use_identity);
-    let peer = Peer { addr, identity, identity_required: use_identity };
+    let peer = Peer { identity, identity_required: use_identity, ..peer };
     connection::run(rt, broker, connection.stream, peer, stopped).await;
 }
 
@@ -210,6 +212,8 @@ struct Accepting<R: Runtime> {
     rt: R,
     broker: Broker,
     listener: R::Listener,
+    /// Its index in the configuration's listeners.
+    index: usize,
     config: Listener,
     /// The TLS acceptor of a TLS listener.
     tls: Option<Arc<TlsAcceptor>>,
@@ -245,14 +249,15 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                     continue;
                 };
                 let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());
+                let peer = Peer::plain(addr).on_listener(a.index);
                 let (tls, use_identity) =
                     (a.tls.clone(), a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username));
                 a.rt.spawn(async move {
                     match tls {
-                        None => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
+                        None => connection::run(rt, broker, stream, peer, stopped).await,
                         // Boxed: a TLS connection's state is several KiB, and
                         // inline it would make every plain connection's task as big.
-                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await,
+                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, peer, use_identity, stopped)).await,
                     }
                     drop((slot, alive));
                 });

@@ -204,24 +204,37 @@ runtime_kind_test!(
 );
 
 runtime_kind_test!(
-    /// Two listeners with `per_listener_settings true` and the same
-    /// settings on each: both listeners answer on both brokers, and a
-    /// message crosses from one listener to the other.
+    /// Two listeners with `per_listener_settings true`: anonymous clients
+    /// allowed on the first, a password file on the second. On both
+    /// brokers an anonymous client gets CONNACK 0 on the first and 5 on
+    /// the second, alice gets 0 on the second, and a message crosses from
+    /// one listener to the other.
     agreement_two_listeners_per_listener_settings,
     |kind: RuntimeKind| {
         let dir = TempDir::new("agree-two");
-        let conf = "per_listener_settings true\nlistener {port0} 127.0.0.1\nallow_anonymous true\n\
-                    listener {port1} 127.0.0.1\nallow_anonymous true\n";
-        let both = Both::start(kind, &dir, conf);
+        let passwd = password_file(&dir);
+        let conf = format!(
+            "per_listener_settings true\nlistener {{port0}} 127.0.0.1\nallow_anonymous true\n\
+             listener {{port1}} 127.0.0.1\npassword_file {}\n",
+            passwd.display()
+        );
+        let both = Both::start(kind, &dir, &conf);
         let got = both.agree("two listeners", |a| {
-            let (mut sub, code0) = connack_code(a[0], &anonymous("s"));
+            let (mut sub, open) = connack_code(a[0], &anonymous("s"));
             sub.subscribe(1, &[("t", 1)]);
-            let (mut publisher, code1) = connack_code(a[1], &anonymous("p"));
+            let (_, anonymous_on_second) = connack_code(a[1], &anonymous("x"));
+            let alice = Connect {
+                client_id: "p",
+                username: Some("alice"),
+                password: Some(b"wonderland"),
+                ..Connect::default()
+            };
+            let (mut publisher, alice_on_second) = connack_code(a[1], &alice);
             publisher.send(&packets::publish("t", b"across", 1, 7));
             publisher.expect(&ack(PUBACK, 7));
-            (code0, code1, sub.recv().publish().2)
+            (open, anonymous_on_second, alice_on_second, sub.recv().publish().2)
         });
-        assert_eq!(got, (Some(0), Some(0), b"across".to_vec()));
+        assert_eq!(got, (Some(0), Some(5), Some(0), b"across".to_vec()));
     }
 );
 
@@ -287,9 +300,8 @@ fn check_config_reports_what_midge_will_do() {
     for needle in [
         "127.0.0.1:1884 MQTT, no TLS, at most 10 connections",
         "127.0.0.1:9001 MQTT over WebSockets, no TLS, no connection limit",
-        "auth (per_listener_settings: the same on every listener):",
-        "anonymous clients: refused",
-        &format!("password_file: {}", passwd.display()),
+        "auth (per_listener_settings):",
+        &format!("127.0.0.1:1884: anonymous clients refused, password_file {}", passwd.display()),
         "max_inflight_messages: 5",
         "http_listener: 127.0.0.1:9090",
         "max_qos (line 8): not supported",
@@ -298,6 +310,10 @@ fn check_config_reports_what_midge_will_do() {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
+    // Per-listener authentication belongs to the file's listeners.
+    let (code, _, err) = midge(&["-c", file.to_str().unwrap(), "--bind", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--bind cannot replace the listeners of a file with per_listener_settings true"), "{err}");
 }
 
 /// Bad files: each error names the file and line, and both
@@ -330,8 +346,9 @@ fn bad_mosquitto_conf_is_refused_naming_the_line() {
         ("bridge.conf", "connection other\naddress 10.0.0.1\n", "line 1: connection: bridges are not supported yet"),
         (
             "differ.conf",
-            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 1884\n",
-            "line 4: per_listener_settings true: the listener at line 2 and the listener at line 4",
+            "per_listener_settings true\nlistener 1883\nacl_file /etc/mosquitto/aclfile.example\nlistener 1884\n",
+            "line 4: per_listener_settings true: the listener at line 2 and the listener at line 4 have different \
+             acl_file",
         ),
     ];
     // The file errors are found while reading the arguments (midge -c

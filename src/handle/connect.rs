@@ -90,11 +90,13 @@ pub async fn authenticate(
         None => connect.username.as_deref().map(Into::into),
     };
     let files = guards.files.clone();
-    let (user, password) = (username.clone(), connect.password.clone());
-    let checked = match (&peer.identity, files.checks_passwords() && user.is_some()) {
-        (None, true) => blocking::unblock(move || files.authenticate(user.as_deref(), password.as_deref())).await,
+    let (user, password, listener) = (username.clone(), connect.password.clone(), peer.listener);
+    let checked = match (&peer.identity, files.checks_passwords(listener) && user.is_some()) {
+        (None, true) => {
+            blocking::unblock(move || files.authenticate(listener, user.as_deref(), password.as_deref())).await
+        }
         (Some(_), _) => Ok(()),
-        (None, false) => files.authenticate(user.as_deref(), password.as_deref()),
+        (None, false) => files.authenticate(listener, user.as_deref(), password.as_deref()),
     };
     let info = ConnectInfo {
         client_id: id,

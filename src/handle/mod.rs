@@ -93,12 +93,20 @@ pub struct Peer {
     /// The listener uses certificate identities as user names: a client
     /// without one is refused (CONNACK 4), as Mosquitto does.
     pub identity_required: bool,
+    /// The index of the listener it came in on (in `Config::listeners`),
+    /// for per-listener authentication.
+    pub listener: usize,
 }
 
 impl Peer {
-    /// A peer on a listener without certificate identities.
+    /// A peer on the first listener, without certificate identities.
     pub fn plain(addr: std::net::SocketAddr) -> Peer {
-        Peer { addr, identity: None, identity_required: false }
+        Peer { addr, identity: None, identity_required: false, listener: 0 }
+    }
+
+    /// The same peer, on the listener at `index`.
+    pub fn on_listener(self, index: usize) -> Peer {
+        Peer { listener: index, ..self }
     }
 }
 
