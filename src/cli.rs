@@ -156,7 +156,7 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
         true => "allowed",
         false => "refused",
     };
-    match c.listener_auth.is_empty() {
+    match c.listener_security.is_empty() {
         true => {
             let _ = writeln!(out, "auth:");
             let _ = writeln!(out, "  anonymous clients: {}", anonymous(c.allow_anonymous, &c.password_file));
@@ -164,14 +164,20 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
         }
         false => {
             let _ = writeln!(out, "auth (per_listener_settings):");
-            for (l, auth) in c.listeners.iter().zip(&c.listener_auth) {
-                let allowed = anonymous(auth.allow_anonymous, &auth.password_file);
-                let file = shown(&auth.password_file);
-                let _ = writeln!(out, "  {}: anonymous clients {allowed}, password_file {file}", l.bind);
+            for (l, own) in c.listeners.iter().zip(&c.listener_security) {
+                let allowed = anonymous(own.allow_anonymous, &own.password_file);
+                let (passwords, acl) = (shown(&own.password_file), shown(&own.acl_file));
+                let _ = writeln!(
+                    out,
+                    "  {}: anonymous clients {allowed}, password_file {passwords}, acl_file {acl}",
+                    l.bind
+                );
             }
         }
     }
-    let _ = writeln!(out, "  acl_file: {}", shown(&c.acl_file));
+    if c.listener_security.is_empty() {
+        let _ = writeln!(out, "  acl_file: {}", shown(&c.acl_file));
+    }
     let unlimited = |n: Option<usize>| n.map_or("no limit".to_owned(), |n| n.to_string());
     let _ = writeln!(out, "limits:");
     let _ = writeln!(out, "  max_connections (all listeners): {}", unlimited(c.max_connections));
@@ -338,9 +344,9 @@ impl Args {
             warnings.push(format!("options not supported by midge, ignored: {}", list.join(", ")));
         }
         if !self.bind.is_empty() {
-            if !config.listener_auth.is_empty() {
+            if !config.listener_security.is_empty() {
                 return Err("--bind cannot replace the listeners of a file with per_listener_settings true: \
-                            their authentication belongs to them"
+                            their security settings belong to them"
                     .into());
             }
             config.listeners = self.bind.into_iter().map(Listener::tcp).collect();

@@ -68,11 +68,11 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file.
     pub acl_file: Option<PathBuf>,
-    /// Authentication per listener (Mosquitto's `per_listener_settings
-    /// true`), by index in `listeners`: each listener's own
-    /// `allow_anonymous` and `password_file` in place of the ones above.
-    /// Empty (the default): the ones above, on every listener.
-    pub listener_auth: Vec<ListenerAuth>,
+    /// Security per listener (Mosquitto's `per_listener_settings true`), by
+    /// index in `listeners`: each listener's own `allow_anonymous`,
+    /// `password_file` and `acl_file` in place of the three above. Empty
+    /// (the default): the three above, on every listener.
+    pub listener_security: Vec<ListenerSecurity>,
     /// Most clients connected at once, over all listeners.
     pub max_connections: Option<usize>,
     /// Longest keepalive a client may ask for; longer (or 0) is refused with
@@ -93,14 +93,18 @@ pub struct Config {
     pub http_listener: Option<SocketAddr>,
 }
 
-/// The authentication settings of one listener (`per_listener_settings`).
+/// The security settings of one listener (`per_listener_settings`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListenerAuth {
+pub struct ListenerSecurity {
     /// Whether clients without a user name may connect on this listener;
     /// `None`: yes, unless it has a password file.
     pub allow_anonymous: Option<bool>,
     /// The listener's `mosquitto_passwd` file.
     pub password_file: Option<PathBuf>,
+    /// The listener's ACL file: it rules what clients that connected on this
+    /// listener may publish, subscribe to and receive (a persistent session
+    /// keeps the listener its client last connected on, as in Mosquitto).
+    pub acl_file: Option<PathBuf>,
 }
 
 /// One listener: an address, optionally TLS, optionally its own limit.
@@ -177,7 +181,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
-            listener_auth: Vec::new(),
+            listener_security: Vec::new(),
             max_connections: None,
             max_keepalive: None,
             max_publish_rate: None,

@@ -40,8 +40,8 @@ pub struct FileSettings {
     pub pid_file: Option<PathBuf>,
     /// `user` (mosquitto.conf): the user to become after binding, when started as root.
     pub user: Option<String>,
-    /// `per_listener_settings true` was given: authentication is per
-    /// listener ([`Config::listener_auth`]), the ACL the same on all.
+    /// `per_listener_settings true` was given: security is per listener
+    /// ([`Config::listener_security`]).
     pub per_listener_settings: bool,
     /// Mosquitto options read but not acted on, for one warning at start.
     pub ignored: Vec<Ignored>,

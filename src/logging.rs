@@ -384,11 +384,15 @@ impl Queue {
     fn write_to<'a>(self, out: impl Write + Send + 'a) {
         let mut out: std::io::BufWriter<Box<dyn Write + Send + 'a>> = std::io::BufWriter::new(Box::new(out));
         while let Ok(first) = self.lines.recv() {
-            self.reopen_if_asked(&mut out);
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Line(line) => drop(out.write_all(line.as_bytes())),
+                    Message::Line(line) => {
+                        // Checked per line: a reopen asked for mid-batch
+                        // applies to the lines that follow it.
+                        self.reopen_if_asked(&mut out);
+                        drop(out.write_all(line.as_bytes()))
+                    }
                     Message::Flush(done) => {
                         self.report_lost(&mut out);
                         let _ = out.flush();

@@ -21,7 +21,7 @@
 //!   the line, so midge never runs more open than the file asks.
 
 use crate::auth::{Acl, PasswordFile};
-use crate::config::{Config, Listener, ListenerAuth, TlsFiles, WebSockets};
+use crate::config::{Config, Listener, ListenerSecurity, TlsFiles, WebSockets};
 use crate::config_file::{self, ConfigError, FileSettings, Ignored};
 use crate::logging::Destination;
 use log::LevelFilter;
@@ -145,8 +145,6 @@ struct Security {
 /// A listener as the file describes it.
 #[derive(Debug, Default)]
 struct Draft {
-    /// The `listener` line (`None`: the default listener).
-    at: Option<At>,
     /// Whether any option set it (the default listener starts only then).
     touched: bool,
     port: Option<u16>,
@@ -422,7 +420,7 @@ impl Reader {
         if words.next().is_some() {
             return Err(at.error("listener: expected PORT [ADDRESS]"));
         }
-        let draft = Draft { at: Some(at.clone()), touched: true, port: Some(port), host, ..Draft::default() };
+        let draft = Draft { touched: true, port: Some(port), host, ..Draft::default() };
         self.listeners.push(draft);
         Ok(())
     }
@@ -490,48 +488,24 @@ impl Reader {
         // Mosquitto 2.0: anonymous clients are refused on a configured
         // listener unless allowed.
         self.global.allow_anonymous.get_or_insert(false);
-        let mut acl: Option<(Option<PathBuf>, Option<At>)> = None;
         for draft in &drafts {
             listeners.push(listener(draft)?);
-            if !per_listener {
-                continue;
-            }
-            let mut own = draft.security.clone();
-            let allow_anonymous = *own.allow_anonymous.get_or_insert(false);
-            let auth = ListenerAuth { allow_anonymous: Some(allow_anonymous), password_file: own.password_file };
-            self.config.listener_auth.push(auth);
-            match &acl {
-                None => acl = Some((own.acl_file, draft.at.clone())),
-                Some((first, first_at)) if *first != own.acl_file => {
-                    let name = |at: &Option<At>| match at {
-                        Some(at) => format!("the listener at {}", describe(at)),
-                        None => "the default listener".to_owned(),
-                    };
-                    let message = format!(
-                        "per_listener_settings true: {} and {} have different acl_file settings; midge applies \
-                         one ACL to every listener (authentication is per listener), so give every listener the \
-                         same acl_file",
-                        name(first_at),
-                        name(&draft.at)
-                    );
-                    let at = draft.at.clone().unwrap_or(At { file: None, line: 1 });
-                    return Err(at.error(message));
-                }
-                Some(_) => {}
+            if per_listener {
+                let own = draft.security.clone();
+                self.config.listener_security.push(ListenerSecurity {
+                    allow_anonymous: Some(own.allow_anonymous.unwrap_or(false)),
+                    password_file: own.password_file,
+                    acl_file: own.acl_file,
+                });
             }
         }
         self.config.listeners = listeners;
-        match acl {
-            Some((acl_file, _)) => {
-                // Every listener has its own; a listener without one would be refused.
-                self.config.allow_anonymous = Some(false);
-                self.config.acl_file = acl_file;
-            }
-            None => {
-                self.config.allow_anonymous = self.global.allow_anonymous;
-                self.config.password_file = self.global.password_file.take();
-                self.config.acl_file = self.global.acl_file.take();
-            }
+        self.config.allow_anonymous = self.global.allow_anonymous;
+        self.config.password_file = self.global.password_file.take();
+        self.config.acl_file = self.global.acl_file.take();
+        if !self.config.listener_security.is_empty() {
+            // Every listener has its own; an index without one is refused.
+            self.config.allow_anonymous = Some(false);
         }
         self.settings.per_listener_settings = self.per_listener == Some(true);
         self.config.data_dir = match self.persistence {
@@ -950,29 +924,26 @@ mod tests {
         let acl = dir.file("acl", "topic read a/#\n");
         let s = parse_ok(&format!(
             "per_listener_settings true\nlistener 1883 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n\
-             listener 1884\npassword_file {passwd}\nacl_file {acl}\nlistener 1885\nacl_file {acl}\n"
+             listener 1884\npassword_file {passwd}\nlistener 1885\n"
         ));
         assert!(s.per_listener_settings);
         let c = &s.config;
-        let auth = |allow, file: Option<&str>| ListenerAuth {
+        let own = |allow, passwords: Option<&str>, acl: Option<&str>| ListenerSecurity {
             allow_anonymous: Some(allow),
-            password_file: file.map(Into::into),
+            password_file: passwords.map(Into::into),
+            acl_file: acl.map(Into::into),
         };
-        assert_eq!(c.listener_auth, [auth(true, None), auth(false, Some(&passwd)), auth(false, None)]);
-        assert_eq!(c.acl_file.as_deref(), Some(Path::new(&acl)));
-        assert_eq!((c.allow_anonymous, c.password_file.as_ref()), (Some(false), None));
+        let expected = [own(true, None, Some(&acl)), own(false, Some(&passwd), None), own(false, None, None)];
+        assert_eq!(c.listener_security, expected);
+        assert_eq!((c.allow_anonymous, c.password_file.as_ref(), c.acl_file.as_ref()), (Some(false), None, None));
         // Options before the first listener belong to the default listener.
         let c = config("per_listener_settings true\nallow_anonymous true\nlistener 1884\n");
         let ports: Vec<u16> = c.listeners.iter().map(|l| l.bind.port()).collect();
         assert_eq!(ports, [1884, 1883]);
-        assert_eq!(c.listener_auth, [auth(false, None), auth(true, None)]);
+        assert_eq!(c.listener_security, [own(false, None, None), own(true, None, None)]);
         // Without per_listener_settings, the options apply to every listener.
         let c = config("listener 1883\nallow_anonymous true\nlistener 1884\n");
-        assert!(c.listener_auth.is_empty() && c.allow_anonymous == Some(true));
-        // Different ACLs: refused (midge has one ACL for every listener).
-        let (e, line) = error(&format!("per_listener_settings true\nlistener 1883\nacl_file {acl}\nlistener 1884\n"));
-        assert_eq!(line, Some(4));
-        assert!(e.contains("the listener at line 2 and the listener at line 4 have different acl_file"), "{e}");
+        assert!(c.listener_security.is_empty() && c.allow_anonymous == Some(true));
         // It must come before the security options, as in Mosquitto.
         let (e, line) = error("allow_anonymous true\nper_listener_settings true\n");
         assert_eq!(line, Some(2));

@@ -12,28 +12,40 @@ use std::sync::Arc;
 /// The file-based rules in force: replaced as a whole on reload.
 #[derive(Debug, Default)]
 pub struct Security {
-    /// Authentication on every listener without its own.
-    auth: Auth,
-    /// Authentication per listener index (`per_listener_settings`).
-    listeners: Vec<Auth>,
+    /// The rules on every listener without its own.
+    all: Rules,
+    /// The rules per listener index (`per_listener_settings`).
+    listeners: Vec<Rules>,
+}
+
+/// Who may connect (a password file and the anonymous rule) and what they
+/// may do (an ACL).
+#[derive(Debug, Default)]
+struct Rules {
+    passwords: Option<PasswordFile>,
+    allow_anonymous: bool,
     acl: Option<Acl>,
 }
 
-/// Who may connect: a password file and the anonymous rule.
-#[derive(Debug, Default)]
-struct Auth {
-    passwords: Option<PasswordFile>,
-    allow_anonymous: bool,
-}
-
-impl Auth {
-    fn load(allow_anonymous: Option<bool>, password_file: Option<&Path>, key: &str) -> Result<Auth, String> {
+impl Rules {
+    fn load(
+        allow_anonymous: Option<bool>,
+        password_file: Option<&Path>,
+        acl_file: Option<&Path>,
+        on: &str,
+    ) -> Result<Rules, String> {
         let passwords = match password_file {
-            Some(path) => Some(PasswordFile::load(path).map_err(|e| file_error(key, path, e))?),
+            Some(path) => {
+                Some(PasswordFile::load(path).map_err(|e| file_error(&format!("password_file{on}"), path, e))?)
+            }
+            None => None,
+        };
+        let acl = match acl_file {
+            Some(path) => Some(Acl::load(path).map_err(|e| file_error(&format!("acl_file{on}"), path, e))?),
             None => None,
         };
         let allow_anonymous = allow_anonymous.unwrap_or(passwords.is_none());
-        Ok(Auth { passwords, allow_anonymous })
+        Ok(Rules { passwords, allow_anonymous, acl })
     }
 }
 
@@ -57,6 +69,8 @@ pub struct ClientInfo<'a> {
     pub client_id: &'a str,
     /// The user name the client authenticated with, if any.
     pub username: Option<&'a str>,
+    /// The index (in `Config::listeners`) of the listener it connected on.
+    pub listener: usize,
 }
 
 /// Decisions an embedding application makes, in place of or on top of the
@@ -95,26 +109,23 @@ pub trait Hooks: Send + Sync + 'static {
 impl Security {
     /// Reads the files the configuration names.
     pub fn load(config: &Config) -> Result<Security, String> {
-        let auth = Auth::load(config.allow_anonymous, config.password_file.as_deref(), "password_file")?;
+        let (password_file, acl_file) = (config.password_file.as_deref(), config.acl_file.as_deref());
+        let all = Rules::load(config.allow_anonymous, password_file, acl_file, "")?;
         let listeners = config
-            .listener_auth
+            .listener_security
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let key = format!("password_file of listener {}", i + 1);
-                Auth::load(l.allow_anonymous, l.password_file.as_deref(), &key)
+                let on = format!(" of listener {}", i + 1);
+                Rules::load(l.allow_anonymous, l.password_file.as_deref(), l.acl_file.as_deref(), &on)
             })
             .collect::<Result<_, _>>()?;
-        let acl = match &config.acl_file {
-            Some(path) => Some(Acl::load(path).map_err(|e| file_error("acl_file", path, e))?),
-            None => None,
-        };
-        Ok(Security { auth, listeners, acl })
+        Ok(Security { all, listeners })
     }
 
-    /// The authentication of the listener at `index` in the configuration.
-    fn auth(&self, listener: usize) -> &Auth {
-        self.listeners.get(listener).unwrap_or(&self.auth)
+    /// The rules of the listener at `index` in the configuration.
+    fn rules(&self, listener: usize) -> &Rules {
+        self.listeners.get(listener).unwrap_or(&self.all)
     }
 
     /// Checks CONNECT credentials on the listener at index `listener`. This
@@ -125,9 +136,9 @@ impl Security {
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> Result<(), ConnectCode> {
-        let auth = self.auth(listener);
-        match (username, &auth.passwords) {
-            (None, _) if auth.allow_anonymous => Ok(()),
+        let rules = self.rules(listener);
+        match (username, &rules.passwords) {
+            (None, _) if rules.allow_anonymous => Ok(()),
             (None, _) => Err(ConnectCode::NotAuthorized),
             (Some(_), None) => Ok(()),
             (Some(user), Some(file)) if file.verify(user, password.unwrap_or_default()) => Ok(()),
@@ -137,27 +148,30 @@ impl Security {
 
     /// Whether a password check is needed on the listener (it is the slow part).
     pub fn checks_passwords(&self, listener: usize) -> bool {
-        self.auth(listener).passwords.is_some()
+        self.rules(listener).passwords.is_some()
     }
 
     /// Whether the client may publish to `topic`.
     pub fn can_write(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_write(client.client_id, client.username, topic))
+        let acl = self.rules(client.listener).acl.as_ref();
+        acl.is_none_or(|acl| acl.can_write(client.client_id, client.username, topic))
     }
 
-    /// Whether the client may receive a message on `topic`.
-    pub fn can_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_read(client_id, username, topic))
+    /// Whether the client, last connected on `listener`, may receive a
+    /// message on `topic`.
+    pub fn can_read(&self, listener: usize, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.rules(listener).acl.as_ref().is_none_or(|acl| acl.can_read(client_id, username, topic))
     }
 
     /// Whether the client may subscribe to `filter`.
     pub fn can_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_subscribe(client.client_id, client.username, filter))
+        let acl = self.rules(client.listener).acl.as_ref();
+        acl.is_none_or(|acl| acl.can_subscribe(client.client_id, client.username, filter))
     }
 
-    /// Whether deliveries need a read check at all.
+    /// Whether deliveries need a read check at all (an ACL on any listener).
     pub fn has_acl(&self) -> bool {
-        self.acl.is_some()
+        self.all.acl.is_some() || self.listeners.iter().any(|r| r.acl.is_some())
     }
 }
 

@@ -24,8 +24,8 @@ pub fn connect(
     kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Client {
-    let Admitted { id, username, conn } = admitted;
-    let attachment = broker.attach(&id, username.clone(), connect.clean_session, conn, kick);
+    let Admitted { id, username, conn, listener } = admitted;
+    let attachment = broker.attach_on(listener, &id, username.clone(), connect.clean_session, conn, kick);
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol == Protocol::V311;
     out.push(Packet::Connack { session_present, code: ConnectCode::Accepted });
@@ -33,6 +33,7 @@ pub fn connect(
         id,
         username,
         conn,
+        listener,
         session: attachment.session,
         will: connect.will,
         keep_alive: connect.keep_alive,
@@ -52,6 +53,8 @@ pub struct Admitted {
     pub username: Option<Arc<str>>,
     /// The connection's id.
     pub conn: u64,
+    /// The index of the listener it came in on.
+    pub listener: usize,
 }
 
 /// The checks on a CONNECT before its credentials: client id rules and the

@@ -27,6 +27,8 @@ pub struct Client {
     pub username: Option<Arc<str>>,
     /// This connection's id; the session belongs to it until a takeover.
     pub conn: u64,
+    /// The index of the listener it connected on.
+    pub listener: usize,
     /// The session, shared with publishers routing to it.
     pub session: Arc<SessionHandle>,
     /// Published if the connection ends without DISCONNECT.
@@ -113,7 +115,7 @@ impl Peer {
 impl Client {
     /// The client as hooks and ACL checks see it.
     pub fn info(&self) -> ClientInfo<'_> {
-        ClientInfo { client_id: &self.id, username: self.username.as_deref() }
+        ClientInfo { client_id: &self.id, username: self.username.as_deref(), listener: self.listener }
     }
 }
 
