@@ -213,6 +213,13 @@ impl Reader {
                 Some((key, value)) => (key, value.trim()),
                 None => (line, ""),
             };
+            if value.starts_with('=') || line.starts_with('[') {
+                let message = format!(
+                    "{line:?} is TOML, not mosquitto.conf: midge reads a file as its TOML only when the name ends \
+                     in .toml"
+                );
+                return Err(at.error(message));
+            }
             self.option(key, value, &at)?;
         }
         Ok(())
@@ -227,13 +234,16 @@ impl Reader {
     }
 
     /// Where security options go: the current listener with
-    /// `per_listener_settings true`, otherwise every listener.
-    fn security(&mut self, at: &At) -> &mut Security {
+    /// `per_listener_settings true`, otherwise every listener. Before the
+    /// first `listener` line they set the default listener's, and a
+    /// `password_file` there starts it (Mosquitto 2.0's rule; an
+    /// `allow_anonymous` or `acl_file` alone does not).
+    fn security(&mut self, at: &At, starts_default: bool) -> &mut Security {
         self.first_security.get_or_insert_with(|| at.clone());
         match self.per_listener == Some(true) {
             true => {
                 let current = self.current();
-                current.touched = true;
+                current.touched |= starts_default;
                 &mut current.security
             }
             false => &mut self.global,
@@ -330,12 +340,12 @@ impl Reader {
             }
             "allow_anonymous" => {
                 let allow = boolean(key, value, at)?;
-                self.security(at).allow_anonymous = Some(allow);
+                self.security(at, false).allow_anonymous = Some(allow);
             }
             "password_file" | "acl_file" => {
                 let path = path(key, value, at)?;
                 readable(key, &path, at)?;
-                let security = self.security(at);
+                let security = self.security(at, key == "password_file");
                 match key {
                     "password_file" => security.password_file = Some(path),
                     _ => security.acl_file = Some(path),
@@ -696,6 +706,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn ports(c: &Config) -> Vec<u16> {
+        c.listeners.iter().map(|l| l.bind.port()).collect()
+    }
+
     #[test]
     fn an_empty_file_is_mosquittos_local_only_mode() {
         let s = parse_ok("# nothing\n\n");
@@ -828,6 +842,14 @@ mod tests {
     }
 
     #[test]
+    fn a_toml_file_is_told_apart() {
+        let (e, line) = error("# midge\nallow_anonymous = true\n");
+        assert_eq!(line, Some(2));
+        assert!(e.contains("\"allow_anonymous = true\" is TOML, not mosquitto.conf"), "{e}");
+        assert_eq!(error("[[listener]]\n").1, Some(1));
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_its_line() {
         let (e, line) = error("listener 1883\n\nmax_conections 5\n");
         assert_eq!((e.as_str(), line), ("line 3: unknown key \"max_conections\"", Some(3)));
@@ -936,11 +958,14 @@ mod tests {
         let expected = [own(true, None, Some(&acl)), own(false, Some(&passwd), None), own(false, None, None)];
         assert_eq!(c.listener_security, expected);
         assert_eq!((c.allow_anonymous, c.password_file.as_ref(), c.acl_file.as_ref()), (Some(false), None, None));
-        // Options before the first listener belong to the default listener.
+        // Options before the first listener belong to the default listener;
+        // a password_file starts it, an allow_anonymous alone does not.
+        let c = config(&format!("per_listener_settings true\npassword_file {passwd}\nlistener 1884\n"));
+        assert_eq!(ports(&c), [1884, 1883]);
+        assert_eq!(c.listener_security, [own(false, None, None), own(false, Some(&passwd), None)]);
         let c = config("per_listener_settings true\nallow_anonymous true\nlistener 1884\n");
-        let ports: Vec<u16> = c.listeners.iter().map(|l| l.bind.port()).collect();
-        assert_eq!(ports, [1884, 1883]);
-        assert_eq!(c.listener_security, [own(false, None, None), own(true, None, None)]);
+        assert_eq!(ports(&c), [1884]);
+        assert_eq!(c.listener_security, [own(false, None, None)]);
         // Without per_listener_settings, the options apply to every listener.
         let c = config("listener 1883\nallow_anonymous true\nlistener 1884\n");
         assert!(c.listener_security.is_empty() && c.allow_anonymous == Some(true));
@@ -959,8 +984,7 @@ mod tests {
         std::fs::write(conf_d.join("a.conf"), "listener 1883\n").unwrap();
         std::fs::write(conf_d.join("c.txt"), "not read\n").unwrap();
         let s = parse_ok(&format!("allow_anonymous true\ninclude_dir {}\n", conf_d.display()));
-        let ports: Vec<u16> = s.config.listeners.iter().map(|l| l.bind.port()).collect();
-        assert_eq!(ports, [1883, 1884]);
+        assert_eq!(ports(&s.config), [1883, 1884]);
         assert_eq!(s.ignored[0].to_string(), format!("max_qos ({} line 2)", conf_d.join("b.conf").display()));
         // An error in an included file names that file and its line.
         std::fs::write(conf_d.join("c.conf"), "\nnot_a_key 1\n").unwrap();
