@@ -5,7 +5,7 @@
 
 use crate::support::client::Raw;
 use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, PUBACK, ack};
-use crate::support::process::{LINE_TIMEOUT, Process};
+use crate::support::process::{LINE_TIMEOUT, Process, run};
 use crate::support::{TempDir, TestBroker};
 use midge::RuntimeKind;
 use std::net::SocketAddr;
@@ -269,6 +269,46 @@ runtime_kind_test!(
     }
 );
 
+fn tls_fixture(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/").to_owned() + name
+}
+
+runtime_kind_test!(
+    /// A TLS listener with `require_certificate` and
+    /// `use_identity_as_username` and an ACL for the certificate's Common
+    /// Name (alice): on both brokers mosquitto_sub and mosquitto_pub with
+    /// alice's certificate make a round trip on alice/t, and a client
+    /// without a certificate is refused.
+    agreement_tls_client_certificates,
+    |kind: RuntimeKind| {
+        let dir = TempDir::new("agree-tls");
+        let acl = dir.0.join("acl");
+        std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").unwrap();
+        let conf = format!(
+            "listener {{port0}} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true\n\
+             use_identity_as_username true\ntls_version tlsv1.2\nacl_file {}\n",
+            tls_fixture("server.pem"),
+            tls_fixture("server.key"),
+            tls_fixture("ca.pem"),
+            acl.display()
+        );
+        let both = Both::start(kind, &dir, &conf);
+        let (ca, cert, key) = (tls_fixture("ca.pem"), tls_fixture("client.pem"), tls_fixture("client.key"));
+        let got = both.agree("TLS with client certificates", |a| {
+            let port = a[0].port().to_string();
+            let tls = ["-h", "127.0.0.1", "-p", &port, "--cafile", &ca, "-t", "alice/t", "-q", "1"];
+            let with_cert = [&tls[..], &["--cert", &cert, "--key", &key]].concat();
+            let mut sub = Process::mosquitto_sub(&[&with_cert[..], &["-C", "1", "-W", "20", "-d"]].concat());
+            sub.wait_for("Subscribed (mid");
+            let published = run("mosquitto_pub", &[&with_cert[..], &["-m", "over tls"]].concat());
+            sub.wait_for("over tls");
+            let refused = run("mosquitto_pub", &[&tls[..], &["-m", "no cert"]].concat());
+            (published, sub.wait_exit(), refused != Some(0))
+        });
+        assert_eq!(got, (Some(0), Some(0), true));
+    }
+);
+
 runtime_kind_test!(
     /// `retain_available false` and `message_size_limit 5`, on both: a
     /// retained PUBLISH closes the 3.1.1 client; a 6-byte payload is
@@ -472,9 +512,9 @@ runtime_kind_test!(
         // logrotate: the file is moved away, SIGHUP reopens it at its path.
         let rotated = dir.0.join("mosquitto.log.1");
         std::fs::rename(&log, &rotated).unwrap();
-        assert_eq!(crate::support::process::run("kill", &["-HUP", &broker.id().to_string()]), Some(0));
+        assert_eq!(run("kill", &["-HUP", &broker.id().to_string()]), Some(0));
         wait_for_in_file(&log, "received SIGHUP");
-        assert_eq!(crate::support::process::run("kill", &["-TERM", &broker.id().to_string()]), Some(0));
+        assert_eq!(run("kill", &["-TERM", &broker.id().to_string()]), Some(0));
         assert_eq!(broker.wait_exit(), Some(0));
         assert!(!pid.exists(), "pid file removed at exit");
         wait_for_in_file(&log, "shutting down");
