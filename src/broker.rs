@@ -266,6 +266,20 @@ impl Broker {
         conn: u64,
         kick: Arc<Signal>,
     ) -> Attachment {
+        self.attach_on(0, client_id, username, clean, conn, kick)
+    }
+
+    /// [`Broker::attach`] for a client that came in on the listener at
+    /// index `listener` (whose ACL then rules its deliveries).
+    pub fn attach_on(
+        &self,
+        listener: usize,
+        client_id: &Arc<str>,
+        username: Option<Arc<str>>,
+        clean: bool,
+        conn: u64,
+        kick: Arc<Signal>,
+    ) -> Attachment {
         let mut registry = lock(&self.shared.registry);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
@@ -290,6 +304,7 @@ impl Broker {
             let mut s = session.lock();
             s.owner = conn;
             s.username = username;
+            s.listener = listener;
             s.session.set_online(true);
         }
         let ticket = self.append(ops);

@@ -3,12 +3,14 @@
 use crate::auth::PasswordFile;
 use crate::codec::MAX_REMAINING_LENGTH;
 use crate::config::{Config, Listener};
-use crate::config_file;
+use crate::config_file::{self, ConfigError, FileSettings};
+use crate::logging::Destination;
+use crate::mosquitto_conf;
 use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn positive(flag: &str, n: usize) -> Result<usize, String> {
@@ -21,8 +23,8 @@ fn positive(flag: &str, n: usize) -> Result<usize, String> {
 /// midge: an MQTT 3.1.1 broker on async-std or smol.
 #[derive(FromArgs, Debug)]
 pub struct Args {
-    /// a TOML configuration file with mosquitto.conf key names (see examples/midge.toml)
-    #[argh(option)]
+    /// a configuration file: a .toml file is midge's TOML (see examples/midge.toml), any other is read as Mosquitto's mosquitto.conf
+    #[argh(option, short = 'c')]
     pub config: Option<PathBuf>,
     /// address to listen on (repeatable; default 127.0.0.1:1883)
     #[argh(option)]
@@ -89,6 +91,156 @@ pub struct Args {
 pub enum Command {
     /// Add or update a user in a password file.
     Passwd(Passwd),
+    /// Print what midge will do with a configuration file.
+    CheckConfig(CheckConfig),
+}
+
+/// Print what midge will do with a configuration file (midge's TOML or a
+/// mosquitto.conf): listeners, authentication, limits, persistence and the
+/// options it ignores. Exits non-zero if the file cannot be used.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check-config")]
+pub struct CheckConfig {
+    /// the configuration file
+    #[argh(positional)]
+    pub file: PathBuf,
+}
+
+/// Reads a configuration file: `.toml` is midge's TOML, anything else
+/// Mosquitto's `mosquitto.conf` format.
+pub fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    match path.extension().is_some_and(|e| e == "toml") {
+        true => config_file::load(path),
+        false => mosquitto_conf::load(path),
+    }
+}
+
+/// What `midge check-config` found in a usable file.
+#[derive(Debug)]
+pub struct Checked {
+    /// The report to print.
+    pub report: String,
+    /// The `user` the file names, for the binary to look up (an unknown
+    /// user makes the file unusable).
+    pub user: Option<String>,
+}
+
+/// Runs `midge check-config`: the report, or why the file cannot be used.
+/// Beyond parsing, the password and ACL files are read (as the broker
+/// will) and the TLS certificates loaded.
+pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
+    use std::fmt::Write as _;
+    let settings = load_file(&args.file).map_err(|e| e.to_string())?;
+    let c = &settings.config;
+    crate::security::Security::load(c)?;
+    for l in &c.listeners {
+        if let Some(files) = &l.tls {
+            crate::tls::TlsAcceptor::new(files).map_err(|e| format!("listener {}: {e}", l.bind))?;
+        }
+    }
+    let mut out = format!("{}: usable\n", args.file.display());
+    let _ = writeln!(out, "listeners:");
+    for l in &c.listeners {
+        let protocol = if l.websockets.is_some() { "MQTT over WebSockets" } else { "MQTT" };
+        let tls = match &l.tls {
+            None => "no TLS".to_owned(),
+            Some(t) => format!(
+                "TLS (certfile {}, client certificates {}{})",
+                t.certfile.display(),
+                if t.require_certificate { "required" } else { "not required" },
+                if t.use_identity_as_username { ", Common Name as user name" } else { "" }
+            ),
+        };
+        let limit = l.max_connections.map_or("no connection limit".to_owned(), |n| format!("at most {n} connections"));
+        let _ = writeln!(out, "  {} {protocol}, {tls}, {limit}", l.bind);
+    }
+    let shown = |p: &Option<PathBuf>| p.as_ref().map_or("none".to_owned(), |p| p.display().to_string());
+    let anonymous = |allow: Option<bool>, passwords: &Option<PathBuf>| match allow.unwrap_or(passwords.is_none()) {
+        true => "allowed",
+        false => "refused",
+    };
+    match c.listener_security.is_empty() {
+        true => {
+            let _ = writeln!(out, "auth:");
+            let _ = writeln!(out, "  anonymous clients: {}", anonymous(c.allow_anonymous, &c.password_file));
+            let _ = writeln!(out, "  password_file: {}", shown(&c.password_file));
+        }
+        false => {
+            let _ = writeln!(out, "auth (per_listener_settings):");
+            for (l, own) in c.listeners.iter().zip(&c.listener_security) {
+                let allowed = anonymous(own.allow_anonymous, &own.password_file);
+                let (passwords, acl) = (shown(&own.password_file), shown(&own.acl_file));
+                let _ = writeln!(
+                    out,
+                    "  {}: anonymous clients {allowed}, password_file {passwords}, acl_file {acl}",
+                    l.bind
+                );
+            }
+        }
+    }
+    if c.listener_security.is_empty() {
+        let _ = writeln!(out, "  acl_file: {}", shown(&c.acl_file));
+    }
+    let unlimited = |n: Option<usize>| n.map_or("no limit".to_owned(), |n| n.to_string());
+    let _ = writeln!(out, "limits:");
+    let _ = writeln!(out, "  max_connections (all listeners): {}", unlimited(c.max_connections));
+    let _ = writeln!(out, "  max_packet_size: {}", c.max_packet_size);
+    let _ = writeln!(out, "  max_inflight_messages: {}", c.max_inflight);
+    let _ = writeln!(out, "  max_queued_messages: {}", unlimited(Some(c.max_queued).filter(|n| *n != usize::MAX)));
+    let _ = writeln!(out, "  max_queued_bytes: {}", unlimited(Some(c.max_queued_bytes).filter(|n| *n != 0)));
+    let _ = writeln!(out, "  max_keepalive: {}", c.max_keepalive.map_or("no limit".to_owned(), |n| n.to_string()));
+    let _ = writeln!(out, "  message_size_limit: {}", unlimited(c.message_size_limit));
+    let _ = writeln!(out, "  retain_available: {}", c.retain_available);
+    let _ = writeln!(out, "  sys_interval: {}s", c.sys_interval.as_secs());
+    match &c.data_dir {
+        Some(dir) => {
+            let file = dir.join(crate::store::FILE_NAME);
+            let _ = writeln!(out, "persistence: on, in {} (never mosquitto.db)", file.display());
+        }
+        None => drop(writeln!(out, "persistence: off (in memory)")),
+    }
+    if let Some(addr) = c.http_listener {
+        let _ = writeln!(out, "http_listener: {addr}");
+    }
+    if let Some(user) = &settings.user {
+        let _ = writeln!(out, "user: {user} (after binding, when started as root)");
+    }
+    if let Some(pid_file) = &settings.pid_file {
+        let _ = writeln!(out, "pid_file: {}", pid_file.display());
+    }
+    let _ = writeln!(out, "log: {}", describe_log(&settings));
+    match settings.ignored.is_empty() {
+        true => drop(writeln!(out, "ignored: nothing")),
+        false => {
+            let _ = writeln!(out, "ignored (not supported by midge):");
+            for ignored in &settings.ignored {
+                let _ = writeln!(out, "  {ignored}: {}", ignored.why);
+            }
+        }
+    }
+    for note in &settings.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    Ok(Checked { report: out, user: settings.user })
+}
+
+fn describe_log(settings: &FileSettings) -> String {
+    let dest = match settings.log_dest.as_ref().unwrap_or(&default_destination(settings)) {
+        Destination::Stdout => "stdout".to_owned(),
+        Destination::Stderr => "stderr".to_owned(),
+        Destination::File(p) => format!("file {}", p.display()),
+        Destination::None => "none".to_owned(),
+    };
+    format!("{dest}, level {}", settings.log_level.unwrap_or(LevelFilter::Info))
+}
+
+/// Where the log goes when the file does not say: Mosquitto's stderr for a
+/// mosquitto.conf, midge's stdout otherwise.
+fn default_destination(settings: &FileSettings) -> Destination {
+    match settings.mosquitto {
+        true => Destination::Stderr,
+        false => Destination::Stdout,
+    }
 }
 
 /// Add or update a user in a mosquitto_passwd file; the password is read
@@ -165,20 +317,41 @@ pub struct Settings {
     pub threads: usize,
     /// Log level.
     pub log_level: LevelFilter,
+    /// Where the log goes, and whether lines carry a timestamp.
+    pub log: crate::logging::Options,
+    /// A file to write the process id to at start (removed at exit).
+    pub pid_file: Option<PathBuf>,
+    /// The user to become once the listeners are bound, when run as root.
+    pub user: Option<String>,
+    /// Lines to log at start: warnings (options ignored) and notes.
+    pub warnings: Vec<String>,
+    /// Notes on options that need nothing from midge.
+    pub notes: Vec<String>,
 }
 
 impl Args {
     /// Validates the arguments; the error is a message for the user.
     /// The configuration file (if any) first, then the flags given on top.
     pub fn settings(self) -> Result<Settings, String> {
-        let (mut config, file_log_level) = match &self.config {
-            Some(path) => {
-                let file = config_file::load(path).map_err(|e| e.to_string())?;
-                (file.config, file.log_level)
-            }
-            None => (Config::default(), None),
+        let file = match &self.config {
+            Some(path) => load_file(path).map_err(|e| e.to_string())?,
+            None => FileSettings::new(Config::default()),
         };
+        let destination = file.log_dest.clone().unwrap_or_else(|| default_destination(&file));
+        let FileSettings {
+            mut config, log_level: file_log_level, log_timestamp, pid_file, user, ignored, notes, ..
+        } = file;
+        let mut warnings = Vec::new();
+        if !ignored.is_empty() {
+            let list: Vec<String> = ignored.iter().map(ToString::to_string).collect();
+            warnings.push(format!("options not supported by midge, ignored: {}", list.join(", ")));
+        }
         if !self.bind.is_empty() {
+            if !config.listener_security.is_empty() {
+                return Err("--bind cannot replace the listeners of a file with per_listener_settings true: \
+                            their security settings belong to them"
+                    .into());
+            }
             config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
         }
         if let Some(n) = self.max_packet_size {
@@ -236,7 +409,8 @@ impl Args {
             (None, false) => file_log_level.unwrap_or(LevelFilter::Info),
         };
         let runtime = self.runtime.unwrap_or_else(RuntimeKind::default_compiled);
-        Ok(Settings { config, runtime, threads, log_level })
+        let log = crate::logging::Options { level: log_level, destination, timestamp: log_timestamp.unwrap_or(false) };
+        Ok(Settings { config, runtime, threads, log_level, log, pid_file, user, warnings, notes })
     }
 }
 

@@ -68,6 +68,11 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// A Mosquitto ACL file.
     pub acl_file: Option<PathBuf>,
+    /// Security per listener (Mosquitto's `per_listener_settings true`), by
+    /// index in `listeners`: each listener's own `allow_anonymous`,
+    /// `password_file` and `acl_file` in place of the three above. Empty
+    /// (the default): the three above, on every listener.
+    pub listener_security: Vec<ListenerSecurity>,
     /// Most clients connected at once, over all listeners.
     pub max_connections: Option<usize>,
     /// Longest keepalive a client may ask for; longer (or 0) is refused with
@@ -75,9 +80,31 @@ pub struct Config {
     pub max_keepalive: Option<u16>,
     /// Most PUBLISH packets per second accepted from one client.
     pub max_publish_rate: Option<u32>,
+    /// Whether retained messages are supported (Mosquitto's
+    /// `retain_available`); when `false` a PUBLISH or a will with RETAIN set
+    /// closes the connection, as Mosquitto does for MQTT 3.1.1.
+    pub retain_available: bool,
+    /// Largest PUBLISH payload accepted, in bytes (Mosquitto's
+    /// `message_size_limit`); a larger one is acknowledged but dropped.
+    /// `None`: any size the packet limit lets through.
+    pub message_size_limit: Option<usize>,
     /// Where the HTTP endpoint (`GET /metrics`, `GET /healthz`) listens;
     /// `None` (the default): no HTTP listener.
     pub http_listener: Option<SocketAddr>,
+}
+
+/// The security settings of one listener (`per_listener_settings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerSecurity {
+    /// Whether clients without a user name may connect on this listener;
+    /// `None`: yes, unless it has a password file.
+    pub allow_anonymous: Option<bool>,
+    /// The listener's `mosquitto_passwd` file.
+    pub password_file: Option<PathBuf>,
+    /// The listener's ACL file: it rules what clients that connected on this
+    /// listener may publish, subscribe to and receive (a persistent session
+    /// keeps the listener its client last connected on, as in Mosquitto).
+    pub acl_file: Option<PathBuf>,
 }
 
 /// One listener: an address, optionally TLS, optionally its own limit.
@@ -154,9 +181,12 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             acl_file: None,
+            listener_security: Vec::new(),
             max_connections: None,
             max_keepalive: None,
             max_publish_rate: None,
+            retain_available: true,
+            message_size_limit: None,
             http_listener: None,
         }
     }

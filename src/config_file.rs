@@ -11,6 +11,7 @@
 
 use crate::codec::MAX_REMAINING_LENGTH;
 use crate::config::{Config, Listener, TlsFiles};
+use crate::logging::Destination;
 use log::LevelFilter;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,8 +30,65 @@ const PROTOCOL_MAX_PACKET_SIZE: usize = MAX_REMAINING_LENGTH + 5;
 pub struct FileSettings {
     /// The broker configuration: the defaults, overridden by the file.
     pub config: Config,
-    /// `log_level`, if the file sets it.
+    /// `log_level` (TOML) or what `log_type` lines add up to (mosquitto.conf).
     pub log_level: Option<LevelFilter>,
+    /// `log_dest` (mosquitto.conf): where the log goes.
+    pub log_dest: Option<Destination>,
+    /// `log_timestamp` (mosquitto.conf): a time on every line.
+    pub log_timestamp: Option<bool>,
+    /// `pid_file` (mosquitto.conf): written at start, removed at exit.
+    pub pid_file: Option<PathBuf>,
+    /// `user` (mosquitto.conf): the user to become after binding, when started as root.
+    pub user: Option<String>,
+    /// `per_listener_settings true` was given: security is per listener
+    /// ([`Config::listener_security`]).
+    pub per_listener_settings: bool,
+    /// Mosquitto options read but not acted on, for one warning at start.
+    pub ignored: Vec<Ignored>,
+    /// Options accepted that need nothing from midge, with why (logged at info).
+    pub notes: Vec<String>,
+    /// Read from a mosquitto.conf (Mosquitto's log defaults apply: stderr, timestamps).
+    pub mosquitto: bool,
+}
+
+impl FileSettings {
+    /// Settings with `config` and nothing else.
+    pub fn new(config: Config) -> FileSettings {
+        FileSettings {
+            config,
+            log_level: None,
+            log_dest: None,
+            log_timestamp: None,
+            pid_file: None,
+            user: None,
+            per_listener_settings: false,
+            ignored: Vec::new(),
+            notes: Vec::new(),
+            mosquitto: false,
+        }
+    }
+}
+
+/// A Mosquitto option midge read but does not act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// The key (with its first value where that is what is unsupported, e.g. `log_dest syslog`).
+    pub key: String,
+    /// The included file it is in; `None`: the main file.
+    pub file: Option<PathBuf>,
+    /// Its 1-based line.
+    pub line: usize,
+    /// Why it is ignored.
+    pub why: String,
+}
+
+impl fmt::Display for Ignored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{} ({} line {})", self.key, file.display(), self.line),
+            None => write!(f, "{} (line {})", self.key, self.line),
+        }
+    }
 }
 
 /// Why a configuration file was refused.
@@ -58,7 +116,8 @@ impl ConfigError {
         }
     }
 
-    fn in_file(self, path: &Path) -> ConfigError {
+    /// Names `path` in an error that names no file yet.
+    pub(crate) fn in_file(self, path: &Path) -> ConfigError {
         match self {
             ConfigError::Invalid { file: None, line, message } => {
                 ConfigError::Invalid { file: Some(path.to_owned()), line, message }
@@ -115,6 +174,8 @@ struct File {
     sys_interval: Option<u64>,
     persistent_client_expiration: Option<Spanned<String>>,
     max_publish_rate: Option<Spanned<u32>>,
+    retain_available: Option<bool>,
+    message_size_limit: Option<Spanned<u64>>,
     log_level: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<u64>>,
     http_listener: Option<Spanned<String>>,
@@ -176,42 +237,28 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
         config.data_dir = None;
     }
     if let Some(n) = file.max_connections {
-        config.max_connections = connection_limit(&at, "max_connections", n)?;
+        config.max_connections = at.check(n, |n| connection_limit("max_connections", n))?;
     }
     if let Some(size) = file.max_packet_size {
-        let max = PROTOCOL_MAX_PACKET_SIZE as u64;
-        config.max_packet_size = match *size.get_ref() {
-            0 => PROTOCOL_MAX_PACKET_SIZE,
-            n if (2..=max).contains(&n) => n as usize,
-            n => {
-                let message = format!("max_packet_size: {n} is not between 2 and {max} (0: the protocol maximum)");
-                return Err(at.error(Some(size.span()), message));
-            }
-        };
+        config.max_packet_size = at.check(size, |n| packet_size("max_packet_size", n))?;
     }
     if let Some(seconds) = file.max_keepalive {
-        config.max_keepalive = match *seconds.get_ref() {
-            0 => {
-                let message = "max_keepalive: 0 would refuse every client; leave it out for no limit";
-                return Err(at.error(Some(seconds.span()), message.into()));
-            }
-            n => Some(n),
-        };
+        config.max_keepalive = Some(at.check(seconds, |n| keepalive("max_keepalive", n))?);
     }
     if let Some(n) = file.max_inflight_messages {
-        config.max_inflight = match n {
-            0 => usize::from(u16::MAX),
-            n => usize::from(n),
-        };
+        config.max_inflight = inflight(n);
     }
     if let Some(n) = file.max_queued_messages {
-        config.max_queued = match n {
-            0 => usize::MAX,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        };
+        config.max_queued = queued(n);
     }
     if let Some(n) = file.max_queued_bytes {
         config.max_queued_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(available) = file.retain_available {
+        config.retain_available = available;
+    }
+    if let Some(n) = file.message_size_limit {
+        config.message_size_limit = at.check(n, |n| message_size_limit("message_size_limit", n))?;
     }
     if let Some(levels) = file.max_topic_levels {
         config.max_topic_levels = match *levels.get_ref() {
@@ -235,14 +282,10 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
         config.sys_interval = Duration::from_secs(seconds);
     }
     if let Some(expiry) = file.persistent_client_expiration {
-        let message = || {
-            format!(
-                "persistent_client_expiration: {:?} is not a duration like 1h, 2d, 1w, 1m (30 days) or 1y",
-                expiry.get_ref()
-            )
-        };
-        let duration = mosquitto_duration(expiry.get_ref()).ok_or_else(|| at.error(Some(expiry.span()), message()))?;
-        config.session_expiry = Some(duration);
+        let span = expiry.span();
+        let expiry = expiry.into_inner();
+        config.session_expiry =
+            Some(client_expiration("persistent_client_expiration", &expiry).map_err(|m| at.error(Some(span), m))?);
     }
     if let Some(rate) = file.max_publish_rate {
         config.max_publish_rate = match *rate.get_ref() {
@@ -277,7 +320,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
     if !file.listener.is_empty() {
         config.listeners = file.listener.into_iter().map(|l| listener(&at, l, &path)).collect::<Result<_, _>>()?;
     }
-    Ok(FileSettings { config, log_level })
+    Ok(FileSettings { log_level, ..FileSettings::new(config) })
 }
 
 /// One `[[listener]]` table into a [`Listener`].
@@ -294,7 +337,7 @@ fn listener(
         at.error(Some(l.bind.span()), message)
     })?;
     let max_connections = match l.max_connections {
-        Some(n) => connection_limit(at, "max_connections in [[listener]]", n)?,
+        Some(n) => at.check(n, |n| connection_limit("max_connections in [[listener]]", n))?,
         None => None,
     };
     let tls = match (l.certfile, l.keyfile) {
@@ -335,15 +378,65 @@ fn listener(
 
 /// Mosquitto's connection limit: -1 (any negative) is no limit; 0 would
 /// refuse every client, so it is refused.
-fn connection_limit(at: &Locator<'_>, key: &str, n: Spanned<i64>) -> Result<Option<usize>, ConfigError> {
-    match *n.get_ref() {
-        0 => Err(at.error(Some(n.span()), format!("{key}: 0 would refuse every client; -1 means no limit"))),
+pub(crate) fn connection_limit(key: &str, n: i64) -> Result<Option<usize>, String> {
+    match n {
+        0 => Err(format!("{key}: 0 would refuse every client; -1 means no limit")),
         n => Ok(usize::try_from(n).ok()),
     }
 }
 
+/// `max_packet_size`: 0 is the protocol maximum.
+pub(crate) fn packet_size(key: &str, n: u64) -> Result<usize, String> {
+    let max = PROTOCOL_MAX_PACKET_SIZE as u64;
+    match n {
+        0 => Ok(PROTOCOL_MAX_PACKET_SIZE),
+        n if (2..=max).contains(&n) => Ok(n as usize),
+        n => Err(format!("{key}: {n} is not between 2 and {max} (0: the protocol maximum)")),
+    }
+}
+
+/// `max_keepalive`: 0 would refuse every client.
+pub(crate) fn keepalive(key: &str, n: u16) -> Result<u16, String> {
+    match n {
+        0 => Err(format!("{key}: 0 would refuse every client; leave it out for no limit")),
+        n => Ok(n),
+    }
+}
+
+/// `max_inflight_messages`: 0 is no maximum, which MQTT caps at 65535.
+pub(crate) fn inflight(n: u16) -> usize {
+    match n {
+        0 => usize::from(u16::MAX),
+        n => usize::from(n),
+    }
+}
+
+/// `max_queued_messages`: 0 is no maximum.
+pub(crate) fn queued(n: u64) -> usize {
+    match n {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+/// `message_size_limit`: 0 is no limit; at most MQTT's largest payload.
+pub(crate) fn message_size_limit(key: &str, n: u64) -> Result<Option<usize>, String> {
+    const MAX_PAYLOAD: u64 = MAX_REMAINING_LENGTH as u64;
+    match n {
+        0 => Ok(None),
+        n if n <= MAX_PAYLOAD => Ok(Some(n as usize)),
+        n => Err(format!("{key}: {n} is larger than MQTT's largest payload, {MAX_PAYLOAD} (0: no limit)")),
+    }
+}
+
+/// `persistent_client_expiration`: Mosquitto's duration syntax.
+pub(crate) fn client_expiration(key: &str, text: &str) -> Result<Duration, String> {
+    mosquitto_duration(text)
+        .ok_or_else(|| format!("{key}: {text:?} is not a duration like 1h, 2d, 1w, 1m (30 days) or 1y"))
+}
+
 /// One of the five level names, in any case.
-fn log_level(name: &str) -> Option<LevelFilter> {
+pub(crate) fn log_level(name: &str) -> Option<LevelFilter> {
     match name.to_ascii_lowercase().as_str() {
         "error" => Some(LevelFilter::Error),
         "warn" => Some(LevelFilter::Warn),
@@ -382,6 +475,13 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// Checks a value with one of the shared checks; its error gets the
+    /// value's line.
+    fn check<T, U>(&self, value: Spanned<T>, check: impl FnOnce(T) -> Result<U, String>) -> Result<U, ConfigError> {
+        let span = value.span();
+        check(value.into_inner()).map_err(|m| self.error(Some(span), m))
+    }
+
     fn error(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
         let line = span.map(|span| self.text[..span.start.min(self.text.len())].matches('\n').count() + 1);
         ConfigError::Invalid { file: None, line, message }

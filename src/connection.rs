@@ -168,7 +168,7 @@ where
     };
     broker.stats().connected();
     let level = client.protocol.level();
-    if let Some(listener) = &peer.listener {
+    if let Some(listener) = &peer.listener_stats {
         listener.connected(level);
     }
     let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
@@ -192,7 +192,7 @@ where
     }
     broker.detach(&client.id, conn);
     broker.stats().disconnected();
-    if let Some(listener) = &peer.listener {
+    if let Some(listener) = &peer.listener_stats {
         listener.disconnected(level);
     }
     close(&rt, &mut link).await;
@@ -298,7 +298,7 @@ async fn admit(
     let id = handle::admit(broker, &connect, conn)?;
     let username = handle::authenticate(broker, &connect, &id, peer).await?;
     let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
-    let client = handle::connect(broker, connect, Admitted { id, username, conn }, kick, out);
+    let client = handle::connect(broker, connect, Admitted { id, username, conn, listener: peer.listener }, kick, out);
     let user = client.username.as_deref().map(|u| format!(", user {u}")).unwrap_or_default();
     log::info!(
         "client {} connected from {} (clean session {clean}, keepalive {keep_alive}s{user})",

@@ -70,6 +70,8 @@ pub enum Violation {
     UnsubscribeEmpty,
     /// A PUBLISH or will topic deeper than the broker's `max_topic_levels`.
     TopicTooDeep,
+    /// A retained PUBLISH or will while `retain_available` is false.
+    RetainNotAvailable,
 }
 
 impl Violation {
@@ -106,6 +108,7 @@ impl Violation {
             SubscribeQos => "MQTT-3.8.3-4",
             UnsubscribeEmpty => "MQTT-3.10.3-2",
             TopicTooDeep => "max_topic_levels",
+            RetainNotAvailable => "retain_available",
         }
     }
 
@@ -152,6 +155,7 @@ impl Violation {
             SubscribeQos => "invalid requested QoS in SUBSCRIBE",
             UnsubscribeEmpty => "UNSUBSCRIBE without filters",
             TopicTooDeep => "topic has more levels than max_topic_levels allows",
+            RetainNotAvailable => "retained message, but retain_available is false",
         }
     }
 }

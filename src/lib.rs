@@ -40,6 +40,7 @@ pub mod handle;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod mosquitto_conf;
 pub mod outbox;
 pub mod packet;
 pub mod retain;

@@ -225,19 +225,69 @@ pub fn flush_suppressed() {
     }
 }
 
-/// Starts the binary's logging at `level`: lines are formatted by the
-/// caller and written to stdout by a thread of their own (see the module
-/// docs). Does nothing if a logger is already set.
+/// Where the binary's log goes (Mosquitto's `log_dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output (midge's default).
+    Stdout,
+    /// Standard error (Mosquitto's default).
+    Stderr,
+    /// Appended to this file.
+    File(std::path::PathBuf),
+    /// Nowhere.
+    None,
+}
+
+/// How the binary logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The most verbose level written.
+    pub level: LevelFilter,
+    /// Where lines go.
+    pub destination: Destination,
+    /// Start pretty (terminal) lines with the Unix time in seconds, as
+    /// Mosquitto does; ndjson lines always carry their `time`.
+    pub timestamp: bool,
+}
+
+/// Starts the binary's logging at `level` on stdout: see [`init_with`].
 pub fn init(level: LevelFilter) {
-    let pretty = std::io::stdout().is_terminal();
-    let (logger, queue) = Logger::new(pretty, QUEUE_LINES);
+    let _ = init_with(&Options { level, destination: Destination::Stdout, timestamp: false });
+}
+
+/// Starts the binary's logging: lines are formatted by the caller and
+/// written by a thread of their own (see the module docs); pretty lines on
+/// a terminal, ndjson otherwise (a file is ndjson). Does nothing if a
+/// logger is already set. Fails only if the log file cannot be opened.
+pub fn init_with(options: &Options) -> std::io::Result<()> {
+    let (out, pretty): (Box<dyn Write + Send>, bool) = match &options.destination {
+        Destination::None => {
+            log::set_max_level(LevelFilter::Off);
+            return Ok(());
+        }
+        Destination::Stdout => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
+        Destination::Stderr => (Box::new(std::io::stderr()), std::io::stderr().is_terminal()),
+        Destination::File(path) => {
+            let file =
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
+                })?;
+            (Box::new(file), false)
+        }
+    };
+    let (mut logger, mut queue) = Logger::new(pretty, QUEUE_LINES);
+    logger.timestamp = options.timestamp && pretty;
+    if let Destination::File(path) = &options.destination {
+        queue.reopen = Some(path.clone());
+    }
     if log::set_boxed_logger(Box::new(logger)).is_err() {
-        return;
+        return Ok(());
     }
-    let spawned = std::thread::Builder::new().name("midge-log".into()).spawn(move || queue.write_to(std::io::stdout()));
+    let spawned = std::thread::Builder::new().name("midge-log".into()).spawn(move || queue.write_to(out));
     if spawned.is_ok() {
-        log::set_max_level(level);
+        log::set_max_level(options.level);
     }
+    Ok(())
 }
 
 enum Message {
@@ -249,6 +299,8 @@ enum Message {
 /// The sending side: formats, queues, never waits.
 struct Logger {
     pretty: bool,
+    /// Start each line with the Unix time in seconds (pretty lines only).
+    timestamp: bool,
     queue: SyncSender<Message>,
     lost: Arc<AtomicU64>,
 }
@@ -258,18 +310,34 @@ struct Queue {
     pretty: bool,
     lines: Receiver<Message>,
     lost: Arc<AtomicU64>,
+    /// The log file, opened again when [`reopen`] asks.
+    reopen: Option<std::path::PathBuf>,
+}
+
+/// Set by [`reopen`], taken by the writer thread.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Closes and reopens the log file before the next line is written (SIGHUP,
+/// as Mosquitto does, so that logrotate can move the file away). Does
+/// nothing when the log does not go to a file.
+pub fn reopen() {
+    REOPEN.store(true, Ordering::Relaxed);
 }
 
 impl Logger {
     fn new(pretty: bool, capacity: usize) -> (Logger, Queue) {
         let (queue, lines) = sync_channel(capacity);
         let lost = Arc::new(AtomicU64::new(0));
-        (Logger { pretty, queue, lost: lost.clone() }, Queue { pretty, lines, lost })
+        (Logger { pretty, timestamp: false, queue, lost: lost.clone() }, Queue { pretty, lines, lost, reopen: None })
     }
 
     /// Formats the line and queues it, or counts it as lost if the queue is full.
     fn queue_line(&self, record: &Record<'_>) {
-        let line = format_line(self.pretty, record.level(), record.target(), record.args());
+        let mut line = format_line(self.pretty, record.level(), record.target(), record.args());
+        if self.timestamp {
+            let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            line.insert_str(0, &format!("{seconds}: "));
+        }
         match self.queue.try_send(Message::Line(line)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => drop(self.lost.fetch_add(1, Ordering::Relaxed)),
@@ -313,13 +381,18 @@ impl Queue {
     /// Writes queued lines to `out` until every sender is gone, flushing
     /// whenever the queue runs empty, and reports lost lines when it has
     /// caught up. Write errors (a closed stdout) lose the lines, nothing more.
-    fn write_to(self, out: impl Write) {
-        let mut out = std::io::BufWriter::new(out);
+    fn write_to<'a>(self, out: impl Write + Send + 'a) {
+        let mut out: std::io::BufWriter<Box<dyn Write + Send + 'a>> = std::io::BufWriter::new(Box::new(out));
         while let Ok(first) = self.lines.recv() {
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Line(line) => drop(out.write_all(line.as_bytes())),
+                    Message::Line(line) => {
+                        // Checked per line: a reopen asked for mid-batch
+                        // applies to the lines that follow it.
+                        self.reopen_if_asked(&mut out);
+                        drop(out.write_all(line.as_bytes()))
+                    }
                     Message::Flush(done) => {
                         self.report_lost(&mut out);
                         let _ = out.flush();
@@ -330,6 +403,24 @@ impl Queue {
             }
             self.report_lost(&mut out);
             let _ = out.flush();
+        }
+    }
+
+    /// Opens the log file again if [`reopen`] asked; if it cannot be
+    /// opened, the old one stays, with a line saying why.
+    fn reopen_if_asked<'a>(&self, out: &mut std::io::BufWriter<Box<dyn Write + Send + 'a>>) {
+        let Some(path) = &self.reopen else { return };
+        if !REOPEN.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let _ = out.flush();
+        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => *out = std::io::BufWriter::new(Box::new(file)),
+            Err(e) => {
+                let message =
+                    format_args!("cannot reopen log file {}: {e}; still writing to the old one", path.display());
+                let _ = out.write_all(format_line(self.pretty, Level::Error, module_path!(), &message).as_bytes());
+            }
         }
     }
 
@@ -455,5 +546,32 @@ mod tests {
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].contains("\"msg\":\"line 0\"") && lines[1].contains("\"msg\":\"line 1\""), "{out}");
         assert!(lines[2].contains("\"level\":40") && lines[2].contains("3 log line(s) lost"), "{out}");
+    }
+
+    /// After [`reopen`], lines go to a new file at the log file's path; the
+    /// lines before it stay in the old one (moved away, as logrotate does).
+    #[test]
+    fn reopen_moves_to_a_new_file() {
+        let dir = std::env::temp_dir().join(format!("midge-log-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, moved) = (dir.join("midge.log"), dir.join("midge.log.1"));
+        let (logger, mut queue) = Logger::new(false, 8);
+        queue.reopen = Some(path.clone());
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let writer = std::thread::spawn(move || queue.write_to(file));
+        let line = |text: &str| {
+            logger.queue_line(&Record::builder().args(format_args!("{text}")).level(Level::Info).target("m").build());
+            logger.flush();
+        };
+        line("before");
+        std::fs::rename(&path, &moved).unwrap();
+        reopen();
+        line("after");
+        drop(logger);
+        writer.join().unwrap();
+        let (old, new) = (std::fs::read_to_string(&moved).unwrap(), std::fs::read_to_string(&path).unwrap());
+        assert!(old.contains("before") && !old.contains("after"), "{old}");
+        assert!(new.contains("after") && !new.contains("before"), "{new}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

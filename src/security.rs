@@ -12,9 +12,41 @@ use std::sync::Arc;
 /// The file-based rules in force: replaced as a whole on reload.
 #[derive(Debug, Default)]
 pub struct Security {
+    /// The rules on every listener without its own.
+    all: Rules,
+    /// The rules per listener index (`per_listener_settings`).
+    listeners: Vec<Rules>,
+}
+
+/// Who may connect (a password file and the anonymous rule) and what they
+/// may do (an ACL).
+#[derive(Debug, Default)]
+struct Rules {
     passwords: Option<PasswordFile>,
-    acl: Option<Acl>,
     allow_anonymous: bool,
+    acl: Option<Acl>,
+}
+
+impl Rules {
+    fn load(
+        allow_anonymous: Option<bool>,
+        password_file: Option<&Path>,
+        acl_file: Option<&Path>,
+        on: &str,
+    ) -> Result<Rules, String> {
+        let passwords = match password_file {
+            Some(path) => {
+                Some(PasswordFile::load(path).map_err(|e| file_error(&format!("password_file{on}"), path, e))?)
+            }
+            None => None,
+        };
+        let acl = match acl_file {
+            Some(path) => Some(Acl::load(path).map_err(|e| file_error(&format!("acl_file{on}"), path, e))?),
+            None => None,
+        };
+        let allow_anonymous = allow_anonymous.unwrap_or(passwords.is_none());
+        Ok(Rules { passwords, allow_anonymous, acl })
+    }
 }
 
 /// A CONNECT as the hooks see it.
@@ -37,6 +69,8 @@ pub struct ClientInfo<'a> {
     pub client_id: &'a str,
     /// The user name the client authenticated with, if any.
     pub username: Option<&'a str>,
+    /// The index (in `Config::listeners`) of the listener it connected on.
+    pub listener: usize,
 }
 
 /// Decisions an embedding application makes, in place of or on top of the
@@ -75,23 +109,36 @@ pub trait Hooks: Send + Sync + 'static {
 impl Security {
     /// Reads the files the configuration names.
     pub fn load(config: &Config) -> Result<Security, String> {
-        let passwords = match &config.password_file {
-            Some(path) => Some(PasswordFile::load(path).map_err(|e| file_error("password_file", path, e))?),
-            None => None,
-        };
-        let acl = match &config.acl_file {
-            Some(path) => Some(Acl::load(path).map_err(|e| file_error("acl_file", path, e))?),
-            None => None,
-        };
-        let allow_anonymous = config.allow_anonymous.unwrap_or(passwords.is_none());
-        Ok(Security { passwords, acl, allow_anonymous })
+        let (password_file, acl_file) = (config.password_file.as_deref(), config.acl_file.as_deref());
+        let all = Rules::load(config.allow_anonymous, password_file, acl_file, "")?;
+        let listeners = config
+            .listener_security
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let on = format!(" of listener {}", i + 1);
+                Rules::load(l.allow_anonymous, l.password_file.as_deref(), l.acl_file.as_deref(), &on)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Security { all, listeners })
     }
 
-    /// Checks CONNECT credentials. This is slow on purpose (PBKDF2): run it
-    /// off the executor threads.
-    pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), ConnectCode> {
-        match (username, &self.passwords) {
-            (None, _) if self.allow_anonymous => Ok(()),
+    /// The rules of the listener at `index` in the configuration.
+    fn rules(&self, listener: usize) -> &Rules {
+        self.listeners.get(listener).unwrap_or(&self.all)
+    }
+
+    /// Checks CONNECT credentials on the listener at index `listener`. This
+    /// is slow on purpose (PBKDF2): run it off the executor threads.
+    pub fn authenticate(
+        &self,
+        listener: usize,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<(), ConnectCode> {
+        let rules = self.rules(listener);
+        match (username, &rules.passwords) {
+            (None, _) if rules.allow_anonymous => Ok(()),
             (None, _) => Err(ConnectCode::NotAuthorized),
             (Some(_), None) => Ok(()),
             (Some(user), Some(file)) if file.verify(user, password.unwrap_or_default()) => Ok(()),
@@ -99,29 +146,32 @@ impl Security {
         }
     }
 
-    /// Whether a password check is needed (it is the slow part).
-    pub fn checks_passwords(&self) -> bool {
-        self.passwords.is_some()
+    /// Whether a password check is needed on the listener (it is the slow part).
+    pub fn checks_passwords(&self, listener: usize) -> bool {
+        self.rules(listener).passwords.is_some()
     }
 
     /// Whether the client may publish to `topic`.
     pub fn can_write(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_write(client.client_id, client.username, topic))
+        let acl = self.rules(client.listener).acl.as_ref();
+        acl.is_none_or(|acl| acl.can_write(client.client_id, client.username, topic))
     }
 
-    /// Whether the client may receive a message on `topic`.
-    pub fn can_read(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_read(client_id, username, topic))
+    /// Whether the client, last connected on `listener`, may receive a
+    /// message on `topic`.
+    pub fn can_read(&self, listener: usize, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        self.rules(listener).acl.as_ref().is_none_or(|acl| acl.can_read(client_id, username, topic))
     }
 
     /// Whether the client may subscribe to `filter`.
     pub fn can_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool {
-        self.acl.as_ref().is_none_or(|acl| acl.can_subscribe(client.client_id, client.username, filter))
+        let acl = self.rules(client.listener).acl.as_ref();
+        acl.is_none_or(|acl| acl.can_subscribe(client.client_id, client.username, filter))
     }
 
-    /// Whether deliveries need a read check at all.
+    /// Whether deliveries need a read check at all (an ACL on any listener).
     pub fn has_acl(&self) -> bool {
-        self.acl.is_some()
+        self.all.acl.is_some() || self.listeners.iter().any(|r| r.acl.is_some())
     }
 }
 

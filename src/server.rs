@@ -71,7 +71,7 @@ impl<R: Runtime> Server<R> {
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
         let mut local_addrs = Vec::new();
-        for (listener, config, acceptor) in listeners {
+        for (index, (listener, config, acceptor)) in listeners.into_iter().enumerate() {
             let addr = R::local_addr(&listener)?;
             let (kind, label) = if acceptor.is_some() { ("MQTT over TLS", "mqtt+tls") } else { ("MQTT", "mqtt") };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
@@ -81,6 +81,7 @@ impl<R: Runtime> Server<R> {
                 rt: rt.clone(),
                 broker: broker.clone(),
                 listener,
+                index,
                 config,
                 tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
@@ -237,6 +238,8 @@ struct Accepting<R: Runtime> {
     rt: R,
     broker: Broker,
     listener: R::Listener,
+    /// Its index in the configuration's listeners.
+    index: usize,
     config: Listener,
     /// The TLS acceptor of a TLS listener.
     tls: Option<Arc<TlsAcceptor>>,
@@ -277,8 +280,8 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                 let tls = a.tls.clone();
                 let peer = Peer {
                     identity_required: a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username),
-                    listener: Some(a.counters.clone()),
-                    ..Peer::plain(addr)
+                    listener_stats: Some(a.counters.clone()),
+                    ..Peer::plain(addr).on_listener(a.index)
                 };
                 a.rt.spawn(async move {
                     match tls {

@@ -34,6 +34,8 @@ pub struct Owned {
     pub owner: u64,
     /// The user name of the last connection (ACL checks on delivery).
     pub username: Option<Arc<str>>,
+    /// The listener of the last connection (its ACL, with per-listener settings).
+    pub listener: usize,
     /// The MQTT session state.
     pub session: Session,
 }
@@ -92,7 +94,7 @@ impl fmt::Debug for Guard<'_> {
 impl SessionHandle {
     /// Wraps a session; `store` receives its journal.
     pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
-        let state = Mutex::new(Owned { owner: 0, username: None, session });
+        let state = Mutex::new(Owned { owner: 0, username: None, listener: 0, session });
         Arc::new(SessionHandle { client_id, state, bell: Signal::new(), room: Event::new(), store })
     }
 
@@ -136,7 +138,7 @@ impl SessionHandle {
         let (offer, online, report, ticket) = {
             let mut s = self.lock();
             if let Some(acl) = acl
-                && !acl.can_read(&self.client_id, s.username.as_deref(), &message.topic)
+                && !acl.can_read(s.listener, &self.client_id, s.username.as_deref(), &message.topic)
             {
                 return (Offer::Dropped(DropCause::Acl), Ticket::default());
             }

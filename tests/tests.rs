@@ -31,6 +31,9 @@ mod metrics;
 /// A model-based test: random sequences of connects, subscriptions,
 /// publishes, takeovers and crashes checked against a reference model.
 mod model;
+/// `midge -c mosquitto.conf`: Debian's file, check-config, bad input, and
+/// agreement with the Mosquitto binary on the same files.
+mod mosquitto_conf;
 /// Independent clients: the Eclipse Paho Python client (paho-mqtt 2.x).
 mod paho;
 /// The connection handler over an in-memory stream.

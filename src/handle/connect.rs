@@ -24,8 +24,8 @@ pub fn connect(
     kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Client {
-    let Admitted { id, username, conn } = admitted;
-    let attachment = broker.attach(&id, username.clone(), connect.clean_session, conn, kick);
+    let Admitted { id, username, conn, listener } = admitted;
+    let attachment = broker.attach_on(listener, &id, username.clone(), connect.clean_session, conn, kick);
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol == Protocol::V311;
     out.push(Packet::Connack { session_present, code: ConnectCode::Accepted });
@@ -33,6 +33,7 @@ pub fn connect(
         id,
         username,
         conn,
+        listener,
         session: attachment.session,
         will: connect.will,
         keep_alive: connect.keep_alive,
@@ -53,6 +54,8 @@ pub struct Admitted {
     pub username: Option<Arc<str>>,
     /// The connection's id.
     pub conn: u64,
+    /// The index of the listener it came in on.
+    pub listener: usize,
 }
 
 /// The checks on a CONNECT before its credentials: client id rules and the
@@ -61,6 +64,7 @@ pub fn admit(broker: &Broker, connect: &Connect, conn: u64) -> Result<Arc<str>, 
     let id = client_id(connect, conn).map_err(Refusal::Violation)?;
     if let Some(will) = &connect.will {
         super::check_depth(broker, &will.topic).map_err(Refusal::Violation)?;
+        super::check_retain(broker, will.retain).map_err(Refusal::Violation)?;
     }
     if let Some(max) = broker.config().max_keepalive
         && (connect.keep_alive == 0 || connect.keep_alive > max)
@@ -91,11 +95,13 @@ pub async fn authenticate(
         None => connect.username.as_deref().map(Into::into),
     };
     let files = guards.files.clone();
-    let (user, password) = (username.clone(), connect.password.clone());
-    let checked = match (&peer.identity, files.checks_passwords() && user.is_some()) {
-        (None, true) => blocking::unblock(move || files.authenticate(user.as_deref(), password.as_deref())).await,
+    let (user, password, listener) = (username.clone(), connect.password.clone(), peer.listener);
+    let checked = match (&peer.identity, files.checks_passwords(listener) && user.is_some()) {
+        (None, true) => {
+            blocking::unblock(move || files.authenticate(listener, user.as_deref(), password.as_deref())).await
+        }
         (Some(_), _) => Ok(()),
-        (None, false) => files.authenticate(user.as_deref(), password.as_deref()),
+        (None, false) => files.authenticate(listener, user.as_deref(), password.as_deref()),
     };
     let info = ConnectInfo {
         client_id: id,

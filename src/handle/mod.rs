@@ -7,7 +7,7 @@ mod publish;
 mod subscribe;
 
 pub use connect::{Admitted, admit, authenticate, connect};
-pub use publish::{allowed, check_depth};
+pub use publish::{allowed, check_depth, check_retain};
 
 use crate::broker::Broker;
 use crate::error::Violation;
@@ -28,6 +28,8 @@ pub struct Client {
     pub username: Option<Arc<str>>,
     /// This connection's id; the session belongs to it until a takeover.
     pub conn: u64,
+    /// The index of the listener it connected on.
+    pub listener: usize,
     /// The session, shared with publishers routing to it.
     pub session: Arc<SessionHandle>,
     /// Published if the connection ends without DISCONNECT.
@@ -97,20 +99,28 @@ pub struct Peer {
     /// without one is refused (CONNACK 4), as Mosquitto does.
     pub identity_required: bool,
     /// The counters of the listener it came in on (none over a pipe).
-    pub listener: Option<Arc<ListenerStats>>,
+    pub listener_stats: Option<Arc<ListenerStats>>,
+    /// The index of the listener it came in on (in `Config::listeners`),
+    /// for per-listener authentication.
+    pub listener: usize,
 }
 
 impl Peer {
-    /// A peer on a listener without certificate identities.
+    /// A peer on the first listener, without certificate identities.
     pub fn plain(addr: std::net::SocketAddr) -> Peer {
-        Peer { addr, identity: None, identity_required: false, listener: None }
+        Peer { addr, identity: None, identity_required: false, listener_stats: None, listener: 0 }
+    }
+
+    /// The same peer, on the listener at `index`.
+    pub fn on_listener(self, index: usize) -> Peer {
+        Peer { listener: index, ..self }
     }
 }
 
 impl Client {
     /// The client as hooks and ACL checks see it.
     pub fn info(&self) -> ClientInfo<'_> {
-        ClientInfo { client_id: &self.id, username: self.username.as_deref() }
+        ClientInfo { client_id: &self.id, username: self.username.as_deref(), listener: self.listener }
     }
 }
 

@@ -13,10 +13,12 @@ use crate::topic;
 /// Routes an inbound PUBLISH and queues its acknowledgement: PUBACK for
 /// QoS 1 (MQTT-4.3.2-2), PUBREC for QoS 2 (MQTT-4.3.3-2), where a QoS 2
 /// message re-sent before PUBREL is acknowledged but not routed again. A
-/// topic deeper than `max_topic_levels` closes the connection.
+/// topic deeper than `max_topic_levels`, or a retained PUBLISH while
+/// `retain_available` is false, closes the connection.
 pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     broker.stats().received(p.qos as usize, p.payload.len());
     check_depth(broker, &p.topic)?;
+    check_retain(broker, p.retain)?;
     let message = Message { topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain };
     match (p.qos, p.pid) {
         (QoS::AtLeastOnce, Some(pid)) => {
@@ -46,6 +48,15 @@ pub fn check_depth(broker: &Broker, topic: &str) -> Result<(), Violation> {
     let max = broker.config().max_topic_levels;
     match topic::deeper_than(topic, max) {
         true => Err(Violation::TopicTooDeep),
+        false => Ok(()),
+    }
+}
+
+/// Refuses a retained PUBLISH or will while `retain_available` is false
+/// (Mosquitto closes an MQTT 3.1.1 client that sends one).
+pub fn check_retain(broker: &Broker, retain: bool) -> Result<(), Violation> {
+    match retain && !broker.config().retain_available {
+        true => Err(Violation::RetainNotAvailable),
         false => Ok(()),
     }
 }
@@ -87,6 +98,17 @@ pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, will: b
 /// Hands the message to the broker if it is allowed; sessions whose full
 /// queues took it are noted for the connection to wait for.
 fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
+    if let Some(limit) = broker.config().message_size_limit
+        && message.payload.len() > limit
+    {
+        let (id, topic, size) = (&client.id, &message.topic, message.payload.len());
+        crate::limited!(
+            "too large publish",
+            log::Level::Info,
+            "client {id}: PUBLISH to {topic} of {size} bytes dropped, larger than message_size_limit {limit}"
+        );
+        return;
+    }
     if !allowed(broker, &client.info(), &message, false) {
         return;
     }

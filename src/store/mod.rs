@@ -11,7 +11,7 @@ mod memory;
 mod redb;
 mod writer;
 
-pub use self::redb::RedbStore;
+pub use self::redb::{FILE_NAME, RedbStore};
 pub use memory::MemoryStore;
 pub use writer::{Persistence, Ticket, TicketStatus};
 
