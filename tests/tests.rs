@@ -52,3 +52,5 @@ mod subscribe;
 mod sys;
 /// MQTT over TLS with mosquitto clients.
 mod tls;
+/// Stores written by earlier releases open intact after an upgrade.
+mod upgrade;

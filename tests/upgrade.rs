@@ -1,0 +1,99 @@
+//! Stores written by earlier midge releases open after an upgrade with
+//! their sessions, queued messages and retained messages intact.
+//!
+//! `tests/fixtures/store-68c325b/midge.redb` was written by midge at commit
+//! 68c325b (the release the README's first figures were taken with) by
+//! `make.py` in the same folder, against `midge --data-dir`:
+//! - `fx-sub-1`, persistent, subscribed to `fx/#` at QoS 1 and `fx/+/two` at
+//!   QoS 2, offline while `fx/a/one` (QoS 1, three times), `fx/b/two`
+//!   (QoS 2) and `fx/retained/a` (QoS 1, retained) were published;
+//! - `fx-sub-2`, persistent, subscribed to `fx/q0/#` at QoS 0 (QoS 0 is not
+//!   queued for offline sessions by default, so it has nothing waiting);
+//! - retained `fx/retained/a` (QoS 1) and `other/retained/b` (QoS 0).
+
+use crate::support::client::Raw;
+use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+use crate::support::{TempDir, TestBroker};
+use midge::RuntimeKind;
+use std::path::Path;
+
+/// A copy of the fixture store in a fresh directory (the test may change it).
+fn copy_of(fixture: &str) -> TempDir {
+    let dir = TempDir::new("upgrade");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture).join("midge.redb");
+    std::fs::copy(&from, dir.0.join("midge.redb")).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    dir
+}
+
+/// Receives `n` PUBLISH packets (the broker sends its inflight window
+/// without waiting), then completes each one's acknowledgement; (topic, qos,
+/// payload, retain) of each, in the order received.
+fn take(c: &mut Raw, n: usize) -> Vec<(String, u8, Vec<u8>, bool)> {
+    let got: Vec<_> = (0..n).map(|_| c.recv()).collect();
+    got.iter()
+        .map(|got| {
+            let (topic, pid, payload) = got.publish();
+            match (got.qos(), pid) {
+                (1, Some(pid)) => c.send(&ack(PUBACK, pid)),
+                (2, Some(pid)) => {
+                    c.send(&ack(PUBREC, pid));
+                    c.expect(&ack(PUBREL, pid));
+                    c.send(&ack(PUBCOMP, pid));
+                }
+                _ => {}
+            }
+            (topic, got.qos(), payload, got.retain())
+        })
+        .collect()
+}
+
+runtime_kind_test!(
+    /// A store written by 68c325b opens: both persistent sessions resume
+    /// (Session Present 1) with their subscriptions, the queued QoS 1 and 2
+    /// messages arrive in order and once, and the retained messages are
+    /// served to a new subscriber (MQTT 3.1.1 clients).
+    store_of_68c325b_opens_with_sessions_queues_and_retained,
+    |kind: RuntimeKind| {
+        let data = copy_of("store-68c325b");
+        let b = TestBroker::start(kind, |c| c.data_dir = Some(data.0.clone()));
+        let mut sub = b.persistent("fx-sub-1", true);
+        let got = take(&mut sub, 5);
+        let text = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            got,
+            vec![
+                ("fx/a/one".into(), 1, text("queued-qos1-0"), false),
+                ("fx/a/one".into(), 1, text("queued-qos1-1"), false),
+                ("fx/a/one".into(), 1, text("queued-qos1-2"), false),
+                ("fx/b/two".into(), 2, text("queued-qos2"), false),
+                ("fx/retained/a".into(), 1, text("retained-a"), false),
+            ]
+        );
+        sub.expect_nothing_queued();
+        // The subscriptions came back too: a new message is routed to it.
+        let mut publisher = b.client("fx-pub-after");
+        publisher.send(&packets::publish("fx/c/two", b"after", 2, 1));
+        publisher.expect(&ack(PUBREC, 1));
+        publisher.send(&ack(PUBREL, 1));
+        publisher.expect(&ack(PUBCOMP, 1));
+        assert_eq!(take(&mut sub, 1), vec![("fx/c/two".into(), 2, text("after"), false)]);
+
+        let mut q0 = b.persistent("fx-sub-2", true);
+        q0.expect_nothing_queued();
+        publisher.send(&packets::publish0("fx/q0/live", b"live"));
+        assert_eq!(take(&mut q0, 1), vec![("fx/q0/live".into(), 0, text("live"), false)]);
+
+        let mut late = b.client("fx-late");
+        late.send(&packets::subscribe(1, &[("fx/retained/#", 1), ("other/#", 1)]));
+        late.expect(&packets::suback(1, &[1, 1]));
+        let mut retained = take(&mut late, 2);
+        retained.sort();
+        assert_eq!(
+            retained,
+            vec![
+                ("fx/retained/a".into(), 1, text("retained-a"), true),
+                ("other/retained/b".into(), 0, text("retained-b"), true),
+            ]
+        );
+    }
+);
