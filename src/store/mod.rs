@@ -158,6 +158,16 @@ pub enum StoreError {
     Corrupted(String),
     /// Reading or writing failed (permissions, full disk, ...).
     Io(String),
+    /// The store was written by a newer midge, in a format this one does
+    /// not know (never moved aside: the newer midge can still read it).
+    NewerFormat {
+        /// The store file.
+        path: String,
+        /// The format the file says it is in.
+        found: u64,
+        /// The newest format this build reads.
+        known: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -169,6 +179,10 @@ impl fmt::Display for StoreError {
                 "store is damaged ({why}); start with --recover-store to move the damaged files aside (they are kept) and start empty"
             ),
             StoreError::Io(why) => write!(f, "store i/o error: {why}"),
+            StoreError::NewerFormat { path, found, known } => write!(
+                f,
+                "store {path} is in format {found}, written by a newer midge (this one reads formats up to {known}); run that midge, or move the store aside to start empty"
+            ),
         }
     }
 }

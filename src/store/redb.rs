@@ -22,6 +22,14 @@ const SUBSCRIPTIONS: TableDefinition<'_, (&str, &str), u8> = TableDefinition::ne
 const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("messages");
 const PROGRESS: TableDefinition<'_, (&str, u64), u8> = TableDefinition::new("progress");
 const INCOMING: TableDefinition<'_, (&str, u16), ()> = TableDefinition::new("incoming");
+/// What the file is: `format` = [`FORMAT`].
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The store's layout version. 1: the tables above, as midge has written
+/// them since its first releases (68c325b), which had no `meta` table: a
+/// file without one is format 1. A layout change bumps this and migrates
+/// older files in [`RedbStore::open`]; a file from a newer midge is refused.
+pub const FORMAT: u64 = 1;
 
 /// A redb database in a data directory.
 pub struct RedbStore {
@@ -53,12 +61,33 @@ impl RedbStore {
     fn open_file(path: &Path) -> Result<RedbStore, StoreError> {
         let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| open_error(path, e))?;
         let store = RedbStore { db };
-        store.create_tables()?;
+        store.create_tables(path)?;
         Ok(store)
     }
 
-    fn create_tables(&self) -> Result<(), StoreError> {
+    /// The format a file is in: format 1 files may have no `meta` table.
+    fn format(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(corrupt)?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(1),
+            Err(e) => return Err(corrupt(e)),
+        };
+        Ok(meta.get("format").map_err(corrupt)?.map_or(1, |v| v.value()))
+    }
+
+    /// Checks the format and creates what is missing (every table, in a new
+    /// file), recording [`FORMAT`].
+    fn create_tables(&self, path: &Path) -> Result<(), StoreError> {
+        let found = self.format()?;
+        if found > FORMAT {
+            return Err(StoreError::NewerFormat { path: path.display().to_string(), found, known: FORMAT });
+        }
         let txn = self.db.begin_write().map_err(corrupt)?;
+        if found < FORMAT {
+            log::info!("store {}: upgrading from format {found} to {FORMAT}", path.display());
+        }
+        txn.open_table(META).map_err(corrupt)?.insert("format", FORMAT).map_err(write_error)?;
         txn.open_table(RETAINED).map_err(corrupt)?;
         txn.open_table(SESSIONS).map_err(corrupt)?;
         txn.open_table(SUBSCRIPTIONS).map_err(corrupt)?;
@@ -263,4 +292,61 @@ fn load(db: &Database) -> Result<Snapshot, ::redb::Error> {
         }
     }
     Ok(snapshot)
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("midge-format-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn set_format(dir: &Path, format: u64) {
+        let store = RedbStore::open(dir, false).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", format).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_store_records_its_format() {
+        let dir = temp_dir("new");
+        assert_eq!(RedbStore::open(&dir, false).unwrap().format().unwrap(), FORMAT);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_without_a_format_is_format_1_and_is_upgraded() {
+        let dir = temp_dir("fixture");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-68c325b").join(FILE_NAME);
+        std::fs::copy(fixture, dir.join(FILE_NAME)).unwrap();
+        {
+            let db = Database::open(dir.join(FILE_NAME)).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(matches!(txn.open_table(META), Err(::redb::TableError::TableDoesNotExist(_))));
+        }
+        let store = RedbStore::open(&dir, false).unwrap();
+        assert_eq!(store.format().unwrap(), FORMAT);
+        assert!(!store.load().unwrap().sessions.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_midge_is_refused_and_never_moved_aside() {
+        let dir = temp_dir("newer");
+        set_format(&dir, FORMAT + 1);
+        for recover in [false, true] {
+            match RedbStore::open(&dir, recover) {
+                Err(StoreError::NewerFormat { found, known, .. }) => assert_eq!((found, known), (FORMAT + 1, FORMAT)),
+                Err(e) => panic!("expected NewerFormat, got {e}"),
+                Ok(_) => panic!("a newer store opened"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "nothing moved aside or created");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
