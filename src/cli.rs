@@ -27,6 +27,9 @@ pub struct Args {
     /// address to listen on (repeatable; default 127.0.0.1:1883)
     #[argh(option)]
     pub bind: Vec<SocketAddr>,
+    /// address of a plain MQTT over WebSockets listener, path /mqtt (repeatable; replaces the default listener as --bind does)
+    #[argh(option)]
+    pub bind_ws: Vec<SocketAddr>,
     /// runtime: smol or async-std (default: smol when compiled in)
     #[argh(option)]
     pub runtime: Option<RuntimeKind>,
@@ -175,8 +178,9 @@ impl Args {
             }
             None => (Config::default(), None),
         };
-        if !self.bind.is_empty() {
-            config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
+        if !self.bind.is_empty() || !self.bind_ws.is_empty() {
+            let ws = self.bind_ws.into_iter().map(Listener::websockets);
+            config.listeners = self.bind.into_iter().map(Listener::tcp).chain(ws).collect();
         }
         if let Some(n) = self.max_packet_size {
             config.max_packet_size = match n {

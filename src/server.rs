@@ -6,7 +6,7 @@ use crate::config::{Listener, TlsFiles};
 use crate::handle::Peer;
 use crate::runtime::Runtime;
 use crate::tls::TlsAcceptor;
-use crate::{connection, expiry, logging, sys};
+use crate::{connection, expiry, logging, sys, ws};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -62,7 +62,12 @@ impl<R: Runtime> Server<R> {
         let mut local_addrs = Vec::new();
         for (listener, config, acceptor) in listeners {
             let addr = R::local_addr(&listener)?;
-            let kind = if acceptor.is_some() { "MQTT over TLS" } else { "MQTT" };
+            let kind = match (&config.websockets, acceptor.is_some()) {
+                (None, false) => "MQTT".to_owned(),
+                (None, true) => "MQTT over TLS".to_owned(),
+                (Some(w), false) => format!("MQTT over WebSockets, path {}", w.path),
+                (Some(w), true) => format!("MQTT over secure WebSockets, path {}", w.path),
+            };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
             local_addrs.push(addr);
             rt.spawn(accept_loop(Accepting {
@@ -135,30 +140,101 @@ async fn serve_tls<R: Runtime>(
     broker: Broker,
     tls: &TlsAcceptor,
     stream: R::Stream,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     use_identity: bool,
     stopped: Receiver<()>,
 ) {
     let timeout = broker.config().connect_timeout;
-    let handshake = tls.accept(stream);
+    match bounded(&rt, timeout, tls_handshake(tls, stream, addr, use_identity)).await {
+        Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
+        Some(None) => {}
+        None => crate::limited!(
+            "TLS handshake timeout",
+            log::Level::Warn,
+            "{addr}: TLS handshake not done within {timeout:?}, closing"
+        ),
+    }
+}
+
+/// The server side of a TLS handshake and the peer it makes; failures are
+/// logged.
+async fn tls_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    tls: &TlsAcceptor,
+    stream: S,
+    addr: SocketAddr,
+    use_identity: bool,
+) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+    match tls.accept(stream).await {
+        Ok(connection) => {
+            let identity = connection.identity.filter(|_| use_identity);
+            Some((connection.stream, Peer { addr, identity, identity_required: use_identity }))
+        }
+        Err(e) => {
+            crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+/// `Some(Some(value))`: `fut` gave a value within `timeout`; `Some(None)`:
+/// it failed (and logged why); `None`: the time ran out.
+async fn bounded<R: Runtime, T>(
+    rt: &R,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Option<T>>,
+) -> Option<Option<T>> {
     let deadline = rt.sleep(timeout);
-    pin_mut!(handshake, deadline);
-    let connection = match select(handshake, deadline).await {
-        Either::Left((Ok(connection), _)) => connection,
-        Either::Left((Err(e), _)) => {
-            return crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
-        }
-        Either::Right(_) => {
-            return crate::limited!(
-                "TLS handshake timeout",
-                log::Level::Warn,
-                "{addr}: TLS handshake not done within {timeout:?}, closing"
-            );
-        }
+    pin_mut!(fut, deadline);
+    match select(fut, deadline).await {
+        Either::Left((value, _)) => Some(value),
+        Either::Right(_) => None,
+    }
+}
+
+/// MQTT over WebSockets: the TLS handshake of a `wss://` listener and the
+/// WebSocket handshake, both within one connect timeout, then the MQTT
+/// connection over the WebSocket stream.
+async fn serve_ws<R: Runtime>(
+    rt: R,
+    broker: Broker,
+    tls: Option<&TlsAcceptor>,
+    stream: R::Stream,
+    addr: SocketAddr,
+    config: &Listener,
+    stopped: Receiver<()>,
+) {
+    let (timeout, max_packet_size) = (broker.config().connect_timeout, broker.config().max_packet_size);
+    let Some(settings) = &config.websockets else { return };
+    let timed_out = || {
+        crate::limited!(
+            "WebSocket handshake timeout",
+            log::Level::Warn,
+            "{addr}: WebSocket handshake not done within {timeout:?}, closing"
+        )
     };
-    let identity = connection.identity.filter(|_| use_identity);
-    let peer = Peer { addr, identity, identity_required: use_identity };
-    connection::run(rt, broker, connection.stream, peer, stopped).await;
+    match tls {
+        None => {
+            let handshake = ws::accept(stream, settings, addr, max_packet_size);
+            match bounded(&rt, timeout, handshake).await {
+                Some(Some((stream, client))) => connection::run(rt, broker, stream, Peer::plain(client), stopped).await,
+                Some(None) => {}
+                None => timed_out(),
+            }
+        }
+        Some(tls) => {
+            let use_identity = config.tls.as_ref().is_some_and(|t| t.use_identity_as_username);
+            let handshakes = async {
+                let (stream, peer) = tls_handshake(tls, stream, addr, use_identity).await?;
+                let (stream, client) = ws::accept(stream, settings, addr, max_packet_size).await?;
+                Some((stream, Peer { addr: client, ..peer }))
+            };
+            match bounded(&rt, timeout, handshakes).await {
+                Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
+                Some(None) => {}
+                None => timed_out(),
+            }
+        }
+    }
 }
 
 /// Logs the counts of rate-limited log lines (see [`logging`]) once their
@@ -247,12 +323,19 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                 let (broker, stopped, alive, rt) = (a.broker.clone(), a.stopped.clone(), a.alive.clone(), a.rt.clone());
                 let (tls, use_identity) =
                     (a.tls.clone(), a.config.tls.as_ref().is_some_and(|t| t.use_identity_as_username));
+                let listener = a.config.websockets.is_some().then(|| a.config.clone());
                 a.rt.spawn(async move {
-                    match tls {
-                        None => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
-                        // Boxed: a TLS connection's state is several KiB, and
-                        // inline it would make every plain connection's task as big.
-                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await,
+                    match (tls, listener) {
+                        (None, None) => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
+                        // Boxed: a TLS or WebSocket connection's state is
+                        // several KiB, and inline it would make every plain
+                        // connection's task as big.
+                        (Some(tls), None) => {
+                            Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await
+                        }
+                        (tls, Some(listener)) => {
+                            Box::pin(serve_ws(rt, broker, tls.as_deref(), stream, addr, &listener, stopped)).await
+                        }
                     }
                     drop((slot, alive));
                 });

@@ -46,3 +46,6 @@ mod subscribe;
 mod sys;
 /// MQTT over TLS with mosquitto clients.
 mod tls;
+/// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
+/// input, and MQTT.js under Node and in headless Chromium.
+mod websockets;

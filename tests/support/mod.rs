@@ -51,8 +51,13 @@ macro_rules! runtime_kind_test {
 
 /// A broker listening on 127.0.0.1 on a free port, shut down on drop.
 pub struct TestBroker {
-    /// The address clients connect to.
+    /// The address clients connect to (the first listener's).
     pub addr: SocketAddr,
+    /// Every listener's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+    /// The first listener's WebSocket path, if it is a WebSocket listener:
+    /// then [`TestBroker::raw`] connects over WebSockets.
+    pub ws_path: Option<String>,
     /// The broker's shared state (hooks, reloads).
     pub broker: Broker,
     stop: Option<Box<dyn FnOnce() + Send>>,
@@ -86,14 +91,19 @@ impl TestBroker {
 
     fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
-        let addr = server.local_addrs()[0];
+        let addrs = server.local_addrs().to_vec();
+        let ws_path = broker.config().listeners[0].websockets.as_ref().map(|w| w.path.clone());
         let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr, broker, stop: Some(stop) }
+        TestBroker { addr: addrs[0], addrs, ws_path, broker, stop: Some(stop) }
     }
 
-    /// A raw client connected over TCP, before any packet is sent.
+    /// A raw client connected to the first listener (over TCP, or over
+    /// WebSockets for a WebSocket listener), before any packet is sent.
     pub fn raw(&self) -> client::Raw {
-        client::Raw::connect(self.addr)
+        match &self.ws_path {
+            None => client::Raw::connect(self.addr),
+            Some(path) => client::Raw::connect_ws(self.addr, path),
+        }
     }
 
     /// A client of a persistent session (clean session 0, keepalive 60 s),
