@@ -435,6 +435,57 @@ mod tests {
         assert_eq!(parse_forwarded(""), None);
     }
 
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut builder = Request::builder().uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    /// The callback's answer: the chosen subprotocol or the refusal's
+    /// status, and what it found.
+    fn answer(
+        settings: &WebSockets,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Result<String, StatusCode>, Outcome) {
+        let mut outcome = Outcome::default();
+        let result = check(&request(path, headers), Response::default(), settings, &mut outcome);
+        let result = result
+            .map(|r| r.headers()["sec-websocket-protocol"].to_str().unwrap().to_owned())
+            .map_err(|e| e.status());
+        (result, outcome)
+    }
+
+    #[test]
+    fn the_handshake_needs_the_path_and_an_mqtt_subprotocol() {
+        let ws = WebSockets::default();
+        let mqtt = [("Sec-WebSocket-Protocol", "mqtt")];
+        assert_eq!(answer(&ws, "/mqtt", &mqtt).0, Ok("mqtt".into()));
+        assert_eq!(answer(&ws, "/mqtt?x=1", &mqtt).0, Ok("mqtt".into()), "the query is not the path");
+        assert_eq!(answer(&ws, "/other", &mqtt).0, Err(StatusCode::NOT_FOUND));
+        assert_eq!(answer(&ws, "/mqtt", &[("Sec-WebSocket-Protocol", "mqttv3.1, mqtt")]).0, Ok("mqtt".into()));
+        let two_headers = [("Sec-WebSocket-Protocol", "chat"), ("Sec-WebSocket-Protocol", "mqttv3.1")];
+        assert_eq!(answer(&ws, "/mqtt", &two_headers).0, Ok("mqttv3.1".into()));
+        let (result, outcome) = answer(&ws, "/mqtt", &[("Sec-WebSocket-Protocol", "chat")]);
+        assert_eq!(result, Err(StatusCode::BAD_REQUEST));
+        assert!(outcome.refused.unwrap().contains("[MQTT-6.0.0-3]"));
+        assert_eq!(answer(&ws, "/mqtt", &[]).0, Err(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn x_forwarded_for_is_taken_only_when_trusted() {
+        let headers = [("Sec-WebSocket-Protocol", "mqtt"), ("X-Forwarded-For", "203.0.113.7, 10.0.0.1")];
+        let (_, outcome) = answer(&WebSockets::default(), "/mqtt", &headers);
+        assert_eq!(outcome.forwarded_for, None, "not trusted by default");
+        let trusted = WebSockets { trust_forwarded_for: true, ..WebSockets::default() };
+        let (_, outcome) = answer(&trusted, "/mqtt", &headers);
+        assert_eq!(outcome.forwarded_for, Some("203.0.113.7".parse().unwrap()), "the first address");
+        let (_, outcome) = answer(&trusted, "/mqtt", &[("Sec-WebSocket-Protocol", "mqtt"), ("X-Forwarded-For", "x")]);
+        assert_eq!((outcome.forwarded_for, outcome.bad_forwarded_for.as_deref()), (None, Some("x")));
+    }
+
     #[test]
     fn frames_and_messages_are_bounded_by_the_packet_size() {
         let c = config(4096);

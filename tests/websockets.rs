@@ -4,6 +4,7 @@
 //! (`TestBroker::raw` connects to it) and a TCP listener second.
 
 use crate::support::client::{Raw, TIMEOUT, WebSocket, tcp, ws_handshake, ws_handshake_over};
+use crate::support::process::{Process, run};
 use crate::support::{TestBroker, packets};
 use async_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 use midge::config::{Listener, TlsFiles, WebSockets};
@@ -396,5 +397,67 @@ runtime_test!(
         c.expect(&packets::ack(packets::PUBACK, 7));
         let got = c.recv();
         assert_eq!(got.publish().2, b"over wss");
+    }
+);
+
+/// tests/js, with its node_modules (`(cd tests/js && npm ci)`; .ci/run does).
+fn js_script() -> String {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js"));
+    for package in ["mqtt", "playwright-core"] {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "tests/js/node_modules/{package} is missing: run `(cd tests/js && npm ci)` (.ci/run does)"
+        );
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(node.is_ok_and(|o| o.status.success()), "node is missing: apt-get install nodejs npm (.ci/run does)");
+    dir.join("mqttjs.mjs").to_str().unwrap().to_owned()
+}
+
+/// Runs tests/js/mqttjs.mjs (`node` or `browser`) against `url`: MQTT.js
+/// subscribes, receives what mosquitto_pub publishes over TCP, and
+/// publishes a message that a TCP subscriber receives.
+fn mqttjs_exchange(b: &TestBroker, place: &str, url: &str) {
+    let script = js_script();
+    let mut watcher = tcp_client(b, "tcp-watcher");
+    watcher.subscribe(1, &[("from/js", 1)]);
+    let mut js = Process::spawn("node", &[&script, place, url]);
+    js.wait_for("READY");
+    let port = b.addrs[1].port().to_string();
+    let published = run("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-t", "to/js", "-q", "1", "-m", "over tcp"]);
+    assert_eq!(published, Some(0), "mosquitto_pub");
+    js.wait_for("GOT to/js over tcp");
+    js.wait_for("PUBLISHED");
+    let got = watcher.recv();
+    let (topic, pid, payload) = got.publish();
+    assert_eq!((topic.as_str(), String::from_utf8(payload).unwrap()), ("from/js", format!("hello from {place}")));
+    watcher.send(&packets::ack(packets::PUBACK, pid.expect("QoS 1")));
+    assert_eq!(js.wait_exit(), Some(0), "MQTT.js in {place}: {:#?}", js.seen);
+}
+
+runtime_test!(
+    /// MQTT.js 5 under Node over ws:// and over plain TCP: subscribe,
+    /// receive a mosquitto_pub message, publish to a TCP subscriber.
+    mqttjs_node_over_ws_and_tcp,
+    ws_and_tcp,
+    |b: &TestBroker| {
+        mqttjs_exchange(b, "node", &format!("ws://{}/mqtt", b.addr));
+        mqttjs_exchange(b, "node", &format!("mqtt://{}", b.addrs[1]));
+    }
+);
+
+runtime_test!(
+    /// A real browser: MQTT.js's browser bundle in a page in Debian's
+    /// headless Chromium (driven by playwright-core) connects over ws://,
+    /// subscribes, receives a mosquitto_pub message and publishes one that a
+    /// TCP subscriber receives.
+    mqttjs_in_headless_chromium_over_ws,
+    ws_and_tcp,
+    |b: &TestBroker| {
+        assert!(
+            std::path::Path::new("/usr/bin/chromium").exists(),
+            "/usr/bin/chromium is missing: apt-get install chromium (.ci/run does)"
+        );
+        mqttjs_exchange(b, "browser", &format!("ws://{}/mqtt", b.addr));
     }
 );
