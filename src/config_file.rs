@@ -599,10 +599,7 @@ websockets_trust_forwarded_for = true
         assert_eq!(c.max_publish_rate, Some(500));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.listeners.len(), 3);
-        assert_eq!(
-            c.listeners[2].websockets,
-            Some(WebSockets { path: "/ws".into(), trust_forwarded_for: true })
-        );
+        assert_eq!(c.listeners[2].websockets, Some(WebSockets { path: "/ws".into(), trust_forwarded_for: true }));
         assert_eq!(c.listeners[1].websockets, None);
         assert_eq!(
             c.listeners[0],

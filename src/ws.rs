@@ -25,11 +25,11 @@
 
 use crate::config::WebSockets;
 use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use async_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes, coding::CloseCode};
-use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes, coding::CloseCode};
 use async_tungstenite::tungstenite::{self, Message};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncWrite, IoSlice};
@@ -65,6 +65,8 @@ pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 ///
 /// Refusals and failures are logged (rate-limited) and give `None`. There
 /// is no time limit here: the caller races it against the connect timeout.
+// The callback's result type is tungstenite's (`Callback::on_request`).
+#[allow(clippy::result_large_err)]
 pub async fn accept<S>(
     stream: S,
     settings: &WebSockets,
@@ -143,6 +145,7 @@ struct Outcome {
 }
 
 /// Checks the path and the subprotocol and answers the chosen subprotocol.
+#[allow(clippy::result_large_err)] // tungstenite's `Callback::on_request`
 fn check(
     request: &Request,
     mut response: Response,
@@ -445,16 +448,11 @@ mod tests {
 
     /// The callback's answer: the chosen subprotocol or the refusal's
     /// status, and what it found.
-    fn answer(
-        settings: &WebSockets,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (Result<String, StatusCode>, Outcome) {
+    fn answer(settings: &WebSockets, path: &str, headers: &[(&str, &str)]) -> (Result<String, StatusCode>, Outcome) {
         let mut outcome = Outcome::default();
         let result = check(&request(path, headers), Response::default(), settings, &mut outcome);
-        let result = result
-            .map(|r| r.headers()["sec-websocket-protocol"].to_str().unwrap().to_owned())
-            .map_err(|e| e.status());
+        let result =
+            result.map(|r| r.headers()["sec-websocket-protocol"].to_str().unwrap().to_owned()).map_err(|e| e.status());
         (result, outcome)
     }
 

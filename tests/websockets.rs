@@ -356,47 +356,77 @@ fn fixture(name: &str) -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/").to_owned() + name
 }
 
+/// A client over `wss://` that trusts the fixtures' CA, after CONNACK.
+fn wss_client(b: &TestBroker, id: &str) -> Raw {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = "localhost".try_into().unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tls = rustls::StreamOwned::new(connection, tcp(b.addr));
+    let url = format!("wss://localhost:{}/mqtt", b.addr.port());
+    let (ws, chosen) = ws_handshake_over(Box::new(tls), &url, &["mqtt"]).expect("wss handshake");
+    assert_eq!(chosen.as_deref(), Some("mqtt"));
+    let mut c = Raw::over(ws);
+    c.send(&packets::connect(id, true, 60));
+    c.expect(&packets::CONNACK_ACCEPTED);
+    c
+}
+
+/// A `wss://` listener with the certificate and key at `dir`.
+fn wss_listener(dir: &std::path::Path) -> impl FnOnce(&mut midge::Config) {
+    let tls = TlsFiles {
+        certfile: dir.join("server.pem"),
+        keyfile: dir.join("server.key"),
+        cafile: None,
+        require_certificate: false,
+        use_identity_as_username: false,
+    };
+    move |c| c.listeners = vec![Listener { tls: Some(tls), ..Listener::websockets(local()) }]
+}
+
 runtime_test!(
     /// `wss://`: a WebSocket listener with TLS serves a client that trusts
     /// its CA, subscribe and publish round trip.
     wss_listener_round_trip,
-    |c: &mut midge::Config| {
-        let tls = TlsFiles {
-            certfile: PathBuf::from(fixture("server.pem")),
-            keyfile: PathBuf::from(fixture("server.key")),
-            cafile: None,
-            require_certificate: false,
-            use_identity_as_username: false,
-        };
-        c.listeners = vec![Listener { tls: Some(tls), ..Listener::websockets(local()) }];
-    },
+    wss_listener(&PathBuf::from(fixture(""))),
     |b: &TestBroker| {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(fixture("ca.pem")).unwrap();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        use rustls::pki_types::pem::PemObject;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = "localhost".try_into().unwrap();
-        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let tls = rustls::StreamOwned::new(connection, tcp(b.addr));
-        let url = format!("wss://localhost:{}/mqtt", b.addr.port());
-        let (ws, chosen) = ws_handshake_over(Box::new(tls), &url, &["mqtt"]).expect("wss handshake");
-        assert_eq!(chosen.as_deref(), Some("mqtt"));
-        let mut c = Raw::over(ws);
-        c.send(&packets::connect("wss", true, 60));
-        c.expect(&packets::CONNACK_ACCEPTED);
+        let mut c = wss_client(b, "wss");
         c.subscribe(1, &[("secure/#", 1)]);
         c.send(&packets::publish("secure/t", b"over wss", 1, 7));
         c.expect(&packets::ack(packets::PUBACK, 7));
-        let got = c.recv();
-        assert_eq!(got.publish().2, b"over wss");
+        assert_eq!(c.recv().publish().2, b"over wss");
+    }
+);
+
+runtime_kind_test!(
+    /// A `wss://` listener's certificate is re-read on reload (SIGHUP), as
+    /// a TLS listener's: a file that fails keeps the one in force, and
+    /// clients connect throughout.
+    wss_certificate_reload,
+    |kind| {
+        let dir = crate::support::TempDir::new("wss-reload");
+        for file in ["server.pem", "server.key"] {
+            std::fs::copy(fixture(file), dir.0.join(file)).unwrap();
+        }
+        let b = TestBroker::start(kind, wss_listener(&dir.0));
+        wss_client(&b, "before");
+        b.reload().expect("reload with the same files");
+        std::fs::write(dir.0.join("server.pem"), "not a certificate").unwrap();
+        let error = b.reload().unwrap_err();
+        assert!(error.contains("certfile") && error.contains("server.pem"), "{error}");
+        wss_client(&b, "after-failed-reload");
+        std::fs::copy(fixture("server.pem"), dir.0.join("server.pem")).unwrap();
+        b.reload().expect("reload with the files restored");
+        wss_client(&b, "after-reload");
     }
 );
 

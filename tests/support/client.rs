@@ -201,7 +201,8 @@ impl Raw {
     /// Connects over WebSockets on `path` with the `mqtt` subprotocol (no
     /// MQTT packet is sent).
     pub fn connect_ws(addr: SocketAddr, path: &str) -> Raw {
-        let (ws, _) = ws_handshake(addr, path, &SUBPROTOCOLS[..1]).unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
+        let (ws, _) =
+            ws_handshake(addr, path, &SUBPROTOCOLS[..1]).unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
         Raw::over(ws)
     }
 

@@ -60,6 +60,8 @@ pub struct TestBroker {
     pub ws_path: Option<String>,
     /// The broker's shared state (hooks, reloads).
     pub broker: Broker,
+    /// The server's reload (SIGHUP): security files and TLS certificates.
+    reload: Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>,
     stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -93,8 +95,19 @@ impl TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
         let addrs = server.local_addrs().to_vec();
         let ws_path = broker.config().listeners[0].websockets.as_ref().map(|w| w.path.clone());
-        let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr: addrs[0], addrs, ws_path, broker, stop: Some(stop) }
+        let server = std::sync::Arc::new(server);
+        let reloading = server.clone();
+        let reload = Box::new(move || reloading.reload());
+        let stop = Box::new(move || {
+            let server = std::sync::Arc::into_inner(server).expect("the reload handle is dropped first");
+            futures::executor::block_on(server.shutdown())
+        });
+        TestBroker { addr: addrs[0], addrs, ws_path, broker, reload: Some(reload), stop: Some(stop) }
+    }
+
+    /// What SIGHUP does: re-reads the security files and TLS certificates.
+    pub fn reload(&self) -> Result<(), String> {
+        (self.reload.as_ref().expect("running"))()
     }
 
     /// A raw client connected to the first listener (over TCP, or over
@@ -127,6 +140,7 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        self.reload = None;
         if let Some(stop) = self.stop.take() {
             stop();
         }
