@@ -16,9 +16,9 @@
 //!   by [`MAX_HANDSHAKE`] bytes (431 beyond; its time by the caller's
 //!   connect timeout), a frame and a message by `max_packet_size` plus
 //!   [`FRAMING_SLACK`] (close 1009 beyond), queued pongs by the write buffer
-//!   limit (tungstenite keeps one pending pong and drops older ones when the
-//!   peer does not read), and the control frames handled per read by
-//!   [`CONTROL_PER_POLL`].
+//!   limit (one message and a few pongs; past it tungstenite keeps one
+//!   pending pong, each new one replacing the last), and the control frames
+//!   handled per read by [`CONTROL_PER_POLL`].
 //!
 //! Built on async-tungstenite's runtime-neutral API over `futures::io`: it
 //! serves every runtime adapter, over TCP and over TLS (`wss://`).
