@@ -74,7 +74,7 @@ impl<R: Runtime> Server<R> {
                 rt: rt.clone(),
                 broker: broker.clone(),
                 listener,
-                config,
+                config: Arc::new(config),
                 tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
                 total: total.clone(),
@@ -286,7 +286,7 @@ struct Accepting<R: Runtime> {
     rt: R,
     broker: Broker,
     listener: R::Listener,
-    config: Listener,
+    config: Arc<Listener>,
     /// The TLS acceptor of a TLS listener.
     tls: Option<Arc<TlsAcceptor>>,
     /// Open connections on this listener.

@@ -415,9 +415,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     /// closes the stream underneath (for TLS: its close_notify).
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(frame) = this.close.take() {
+        if let Some(frame) = &this.close {
+            let frame = frame.clone();
             // Best effort: the peer may have gone.
             let _ = ready!(this.poll_send(cx, || Message::Close(Some(frame))));
+            this.close = None;
         }
         let _ = ready!(Pin::new(&mut this.ws).poll_close(cx));
         Pin::new(this.ws.get_mut()).poll_close(cx)
