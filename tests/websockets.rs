@@ -452,7 +452,8 @@ fn mqttjs_exchange(b: &TestBroker, place: &str, url: &str) {
     let mut watcher = tcp_client(b, "tcp-watcher");
     watcher.subscribe(1, &[("from/js", 1)]);
     let mut js = Process::spawn("node", &[&script, place, url]);
-    js.wait_for("READY");
+    // Chromium may take a while to start while the rest of the suite runs.
+    js.wait_for_within("READY", Duration::from_secs(60));
     let port = b.addrs[1].port().to_string();
     let published = run("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-t", "to/js", "-q", "1", "-m", "over tcp"]);
     assert_eq!(published, Some(0), "mosquitto_pub");
