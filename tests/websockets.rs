@@ -335,6 +335,7 @@ runtime_test!(
         ping.extend([b'p'; 125]);
         let batch = ping.repeat(1000);
         let mut socket = c.websocket().get_ref().tcp().try_clone().unwrap();
+        small_receive_buffer(&socket);
         for _ in 0..PINGS / 1000 {
             socket.write_all(&batch).unwrap();
         }
@@ -351,6 +352,28 @@ runtime_test!(
         still_served(b, &mut bystander);
     }
 );
+
+/// Caps the kernel's receive buffer of `socket` at 64 KiB (no autotuning),
+/// so what the broker cannot send stays with the broker.
+fn small_receive_buffer(socket: &std::net::TcpStream) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 64 * 1024;
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt SO_RCVBUF");
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = socket;
+}
 
 fn fixture(name: &str) -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/").to_owned() + name
