@@ -3,9 +3,9 @@
 //! input on every new surface. Each broker has a WebSocket listener first
 //! (`TestBroker::raw` connects to it) and a TCP listener second.
 
-use crate::support::client::{Raw, TIMEOUT, WebSocket, tcp, ws_handshake, ws_handshake_over};
+use crate::support::client::{Raw, TIMEOUT, WebSocket, tcp, ws_handshake, ws_handshake_over, ws_handshake_with};
 use crate::support::process::{Process, run};
-use crate::support::{TestBroker, packets};
+use crate::support::{TempDir, TestBroker, packets};
 use async_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 use midge::config::{Listener, TlsFiles, WebSockets};
 use std::io::{Read, Write};
@@ -450,6 +450,50 @@ runtime_kind_test!(
         std::fs::copy(fixture("server.pem"), dir.0.join("server.pem")).unwrap();
         b.reload().expect("reload with the files restored");
         wss_client(&b, "after-reload");
+    }
+);
+
+/// The address in a "listening on ADDR (...)" line.
+fn listening_on(line: &str) -> SocketAddr {
+    line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+runtime_kind_test!(
+    /// The binary with WebSocket listeners from its TOML file: each logs its
+    /// kind and path; on the one with `websockets_trust_forwarded_for` the
+    /// client is named by the first `X-Forwarded-For` address, on the other
+    /// by its socket's, whatever the header says.
+    binary_websocket_listeners_from_toml_and_x_forwarded_for,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("ws-toml");
+        let file = dir.0.join("midge.toml");
+        std::fs::write(
+            &file,
+            "persistence = false\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"websockets\"\nwebsockets_path = \"/ws\"\n\
+             websockets_trust_forwarded_for = true\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"websockets\"\n",
+        )
+        .unwrap();
+        let args = ["--config", file.to_str().unwrap(), "--runtime", kind.name(), "--threads", "2"];
+        let mut midge = Process::spawn(env!("CARGO_BIN_EXE_midge"), &args);
+        let runtime = kind.name();
+        let trusting = midge.wait_for("listening on ");
+        assert!(trusting.contains(&format!("(MQTT over WebSockets, path /ws, runtime {runtime})")), "{trusting}");
+        let plain = midge.wait_for("listening on ");
+        assert!(plain.contains(&format!("(MQTT over WebSockets, path /mqtt, runtime {runtime})")), "{plain}");
+        let forwarded = [("x-forwarded-for", "203.0.113.7, 10.0.0.1")];
+        for (addr, path, id) in [(listening_on(&trusting), "/ws", "behind-proxy"), (listening_on(&plain), "/mqtt", "direct")] {
+            let url = format!("ws://{addr}{path}");
+            let (ws, _) = ws_handshake_with(Box::new(tcp(addr)), &url, &["mqtt"], &forwarded).expect("handshake");
+            let mut c = Raw::over(ws);
+            c.send(&packets::connect(id, true, 60));
+            c.expect(&packets::CONNACK_ACCEPTED);
+        }
+        midge.wait_for("client behind-proxy connected from 203.0.113.7:0 ");
+        midge.wait_for("client direct connected from 127.0.0.1:");
+        assert_eq!(run("kill", &["-TERM", &midge.id().to_string()]), Some(0));
+        assert_eq!(midge.wait_exit(), Some(0));
     }
 );
 

@@ -114,8 +114,21 @@ pub fn ws_handshake_over(
     url: &str,
     subprotocols: &[&str],
 ) -> Result<(WebSocket, Option<String>), tungstenite::Error> {
+    ws_handshake_with(socket, url, subprotocols, &[])
+}
+
+/// [`ws_handshake_over`] with extra request headers.
+pub fn ws_handshake_with(
+    socket: Box<dyn Socket>,
+    url: &str,
+    subprotocols: &[&str],
+    headers: &[(&'static str, &str)],
+) -> Result<(WebSocket, Option<String>), tungstenite::Error> {
     use tungstenite::client::IntoClientRequest;
     let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
     if !subprotocols.is_empty() {
         let offered = subprotocols.join(", ").parse().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", offered);
