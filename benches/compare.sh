@@ -165,7 +165,12 @@ start_broker() {
         mosquitto)
             printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages %s\n' \
                 "$port" "$INFLIGHT" >"$TMP/mosquitto.conf"
-            [ "$TRANSPORT" = ws ] && sed -i '1a protocol websockets' "$TMP/mosquitto.conf"
+            # Mosquitto 2.0.11's websockets listener (libwebsockets) cannot
+            # bind an address (it listens on every interface), and 2.0.11
+            # refuses to start with websockets listeners only: an unused
+            # plain one on 127.0.0.1 goes with it.
+            [ "$TRANSPORT" = ws ] && sed -i "1c listener $port\\nprotocol websockets\\nlistener $(free_port) 127.0.0.1" \
+                "$TMP/mosquitto.conf"
             [ "$MOSQUITTO_NODELAY" = 1 ] && echo 'set_tcp_nodelay true' >>"$TMP/mosquitto.conf"
             mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 & ;;
         rumqttd)
