@@ -145,7 +145,10 @@ async fn serve_tls<R: Runtime>(
     stopped: Receiver<()>,
 ) {
     let timeout = broker.config().connect_timeout;
-    match bounded(&rt, timeout, tls_handshake(tls, stream, addr, use_identity)).await {
+    // Bound first: a future in the match scrutinee would stay in this task's
+    // state for the whole connection.
+    let accepted = bounded(&rt, timeout, tls_handshake(tls, stream, addr, use_identity)).await;
+    match accepted {
         Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
         Some(None) => {}
         None => crate::limited!(
@@ -191,50 +194,59 @@ async fn bounded<R: Runtime, T>(
     }
 }
 
-/// MQTT over WebSockets: the TLS handshake of a `wss://` listener and the
-/// WebSocket handshake, both within one connect timeout, then the MQTT
-/// connection over the WebSocket stream.
-async fn serve_ws<R: Runtime>(
+/// MQTT over WebSockets: `handshakes` (for `wss://` the TLS handshake, then
+/// the WebSocket one) within one connect timeout, then the MQTT connection
+/// over the WebSocket stream. Each kind of listener has its own instance, so
+/// a `ws://` connection's task is not sized for TLS state; `handshakes` is
+/// boxed by the caller, so its state (2.3 KiB for `ws://`) is freed once
+/// done instead of staying in the task.
+async fn serve_ws<R, S>(
     rt: R,
     broker: Broker,
-    tls: Option<&TlsAcceptor>,
-    stream: R::Stream,
+    handshakes: impl std::future::Future<Output = Option<(S, Peer)>>,
     addr: SocketAddr,
-    config: &Listener,
     stopped: Receiver<()>,
-) {
-    let (timeout, max_packet_size) = (broker.config().connect_timeout, broker.config().max_packet_size);
-    let Some(settings) = &config.websockets else { return };
-    let timed_out = || {
-        crate::limited!(
+) where
+    R: Runtime,
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + Send,
+{
+    let timeout = broker.config().connect_timeout;
+    let accepted = bounded(&rt, timeout, handshakes).await;
+    match accepted {
+        Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
+        Some(None) => {}
+        None => crate::limited!(
             "WebSocket handshake timeout",
             log::Level::Warn,
             "{addr}: WebSocket handshake not done within {timeout:?}, closing"
-        )
-    };
-    match tls {
-        None => {
-            let handshake = ws::accept(stream, settings, addr, max_packet_size);
-            match bounded(&rt, timeout, handshake).await {
-                Some(Some((stream, client))) => connection::run(rt, broker, stream, Peer::plain(client), stopped).await,
-                Some(None) => {}
-                None => timed_out(),
-            }
-        }
-        Some(tls) => {
-            let use_identity = config.tls.as_ref().is_some_and(|t| t.use_identity_as_username);
-            let handshakes = async {
-                let (stream, peer) = tls_handshake(tls, stream, addr, use_identity).await?;
-                let (stream, client) = ws::accept(stream, settings, addr, max_packet_size).await?;
-                Some((stream, Peer { addr: client, ..peer }))
-            };
-            match bounded(&rt, timeout, handshakes).await {
-                Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
-                Some(None) => {}
-                None => timed_out(),
-            }
-        }
+        ),
     }
+}
+
+/// The WebSocket handshake of a connection to `listener`.
+async fn ws_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    stream: S,
+    listener: &Listener,
+    addr: SocketAddr,
+    max_packet_size: usize,
+) -> Option<(ws::WsStream<S>, Peer)> {
+    let settings = listener.websockets.as_ref()?;
+    let (stream, client) = ws::accept(stream, settings, addr, max_packet_size).await?;
+    Some((stream, Peer::plain(client)))
+}
+
+/// The TLS handshake, then the WebSocket one, of a `wss://` connection.
+async fn wss_handshakes<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    tls: &TlsAcceptor,
+    stream: S,
+    listener: &Listener,
+    addr: SocketAddr,
+    max_packet_size: usize,
+) -> Option<(ws::WsStream<futures_rustls::server::TlsStream<S>>, Peer)> {
+    let use_identity = listener.tls.as_ref().is_some_and(|t| t.use_identity_as_username);
+    let (stream, peer) = tls_handshake(tls, stream, addr, use_identity).await?;
+    let (stream, client) = ws_handshake(stream, listener, addr, max_packet_size).await?;
+    Some((stream, Peer { addr: client.addr, ..peer }))
 }
 
 /// Logs the counts of rate-limited log lines (see [`logging`]) once their
@@ -333,8 +345,17 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                         (Some(tls), None) => {
                             Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await
                         }
-                        (tls, Some(listener)) => {
-                            Box::pin(serve_ws(rt, broker, tls.as_deref(), stream, addr, &listener, stopped)).await
+                        // The handshakes are boxed apart: the connection's
+                        // task then keeps only a pointer to what they needed.
+                        (None, Some(listener)) => {
+                            let max = broker.config().max_packet_size;
+                            let handshake = Box::pin(ws_handshake(stream, &listener, addr, max));
+                            Box::pin(serve_ws(rt, broker, handshake, addr, stopped)).await
+                        }
+                        (Some(tls), Some(listener)) => {
+                            let max = broker.config().max_packet_size;
+                            let handshakes = Box::pin(wss_handshakes(&tls, stream, &listener, addr, max));
+                            Box::pin(serve_ws(rt, broker, handshakes, addr, stopped)).await
                         }
                     }
                     drop((slot, alive));

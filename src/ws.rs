@@ -271,7 +271,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
 /// binary messages, each write sends one binary message.
 #[derive(Debug)]
 pub struct WsStream<S> {
-    ws: WebSocketStream<Capped<S>>,
+    /// Boxed: inline, its few hundred bytes would be copied into several
+    /// states of the connection's task (measured: 5.6 KiB against 1.8 KiB
+    /// for TCP).
+    ws: Box<WebSocketStream<Capped<S>>>,
     /// What is left of the binary message being read.
     reading: Bytes,
     /// The client, for log lines.
@@ -282,7 +285,7 @@ pub struct WsStream<S> {
 
 impl<S> WsStream<S> {
     fn new(ws: WebSocketStream<Capped<S>>, addr: SocketAddr) -> WsStream<S> {
-        WsStream { ws, reading: Bytes::new(), addr, close: None }
+        WsStream { ws: Box::new(ws), reading: Bytes::new(), addr, close: None }
     }
 }
 
@@ -322,6 +325,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 let n = buf.len().min(this.reading.len());
                 buf[..n].copy_from_slice(&this.reading[..n]);
                 this.reading.advance(n);
+                if this.reading.is_empty() {
+                    // The message shares tungstenite's read buffer: let go
+                    // of it, or the next read must allocate a new one.
+                    this.reading = Bytes::new();
+                }
                 return Poll::Ready(Ok(n));
             }
             let error = match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
