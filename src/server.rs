@@ -132,33 +132,6 @@ impl<R: Runtime> Server<R> {
     }
 }
 
-/// Runs the TLS handshake (bounded by the connect timeout, on the
-/// connection's own task so a slow handshake never holds up the accept
-/// loop), then the MQTT connection over it.
-async fn serve_tls<R: Runtime>(
-    rt: R,
-    broker: Broker,
-    tls: &TlsAcceptor,
-    stream: R::Stream,
-    addr: SocketAddr,
-    use_identity: bool,
-    stopped: Receiver<()>,
-) {
-    let timeout = broker.config().connect_timeout;
-    // Bound first: a future in the match scrutinee would stay in this task's
-    // state for the whole connection.
-    let accepted = bounded(&rt, timeout, tls_handshake(tls, stream, addr, use_identity)).await;
-    match accepted {
-        Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
-        Some(None) => {}
-        None => crate::limited!(
-            "TLS handshake timeout",
-            log::Level::Warn,
-            "{addr}: TLS handshake not done within {timeout:?}, closing"
-        ),
-    }
-}
-
 /// The server side of a TLS handshake and the peer it makes; failures are
 /// logged.
 async fn tls_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
@@ -194,16 +167,18 @@ async fn bounded<R: Runtime, T>(
     }
 }
 
-/// MQTT over WebSockets: `handshakes` (for `wss://` the TLS handshake, then
-/// the WebSocket one) within one connect timeout, then the MQTT connection
-/// over the WebSocket stream. Each kind of listener has its own instance, so
-/// a `ws://` connection's task is not sized for TLS state; `handshakes` is
-/// boxed by the caller, so its state (2.3 KiB for `ws://`) is freed once
-/// done instead of staying in the task.
-async fn serve_ws<R, S>(
+/// Runs `handshakes` (TLS; WebSocket; for `wss://` both) within the connect
+/// timeout, on the connection's own task so a slow handshake never holds up
+/// the accept loop, then the MQTT connection over the stream they made.
+/// `kind` names them in the log line of a timeout. Each kind of listener has
+/// its own instance (a `ws://` task is not sized for TLS state), and the
+/// caller boxes `handshakes`, so their state (2.3 KiB for `ws://`) is freed
+/// once done instead of staying in the task.
+async fn serve_after<R, S>(
     rt: R,
     broker: Broker,
     handshakes: impl std::future::Future<Output = Option<(S, Peer)>>,
+    kind: &'static str,
     addr: SocketAddr,
     stopped: Receiver<()>,
 ) where
@@ -216,9 +191,9 @@ async fn serve_ws<R, S>(
         Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
         Some(None) => {}
         None => crate::limited!(
-            "WebSocket handshake timeout",
+            "handshake timeout",
             log::Level::Warn,
-            "{addr}: WebSocket handshake not done within {timeout:?}, closing"
+            "{addr}: {kind} handshake not done within {timeout:?}, closing"
         ),
     }
 }
@@ -341,21 +316,21 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                         (None, None) => connection::run(rt, broker, stream, Peer::plain(addr), stopped).await,
                         // Boxed: a TLS or WebSocket connection's state is
                         // several KiB, and inline it would make every plain
-                        // connection's task as big.
+                        // connection's task as big. The handshakes are boxed
+                        // apart, so the task keeps none of their state.
                         (Some(tls), None) => {
-                            Box::pin(serve_tls(rt, broker, &tls, stream, addr, use_identity, stopped)).await
+                            let handshake = Box::pin(tls_handshake(&tls, stream, addr, use_identity));
+                            Box::pin(serve_after(rt, broker, handshake, "TLS", addr, stopped)).await
                         }
-                        // The handshakes are boxed apart: the connection's
-                        // task then keeps only a pointer to what they needed.
                         (None, Some(listener)) => {
                             let max = broker.config().max_packet_size;
                             let handshake = Box::pin(ws_handshake(stream, &listener, addr, max));
-                            Box::pin(serve_ws(rt, broker, handshake, addr, stopped)).await
+                            Box::pin(serve_after(rt, broker, handshake, "WebSocket", addr, stopped)).await
                         }
                         (Some(tls), Some(listener)) => {
                             let max = broker.config().max_packet_size;
                             let handshakes = Box::pin(wss_handshakes(&tls, stream, &listener, addr, max));
-                            Box::pin(serve_ws(rt, broker, handshakes, addr, stopped)).await
+                            Box::pin(serve_after(rt, broker, handshakes, "TLS and WebSocket", addr, stopped)).await
                         }
                     }
                     drop((slot, alive));
