@@ -14,7 +14,11 @@
 #                    retained) or case ids (e.g. fanin-q1-64); default: all of
 #                    those. Optional, not in the default: soak (mixed traffic for
 #                    DURATION seconds, acked-but-lost count and broker RSS over
-#                    time), e.g. SCENARIOS=soak DURATION=600 BROKERS=midge-smol
+#                    time), e.g. SCENARIOS=soak DURATION=600 BROKERS=midge-smol;
+#                    ws (fan-in and fan-out at QoS 0 and 1 over WebSockets:
+#                    midge --bind-ws, Mosquitto's "protocol websockets"
+#                    listener; rumqttd is not run for them), e.g.
+#                    SCENARIOS="fanin-q0-64 fanin-q1-64 fanout-q0-64 fanout-q1-64 ws"
 #   BROKERS="..."    subset of: midge-smol midge-async-std mosquitto rumqttd, and for
 #                    the durability comparison midge-memory (smol, --in-memory) and
 #                    mosquitto-persist (persistence true), and midge-bigqueue (smol,
@@ -128,27 +132,31 @@ free_port() {
 }
 
 # start_broker NAME PORT LOG: sets BROKER_PID, returns non-zero if it does not listen.
+# With TRANSPORT=ws the listener speaks MQTT over WebSockets (path /mqtt).
+TRANSPORT=tcp
 start_broker() {
     local name=$1 port=$2 log=$3
+    local bind="--bind"
+    [ "$TRANSPORT" = ws ] && bind="--bind-ws"
     case $name in
         midge-smol|midge-async-std)
             rm -rf "$TMP/midge-data"
             # shellcheck disable=SC2086
-            "$MIDGE" --bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
+            "$MIDGE" $bind "127.0.0.1:$port" --runtime "${name#midge-}" --data-dir "$TMP/midge-data" \
                 --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-base)
             rm -rf "$TMP/midge-data"
             # shellcheck disable=SC2086
-            "$MIDGE_BASE" --bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" \
+            "$MIDGE_BASE" $bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" \
                 --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-bigqueue)
             rm -rf "$TMP/midge-data"
             # shellcheck disable=SC2086
-            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" --max-inflight "$INFLIGHT" \
+            "$MIDGE" $bind "127.0.0.1:$port" --runtime smol --data-dir "$TMP/midge-data" --max-inflight "$INFLIGHT" \
                 --max-queued-messages 1000000 $MIDGE_ARGS >"$log" 2>&1 & ;;
         midge-memory)
             # shellcheck disable=SC2086
-            "$MIDGE" --bind "127.0.0.1:$port" --runtime smol --in-memory --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
+            "$MIDGE" $bind "127.0.0.1:$port" --runtime smol --in-memory --max-inflight "$INFLIGHT" $MIDGE_ARGS >"$log" 2>&1 & ;;
         mosquitto-persist)
             rm -rf "$TMP/mosquitto-data"; mkdir -p "$TMP/mosquitto-data"
             printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\nmax_inflight_messages %s\n' \
@@ -157,6 +165,12 @@ start_broker() {
         mosquitto)
             printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages %s\n' \
                 "$port" "$INFLIGHT" >"$TMP/mosquitto.conf"
+            # Mosquitto 2.0.11's websockets listener (libwebsockets) cannot
+            # bind an address (it listens on every interface), and 2.0.11
+            # refuses to start with websockets listeners only: an unused
+            # plain one on 127.0.0.1 goes with it.
+            [ "$TRANSPORT" = ws ] && sed -i "1c listener $port\\nprotocol websockets\\nlistener $(free_port) 127.0.0.1" \
+                "$TMP/mosquitto.conf"
             [ "$MOSQUITTO_NODELAY" = 1 ] && echo 'set_tcp_nodelay true' >>"$TMP/mosquitto.conf"
             mosquitto -c "$TMP/mosquitto.conf" >"$log" 2>&1 & ;;
         rumqttd)
@@ -226,6 +240,10 @@ CASES=(
     "pairs-q1-1024|--scenario pairs --qos 1 --payload 1024"
     "durable-q1-64|--scenario fanin --qos 1 --payload 64 --persistent"
     "soak|--scenario soak"
+    "ws-fanin-q0-64|--scenario fanin --qos 0 --payload 64 --transport ws"
+    "ws-fanin-q1-64|--scenario fanin --qos 1 --payload 64 --transport ws"
+    "ws-fanout-q0-64|--scenario fanout --qos 0 --payload 64 --transport ws"
+    "ws-fanout-q1-64|--scenario fanout --qos 1 --payload 64 --transport ws"
 )
 SELECTED=()
 for c in "${CASES[@]}"; do
@@ -244,8 +262,12 @@ echo "results in $OUT; brokers:$ACTIVE; runs: $RUNS; duration: ${DURATION}s" >&2
 for c in "${SELECTED[@]}"; do
     id=${c%%|*}
     args=${c#*|}
+    TRANSPORT=tcp
+    [[ $args == *"--transport ws"* ]] && TRANSPORT=ws
     for run in $(seq 1 "$RUNS"); do
         for broker in $ACTIVE; do
+            # rumqttd's shipped configuration has no WebSocket listener.
+            [ "$TRANSPORT" = ws ] && [ "$broker" = rumqttd ] && continue
             port=$(free_port) || { echo "no free port" >&2; exit 1; }
             log="$OUT/$id.$broker.$run.log"
             if ! start_broker "$broker" "$port" "$log"; then

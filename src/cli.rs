@@ -29,6 +29,9 @@ pub struct Args {
     /// address to listen on (repeatable; default 127.0.0.1:1883)
     #[argh(option)]
     pub bind: Vec<SocketAddr>,
+    /// address of a plain MQTT over WebSockets listener, path /mqtt (repeatable; replaces the default listener as --bind does)
+    #[argh(option)]
+    pub bind_ws: Vec<SocketAddr>,
     /// runtime: smol or async-std (default: smol when compiled in)
     #[argh(option)]
     pub runtime: Option<RuntimeKind>,
@@ -346,13 +349,14 @@ impl Args {
             let list: Vec<String> = ignored.iter().map(ToString::to_string).collect();
             warnings.push(format!("options not supported by midge, ignored: {}", list.join(", ")));
         }
-        if !self.bind.is_empty() {
+        if !self.bind.is_empty() || !self.bind_ws.is_empty() {
             if !config.listener_security.is_empty() {
                 return Err("--bind cannot replace the listeners of a file with per_listener_settings true: \
                             their security settings belong to them"
                     .into());
             }
-            config.listeners = self.bind.into_iter().map(Listener::tcp).collect();
+            let ws = self.bind_ws.into_iter().map(Listener::websockets);
+            config.listeners = self.bind.into_iter().map(Listener::tcp).chain(ws).collect();
         }
         if let Some(n) = self.max_packet_size {
             config.max_packet_size = match n {

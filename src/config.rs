@@ -145,6 +145,12 @@ impl Listener {
     pub fn tcp(bind: SocketAddr) -> Listener {
         Listener { bind, max_connections: None, tls: None, websockets: None }
     }
+
+    /// A plain MQTT over WebSockets listener (`ws://`, path `/mqtt`) with no
+    /// limit of its own.
+    pub fn websockets(bind: SocketAddr) -> Listener {
+        Listener { websockets: Some(WebSockets::default()), ..Listener::tcp(bind) }
+    }
 }
 
 /// Certificate files of a TLS listener (Mosquitto's key names).

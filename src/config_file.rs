@@ -10,7 +10,7 @@
 //! bad value is an error that names the key and its line.
 
 use crate::codec::MAX_REMAINING_LENGTH;
-use crate::config::{Config, Listener, TlsFiles};
+use crate::config::{Config, Listener, TlsFiles, WebSockets};
 use crate::logging::Destination;
 use log::LevelFilter;
 use serde::Deserialize;
@@ -194,6 +194,9 @@ struct ListenerTable {
     cafile: Option<Spanned<PathBuf>>,
     require_certificate: Option<Spanned<bool>>,
     use_identity_as_username: Option<Spanned<bool>>,
+    protocol: Option<Spanned<String>>,
+    websockets_path: Option<Spanned<String>>,
+    websockets_trust_forwarded_for: Option<Spanned<bool>>,
 }
 
 /// Reads and parses the file at `path`; relative paths in it are relative to
@@ -373,7 +376,47 @@ fn listener(
             None
         }
     };
-    Ok(Listener { bind, max_connections, tls, websockets: None })
+    let websockets = websockets(at, l.protocol, l.websockets_path, l.websockets_trust_forwarded_for)?;
+    Ok(Listener { bind, max_connections, tls, websockets })
+}
+
+/// A listener's `protocol` (Mosquitto's key: `mqtt`, the default, or
+/// `websockets`) and the WebSocket keys, which need `websockets`.
+fn websockets(
+    at: &Locator<'_>,
+    protocol: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    trust_forwarded_for: Option<Spanned<bool>>,
+) -> Result<Option<WebSockets>, ConfigError> {
+    let websockets = match protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None | Some(("mqtt", _)) => false,
+        Some(("websockets", _)) => true,
+        Some((other, span)) => {
+            let message = format!("protocol in [[listener]]: {other:?} is not one of mqtt, websockets");
+            return Err(at.error(Some(span), message));
+        }
+    };
+    if !websockets {
+        let ws_only = [
+            path.map(|p| ("websockets_path", p.span())),
+            trust_forwarded_for.map(|t| ("websockets_trust_forwarded_for", t.span())),
+        ];
+        if let Some((key, span)) = ws_only.into_iter().flatten().next() {
+            let message = format!("{key} in [[listener]]: needs protocol = \"websockets\"");
+            return Err(at.error(Some(span), message));
+        }
+        return Ok(None);
+    }
+    let mut ws = WebSockets::default();
+    if let Some(path) = path {
+        if !path.get_ref().starts_with('/') || path.get_ref().contains(char::is_whitespace) {
+            let message = format!("websockets_path in [[listener]]: {:?} is not a path like /mqtt", path.get_ref());
+            return Err(at.error(Some(path.span()), message));
+        }
+        ws.path = path.into_inner();
+    }
+    ws.trust_forwarded_for = trust_forwarded_for.is_some_and(|t| t.into_inner());
+    Ok(Some(ws))
 }
 
 /// Mosquitto's connection limit: -1 (any negative) is no limit; 0 would
@@ -641,6 +684,12 @@ keyfile = "/keys/server.key"
 cafile = "ca.pem"
 require_certificate = true
 use_identity_as_username = true
+
+[[listener]]
+bind = "0.0.0.0:8083"
+protocol = "websockets"
+websockets_path = "/ws"
+websockets_trust_forwarded_for = true
 "#,
         );
         let c = s.config;
@@ -660,7 +709,9 @@ use_identity_as_username = true
         assert_eq!(c.max_publish_rate, Some(500));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
-        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners[2].websockets, Some(WebSockets { path: "/ws".into(), trust_forwarded_for: true }));
+        assert_eq!(c.listeners[1].websockets, None);
         assert_eq!(
             c.listeners[0],
             Listener { max_connections: Some(10), ..Listener::tcp("0.0.0.0:1883".parse().unwrap()) }
@@ -865,6 +916,26 @@ use_identity_as_username = true
     }
 
     #[test]
+    fn websocket_listeners() {
+        let listener = |keys: &str| format!("[[listener]]\nbind = \"127.0.0.1:8083\"\n{keys}\n");
+        let c = config(&listener("protocol = \"websockets\""));
+        assert_eq!(c.listeners[0].websockets, Some(WebSockets::default()));
+        assert_eq!(c.listeners[0].websockets.as_ref().unwrap().path, "/mqtt");
+        let c = config(&listener("protocol = \"mqtt\""));
+        assert_eq!(c.listeners[0].websockets, None);
+        let c = config(&listener("protocol = \"websockets\"\ncertfile = \"a.pem\"\nkeyfile = \"a.key\""));
+        assert!(c.listeners[0].websockets.is_some() && c.listeners[0].tls.is_some(), "wss");
+        let (e, _) = error(&listener("protocol = \"ws\""));
+        assert_eq!(e, "line 3: protocol in [[listener]]: \"ws\" is not one of mqtt, websockets");
+        let (e, _) = error(&listener("websockets_path = \"/ws\""));
+        assert_eq!(e, "line 3: websockets_path in [[listener]]: needs protocol = \"websockets\"");
+        let (e, _) = error(&listener("protocol = \"mqtt\"\nwebsockets_trust_forwarded_for = true"));
+        assert_eq!(e, "line 4: websockets_trust_forwarded_for in [[listener]]: needs protocol = \"websockets\"");
+        let (e, _) = error(&listener("protocol = \"websockets\"\nwebsockets_path = \"mqtt\""));
+        assert_eq!(e, "line 4: websockets_path in [[listener]]: \"mqtt\" is not a path like /mqtt");
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let (e, line) = error("sys_interval = 1\nmax_connections = = 2\n");
         assert_eq!(line, Some(2), "{e}");
@@ -910,8 +981,9 @@ use_identity_as_username = true
         assert_eq!((c.allow_anonymous, c.max_connections), (Some(true), None));
         assert_eq!(c.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.data_dir, Some(PathBuf::from("/etc/midge/midge-data")));
-        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners.len(), 3);
         assert_eq!(c.listeners[0], Config::default().listeners[0]);
+        assert_eq!(c.listeners[2].websockets, Some(crate::config::WebSockets::default()));
         let tls = c.listeners[1].tls.clone().unwrap();
         assert_eq!(tls.certfile, PathBuf::from("/etc/midge/server.pem"));
         assert_eq!(tls.cafile, Some(PathBuf::from("/etc/midge/ca.pem")));

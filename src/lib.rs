@@ -57,6 +57,7 @@ pub mod tls;
 pub mod topic;
 pub mod trie;
 pub mod validate;
+pub mod ws;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -4,10 +4,10 @@
 use crate::broker::Broker;
 use crate::config::{Listener, TlsFiles};
 use crate::handle::Peer;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, within};
 use crate::stats::ListenerStats;
 use crate::tls::TlsAcceptor;
-use crate::{connection, expiry, http, logging, sys};
+use crate::{connection, expiry, http, logging, sys, ws};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -73,7 +73,12 @@ impl<R: Runtime> Server<R> {
         let mut local_addrs = Vec::new();
         for (index, (listener, config, acceptor)) in listeners.into_iter().enumerate() {
             let addr = R::local_addr(&listener)?;
-            let (kind, label) = if acceptor.is_some() { ("MQTT over TLS", "mqtt+tls") } else { ("MQTT", "mqtt") };
+            let (kind, label) = match (&config.websockets, acceptor.is_some()) {
+                (None, false) => ("MQTT".to_owned(), "mqtt"),
+                (None, true) => ("MQTT over TLS".to_owned(), "mqtt+tls"),
+                (Some(w), false) => (format!("MQTT over WebSockets, path {}", w.path), "ws"),
+                (Some(w), true) => (format!("MQTT over secure WebSockets, path {}", w.path), "wss"),
+            };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
             local_addrs.push(addr);
             let counters = broker.stats().add_listener(addr.to_string(), label);
@@ -82,7 +87,7 @@ impl<R: Runtime> Server<R> {
                 broker: broker.clone(),
                 listener,
                 index,
-                config,
+                config: Arc::new(config),
                 tls: acceptor,
                 open: Arc::new(AtomicUsize::new(0)),
                 total: total.clone(),
@@ -153,40 +158,87 @@ impl<R: Runtime> Server<R> {
     }
 }
 
-/// Runs the TLS handshake (bounded by the connect timeout, on the
-/// connection's own task so a slow handshake never holds up the accept
-/// loop), then the MQTT connection over it.
-async fn serve_tls<R: Runtime>(
+/// The server side of a TLS handshake, and `peer` with the client
+/// certificate's identity when its listener uses it; failures are counted
+/// and logged.
+async fn tls_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    broker: &Broker,
+    tls: &TlsAcceptor,
+    stream: S,
+    peer: Peer,
+) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+    match tls.accept(stream).await {
+        Ok(connection) => {
+            let identity = connection.identity.filter(|_| peer.identity_required);
+            Some((connection.stream, Peer { identity, ..peer }))
+        }
+        Err(e) => {
+            broker.stats().tls_handshake_failed();
+            let addr = peer.addr;
+            crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `handshakes` (TLS; WebSocket; for `wss://` both) within the connect
+/// timeout, on the connection's own task so a slow handshake never holds up
+/// the accept loop, then the MQTT connection over the stream they made.
+/// `kind` names them in the log line of a timeout. Each kind of listener has
+/// its own instance (a `ws://` task is not sized for TLS state), and the
+/// caller boxes `handshakes`, so their state (2.3 KiB for `ws://`) is freed
+/// once done instead of staying in the task.
+async fn serve_after<R, S>(
     rt: R,
     broker: Broker,
-    tls: &TlsAcceptor,
-    stream: R::Stream,
-    peer: Peer,
+    handshakes: impl std::future::Future<Output = Option<(S, Peer)>>,
+    kind: &'static str,
+    addr: SocketAddr,
     stopped: Receiver<()>,
-) {
-    let addr = peer.addr;
+) where
+    R: Runtime,
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin + Send,
+{
     let timeout = broker.config().connect_timeout;
-    let handshake = tls.accept(stream);
-    let deadline = rt.sleep(timeout);
-    pin_mut!(handshake, deadline);
-    let connection = match select(handshake, deadline).await {
-        Either::Left((Ok(connection), _)) => connection,
-        Either::Left((Err(e), _)) => {
-            broker.stats().tls_handshake_failed();
-            return crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
-        }
-        Either::Right(_) => {
-            broker.stats().tls_handshake_failed();
-            return crate::limited!(
-                "TLS handshake timeout",
+    match within(&rt, timeout, handshakes).await {
+        Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
+        Some(None) => {}
+        None => {
+            if kind.starts_with("TLS") {
+                broker.stats().tls_handshake_failed();
+            }
+            crate::limited!(
+                "handshake timeout",
                 log::Level::Warn,
-                "{addr}: TLS handshake not done within {timeout:?}, closing"
-            );
+                "{addr}: {kind} handshake not done within {timeout:?}, closing"
+            )
         }
-    };
-    let identity = connection.identity.filter(|_| peer.identity_required);
-    let peer = Peer { identity, ..peer };
-    connection::run(rt, broker, connection.stream, peer, stopped).await;
+    }
+}
+
+/// The WebSocket handshake of a connection to `listener`; `peer` gets the
+/// client's address from `X-Forwarded-For` where the listener trusts it.
+async fn ws_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    stream: S,
+    listener: &Listener,
+    peer: Peer,
+    max_packet_size: usize,
+) -> Option<(ws::WsStream<S>, Peer)> {
+    let settings = listener.websockets.as_ref()?;
+    let (stream, client) = ws::accept(stream, settings, peer.addr, max_packet_size).await?;
+    Some((stream, Peer { addr: client, ..peer }))
+}
+
+/// The TLS handshake, then the WebSocket one, of a `wss://` connection.
+async fn wss_handshakes<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin>(
+    broker: &Broker,
+    tls: &TlsAcceptor,
+    stream: S,
+    listener: &Listener,
+    peer: Peer,
+) -> Option<(ws::WsStream<futures_rustls::server::TlsStream<S>>, Peer)> {
+    let (stream, peer) = tls_handshake(broker, tls, stream, peer).await?;
+    ws_handshake(stream, listener, peer, broker.config().max_packet_size).await
 }
 
 /// Logs the counts of rate-limited log lines (see [`logging`]) once their
@@ -240,7 +292,7 @@ struct Accepting<R: Runtime> {
     listener: R::Listener,
     /// Its index in the configuration's listeners.
     index: usize,
-    config: Listener,
+    config: Arc<Listener>,
     /// The TLS acceptor of a TLS listener.
     tls: Option<Arc<TlsAcceptor>>,
     /// Open connections on this listener.
@@ -283,12 +335,28 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                     listener_stats: Some(a.counters.clone()),
                     ..Peer::plain(addr).on_listener(a.index)
                 };
+                let listener = a.config.websockets.is_some().then(|| a.config.clone());
                 a.rt.spawn(async move {
-                    match tls {
-                        None => connection::run(rt, broker, stream, peer, stopped).await,
-                        // Boxed: a TLS connection's state is several KiB, and
-                        // inline it would make every plain connection's task as big.
-                        Some(tls) => Box::pin(serve_tls(rt, broker, &tls, stream, peer, stopped)).await,
+                    match (tls, listener) {
+                        (None, None) => connection::run(rt, broker, stream, peer, stopped).await,
+                        // Boxed: a TLS or WebSocket connection's state is
+                        // several KiB, and inline it would make every plain
+                        // connection's task as big. The handshakes are boxed
+                        // apart, so the task keeps none of their state.
+                        (Some(tls), None) => {
+                            let handshake = Box::pin(tls_handshake(&broker, &tls, stream, peer));
+                            Box::pin(serve_after(rt, broker.clone(), handshake, "TLS", addr, stopped)).await
+                        }
+                        (None, Some(listener)) => {
+                            let max = broker.config().max_packet_size;
+                            let handshake = Box::pin(ws_handshake(stream, &listener, peer, max));
+                            Box::pin(serve_after(rt, broker, handshake, "WebSocket", addr, stopped)).await
+                        }
+                        (Some(tls), Some(listener)) => {
+                            let handshakes = Box::pin(wss_handshakes(&broker, &tls, stream, &listener, peer));
+                            let kind = "TLS and WebSocket";
+                            Box::pin(serve_after(rt, broker.clone(), handshakes, kind, addr, stopped)).await
+                        }
                     }
                     drop((slot, alive));
                 });

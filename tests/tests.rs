@@ -54,3 +54,6 @@ mod sys;
 mod tls;
 /// Stores written by earlier releases open intact after an upgrade.
 mod upgrade;
+/// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
+/// input, and MQTT.js under Node and in headless Chromium.
+mod websockets;

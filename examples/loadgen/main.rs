@@ -99,6 +99,12 @@ pub struct Args {
     /// durable broker writes to its store)
     #[argh(switch)]
     pub persistent: bool,
+    /// transport: tcp, or ws (MQTT over WebSockets, path --ws-path) (default tcp)
+    #[argh(option, default = "String::from(\"tcp\")")]
+    pub transport: String,
+    /// ws: the WebSocket path (default /mqtt)
+    #[argh(option, default = "String::from(\"/mqtt\")")]
+    pub ws_path: String,
     /// soak: seed of the traffic mix and the on/offline schedule (default: from the clock; printed)
     #[argh(option)]
     pub seed: Option<u64>,
@@ -218,6 +224,14 @@ fn main() {
     if !["fanin", "fanout", "pairs", "latency", "conns", "subs", "retained", "soak"].contains(&scenario.as_str()) {
         eprintln!("loadgen: unknown --scenario {scenario}");
         std::process::exit(2);
+    }
+    match args.transport.as_str() {
+        "tcp" => {}
+        "ws" => mqtt::use_websockets(args.ws_path.clone()),
+        other => {
+            eprintln!("loadgen: --transport {other}: expected tcp or ws");
+            std::process::exit(2);
+        }
     }
     if args.qos > 1 {
         eprintln!("loadgen: --qos must be 0 or 1");

@@ -1,11 +1,9 @@
 //! The scenarios: throughput flows (fanin, fanout, pairs, subs), latency,
 //! idle connections (conns) and retained messages.
 
-use crate::mqtt::{self, FrameReader};
+use crate::mqtt::{self, FrameReader, Writer};
 use crate::{Ctx, Report};
-use smol::io::AsyncWriteExt;
 use smol::lock::Semaphore;
-use smol::net::TcpStream;
 use smol::{Task, Timer};
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -107,7 +105,7 @@ fn sum<T>(items: &[Arc<T>], f: impl Fn(&T) -> &AtomicU64) -> u64 {
     items.iter().map(|i| f(i).load(Relaxed)).sum()
 }
 
-pub(crate) async fn flush(w: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) async fn flush(w: &mut Writer, buf: &mut Vec<u8>) -> io::Result<()> {
     if !buf.is_empty() {
         w.write_all(buf).await?;
         buf.clear();
@@ -151,7 +149,7 @@ async fn wait_credit(ctx: &Ctx, sem: &Semaphore, refill: Option<usize>) -> bool 
     }
 }
 
-async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut TcpStream, filters: &[String]) -> io::Result<()> {
+async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut Writer, filters: &[String]) -> io::Result<()> {
     let chunks: Vec<&[String]> = filters.chunks(ctx.args.filters_per_subscribe.max(1)).collect();
     let (mut sent, mut acked) = (0usize, 0usize);
     let mut buf = Vec::new();
@@ -173,7 +171,7 @@ async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut TcpStream, filter
     Ok(())
 }
 
-async fn setup_subscriber(ctx: Arc<Ctx>, filters: Vec<String>) -> io::Result<(FrameReader, TcpStream)> {
+async fn setup_subscriber(ctx: Arc<Ctx>, filters: Vec<String>) -> io::Result<(FrameReader, Writer)> {
     by_deadline(&ctx, "subscriber setup", async {
         let (mut r, mut w) =
             mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024, ctx.args.persistent)
@@ -184,7 +182,7 @@ async fn setup_subscriber(ctx: Arc<Ctx>, filters: Vec<String>) -> io::Result<(Fr
     .await
 }
 
-async fn receive(ctx: Arc<Ctx>, r: FrameReader, w: TcpStream, st: Arc<SubState>, publishers: usize) {
+async fn receive(ctx: Arc<Ctx>, r: FrameReader, w: Writer, st: Arc<SubState>, publishers: usize) {
     if let Err(e) = receive_inner(&ctx, r, w, &st, publishers).await
         && !ctx.closing.load(Relaxed)
     {
@@ -195,7 +193,7 @@ async fn receive(ctx: Arc<Ctx>, r: FrameReader, w: TcpStream, st: Arc<SubState>,
 async fn receive_inner(
     ctx: &Ctx,
     mut r: FrameReader,
-    mut w: TcpStream,
+    mut w: Writer,
     st: &SubState,
     publishers: usize,
 ) -> io::Result<()> {
@@ -297,7 +295,7 @@ async fn pub_reader(ctx: Arc<Ctx>, mut r: FrameReader, st: Arc<PubState>, inflig
 }
 
 /// Connects a publisher (clean session) and tells `ready` whether it did.
-pub async fn connect_publisher(ctx: &Ctx, ready: &smol::channel::Sender<bool>) -> io::Result<(FrameReader, TcpStream)> {
+pub async fn connect_publisher(ctx: &Ctx, ready: &smol::channel::Sender<bool>) -> io::Result<(FrameReader, Writer)> {
     let opened = by_deadline(
         ctx,
         "publisher connect",
@@ -443,7 +441,7 @@ async fn flows(ctx: Arc<Ctx>) -> io::Result<Report> {
 
     // Subscribers first: connect and subscribe, all at once.
     let t_sub = Instant::now();
-    let setups: Vec<Task<io::Result<(FrameReader, TcpStream)>>> =
+    let setups: Vec<Task<io::Result<(FrameReader, Writer)>>> =
         sub_filters.into_iter().map(|f| ctx.ex.spawn(setup_subscriber(ctx.clone(), f))).collect();
     let mut conns = Vec::new();
     for t in setups {
@@ -636,7 +634,7 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
     let rss_before = rss_bytes(pid);
     let gate = Arc::new(Semaphore::new(ctx.args.connect_concurrency.max(1)));
     let t0 = Instant::now();
-    let tasks: Vec<Task<io::Result<(FrameReader, TcpStream)>>> = (0..n)
+    let tasks: Vec<Task<io::Result<(FrameReader, Writer)>>> = (0..n)
         .map(|_| {
             let (ctx, gate) = (ctx.clone(), gate.clone());
             ctx.ex.clone().spawn(async move {
@@ -670,7 +668,7 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
     let rss_after = rss_bytes(pid);
 
     // Are they all still served? One PINGREQ each.
-    let tasks: Vec<Task<(bool, TcpStream)>> = open
+    let tasks: Vec<Task<(bool, Writer)>> = open
         .into_iter()
         .map(|(mut r, mut w)| {
             let (ctx, gate) = (ctx.clone(), gate.clone());
@@ -748,7 +746,7 @@ async fn conns(ctx: Arc<Ctx>) -> io::Result<Report> {
 async fn publish_many(
     ctx: &Ctx,
     r: &mut FrameReader,
-    w: &mut TcpStream,
+    w: &mut Writer,
     n: usize,
     qos: u8,
     payload_len: usize,

@@ -54,15 +54,13 @@
 //! 10 s) into `rss_mb`, and `rss_levelled` says whether the last third's
 //! maximum is within 10 % (or 4 MiB) of the middle third's.
 
-use crate::mqtt::{self, FrameReader};
+use crate::mqtt::{self, FrameReader, Writer};
 use crate::scenarios::{FLUSH_AT, acquire_within, by_deadline, connect_publisher, flush, rss_bytes};
 use crate::{Ctx, Report};
 use event_listener::Event;
 use futures::FutureExt as _;
 use smol::channel::{Receiver, Sender};
-use smol::io::AsyncWriteExt;
 use smol::lock::Semaphore;
-use smol::net::TcpStream;
 use smol::{Task, Timer};
 use std::fmt::Write as _;
 use std::io::{self, ErrorKind};
@@ -338,13 +336,13 @@ struct Live {
     task: Task<End>,
 }
 
-fn spawn_reader(ctx: &Arc<Ctx>, r: FrameReader, w: TcpStream, t: &Arc<Target>, initial: Vec<u8>) -> Live {
+fn spawn_reader(ctx: &Arc<Ctx>, r: FrameReader, w: Writer, t: &Arc<Target>, initial: Vec<u8>) -> Live {
     let (cmds, rx) = smol::channel::bounded(1);
     let task = ctx.ex.spawn(sub_reader(r, w, t.clone(), rx, initial));
     Live { cmds, task }
 }
 
-async fn sub_reader(r: FrameReader, w: TcpStream, t: Arc<Target>, cmds: Receiver<Cmd>, initial: Vec<u8>) -> End {
+async fn sub_reader(r: FrameReader, w: Writer, t: Arc<Target>, cmds: Receiver<Cmd>, initial: Vec<u8>) -> End {
     match sub_reader_inner(r, w, &t, cmds, initial).await {
         Ok(()) => End::Commanded,
         Err(e) => End::Closed(e),
@@ -353,7 +351,7 @@ async fn sub_reader(r: FrameReader, w: TcpStream, t: Arc<Target>, cmds: Receiver
 
 async fn sub_reader_inner(
     mut r: FrameReader,
-    mut w: TcpStream,
+    mut w: Writer,
     t: &Target,
     cmds: Receiver<Cmd>,
     initial: Vec<u8>,
@@ -765,7 +763,7 @@ struct SysState {
     updates: AtomicU64,
 }
 
-async fn sys_monitor(ctx: Arc<Ctx>) -> io::Result<(Arc<SysState>, TcpStream, Task<()>)> {
+async fn sys_monitor(ctx: Arc<Ctx>) -> io::Result<(Arc<SysState>, Writer, Task<()>)> {
     let (mut r, w) = by_deadline(&ctx, "$SYS monitor", async {
         let (r, mut w) = mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('m'), ctx.keepalive(), 4096, false).await?;
         let mut buf = Vec::new();

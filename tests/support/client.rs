@@ -1,5 +1,8 @@
-//! A blocking byte-level client with a deadline on every read.
+//! A blocking byte-level client with a deadline on every read, over TCP or
+//! over WebSockets (each write one binary message).
 
+use async_tungstenite::tungstenite;
+use midge::ws::SUBPROTOCOLS;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -57,25 +60,184 @@ fn describe(packet: &Option<Received>) -> String {
     packet.as_ref().map_or_else(|| "none".into(), Received::summary)
 }
 
-/// A TCP connection to the broker speaking raw bytes.
+/// What a WebSocket client runs over: TCP, or TLS over TCP (`wss://`).
+pub trait Socket: Read + Write + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+/// A blocking WebSocket client (tungstenite's own, synchronous).
+pub type WebSocket = tungstenite::WebSocket<Box<dyn Socket>>;
+
+/// What a [`Raw`] client speaks over.
+pub enum Conn {
+    Tcp(TcpStream),
+    /// A WebSocket and what is left of the binary message being read.
+    Ws(Box<WebSocket>, Vec<u8>),
+}
+
+/// A TCP socket with the test timeouts.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("tcp connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // A broker that stops reading must not hang a test in a write either.
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// The WebSocket handshake on `path` offering `subprotocols` (none if
+/// empty): the WebSocket and the subprotocol the broker chose, or the
+/// broker's answer if it refused.
+pub fn ws_handshake(
+    addr: SocketAddr,
+    path: &str,
+    subprotocols: &[&str],
+) -> Result<(WebSocket, Option<String>), tungstenite::Error> {
+    ws_handshake_over(Box::new(tcp(addr)), &format!("ws://{addr}{path}"), subprotocols)
+}
+
+/// The handshake for `url` over `socket` (TCP or TLS).
+pub fn ws_handshake_over(
+    socket: Box<dyn Socket>,
+    url: &str,
+    subprotocols: &[&str],
+) -> Result<(WebSocket, Option<String>), tungstenite::Error> {
+    ws_handshake_with(socket, url, subprotocols, &[])
+}
+
+/// [`ws_handshake_over`] with extra request headers.
+pub fn ws_handshake_with(
+    socket: Box<dyn Socket>,
+    url: &str,
+    subprotocols: &[&str],
+    headers: &[(&'static str, &str)],
+) -> Result<(WebSocket, Option<String>), tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    if !subprotocols.is_empty() {
+        let offered = subprotocols.join(", ").parse().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", offered);
+    }
+    match tungstenite::client(request, socket) {
+        Ok((ws, response)) => {
+            let chosen = response.headers().get("sec-websocket-protocol");
+            Ok((ws, chosen.map(|v| v.to_str().unwrap().to_owned())))
+        }
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake timed out"),
+    }
+}
+
+impl Conn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Tcp(s) => s,
+            Conn::Ws(ws, _) => ws.get_ref().tcp(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (ws, pending) = match self {
+            Conn::Tcp(s) => return s.read(buf),
+            Conn::Ws(ws, pending) => (ws, pending),
+        };
+        while pending.is_empty() {
+            match ws.read() {
+                Ok(tungstenite::Message::Binary(bytes)) => pending.extend_from_slice(&bytes),
+                Ok(tungstenite::Message::Close(_)) => return Ok(0),
+                Ok(tungstenite::Message::Text(t)) => panic!("the broker sent a text frame: {t}"),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(0),
+                Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return Err(ErrorKind::ConnectionReset.into());
+                }
+                Err(tungstenite::Error::Io(e)) => return Err(e),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(pending.len());
+        buf[..n].copy_from_slice(&pending[..n]);
+        pending.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for Conn {
+    /// Over WebSockets, one binary message.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Ws(ws, _) => match ws.send(tungstenite::Message::binary(buf.to_vec())) {
+                Ok(()) => Ok(buf.len()),
+                Err(tungstenite::Error::Io(e)) => Err(e),
+                Err(e) => Err(std::io::Error::new(ErrorKind::BrokenPipe, e)),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.flush(),
+            Conn::Ws(ws, _) => ws.flush().map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// A connection to the broker speaking raw bytes.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Conn,
 }
 
 impl Raw {
     /// Connects (TCP only; no MQTT packet is sent).
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("tcp connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        // A broker that stops reading must not hang a test in a write either.
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Raw { stream }
+        Raw { stream: Conn::Tcp(tcp(addr)) }
+    }
+
+    /// Connects over WebSockets on `path` with the `mqtt` subprotocol (no
+    /// MQTT packet is sent).
+    pub fn connect_ws(addr: SocketAddr, path: &str) -> Raw {
+        let (ws, _) =
+            ws_handshake(addr, path, &SUBPROTOCOLS[..1]).unwrap_or_else(|e| panic!("WebSocket handshake: {e}"));
+        Raw::over(ws)
+    }
+
+    /// A client over a WebSocket whose handshake is done.
+    pub fn over(ws: WebSocket) -> Raw {
+        Raw { stream: Conn::Ws(Box::new(ws), Vec::new()) }
+    }
+
+    /// The WebSocket underneath, to send frames of other kinds.
+    pub fn websocket(&mut self) -> &mut WebSocket {
+        match &mut self.stream {
+            Conn::Ws(ws, _) => ws,
+            Conn::Tcp(_) => panic!("not a WebSocket client"),
+        }
     }
 
     /// A second handle on the same connection (to write from another thread).
     pub fn try_clone(&self) -> Raw {
-        Raw { stream: self.stream.try_clone().expect("clone the socket") }
+        match &self.stream {
+            Conn::Tcp(s) => Raw { stream: Conn::Tcp(s.try_clone().expect("clone the socket")) },
+            Conn::Ws(..) => panic!("a WebSocket client cannot be cloned"),
+        }
     }
 
     /// Sends bytes; an error means the broker closed the connection.
@@ -145,7 +307,7 @@ impl Raw {
             if left.is_zero() {
                 break None;
             }
-            self.stream.set_read_timeout(Some(left.min(TIMEOUT))).unwrap();
+            self.stream.socket().set_read_timeout(Some(left.min(TIMEOUT))).unwrap();
             match self.try_recv() {
                 Ok(packet) => match accept(&packet) {
                     Some(value) => break Some(value),
@@ -155,7 +317,7 @@ impl Raw {
                 Err(e) => panic!("waiting for {what}: {e} (last packet: {})", describe(&last)),
             }
         };
-        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        self.stream.socket().set_read_timeout(Some(TIMEOUT)).unwrap();
         found.unwrap_or_else(|| panic!("no {what} within {within:?} (last packet: {})", describe(&last)))
     }
 

@@ -51,12 +51,19 @@ macro_rules! runtime_kind_test {
 
 /// A broker listening on 127.0.0.1 on a free port, shut down on drop.
 pub struct TestBroker {
-    /// The address clients connect to.
+    /// The address clients connect to (the first listener's).
     pub addr: SocketAddr,
     /// The HTTP endpoint's address, when `http_listener` is set.
     pub http: Option<SocketAddr>,
+    /// Every listener's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+    /// The first listener's WebSocket path, if it is a WebSocket listener:
+    /// then [`TestBroker::raw`] connects over WebSockets.
+    pub ws_path: Option<String>,
     /// The broker's shared state (hooks, reloads).
     pub broker: Broker,
+    /// The server's reload (SIGHUP): security files and TLS certificates.
+    reload: Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>,
     stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -88,14 +95,30 @@ impl TestBroker {
 
     fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
-        let (addr, http) = (server.local_addrs()[0], server.http_addr());
-        let stop = Box::new(move || futures::executor::block_on(server.shutdown()));
-        TestBroker { addr, http, broker, stop: Some(stop) }
+        let (addrs, http) = (server.local_addrs().to_vec(), server.http_addr());
+        let ws_path = broker.config().listeners[0].websockets.as_ref().map(|w| w.path.clone());
+        let server = std::sync::Arc::new(server);
+        let reloading = server.clone();
+        let reload = Box::new(move || reloading.reload());
+        let stop = Box::new(move || {
+            let server = std::sync::Arc::into_inner(server).expect("the reload handle is dropped first");
+            futures::executor::block_on(server.shutdown())
+        });
+        TestBroker { addr: addrs[0], addrs, http, ws_path, broker, reload: Some(reload), stop: Some(stop) }
     }
 
-    /// A raw client connected over TCP, before any packet is sent.
+    /// What SIGHUP does: re-reads the security files and TLS certificates.
+    pub fn reload(&self) -> Result<(), String> {
+        (self.reload.as_ref().expect("running"))()
+    }
+
+    /// A raw client connected to the first listener (over TCP, or over
+    /// WebSockets for a WebSocket listener), before any packet is sent.
     pub fn raw(&self) -> client::Raw {
-        client::Raw::connect(self.addr)
+        match &self.ws_path {
+            None => client::Raw::connect(self.addr),
+            Some(path) => client::Raw::connect_ws(self.addr, path),
+        }
     }
 
     /// A client of a persistent session (clean session 0, keepalive 60 s),
@@ -119,6 +142,7 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        self.reload = None;
         if let Some(stop) = self.stop.take() {
             stop();
         }

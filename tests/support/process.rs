@@ -81,7 +81,13 @@ impl Process {
 
     /// Waits for a line containing `needle` and returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
+        self.wait_for_within(needle, LINE_TIMEOUT)
+    }
+
+    /// [`Process::wait_for`] with a time limit of its own (e.g. for a
+    /// browser's start on a loaded machine).
+    pub fn wait_for_within(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
