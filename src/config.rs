@@ -124,8 +124,10 @@ pub struct Listener {
 /// How a WebSocket listener accepts its handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSockets {
-    /// The request path the handshake must name (default `/mqtt`).
-    pub path: String,
+    /// The request path the handshake must name (default `/mqtt`); `None`:
+    /// any path, as Mosquitto's WebSocket listeners accept (the default for
+    /// a listener read from a mosquitto.conf, so existing pages keep working).
+    pub path: Option<String>,
     /// Take the client's address from `X-Forwarded-For` (only behind a
     /// proxy that sets it; otherwise any client could claim any address).
     pub trust_forwarded_for: bool,
@@ -136,7 +138,7 @@ pub const DEFAULT_WEBSOCKETS_PATH: &str = "/mqtt";
 
 impl Default for WebSockets {
     fn default() -> Self {
-        WebSockets { path: DEFAULT_WEBSOCKETS_PATH.into(), trust_forwarded_for: false }
+        WebSockets { path: Some(DEFAULT_WEBSOCKETS_PATH.into()), trust_forwarded_for: false }
     }
 }
 

@@ -409,11 +409,14 @@ fn websockets(
     }
     let mut ws = WebSockets::default();
     if let Some(path) = path {
-        if !path.get_ref().starts_with('/') || path.get_ref().contains(char::is_whitespace) {
-            let message = format!("websockets_path in [[listener]]: {:?} is not a path like /mqtt", path.get_ref());
-            return Err(at.error(Some(path.span()), message));
-        }
-        ws.path = path.into_inner();
+        ws.path = match path.get_ref().as_str() {
+            "*" => None,
+            p if p.starts_with('/') && !p.contains(char::is_whitespace) => Some(p.to_owned()),
+            p => {
+                let message = format!("websockets_path in [[listener]]: {p:?} is not a path like /mqtt (or * for any)");
+                return Err(at.error(Some(path.span()), message));
+            }
+        };
     }
     ws.trust_forwarded_for = trust_forwarded_for.is_some_and(|t| t.into_inner());
     Ok(Some(ws))
@@ -710,7 +713,7 @@ websockets_trust_forwarded_for = true
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.listeners.len(), 3);
-        assert_eq!(c.listeners[2].websockets, Some(WebSockets { path: "/ws".into(), trust_forwarded_for: true }));
+        assert_eq!(c.listeners[2].websockets, Some(WebSockets { path: Some("/ws".into()), trust_forwarded_for: true }));
         assert_eq!(c.listeners[1].websockets, None);
         assert_eq!(
             c.listeners[0],
@@ -920,7 +923,7 @@ websockets_trust_forwarded_for = true
         let listener = |keys: &str| format!("[[listener]]\nbind = \"127.0.0.1:8083\"\n{keys}\n");
         let c = config(&listener("protocol = \"websockets\""));
         assert_eq!(c.listeners[0].websockets, Some(WebSockets::default()));
-        assert_eq!(c.listeners[0].websockets.as_ref().unwrap().path, "/mqtt");
+        assert_eq!(c.listeners[0].websockets.as_ref().unwrap().path.as_deref(), Some("/mqtt"));
         let c = config(&listener("protocol = \"mqtt\""));
         assert_eq!(c.listeners[0].websockets, None);
         let c = config(&listener("protocol = \"websockets\"\ncertfile = \"a.pem\"\nkeyfile = \"a.key\""));
@@ -932,7 +935,9 @@ websockets_trust_forwarded_for = true
         let (e, _) = error(&listener("protocol = \"mqtt\"\nwebsockets_trust_forwarded_for = true"));
         assert_eq!(e, "line 4: websockets_trust_forwarded_for in [[listener]]: needs protocol = \"websockets\"");
         let (e, _) = error(&listener("protocol = \"websockets\"\nwebsockets_path = \"mqtt\""));
-        assert_eq!(e, "line 4: websockets_path in [[listener]]: \"mqtt\" is not a path like /mqtt");
+        assert_eq!(e, "line 4: websockets_path in [[listener]]: \"mqtt\" is not a path like /mqtt (or * for any)");
+        let any = parse(&listener("protocol = \"websockets\"\nwebsockets_path = \"*\""), Path::new("/")).unwrap();
+        assert_eq!(any.config.listeners[0].websockets.as_ref().unwrap().path, None);
     }
 
     #[test]

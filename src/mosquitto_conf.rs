@@ -570,7 +570,8 @@ fn listener(draft: &Draft) -> Result<Listener, ConfigError> {
             None
         }
     };
-    let websockets = draft.websockets.then(WebSockets::default);
+    // Mosquitto's WebSocket listeners take any path.
+    let websockets = draft.websockets.then(|| WebSockets { path: None, ..WebSockets::default() });
     Ok(Listener { bind, max_connections: draft.max_connections, tls, websockets })
 }
 
@@ -758,7 +759,7 @@ mod tests {
         );
         let default = &c.listeners[4];
         assert_eq!((default.max_connections, default.websockets.is_some()), (Some(5), false));
-        assert_eq!(c.listeners[0].websockets, Some(WebSockets::default()));
+        assert_eq!(c.listeners[0].websockets, Some(WebSockets { path: None, trust_forwarded_for: false }));
         assert_eq!(c.listeners[0].max_connections, None);
         assert_eq!(
             c.listeners[1].tls,

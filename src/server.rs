@@ -76,8 +76,8 @@ impl<R: Runtime> Server<R> {
             let (kind, label) = match (&config.websockets, acceptor.is_some()) {
                 (None, false) => ("MQTT".to_owned(), "mqtt"),
                 (None, true) => ("MQTT over TLS".to_owned(), "mqtt+tls"),
-                (Some(w), false) => (format!("MQTT over WebSockets, path {}", w.path), "ws"),
-                (Some(w), true) => (format!("MQTT over secure WebSockets, path {}", w.path), "wss"),
+                (Some(w), false) => (format!("MQTT over WebSockets, {}", ws_path(w)), "ws"),
+                (Some(w), true) => (format!("MQTT over secure WebSockets, {}", ws_path(w)), "wss"),
             };
             log::info!("listening on {addr} ({kind}, runtime {})", rt.name());
             local_addrs.push(addr);
@@ -155,6 +155,14 @@ impl<R: Runtime> Server<R> {
         self.broker.close();
         logging::flush_suppressed();
         log::info!("broker stopped");
+    }
+}
+
+/// A WebSocket listener's path, for the log line at start.
+fn ws_path(w: &crate::config::WebSockets) -> String {
+    match &w.path {
+        Some(path) => format!("path {path}"),
+        None => "any path".into(),
     }
 }
 

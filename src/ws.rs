@@ -159,8 +159,8 @@ fn check(
         Err(error)
     };
     let path = request.uri().path();
-    if path != settings.path {
-        return refuse(StatusCode::NOT_FOUND, format!("path {path:?} is not {:?}", settings.path));
+    if let Some(wanted) = settings.path.as_deref().filter(|wanted| path != *wanted) {
+        return refuse(StatusCode::NOT_FOUND, format!("path {path:?} is not {wanted:?}"));
     }
     let offered = request
         .headers()

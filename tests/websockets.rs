@@ -114,7 +114,7 @@ runtime_test!(
     /// is configurable.
     ws_wrong_path_gets_404,
     |c: &mut midge::Config| {
-        let ws = WebSockets { path: "/brokers/mqtt".into(), trust_forwarded_for: false };
+        let ws = WebSockets { path: Some("/brokers/mqtt".into()), trust_forwarded_for: false };
         c.listeners = vec![Listener { websockets: Some(ws), ..Listener::tcp(local()) }, Listener::tcp(local())];
     },
     |b: &TestBroker| {
@@ -122,6 +122,24 @@ runtime_test!(
         assert_eq!(refused_status(ws_handshake(b.addr, "/mqtt", &["mqtt"])), 404);
         assert_eq!(refused_status(ws_handshake(b.addr, "/", &["mqtt"])), 404);
         still_served(b, &mut bystander);
+    }
+);
+
+runtime_test!(
+    /// A listener without a path (`websockets_path = "*"`, and every
+    /// websockets listener read from a mosquitto.conf) takes a handshake on
+    /// any path, as Mosquitto's do: pages written for Mosquitto keep working.
+    ws_listener_without_path_takes_any_path,
+    |c: &mut midge::Config| {
+        let ws = WebSockets { path: None, trust_forwarded_for: false };
+        c.listeners = vec![Listener { websockets: Some(ws), ..Listener::tcp(local()) }];
+    },
+    |b: &TestBroker| {
+        for (i, path) in ["/", "/mqtt", "/some/page?x=1"].into_iter().enumerate() {
+            let mut c = Raw::connect_ws(b.addr, path);
+            c.send(&packets::connect(&format!("any-path-{i}"), true, 60));
+            c.expect(&packets::CONNACK_ACCEPTED);
+        }
     }
 );
 

@@ -96,7 +96,7 @@ impl TestBroker {
     fn start_on<R: Runtime>(rt: R, broker: Broker) -> TestBroker {
         let server = futures::executor::block_on(Server::start(rt, broker.clone())).expect("start broker");
         let (addrs, http) = (server.local_addrs().to_vec(), server.http_addr());
-        let ws_path = broker.config().listeners[0].websockets.as_ref().map(|w| w.path.clone());
+        let ws_path = broker.config().listeners[0].websockets.as_ref().map(|w| w.path.clone().unwrap_or("/".into()));
         let server = std::sync::Arc::new(server);
         let reloading = server.clone();
         let reload = Box::new(move || reloading.reload());
