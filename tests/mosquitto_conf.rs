@@ -566,3 +566,28 @@ runtime_test!(
         sub.expect_nothing_queued();
     }
 );
+
+runtime_kind_test!(
+    /// A `protocol websockets` listener: on both brokers it answers MQTT over
+    /// WebSockets on any path (a page written for Mosquitto keeps working),
+    /// with the same CONNACK as the plain listener beside it; anonymous
+    /// clients refused on both without `allow_anonymous`, accepted with it.
+    agreement_websockets_listener,
+    |kind: RuntimeKind| {
+        let ws_connack = |addr: SocketAddr, path: &str| {
+            let mut raw = Raw::connect_ws(addr, path);
+            raw.send(&anonymous("ws1").bytes());
+            raw.try_recv().ok().filter(|p| p.header == 0x20).and_then(|p| p.body.get(1).copied())
+        };
+        let dir = TempDir::new("agree-ws");
+        let conf = "listener {port0} 127.0.0.1\nlistener {port1} 127.0.0.1\nprotocol websockets\n";
+        let both = Both::start(kind, &dir, conf);
+        assert_eq!(both.agree("ws, anonymous refused", |a| ws_connack(a[1], "/mqtt")), Some(5));
+        drop(both);
+        let both = Both::start(kind, &dir, &format!("allow_anonymous true\n{conf}"));
+        for path in ["/", "/mqtt", "/any/page"] {
+            assert_eq!(both.agree(&format!("ws on {path}"), |a| ws_connack(a[1], path)), Some(0));
+        }
+        assert_eq!(both.agree("tcp beside it", |a| connack_code(a[0], &anonymous("t1")).1), Some(0));
+    }
+);
