@@ -13,18 +13,7 @@ fn durable(data: &TempDir) -> impl FnOnce(&mut midge::Config) + '_ {
 
 /// Receives one PUBLISH and completes its acknowledgement; returns (topic, qos, payload, retain).
 fn receive_and_ack(c: &mut Raw) -> (String, u8, Vec<u8>, bool) {
-    let got = c.recv();
-    let (topic, pid, payload) = got.publish();
-    match (got.qos(), pid) {
-        (1, Some(pid)) => c.send(&ack(PUBACK, pid)),
-        (2, Some(pid)) => {
-            c.send(&ack(PUBREC, pid));
-            c.expect(&ack(PUBREL, pid));
-            c.send(&ack(PUBCOMP, pid));
-        }
-        _ => {}
-    }
-    (topic, got.qos(), payload, got.retain())
+    c.receive_and_ack(1).remove(0)
 }
 
 runtime_kind_test!(

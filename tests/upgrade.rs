@@ -12,7 +12,7 @@
 //! - retained `fx/retained/a` (QoS 1) and `other/retained/b` (QoS 0).
 
 use crate::support::client::Raw;
-use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+use crate::support::packets::{self, PUBCOMP, PUBREC, PUBREL, ack};
 use crate::support::{TempDir, TestBroker};
 use midge::RuntimeKind;
 use std::path::Path;
@@ -25,26 +25,9 @@ fn copy_of(fixture: &str) -> TempDir {
     dir
 }
 
-/// Receives `n` PUBLISH packets (the broker sends its inflight window
-/// without waiting), then completes each one's acknowledgement; (topic, qos,
-/// payload, retain) of each, in the order received.
+/// Receives `n` PUBLISH packets, then acknowledges each.
 fn take(c: &mut Raw, n: usize) -> Vec<(String, u8, Vec<u8>, bool)> {
-    let got: Vec<_> = (0..n).map(|_| c.recv()).collect();
-    got.iter()
-        .map(|got| {
-            let (topic, pid, payload) = got.publish();
-            match (got.qos(), pid) {
-                (1, Some(pid)) => c.send(&ack(PUBACK, pid)),
-                (2, Some(pid)) => {
-                    c.send(&ack(PUBREC, pid));
-                    c.expect(&ack(PUBREL, pid));
-                    c.send(&ack(PUBCOMP, pid));
-                }
-                _ => {}
-            }
-            (topic, got.qos(), payload, got.retain())
-        })
-        .collect()
+    c.receive_and_ack(n)
 }
 
 runtime_kind_test!(

@@ -354,4 +354,28 @@ impl Raw {
         let codes: Vec<u8> = filters.iter().map(|(_, q)| *q).collect();
         self.expect(&super::packets::suback(pid, &codes));
     }
+
+    /// Receives `n` PUBLISH packets (a broker sends its inflight window
+    /// without waiting), then completes each one's acknowledgement (PUBACK;
+    /// PUBREC, PUBREL, PUBCOMP); (topic, qos, payload, retain) of each, in
+    /// the order received.
+    pub fn receive_and_ack(&mut self, n: usize) -> Vec<(String, u8, Vec<u8>, bool)> {
+        use super::packets::{PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
+        let got: Vec<_> = (0..n).map(|_| self.recv()).collect();
+        got.iter()
+            .map(|got| {
+                let (topic, pid, payload) = got.publish();
+                match (got.qos(), pid) {
+                    (1, Some(pid)) => self.send(&ack(PUBACK, pid)),
+                    (2, Some(pid)) => {
+                        self.send(&ack(PUBREC, pid));
+                        self.expect(&ack(PUBREL, pid));
+                        self.send(&ack(PUBCOMP, pid));
+                    }
+                    _ => {}
+                }
+                (topic, got.qos(), payload, got.retain())
+            })
+            .collect()
+    }
 }
