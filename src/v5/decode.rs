@@ -206,7 +206,7 @@ pub fn decode(header: u8, body: Bytes) -> Result<Packet, DecodeError> {
 /// (MQTT-3.3.4-6).
 pub fn decode_from_client(header: u8, body: Bytes) -> Result<Packet, DecodeError> {
     if matches!(header >> 4, 2 | 9 | 11 | 13) {
-        return Err(DecodeError::protocol("4.13.2", "packet only a server may send"));
+        return Err(DecodeError::protocol("2.1.2", "packet only a server may send"));
     }
     let packet = decode(header, body)?;
     if let Packet::Publish(p) = &packet

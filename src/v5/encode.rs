@@ -14,7 +14,8 @@ pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 /// Why a packet could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncodeError {
-    /// A string or binary field is longer than 65,535 bytes.
+    /// A string or binary field is longer than 65,535 bytes, or a variable
+    /// byte integer (a Subscription Identifier) over 268,435,455.
     FieldTooLong,
     /// The packet is longer than MQTT can express (256 MiB).
     PacketTooLong,
@@ -23,7 +24,9 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            EncodeError::FieldTooLong => "a string or binary field is longer than 65535 bytes",
+            EncodeError::FieldTooLong => {
+                "a string or binary field longer than 65535 bytes, or a variable byte integer over 268435455"
+            }
             EncodeError::PacketTooLong => "packet longer than the largest remaining length",
         })
     }
@@ -97,6 +100,11 @@ impl Sink for Count {
     fn binary(&mut self, bytes: &[u8]) {
         self.field_too_long |= bytes.len() > usize::from(u16::MAX);
         self.len += 2 + bytes.len();
+    }
+
+    fn vbi(&mut self, v: u32) {
+        self.field_too_long |= v as usize > MAX_REMAINING_LENGTH;
+        self.len += vbi_len(v as usize);
     }
 }
 
@@ -240,7 +248,9 @@ pub fn encoded_len(packet: &Packet) -> Result<usize, EncodeError> {
     remaining_length(packet).map(|len| 1 + vbi_len(len) + len)
 }
 
-/// Appends one packet to `dst`.
+/// Appends one packet to `dst`, fields as given: values the decoder
+/// refuses (a Topic Alias or Receive Maximum of 0, Maximum QoS 2) are the
+/// caller's to avoid. On error nothing is written.
 pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
     let len = remaining_length(packet)?;
     dst.reserve(1 + vbi_len(len) + len);
