@@ -368,114 +368,47 @@ pub(crate) fn write<S: Sink>(s: &mut S, props: &Properties, topic_alias: Option<
 
 fn write_items<S: Sink>(s: &mut S, p: &Properties, topic_alias: Option<u16>, subscription_ids: &[u32]) {
     use id::*;
-    let flag = |b: bool| u8::from(b);
-    if let Some(v) = p.payload_format_utf8 {
-        s.byte(PAYLOAD_FORMAT);
-        s.byte(flag(v));
-    }
-    if let Some(v) = p.message_expiry {
-        s.byte(MESSAGE_EXPIRY);
-        s.u32(v);
-    }
-    if let Some(v) = &p.content_type {
-        s.byte(CONTENT_TYPE);
-        s.string(v);
-    }
-    if let Some(v) = &p.response_topic {
-        s.byte(RESPONSE_TOPIC);
-        s.string(v);
-    }
-    if let Some(v) = &p.correlation_data {
-        s.byte(CORRELATION_DATA);
-        s.binary(v);
-    }
+    let flag = |s: &mut S, v: bool| s.byte(u8::from(v));
+    item(s, PAYLOAD_FORMAT, p.payload_format_utf8, flag);
+    item(s, MESSAGE_EXPIRY, p.message_expiry, S::u32);
+    item(s, CONTENT_TYPE, p.content_type.as_deref(), S::string);
+    item(s, RESPONSE_TOPIC, p.response_topic.as_deref(), S::string);
+    item(s, CORRELATION_DATA, p.correlation_data.as_deref(), S::binary);
     for &v in subscription_ids {
-        s.byte(SUBSCRIPTION_ID);
-        s.vbi(v);
+        item(s, SUBSCRIPTION_ID, Some(v), S::vbi);
     }
-    if let Some(v) = p.session_expiry {
-        s.byte(SESSION_EXPIRY);
-        s.u32(v);
-    }
-    if let Some(v) = &p.assigned_client_id {
-        s.byte(ASSIGNED_CLIENT_ID);
-        s.string(v);
-    }
-    if let Some(v) = p.server_keep_alive {
-        s.byte(SERVER_KEEP_ALIVE);
-        s.u16(v);
-    }
-    if let Some(v) = &p.auth_method {
-        s.byte(AUTH_METHOD);
-        s.string(v);
-    }
-    if let Some(v) = &p.auth_data {
-        s.byte(AUTH_DATA);
-        s.binary(v);
-    }
-    if let Some(v) = p.request_problem_info {
-        s.byte(REQUEST_PROBLEM_INFO);
-        s.byte(flag(v));
-    }
-    if let Some(v) = p.will_delay {
-        s.byte(WILL_DELAY);
-        s.u32(v);
-    }
-    if let Some(v) = p.request_response_info {
-        s.byte(REQUEST_RESPONSE_INFO);
-        s.byte(flag(v));
-    }
-    if let Some(v) = &p.response_info {
-        s.byte(RESPONSE_INFO);
-        s.string(v);
-    }
-    if let Some(v) = &p.server_reference {
-        s.byte(SERVER_REFERENCE);
-        s.string(v);
-    }
-    if let Some(v) = &p.reason_string {
-        s.byte(REASON_STRING);
-        s.string(v);
-    }
-    if let Some(v) = p.receive_maximum {
-        s.byte(RECEIVE_MAXIMUM);
-        s.u16(v);
-    }
-    if let Some(v) = p.topic_alias_maximum {
-        s.byte(TOPIC_ALIAS_MAXIMUM);
-        s.u16(v);
-    }
-    if let Some(v) = topic_alias {
-        s.byte(TOPIC_ALIAS);
-        s.u16(v);
-    }
-    if let Some(v) = p.maximum_qos {
-        s.byte(MAXIMUM_QOS);
-        s.byte(v as u8);
-    }
-    if let Some(v) = p.retain_available {
-        s.byte(RETAIN_AVAILABLE);
-        s.byte(flag(v));
-    }
+    item(s, SESSION_EXPIRY, p.session_expiry, S::u32);
+    item(s, ASSIGNED_CLIENT_ID, p.assigned_client_id.as_deref(), S::string);
+    item(s, SERVER_KEEP_ALIVE, p.server_keep_alive, S::u16);
+    item(s, AUTH_METHOD, p.auth_method.as_deref(), S::string);
+    item(s, AUTH_DATA, p.auth_data.as_deref(), S::binary);
+    item(s, REQUEST_PROBLEM_INFO, p.request_problem_info, flag);
+    item(s, WILL_DELAY, p.will_delay, S::u32);
+    item(s, REQUEST_RESPONSE_INFO, p.request_response_info, flag);
+    item(s, RESPONSE_INFO, p.response_info.as_deref(), S::string);
+    item(s, SERVER_REFERENCE, p.server_reference.as_deref(), S::string);
+    item(s, REASON_STRING, p.reason_string.as_deref(), S::string);
+    item(s, RECEIVE_MAXIMUM, p.receive_maximum, S::u16);
+    item(s, TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum, S::u16);
+    item(s, TOPIC_ALIAS, topic_alias, S::u16);
+    item(s, MAXIMUM_QOS, p.maximum_qos, |s, v| s.byte(v as u8));
+    item(s, RETAIN_AVAILABLE, p.retain_available, flag);
     for (key, value) in &p.user {
-        s.byte(USER_PROPERTY);
-        s.string(key);
-        s.string(value);
+        item(s, USER_PROPERTY, Some((key, value)), |s, (k, v)| {
+            s.string(k);
+            s.string(v);
+        });
     }
-    if let Some(v) = p.maximum_packet_size {
-        s.byte(MAXIMUM_PACKET_SIZE);
-        s.u32(v);
-    }
-    if let Some(v) = p.wildcard_available {
-        s.byte(WILDCARD_AVAILABLE);
-        s.byte(flag(v));
-    }
-    if let Some(v) = p.subscription_ids_available {
-        s.byte(SUBSCRIPTION_IDS_AVAILABLE);
-        s.byte(flag(v));
-    }
-    if let Some(v) = p.shared_available {
-        s.byte(SHARED_AVAILABLE);
-        s.byte(flag(v));
+    item(s, MAXIMUM_PACKET_SIZE, p.maximum_packet_size, S::u32);
+    item(s, WILDCARD_AVAILABLE, p.wildcard_available, flag);
+    item(s, SUBSCRIPTION_IDS_AVAILABLE, p.subscription_ids_available, flag);
+    item(s, SHARED_AVAILABLE, p.shared_available, flag);
+}
+
+/// One property, if it is set: its identifier, then its value.
+fn item<S: Sink, T>(s: &mut S, id: u8, value: Option<T>, write: impl FnOnce(&mut S, T)) {
+    if let Some(value) = value {
+        s.byte(id);
+        write(s, value);
     }
 }
