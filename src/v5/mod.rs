@@ -19,7 +19,8 @@
 //!   its packet type). A repeated once-only property, Receive Maximum 0,
 //!   Maximum Packet Size 0, Subscription Identifier 0 and a byte property
 //!   outside 0/1 are Protocol Errors (0x82); Topic Alias 0 is 0x94.
-//!   Bounds: at most [`MAX_USER_PROPERTIES`] user-property pairs and
+//!   Bounds: at most [`MAX_USER_PROPERTIES`] user-property pairs,
+//!   [`MAX_SUBSCRIPTION_IDS`] subscription identifiers and
 //!   [`MAX_PROPERTY_BYTES`] of properties per packet (0x95 beyond).
 //! - Zero-copy: payload, correlation data, authentication data and
 //!   passwords are slices of the frame; a PUBLISH's and a will's message
@@ -33,7 +34,8 @@
 //! Left to the caller (they need connection state or the broker's rules):
 //! wildcards in topic names and filter syntax (see [`crate::topic`]), topic
 //! alias resolution and Topic Alias Maximum, Receive Maximum accounting,
-//! authentication, and the payload format check (0x99).
+//! and authentication. The payload format check (0x99) is offered, not
+//! imposed: [`Publish::check_payload_format`].
 
 mod decode;
 mod encode;
@@ -47,5 +49,5 @@ mod tests;
 pub use decode::{DecodeError, decode, decode_frame, decode_from_client, frame_length};
 pub use encode::{EncodeError, MAX_REMAINING_LENGTH, encode, encode_within, encoded_len};
 pub use packet::*;
-pub use property::{MAX_PROPERTY_BYTES, MAX_USER_PROPERTIES, Properties};
+pub use property::{MAX_PROPERTY_BYTES, MAX_SUBSCRIPTION_IDS, MAX_USER_PROPERTIES, Properties};
 pub use reason::ReasonCode;

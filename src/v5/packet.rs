@@ -3,6 +3,7 @@
 //! fields are slices of the received frame; a PUBLISH's and a will's
 //! message properties sit in an [`Arc`] so fan-out shares them.
 
+use super::decode::DecodeError;
 use super::property::Properties;
 use super::reason::ReasonCode;
 use crate::packet::{Pid, QoS};
@@ -144,6 +145,22 @@ pub struct Publish {
     pub properties: Arc<Properties>,
     /// The payload, a slice of the received frame.
     pub payload: Bytes,
+}
+
+impl Publish {
+    /// Whether the payload is what its Payload Format Indicator says: UTF-8
+    /// when the indicator is 1. A receiver may check this (section
+    /// 3.3.2.3.2); a failure is answered with 0x99 Payload format invalid.
+    pub fn check_payload_format(&self) -> Result<(), DecodeError> {
+        match self.properties.payload_format_utf8 == Some(true) && std::str::from_utf8(&self.payload).is_err() {
+            true => Err(DecodeError::new(
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "3.3.2.3.2",
+                "payload is not UTF-8 although its payload format indicator says so",
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP (sections 3.4 to 3.7).

@@ -13,6 +13,11 @@ use std::sync::{Arc, LazyLock};
 /// with 0x95 Packet too large.
 pub const MAX_USER_PROPERTIES: usize = 128;
 
+/// At most this many Subscription Identifiers in one PUBLISH; more is
+/// answered with 0x95 Packet too large. With [`MAX_USER_PROPERTIES`] and the
+/// once-only rule this bounds the number of properties in a packet.
+pub const MAX_SUBSCRIPTION_IDS: usize = 128;
+
 /// At most this many bytes of properties in one packet (the Property Length);
 /// more is answered with 0x95 Packet too large.
 pub const MAX_PROPERTY_BYTES: usize = 64 * 1024;
@@ -274,6 +279,13 @@ pub(crate) fn read(r: &mut Reader, place: Place) -> Result<Decoded, DecodeError>
             id::RESPONSE_TOPIC => props.response_topic = Some(p.string()?),
             id::CORRELATION_DATA => props.correlation_data = Some(p.binary()?),
             id::SUBSCRIPTION_ID => {
+                if out.subscription_ids.len() == MAX_SUBSCRIPTION_IDS {
+                    return Err(DecodeError::new(
+                        ReasonCode::PACKET_TOO_LARGE,
+                        "3.3.2.3.8",
+                        "more subscription identifiers than the broker's limit of 128",
+                    ));
+                }
                 let value = p.vbi()?;
                 if value == 0 {
                     return Err(DecodeError::protocol("3.3.2.3.8", "subscription identifier 0"));

@@ -20,6 +20,13 @@ fn field(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A variable byte integer, as the encoder writes it.
+fn vbi(n: usize) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode::Sink::vbi(&mut out, n as u32);
+    out.to_vec()
+}
+
 /// A property section: its length (one byte here) and `items`.
 fn props(items: &[u8]) -> Vec<u8> {
     assert!(items.len() < 128);
@@ -232,9 +239,7 @@ fn user_properties_keep_their_order_and_are_bounded() {
     for (count, ok) in [(MAX_USER_PROPERTIES, true), (MAX_USER_PROPERTIES + 1, false)] {
         let items = pair.repeat(count);
         let mut body = field(b"t");
-        let mut len = BytesMut::new();
-        encode::Sink::vbi(&mut len, items.len() as u32);
-        body.extend_from_slice(&len);
+        body.extend(vbi(items.len()));
         body.extend(items);
         match decode_body(0x30, &body) {
             Ok(Packet::Publish(p)) if ok => assert_eq!(p.properties.user.len(), count),
@@ -530,4 +535,34 @@ fn every_packet_kind_round_trips() {
     for packet in &packets {
         round_trip(packet);
     }
+}
+
+#[test]
+fn subscription_identifiers_are_bounded() {
+    for (count, ok) in [(MAX_SUBSCRIPTION_IDS, true), (MAX_SUBSCRIPTION_IDS + 1, false)] {
+        let items = [0x0b, 1].repeat(count);
+        let mut body = field(b"t");
+        body.extend(vbi(items.len()));
+        body.extend(items);
+        match decode_body(0x30, &body) {
+            Ok(Packet::Publish(p)) if ok => assert_eq!(p.subscription_ids.len(), count),
+            Err(e) if !ok => assert_reason(e, ReasonCode::PACKET_TOO_LARGE, "3.3.2.3.8"),
+            other => panic!("{count} identifiers: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn section_3_3_2_3_2_payload_format_check_is_offered() {
+    let with = |indicator: &[u8], payload: &[u8]| {
+        let mut body = field(b"t");
+        body.extend(props(indicator));
+        body.extend_from_slice(payload);
+        let Packet::Publish(p) = decode_body(0x30, &body).unwrap() else { panic!() };
+        p.check_payload_format()
+    };
+    assert_eq!(with(&[0x01, 1], "héllo".as_bytes()), Ok(()));
+    assert_eq!(with(&[0x01, 0], &[0xff]), Ok(()));
+    assert_eq!(with(&[], &[0xff]), Ok(()));
+    assert_eq!(with(&[0x01, 1], &[0xff]).unwrap_err().reason, ReasonCode::PAYLOAD_FORMAT_INVALID);
 }
