@@ -10,7 +10,16 @@
 //! - Every error is a [`DecodeError`]: the [`ReasonCode`] to answer with
 //!   (0x81 Malformed Packet, 0x82 Protocol Error, 0x84, 0x94 Topic Alias
 //!   invalid, 0x95 Packet too large) and the rule, for the Reason String and
-//!   the log line.
+//!   the log line. Malformed: wrong fixed-header flags (MQTT-2.1.3-1),
+//!   fields past the end or bytes left over, ill-formed UTF-8 or U+0000
+//!   (MQTT-1.5.4-1/-2), CONNECT's reserved flag and will flags
+//!   (MQTT-3.1.2-3/-11/-12/-13), PUBLISH QoS 3 or DUP at QoS 0
+//!   (MQTT-3.3.1-4/-2), reserved subscription option bits (MQTT-3.8.3-5), a
+//!   reason code the packet may not carry (2.4). Protocol Error: packet
+//!   identifier 0 (MQTT-2.2.1-3), SUBSCRIBE / UNSUBSCRIBE without filters
+//!   (MQTT-3.8.3-2, MQTT-3.10.3-2), maximum QoS or Retain Handling 3, No
+//!   Local on a shared subscription (MQTT-3.8.3-4), an empty topic without
+//!   a Topic Alias (3.3.2.1). CONNECT with a version other than 5 is 0x84.
 //! - Properties (section 2.2.2) are one typed [`Properties`] struct; each
 //!   packet may carry only the ones the table of 2.2.2.2 allows it. An
 //!   unknown identifier, one not allowed in the packet, a property length
