@@ -279,13 +279,12 @@ pub(crate) fn read(r: &mut Reader, place: Place) -> Result<Decoded, DecodeError>
             id::RESPONSE_TOPIC => props.response_topic = Some(p.string()?),
             id::CORRELATION_DATA => props.correlation_data = Some(p.binary()?),
             id::SUBSCRIPTION_ID => {
-                if out.subscription_ids.len() == MAX_SUBSCRIPTION_IDS {
-                    return Err(DecodeError::new(
-                        ReasonCode::PACKET_TOO_LARGE,
-                        "3.3.2.3.8",
-                        "more subscription identifiers than the broker's limit of 128",
-                    ));
-                }
+                room(
+                    &out.subscription_ids,
+                    MAX_SUBSCRIPTION_IDS,
+                    "3.3.2.3.8",
+                    "more subscription identifiers than the broker's limit of 128",
+                )?;
                 let value = p.vbi()?;
                 if value == 0 {
                     return Err(DecodeError::protocol("3.3.2.3.8", "subscription identifier 0"));
@@ -328,13 +327,12 @@ pub(crate) fn read(r: &mut Reader, place: Place) -> Result<Decoded, DecodeError>
                 props.retain_available = Some(flag(&mut p, "3.2.2.3.5", "retain available not 0 or 1")?)
             }
             id::USER_PROPERTY => {
-                if props.user.len() == MAX_USER_PROPERTIES {
-                    return Err(DecodeError::new(
-                        ReasonCode::PACKET_TOO_LARGE,
-                        "2.2.2.2",
-                        "more user properties than the broker's limit of 128",
-                    ));
-                }
+                room(
+                    &props.user,
+                    MAX_USER_PROPERTIES,
+                    "2.2.2.2",
+                    "more user properties than the broker's limit of 128",
+                )?;
                 let pair = (p.string()?, p.string()?);
                 props.user.push(pair);
             }
@@ -357,6 +355,14 @@ pub(crate) fn read(r: &mut Reader, place: Place) -> Result<Decoded, DecodeError>
         return Err(DecodeError::protocol("3.1.2.11.10", "authentication data without authentication method"));
     }
     Ok(out)
+}
+
+/// Whether one more repeated property fits under its limit (0x95 if not).
+fn room<T>(items: &[T], max: usize, rule: &'static str, message: &'static str) -> Result<(), DecodeError> {
+    match items.len() < max {
+        true => Ok(()),
+        false => Err(DecodeError::new(ReasonCode::PACKET_TOO_LARGE, rule, message)),
+    }
 }
 
 /// A byte property that must be 0 or 1 (a Protocol Error otherwise).
