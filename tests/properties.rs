@@ -667,7 +667,8 @@ mod v5 {
     proptest! {
         #![proptest_config(config())]
 
-        /// encode → decode gives the same packet; the frame is exactly
+        /// encode → decode gives the same packet; `decode_from_client`
+        /// accepts exactly what a client may send; the frame is exactly
         /// `encoded_len` bytes and `frame_length` reads its size from any
         /// prefix that holds the remaining length.
         #[test]
@@ -675,6 +676,14 @@ mod v5 {
             let frame = encoded(&packet);
             prop_assert_eq!(frame.len(), encoded_len(&packet).unwrap());
             prop_assert_eq!(decode_frame(frame.clone()), Ok(packet.clone()));
+            // What a client may send, a server accepts from one; the rest it refuses.
+            let from_client = decode_from_client(frame[0], frame.slice(frame.len() - body_len(&frame)..));
+            let client_may_send = match &packet {
+                Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => false,
+                Packet::Publish(p) => p.subscription_ids.is_empty(),
+                _ => true,
+            };
+            prop_assert_eq!(from_client.is_ok(), client_may_send, "{:?}", from_client);
             let prefix = &frame[..cut.index(frame.len() + 1)];
             match frame_length(prefix, usize::MAX).unwrap() {
                 Some(total) => prop_assert_eq!(total, frame.len()),
