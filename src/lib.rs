@@ -56,6 +56,7 @@ pub mod sys;
 pub mod tls;
 pub mod topic;
 pub mod trie;
+pub mod v5;
 pub mod validate;
 pub mod ws;
 
