@@ -366,15 +366,20 @@ async fn publisher_inner(
     }
     flush(&mut w, &mut buf).await?;
     if qos > 0 {
-        // Wait for the outstanding PUBACKs.
-        let until = (Instant::now() + Duration::from_secs(5)).min(ctx.deadline);
-        while inflight.available_permits() < ctx.args.inflight && Instant::now() < until {
-            Timer::after(Duration::from_millis(10)).await;
-        }
+        await_acks(ctx, &inflight).await;
     }
     mqtt::close(&mut w).await;
     drop(reader);
     Ok(())
+}
+
+/// Waits (at most 5 s, and not past the run's deadline) for a publisher's
+/// outstanding PUBACKs: every permit of its inflight window is back.
+pub async fn await_acks(ctx: &Ctx, inflight: &Semaphore) {
+    let until = (Instant::now() + Duration::from_secs(5)).min(ctx.deadline);
+    while inflight.available_permits() < ctx.args.inflight && Instant::now() < until {
+        Timer::after(Duration::from_millis(10)).await;
+    }
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {

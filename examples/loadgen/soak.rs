@@ -55,7 +55,7 @@
 //! maximum is within 10 % (or 4 MiB) of the middle third's.
 
 use crate::mqtt::{self, FrameReader, Writer};
-use crate::scenarios::{FLUSH_AT, acquire_within, by_deadline, connect_publisher, flush, rss_bytes};
+use crate::scenarios::{FLUSH_AT, acquire_within, await_acks, by_deadline, connect_publisher, flush, rss_bytes};
 use crate::{Ctx, Report};
 use event_listener::Event;
 use futures::FutureExt as _;
@@ -623,11 +623,7 @@ async fn publisher_inner(
         }
     }
     flush(&mut w, &mut buf).await?;
-    // Wait for the outstanding PUBACKs.
-    let until = (Instant::now() + Duration::from_secs(5)).min(ctx.deadline);
-    while inflight.available_permits() < ctx.args.inflight && Instant::now() < until {
-        Timer::after(Duration::from_millis(10)).await;
-    }
+    await_acks(ctx, &inflight).await;
     mqtt::close(&mut w).await;
     drop(reader);
     Ok(())
