@@ -175,13 +175,26 @@ async fn tls_handshake<S: futures::io::AsyncRead + futures::io::AsyncWrite + Unp
     stream: S,
     peer: Peer,
 ) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+    /// Counts a failed handshake when dropped unfinished: on an error, or
+    /// when the connect timeout cancels the handshake (for `wss://`, only a
+    /// timeout in the TLS part, not in the WebSocket one after it).
+    struct Unfinished<'a>(Option<&'a Broker>);
+    impl Drop for Unfinished<'_> {
+        fn drop(&mut self) {
+            if let Some(broker) = self.0 {
+                broker.stats().tls_handshake_failed();
+            }
+        }
+    }
+    let mut unfinished = Unfinished(Some(broker));
     match tls.accept(stream).await {
         Ok(connection) => {
+            unfinished.0 = None;
             let identity = connection.identity.filter(|_| peer.identity_required);
             Some((connection.stream, Peer { identity, ..peer }))
         }
         Err(e) => {
-            broker.stats().tls_handshake_failed();
+            drop(unfinished);
             let addr = peer.addr;
             crate::limited!("TLS handshake failed", log::Level::Warn, "{addr}: TLS handshake failed: {e}");
             None
@@ -211,16 +224,11 @@ async fn serve_after<R, S>(
     match within(&rt, timeout, handshakes).await {
         Some(Some((stream, peer))) => connection::run(rt, broker, stream, peer, stopped).await,
         Some(None) => {}
-        None => {
-            if kind.starts_with("TLS") {
-                broker.stats().tls_handshake_failed();
-            }
-            crate::limited!(
-                "handshake timeout",
-                log::Level::Warn,
-                "{addr}: {kind} handshake not done within {timeout:?}, closing"
-            )
-        }
+        None => crate::limited!(
+            "handshake timeout",
+            log::Level::Warn,
+            "{addr}: {kind} handshake not done within {timeout:?}, closing"
+        ),
     }
 }
 

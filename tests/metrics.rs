@@ -499,10 +499,12 @@ runtime_kind_test!(
 
 runtime_test!(
     /// A TLS handshake that fails (plain MQTT sent to a TLS listener) is
-    /// counted, and the listener is labelled `mqtt+tls`.
+    /// counted, and one that the connect timeout cuts short (a client that
+    /// sends nothing) too; the listener is labelled `mqtt+tls`.
     metrics_count_tls_handshake_failures,
     |c: &mut midge::Config| {
         with_http(c);
+        c.connect_timeout = std::time::Duration::from_millis(300);
         let fixture = |name: &str| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
         let tls = midge::config::TlsFiles {
             certfile: fixture("server.pem"),
@@ -517,8 +519,13 @@ runtime_test!(
         let mut plain = b.raw();
         plain.send(&packets::connect("plain", true, 60));
         plain.expect_closed_or_reset();
-        let m = scrape_until(http_addr(b), "the failed handshake", |m| {
+        scrape_until(http_addr(b), "the failed handshake", |m| {
             m.get("midge_tls_handshake_failures_total") == Some(&1.0)
+        });
+        let mut silent = b.raw();
+        silent.expect_closed_or_reset();
+        let m = scrape_until(http_addr(b), "the timed-out handshake", |m| {
+            m.get("midge_tls_handshake_failures_total") == Some(&2.0)
         });
         let key = format!("midge_connections_total{{listener=\"{}\",kind=\"mqtt+tls\",protocol=\"3.1.1\"}}", b.addr);
         assert_eq!(value(&m, &key), 0.0);
