@@ -91,7 +91,17 @@ pub struct Config {
     /// Where the HTTP endpoint (`GET /metrics`, `GET /healthz`) listens;
     /// `None` (the default): no HTTP listener.
     pub http_listener: Option<SocketAddr>,
+    /// Topic aliases an MQTT 5.0 client may set on its PUBLISHes (the Topic
+    /// Alias Maximum in CONNACK; Mosquitto's `max_topic_alias`, default 10;
+    /// 0 turns them off).
+    pub max_topic_alias: u16,
+    /// The Response Information sent to an MQTT 5.0 client that asks for it
+    /// (a topic prefix for its responses); `None`: not sent.
+    pub response_information: Option<String>,
 }
+
+/// Mosquitto's default `max_topic_alias`.
+pub const DEFAULT_MAX_TOPIC_ALIAS: u16 = 10;
 
 /// The security settings of one listener (`per_listener_settings`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,6 +206,8 @@ impl Default for Config {
             retain_available: true,
             message_size_limit: None,
             http_listener: None,
+            max_topic_alias: DEFAULT_MAX_TOPIC_ALIAS,
+            response_information: None,
         }
     }
 }
