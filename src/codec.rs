@@ -234,6 +234,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
             let mut filters = Vec::with_capacity(s.filters.len());
             for (filter, options) in s.filters {
                 topic::validate_filter(&filter)?;
+                topic::validate_shared(&filter)?;
                 filters.push((filter.to_string(), options));
             }
             Packet::Subscribe(Box::new(Subscribe { pid: s.pid, filters, id: s.subscription_id }))
@@ -242,6 +243,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
             let mut filters = Vec::with_capacity(u.filters.len());
             for filter in u.filters {
                 topic::validate_filter(&filter)?;
+                topic::validate_shared(&filter)?;
                 filters.push(filter.to_string());
             }
             Packet::Unsubscribe(u.pid, filters)
@@ -344,12 +346,14 @@ fn owned(frame: &Bytes, packet: mqttrs::Packet<'_>) -> Result<Packet, Violation>
             let filters: Vec<_> = filters.collect();
             for (filter, _) in &filters {
                 topic::validate_filter(filter)?;
+                topic::validate_shared(filter)?;
             }
             Packet::Subscribe(Box::new(Subscribe { pid: s.pid.get(), filters, id: None }))
         }
         P::Unsubscribe(u) => {
             for filter in &u.topics {
                 topic::validate_filter(filter)?;
+                topic::validate_shared(filter)?;
             }
             Packet::Unsubscribe(u.pid.get(), u.topics)
         }

@@ -62,7 +62,6 @@ pub fn connect(
             retain_available: (!config.retain_available).then_some(false),
             assigned_client_id: assigned.then(|| id.clone()),
             server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
-            shared_available: Some(false),
             response_info: match (props.request_response_info, &config.response_information) {
                 (Some(true), Some(prefix)) => Some(prefix.as_str().into()),
                 _ => None,
