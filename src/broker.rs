@@ -79,6 +79,9 @@ struct Share {
     client: Arc<str>,
 }
 
+/// A shared subscription matching a message: group, session, subscription, member.
+type SharedMatch = (Arc<str>, Arc<SessionHandle>, Subscription, Arc<str>);
+
 /// Where a session's subscription to `filter` sits in the trie: the filter
 /// it matches with, its key there, and its group if it is shared (a shared
 /// subscription matches with the filter it shares, under a key of its own,
@@ -698,7 +701,7 @@ impl Broker {
         }
         let security = self.acl();
         let mut targets: Vec<(Arc<SessionHandle>, Subscription)> = Vec::new();
-        let mut shared: Vec<(Arc<str>, Arc<SessionHandle>, Subscription, Arc<str>)> = Vec::new();
+        let mut shared: Vec<SharedMatch> = Vec::new();
         read(&self.shared.subscriptions).for_each_match(&message.topic, |client, s| match &s.share {
             None if !(s.sub.options.no_local && from == Some(&**client)) => targets.push((s.session.clone(), s.sub)),
             None => {}
