@@ -55,6 +55,8 @@ struct Entry {
     connection: Option<Attached>,
     /// When the last connection left (persistent sessions; for expiry).
     left: Option<SystemTime>,
+    /// The last connection attached (0: none since a restart).
+    last_connection: u64,
 }
 
 /// The connection currently attached to a session.
@@ -210,7 +212,7 @@ impl Broker {
                     trie.insert(at, key, Subscriber { sub, session: handle.clone(), share });
                 }
             }
-            registry.insert(id, Entry { session: handle, clean: false, connection: None, left });
+            registry.insert(id, Entry { session: handle, clean: false, connection: None, left, last_connection: 0 });
         }
         let shared = Shared {
             config,
@@ -396,9 +398,23 @@ impl Broker {
             clean: !persistent,
             connection: Some(Attached { id: conn, kick }),
             left: None,
+            last_connection: conn,
         };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
+    }
+
+    /// Whether the delayed will of connection `conn` of `client_id`, whose
+    /// session was `session`, is due now its delay is over: no connection
+    /// resumed that session since (MQTT-3.1.3-9). A session that ended
+    /// meanwhile (expired, or replaced by a Clean Start) has its will sent.
+    pub fn will_due(&self, client_id: &str, session: &Arc<SessionHandle>, conn: u64) -> bool {
+        match lock(&self.shared.registry).get(client_id) {
+            Some(entry) if Arc::ptr_eq(&entry.session, session) => {
+                entry.last_connection == conn && entry.connection.is_none()
+            }
+            _ => true,
+        }
     }
 
     /// Changes the expiry interval of `client_id`'s session (a 5.0

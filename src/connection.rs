@@ -207,6 +207,7 @@ where
         let properties = Properties { reason_string: Some(reason.to_string().into()), ..Properties::default() };
         let _ = link.push(&mut vec![Packet::Disconnect(Box::new(Disconnect { reason: code, properties }))]);
     }
+    let mut delayed = None;
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
         let message = Message {
@@ -214,12 +215,35 @@ where
             expires: expires.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000),
             ..Message::new(will.topic, will.payload, will.qos, false)
         };
+        // The Will Delay Interval, cut short by the session's own end
+        // (3.1.3.2.2); a shutdown publishes every will now.
+        let delay = match reason {
+            Close::Shutdown => 0,
+            _ => {
+                let cap =
+                    broker.config().session_expiry.map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+                will.delay.unwrap_or(0).min(client.session_expiry.unwrap_or(u32::MAX)).min(cap)
+            }
+        };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
         if handle::allowed(&broker, &client.info(), &message, true) {
-            broker.publish(message, will.retain);
+            match delay {
+                0 => drop(broker.publish(message, will.retain)),
+                secs => delayed = Some((message, will.retain, Duration::from_secs(u64::from(secs)))),
+            }
         }
     }
     broker.detach(&client.id, conn);
+    if let Some((message, retain, delay)) = delayed {
+        let (timer, broker, id, session) = (rt.clone(), broker.clone(), client.id.clone(), client.session.clone());
+        rt.spawn(async move {
+            timer.sleep(delay).await;
+            if broker.will_due(&id, &session, conn) {
+                log::info!("client {id}: will delay of {delay:?} over, publishing its will");
+                broker.publish(message, retain);
+            }
+        });
+    }
     broker.stats().disconnected();
     if let Some(listener) = &peer.listener_stats {
         listener.disconnected(level);
