@@ -7,6 +7,7 @@
 use crate::support::packets::{self, PUBACK, ack, field};
 use crate::support::v5::{V5, connect_packet, encoded, frame, options, publish_packet, user_properties};
 use crate::support::{TempDir, TestBroker};
+use bytes::Bytes;
 use midge::Config;
 use midge::packet::{ConnectCode, QoS};
 use midge::security::{ConnectInfo, Hooks};
@@ -14,7 +15,6 @@ use midge::v5::{
     Ack, Auth, Disconnect, Packet, Properties, Publish, ReasonCode as R, RetainHandling, Subscribe,
     SubscriptionOptions, Unsubscribe, Will,
 };
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,19 +117,29 @@ fn session(b: &TestBroker, id: &str, clean: bool, expiry: u32) -> (V5, bool) {
 }
 
 /// Everything the broker has queued for `c`: PUBLISHes up to the second of
-/// two PINGRESPs (each acknowledged if `ack`).
+/// two PINGRESPs. With `ack`, each is acknowledged as it arrives (a QoS 2
+/// one's PUBREL, which may come after a PINGRESP, is awaited too).
 fn drain(c: &mut V5, ack: bool) -> Vec<Publish> {
     c.send(&Packet::Pingreq);
     c.send(&Packet::Pingreq);
-    let (mut got, mut pongs) = (Vec::new(), 0);
-    while pongs < 2 {
+    let (mut got, mut pongs, mut releases) = (Vec::new(), 0, Vec::new());
+    while pongs < 2 || !releases.is_empty() {
         match c.recv() {
             Packet::Pingresp => pongs += 1,
             Packet::Publish(p) => {
-                if ack {
-                    c.ack(&p);
+                match (ack, p.qos, p.pid) {
+                    (true, QoS::AtLeastOnce, Some(pid)) => c.send(&Packet::Puback(Ack::success(pid))),
+                    (true, QoS::ExactlyOnce, Some(pid)) => {
+                        c.send(&Packet::Pubrec(Ack::success(pid)));
+                        releases.push(pid);
+                    }
+                    _ => {}
                 }
                 got.push(p);
+            }
+            Packet::Pubrel(a) if releases.contains(&a.pid) => {
+                releases.retain(|&pid| pid != a.pid);
+                c.send(&Packet::Pubcomp(Ack::success(a.pid)));
             }
             other => panic!("expected PUBLISH or PINGRESP, got {other:?}"),
         }
@@ -158,7 +168,12 @@ fn resolve(aliases: &mut HashMap<u16, Arc<str>>, p: &Publish, max: u16) -> Strin
 }
 
 fn subscribe_one(filter: &str, options: SubscriptionOptions) -> Subscribe {
-    Subscribe { pid: 1, subscription_id: None, properties: Properties::default(), filters: vec![(filter.into(), options)] }
+    Subscribe {
+        pid: 1,
+        subscription_id: None,
+        properties: Properties::default(),
+        filters: vec![(filter.into(), options)],
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -567,6 +582,89 @@ runtime_test!(
     }
 );
 
+runtime_test!(
+    /// MQTT-3.1.0-2: a second CONNECT is a Protocol Error: DISCONNECT 0x82
+    /// and the close.
+    mqtt_3_1_0_2_second_connect_gets_0x82,
+    |b: &TestBroker| refused_with(b, &encoded(&Packet::Connect(Box::new(connect_packet("again")))), &[R::PROTOCOL_ERROR])
+);
+
+runtime_kind_test!(
+    /// MQTT-3.1.4-6, MQTT-3.14.0-1: after refusing a CONNECT (CONNACK 0x86)
+    /// the server processes nothing the client sent behind it (a retained
+    /// PUBLISH in the same write is not stored) and sends no DISCONNECT.
+    mqtt_3_1_4_6_nothing_after_a_refused_connect_is_processed,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("v5-refused");
+        let path = crate::security::password_file(&dir);
+        let b = TestBroker::start(kind, |c| c.password_file = Some(path));
+        let mut connect = connect_packet("sneaky");
+        connect.username = Some("alice".into());
+        connect.password = Some(Bytes::from_static(b"wrong"));
+        let mut bytes = encoded(&Packet::Connect(Box::new(connect)));
+        bytes.extend(encoded(&Packet::Publish(Publish { retain: true, ..publish_packet("after/t", b"no", 0) })));
+        let mut c = V5::over(b.raw());
+        c.send_raw(&bytes);
+        match c.recv() {
+            Packet::Connack(a) => assert_eq!(a.reason, R::BAD_USER_NAME_OR_PASSWORD),
+            other => panic!("expected CONNACK 0x86, got {other:?}"),
+        }
+        c.expect_closed();
+        let (mut alice, _) = V5::accepted(b.addr, "alice-1", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(b"wonderland"));
+        });
+        alice.subscribe("after/t", 0);
+        alice.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.2.2-22 / 3.2.2.3.14: the Server Keep Alive (max_keepalive 1)
+    /// replaces the client's 60 s: silence for 1.5 s gets DISCONNECT 0x8D.
+    mqtt_3_2_2_22_server_keep_alive_is_enforced,
+    |c: &mut Config| c.max_keepalive = Some(1),
+    |b: &TestBroker| {
+        let start = Instant::now();
+        let (mut c, connack) = V5::accepted(b.addr, "told", |c| c.keep_alive = 60);
+        assert_eq!(connack.properties.server_keep_alive, Some(1));
+        c.expect_disconnect(R::KEEP_ALIVE_TIMEOUT);
+        assert!(start.elapsed() < Duration::from_secs(5), "closed after {:?}", start.elapsed());
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-24, MQTT-3.2.2-19/-20, MQTT-3.7.2-2, MQTT-3.11.2-1,
+    /// MQTT-3.14.2-3: with a client Maximum Packet Size of 24 and Request
+    /// Problem Information 1, nothing midge sends is larger: CONNACK, SUBACK,
+    /// UNSUBACK 0x11, PUBCOMP 0x92 and DISCONNECT 0x82 drop a Reason String
+    /// or User Property that would not fit.
+    mqtt_3_1_2_24_no_packet_over_the_clients_maximum_packet_size,
+    |b: &TestBroker| {
+        const MAX: usize = 24;
+        let (mut c, _) = V5::accepted(b.addr, "tiny", |c| {
+            c.properties.maximum_packet_size = Some(MAX as u32);
+            c.properties.request_problem_info = Some(true);
+        });
+        assert!(c.last_size <= MAX, "CONNACK of {} bytes", c.last_size);
+        c.subscribe("tiny/t", 1);
+        assert!(c.last_size <= MAX, "SUBACK of {} bytes", c.last_size);
+        c.send(&Packet::Unsubscribe(Unsubscribe {
+            pid: 3,
+            properties: Properties::default(),
+            filters: vec!["tiny/none".into()],
+        }));
+        assert!(matches!(c.recv(), Packet::Unsuback(_)));
+        assert!(c.last_size <= MAX, "UNSUBACK of {} bytes", c.last_size);
+        c.send(&Packet::Pubrel(Ack::success(99)));
+        assert!(matches!(c.recv(), Packet::Pubcomp(_)));
+        assert!(c.last_size <= MAX, "PUBCOMP of {} bytes", c.last_size);
+        c.send(&Packet::Connect(Box::new(connect_packet("tiny"))));
+        c.expect_disconnect(R::PROTOCOL_ERROR);
+        assert!(c.last_size <= MAX, "DISCONNECT of {} bytes", c.last_size);
+    }
+);
+
 // ---------------------------------------------------------------------------
 // b. PUBLISH
 
@@ -708,9 +806,13 @@ runtime_test!(
 
 runtime_test!(
     /// MQTT-3.3.2-8 (3.3.2.3.4): Topic Alias 0 from a client gets DISCONNECT
-    /// 0x94 (Topic Alias invalid).
+    /// 0x94 (Topic Alias invalid); the spec names no code for this case, so
+    /// 0x82 (Protocol Error) and 0x81 (Malformed, Mosquitto 2.0's answer) pass.
     mqtt_3_3_2_8_topic_alias_0_gets_0x94,
-    |b: &TestBroker| refused_with(b, &publish_raw("t", &[0x23, 0x00, 0x00], b"x"), &[R::TOPIC_ALIAS_INVALID])
+    |b: &TestBroker| {
+        let reasons = [R::TOPIC_ALIAS_INVALID, R::PROTOCOL_ERROR, R::MALFORMED_PACKET];
+        refused_with(b, &publish_raw("t", &[0x23, 0x00, 0x00], b"x"), &reasons)
+    }
 );
 
 runtime_test!(
@@ -828,6 +930,119 @@ runtime_test!(
     /// is a Protocol Error (DISCONNECT 0x82).
     mqtt_3_3_4_6_publish_with_a_subscription_identifier_gets_0x82,
     |b: &TestBroker| refused_with(b, &publish_raw("t", &[0x0b, 0x01], b"x"), &[R::PROTOCOL_ERROR])
+);
+
+runtime_test!(
+    /// MQTT-3.3.2-2: a Topic Name with a wildcard is refused: DISCONNECT 0x90
+    /// (Topic Name invalid), 0x82 or 0x81; at QoS 1 a PUBACK 0x90 also
+    /// passes. Nothing reaches a `#` subscriber.
+    mqtt_3_3_2_2_wildcard_in_a_topic_name_is_refused,
+    |b: &TestBroker| {
+        let mut all = V5::client(b.addr, "all");
+        all.subscribe("#", 1);
+        let reasons = [R::TOPIC_NAME_INVALID, R::PROTOCOL_ERROR, R::MALFORMED_PACKET];
+        refused_with(b, &encoded(&Packet::Publish(publish_packet("w/+", b"x", 0))), &reasons);
+        let mut c = V5::client(b.addr, "wild");
+        c.send(&Packet::Publish(Publish { pid: Some(1), ..publish_packet("w/#", b"x", 1) }));
+        match c.recv() {
+            Packet::Puback(a) => assert_eq!(a.reason, R::TOPIC_NAME_INVALID),
+            Packet::Disconnect(d) => {
+                assert!(reasons.contains(&d.reason), "{d:?}");
+                c.expect_closed();
+            }
+            other => panic!("expected PUBACK 0x90 or DISCONNECT, got {other:?}"),
+        }
+        let got = drain(&mut all, true);
+        assert!(got.iter().all(|m| &*m.topic == "bystander/t" || m.retain), "{got:?}");
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.3.2-14: a Response Topic with a wildcard is refused (DISCONNECT
+    /// 0x82, 0x81 or 0x90, or at QoS 1 a PUBACK of 0x80 or above) and not
+    /// forwarded.
+    mqtt_3_3_2_14_wildcard_in_a_response_topic_is_refused,
+    |b: &TestBroker| {
+        let mut all = V5::client(b.addr, "all");
+        all.subscribe("rt/#", 1);
+        let mut c = V5::client(b.addr, "asker");
+        c.send(&Packet::Publish(Publish {
+            pid: Some(1),
+            ..message("rt/q", b"?", 1, |m| m.response_topic = Some("rt/answers/#".into()))
+        }));
+        match c.recv() {
+            Packet::Puback(a) => assert!(a.reason.is_error(), "{a:?}"),
+            Packet::Disconnect(d) => {
+                let reasons = [R::PROTOCOL_ERROR, R::MALFORMED_PACKET, R::TOPIC_NAME_INVALID];
+                assert!(reasons.contains(&d.reason), "{d:?}");
+                c.expect_closed();
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        all.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.3.1-5/-6/-7: a retained message replaces the topic's retained
+    /// one; an empty retained payload is delivered to current subscribers
+    /// and removes it (nothing for a later subscriber).
+    mqtt_3_3_1_6_empty_retained_payload_clears_the_retained_message,
+    |b: &TestBroker| {
+        let mut p = V5::client(b.addr, "pub");
+        for payload in [&b"first"[..], b"second"] {
+            p.publish_with(Publish { retain: true, ..publish_packet("er/t", payload, 1) });
+        }
+        let mut early = V5::client(b.addr, "early");
+        early.subscribe("er/t", 1);
+        let got = drain(&mut early, true);
+        assert_eq!(got.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"second"[..]], "MQTT-3.3.1-5");
+        p.publish_with(Publish { retain: true, ..publish_packet("er/t", b"", 1) });
+        assert!(early.recv_and_ack().payload.is_empty(), "MQTT-3.3.1-6: delivered normally");
+        let mut late = V5::client(b.addr, "late");
+        late.subscribe("er/t", 1);
+        late.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.4.0-1, MQTT-3.3.1-1: a resumed session gets its unacknowledged
+    /// QoS 1 PUBLISH again (DUP 1, same packet id) and the PUBREL of a QoS 2
+    /// message it had PUBREC'd.
+    mqtt_4_4_0_1_unacknowledged_messages_are_resent_on_resume,
+    |b: &TestBroker| {
+        let (mut sub, _) = session(b, "resume", false, 60);
+        sub.subscribe("rs/#", 2);
+        let mut p = V5::client(b.addr, "pub");
+        p.publish("rs/1", b"one", 1);
+        p.publish("rs/2", b"two", 2);
+        let one = sub.recv_publish();
+        let two = sub.recv_publish();
+        let (one_pid, two_pid) = (one.pid.unwrap(), two.pid.unwrap());
+        sub.send(&Packet::Pubrec(Ack::success(two_pid)));
+        assert!(matches!(sub.recv(), Packet::Pubrel(a) if a.pid == two_pid));
+        drop(sub);
+        let (mut sub, present) = session(b, "resume", false, 60);
+        assert!(present);
+        let (mut republished, mut released) = (false, false);
+        for _ in 0..2 {
+            match sub.recv() {
+                Packet::Publish(m) => {
+                    assert_eq!((m.pid, m.dup, &m.payload[..]), (Some(one_pid), true, &b"one"[..]));
+                    sub.ack(&m);
+                    republished = true;
+                }
+                Packet::Pubrel(a) => {
+                    assert_eq!(a.pid, two_pid);
+                    sub.send(&Packet::Pubcomp(Ack::success(two_pid)));
+                    released = true;
+                }
+                other => panic!("expected the PUBLISH again or the PUBREL, got {other:?}"),
+            }
+        }
+        assert!(republished && released);
+        sub.expect_nothing_queued();
+    }
 );
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use midge::v5::{
     self, Ack, Connack, Connect, Disconnect, Packet, Properties, Publish, ReasonCode, RetainHandling, Suback,
     Subscribe, SubscriptionOptions,
 };
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -67,6 +68,8 @@ pub fn frame(header: u8, body: &[u8]) -> Vec<u8> {
 pub struct V5 {
     pub raw: Raw,
     next_pid: u16,
+    /// The size in bytes of the last packet received, fixed header included.
+    pub last_size: usize,
 }
 
 impl V5 {
@@ -75,7 +78,7 @@ impl V5 {
     pub fn connect(addr: SocketAddr, client_id: &str, adjust: impl FnOnce(&mut Connect)) -> (V5, Connack) {
         let mut c = connect_packet(client_id);
         adjust(&mut c);
-        let mut client = V5 { raw: Raw::connect(addr), next_pid: 0 };
+        let mut client = V5 { raw: Raw::connect(addr), next_pid: 0, last_size: 0 };
         client.send(&Packet::Connect(Box::new(c)));
         match client.recv() {
             Packet::Connack(connack) => (client, connack),
@@ -97,7 +100,7 @@ impl V5 {
 
     /// A client over a TCP connection on which nothing was sent yet.
     pub fn over(raw: Raw) -> V5 {
-        V5 { raw, next_pid: 0 }
+        V5 { raw, next_pid: 0, last_size: 0 }
     }
 
     /// Sends a packet (an error means the broker closed; the next
@@ -113,12 +116,15 @@ impl V5 {
 
     /// The next packet (within [`TIMEOUT`]), decoded.
     pub fn recv(&mut self) -> Packet {
-        let got = self
-            .raw
-            .try_recv()
-            .unwrap_or_else(|e| panic!("expected an MQTT 5.0 packet within {TIMEOUT:?}: {e}"));
-        v5::decode(got.header, Bytes::from(got.body.clone()))
-            .unwrap_or_else(|e| panic!("undecodable packet from the broker ({e}): {:02x} {:02x?}", got.header, got.body))
+        let got = self.raw.try_recv().unwrap_or_else(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => panic!("expected a packet: the broker closed the connection"),
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => panic!("expected a packet: none within {TIMEOUT:?}"),
+            _ => panic!("expected a packet: {e}"),
+        });
+        self.last_size = 1 + vbi_len(got.body.len()) + got.body.len();
+        v5::decode(got.header, Bytes::from(got.body.clone())).unwrap_or_else(|e| {
+            panic!("undecodable packet from the broker ({e}): {:02x} {:02x?}", got.header, got.body)
+        })
     }
 
     /// The next packet, which must be a PUBLISH.
@@ -283,4 +289,14 @@ impl V5 {
 /// Message properties with the given User Properties.
 pub fn user_properties(pairs: &[(&str, &str)]) -> Vec<(Arc<str>, Arc<str>)> {
     pairs.iter().map(|(k, v)| (Arc::from(*k), Arc::from(*v))).collect()
+}
+
+/// How many bytes a Variable Byte Integer takes.
+fn vbi_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
 }
