@@ -9,8 +9,7 @@ use crate::support::v5::{V5, connect_packet, encoded, frame, options, publish_pa
 use crate::support::{TempDir, TestBroker};
 use bytes::Bytes;
 use midge::Config;
-use midge::packet::{ConnectCode, QoS};
-use midge::security::{ConnectInfo, Hooks};
+use midge::packet::QoS;
 use midge::v5::{
     Ack, Auth, Disconnect, Packet, Properties, Publish, ReasonCode as R, RetainHandling, Subscribe,
     SubscriptionOptions, Unsubscribe, Will,
@@ -282,20 +281,27 @@ runtime_test!(
     }
 );
 
+/// A session of `id` with Session Expiry Interval `expiry` subscribes to
+/// `id/t` and disconnects; the next connection (Clean Start `clean`, same
+/// expiry) finds no session: Session Present 0, and a message published to
+/// the old subscription does not arrive.
+fn expect_session_gone(b: &TestBroker, id: &str, expiry: u32, clean: bool) {
+    let topic = format!("{id}/t");
+    let (mut c, _) = session(b, id, false, expiry);
+    c.subscribe(&topic, 1);
+    c.disconnect();
+    let (mut c, present) = session(b, id, clean, expiry);
+    assert!(!present, "{id}: Session Present 1");
+    let mut p = V5::client(b.addr, "pub");
+    p.publish(&topic, b"nobody subscribed", 1);
+    c.expect_nothing_queued();
+}
+
 runtime_test!(
     /// MQTT-3.1.2-4, MQTT-3.2.2-2: Clean Start 1 discards an existing session
     /// (Session Present 0, its subscription gone).
     mqtt_3_1_2_4_clean_start_1_discards_the_session,
-    |b: &TestBroker| {
-        let (mut c, _) = session(b, "cs1", false, 60);
-        c.subscribe("cs1/t", 1);
-        c.disconnect();
-        let (mut c, present) = session(b, "cs1", true, 60);
-        assert!(!present, "MQTT-3.2.2-2: Clean Start 1 gets Session Present 0");
-        let mut p = V5::client(b.addr, "pub");
-        p.publish("cs1/t", b"nobody subscribed", 1);
-        c.expect_nothing_queued();
-    }
+    |b: &TestBroker| expect_session_gone(b, "cs1", 60, true)
 );
 
 runtime_test!(
@@ -321,16 +327,7 @@ runtime_test!(
     /// MQTT-3.1.2-23 (3.1.2.11.2): Session Expiry Interval 0 (absent) ends the
     /// session when the connection closes, even with Clean Start 0.
     mqtt_3_1_2_23_session_expiry_0_ends_the_session_at_disconnect,
-    |b: &TestBroker| {
-        let (mut c, _) = session(b, "se0", false, 0);
-        c.subscribe("se0/t", 1);
-        c.disconnect();
-        let (mut c, present) = session(b, "se0", false, 0);
-        assert!(!present, "the session ended at disconnect");
-        let mut p = V5::client(b.addr, "pub");
-        p.publish("se0/t", b"x", 1);
-        c.expect_nothing_queued();
-    }
+    |b: &TestBroker| expect_session_gone(b, "se0", 0, false)
 );
 
 runtime_test!(
@@ -372,19 +369,10 @@ runtime_test!(
 runtime_kind_test!(
     /// MQTT-3.1.4-2 / 3.2.2.2: a wrong password gets CONNACK 0x86 (Bad User
     /// Name or Password), a client without a user name where anonymous
-    /// access is off 0x86 or 0x87 (Not authorized), a hook's refusal 0x87;
+    /// access is off 0x86 or 0x87 (Not authorized), a hook's refusal (`security::AppHooks` refuses eve) 0x87;
     /// each then a close (MQTT-3.2.2-7).
     mqtt_3_1_4_2_refused_credentials_get_0x86_or_0x87,
     |kind: midge::RuntimeKind| {
-        struct DenyEve;
-        impl Hooks for DenyEve {
-            fn authenticate(&self, connect: &ConnectInfo<'_>) -> Result<(), ConnectCode> {
-                match connect.username {
-                    Some("eve") => Err(ConnectCode::NotAuthorized),
-                    _ => Ok(()),
-                }
-            }
-        }
         let dir = TempDir::new("v5-passwd");
         let path = crate::security::password_file(&dir);
         let b = TestBroker::start(kind, |c| c.password_file = Some(path));
@@ -404,10 +392,10 @@ runtime_kind_test!(
         assert_eq!(login(Some("mallory"), b"wonderland"), R::BAD_USER_NAME_OR_PASSWORD);
         let anonymous = login(None, b"");
         assert!([R::BAD_USER_NAME_OR_PASSWORD, R::NOT_AUTHORIZED].contains(&anonymous), "{anonymous}");
-        b.broker.set_hooks(Arc::new(DenyEve));
+        b.broker.set_hooks(Arc::new(crate::security::AppHooks));
         assert_eq!(login(Some("eve"), b"x"), R::BAD_USER_NAME_OR_PASSWORD, "eve has no password entry");
         let b = TestBroker::start(kind, |_| {});
-        b.broker.set_hooks(Arc::new(DenyEve));
+        b.broker.set_hooks(Arc::new(crate::security::AppHooks));
         let (mut c, connack) = V5::connect(b.addr, "eve-1", |c| c.username = Some("eve".into()));
         assert_eq!(connack.reason, R::NOT_AUTHORIZED);
         c.expect_closed();

@@ -121,7 +121,7 @@ impl V5 {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => panic!("expected a packet: none within {TIMEOUT:?}"),
             _ => panic!("expected a packet: {e}"),
         });
-        self.last_size = 1 + vbi_len(got.body.len()) + got.body.len();
+        self.last_size = super::packets::packet(got.header, &got.body).len();
         v5::decode(got.header, Bytes::from(got.body.clone())).unwrap_or_else(|e| {
             panic!("undecodable packet from the broker ({e}): {:02x} {:02x?}", got.header, got.body)
         })
@@ -289,14 +289,4 @@ impl V5 {
 /// Message properties with the given User Properties.
 pub fn user_properties(pairs: &[(&str, &str)]) -> Vec<(Arc<str>, Arc<str>)> {
     pairs.iter().map(|(k, v)| (Arc::from(*k), Arc::from(*v))).collect()
-}
-
-/// How many bytes a Variable Byte Integer takes.
-fn vbi_len(n: usize) -> usize {
-    match n {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
 }
