@@ -54,6 +54,10 @@ mod sys;
 mod tls;
 /// Stores written by earlier releases open intact after an upgrade.
 mod upgrade;
+/// MQTT 5.0, server side, over the wire: CONNECT / CONNACK, PUBLISH
+/// properties, topic aliases, acknowledgements, subscription options, flow
+/// control, DISCONNECT reason codes, bad input, 3.1.1 interoperability.
+mod v5;
 /// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
 /// input, and MQTT.js under Node and in headless Chromium.
 mod websockets;
