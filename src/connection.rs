@@ -302,6 +302,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(Packet::Connect(connect))) => {
             let aliases = connect.properties.topic_alias_maximum.unwrap_or(0);
             link.outbox.set_protocol(connect.protocol, aliases);
+            link.outbox.set_max_packet_size(connect.properties.maximum_packet_size);
             let deadline = Instant::now() + timeout;
             match authenticate_enhanced(rt, broker, link, peer, &connect, deadline).await {
                 Ok(auth) => admit(broker, *connect, peer, conn, kick, auth, out).await,

@@ -541,7 +541,6 @@ runtime_test!(
     /// MQTT-3.1.2-8, MQTT-3.1.3-9 (Will Delay Interval): the will waits for
     /// its delay (1 s) and is published after it; a will whose client
     /// reconnects within its delay (2 s) is not published at all.
-    #[ignore = "issue 11: Will Delay Interval not built yet"]
     mqtt_3_1_3_9_will_delay_interval,
     |b: &TestBroker| {
         let mut sub = V5::client(b.addr, "heir");
@@ -1582,7 +1581,6 @@ runtime_test!(
     /// 4.8.2, MQTT-4.8.2-3: each message goes to one member of each share
     /// group (round robin by default: both members get some), and to every
     /// non-shared subscriber; the granted QoS of the member is respected.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_3_shared_subscription_delivers_once_per_group,
     |b: &TestBroker| {
         let mut g1 = V5::client(b.addr, "g1");
@@ -1612,7 +1610,6 @@ runtime_test!(
     /// MQTT-4.8.2-1/-2: a `$share` filter with an empty ShareName, one holding
     /// `+`, `#` (or `/` before the filter is missing) is refused: SUBACK 0x8F
     /// for it, or DISCONNECT 0x8F / 0x81 / 0x82.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_1_share_name_empty_or_wildcard_is_refused,
     |b: &TestBroker| {
         let mut by = bystander(b);
@@ -1635,7 +1632,6 @@ runtime_test!(
 
 runtime_test!(
     /// 3.8.4 / 4.8.2: no retained message is sent on a shared subscription.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_no_retained_messages_on_a_shared_subscription,
     |b: &TestBroker| {
         let mut p = V5::client(b.addr, "pub");
@@ -1651,7 +1647,6 @@ runtime_test!(
 runtime_test!(
     /// 4.8.2 (issue 11: as Mosquitto does): 3.1.1 clients may join a share
     /// group too, beside 5.0 members: one delivery per message.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_shared_subscription_for_v311_clients,
     |b: &TestBroker| {
         let mut old = b.client("old-member");
@@ -1681,7 +1676,6 @@ runtime_test!(
     /// 4.8.2 (QoS 1: "SHOULD send the Application Message to another Client
     /// that is subscribed"): a member whose session ends with an
     /// unacknowledged QoS 1 message leaves it to another member.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_unacknowledged_qos_1_goes_to_another_member,
     |b: &TestBroker| {
         let mut quitter = V5::client(b.addr, "quitter");
