@@ -1,8 +1,9 @@
 //! cargo run --release --example loadgen --features smol -- --scenario fanin
 //!
-//! A load generator for MQTT 3.1.1 brokers. It brings its own small client
-//! (`mqtt.rs`: hand-written packets over TCP) and uses nothing from midge, so
-//! it measures Mosquitto, rumqttd and midge the same way. Each run is bounded
+//! A load generator for MQTT 3.1.1 and (`--protocol 5`) MQTT 5.0 brokers. It
+//! brings its own small client (`mqtt.rs`: hand-written packets over TCP) and
+//! uses nothing from midge, so it measures Mosquitto, rumqttd and midge the
+//! same way (only its unit tests check its 5.0 packets against `midge::v5`). Each run is bounded
 //! in time (hard limit: duration + 30 s) and prints one human line and one
 //! JSON line on stdout; diagnostics go to stderr.
 //!
@@ -28,8 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// loadgen: load generator for MQTT 3.1.1 brokers (fanin, fanout, pairs,
-/// latency, conns, subs, retained, soak).
+/// loadgen: load generator for MQTT 3.1.1 and 5.0 brokers (fanin, fanout,
+/// pairs, latency, conns, subs, retained, soak).
 #[derive(FromArgs, Debug, Clone)]
 pub struct Args {
     /// scenario: fanin, fanout, pairs, latency, conns, subs, retained or soak (default fanin)
