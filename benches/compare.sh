@@ -361,7 +361,7 @@ END {
     nb = split(brokers, bl, " ")
     v5 = 0
     for (k = 1; k <= ncases; k++) if (order[k] ~ /-v5a?$/) v5 = 1
-    printf "%-16s %-20s", "case", "metric"
+    printf "%-20s %-18s", "case", "metric"
     for (i = 1; i <= nb; i++) printf " %16s", bl[i]
     printf "   %-34s", "midge/mosquitto (smol, async-std)"
     if (v5) printf "   5.0/3.1.1 (%s)", substr(brokers, 2)
@@ -370,7 +370,7 @@ END {
         id = order[k]
         for (m = 1; m <= 3; m++) {
             if (metric[id, m] == "") continue
-            printf "%-16s %-20s", (m == 1 ? id : ""), metric[id, m]
+            printf "%-20s %-18s", (m == 1 ? id : ""), metric[id, m]
             for (i = 1; i <= nb; i++) {
                 med[i] = median(vals[id, bl[i], m])
                 printf " %16s", fmt(med[i]) (m == 1 ? flag[id, bl[i]] : "")
