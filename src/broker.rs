@@ -5,16 +5,17 @@
 //! `.await`. Order: registry, then a session, then the trie; routing takes
 //! the trie (read) and sessions one after the other, never nested.
 
-use crate::config::Config;
+use crate::config::{Config, ShareStrategy};
 use crate::error::OpenError;
-use crate::packet::{QoS, SubackCode};
+use crate::packet::{QoS, ReasonCode, RetainHandling, Subscription};
 use crate::retain::{Retained, Scan};
 use crate::security::{Guards, Hooks, Security};
-use crate::session::{Message, Offer, Session};
+use crate::session::{ClientLimits, Message, Offer, Session};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::{DropCause, Stats};
-use crate::store::{Op, Persistence, RedbStore, Snapshot, Store, Ticket};
+use crate::store::{Op, Persistence, RedbStore, SessionOwner, Snapshot, Store, Ticket};
+use crate::topic;
 use crate::trie::Trie;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ struct Shared {
     security: RwLock<Arc<Security>>,
     /// The embedding application's hooks.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
+    /// Where each shared subscription group's next pick starts.
+    share_cursors: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 struct Entry {
@@ -52,6 +55,8 @@ struct Entry {
     connection: Option<Attached>,
     /// When the last connection left (persistent sessions; for expiry).
     left: Option<SystemTime>,
+    /// The last connection attached (0: none since a restart).
+    last_connection: u64,
 }
 
 /// The connection currently attached to a session.
@@ -62,8 +67,60 @@ struct Attached {
 }
 
 struct Subscriber {
-    qos: QoS,
+    sub: Subscription,
     session: Arc<SessionHandle>,
+    /// For a shared subscription: its group and member.
+    share: Option<Share>,
+}
+
+/// A member of a shared subscription's group.
+struct Share {
+    /// The whole filter, `$share/{name}/{filter}`: the group.
+    group: Arc<str>,
+    /// The member's client id.
+    client: Arc<str>,
+}
+
+/// A shared subscription matching a message: group, session, subscription, member.
+type SharedMatch = (Arc<str>, Arc<SessionHandle>, Subscription, Arc<str>);
+
+/// Where a session's subscription to `filter` sits in the trie: the filter
+/// it matches with, its key there, and its group if it is shared (a shared
+/// subscription matches with the filter it shares, under a key of its own,
+/// so it can sit beside the client's own subscription to that filter).
+fn slot<'f>(filter: &'f str, client: &Arc<str>) -> (&'f str, Arc<str>, Option<Share>) {
+    match topic::shared(filter) {
+        Some((_, inner)) => {
+            let share = Share { group: filter.into(), client: client.clone() };
+            (inner, format!("{filter}\0{client}").into(), Some(share))
+        }
+        None => (filter, client.clone(), None),
+    }
+}
+
+/// Who attaches to a session, and how (see [`Broker::attach_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct Attach {
+    /// The listener the client came in on (whose ACL rules its deliveries).
+    pub listener: usize,
+    /// The user name it authenticated as.
+    pub username: Option<Arc<str>>,
+    /// Clean Start (3.1.1: clean session): discard any existing session.
+    pub clean_start: bool,
+    /// Session Expiry Interval in seconds once the connection ends: `Some(0)`
+    /// ends the session with the connection (3.1.1 clean session), `None`
+    /// keeps it without a limit of its own (3.1.1 persistent session, or
+    /// 5.0's 0xFFFFFFFF).
+    pub expiry: Option<u32>,
+    /// What the client announced it can take.
+    pub client: ClientLimits,
+}
+
+impl Attach {
+    /// A 3.1.1 attachment: clean session 1 ends with the connection.
+    pub fn v3(listener: usize, username: Option<Arc<str>>, clean: bool) -> Attach {
+        Attach { listener, username, clean_start: clean, expiry: clean.then_some(0), client: ClientLimits::default() }
+    }
 }
 
 /// The session a new connection gets.
@@ -134,20 +191,28 @@ impl Broker {
 
     fn build(config: Config, security: Security, store: Option<Persistence>, snapshot: Snapshot) -> Broker {
         let mut retained = Retained::default();
-        for (topic, (qos, payload)) in snapshot.retained {
-            retained.set(&Message { topic, payload, qos, retain: true });
+        for message in snapshot.retained.into_values() {
+            retained.set(&message);
         }
         let mut registry = HashMap::new();
         let mut trie = Trie::default();
         let now = SystemTime::now();
         for (id, stored) in snapshot.sessions {
             let left = now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen)));
+            let owner = stored.owner.clone().unwrap_or_default();
             let session = Session::restore(id.clone(), stored, config.limits());
             let handle = SessionHandle::new(id.clone(), session, store.clone());
-            for (filter, qos) in handle.lock().session.subscriptions() {
-                trie.insert(filter, id.clone(), Subscriber { qos, session: handle.clone() });
+            {
+                // Deliveries while its client is away are checked against
+                // the ACL of the listener and user it last connected as.
+                let mut s = handle.lock();
+                (s.listener, s.username) = (owner.listener, owner.username);
+                for (filter, sub) in s.session.subscriptions() {
+                    let (at, key, share) = slot(filter, &id);
+                    trie.insert(at, key, Subscriber { sub, session: handle.clone(), share });
+                }
             }
-            registry.insert(id, Entry { session: handle, clean: false, connection: None, left });
+            registry.insert(id, Entry { session: handle, clean: false, connection: None, left, last_connection: 0 });
         }
         let shared = Shared {
             config,
@@ -159,6 +224,7 @@ impl Broker {
             store,
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
+            share_cursors: Mutex::new(HashMap::new()),
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -266,7 +332,7 @@ impl Broker {
         conn: u64,
         kick: Arc<Signal>,
     ) -> Attachment {
-        self.attach_on(0, client_id, username, clean, conn, kick)
+        self.attach_with(client_id, Attach::v3(0, username, clean), conn, kick)
     }
 
     /// [`Broker::attach`] for a client that came in on the listener at
@@ -280,6 +346,18 @@ impl Broker {
         conn: u64,
         kick: Arc<Signal>,
     ) -> Attachment {
+        self.attach_with(client_id, Attach::v3(listener, username, clean), conn, kick)
+    }
+
+    /// Attaches connection `conn` to `client_id`'s session as `how` says:
+    /// takes over (kicks) any connection already using the id
+    /// (MQTT-3.1.4-2), resumes a session that outlives its connections
+    /// unless Clean Start (MQTT-3.1.2-4/-5), otherwise starts a new one. A
+    /// session with an expiry interval other than 0 is durable; who owns it
+    /// (listener, user, expiry) is stored with it.
+    pub fn attach_with(&self, client_id: &Arc<str>, how: Attach, conn: u64, kick: Arc<Signal>) -> Attachment {
+        let Attach { listener, username, clean_start, expiry, client } = how;
+        let ends_with_connection = expiry == Some(0);
         let mut registry = lock(&self.shared.registry);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
@@ -287,32 +365,69 @@ impl Broker {
         }
         let mut ops = Vec::new();
         let (session, session_present) = match previous {
-            Some(e) if !clean && !e.session.lock().session.clean => (e.session, true),
+            Some(e) if !clean_start && !e.session.lock().session.clean => (e.session, true),
             other => {
                 if let Some(e) = other {
                     self.discard(client_id, &e.session, &mut ops);
                 }
-                let durable = !clean && self.shared.store.is_some();
+                let durable = !ends_with_connection && self.shared.store.is_some();
                 if durable {
                     ops.push(Op::Session(client_id.clone(), Some(epoch_seconds(SystemTime::now()))));
                 }
-                let session = Session::new(client_id.clone(), clean, self.shared.config.limits(), durable);
+                let session =
+                    Session::new(client_id.clone(), ends_with_connection, self.shared.config.limits(), durable);
                 (SessionHandle::new(client_id.clone(), session, self.shared.store.clone()), false)
             }
         };
-        {
+        let persistent = {
             let mut s = session.lock();
             s.owner = conn;
-            s.username = username;
+            s.username = username.clone();
             s.listener = listener;
+            s.session.expiry = expiry;
+            s.session.set_client(client);
             s.session.set_online(true);
+            !s.session.clean
+        };
+        if persistent && self.shared.store.is_some() {
+            ops.push(Op::Owner(client_id.clone(), SessionOwner { listener, username, expiry }));
         }
         let ticket = self.append(ops);
-        // A resumed session is persistent, as the CONNECT asked: `clean` either way.
-        let entry =
-            Entry { session: session.clone(), clean, connection: Some(Attached { id: conn, kick }), left: None };
+        let entry = Entry {
+            session: session.clone(),
+            clean: !persistent,
+            connection: Some(Attached { id: conn, kick }),
+            left: None,
+            last_connection: conn,
+        };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
+    }
+
+    /// Whether the delayed will of connection `conn` of `client_id`, whose
+    /// session was `session`, is due now its delay is over: no connection
+    /// resumed that session since (MQTT-3.1.3-9). A session that ended
+    /// meanwhile (expired, or replaced by a Clean Start) has its will sent.
+    pub fn will_due(&self, client_id: &str, session: &Arc<SessionHandle>, conn: u64) -> bool {
+        match lock(&self.shared.registry).get(client_id) {
+            Some(entry) if Arc::ptr_eq(&entry.session, session) => {
+                entry.last_connection == conn && entry.connection.is_none()
+            }
+            _ => true,
+        }
+    }
+
+    /// Changes the expiry interval of `client_id`'s session (a 5.0
+    /// DISCONNECT's Session Expiry Interval), if connection `conn` owns it.
+    pub fn set_session_expiry(&self, client_id: &Arc<str>, conn: u64, expiry: Option<u32>) {
+        let registry = lock(&self.shared.registry);
+        let Some(entry) = registry.get(client_id) else { return };
+        let Some(mut s) = entry.session.lock_owned(conn) else { return };
+        s.session.expiry = expiry;
+        if !s.session.clean && self.shared.store.is_some() {
+            let owner = SessionOwner { listener: s.listener, username: s.username.clone(), expiry };
+            self.append(vec![Op::Owner(client_id.clone(), owner)]);
+        }
     }
 
     /// Detaches connection `conn` from `client_id`'s session, unless a newer
@@ -325,12 +440,16 @@ impl Broker {
             return;
         }
         entry.connection = None;
-        let clean = {
+        let (clean, unfinished) = {
             let mut s = entry.session.lock();
             s.owner = 0;
             s.session.set_online(false);
-            s.session.clean
+            // A 5.0 session resumed with (or changed to) expiry 0 ends too.
+            (s.session.clean || s.session.expiry == Some(0), s.session.take_shared())
         };
+        if !unfinished.is_empty() {
+            self.reroute(&entry.session.clone(), unfinished);
+        }
         // Publishers waiting for this client's queue to drain go on: an
         // offline session keeps what fits and drops the rest.
         entry.session.wake_publishers();
@@ -349,13 +468,23 @@ impl Broker {
     }
 
     /// Removes persistent sessions whose client has been gone longer than
-    /// `max_age` (Mosquitto's `persistent_client_expiration`).
-    pub fn expire_sessions(&self, max_age: Duration) -> usize {
+    /// `max_age` (Mosquitto's `persistent_client_expiration`) or than their
+    /// own Session Expiry Interval (5.0).
+    pub fn expire_sessions(&self, max_age: Option<Duration>) -> usize {
         let mut registry = lock(&self.shared.registry);
         let now = SystemTime::now();
         let expired: Vec<Arc<str>> = registry
             .iter()
-            .filter(|(_, e)| e.left.is_some_and(|left| now.duration_since(left).unwrap_or_default() >= max_age))
+            .filter(|(_, e)| {
+                let Some(left) = e.left else { return false };
+                let gone = now.duration_since(left).unwrap_or_default();
+                let own = e.session.lock().session.expiry.map(|s| Duration::from_secs(u64::from(s)));
+                let limit = match (own, max_age) {
+                    (Some(own), Some(max)) => Some(own.min(max)),
+                    (own, max) => own.or(max),
+                };
+                limit.is_some_and(|limit| gone >= limit)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut ops = Vec::new();
@@ -364,7 +493,7 @@ impl Broker {
             let pending = entry.session.lock().session.pending();
             self.shared.stats.dropped(DropCause::Expired, pending as u64);
             self.discard(id, &entry.session, &mut ops);
-            log::info!("session of client {id} expired after {max_age:?} offline");
+            log::info!("session of client {id} expired");
         }
         self.append(ops);
         expired.len()
@@ -390,15 +519,26 @@ impl Broker {
         }
         let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
-            trie.remove(&filter, client_id);
+            self.remove_slot(&mut trie, &filter, client_id);
+        }
+    }
+
+    /// Takes a subscription out of the trie (a shared one also resets its
+    /// group's cursor, so cursors do not outlive their groups).
+    fn remove_slot(&self, trie: &mut Trie<Subscriber>, filter: &str, client_id: &Arc<str>) {
+        let (at, key, share) = slot(filter, client_id);
+        trie.remove(at, &key);
+        if let Some(share) = share {
+            lock(&self.shared.share_cursors).remove(&share.group);
         }
     }
 
     /// Adds or replaces subscriptions (MQTT-3.8.4-3) and queues the retained
-    /// messages they match (MQTT-3.3.1-6); returns one code per filter, or
-    /// `None` if connection `conn` no longer owns the session (takeover).
-    /// The trie is updated under the session lock, so a takeover that
-    /// discards the session cannot leave a subscription behind.
+    /// messages they match (MQTT-3.3.1-6) as their Retain Handling says
+    /// (5.0: 1 only for a new subscription, 2 never); returns one code per
+    /// filter, or `None` if connection `conn` no longer owns the session
+    /// (takeover). The trie is updated under the session lock, so a
+    /// takeover that discards the session cannot leave a subscription behind.
     ///
     /// Identical filters in one SUBSCRIBE replace each other (the last one
     /// counts), and each retained message goes out once, at the highest QoS
@@ -410,39 +550,52 @@ impl Broker {
         client_id: &Arc<str>,
         session: &Arc<SessionHandle>,
         conn: u64,
-        filters: &[(String, QoS)],
+        filters: &[(String, Subscription)],
         pressed: &mut Vec<Arc<SessionHandle>>,
-    ) -> Option<(Vec<SubackCode>, Ticket)> {
-        let mut unique: Vec<(&str, QoS)> = Vec::with_capacity(filters.len());
+    ) -> Option<(Vec<ReasonCode>, Ticket)> {
+        let mut unique: Vec<(&str, Subscription)> = Vec::with_capacity(filters.len());
         {
             let mut seen: HashMap<&str, usize> = HashMap::with_capacity(filters.len());
-            for (filter, qos) in filters {
+            for (filter, sub) in filters {
                 match seen.get(filter.as_str()) {
-                    Some(&i) => unique[i].1 = *qos,
+                    Some(&i) => unique[i].1 = *sub,
                     None => {
                         seen.insert(filter, unique.len());
-                        unique.push((filter, *qos));
+                        unique.push((filter, *sub));
                     }
                 }
             }
         }
-        let mut ticket = {
+        let (mut ticket, send_retained) = {
             let mut s = session.lock_owned(conn)?;
-            unique.iter().for_each(|(f, qos)| s.session.subscribe(f, *qos));
-            let mut trie = write(&self.shared.subscriptions);
-            for (filter, qos) in &unique {
-                trie.insert(filter, client_id.clone(), Subscriber { qos: *qos, session: session.clone() });
+            let mut send_retained = Vec::with_capacity(unique.len());
+            for (filter, sub) in &unique {
+                let existed = s.session.subscribe(filter, *sub);
+                let send = match sub.options.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscription => !existed,
+                    RetainHandling::Never => false,
+                };
+                // No retained messages for a shared subscription (4.8.2).
+                if send && topic::shared(filter).is_none() {
+                    send_retained.push((*filter, *sub));
+                }
             }
-            s.commit()
+            let mut trie = write(&self.shared.subscriptions);
+            for (filter, sub) in &unique {
+                let (at, key, share) = slot(filter, client_id);
+                trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share });
+            }
+            (s.commit(), send_retained)
         };
         let security = self.acl();
         let _hold = self.shared.store.as_ref().map(Persistence::hold);
-        for message in self.retained_for(&unique) {
+        for message in self.retained_for(&send_retained) {
             let (offer, t) = session.deliver(message, security.as_deref());
             self.count_offer(offer, session, pressed);
             ticket = ticket.max(t);
         }
-        Some((filters.iter().map(|(_, qos)| SubackCode::Granted(*qos)).collect(), ticket))
+        Some((filters.iter().map(|(_, sub)| ReasonCode::granted(sub.options.qos)).collect(), ticket))
     }
 
     /// The retained messages matching any of `filters`, each once at the
@@ -450,25 +603,34 @@ impl Broker {
     /// retained lock is taken for a bounded scan at a time, never for the
     /// whole set, and what is collected never exceeds the retained set, however
     /// many filters match the same topics.
-    fn retained_for(&self, filters: &[(&str, QoS)]) -> Vec<Message> {
+    fn retained_for(&self, filters: &[(&str, Subscription)]) -> Vec<Message> {
         /// Topics looked at per hold of the retained lock.
         const SCAN_BUDGET: usize = 1024;
         let mut found: Vec<Message> = Vec::new();
         // With more than one filter, a topic's place in `found`.
         let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
-        for (filter, qos) in filters {
+        let now_ms = crate::packet::now_ms();
+        for (filter, sub) in filters {
             let mut from = None;
             loop {
                 let scan = read(&self.shared.retained).scan(filter, from.as_ref(), SCAN_BUDGET, |m| {
-                    let qos = m.qos.min(*qos);
+                    // A retained message past its expiry is not sent (MQTT-3.3.2-5).
+                    if m.expired(now_ms) {
+                        return;
+                    }
+                    let qos = m.qos.min(sub.options.qos);
+                    let ids = || sub.id.into_iter().collect();
                     if filters.len() == 1 {
-                        return found.push(Message { qos, ..m.clone() });
+                        return found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
                     }
                     match seen.get(&m.topic) {
-                        Some(&i) => found[i].qos = found[i].qos.max(qos),
+                        Some(&i) => {
+                            found[i].qos = found[i].qos.max(qos);
+                            found[i].subscription_ids.extend(sub.id);
+                        }
                         None => {
                             seen.insert(m.topic.clone(), found.len());
-                            found.push(Message { qos, ..m.clone() });
+                            found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
                         }
                     }
                 });
@@ -494,21 +656,22 @@ impl Broker {
     }
 
     /// Removes subscriptions; unknown filters are not an error (MQTT-3.10.4-5).
-    /// `None` if connection `conn` no longer owns the session.
+    /// Returns whether each existed, or `None` if connection `conn` no
+    /// longer owns the session.
     pub fn unsubscribe(
         &self,
         client_id: &Arc<str>,
         session: &SessionHandle,
         conn: u64,
         filters: &[String],
-    ) -> Option<Ticket> {
+    ) -> Option<(Vec<bool>, Ticket)> {
         let mut s = session.lock_owned(conn)?;
-        filters.iter().for_each(|f| s.session.unsubscribe(f));
+        let existed = filters.iter().map(|f| s.session.unsubscribe(f)).collect();
         let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
-            trie.remove(filter, client_id);
+            self.remove_slot(&mut trie, filter, client_id);
         }
-        Some(s.commit())
+        Some((existed, s.commit()))
     }
 
     /// The rules deliveries are checked against, when an ACL is in force.
@@ -522,15 +685,25 @@ impl Broker {
     /// The ticket says when every durable copy is committed. Publishers
     /// that do not wait for full queues (the will, `$SYS`) use this.
     pub fn publish(&self, message: Message, retain: bool) -> Ticket {
-        self.publish_from(message, retain, &mut Vec::new())
+        self.publish_from(None, message, retain, &mut Vec::new()).0
     }
 
     /// [`Broker::publish`] for a client's PUBLISH: `pressed` gets every
     /// session whose full queue took the message anyway because its client
     /// is reading ([`Offer::Pressed`]); the publisher's connection stops
     /// reading until they have room. Everything the message changes in the
-    /// store commits in one transaction.
-    pub fn publish_from(&self, message: Message, retain: bool, pressed: &mut Vec<Arc<SessionHandle>>) -> Ticket {
+    /// store commits in one transaction. A subscription with No Local does
+    /// not get what its own client (`from`) published (MQTT-3.8.3-3); with
+    /// Retain As Published a copy keeps the RETAIN flag (3.8.3.1); each copy
+    /// carries the identifiers of the client's matching subscriptions
+    /// (MQTT-3.3.4-3). Also returns how many sessions it was routed to.
+    pub fn publish_from(
+        &self,
+        from: Option<&str>,
+        message: Message,
+        retain: bool,
+        pressed: &mut Vec<Arc<SessionHandle>>,
+    ) -> (Ticket, usize) {
         // QoS 0 copies are never stored: only a retained or QoS 1/2 message
         // can change the store in more than one append.
         let stored = retain || message.qos != QoS::AtMostOnce;
@@ -539,21 +712,136 @@ impl Broker {
         if retain {
             let mut retained = write(&self.shared.retained);
             retained.set(&message);
-            let kept = (!message.payload.is_empty()).then(|| (message.qos, message.payload.clone()));
+            let kept = (!message.payload.is_empty()).then(|| Message { retain: true, ..message.clone() });
             ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
         }
         let security = self.acl();
-        let mut targets: Vec<(Arc<SessionHandle>, QoS)> = Vec::new();
-        read(&self.shared.subscriptions)
-            .for_each_match(&message.topic, |_, s| targets.push((s.session.clone(), s.qos)));
-        targets.sort_unstable_by_key(|(s, qos)| (Arc::as_ptr(s), std::cmp::Reverse(*qos)));
-        targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
-        for (session, qos) in targets {
-            let copy = Message { qos: message.qos.min(qos), retain: false, ..message.clone() };
-            let (offer, t) = session.deliver(copy, security.as_deref());
-            self.count_offer(offer, &session, pressed);
-            ticket = ticket.max(t);
+        let mut targets: Vec<(Arc<SessionHandle>, Subscription)> = Vec::new();
+        let mut shared: Vec<SharedMatch> = Vec::new();
+        read(&self.shared.subscriptions).for_each_match(&message.topic, |client, s| match &s.share {
+            None if !(s.sub.options.no_local && from == Some(&**client)) => targets.push((s.session.clone(), s.sub)),
+            None => {}
+            Some(share) => shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone())),
+        });
+        let mut routed = 0;
+        if !shared.is_empty() {
+            // One copy per group (4.8.2), to the member the strategy picks.
+            shared.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.3.cmp(&b.3)));
+            for group in shared.chunk_by(|a, b| a.0 == b.0) {
+                let pick = self.pick(&group[0].0, group.iter().map(|(_, session, ..)| session));
+                let (name, session, sub, _) = &group[pick];
+                let copy = Message {
+                    qos: message.qos.min(sub.options.qos),
+                    retain: sub.options.retain_as_published && message.retain,
+                    subscription_ids: sub.id.into_iter().collect(),
+                    shared: Some(name.clone()),
+                    ..message.clone()
+                };
+                let (offer, t) = session.deliver(copy, security.as_deref());
+                self.count_offer(offer, session, pressed);
+                ticket = ticket.max(t);
+                routed += 1;
+            }
         }
-        ticket
+        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), std::cmp::Reverse(sub.options.qos)));
+        let mut i = 0;
+        while i < targets.len() {
+            // One copy per session: the highest QoS of its matching
+            // subscriptions (first after the sort), every identifier.
+            let (session, first) = &targets[i];
+            let mut end = i + 1;
+            let mut rap = first.options.retain_as_published;
+            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            while end < targets.len() && Arc::ptr_eq(&targets[end].0, session) {
+                rap |= targets[end].1.options.retain_as_published;
+                ids.extend(targets[end].1.id);
+                end += 1;
+            }
+            let copy = Message {
+                qos: message.qos.min(first.options.qos),
+                retain: rap && message.retain,
+                subscription_ids: ids,
+                ..message.clone()
+            };
+            let (offer, t) = session.deliver(copy, security.as_deref());
+            self.count_offer(offer, session, pressed);
+            ticket = ticket.max(t);
+            routed += 1;
+            i = end;
+        }
+        (ticket, routed)
     }
+
+    /// The member of shared subscription `group` that gets the next message,
+    /// by the configured strategy: among `members`, those connected with
+    /// room in their queue first, then connected ones, then any.
+    fn pick<'a>(&self, group: &Arc<str>, members: impl Iterator<Item = &'a Arc<SessionHandle>>) -> usize {
+        let ranks: Vec<u8> = members
+            .map(|session| {
+                let s = session.lock();
+                match (s.owner != 0, s.session.has_room()) {
+                    (true, true) => 2,
+                    (true, false) => 1,
+                    (false, _) => 0,
+                }
+            })
+            .collect();
+        let best = ranks.iter().copied().max().unwrap_or(0);
+        let n = ranks.len();
+        let mut cursors = lock(&self.shared.share_cursors);
+        let cursor = cursors.entry(group.clone()).or_insert(0);
+        let start = match self.shared.config.shared_subscription_strategy {
+            ShareStrategy::Random => random_below(n),
+            ShareStrategy::RoundRobin | ShareStrategy::Sticky => *cursor % n,
+        };
+        let chosen = (0..n).map(|i| (start + i) % n).find(|&i| ranks[i] == best).unwrap_or(0);
+        *cursor = match self.shared.config.shared_subscription_strategy {
+            ShareStrategy::Sticky => chosen,
+            _ => chosen + 1,
+        };
+        chosen
+    }
+
+    /// Hands messages a leaving member of a shared subscription had not
+    /// finished with to another member of their group (4.8.2); with no
+    /// other member, back to `leaving` (kept if its session persists).
+    fn reroute(&self, leaving: &Arc<SessionHandle>, messages: Vec<Message>) {
+        let security = self.acl();
+        for message in messages {
+            let Some(group) = message.shared.clone() else { continue };
+            let mut members: Vec<(Arc<SessionHandle>, Subscription, Arc<str>)> = Vec::new();
+            read(&self.shared.subscriptions).for_each_match(&message.topic, |_, s| {
+                if let Some(share) = &s.share
+                    && share.group == group
+                    && !Arc::ptr_eq(&s.session, leaving)
+                {
+                    members.push((s.session.clone(), s.sub, share.client.clone()));
+                }
+            });
+            members.sort_unstable_by(|a, b| a.2.cmp(&b.2));
+            let (target, qos) = match members.is_empty() {
+                true => (leaving.clone(), message.qos),
+                false => {
+                    let pick = self.pick(&group, members.iter().map(|(session, ..)| session));
+                    (members[pick].0.clone(), message.qos.min(members[pick].1.options.qos))
+                }
+            };
+            let (offer, _) = target.deliver(Message { qos, ..message }, security.as_deref());
+            if let Offer::Dropped(cause) = offer {
+                self.shared.stats.dropped(cause, 1);
+            }
+        }
+    }
+}
+
+/// A number below `n` (at least 1), for the random share strategy: not
+/// cryptographic, only spread.
+fn random_below(n: usize) -> usize {
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let mut x = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    (x % n.max(1) as u64) as usize
 }

@@ -1,17 +1,24 @@
-//! The asynchronous-codec `Decoder`/`Encoder` for MQTT 3.1.1 over mqttrs.
+//! The asynchronous-codec `Decoder`/`Encoder` for MQTT 3.1.1 over mqttrs,
+//! and for MQTT 5.0 over midge's own codec ([`crate::v5`]).
 //!
 //! Framing is ours: the remaining length is parsed here and checked against
 //! the maximum packet size *before* any byte of the body is buffered, the
 //! frame is cut out exactly (mqttrs reads past the end of its input), shape
 //! checked by [`validate`](crate::validate), and only then decoded by mqttrs
 //! and turned into owned [`Packet`]s whose payloads share the frame's bytes.
+//!
+//! The protocol version is fixed by the first CONNECT: a CONNECT naming
+//! `MQTT` level 5 switches the codec to 5.0 for the connection's life, and
+//! every packet is then decoded by [`crate::v5`] into the same neutral
+//! [`Packet`]s. Encoding follows the version too ([`encode_for`]).
 
 use crate::error::{Error, Violation};
-use crate::packet::{Connect, Packet, Protocol, Publish, QoS, SubackCode, Will};
-use crate::{topic, validate};
+use crate::packet::{self, Ack, Connect, Packet, Properties, Protocol, Publish, QoS, ReasonCode, Subscribe, Will};
+use crate::{topic, v5, validate};
 use asynchronous_codec::{Decoder, Encoder};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 /// The largest remaining length MQTT can express (four length bytes).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -29,12 +36,20 @@ pub struct MqttCodec {
     protocol: Option<Protocol>,
     /// The packet refused for its size was a PUBLISH (a dropped message).
     oversized_publish: bool,
+    /// The first CONNECT named MQTT 5.0, whether or not it decoded.
+    v5_connect: bool,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size, received: 0, protocol: None, oversized_publish: false }
+        MqttCodec { max_packet_size, received: 0, protocol: None, oversized_publish: false, v5_connect: false }
+    }
+
+    /// Whether the client's CONNECT named MQTT 5.0 (even one that failed to
+    /// decode: its refusal is then a 5.0 CONNACK).
+    pub fn speaks_v5(&self) -> bool {
+        self.v5_connect
     }
 
     /// Whether the packet refused as larger than `max_packet_size` was a PUBLISH.
@@ -65,8 +80,21 @@ impl Decoder for MqttCodec {
         };
         let total = body_at + len;
         if total > self.max_packet_size {
-            self.oversized_publish = header >> 4 == 3;
+            self.oversized_publish = first >> 4 == 3;
             return Err(Violation::PacketTooLarge.into());
+        }
+        let v5 = match self.protocol {
+            Some(Protocol::V5) => true,
+            Some(_) => false,
+            None if first == 0x10 => match names_level_5(&src[body_at..total.min(src.len())], len) {
+                Some(v5) => v5,
+                None => return Ok(None),
+            },
+            None => false,
+        };
+        if v5 {
+            self.v5_connect = true;
+            return self.decode_v5(src, first, body_at, total);
         }
         if src.len() < total {
             return Ok(None);
@@ -99,16 +127,152 @@ impl Decoder for MqttCodec {
     }
 }
 
+/// Whether a CONNECT whose body starts with `body` (of `len` bytes in all)
+/// names MQTT 5.0 (`MQTT`, level 5); `None` while those bytes are arriving.
+fn names_level_5(body: &[u8], len: usize) -> Option<bool> {
+    const V5: [u8; 7] = [0, 4, b'M', b'Q', b'T', b'T', 5];
+    match body.len() >= V5.len() || body.len() == len {
+        true => Some(body.starts_with(&V5)),
+        false => None,
+    }
+}
+
+impl MqttCodec {
+    /// Cuts and decodes one 5.0 frame (its length already checked).
+    fn decode_v5(
+        &mut self,
+        src: &mut BytesMut,
+        first: u8,
+        body_at: usize,
+        total: usize,
+    ) -> Result<Option<Packet>, Error> {
+        if src.len() < total {
+            return Ok(None);
+        }
+        if let Some(packet) = acknowledgement(first, &src[..total]) {
+            src.advance(total);
+            self.received += total as u64;
+            return packet.map(Some);
+        }
+        let frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
+            true => {
+                let frame = BytesMut::from(&src[..total]);
+                src.advance(total);
+                frame
+            }
+            false => src.split_to(total),
+        };
+        let frame = frame.freeze();
+        self.received += total as u64;
+        let packet = from_v5(v5::decode_from_client(first, frame.slice(body_at..)).map_err(Violation::from)?)?;
+        if let Packet::Connect(_) = &packet {
+            self.protocol.get_or_insert(Protocol::V5);
+        }
+        Ok(Some(packet))
+    }
+}
+
+/// A decoded 5.0 packet in the neutral model, with the topic rules the 5.0
+/// decoder leaves to its caller (wildcards in names, filter syntax).
+fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
+    use v5::Packet as P;
+    Ok(match packet {
+        P::Connect(c) => {
+            let c = *c;
+            let will = match c.will {
+                Some(w) => {
+                    topic::validate_name(&w.topic)?;
+                    Some(Will {
+                        topic: w.topic,
+                        payload: Bytes::copy_from_slice(&w.payload),
+                        qos: w.qos,
+                        retain: w.retain,
+                        properties: {
+                            let p = Properties { will_delay: None, ..owned_properties(&w.properties) };
+                            (!p.is_empty()).then(|| Arc::new(p))
+                        },
+                        delay: w.properties.will_delay,
+                    })
+                }
+                None => None,
+            };
+            Packet::Connect(Box::new(Connect {
+                protocol: Protocol::V5,
+                keep_alive: c.keep_alive,
+                client_id: c.client_id.to_string(),
+                clean_session: c.clean_start,
+                will,
+                username: c.username.map(|u| u.to_string()),
+                password: c.password.map(|p| Bytes::copy_from_slice(&p)),
+                properties: owned_properties(&c.properties),
+            }))
+        }
+        P::Publish(p) => {
+            if !p.topic.is_empty() {
+                topic::validate_name(&p.topic)?;
+            }
+            let expiry = p.properties.message_expiry;
+            let properties = (!p.properties.is_empty()).then_some(p.properties);
+            Packet::Publish(Publish {
+                dup: p.dup,
+                qos: p.qos,
+                pid: p.pid,
+                retain: p.retain,
+                topic: p.topic,
+                payload: p.payload,
+                properties,
+                expiry,
+                topic_alias: p.topic_alias,
+                subscription_ids: Vec::new(),
+            })
+        }
+        P::Puback(a) => Packet::Puback(Ack { pid: a.pid, reason: a.reason }),
+        P::Pubrec(a) => Packet::Pubrec(Ack { pid: a.pid, reason: a.reason }),
+        P::Pubrel(a) => Packet::Pubrel(Ack { pid: a.pid, reason: a.reason }),
+        P::Pubcomp(a) => Packet::Pubcomp(Ack { pid: a.pid, reason: a.reason }),
+        P::Subscribe(s) => {
+            let mut filters = Vec::with_capacity(s.filters.len());
+            for (filter, options) in s.filters {
+                topic::validate_filter(&filter)?;
+                topic::validate_shared(&filter)?;
+                filters.push((filter.to_string(), options));
+            }
+            Packet::Subscribe(Box::new(Subscribe { pid: s.pid, filters, id: s.subscription_id }))
+        }
+        P::Unsubscribe(u) => {
+            let mut filters = Vec::with_capacity(u.filters.len());
+            for filter in u.filters {
+                topic::validate_filter(&filter)?;
+                topic::validate_shared(&filter)?;
+                filters.push(filter.to_string());
+            }
+            Packet::Unsubscribe(u.pid, filters)
+        }
+        P::Pingreq => Packet::Pingreq,
+        P::Disconnect(d) => Packet::Disconnect(Box::new(d)),
+        P::Auth(a) => Packet::Auth(Box::new(a)),
+        P::Connack(_) | P::Suback(_) | P::Unsuback(_) | P::Pingresp => return Err(Violation::ServerOnlyPacket),
+    })
+}
+
+/// Properties kept beyond their packet (CONNECT's, a will's): binary
+/// fields are copied out of the frame, so the frame is not pinned.
+fn owned_properties(p: &Properties) -> Properties {
+    let copy = |b: &Option<Bytes>| b.as_deref().map(Bytes::copy_from_slice);
+    Properties { correlation_data: copy(&p.correlation_data), auth_data: copy(&p.auth_data), ..p.clone() }
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP are read here without mqttrs: they
 /// are half of all QoS 1/2 traffic and are only a packet id.
 fn acknowledgement(header: u8, frame: &[u8]) -> Option<Result<Packet, Error>> {
     let &[_, 2, high, low] = frame else { return None };
     let pid = u16::from_be_bytes([high, low]);
+    let ack = Ack::ok(pid);
     let packet = match header {
-        0x40 => Packet::Puback(pid),
-        0x50 => Packet::Pubrec(pid),
-        0x62 => Packet::Pubrel(pid),
-        0x70 => Packet::Pubcomp(pid),
+        0x40 => Packet::Puback(ack),
+        0x50 => Packet::Pubrec(ack),
+        0x62 => Packet::Pubrel(ack),
+        0x70 => Packet::Pubcomp(ack),
         _ => return None,
     };
     Some(match pid {
@@ -173,26 +337,28 @@ fn owned(frame: &Bytes, packet: mqttrs::Packet<'_>) -> Result<Packet, Violation>
     Ok(match packet {
         P::Connect(c) => Packet::Connect(Box::new(connect(c)?)),
         P::Publish(p) => Packet::Publish(publish(frame, p)?),
-        P::Puback(pid) => Packet::Puback(pid.get()),
-        P::Pubrec(pid) => Packet::Pubrec(pid.get()),
-        P::Pubrel(pid) => Packet::Pubrel(pid.get()),
-        P::Pubcomp(pid) => Packet::Pubcomp(pid.get()),
+        P::Puback(pid) => Packet::Puback(Ack::ok(pid.get())),
+        P::Pubrec(pid) => Packet::Pubrec(Ack::ok(pid.get())),
+        P::Pubrel(pid) => Packet::Pubrel(Ack::ok(pid.get())),
+        P::Pubcomp(pid) => Packet::Pubcomp(Ack::ok(pid.get())),
         P::Subscribe(s) => {
-            let filters = s.topics.into_iter().map(|t| (t.topic_path, qos(t.qos)));
+            let filters = s.topics.into_iter().map(|t| (t.topic_path, packet::options(qos(t.qos))));
             let filters: Vec<_> = filters.collect();
             for (filter, _) in &filters {
                 topic::validate_filter(filter)?;
+                topic::validate_shared(filter)?;
             }
-            Packet::Subscribe(s.pid.get(), filters)
+            Packet::Subscribe(Box::new(Subscribe { pid: s.pid.get(), filters, id: None }))
         }
         P::Unsubscribe(u) => {
             for filter in &u.topics {
                 topic::validate_filter(filter)?;
+                topic::validate_shared(filter)?;
             }
             Packet::Unsubscribe(u.pid.get(), u.topics)
         }
         P::Pingreq => Packet::Pingreq,
-        P::Disconnect => Packet::Disconnect,
+        P::Disconnect => Packet::Disconnect(Box::default()),
         P::Connack(_) | P::Suback(_) | P::Unsuback(_) | P::Pingresp => {
             return Err(Violation::ServerOnlyPacket);
         }
@@ -222,6 +388,8 @@ fn connect(c: mqttrs::Connect<'_>) -> Result<Connect, Violation> {
                 payload: Bytes::copy_from_slice(w.message),
                 qos: qos(w.qos),
                 retain: w.retain,
+                properties: None,
+                delay: None,
             })
         }
         None => None,
@@ -237,6 +405,7 @@ fn connect(c: mqttrs::Connect<'_>) -> Result<Connect, Violation> {
         will,
         username: c.username.map(str::to_owned),
         password: c.password.map(Bytes::copy_from_slice),
+        properties: Properties::default(),
     })
 }
 
@@ -245,11 +414,13 @@ fn publish(frame: &Bytes, p: mqttrs::Publish<'_>) -> Result<Publish, Violation> 
     topic::validate_name(p.topic_name)?;
     Ok(Publish {
         dup: p.dup,
-        qos: qos(p.qospid.qos()),
-        pid: p.qospid.pid().map(|pid| pid.get()),
-        retain: p.retain,
-        topic: p.topic_name.into(),
-        payload: frame.slice_ref(p.payload),
+        ..Publish::new(
+            p.topic_name.into(),
+            frame.slice_ref(p.payload),
+            qos(p.qospid.qos()),
+            p.qospid.pid().map(|pid| pid.get()),
+            p.retain,
+        )
     })
 }
 
@@ -259,31 +430,66 @@ impl Encoder for MqttCodec {
 
     fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
         shrink(dst);
-        encode(packet, dst)
+        encode_for(self.protocol.unwrap_or(Protocol::V311), packet, dst)
     }
 }
 
-/// Appends a server packet to `dst`.
+/// Appends a server packet to `dst` in 3.1.1 (and 3.1) form.
 pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+    encode_for(Protocol::V311, packet, dst)
+}
+
+/// Appends a server packet to `dst` in the form of `protocol`. What 3.1.1
+/// cannot say is left out there: reason codes of acknowledgements and
+/// UNSUBACK, properties; DISCONNECT and AUTH are not sent at all.
+pub fn encode_for(protocol: Protocol, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+    let v5 = protocol == Protocol::V5;
     match packet {
-        Packet::Publish(p) => {
-            dst.reserve(5 + publish_remaining_length(p));
-            encode_publish_head(p, dst);
-            dst.put_slice(&p.payload);
+        Packet::Publish(p) => encode_publish_for(protocol, p, dst),
+        Packet::Suback(pid, codes) if v5 => {
+            encode_fixed(dst, 0x90, *pid, std::iter::once(0).chain(codes.iter().map(|c| c.0)).collect::<Vec<_>>())
         }
         Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
-        Packet::Connack { session_present, code } => {
-            encode_fixed(dst, 0x20, u16::from(*session_present) << 8 | *code as u16, [])
+        Packet::Connack(c) if v5 => encode_v5(v5::Packet::Connack((**c).clone()), dst)?,
+        Packet::Connack(c) => {
+            encode_fixed(dst, 0x20, u16::from(c.session_present) << 8 | c.reason.to_connect_code() as u16, [])
         }
-        Packet::Puback(pid) => encode_fixed(dst, 0x40, *pid, []),
-        Packet::Pubrec(pid) => encode_fixed(dst, 0x50, *pid, []),
-        Packet::Pubrel(pid) => encode_fixed(dst, 0x62, *pid, []),
-        Packet::Pubcomp(pid) => encode_fixed(dst, 0x70, *pid, []),
-        Packet::Unsuback(pid) => encode_fixed(dst, 0xb0, *pid, []),
+        Packet::Puback(a) => encode_ack(dst, 0x40, a, v5),
+        Packet::Pubrec(a) => encode_ack(dst, 0x50, a, v5),
+        Packet::Pubrel(a) => encode_ack(dst, 0x62, a, v5),
+        Packet::Pubcomp(a) => encode_ack(dst, 0x70, a, v5),
+        Packet::Unsuback(pid, codes) if v5 => {
+            encode_fixed(dst, 0xb0, *pid, std::iter::once(0).chain(codes.iter().map(|c| c.0)).collect::<Vec<_>>())
+        }
+        Packet::Unsuback(pid, _) => encode_fixed(dst, 0xb0, *pid, []),
         Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
+        Packet::Disconnect(d) if v5 => encode_v5(v5::Packet::Disconnect((**d).clone()), dst)?,
+        Packet::Auth(a) if v5 => encode_v5(v5::Packet::Auth((**a).clone()), dst)?,
+        Packet::Disconnect(_) | Packet::Auth(_) => {}
         other => return Err(Error::Io(not_a_server_packet(other))),
     }
     Ok(())
+}
+
+/// Appends a whole PUBLISH, payload copied.
+pub fn encode_publish_for(protocol: Protocol, p: &Publish, dst: &mut BytesMut) {
+    dst.reserve(5 + publish_remaining_length_for(protocol, p));
+    encode_publish_head_for(protocol, p, dst);
+    dst.put_slice(&p.payload);
+}
+
+/// An acknowledgement: its shortest 5.0 form (no reason code for success)
+/// is also its 3.1.1 form.
+fn encode_ack(dst: &mut BytesMut, header: u8, ack: &Ack, v5: bool) {
+    match v5 && ack.reason != ReasonCode::SUCCESS {
+        true => encode_fixed(dst, header, ack.pid, [ack.reason.0]),
+        false => encode_fixed(dst, header, ack.pid, []),
+    }
+}
+
+fn encode_v5(packet: v5::Packet, dst: &mut BytesMut) -> Result<(), Error> {
+    v5::encode(&packet, dst)
+        .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())))
 }
 
 fn not_a_server_packet(p: &Packet) -> std::io::Error {
@@ -291,10 +497,11 @@ fn not_a_server_packet(p: &Packet) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
 
-fn suback(code: &SubackCode) -> u8 {
-    match code {
-        SubackCode::Granted(q) => *q as u8,
-        SubackCode::Failure => 0x80,
+/// A SUBACK code in 3.1.1: the granted QoS, or 0x80 for every failure.
+fn suback(code: &ReasonCode) -> u8 {
+    match code.is_error() {
+        true => 0x80,
+        false => code.0,
     }
 }
 
@@ -312,15 +519,31 @@ fn encode_fixed(
     rest.for_each(|b| dst.put_u8(b));
 }
 
-/// The wire size of a PUBLISH's variable header and payload.
+/// The wire size of a 3.1.1 PUBLISH's variable header and payload.
 pub fn publish_remaining_length(p: &Publish) -> usize {
-    2 + p.topic.len() + if p.pid.is_some() { 2 } else { 0 } + p.payload.len()
+    publish_remaining_length_for(Protocol::V311, p)
 }
 
-/// Encodes everything of a PUBLISH before its payload: fixed header, topic
-/// and packet id. The payload follows, copied or as a shared chunk.
+/// The wire size of a PUBLISH's variable header and payload in `protocol`
+/// (5.0: with its properties; a topic sent as an alias is empty).
+pub fn publish_remaining_length_for(protocol: Protocol, p: &Publish) -> usize {
+    let head = 2 + p.topic.len() + if p.pid.is_some() { 2 } else { 0 } + p.payload.len();
+    match protocol {
+        Protocol::V5 => head + v5::publish_properties_len(p),
+        _ => head,
+    }
+}
+
+/// Encodes everything of a 3.1.1 PUBLISH before its payload.
 pub fn encode_publish_head(p: &Publish, dst: &mut BytesMut) {
-    let len = publish_remaining_length(p);
+    encode_publish_head_for(Protocol::V311, p, dst)
+}
+
+/// Encodes everything of a PUBLISH before its payload: fixed header, topic,
+/// packet id (and 5.0's properties). The payload follows, copied or as a
+/// shared chunk.
+pub fn encode_publish_head_for(protocol: Protocol, p: &Publish, dst: &mut BytesMut) {
+    let len = publish_remaining_length_for(protocol, p);
     dst.reserve(9 + p.topic.len());
     let header = 0x30 | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain);
     dst.put_u8(header);
@@ -330,6 +553,20 @@ pub fn encode_publish_head(p: &Publish, dst: &mut BytesMut) {
     if let Some(pid) = p.pid {
         dst.put_u16(pid);
     }
+    if protocol == Protocol::V5 {
+        v5::write_publish_properties(p, dst);
+    }
+}
+
+/// The whole size of a packet whose remaining length is `len`.
+pub fn packet_len(len: usize) -> usize {
+    let len_bytes = match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_bytes + len
 }
 
 fn put_remaining_length(dst: &mut BytesMut, mut len: usize) {
@@ -397,8 +634,8 @@ mod tests {
 
     #[test]
     fn acknowledgements_take_the_short_path_with_the_same_rules() {
-        assert_eq!(decode(&[0x40, 2, 1, 2]).unwrap(), Some(Packet::Puback(0x102)));
-        assert_eq!(decode(&[0x62, 2, 0, 9]).unwrap(), Some(Packet::Pubrel(9)));
+        assert_eq!(decode(&[0x40, 2, 1, 2]).unwrap(), Some(Packet::Puback(Ack::ok(0x102))));
+        assert_eq!(decode(&[0x62, 2, 0, 9]).unwrap(), Some(Packet::Pubrel(Ack::ok(9))));
         assert_eq!(violation(&[0x70, 2, 0, 0]), Violation::PacketIdZero);
         // MQTT-3.6.1-1: PUBREL's reserved flags must be 0010.
         assert!(matches!(decode(&[0x60, 2, 0, 9]), Err(Error::Violation(_))));
@@ -425,7 +662,7 @@ mod tests {
 
     #[test]
     fn connect_with_unsupported_level_asks_for_connack_1() {
-        let connect = [0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, b'c'];
+        let connect = [0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 1, b'c'];
         assert_eq!(violation(&connect), Violation::ProtocolLevel);
     }
 
@@ -443,8 +680,15 @@ mod tests {
         src.extend_from_slice(&dup_pubrel);
         src.extend_from_slice(&dup_subscribe);
         assert!(matches!(codec.decode(&mut src), Ok(Some(Packet::Connect(_)))));
-        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pubrel(9)));
-        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Subscribe(1, vec![("a".into(), QoS::AtLeastOnce)])));
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(Packet::Pubrel(Ack::ok(9))));
+        assert_eq!(
+            codec.decode(&mut src).unwrap(),
+            Some(Packet::Subscribe(Box::new(Subscribe {
+                pid: 1,
+                filters: vec![("a".into(), packet::options(QoS::AtLeastOnce))],
+                id: None
+            })))
+        );
         let mut codec = MqttCodec::new(1024);
         let mut src = BytesMut::from(&v311[..]);
         src.extend_from_slice(&dup_pubrel);
@@ -457,17 +701,17 @@ mod tests {
     fn encodes_server_packets() {
         let mut dst = BytesMut::new();
         let mut codec = MqttCodec::new(1024);
-        let connack = Packet::Connack { session_present: true, code: ConnectCode::Accepted };
+        let connack = Packet::Connack(Box::new(crate::packet::Connack {
+            session_present: true,
+            reason: ReasonCode::from_connect_code(ConnectCode::Accepted),
+            properties: Properties::default(),
+        }));
         codec.encode(&connack, &mut dst).unwrap();
-        let suback = Packet::Suback(7, vec![SubackCode::Granted(QoS::AtLeastOnce), SubackCode::Failure]);
+        let suback = Packet::Suback(7, vec![ReasonCode::granted(QoS::AtLeastOnce), ReasonCode::NOT_AUTHORIZED]);
         codec.encode(&suback, &mut dst).unwrap();
         let publish = Publish {
             dup: true,
-            qos: QoS::AtLeastOnce,
-            pid: Some(9),
-            retain: false,
-            topic: "a/b".into(),
-            payload: Bytes::from_static(b"x"),
+            ..Publish::new("a/b".into(), Bytes::from_static(b"x"), QoS::AtLeastOnce, Some(9), false)
         };
         codec.encode(&Packet::Publish(publish), &mut dst).unwrap();
         let expected: &[u8] = &[

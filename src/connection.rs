@@ -10,7 +10,7 @@ use crate::error::{Error, Refusal, Violation};
 use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::outbox::Outbox;
-use crate::packet::{Connect, Packet};
+use crate::packet::{Connack, Connect, Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::runtime::{Runtime, within};
 use crate::session::Message;
 use crate::session_handle::SessionHandle;
@@ -100,6 +100,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 enum Close {
     /// The client sent DISCONNECT.
     Disconnect,
+    /// The client sent DISCONNECT with reason 0x04 (5.0): publish the will.
+    DisconnectWithWill,
     /// The peer closed the socket.
     PeerClosed,
     /// The socket failed.
@@ -121,12 +123,27 @@ impl Close {
     fn publishes_will(&self) -> bool {
         !matches!(self, Close::Disconnect)
     }
+
+    /// The reason code of the DISCONNECT a 5.0 client is sent before the
+    /// close, when the broker ends the connection (MQTT-4.13.2-1): 0x8E
+    /// taken over, 0x8B shutting down, the violation's code (0x8D keep
+    /// alive, 0x95 too large, 0x81, 0x82 ...), 0x80 when the store failed.
+    fn reason_code(&self) -> Option<ReasonCode> {
+        match self {
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::Violation(v) => Some(v.reason_code()),
+            Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
+            Close::Disconnect | Close::DisconnectWithWill | Close::PeerClosed | Close::Io(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Close {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Close::Disconnect => f.write_str("client sent DISCONNECT"),
+            Close::DisconnectWithWill => f.write_str("client sent DISCONNECT asking for its will"),
             Close::PeerClosed => f.write_str("connection closed by peer"),
             Close::Io(e) => write!(f, "i/o error: {e}"),
             Close::Violation(v) => write!(f, "protocol violation: {v}"),
@@ -183,14 +200,50 @@ where
         }
         _ => log::info!("client {} ({addr}) disconnected: {reason}", client.id),
     }
+    if client.protocol == Protocol::V5
+        && let Some(code) = reason.reason_code()
+    {
+        // The Reason String names the rule (5.0 allows it on DISCONNECT).
+        let properties = Properties { reason_string: Some(reason.to_string().into()), ..Properties::default() };
+        let _ = link.push(&mut vec![Packet::Disconnect(Box::new(Disconnect { reason: code, properties }))]);
+    }
+    let mut delayed = None;
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
-        let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: false };
+        let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
+        let message = Message {
+            properties: will.properties,
+            expires: expires.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000),
+            ..Message::new(will.topic, will.payload, will.qos, false)
+        };
+        // The Will Delay Interval, cut short by the session's own end
+        // (3.1.3.2.2); a shutdown publishes every will now.
+        let delay = match reason {
+            Close::Shutdown => 0,
+            _ => {
+                let cap =
+                    broker.config().session_expiry.map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+                will.delay.unwrap_or(0).min(client.session_expiry.unwrap_or(u32::MAX)).min(cap)
+            }
+        };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
         if handle::allowed(&broker, &client.info(), &message, true) {
-            broker.publish(message, will.retain);
+            match delay {
+                0 => drop(broker.publish(message, will.retain)),
+                secs => delayed = Some((message, will.retain, Duration::from_secs(u64::from(secs)))),
+            }
         }
     }
     broker.detach(&client.id, conn);
+    if let Some((message, retain, delay)) = delayed {
+        let (timer, broker, id, session) = (rt.clone(), broker.clone(), client.id.clone(), client.session.clone());
+        rt.spawn(async move {
+            timer.sleep(delay).await;
+            if broker.will_due(&id, &session, conn) {
+                log::info!("client {id}: will delay of {delay:?} over, publishing its will");
+                broker.publish(message, retain);
+            }
+        });
+    }
     broker.stats().disconnected();
     if let Some(listener) = &peer.listener_stats {
         listener.disconnected(level);
@@ -244,7 +297,11 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let result = match first {
-        Some(Ok(Packet::Connect(connect))) => admit(broker, *connect, peer, conn, kick, out).await,
+        Some(Ok(Packet::Connect(connect))) => {
+            let aliases = connect.properties.topic_alias_maximum.unwrap_or(0);
+            link.outbox.set_protocol(connect.protocol, aliases);
+            admit(broker, *connect, peer, conn, kick, out).await
+        }
         Some(Ok(_)) => Err(Refusal::Violation(Violation::FirstPacketNotConnect)),
         Some(Err(Error::Violation(v))) => Err(Refusal::Violation(v)),
         Some(Err(Error::Io(e))) => {
@@ -276,8 +333,22 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(refusal) => {
             crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
-            if let Some(code) = refusal.connack() {
-                out.push(Packet::Connack { session_present: false, code });
+            if link.framed.codec().speaks_v5() {
+                // A 5.0 CONNECT is refused with its 5.0 reason code
+                // (MQTT-3.2.2-6/-7), the rule in the Reason String.
+                link.outbox.set_protocol(Protocol::V5, 0);
+                let reason = match &refusal {
+                    Refusal::Violation(v) => v.reason_code(),
+                    Refusal::Policy(code, _) => ReasonCode::from_connect_code(*code),
+                };
+                let properties =
+                    Properties { reason_string: Some(refusal.to_string().into()), ..Properties::default() };
+                out.push(Packet::Connack(Box::new(Connack { session_present: false, reason, properties })));
+                let _ = link.push(out);
+            } else if let Some(code) = refusal.connack() {
+                let reason = ReasonCode::from_connect_code(code);
+                let connack = Connack { session_present: false, reason, properties: Properties::default() };
+                out.push(Packet::Connack(Box::new(connack)));
                 let _ = link.push(out);
             }
             None
@@ -298,7 +369,9 @@ async fn admit(
     let id = handle::admit(broker, &connect, conn)?;
     let username = handle::authenticate(broker, &connect, &id, peer).await?;
     let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
-    let client = handle::connect(broker, connect, Admitted { id, username, conn, listener: peer.listener }, kick, out);
+    let assigned = connect.client_id.is_empty();
+    let admitted = Admitted { id, username, conn, listener: peer.listener, assigned };
+    let client = handle::connect(broker, connect, admitted, kick, out);
     let user = client.username.as_deref().map(|u| format!(", user {u}")).unwrap_or_default();
     log::info!(
         "client {} connected from {} (clean session {clean}, keepalive {keep_alive}s{user})",
@@ -635,6 +708,7 @@ fn on_packet(
     match handle::packet(client, broker, packet, out) {
         Ok(Flow::Continue) => {}
         Ok(Flow::Disconnect) => return Err(Close::Disconnect),
+        Ok(Flow::DisconnectWithWill) => return Err(Close::DisconnectWithWill),
         Ok(Flow::TakenOver) => return Err(Close::TakenOver),
         Err(v) => return Err(Close::Violation(v)),
     }

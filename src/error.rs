@@ -1,7 +1,7 @@
 //! Errors: protocol violations named by spec id, and the one place that maps
 //! each to its answer on the wire.
 
-use crate::packet::ConnectCode;
+use crate::packet::{ConnectCode, ReasonCode};
 use std::{fmt, io};
 
 /// A rule of MQTT 3.1.1 a client broke, named by the statement it breaks.
@@ -72,6 +72,17 @@ pub enum Violation {
     TopicTooDeep,
     /// A retained PUBLISH or will while `retain_available` is false.
     RetainNotAvailable,
+    /// MQTT-4.8.2-1/-2: a `$share/` filter without a valid share name or filter.
+    SharedFilter,
+    /// An MQTT 5.0 rule: the reason code the spec answers with, the
+    /// statement (`MQTT-x.x.x-y`) or section broken, and what was wrong.
+    V5(ReasonCode, &'static str, &'static str),
+}
+
+impl From<crate::v5::DecodeError> for Violation {
+    fn from(e: crate::v5::DecodeError) -> Violation {
+        Violation::V5(e.reason, e.rule, e.message)
+    }
 }
 
 impl Violation {
@@ -109,6 +120,31 @@ impl Violation {
             UnsubscribeEmpty => "MQTT-3.10.3-2",
             TopicTooDeep => "max_topic_levels",
             RetainNotAvailable => "retain_available",
+            SharedFilter => "MQTT-4.8.2-2",
+            V5(_, rule, _) => rule,
+        }
+    }
+
+    /// The MQTT 5.0 reason code a 5.0 client is sent (in CONNACK or
+    /// DISCONNECT) for this violation.
+    pub const fn reason_code(self) -> ReasonCode {
+        use Violation::*;
+        match self {
+            V5(code, ..) => code,
+            ProtocolLevel => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            EmptyClientIdPersistent | ClientIdRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            KeepaliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
+            PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
+            FirstPacketNotConnect
+            | SecondConnect
+            | ServerOnlyPacket
+            | PacketIdZero
+            | SubscribeEmpty
+            | UnsubscribeEmpty => ReasonCode::PROTOCOL_ERROR,
+            TopicTooDeep => ReasonCode::TOPIC_NAME_INVALID,
+            RetainNotAvailable => ReasonCode::RETAIN_NOT_SUPPORTED,
+            SharedFilter => ReasonCode::TOPIC_FILTER_INVALID,
+            _ => ReasonCode::MALFORMED_PACKET,
         }
     }
 
@@ -156,6 +192,8 @@ impl Violation {
             UnsubscribeEmpty => "UNSUBSCRIBE without filters",
             TopicTooDeep => "topic has more levels than max_topic_levels allows",
             RetainNotAvailable => "retained message, but retain_available is false",
+            SharedFilter => "shared subscription without a valid share name and filter",
+            V5(_, _, message) => message,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Session expiry: persistent sessions whose client stays away longer than
-//! `session_expiry` are removed (Mosquitto's `persistent_client_expiration`).
+//! `session_expiry` (Mosquitto's `persistent_client_expiration`) or their
+//! own 5.0 Session Expiry Interval are removed.
 
 use crate::broker::Broker;
 use crate::runtime::Runtime;
@@ -8,14 +9,15 @@ use futures::future::{Either, select};
 use futures::pin_mut;
 use std::time::Duration;
 
-/// The longest time between two expiry checks.
-const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest time between two expiry checks: a 5.0 session's expiry
+/// interval is in seconds, so it ends within a second of it.
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Checks for expired sessions until `stopped` closes; does nothing when
-/// expiry is off.
+/// Checks for expired sessions until `stopped` closes.
 pub async fn run<R: Runtime>(rt: R, broker: Broker, stopped: Receiver<()>) {
-    let Some(max_age) = broker.config().session_expiry else { return };
-    let interval = (max_age / 4).clamp(Duration::from_millis(100), MAX_CHECK_INTERVAL);
+    let max_age = broker.config().session_expiry;
+    let interval =
+        max_age.map_or(MAX_CHECK_INTERVAL, |max| (max / 4).clamp(Duration::from_millis(100), MAX_CHECK_INTERVAL));
     loop {
         let tick = rt.sleep(interval);
         let stop = stopped.recv();

@@ -126,7 +126,6 @@ fn unsupported(key: &str) -> bool {
             | "log_timestamp_format"
             | "max_inflight_bytes"
             | "max_qos"
-            | "max_topic_alias"
             | "memory_limit"
             | "upgrade_outgoing_qos"
             | "websockets_headers_size"
@@ -388,6 +387,7 @@ impl Reader {
             }
             "queue_qos0_messages" => self.config.queue_qos0 = boolean(key, value, at)?,
             "retain_available" => self.config.retain_available = boolean(key, value, at)?,
+            "max_topic_alias" => self.config.max_topic_alias = integer(key, value, at)?,
             "sys_interval" => self.config.sys_interval = Duration::from_secs(integer(key, value, at)?),
             "include_dir" => self.include_dir(value, at)?,
             "log_dest" => self.log_dest(value, at)?,

@@ -11,13 +11,15 @@
 
 use crate::codec;
 use crate::error::Error;
-use crate::packet::Packet;
+use crate::packet::{Packet, Protocol, Publish};
 use bytes::{Bytes, BytesMut};
 use futures::future;
 use futures::io::{AsyncWrite, IoSlice};
 use futures::ready;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Payloads at least this large are written from the shared bytes.
@@ -39,7 +41,28 @@ pub struct Outbox {
     written: usize,
     /// Bytes written since the last [`Outbox::take_sent`].
     sent: u64,
+    /// The protocol packets are encoded in (3.1.1 until CONNECT says).
+    protocol: Protocol,
+    /// Topic aliases assigned to the client's deliveries (5.0, when it
+    /// announced a Topic Alias Maximum).
+    aliases: Option<Box<Aliases>>,
 }
+
+/// Outbound topic aliases: each topic sent gets the next alias until the
+/// client's maximum (at most [`MAX_OUTBOUND_ALIASES`]) is reached; later
+/// topics go out in full. An alias is never reassigned (MQTT-3.3.2-11:
+/// only up to the client's Topic Alias Maximum).
+#[derive(Debug)]
+struct Aliases {
+    max: u16,
+    assigned: HashMap<Arc<str>, u16>,
+    /// The empty topic a PUBLISH with a known alias carries (one per connection).
+    empty: Arc<str>,
+}
+
+/// Outbound aliases per connection at most, whatever the client announces:
+/// each pins its topic.
+pub const MAX_OUTBOUND_ALIASES: u16 = 1024;
 
 impl Outbox {
     /// An empty outbox; it allocates on first use.
@@ -47,21 +70,41 @@ impl Outbox {
         Outbox::default()
     }
 
+    /// Encodes what follows in `protocol`; a 5.0 client that takes topic
+    /// aliases (`topic_alias_maximum` above 0) gets them on its deliveries.
+    pub fn set_protocol(&mut self, protocol: Protocol, topic_alias_maximum: u16) {
+        self.protocol = protocol;
+        let max = topic_alias_maximum.min(MAX_OUTBOUND_ALIASES);
+        self.aliases = (protocol == Protocol::V5 && max > 0)
+            .then(|| Box::new(Aliases { max, assigned: HashMap::new(), empty: Arc::from("") }));
+    }
+
     /// Encodes a packet after those already waiting (also while a write of
     /// them is under way).
     pub fn push(&mut self, packet: &Packet) -> Result<(), Error> {
+        if let (Packet::Publish(p), Some(aliases)) = (packet, &mut self.aliases) {
+            let aliased = aliases.apply(p);
+            return self.push_publish(&aliased);
+        }
         match packet {
-            Packet::Publish(p) if p.payload.len() >= SHARE_FROM => {
-                codec::encode_publish_head(p, &mut self.buf);
-                self.shared.push((self.buf.len(), p.payload.clone()));
-                self.shared_len += p.payload.len();
-                Ok(())
-            }
-            _ => codec::encode(packet, &mut self.buf),
+            Packet::Publish(p) => self.push_publish(p),
+            _ => codec::encode_for(self.protocol, packet, &mut self.buf),
         }
     }
 
+    fn push_publish(&mut self, p: &Publish) -> Result<(), Error> {
+        if p.payload.len() < SHARE_FROM {
+            codec::encode_publish_for(self.protocol, p, &mut self.buf);
+            return Ok(());
+        }
+        codec::encode_publish_head_for(self.protocol, p, &mut self.buf);
+        self.shared.push((self.buf.len(), p.payload.clone()));
+        self.shared_len += p.payload.len();
+        Ok(())
+    }
+
     /// Whether nothing is waiting.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty() && self.shared.is_empty()
     }
@@ -140,6 +183,27 @@ impl Outbox {
     }
 }
 
+impl Aliases {
+    /// The PUBLISH as sent: with the topic's alias (and an empty topic once
+    /// the alias is known to the client), or as it is when none is left.
+    fn apply(&mut self, p: &Publish) -> Publish {
+        let mut sent = p.clone();
+        match self.assigned.get(&p.topic) {
+            Some(&alias) => {
+                sent.topic = self.empty.clone();
+                sent.topic_alias = Some(alias);
+            }
+            None if self.assigned.len() < usize::from(self.max) => {
+                let alias = self.assigned.len() as u16 + 1;
+                self.assigned.insert(p.topic.clone(), alias);
+                sent.topic_alias = Some(alias);
+            }
+            None => {}
+        }
+        sent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +212,7 @@ mod tests {
 
     fn publish(payload: Bytes, pid: Option<u16>) -> Packet {
         let qos = if pid.is_some() { QoS::AtLeastOnce } else { QoS::AtMostOnce };
-        Packet::Publish(Publish { dup: false, qos, pid, retain: false, topic: "t".into(), payload })
+        Packet::Publish(Publish::new("t".into(), payload, qos, pid, false))
     }
 
     /// Accepts at most `step` bytes per write, to exercise partial writes.
@@ -189,7 +253,7 @@ mod tests {
     fn shared_payloads_are_written_in_place_and_in_order() {
         let big = Bytes::from(vec![7u8; SHARE_FROM]);
         let packets = [
-            Packet::Puback(1),
+            Packet::Puback(crate::packet::Ack::ok(1)),
             publish(big.clone(), Some(2)),
             publish(Bytes::from_static(b"small"), None),
             publish(big.clone(), None),

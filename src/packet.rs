@@ -1,9 +1,15 @@
-//! The owned MQTT 3.1.1 packets the rest of the broker speaks.
+//! The owned, version-neutral packets the rest of the broker speaks, for
+//! MQTT 3.1, 3.1.1 and 5.0 alike.
 //!
-//! The codec turns mqttrs' borrowed packets into these; payloads are
-//! [`Bytes`] so one received payload can be shared by every subscriber.
-//! This is the bottom floor: it imports nothing from the crate.
+//! The codec turns mqttrs' borrowed 3.1.1 packets and the 5.0 codec's
+//! packets into these; payloads are [`Bytes`] so one received payload can be
+//! shared by every subscriber. Reason codes and properties are 5.0's types
+//! ([`ReasonCode`], [`Properties`]): a 3.1.1 packet carries the neutral
+//! defaults (success, no properties), and the 3.1.1 encoder leaves out what
+//! 3.1.1 cannot say. This is the bottom floor: it imports only those two
+//! value types from the codec below it.
 
+pub use crate::v5::{Properties, ReasonCode, RetainHandling, SubscriptionOptions};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -34,12 +40,15 @@ impl QoS {
 pub type Pid = u16;
 
 /// The protocol a client spoke in CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Protocol {
     /// MQTT 3.1 (`MQIsdp`, level 3).
     V31,
-    /// MQTT 3.1.1 (`MQTT`, level 4).
+    /// MQTT 3.1.1 (`MQTT`, level 4): also what is spoken before CONNECT.
+    #[default]
     V311,
+    /// MQTT 5.0 (`MQTT`, level 5).
+    V5,
 }
 
 impl Protocol {
@@ -48,6 +57,7 @@ impl Protocol {
         match self {
             Protocol::V31 => 3,
             Protocol::V311 => 4,
+            Protocol::V5 => 5,
         }
     }
 }
@@ -63,6 +73,11 @@ pub struct Will {
     pub qos: QoS,
     /// Whether the will is published retained.
     pub retain: bool,
+    /// The will message's own properties (5.0): payload format, expiry,
+    /// content type, response topic, correlation data, user properties.
+    pub properties: Option<Arc<Properties>>,
+    /// Will Delay Interval in seconds (5.0).
+    pub delay: Option<u32>,
 }
 
 /// A CONNECT packet.
@@ -82,6 +97,8 @@ pub struct Connect {
     pub username: Option<String>,
     /// Password, if present.
     pub password: Option<Bytes>,
+    /// CONNECT properties (5.0; empty for 3.1.1).
+    pub properties: Properties,
 }
 
 /// CONNACK return codes (MQTT 3.1.1 table 3.1).
@@ -116,16 +133,80 @@ pub struct Publish {
     pub topic: Arc<str>,
     /// Application payload, shared between subscribers.
     pub payload: Bytes,
+    /// The message's own properties (5.0), shared by every copy: payload
+    /// format, content type, response topic, correlation data, user
+    /// properties, and the expiry interval as published. `None`: none.
+    pub properties: Option<Arc<Properties>>,
+    /// The Message Expiry Interval this copy carries (inbound: as published;
+    /// outbound: what is left of it), overriding the one in `properties`.
+    pub expiry: Option<u32>,
+    /// Topic Alias (5.0): inbound as the client sent it (resolved by the
+    /// handler); outbound, assigned by the encoder.
+    pub topic_alias: Option<u16>,
+    /// Subscription Identifiers of the subscriptions that matched (outbound, 5.0).
+    pub subscription_ids: Vec<u32>,
 }
 
-/// One SUBSCRIBE return code: the granted QoS or a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubackCode {
-    /// The subscription was granted at this QoS.
-    Granted(QoS),
-    /// 0x80: the subscription was refused.
-    Failure,
+impl Publish {
+    /// A PUBLISH without 5.0 properties.
+    pub fn new(topic: Arc<str>, payload: Bytes, qos: QoS, pid: Option<Pid>, retain: bool) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            pid,
+            retain,
+            topic,
+            payload,
+            properties: None,
+            expiry: None,
+            topic_alias: None,
+            subscription_ids: Vec::new(),
+        }
+    }
 }
+
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP: the packet id and the reason code
+/// (5.0; success for 3.1.1, whose encoder leaves it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The packet id acknowledged.
+    pub pid: Pid,
+    /// The reason code; [`ReasonCode::SUCCESS`] in 3.1.1.
+    pub reason: ReasonCode,
+}
+
+impl Ack {
+    /// A successful acknowledgement.
+    pub const fn ok(pid: Pid) -> Ack {
+        Ack { pid, reason: ReasonCode::SUCCESS }
+    }
+}
+
+/// A SUBSCRIBE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    /// Packet identifier.
+    pub pid: Pid,
+    /// Filters in order with their options (3.1.1: the requested QoS, the
+    /// other options at their 3.1.1 meaning).
+    pub filters: Vec<(String, SubscriptionOptions)>,
+    /// Subscription Identifier (5.0).
+    pub id: Option<u32>,
+}
+
+/// Subscription options with 3.1.1's meaning: only the maximum QoS.
+pub fn options(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainHandling::OnSubscribe,
+    }
+}
+
+/// CONNACK, DISCONNECT and AUTH as 5.0 carries them (the 3.1.1 encoder
+/// writes what 3.1.1 has of them).
+pub use crate::v5::{Auth, Connack, Disconnect};
 
 /// Every MQTT 3.1.1 control packet.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,36 +214,35 @@ pub enum Packet {
     /// CONNECT (client to server); boxed, as it is large and arrives once.
     Connect(Box<Connect>),
     /// CONNACK (server to client).
-    Connack {
-        /// Session Present flag.
-        session_present: bool,
-        /// Return code.
-        code: ConnectCode,
-    },
+    Connack(Box<Connack>),
     /// PUBLISH (both directions).
     Publish(Publish),
     /// PUBACK.
-    Puback(Pid),
+    Puback(Ack),
     /// PUBREC.
-    Pubrec(Pid),
+    Pubrec(Ack),
     /// PUBREL.
-    Pubrel(Pid),
+    Pubrel(Ack),
     /// PUBCOMP.
-    Pubcomp(Pid),
-    /// SUBSCRIBE: packet id and (filter, requested QoS) pairs in order.
-    Subscribe(Pid, Vec<(String, QoS)>),
-    /// SUBACK: one code per requested filter, in order.
-    Suback(Pid, Vec<SubackCode>),
+    Pubcomp(Ack),
+    /// SUBSCRIBE; boxed, as it is large and rare.
+    Subscribe(Box<Subscribe>),
+    /// SUBACK: one reason code per requested filter, in order (the granted
+    /// QoS, or a failure: 3.1.1 writes every failure as 0x80).
+    Suback(Pid, Vec<ReasonCode>),
     /// UNSUBSCRIBE: packet id and filters.
     Unsubscribe(Pid, Vec<String>),
-    /// UNSUBACK.
-    Unsuback(Pid),
+    /// UNSUBACK: one reason code per filter (5.0 only; 3.1.1 has none).
+    Unsuback(Pid, Vec<ReasonCode>),
     /// PINGREQ.
     Pingreq,
     /// PINGRESP.
     Pingresp,
-    /// DISCONNECT.
-    Disconnect,
+    /// DISCONNECT, from either side (a 3.1.1 one is a success without
+    /// properties; midge sends one only to a 5.0 client).
+    Disconnect(Box<Disconnect>),
+    /// AUTH (5.0).
+    Auth(Box<Auth>),
 }
 
 impl Packet {
@@ -170,19 +250,126 @@ impl Packet {
     pub fn name(&self) -> &'static str {
         match self {
             Packet::Connect(_) => "CONNECT",
-            Packet::Connack { .. } => "CONNACK",
+            Packet::Connack(_) => "CONNACK",
             Packet::Publish(_) => "PUBLISH",
             Packet::Puback(_) => "PUBACK",
             Packet::Pubrec(_) => "PUBREC",
             Packet::Pubrel(_) => "PUBREL",
             Packet::Pubcomp(_) => "PUBCOMP",
-            Packet::Subscribe(..) => "SUBSCRIBE",
+            Packet::Subscribe(_) => "SUBSCRIBE",
             Packet::Suback(..) => "SUBACK",
             Packet::Unsubscribe(..) => "UNSUBSCRIBE",
-            Packet::Unsuback(_) => "UNSUBACK",
+            Packet::Unsuback(..) => "UNSUBACK",
             Packet::Pingreq => "PINGREQ",
             Packet::Pingresp => "PINGRESP",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
         }
+    }
+}
+
+impl ReasonCode {
+    /// The SUBACK code granting `qos`.
+    pub const fn granted(qos: QoS) -> ReasonCode {
+        ReasonCode(qos as u8)
+    }
+
+    /// The 5.0 CONNACK reason for a 3.1.1 CONNACK return code.
+    pub const fn from_connect_code(code: ConnectCode) -> ReasonCode {
+        match code {
+            ConnectCode::Accepted => ReasonCode::SUCCESS,
+            ConnectCode::BadProtocolVersion => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            ConnectCode::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            ConnectCode::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            ConnectCode::BadUsernamePassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            ConnectCode::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+        }
+    }
+
+    /// The 3.1.1 CONNACK return code closest to a 5.0 CONNACK reason.
+    pub const fn to_connect_code(self) -> ConnectCode {
+        match self.0 {
+            0x00 => ConnectCode::Accepted,
+            0x84 => ConnectCode::BadProtocolVersion,
+            0x85 => ConnectCode::IdentifierRejected,
+            0x86 | 0x8c => ConnectCode::BadUsernamePassword,
+            0x87 | 0x8a => ConnectCode::NotAuthorized,
+            _ => ConnectCode::ServerUnavailable,
+        }
+    }
+}
+
+/// An application message on its way to a subscriber, stored or retained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload, shared between every copy of the message.
+    pub payload: Bytes,
+    /// QoS it is delivered at (already reduced to the subscription's).
+    pub qos: QoS,
+    /// RETAIN flag as delivered: set for retained messages sent because of
+    /// a new subscription (MQTT-3.3.1-8/-9), and kept for a 5.0
+    /// subscription with Retain As Published.
+    pub retain: bool,
+    /// The message's 5.0 properties, shared by every copy (`None`: none,
+    /// as for every message a 3.1.1 client publishes).
+    pub properties: Option<Arc<Properties>>,
+    /// When the message expires (its Message Expiry Interval after it was
+    /// received), in milliseconds since the Unix epoch.
+    pub expires: Option<u64>,
+    /// Subscription Identifiers of the matching subscriptions (per delivery).
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/{name}/{filter}`) this copy was
+    /// routed through: if its session leaves before acknowledging it, it
+    /// goes to another member of the group. Not stored.
+    pub shared: Option<Arc<str>>,
+}
+
+impl Message {
+    /// A message without 5.0 properties or expiry.
+    pub fn new(topic: Arc<str>, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires: None,
+            subscription_ids: Vec::new(),
+            shared: None,
+        }
+    }
+
+    /// Whether it has expired at `now_ms` (milliseconds since the epoch).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires.is_some_and(|at| at <= now_ms)
+    }
+
+    /// What is left of its expiry interval at `now_ms`, in whole seconds
+    /// rounded up (what a forwarded copy carries, MQTT-3.3.2-6).
+    pub fn remaining_expiry(&self, now_ms: u64) -> Option<u32> {
+        self.expires.map(|at| u32::try_from(at.saturating_sub(now_ms).div_ceil(1000)).unwrap_or(u32::MAX).max(1))
+    }
+}
+
+/// Milliseconds since the Unix epoch now (the clock message expiry uses).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A subscription as a session holds it: its options and identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Maximum QoS, No Local, Retain As Published, Retain Handling.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (5.0), sent with every delivery it matches.
+    pub id: Option<u32>,
+}
+
+impl Subscription {
+    /// A 3.1.1 subscription at `qos`.
+    pub fn qos(qos: QoS) -> Subscription {
+        Subscription { options: options(qos), id: None }
     }
 }

@@ -86,7 +86,7 @@ mod tests {
     fn retained(topics: &[&str]) -> Retained {
         let mut r = Retained::default();
         for t in topics {
-            r.set(&Message { topic: (*t).into(), payload: "p".into(), qos: QoS::AtMostOnce, retain: true });
+            r.set(&Message::new((*t).into(), "p".into(), QoS::AtMostOnce, true));
         }
         r
     }

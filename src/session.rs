@@ -6,30 +6,16 @@
 //! session also records each change as a store [`Op`] in its journal, which
 //! whoever holds the session's lock hands to the store.
 
-use crate::packet::{Packet, Pid, Publish, QoS};
+pub use crate::packet::Message;
+use crate::packet::{Ack, Packet, Pid, Publish, QoS, ReasonCode, Subscription};
 use crate::stats::DropCause;
-use crate::store::{Op, Progress, StoredMessage, StoredSession, Ticket};
-use bytes::Bytes;
+use crate::store::{Op, Progress, StoredSession, Ticket};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Drops are logged at most this often per client.
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// An application message on its way to a subscriber.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// Topic name.
-    pub topic: Arc<str>,
-    /// Payload, shared between every copy of the message.
-    pub payload: Bytes,
-    /// QoS it is delivered at (already reduced to the subscription's).
-    pub qos: QoS,
-    /// RETAIN flag as delivered: set only for retained messages sent because
-    /// of a new subscription (MQTT-3.3.1-8/-9).
-    pub retain: bool,
-}
 
 /// Limits applied to one session.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +31,17 @@ pub struct Limits {
     /// How long a connected client with a full queue may make no progress
     /// before publishers stop waiting for it (see [`Offer::Pressed`]).
     pub slow_consumer_timeout: Duration,
+}
+
+/// What the connected client announced it can take (5.0 CONNECT).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientLimits {
+    /// Receive Maximum: QoS 1/2 messages it takes unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// Maximum Packet Size: larger PUBLISHes are not sent to it (MQTT-3.1.2-25).
+    pub maximum_packet_size: Option<u32>,
+    /// Whether it speaks 5.0 (PUBLISH sizes include properties).
+    pub v5: bool,
 }
 
 /// An outbound QoS 1/2 message that has been sent and awaits its ack.
@@ -107,8 +104,15 @@ pub struct Session {
     /// Whether a connection is attached.
     online: bool,
     limits: Limits,
-    /// Filter → granted QoS.
-    subscriptions: HashMap<String, QoS>,
+    /// The connected client's own limits (5.0): its Receive Maximum caps
+    /// the inflight window, its Maximum Packet Size what is sent to it.
+    client: ClientLimits,
+    /// Session Expiry Interval in seconds: how long the session outlives its
+    /// connection (`None`: until `persistent_client_expiration`, as a 3.1.1
+    /// persistent session; `Some(0)`: it ends with the connection).
+    pub expiry: Option<u32>,
+    /// Filter → options and identifier.
+    subscriptions: HashMap<String, Subscription>,
     /// Sequence number of the last message queued.
     last_seq: u64,
     /// Sent, unacknowledged QoS 1/2 messages in send order.
@@ -133,6 +137,8 @@ pub struct Session {
     pressed: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// Messages taken from the queue and not sent (see [`Session::take_unsent`]).
+    unsent: Vec<DropCause>,
     /// `dropped` when it was last reported, and when.
     reported: (u64, Option<Instant>),
 }
@@ -147,6 +153,8 @@ impl Session {
             durable,
             online: false,
             limits,
+            client: ClientLimits::default(),
+            expiry: None,
             subscriptions: HashMap::new(),
             last_seq: 0,
             inflight: VecDeque::new(),
@@ -158,6 +166,7 @@ impl Session {
             stuck: false,
             pressed: false,
             dropped: 0,
+            unsent: Vec::new(),
             reported: (0, None),
         }
     }
@@ -168,8 +177,8 @@ impl Session {
         let mut session = Session::new(client_id, false, limits, true);
         session.subscriptions.extend(stored.subscriptions);
         session.incoming.extend(stored.incoming);
-        for (seq, (m, progress)) in stored.messages {
-            let message = Message { topic: m.topic, payload: m.payload, qos: m.qos, retain: m.retain };
+        session.expiry = stored.owner.as_ref().and_then(|o| o.expiry);
+        for (seq, (message, progress)) in stored.messages {
             session.last_seq = seq;
             match progress {
                 Progress::Queued => {
@@ -203,6 +212,19 @@ impl Session {
         }
     }
 
+    /// Notes the limits of the client now connected.
+    pub fn set_client(&mut self, client: ClientLimits) {
+        self.client = client;
+    }
+
+    /// The inflight window: the broker's, capped by the client's Receive Maximum.
+    fn max_inflight(&self) -> usize {
+        match self.client.receive_maximum {
+            Some(max) => self.limits.max_inflight.min(usize::from(max)),
+            None => self.limits.max_inflight,
+        }
+    }
+
     /// Marks the session online or offline.
     pub fn set_online(&mut self, online: bool) {
         self.online = online;
@@ -214,22 +236,26 @@ impl Session {
         self.online
     }
 
-    /// Records a subscription, replacing one with the same filter.
-    pub fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.subscriptions.insert(filter.to_owned(), qos);
-        self.record(|id| Op::Subscription(id, filter.to_owned(), Some(qos)));
+    /// Records a subscription, replacing one with the same filter; whether
+    /// one with that filter existed.
+    pub fn subscribe(&mut self, filter: &str, subscription: Subscription) -> bool {
+        let existed = self.subscriptions.insert(filter.to_owned(), subscription).is_some();
+        self.record(|id| Op::Subscription(id, filter.to_owned(), Some(subscription)));
+        existed
     }
 
-    /// Forgets a subscription, if it exists.
-    pub fn unsubscribe(&mut self, filter: &str) {
-        if self.subscriptions.remove(filter).is_some() {
+    /// Forgets a subscription; whether it existed.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        let existed = self.subscriptions.remove(filter).is_some();
+        if existed {
             self.record(|id| Op::Subscription(id, filter.to_owned(), None));
         }
+        existed
     }
 
-    /// Every subscription: filter and granted QoS.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, QoS)> {
-        self.subscriptions.iter().map(|(f, q)| (f.as_str(), *q))
+    /// Every subscription: filter, options and identifier.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, Subscription)> {
+        self.subscriptions.iter().map(|(f, s)| (f.as_str(), *s))
     }
 
     /// Number of messages queued or inflight.
@@ -267,15 +293,7 @@ impl Session {
         self.last_seq += 1;
         let seq = self.last_seq;
         if !qos0 {
-            self.record(|id| {
-                let stored = StoredMessage {
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    qos: message.qos,
-                    retain: message.retain,
-                };
-                Op::Message(id, seq, Some(stored))
-            });
+            self.record(|id| Op::Message(id, seq, Some(message.clone())));
         }
         self.queued_bytes += message.payload.len();
         self.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
@@ -364,9 +382,11 @@ impl Session {
     }
 
     fn drain_queue(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
+        let max_inflight = self.max_inflight();
+        let mut now = None;
         while let Some(front) = self.queue.front() {
             let (seq, qos) = (front.seq, front.message.qos);
-            if qos != QoS::AtMostOnce && (self.inflight.len() >= self.limits.max_inflight || self.wraps(seq)) {
+            if qos != QoS::AtMostOnce && (self.inflight.len() >= max_inflight || self.wraps(seq)) {
                 return None;
             }
             if qos == QoS::ExactlyOnce && self.durable && !durable(front.ticket) {
@@ -374,15 +394,50 @@ impl Session {
             }
             let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
             self.queued_bytes -= message.payload.len();
-            if qos == QoS::AtMostOnce {
-                out.push(publish_packet(message, None, false));
+            let now_ms = *now.get_or_insert_with(crate::packet::now_ms);
+            // MQTT-3.3.2-5: an expired message is not sent.
+            if message.expired(now_ms) {
+                self.forget(seq, qos, DropCause::Expired);
                 continue;
             }
-            out.push(publish_packet(message.clone(), Some(pid_for(seq)), false));
+            let pid = (qos != QoS::AtMostOnce).then(|| pid_for(seq));
+            let packet = publish_packet(&message, pid, false, now_ms);
+            // MQTT-3.1.2-25: a PUBLISH larger than the client's Maximum
+            // Packet Size is discarded as if it had been sent.
+            if self.too_large(&packet) {
+                self.forget(seq, qos, DropCause::TooLarge);
+                continue;
+            }
+            out.push(Packet::Publish(packet));
+            if qos == QoS::AtMostOnce {
+                continue;
+            }
             self.record(|id| Op::Progress(id, seq, Progress::Sent));
             self.inflight.push_back(Inflight { seq, message, released: false });
         }
         None
+    }
+
+    /// Drops a queued message that will not be sent, for `cause`.
+    fn forget(&mut self, seq: u64, qos: QoS, cause: DropCause) {
+        if qos != QoS::AtMostOnce {
+            self.record(|id| Op::Message(id, seq, None));
+        }
+        self.unsent.push(cause);
+    }
+
+    /// Messages dropped from the queue without being sent since the last
+    /// call (expired, too large for the client), by cause, for the counters.
+    pub fn take_unsent(&mut self) -> Vec<DropCause> {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// Whether `p` is larger than the connected client's Maximum Packet Size.
+    fn too_large(&self, p: &Publish) -> bool {
+        let Some(max) = self.client.maximum_packet_size else { return false };
+        let protocol = if self.client.v5 { crate::packet::Protocol::V5 } else { crate::packet::Protocol::V311 };
+        let len = crate::codec::publish_remaining_length_for(protocol, p);
+        crate::codec::packet_len(len) > max as usize
     }
 
     /// Whether `seq`'s packet id may still be in flight: ids repeat every
@@ -395,10 +450,11 @@ impl Session {
     /// On reconnect: re-sends every unacknowledged PUBLISH with DUP set and
     /// every pending PUBREL, in their original order (MQTT-4.4.0-1).
     pub fn resend(&mut self, out: &mut Vec<Packet>) {
+        let now_ms = crate::packet::now_ms();
         for f in &self.inflight {
             out.push(match f.released {
-                true => Packet::Pubrel(f.pid()),
-                false => publish_packet(f.message.clone(), Some(f.pid()), true),
+                true => Packet::Pubrel(Ack::ok(f.pid())),
+                false => Packet::Publish(publish_packet(&f.message, Some(f.pid()), true, now_ms)),
             });
         }
     }
@@ -408,15 +464,23 @@ impl Session {
         self.complete(pid, QoS::AtLeastOnce, false);
     }
 
-    /// PUBREC: the first half of a QoS 2 delivery; always answered by PUBREL.
-    pub fn pubrec(&mut self, pid: Pid, out: &mut Vec<Packet>) {
+    /// PUBREC: the first half of a QoS 2 delivery, answered by PUBREL
+    /// (5.0: with 0x92 for an id not in flight). A PUBREC with an error
+    /// reason code (5.0) ends the delivery: no PUBREL follows (4.3.3).
+    pub fn pubrec(&mut self, ack: Ack, out: &mut Vec<Packet>) {
+        let pid = ack.pid;
+        if ack.reason.is_error() {
+            return self.complete(pid, QoS::ExactlyOnce, false);
+        }
         let found = self.inflight.iter_mut().find(|f| f.pid() == pid && f.message.qos == QoS::ExactlyOnce);
+        let known = found.is_some();
         if let Some(f) = found.filter(|f| !f.released) {
             f.released = true;
             let seq = f.seq;
             self.record(|id| Op::Progress(id, seq, Progress::Released));
         }
-        out.push(Packet::Pubrel(pid));
+        let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        out.push(Packet::Pubrel(Ack { pid, reason }));
     }
 
     /// PUBCOMP: completes a QoS 2 delivery.
@@ -442,30 +506,87 @@ impl Session {
         new
     }
 
+    /// [`Session::receive_qos2`] for a client that may have at most `max`
+    /// ids unreleased: `None` (and nothing kept) if this new one is over.
+    pub fn receive_qos2_within(&mut self, pid: Pid, max: usize) -> Option<bool> {
+        if !self.incoming.contains(&pid) && self.incoming.len() >= max {
+            return None;
+        }
+        Some(self.receive_qos2(pid))
+    }
+
+    /// Takes out every message routed here through a shared subscription
+    /// that its client has not finished with (queued, or sent and not
+    /// acknowledged; a QoS 2 one whose PUBREC came stays): the session is
+    /// leaving, and they go to another member of their group (4.8.2).
+    pub fn take_shared(&mut self) -> Vec<Message> {
+        let mut taken = Vec::new();
+        let mut removed = Vec::new();
+        self.inflight.retain(|f| {
+            let keep = f.message.shared.is_none() || f.released;
+            if !keep {
+                removed.push(f.seq);
+                taken.push(f.message.clone());
+            }
+            keep
+        });
+        let mut bytes = 0;
+        self.queue.retain(|q| {
+            let keep = q.message.shared.is_none();
+            if !keep {
+                bytes += q.message.payload.len();
+                if q.message.qos != QoS::AtMostOnce {
+                    removed.push(q.seq);
+                }
+                taken.push(q.message.clone());
+            }
+            keep
+        });
+        self.queued_bytes -= bytes;
+        for seq in removed {
+            self.record(|id| Op::Message(id, seq, None));
+        }
+        taken
+    }
+
     /// Inbound QoS 2 ids received and not yet released.
     pub fn incoming_len(&self) -> usize {
         self.incoming.len()
     }
 
-    /// PUBREL from the client: forget the id; always answered by PUBCOMP.
+    /// PUBREL from the client: forget the id; always answered by PUBCOMP
+    /// (5.0: with 0x92 Packet Identifier not found for an unknown id).
     pub fn pubrel(&mut self, pid: Pid, out: &mut Vec<Packet>) {
-        if self.incoming.remove(&pid) {
+        let known = self.incoming.remove(&pid);
+        if known {
             self.record(|id| Op::Incoming(id, pid, false));
         }
-        out.push(Packet::Pubcomp(pid));
+        let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        out.push(Packet::Pubcomp(Ack { pid, reason }));
     }
 }
 
-/// A QoS 0 message moves into its packet; one kept inflight is cloned (its
-/// topic and payload are shared, not copied).
-fn publish_packet(message: Message, pid: Option<Pid>, dup: bool) -> Packet {
-    let Message { topic, payload, qos, retain } = message;
-    Packet::Publish(Publish { dup, qos, pid, retain, topic, payload })
+/// The PUBLISH that delivers `message` (its topic, payload and properties
+/// are shared, not copied), carrying what is left of its expiry interval.
+fn publish_packet(message: &Message, pid: Option<Pid>, dup: bool, now_ms: u64) -> Publish {
+    Publish {
+        dup,
+        qos: message.qos,
+        pid,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        properties: message.properties.clone(),
+        expiry: message.remaining_expiry(now_ms),
+        topic_alias: None,
+        subscription_ids: message.subscription_ids.clone(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     const LIMITS: Limits = Limits {
         max_inflight: 2,
@@ -476,14 +597,14 @@ mod tests {
     };
 
     fn message(qos: QoS) -> Message {
-        Message { topic: "t".into(), payload: Bytes::from_static(b"p"), qos, retain: false }
+        Message::new("t".into(), Bytes::from_static(b"p"), qos, false)
     }
 
     fn pids(out: &[Packet]) -> Vec<(Option<Pid>, bool)> {
         out.iter()
             .map(|p| match p {
                 Packet::Publish(p) => (p.pid, p.dup),
-                Packet::Pubrel(pid) => (Some(*pid), false),
+                Packet::Pubrel(ack) => (Some(ack.pid), false),
                 _ => panic!("unexpected {p:?}"),
             })
             .collect()
@@ -531,8 +652,8 @@ mod tests {
         let mut out = Vec::new();
         s.next_packets(&mut out, |_| true);
         out.clear();
-        s.pubrec(1, &mut out);
-        assert_eq!(out, [Packet::Pubrel(1)]);
+        s.pubrec(Ack::ok(1), &mut out);
+        assert_eq!(out, [Packet::Pubrel(Ack::ok(1))]);
         out.clear();
         s.set_online(false);
         s.set_online(true);
@@ -550,7 +671,7 @@ mod tests {
         assert!(!s.receive_qos2(7));
         let mut out = Vec::new();
         s.pubrel(7, &mut out);
-        assert_eq!(out, [Packet::Pubcomp(7)]);
+        assert_eq!(out, [Packet::Pubcomp(Ack::ok(7))]);
         assert!(s.receive_qos2(7));
     }
 
@@ -583,13 +704,13 @@ mod tests {
     fn a_durable_session_journals_and_restores() {
         let mut s = Session::new("c".into(), false, LIMITS, true);
         s.set_online(true);
-        s.subscribe("t/#", QoS::ExactlyOnce);
+        s.subscribe("t/#", Subscription::qos(QoS::ExactlyOnce));
         s.offer(message(QoS::AtLeastOnce));
         s.offer(message(QoS::ExactlyOnce));
         s.offer(message(QoS::AtLeastOnce));
         let mut out = Vec::new();
         s.next_packets(&mut out, |_| true);
-        s.pubrec(2, &mut out);
+        s.pubrec(Ack::ok(2), &mut out);
         s.puback(1);
         assert!(s.receive_qos2(9));
         let mut stored = crate::store::Snapshot::default();
@@ -602,14 +723,14 @@ mod tests {
         restored.resend(&mut out);
         restored.next_packets(&mut out, |_| true);
         assert_eq!(pids(&out), [(Some(2), false), (Some(3), false)]);
-        assert!(matches!(out[0], Packet::Pubrel(2)));
+        assert!(matches!(out[0], Packet::Pubrel(Ack { pid: 2, .. })));
         assert!(!restored.receive_qos2(9), "MQTT-4.3.3-2 state survives");
     }
 
     #[test]
     fn a_clean_session_journals_nothing() {
         let mut s = Session::new("c".into(), true, LIMITS, false);
-        s.subscribe("t", QoS::AtLeastOnce);
+        s.subscribe("t", Subscription::qos(QoS::AtLeastOnce));
         s.offer(message(QoS::AtLeastOnce));
         assert!(s.take_journal().is_empty());
     }

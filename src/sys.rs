@@ -53,11 +53,6 @@ fn publish_stats(broker: &Broker, started: Instant) {
 }
 
 fn publish(broker: &Broker, topic: &str, value: String) {
-    let message = Message {
-        topic: format!("$SYS/broker/{topic}").into(),
-        payload: value.into(),
-        qos: QoS::AtMostOnce,
-        retain: true,
-    };
+    let message = Message::new(format!("$SYS/broker/{topic}").into(), value.into(), QoS::AtMostOnce, true);
     broker.publish(message, true);
 }

@@ -17,6 +17,8 @@ pub fn check_header_for(header: u8, protocol: Option<Protocol>) -> Result<u8, Vi
     match protocol {
         Some(Protocol::V31) => mqtt31_header(header),
         Some(Protocol::V311) | None => check_header(header).map(|()| header),
+        // The 5.0 decoder checks its own fixed-header rules.
+        Some(Protocol::V5) => Ok(header),
     }
 }
 

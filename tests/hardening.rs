@@ -425,11 +425,11 @@ fn mqtt_3_1_4_2_a_taken_over_connection_cannot_touch_the_new_session() {
     let id: Arc<str> = "twin".into();
     let old = broker.attach(&id, None, true, 1, Arc::new(Signal::new()));
     let new = broker.attach(&id, None, true, 2, Arc::new(Signal::new()));
-    let filters = [("t".to_string(), QoS::AtLeastOnce)];
+    let filters = [("t".to_string(), midge::packet::Subscription::qos(QoS::AtLeastOnce))];
     assert!(broker.subscribe(&id, &new.session, 2, &filters, &mut Vec::new()).is_some());
     assert!(broker.subscribe(&id, &old.session, 1, &filters, &mut Vec::new()).is_none(), "old connection refused");
     assert!(broker.unsubscribe(&id, &old.session, 1, &["t".to_string()]).is_none(), "old connection refused");
-    let message = Message { topic: "t".into(), payload: "m".into(), qos: QoS::AtLeastOnce, retain: false };
+    let message = Message::new("t".into(), "m".into(), QoS::AtLeastOnce, false);
     broker.publish(message, false);
     assert_eq!(new.session.lock().session.pending(), 1, "the new session still has its subscription");
     assert_eq!(old.session.lock().session.pending(), 0, "no ghost subscription of the discarded session");

@@ -17,7 +17,7 @@ use asynchronous_codec::{Decoder, Encoder};
 use bytes::{Bytes, BytesMut};
 use midge::codec::MqttCodec;
 use midge::error::{Error, Violation};
-use midge::packet::{Packet, Publish, QoS};
+use midge::packet::{Ack, Packet, Publish, QoS, Subscribe};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -131,11 +131,7 @@ fn publish() -> impl Strategy<Value = Publish> {
             let qos0 = qos == QoS::AtMostOnce;
             Publish {
                 dup: dup && !qos0, // DUP only with QoS > 0 (MQTT-3.3.1-2)
-                qos,
-                pid: (!qos0).then_some(pid),
-                retain,
-                topic: topic.into(),
-                payload: Bytes::from(payload),
+                ..Publish::new(topic.into(), Bytes::from(payload), qos, (!qos0).then_some(pid), retain)
             }
         },
     )
@@ -146,10 +142,10 @@ fn publish() -> impl Strategy<Value = Publish> {
 fn shared_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
         4 => publish().prop_map(Packet::Publish),
-        1 => pid().prop_map(Packet::Puback),
-        1 => pid().prop_map(Packet::Pubrec),
-        1 => pid().prop_map(Packet::Pubrel),
-        1 => pid().prop_map(Packet::Pubcomp),
+        1 => pid().prop_map(|pid| Packet::Puback(Ack::ok(pid))),
+        1 => pid().prop_map(|pid| Packet::Pubrec(Ack::ok(pid))),
+        1 => pid().prop_map(|pid| Packet::Pubrel(Ack::ok(pid))),
+        1 => pid().prop_map(|pid| Packet::Pubcomp(Ack::ok(pid))),
     ]
 }
 
@@ -313,7 +309,7 @@ proptest! {
         match decode_one(&bytes) {
             Ok(Some(packet)) => {
                 let server_only =
-                    matches!(packet, Packet::Connack { .. } | Packet::Suback(..) | Packet::Unsuback(_) | Packet::Pingresp);
+                    matches!(packet, Packet::Connack(_) | Packet::Suback(..) | Packet::Unsuback(..) | Packet::Pingresp);
                 prop_assert!(!server_only, "decoded a server packet: {:?}", packet);
             }
             Ok(None) => prop_assert!(false, "a whole frame is not waited for"),
@@ -341,7 +337,8 @@ proptest! {
         split in any::<Index>(),
     ) {
         let bytes = subscribe_bytes(pid, &filters);
-        let expected = Packet::Subscribe(pid, filters);
+        let filters = filters.into_iter().map(|(f, q)| (f, midge::packet::options(q))).collect();
+        let expected = Packet::Subscribe(Box::new(Subscribe { pid, filters, id: None }));
         prop_assert_eq!(decode_one(&bytes).unwrap(), Some(expected.clone()));
         prop_assert_eq!(decode_split(&bytes, split.index(bytes.len() + 1)), expected);
     }

@@ -1,13 +1,14 @@
 //! CONNECT: client-id rules, session attach or takeover, CONNACK, resend.
 
 use super::{Client, Peer};
-use crate::broker::Broker;
+use crate::broker::{Attach, Broker};
 use crate::error::{Refusal, Violation};
-use crate::packet::{Connect, ConnectCode, Packet, Protocol};
+use crate::packet::{Connack, Connect, ConnectCode, Packet, Properties, Protocol, ReasonCode};
 use crate::security::ConnectInfo;
+use crate::session::ClientLimits;
 use crate::signal::Signal;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// MQTT 3.1 (MQIsdp) limits client ids to 1 to 23 characters.
@@ -24,11 +25,52 @@ pub fn connect(
     kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Client {
-    let Admitted { id, username, conn, listener } = admitted;
-    let attachment = broker.attach_on(listener, &id, username.clone(), connect.clean_session, conn, kick);
+    let Admitted { id, username, conn, listener, assigned } = admitted;
+    let v5 = connect.protocol == Protocol::V5;
+    let props = &connect.properties;
+    let how = match v5 {
+        false => Attach::v3(listener, username.clone(), connect.clean_session),
+        true => Attach {
+            listener,
+            username: username.clone(),
+            clean_start: connect.clean_session,
+            // 0 or absent: the session ends with the connection; 0xFFFFFFFF: never.
+            expiry: match props.session_expiry.unwrap_or(0) {
+                u32::MAX => None,
+                n => Some(n),
+            },
+            client: ClientLimits {
+                receive_maximum: props.receive_maximum,
+                maximum_packet_size: props.maximum_packet_size,
+                v5: true,
+            },
+        },
+    };
+    let session_expiry = how.expiry;
+    let attachment = broker.attach_with(&id, how, conn, kick);
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
-    let session_present = attachment.session_present && connect.protocol == Protocol::V311;
-    out.push(Packet::Connack { session_present, code: ConnectCode::Accepted });
+    let session_present = attachment.session_present && connect.protocol != Protocol::V31;
+    let config = broker.config();
+    let keep_alive = server_keep_alive(broker, &connect);
+    let receive_maximum = u16::try_from(config.max_inflight).unwrap_or(u16::MAX).max(1);
+    let properties = match v5 {
+        false => Properties::default(),
+        true => Properties {
+            receive_maximum: (receive_maximum != u16::MAX).then_some(receive_maximum),
+            topic_alias_maximum: (config.max_topic_alias > 0).then_some(config.max_topic_alias),
+            maximum_packet_size: u32::try_from(config.max_packet_size).ok().filter(|&m| m < MAX_PACKET),
+            retain_available: (!config.retain_available).then_some(false),
+            assigned_client_id: assigned.then(|| id.clone()),
+            server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+            response_info: match (props.request_response_info, &config.response_information) {
+                (Some(true), Some(prefix)) => Some(prefix.as_str().into()),
+                _ => None,
+            },
+            ..Properties::default()
+        },
+    };
+    out.push(Packet::Connack(Box::new(Connack { session_present, reason: ReasonCode::SUCCESS, properties })));
+    let max_alias = if v5 { usize::from(config.max_topic_alias) } else { 0 };
     let client = Client {
         id,
         username,
@@ -36,13 +78,30 @@ pub fn connect(
         listener,
         session: attachment.session,
         will: connect.will,
-        keep_alive: connect.keep_alive,
+        keep_alive,
         protocol: connect.protocol,
+        session_expiry,
+        receive_maximum,
+        aliases: Mutex::new(vec![None; max_alias]),
         ticket: AtomicU64::new(attachment.ticket.0),
         pressed: Default::default(),
     };
     client.with_session(|s| s.resend(out));
     client
+}
+
+/// The largest packet MQTT can express: a Maximum Packet Size at or above
+/// it is not announced.
+const MAX_PACKET: u32 = 268_435_460;
+
+/// The keepalive in force: the client's, or for a 5.0 client asking none or
+/// more than `max_keepalive`, that maximum (sent as Server Keep Alive,
+/// MQTT-3.2.2-21; a 3.1.1 client is refused instead, see [`admit`]).
+fn server_keep_alive(broker: &Broker, connect: &Connect) -> u16 {
+    match broker.config().max_keepalive {
+        Some(max) if connect.protocol == Protocol::V5 && (connect.keep_alive == 0 || connect.keep_alive > max) => max,
+        _ => connect.keep_alive,
+    }
 }
 
 /// A CONNECT that passed every check: who the client is.
@@ -56,6 +115,8 @@ pub struct Admitted {
     pub conn: u64,
     /// The index of the listener it came in on.
     pub listener: usize,
+    /// The broker assigned the client id (the client sent an empty one).
+    pub assigned: bool,
 }
 
 /// The checks on a CONNECT before its credentials: client id rules and the
@@ -65,8 +126,20 @@ pub fn admit(broker: &Broker, connect: &Connect, conn: u64) -> Result<Arc<str>, 
     if let Some(will) = &connect.will {
         super::check_depth(broker, &will.topic).map_err(Refusal::Violation)?;
         super::check_retain(broker, will.retain).map_err(Refusal::Violation)?;
+        // A will whose payload is not what its Payload Format Indicator
+        // says is refused with 0x99 (3.1.3.2.3).
+        if will.properties.as_ref().is_some_and(|p| p.payload_format_utf8 == Some(true))
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Err(Refusal::Violation(Violation::V5(
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "3.1.3.2.3",
+                "will payload is not UTF-8 although its payload format indicator says so",
+            )));
+        }
     }
     if let Some(max) = broker.config().max_keepalive
+        && connect.protocol != Protocol::V5
         && (connect.keep_alive == 0 || connect.keep_alive > max)
     {
         let why = format!("keepalive {}s not allowed (max_keepalive {max}s)", connect.keep_alive);
@@ -133,8 +206,9 @@ fn refusal_reason(code: ConnectCode) -> &'static str {
 fn client_id(connect: &Connect, conn: u64) -> Result<Arc<str>, Violation> {
     match (&*connect.client_id, connect.clean_session, connect.protocol) {
         ("", _, Protocol::V31) => Err(Violation::ClientIdRejected),
-        ("", false, _) => Err(Violation::EmptyClientIdPersistent),
-        ("", true, _) => Ok(format!("auto-{:08x}-{conn}", process_nonce()).into()),
+        // 5.0 assigns one whatever Clean Start says (MQTT-3.1.3-6/-7).
+        ("", false, Protocol::V311) => Err(Violation::EmptyClientIdPersistent),
+        ("", _, _) => Ok(format!("auto-{:08x}-{conn}", process_nonce()).into()),
         (id, _, Protocol::V31) if id.chars().count() > MQTT31_MAX_CLIENT_ID => Err(Violation::ClientIdRejected),
         (id, _, _) => Ok(id.into()),
     }

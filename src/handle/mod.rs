@@ -11,7 +11,7 @@ pub use publish::{allowed, check_depth, check_retain};
 
 use crate::broker::Broker;
 use crate::error::Violation;
-use crate::packet::{Packet, Will};
+use crate::packet::{Packet, Protocol, ReasonCode, Will};
 use crate::security::ClientInfo;
 use crate::session::Session;
 use crate::session_handle::SessionHandle;
@@ -38,6 +38,15 @@ pub struct Client {
     pub keep_alive: u16,
     /// The protocol the client spoke in CONNECT.
     pub protocol: crate::packet::Protocol,
+    /// The Session Expiry Interval CONNECT asked for (5.0): a DISCONNECT may
+    /// change it, but not from 0 (MQTT-3.14.2-2).
+    pub session_expiry: Option<u32>,
+    /// The Receive Maximum announced to the client (5.0): QoS 1/2 PUBLISHes
+    /// it may have unacknowledged at once.
+    pub receive_maximum: u16,
+    /// Inbound topic aliases (5.0): alias − 1 → topic, at most the Topic
+    /// Alias Maximum announced in CONNACK.
+    pub aliases: Mutex<Vec<Option<Arc<str>>>>,
     /// The store commit the packets being answered wait for: responses go
     /// out only once what they acknowledge is durable.
     pub ticket: AtomicU64,
@@ -131,6 +140,9 @@ pub enum Flow {
     Continue,
     /// The client sent DISCONNECT: close without publishing the will.
     Disconnect,
+    /// The client sent DISCONNECT with reason 0x04 (5.0): close and
+    /// publish the will.
+    DisconnectWithWill,
     /// Another connection took the client id over: close.
     TakenOver,
 }
@@ -145,14 +157,22 @@ impl From<Option<()>> for Flow {
 pub fn packet(client: &Client, broker: &Broker, packet: Packet, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     Ok(match packet {
         Packet::Publish(p) => publish::publish(client, broker, p, out)?,
-        Packet::Puback(pid) => client.with_session(|s| s.puback(pid)).into(),
-        Packet::Pubrec(pid) => client.with_session(|s| s.pubrec(pid, out)).into(),
-        Packet::Pubrel(pid) => client.with_session(|s| s.pubrel(pid, out)).into(),
-        Packet::Pubcomp(pid) => client.with_session(|s| s.pubcomp(pid)).into(),
-        Packet::Subscribe(pid, filters) => subscribe::subscribe(client, broker, pid, &filters, out),
+        Packet::Puback(a) => client.with_session(|s| s.puback(a.pid)).into(),
+        Packet::Pubrec(a) => client.with_session(|s| s.pubrec(a, out)).into(),
+        Packet::Pubrel(a) => client.with_session(|s| s.pubrel(a.pid, out)).into(),
+        Packet::Pubcomp(a) => client.with_session(|s| s.pubcomp(a.pid)).into(),
+        Packet::Subscribe(sub) => subscribe::subscribe(client, broker, *sub, out),
         Packet::Unsubscribe(pid, filters) => subscribe::unsubscribe(client, broker, pid, &filters, out),
         Packet::Pingreq => pong(out),
-        Packet::Disconnect => Flow::Disconnect,
+        Packet::Disconnect(d) => disconnect(client, broker, &d)?,
+        // No enhanced authentication is in progress after CONNACK.
+        Packet::Auth(_) => {
+            return Err(Violation::V5(
+                ReasonCode::PROTOCOL_ERROR,
+                "MQTT-4.12.0-1",
+                "AUTH without an authentication exchange in progress",
+            ));
+        }
         Packet::Connect(_) => return Err(Violation::SecondConnect),
         _ => return Err(Violation::ServerOnlyPacket),
     })
@@ -178,7 +198,11 @@ pub fn drain(client: &Client, broker: &Broker, out: &mut Vec<Packet>) -> Drained
     let durable = |t| broker.store().is_none_or(|s| s.status(t) != TicketStatus::Pending);
     let waiting = owned.session.next_packets(out, durable);
     let room = owned.session.take_room();
+    let unsent = owned.session.take_unsent();
     drop(owned);
+    for cause in unsent {
+        broker.stats().dropped(cause, 1);
+    }
     if room {
         client.session.wake_publishers();
     }
@@ -186,6 +210,28 @@ pub fn drain(client: &Client, broker: &Broker, out: &mut Vec<Packet>) -> Drained
         Some(ticket) => Drained::Waiting(ticket),
         None => Drained::Sent,
     }
+}
+
+/// DISCONNECT: 5.0 may change the Session Expiry Interval, except from 0
+/// (MQTT-3.14.2-2), and reason 0x04 asks for the will to be published.
+fn disconnect(client: &Client, broker: &Broker, d: &crate::packet::Disconnect) -> Result<Flow, Violation> {
+    if client.protocol != Protocol::V5 {
+        return Ok(Flow::Disconnect);
+    }
+    if let Some(expiry) = d.properties.session_expiry {
+        if client.session_expiry.unwrap_or(0) == 0 && expiry != 0 {
+            return Err(Violation::V5(
+                ReasonCode::PROTOCOL_ERROR,
+                "MQTT-3.14.2-2",
+                "DISCONNECT sets a session expiry interval although CONNECT's was 0",
+            ));
+        }
+        broker.set_session_expiry(&client.id, client.conn, (expiry != u32::MAX).then_some(expiry));
+    }
+    Ok(match d.reason == ReasonCode::DISCONNECT_WITH_WILL {
+        true => Flow::DisconnectWithWill,
+        false => Flow::Disconnect,
+    })
 }
 
 /// PINGREQ is answered by PINGRESP (MQTT-3.12.4-1).

@@ -3,44 +3,130 @@
 use super::{Client, Flow};
 use crate::broker::Broker;
 use crate::error::Violation;
-use crate::packet::{Packet, Publish, QoS};
+use crate::packet::{Ack, Packet, Protocol, Publish, QoS, ReasonCode};
 use crate::security::ClientInfo;
 use crate::session::Message;
 use crate::stats::DropCause;
 use crate::store::Persistence;
 use crate::topic;
+use std::sync::{Arc, PoisonError};
 
 /// Routes an inbound PUBLISH and queues its acknowledgement: PUBACK for
 /// QoS 1 (MQTT-4.3.2-2), PUBREC for QoS 2 (MQTT-4.3.3-2), where a QoS 2
 /// message re-sent before PUBREL is acknowledged but not routed again. A
 /// topic deeper than `max_topic_levels`, or a retained PUBLISH while
 /// `retain_available` is false, closes the connection.
-pub fn publish(client: &Client, broker: &Broker, p: Publish, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
+///
+/// A 5.0 PUBLISH first has its Topic Alias resolved (MQTT-3.3.2-8 to -12),
+/// and its acknowledgement carries a reason code: 0x10 when no subscriber
+/// matched, 0x87 when the ACL refused it, 0x99 when its payload is not the
+/// UTF-8 its Payload Format Indicator promises.
+pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     broker.stats().received(p.qos as usize, p.payload.len());
+    let v5 = client.protocol == Protocol::V5;
+    if v5 {
+        resolve_alias(client, &mut p)?;
+    }
     check_depth(broker, &p.topic)?;
     check_retain(broker, p.retain)?;
-    let message = Message { topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain };
+    let expires = p.expiry.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000);
+    let utf8_ok = p.properties.as_ref().is_none_or(|props| props.payload_format_utf8 != Some(true))
+        || std::str::from_utf8(&p.payload).is_ok();
+    let message = Message { properties: p.properties, expires, ..Message::new(p.topic, p.payload, p.qos, p.retain) };
+    let reason = |routed: Routed| match (v5, routed) {
+        (false, _) | (true, Routed::To(1..)) => ReasonCode::SUCCESS,
+        (true, Routed::To(0)) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+        (true, Routed::Refused) => ReasonCode::NOT_AUTHORIZED,
+        (true, Routed::Invalid) => ReasonCode::PAYLOAD_FORMAT_INVALID,
+        (true, Routed::Dropped) => ReasonCode::SUCCESS,
+    };
+    let route = |message: Message| match utf8_ok {
+        true => route(client, broker, message, p.retain),
+        false => {
+            crate::limited!(
+                "bad payload format",
+                log::Level::Info,
+                "client {}: PUBLISH to {} says its payload is UTF-8 and it is not: not delivered (0x99)",
+                client.id,
+                message.topic
+            );
+            Routed::Invalid
+        }
+    };
     match (p.qos, p.pid) {
         (QoS::AtLeastOnce, Some(pid)) => {
-            route(client, broker, message, p.retain);
-            out.push(Packet::Puback(pid));
+            let routed = route(message);
+            out.push(Packet::Puback(Ack { pid, reason: reason(routed) }));
         }
         (QoS::ExactlyOnce, Some(pid)) => {
             // The packet id and the routed copies commit together: a crash
             // between them would keep the id, and the publisher's re-sent
             // PUBLISH would be taken for a duplicate of a message never stored.
             let _hold = broker.store().map(Persistence::hold);
-            let Some(new) = client.with_session(|s| s.receive_qos2(pid)) else {
+            // MQTT-3.3.4-8: no more unacknowledged QoS 2 PUBLISHes than the
+            // Receive Maximum announced in CONNACK (checked before the id
+            // is kept). QoS 1 ones are acknowledged as they are handled.
+            let max = if v5 { usize::from(client.receive_maximum) } else { usize::MAX };
+            let Some(new) = client.with_session(|s| s.receive_qos2_within(pid, max)) else {
                 return Ok(Flow::TakenOver);
             };
-            if new {
-                route(client, broker, message, p.retain);
-            }
-            out.push(Packet::Pubrec(pid));
+            let Some(new) = new else {
+                return Err(Violation::V5(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "MQTT-3.3.4-8",
+                    "more unacknowledged QoS 2 PUBLISHes than the Receive Maximum",
+                ));
+            };
+            let routed = match new {
+                true => route(message),
+                false => Routed::To(1),
+            };
+            out.push(Packet::Pubrec(Ack { pid, reason: reason(routed) }));
         }
-        _ => route(client, broker, message, p.retain),
+        _ => drop(route(message)),
     }
     Ok(Flow::Continue)
+}
+
+/// Resolves a 5.0 PUBLISH's Topic Alias: a topic with an alias (re)sets
+/// it, an empty topic takes the alias's. Alias 0 (refused by the decoder)
+/// or above the Topic Alias Maximum is 0x94 (MQTT-3.3.2-9/-10); an empty
+/// topic with an alias never set is a Protocol Error (3.3.2.3.4).
+fn resolve_alias(client: &Client, p: &mut Publish) -> Result<(), Violation> {
+    let Some(alias) = p.topic_alias.take() else { return Ok(()) };
+    let mut aliases = client.aliases.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(slot) = usize::from(alias).checked_sub(1).and_then(|i| aliases.get_mut(i)) else {
+        return Err(Violation::V5(
+            ReasonCode::TOPIC_ALIAS_INVALID,
+            "MQTT-3.3.2-9",
+            "topic alias above the Topic Alias Maximum",
+        ));
+    };
+    match (p.topic.is_empty(), &*slot) {
+        (false, _) => *slot = Some(p.topic.clone()),
+        (true, Some(topic)) => p.topic = Arc::clone(topic),
+        (true, None) => {
+            return Err(Violation::V5(
+                ReasonCode::PROTOCOL_ERROR,
+                "3.3.2.3.4",
+                "empty topic with a topic alias that was never set",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What became of a PUBLISH's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Routed to this many sessions.
+    To(usize),
+    /// The ACL or a hook refused it (or it was on `$SYS`).
+    Refused,
+    /// Larger than `message_size_limit`.
+    Dropped,
+    /// Its payload is not the UTF-8 its Payload Format Indicator says.
+    Invalid,
 }
 
 /// Refuses a PUBLISH or will topic deeper than `max_topic_levels`.
@@ -97,7 +183,7 @@ pub fn allowed(broker: &Broker, who: &ClientInfo<'_>, message: &Message, will: b
 
 /// Hands the message to the broker if it is allowed; sessions whose full
 /// queues took it are noted for the connection to wait for.
-fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
+fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Routed {
     if let Some(limit) = broker.config().message_size_limit
         && message.payload.len() > limit
     {
@@ -107,12 +193,14 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) {
             log::Level::Info,
             "client {id}: PUBLISH to {topic} of {size} bytes dropped, larger than message_size_limit {limit}"
         );
-        return;
+        return Routed::Dropped;
     }
     if !allowed(broker, &client.info(), &message, false) {
-        return;
+        return Routed::Refused;
     }
     let mut pressed = Vec::new();
-    client.wait_for(broker.publish_from(message, retain, &mut pressed));
+    let (ticket, routed) = broker.publish_from(Some(&client.id), message, retain, &mut pressed);
+    client.wait_for(ticket);
     client.press(pressed);
+    Routed::To(routed)
 }

@@ -2,32 +2,46 @@
 
 use super::{Client, Flow};
 use crate::broker::Broker;
-use crate::packet::{Packet, Pid, QoS, SubackCode};
+use crate::packet::{Packet, Pid, Protocol, ReasonCode, Subscribe, Subscription};
 use crate::topic;
 
 /// Adds the subscriptions and answers SUBACK with one code per filter, in
 /// order (MQTT-3.8.4-1/-5); retained messages follow through the session queue.
-/// A filter deeper than `max_topic_levels` is refused (0x80).
-pub fn subscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[(String, QoS)], out: &mut Vec<Packet>) -> Flow {
+/// A filter deeper than `max_topic_levels` is refused (0x80; 5.0: 0x8F),
+/// one the ACL refuses too (0x80; 5.0: 0x87). Shared subscriptions
+/// (`$share/{name}/{filter}`) work for 3.1.1 clients too, as in Mosquitto.
+pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec<Packet>) -> Flow {
     let guards = broker.guards();
     let max_levels = broker.config().max_topic_levels;
-    let allowed: Vec<bool> = filters
+    let id = &client.id;
+    let refusals: Vec<Option<ReasonCode>> = sub
+        .filters
         .iter()
-        .map(|(f, q)| {
+        .map(|(f, options)| {
             if topic::deeper_than(f, max_levels) {
-                let id = &client.id;
                 crate::limited!(
                     "deep filter",
                     log::Level::Warn,
-                    "client {id} subscribed to a filter deeper than max_topic_levels ({max_levels}): refused (0x80)"
+                    "client {id} subscribed to a filter deeper than max_topic_levels ({max_levels}): refused"
                 );
-                return false;
+                return Some(ReasonCode::TOPIC_FILTER_INVALID);
             }
-            guards.allow_subscribe(&client.info(), f, *q)
+            // A shared subscription is checked as the filter it shares.
+            let checked = topic::shared(f).map_or(f.as_str(), |(_, inner)| inner);
+            if !guards.allow_subscribe(&client.info(), checked, options.qos) {
+                crate::limited!("denied subscribe", log::Level::Info, "client {id} may not subscribe to {f}: refused");
+                return Some(ReasonCode::NOT_AUTHORIZED);
+            }
+            None
         })
         .collect();
-    let granted: Vec<(String, QoS)> =
-        filters.iter().zip(&allowed).filter(|(_, ok)| **ok).map(|(f, _)| f.clone()).collect();
+    let granted: Vec<(String, Subscription)> = sub
+        .filters
+        .iter()
+        .zip(&refusals)
+        .filter(|(_, refused)| refused.is_none())
+        .map(|((f, options), _)| (f.clone(), Subscription { options: *options, id: sub.id }))
+        .collect();
     let mut pressed = Vec::new();
     let subscribed = broker.subscribe(&client.id, &client.session, client.conn, &granted, &mut pressed);
     let Some((granted_codes, ticket)) = subscribed else {
@@ -35,37 +49,31 @@ pub fn subscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[(String,
     };
     client.wait_for(ticket);
     client.press(pressed);
-    let mut granted_codes = granted_codes.into_iter();
-    let codes = allowed.iter().map(|ok| match ok {
-        true => granted_codes.next().unwrap_or(SubackCode::Failure),
-        false => SubackCode::Failure,
-    });
-    let codes: Vec<SubackCode> = codes.collect();
-    for ((filter, _), ok) in filters.iter().zip(&allowed) {
-        match ok {
-            true => log::debug!("client {} subscribed to {filter}", client.id),
-            false if topic::deeper_than(filter, max_levels) => {}
-            false => {
-                let id = &client.id;
-                crate::limited!(
-                    "denied subscribe",
-                    log::Level::Info,
-                    "client {id} may not subscribe to {filter}: refused (0x80)"
-                )
-            }
-        }
+    for (filter, _) in &granted {
+        log::debug!("client {id} subscribed to {filter}");
     }
-    out.push(Packet::Suback(pid, codes));
+    let mut granted_codes = granted_codes.into_iter();
+    let codes = refusals.iter().map(|refused| match refused {
+        None => granted_codes.next().unwrap_or(ReasonCode::UNSPECIFIED_ERROR),
+        Some(code) => *code,
+    });
+    out.push(Packet::Suback(sub.pid, codes.collect()));
     Flow::Continue
 }
 
 /// Removes the subscriptions and answers UNSUBACK, even for filters that were
-/// not subscribed (MQTT-3.10.4-4/-5).
+/// not subscribed (MQTT-3.10.4-4/-5); 5.0 says which ones were not (0x11).
 pub fn unsubscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[String], out: &mut Vec<Packet>) -> Flow {
-    let Some(ticket) = broker.unsubscribe(&client.id, &client.session, client.conn, filters) else {
+    let Some((existed, ticket)) = broker.unsubscribe(&client.id, &client.session, client.conn, filters) else {
         return Flow::TakenOver;
     };
     client.wait_for(ticket);
-    out.push(Packet::Unsuback(pid));
+    let codes = match client.protocol {
+        Protocol::V5 => {
+            existed.iter().map(|&e| if e { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED }).collect()
+        }
+        _ => Vec::new(),
+    };
+    out.push(Packet::Unsuback(pid, codes));
     Flow::Continue
 }

@@ -2,9 +2,50 @@
 //! is what is loaded, including after reopening (for durable stores).
 
 use super::*;
+use crate::packet::{Properties, QoS, RetainHandling, SubscriptionOptions};
+use bytes::Bytes;
 
 fn message(topic: &str, payload: &'static [u8], qos: QoS) -> StoredMessage {
-    StoredMessage { topic: topic.into(), payload: Bytes::from_static(payload), qos, retain: false }
+    StoredMessage::new(topic.into(), Bytes::from_static(payload), qos, false)
+}
+
+fn retained(topic: &str, payload: &'static [u8], qos: QoS) -> Message {
+    Message::new(topic.into(), Bytes::from_static(payload), qos, true)
+}
+
+/// A message with every 5.0 field a store keeps.
+fn message5() -> StoredMessage {
+    let properties = Properties {
+        payload_format_utf8: Some(true),
+        message_expiry: Some(60),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/to".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+        user: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
+        ..Properties::default()
+    };
+    StoredMessage {
+        shared: None,
+        properties: Some(Arc::new(properties)),
+        expires: Some(1_900_000_000_000),
+        subscription_ids: vec![7, 268_435_455],
+        retain: true,
+        ..message("x/5", b"m5", QoS::AtLeastOnce)
+    }
+}
+
+fn sub(qos: QoS) -> Subscription {
+    Subscription::qos(qos)
+}
+
+fn sub5() -> Subscription {
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: RetainHandling::Never,
+    };
+    Subscription { options, id: Some(42) }
 }
 
 /// A sequence of ops touching every kind of state, and the snapshot the
@@ -13,16 +54,20 @@ pub fn scenario() -> (Vec<Op>, Snapshot) {
     let a: Arc<str> = "client-a".into();
     let b: Arc<str> = "client-b".into();
     let ops = vec![
-        Op::Retain("r/1".into(), Some((QoS::AtLeastOnce, Bytes::from_static(b"one")))),
-        Op::Retain("r/2".into(), Some((QoS::AtMostOnce, Bytes::from_static(b"two")))),
+        Op::Retain("r/1".into(), Some(retained("r/1", b"one", QoS::AtLeastOnce))),
+        Op::Retain("r/2".into(), Some(retained("r/2", b"two", QoS::AtMostOnce))),
+        Op::Retain("r/5".into(), Some(Message { topic: "r/5".into(), ..message5() })),
         Op::Retain("r/2".into(), None),
         Op::Session(a.clone(), Some(100)),
-        Op::Subscription(a.clone(), "x/#".into(), Some(QoS::ExactlyOnce)),
-        Op::Subscription(a.clone(), "y".into(), Some(QoS::AtLeastOnce)),
+        Op::Subscription(a.clone(), "x/#".into(), Some(sub(QoS::ExactlyOnce))),
+        Op::Subscription(a.clone(), "x/5".into(), Some(sub5())),
+        Op::Owner(a.clone(), SessionOwner { listener: 2, username: Some("u".into()), expiry: Some(3600) }),
+        Op::Subscription(a.clone(), "y".into(), Some(sub(QoS::AtLeastOnce))),
         Op::Subscription(a.clone(), "y".into(), None),
         Op::Message(a.clone(), 1, Some(message("x/1", b"m1", QoS::AtLeastOnce))),
         Op::Message(a.clone(), 2, Some(message("x/2", b"m2", QoS::ExactlyOnce))),
         Op::Message(a.clone(), 3, Some(message("x/3", b"m3", QoS::ExactlyOnce))),
+        Op::Message(a.clone(), 4, Some(message5())),
         Op::Progress(a.clone(), 2, Progress::Released),
         Op::Progress(a.clone(), 3, Progress::Sent),
         Op::Message(a.clone(), 1, None),
@@ -30,18 +75,22 @@ pub fn scenario() -> (Vec<Op>, Snapshot) {
         Op::Incoming(a.clone(), 8, true),
         Op::Incoming(a.clone(), 7, false),
         Op::Session(b.clone(), Some(5)),
-        Op::Subscription(b.clone(), "z".into(), Some(QoS::AtMostOnce)),
+        Op::Subscription(b.clone(), "z".into(), Some(sub(QoS::AtMostOnce))),
         Op::Message(b.clone(), 9, Some(message("z", b"gone", QoS::AtLeastOnce))),
         Op::Session(b.clone(), None),
         Op::Message("nobody".into(), 1, Some(message("n", b"orphan", QoS::AtLeastOnce))),
         Op::Session(a.clone(), Some(200)),
     ];
     let mut expected = Snapshot::default();
-    expected.retained.insert("r/1".into(), (QoS::AtLeastOnce, Bytes::from_static(b"one")));
-    let mut session = StoredSession { last_seen: 200, ..StoredSession::default() };
-    session.subscriptions.insert("x/#".into(), QoS::ExactlyOnce);
+    expected.retained.insert("r/1".into(), retained("r/1", b"one", QoS::AtLeastOnce));
+    expected.retained.insert("r/5".into(), Message { topic: "r/5".into(), ..message5() });
+    let owner = SessionOwner { listener: 2, username: Some("u".into()), expiry: Some(3600) };
+    let mut session = StoredSession { last_seen: 200, owner: Some(owner), ..StoredSession::default() };
+    session.subscriptions.insert("x/#".into(), sub(QoS::ExactlyOnce));
+    session.subscriptions.insert("x/5".into(), sub5());
     session.messages.insert(2, (message("x/2", b"m2", QoS::ExactlyOnce), Progress::Released));
     session.messages.insert(3, (message("x/3", b"m3", QoS::ExactlyOnce), Progress::Sent));
+    session.messages.insert(4, (message5(), Progress::Queued));
     session.incoming.push(8);
     expected.sessions.insert(a, session);
     (ops, expected)

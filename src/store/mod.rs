@@ -15,8 +15,7 @@ pub use self::redb::{FILE_NAME, RedbStore};
 pub use memory::MemoryStore;
 pub use writer::{Persistence, Ticket, TicketStatus};
 
-use crate::packet::{Pid, QoS};
-use bytes::Bytes;
+use crate::packet::{Message, Pid, Subscription};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::{fmt, io};
@@ -42,29 +41,35 @@ impl Progress {
     }
 }
 
-/// A message stored for a persistent session.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMessage {
-    /// Topic name.
-    pub topic: Arc<str>,
-    /// Payload.
-    pub payload: Bytes,
-    /// Delivery QoS (1 or 2; QoS 0 is never stored).
-    pub qos: QoS,
-    /// RETAIN flag as delivered.
-    pub retain: bool,
+/// A message stored for a persistent session (QoS 1 or 2; QoS 0 is never
+/// stored), with its 5.0 properties, expiry and subscription identifiers.
+pub type StoredMessage = Message;
+
+/// Who a persistent session belongs to beyond its client id: what its
+/// deliveries are checked against while its client is away (the ACL of the
+/// listener it came in on, for its user name), and its 5.0 expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOwner {
+    /// The listener its client last connected on.
+    pub listener: usize,
+    /// The user name its client last authenticated as.
+    pub username: Option<Arc<str>>,
+    /// Session Expiry Interval in seconds (`None`: no limit of its own).
+    pub expiry: Option<u32>,
 }
 
 /// One change to durable state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Store (`Some`) or clear (`None`) the retained message of a topic.
-    Retain(Arc<str>, Option<(QoS, Bytes)>),
+    Retain(Arc<str>, Option<Message>),
     /// Create or refresh a persistent session (`Some(last seen, seconds
     /// since the epoch)`), or delete it with everything it holds (`None`).
     Session(Arc<str>, Option<u64>),
     /// Add (`Some`) or remove (`None`) a subscription.
-    Subscription(Arc<str>, String, Option<QoS>),
+    Subscription(Arc<str>, String, Option<Subscription>),
+    /// Record who the session belongs to (after [`Op::Session`]).
+    Owner(Arc<str>, SessionOwner),
     /// Add (`Some`) or remove (`None`) a message by its sequence number.
     Message(Arc<str>, u64, Option<StoredMessage>),
     /// Record how far a stored message got.
@@ -78,8 +83,10 @@ pub enum Op {
 pub struct StoredSession {
     /// Last seen, seconds since the epoch.
     pub last_seen: u64,
-    /// Filter → granted QoS.
-    pub subscriptions: BTreeMap<String, QoS>,
+    /// Filter → options and identifier.
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Listener, user name and expiry (absent in stores before format 2).
+    pub owner: Option<SessionOwner>,
     /// Sequence number → message and progress, in order.
     pub messages: BTreeMap<u64, (StoredMessage, Progress)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
@@ -90,7 +97,7 @@ pub struct StoredSession {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Retained messages by topic.
-    pub retained: BTreeMap<Arc<str>, (QoS, Bytes)>,
+    pub retained: BTreeMap<Arc<str>, Message>,
     /// Persistent sessions by client id.
     pub sessions: BTreeMap<Arc<str>, StoredSession>,
 }
@@ -109,11 +116,16 @@ impl Snapshot {
             Op::Retain(topic, None) => drop(self.retained.remove(topic)),
             Op::Session(id, Some(seen)) => self.sessions.entry(id.clone()).or_default().last_seen = *seen,
             Op::Session(id, None) => drop(self.sessions.remove(id)),
-            Op::Subscription(id, filter, qos) => {
+            Op::Subscription(id, filter, subscription) => {
                 let Some(s) = self.sessions.get_mut(id) else { return };
-                match qos {
-                    Some(qos) => drop(s.subscriptions.insert(filter.clone(), *qos)),
+                match subscription {
+                    Some(sub) => drop(s.subscriptions.insert(filter.clone(), *sub)),
                     None => drop(s.subscriptions.remove(filter)),
+                }
+            }
+            Op::Owner(id, owner) => {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.owner = Some(owner.clone());
                 }
             }
             Op::Message(id, seq, message) => {

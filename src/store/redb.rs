@@ -1,13 +1,15 @@
 //! The crash-safe store: one redb file, every commit fsync'd before it
 //! returns (redb's `Durability::Immediate`).
 
-use super::{Op, Progress, Snapshot, Store, StoreError, StoredMessage};
-use crate::packet::QoS;
+use super::{Op, Progress, SessionOwner, Snapshot, Store, StoreError, StoredMessage};
+use crate::packet::{Message, QoS, RetainHandling, Subscription, SubscriptionOptions};
+use crate::v5;
 use ::redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, Table, TableDefinition, WriteTransaction,
 };
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The file inside the data directory.
@@ -22,14 +24,26 @@ const SUBSCRIPTIONS: TableDefinition<'_, (&str, &str), u8> = TableDefinition::ne
 const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("messages");
 const PROGRESS: TableDefinition<'_, (&str, u64), u8> = TableDefinition::new("progress");
 const INCOMING: TableDefinition<'_, (&str, u16), ()> = TableDefinition::new("incoming");
+/// Format 2: a persistent session's listener, user name and 5.0 expiry.
+const OWNERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("owners");
+/// Format 2: the Subscription Identifier of a subscription (5.0).
+const SUBSCRIPTION_IDS: TableDefinition<'_, (&str, &str), u32> = TableDefinition::new("subscription_ids");
 /// What the file is: `format` = [`FORMAT`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// The store's layout version. 1: the tables above, as midge has written
-/// them since its first releases (68c325b), which had no `meta` table: a
-/// file without one is format 1. A layout change bumps this and migrates
-/// older files in [`RedbStore::open`]; a file from a newer midge is refused.
-pub const FORMAT: u64 = 1;
+/// The store's layout version.
+/// - 1: the tables up to `incoming`, as midge has written them since its
+///   first releases (68c325b), which had no `meta` table: a file without
+///   one is format 1.
+/// - 2 (MQTT 5.0): `owners` and `subscription_ids`; a subscription's byte
+///   is its whole options byte (format 1's QoS values are the same options
+///   with no flag set); a message or retained message with 5.0 properties,
+///   an expiry or subscription identifiers sets bit 7 of its QoS byte and
+///   carries them (format 1 records read unchanged, so upgrading a file is
+///   creating the new tables).
+///
+/// A file from a newer midge is refused.
+pub const FORMAT: u64 = 2;
 
 /// A redb database in a data directory.
 pub struct RedbStore {
@@ -94,6 +108,8 @@ impl RedbStore {
         txn.open_table(MESSAGES).map_err(corrupt)?;
         txn.open_table(PROGRESS).map_err(corrupt)?;
         txn.open_table(INCOMING).map_err(corrupt)?;
+        txn.open_table(OWNERS).map_err(corrupt)?;
+        txn.open_table(SUBSCRIPTION_IDS).map_err(corrupt)?;
         txn.commit().map_err(write_error)
     }
 }
@@ -146,6 +162,8 @@ fn apply_ops(txn: &WriteTransaction, ops: &[Op]) -> Result<(), ::redb::Error> {
         messages: txn.open_table(MESSAGES)?,
         progress: txn.open_table(PROGRESS)?,
         incoming: txn.open_table(INCOMING)?,
+        owners: txn.open_table(OWNERS)?,
+        subscription_ids: txn.open_table(SUBSCRIPTION_IDS)?,
     };
     for op in ops {
         t.apply(op)?;
@@ -160,23 +178,32 @@ struct Tables<'t> {
     messages: Table<'t, (&'static str, u64), &'static [u8]>,
     progress: Table<'t, (&'static str, u64), u8>,
     incoming: Table<'t, (&'static str, u16), ()>,
+    owners: Table<'t, &'static str, &'static [u8]>,
+    subscription_ids: Table<'t, (&'static str, &'static str), u32>,
 }
 
 impl Tables<'_> {
     fn apply(&mut self, op: &Op) -> Result<(), ::redb::Error> {
         match op {
-            Op::Retain(topic, Some((qos, payload))) => {
-                let value = [&[*qos as u8], &payload[..]].concat();
-                self.retained.insert(&**topic, value.as_slice())?;
+            Op::Retain(topic, Some(m)) => {
+                self.retained.insert(&**topic, encode_retained(m).as_slice())?;
             }
             Op::Retain(topic, None) => drop(self.retained.remove(&**topic)?),
             Op::Session(id, Some(seen)) => drop(self.sessions.insert(&**id, seen)?),
             Op::Session(id, None) => self.delete_session(id)?,
             _ if !self.has_session(op)? => {}
-            Op::Subscription(id, filter, Some(qos)) => {
-                self.subscriptions.insert((&**id, filter.as_str()), *qos as u8)?;
+            Op::Subscription(id, filter, Some(sub)) => {
+                self.subscriptions.insert((&**id, filter.as_str()), sub.options.to_byte())?;
+                match sub.id {
+                    Some(sub_id) => drop(self.subscription_ids.insert((&**id, filter.as_str()), sub_id)?),
+                    None => drop(self.subscription_ids.remove((&**id, filter.as_str()))?),
+                }
             }
-            Op::Subscription(id, filter, None) => drop(self.subscriptions.remove((&**id, filter.as_str()))?),
+            Op::Subscription(id, filter, None) => {
+                self.subscriptions.remove((&**id, filter.as_str()))?;
+                self.subscription_ids.remove((&**id, filter.as_str()))?;
+            }
+            Op::Owner(id, owner) => drop(self.owners.insert(&**id, encode_owner(owner).as_slice())?),
             Op::Message(id, seq, Some(m)) => {
                 self.messages.insert((&**id, *seq), encode_message(m).as_slice())?;
                 self.progress.remove((&**id, *seq))?;
@@ -198,7 +225,11 @@ impl Tables<'_> {
 
     fn has_session(&self, op: &Op) -> Result<bool, ::redb::Error> {
         let id = match op {
-            Op::Subscription(id, ..) | Op::Message(id, ..) | Op::Progress(id, ..) | Op::Incoming(id, ..) => id,
+            Op::Subscription(id, ..)
+            | Op::Message(id, ..)
+            | Op::Progress(id, ..)
+            | Op::Incoming(id, ..)
+            | Op::Owner(id, _) => id,
             Op::Retain(..) | Op::Session(..) => return Ok(true),
         };
         Ok(self.sessions.get(&**id)?.is_some())
@@ -217,7 +248,9 @@ impl Tables<'_> {
             .collect();
         for filter in filters {
             self.subscriptions.remove((id, filter.as_str()))?;
+            self.subscription_ids.remove((id, filter.as_str()))?;
         }
+        self.owners.remove(id)?;
         self.messages.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
         self.progress.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
         self.incoming.retain_in((id, 0)..=(id, u16::MAX), |_, _| false)?;
@@ -225,13 +258,17 @@ impl Tables<'_> {
     }
 }
 
-/// `qos, retain, topic length (u16), topic, payload`.
+/// Set in a record's QoS byte when 5.0 fields follow (see [`encode_extra`]).
+const EXTENDED: u8 = 0x80;
+
+/// `qos, retain, topic length (u16), topic, [5.0 fields], payload`.
 fn encode_message(m: &StoredMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + m.topic.len() + m.payload.len());
     out.push(m.qos as u8);
     out.push(u8::from(m.retain));
     out.extend_from_slice(&(m.topic.len() as u16).to_be_bytes());
     out.extend_from_slice(m.topic.as_bytes());
+    encode_extra(m, &mut out, 0);
     out.extend_from_slice(&m.payload);
     out
 }
@@ -240,11 +277,117 @@ fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
     let (&[qos, retain, hi, lo], rest) = bytes.split_first_chunk::<4>()?;
     let len = usize::from(u16::from_be_bytes([hi, lo]));
     let topic = std::str::from_utf8(rest.get(..len)?).ok()?;
-    Some(StoredMessage {
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(&rest[len..]),
-        qos: QoS::from_u8(qos)?,
-        retain: retain == 1,
+    let mut message = Message::new(topic.into(), Bytes::new(), QoS::from_u8(qos & !EXTENDED)?, retain == 1);
+    let payload = match qos & EXTENDED {
+        0 => &rest[len..],
+        _ => decode_extra(&rest[len..], &mut message)?,
+    };
+    message.payload = Bytes::copy_from_slice(payload);
+    Some(message)
+}
+
+/// `qos, [5.0 fields], payload` (format 1: `qos, payload`).
+fn encode_retained(m: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + m.payload.len());
+    out.push(m.qos as u8);
+    encode_extra(m, &mut out, 0);
+    out.extend_from_slice(&m.payload);
+    out
+}
+
+fn decode_retained(topic: &str, bytes: &[u8]) -> Option<Message> {
+    let (&qos, rest) = bytes.split_first()?;
+    let mut message = Message::new(topic.into(), Bytes::new(), QoS::from_u8(qos & !EXTENDED)?, true);
+    let payload = match qos & EXTENDED {
+        0 => rest,
+        _ => decode_extra(rest, &mut message)?,
+    };
+    message.payload = Bytes::copy_from_slice(payload);
+    Some(message)
+}
+
+/// A message's 5.0 fields, if it has any, after the QoS byte at `qos_at`
+/// (which gets [`EXTENDED`]): their length (u32), the expiry (u64
+/// milliseconds since the epoch, 0 for none), the subscription identifier
+/// count (u16) and identifiers (u32 each), then the PUBLISH property section.
+fn encode_extra(m: &Message, out: &mut Vec<u8>, qos_at: usize) {
+    if m.properties.is_none() && m.expires.is_none() && m.subscription_ids.is_empty() {
+        return;
+    }
+    out[qos_at] |= EXTENDED;
+    let properties = m.properties.as_deref().map(v5::encode_message_properties).unwrap_or_default();
+    let len = 8 + 2 + 4 * m.subscription_ids.len() + properties.len();
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&m.expires.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&(m.subscription_ids.len() as u16).to_be_bytes());
+    for id in &m.subscription_ids {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out.extend_from_slice(&properties);
+}
+
+/// Reads what [`encode_extra`] wrote into `m`; the payload that follows.
+fn decode_extra<'a>(bytes: &'a [u8], m: &mut Message) -> Option<&'a [u8]> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let (extra, payload) = (rest.get(..len)?, rest.get(len..)?);
+    let (expires, extra) = extra.split_first_chunk::<8>()?;
+    m.expires = Some(u64::from_be_bytes(*expires)).filter(|&at| at != 0);
+    let (count, mut extra) = extra.split_first_chunk::<2>()?;
+    for _ in 0..u16::from_be_bytes(*count) {
+        let (id, rest) = extra.split_first_chunk::<4>()?;
+        m.subscription_ids.push(u32::from_be_bytes(*id));
+        extra = rest;
+    }
+    if !extra.is_empty() {
+        m.properties = Some(Arc::new(v5::decode_message_properties(extra)?));
+    }
+    Some(payload)
+}
+
+/// `listener (u16), expiry flag (u8) and interval (u32), user name length
+/// (u16, 0xFFFF for none) and user name`.
+fn encode_owner(o: &SessionOwner) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + o.username.as_ref().map_or(0, |u| u.len()));
+    out.extend_from_slice(&(o.listener.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.push(u8::from(o.expiry.is_some()));
+    out.extend_from_slice(&o.expiry.unwrap_or(0).to_be_bytes());
+    match &o.username {
+        Some(u) => {
+            out.extend_from_slice(&(u.len().min(usize::from(u16::MAX - 1)) as u16).to_be_bytes());
+            out.extend_from_slice(u.as_bytes());
+        }
+        None => out.extend_from_slice(&u16::MAX.to_be_bytes()),
+    }
+    out
+}
+
+fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
+    let (&[l0, l1, has_expiry, e0, e1, e2, e3, u0, u1], rest) = bytes.split_first_chunk::<9>()?;
+    let username = match u16::from_be_bytes([u0, u1]) {
+        u16::MAX => None,
+        len => Some(std::str::from_utf8(rest.get(..usize::from(len))?).ok()?.into()),
+    };
+    Some(SessionOwner {
+        listener: usize::from(u16::from_be_bytes([l0, l1])),
+        username,
+        expiry: (has_expiry == 1).then(|| u32::from_be_bytes([e0, e1, e2, e3])),
+    })
+}
+
+/// A subscription options byte (section 3.8.3.1); format 1 stored the QoS alone.
+fn decode_options(byte: u8) -> Option<SubscriptionOptions> {
+    let retain_handling = match (byte >> 4) & 0x03 {
+        0 => RetainHandling::OnSubscribe,
+        1 => RetainHandling::OnNewSubscription,
+        2 => RetainHandling::Never,
+        _ => return None,
+    };
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(byte & 0x03)?,
+        no_local: byte & 0x04 != 0,
+        retain_as_published: byte & 0x08 != 0,
+        retain_handling,
     })
 }
 
@@ -253,20 +396,33 @@ fn load(db: &Database) -> Result<Snapshot, ::redb::Error> {
     let mut snapshot = Snapshot::default();
     for entry in txn.open_table(RETAINED)?.iter()? {
         let (topic, value) = entry?;
-        let value = value.value();
-        let Some((&qos, payload)) = value.split_first() else { continue };
-        let Some(qos) = QoS::from_u8(qos) else { continue };
-        snapshot.retained.insert(topic.value().into(), (qos, Bytes::copy_from_slice(payload)));
+        if let Some(m) = decode_retained(topic.value(), value.value()) {
+            snapshot.retained.insert(m.topic.clone(), m);
+        }
     }
     for entry in txn.open_table(SESSIONS)?.iter()? {
         let (id, seen) = entry?;
         snapshot.sessions.entry(id.value().into()).or_default().last_seen = seen.value();
     }
     for entry in txn.open_table(SUBSCRIPTIONS)?.iter()? {
-        let (key, qos) = entry?;
+        let (key, options) = entry?;
         let (id, filter) = key.value();
-        if let (Some(s), Some(qos)) = (snapshot.sessions.get_mut(id), QoS::from_u8(qos.value())) {
-            s.subscriptions.insert(filter.to_owned(), qos);
+        if let (Some(s), Some(options)) = (snapshot.sessions.get_mut(id), decode_options(options.value())) {
+            s.subscriptions.insert(filter.to_owned(), Subscription { options, id: None });
+        }
+    }
+    for entry in txn.open_table(SUBSCRIPTION_IDS)?.iter()? {
+        let (key, sub_id) = entry?;
+        let (id, filter) = key.value();
+        let sub = snapshot.sessions.get_mut(id).and_then(|s| s.subscriptions.get_mut(filter));
+        if let Some(sub) = sub {
+            sub.id = Some(sub_id.value());
+        }
+    }
+    for entry in txn.open_table(OWNERS)?.iter()? {
+        let (id, value) = entry?;
+        if let Some(s) = snapshot.sessions.get_mut(id.value()) {
+            s.owner = decode_owner(value.value());
         }
     }
     for entry in txn.open_table(MESSAGES)?.iter()? {

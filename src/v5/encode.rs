@@ -233,7 +233,7 @@ fn remaining_length(packet: &Packet) -> Result<usize, EncodeError> {
     }
 }
 
-fn vbi_len(v: usize) -> usize {
+pub(crate) fn vbi_len(v: usize) -> usize {
     match v {
         0..=127 => 1,
         128..=16_383 => 2,

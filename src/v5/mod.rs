@@ -1,6 +1,7 @@
 //! The MQTT 5.0 packet codec: midge's own sans-IO decoder and encoder (the
-//! 3.1.1 and 3.1 codec stays on mqttrs, which has no 5.0). Groundwork for
-//! MQTT 5.0 support (issue 11); nothing in the broker uses it yet.
+//! 3.1.1 and 3.1 codec stays on mqttrs, which has no 5.0). Used for
+//! every MQTT 5.0 connection: [`crate::codec`] decodes a 5.0 connection's
+//! packets with it into the broker's neutral packets and encodes them back.
 //!
 //! - [`decode`] reads one packet from its fixed-header byte and its exact
 //!   body, in either direction; [`decode_from_client`] adds what a server
@@ -58,5 +59,8 @@ mod tests;
 pub use decode::{DecodeError, decode, decode_frame, decode_from_client, frame_length};
 pub use encode::{EncodeError, MAX_REMAINING_LENGTH, encode, encode_within, encoded_len};
 pub use packet::*;
-pub use property::{MAX_PROPERTY_BYTES, MAX_SUBSCRIPTION_IDS, MAX_USER_PROPERTIES, Properties};
+pub use property::{
+    MAX_PROPERTY_BYTES, MAX_SUBSCRIPTION_IDS, MAX_USER_PROPERTIES, Properties, decode_message_properties,
+    encode_message_properties, publish_properties_len, write_publish_properties,
+};
 pub use reason::ReasonCode;

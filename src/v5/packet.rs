@@ -264,7 +264,7 @@ pub struct Unsuback {
 }
 
 /// A DISCONNECT packet (section 3.14).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Disconnect {
     /// The reason code (0x00 Normal disconnection when the packet had none).
     pub reason: ReasonCode,
@@ -273,7 +273,7 @@ pub struct Disconnect {
 }
 
 /// An AUTH packet (section 3.15).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Auth {
     /// The reason code (0x00 Success when the packet had none).
     pub reason: ReasonCode,

@@ -379,16 +379,70 @@ fn flag(p: &mut Reader, rule: &'static str, message: &'static str) -> Result<boo
 /// ones) included.
 pub(crate) fn write<S: Sink>(s: &mut S, props: &Properties, topic_alias: Option<u16>, subscription_ids: &[u32]) {
     let mut count = super::encode::Count::default();
-    write_items(&mut count, props, topic_alias, subscription_ids);
+    write_items(&mut count, props, topic_alias, subscription_ids, props.message_expiry);
     s.vbi(count.len() as u32);
-    write_items(s, props, topic_alias, subscription_ids);
+    write_items(s, props, topic_alias, subscription_ids, props.message_expiry);
 }
 
-fn write_items<S: Sink>(s: &mut S, p: &Properties, topic_alias: Option<u16>, subscription_ids: &[u32]) {
+/// The length of a neutral PUBLISH's property section, Property Length
+/// included: its message properties with the delivery's own expiry, topic
+/// alias and subscription identifiers.
+pub fn publish_properties_len(p: &crate::packet::Publish) -> usize {
+    let props = p.properties.as_deref().unwrap_or(&NONE);
+    let mut count = super::encode::Count::default();
+    write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
+    super::encode::vbi_len(count.len()) + count.len()
+}
+
+/// Writes a neutral PUBLISH's property section (see [`publish_properties_len`]).
+pub fn write_publish_properties(p: &crate::packet::Publish, dst: &mut bytes::BytesMut) {
+    let props = p.properties.as_deref().unwrap_or(&NONE);
+    let mut count = super::encode::Count::default();
+    write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
+    dst.vbi(count.len() as u32);
+    write_items(dst, props, p.topic_alias, &p.subscription_ids, p.expiry);
+}
+
+/// No properties, for a PUBLISH without any.
+static NONE: Properties = Properties {
+    payload_format_utf8: None,
+    message_expiry: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    session_expiry: None,
+    assigned_client_id: None,
+    server_keep_alive: None,
+    auth_method: None,
+    auth_data: None,
+    request_problem_info: None,
+    will_delay: None,
+    request_response_info: None,
+    response_info: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    maximum_qos: None,
+    retain_available: None,
+    user: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_available: None,
+    subscription_ids_available: None,
+    shared_available: None,
+};
+
+fn write_items<S: Sink>(
+    s: &mut S,
+    p: &Properties,
+    topic_alias: Option<u16>,
+    subscription_ids: &[u32],
+    message_expiry: Option<u32>,
+) {
     use id::*;
     let flag = |s: &mut S, v: bool| s.byte(u8::from(v));
     item(s, PAYLOAD_FORMAT, p.payload_format_utf8, flag);
-    item(s, MESSAGE_EXPIRY, p.message_expiry, S::u32);
+    item(s, MESSAGE_EXPIRY, message_expiry, S::u32);
     item(s, CONTENT_TYPE, p.content_type.as_deref(), S::string);
     item(s, RESPONSE_TOPIC, p.response_topic.as_deref(), S::string);
     item(s, CORRELATION_DATA, p.correlation_data.as_deref(), S::binary);
@@ -429,4 +483,20 @@ fn item<S: Sink, T>(s: &mut S, id: u8, value: Option<T>, write: impl FnOnce(&mut
         s.byte(id);
         write(s, value);
     }
+}
+
+/// A message's properties as the store keeps them: the 5.0 property
+/// section (Property Length first), as a PUBLISH carries it.
+pub fn encode_message_properties(p: &Properties) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    write(&mut out, p, None, &[]);
+    out.to_vec()
+}
+
+/// Reads what [`encode_message_properties`] wrote; `None` if it is not a
+/// valid PUBLISH property section.
+pub fn decode_message_properties(bytes: &[u8]) -> Option<Properties> {
+    let mut r = Reader::new(Bytes::copy_from_slice(bytes));
+    let decoded = read(&mut r, Place::Publish).ok()?;
+    r.is_empty().then_some(decoded.properties)
 }

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A one-byte MQTT 5.0 reason code. Values below 0x80 report success, 0x80
 /// and above failure (section 2.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReasonCode(pub u8);
 
 #[allow(missing_docs)]
