@@ -205,7 +205,7 @@ static TOPIC_ALIASES: AtomicBool = AtomicBool::new(false);
 /// announces in CONNECT (the broker may alias deliveries up to it).
 pub const ALIASES_IN: u16 = 1024;
 /// Inbound deliveries that named their topic by an alias only (an empty
-/// topic), summed as each connection's [`Aliases`] is dropped.
+/// topic), summed by [`Aliases::count`] after each batch a connection reads.
 static ALIASED_IN: AtomicU64 = AtomicU64::new(0);
 /// The limits the first CONNACK of the run announced.
 static FIRST_LIMITS: OnceLock<Limits> = OnceLock::new();
@@ -226,8 +226,7 @@ fn topic_aliases() -> bool {
     TOPIC_ALIASES.load(Relaxed)
 }
 
-/// Deliveries received with an alias in place of the topic (so far: a
-/// connection adds its count when it ends).
+/// Deliveries received with an alias in place of the topic.
 pub fn aliased_in() -> u64 {
     ALIASED_IN.load(Relaxed)
 }
@@ -677,10 +676,12 @@ impl Default for Aliases {
     }
 }
 
-impl Drop for Aliases {
-    fn drop(&mut self) {
+impl Aliases {
+    /// Adds the deliveries by alias read since the last call to the run's
+    /// count ([`aliased_in`]): once a batch, not once a message.
+    pub fn count(&mut self) {
         if self.aliased > 0 {
-            ALIASED_IN.fetch_add(self.aliased, Relaxed);
+            ALIASED_IN.fetch_add(std::mem::take(&mut self.aliased), Relaxed);
         }
     }
 }

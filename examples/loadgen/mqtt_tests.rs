@@ -136,6 +136,9 @@ fn deliveries_with_properties_and_aliases_are_resolved() {
     let (first, body) = from_server(&delivery("bench/b", Some(3), None, Properties::default()));
     assert_eq!(parse_publish(first, &body, &mut aliases).unwrap().topic, b"bench/b");
     assert_eq!(aliases.aliased, 1);
+    aliases.count();
+    assert_eq!(aliases.aliased, 0);
+    assert!(aliased_in() >= 1);
 }
 
 #[test]

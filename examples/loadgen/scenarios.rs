@@ -251,6 +251,7 @@ async fn receive_inner(
         if n > 0 {
             st.received.fetch_add(n, Relaxed);
             st.credits.add_permits(n as usize);
+            aliases.count();
         }
         for (counter, v) in [(&st.gaps, gaps), (&st.out_of_order, ooo), (&st.foreign, foreign)] {
             if v > 0 {
@@ -864,6 +865,7 @@ async fn retained(ctx: Arc<Ctx>) -> io::Result<Report> {
             }
         }
         last_at = Instant::now();
+        aliases.count();
         flush(&mut sw, &mut acks).await?;
         if got >= n {
             break;

@@ -398,6 +398,7 @@ async fn sub_reader_inner(
         if !got.is_empty() {
             t.record(&got);
             got.clear();
+            aliases.count();
         }
         if !acks.is_empty() {
             w.write_all(&acks).await?;
