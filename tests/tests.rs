@@ -25,6 +25,9 @@ mod flow;
 mod hardening;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// Independent MQTT 5.0 clients: mosquitto_pub / mosquitto_sub `-V mqttv5`
+/// with `-D` properties, read back with `-F`, beside 3.1.1 clients.
+mod interop5;
 /// Prometheus metrics and the HTTP endpoint: counters after traffic, bad
 /// HTTP input, `promtool check metrics`, a real Prometheus server scraping.
 mod metrics;
