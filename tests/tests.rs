@@ -58,5 +58,5 @@ mod tls;
 /// Stores written by earlier releases open intact after an upgrade.
 mod upgrade;
 /// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
-/// input, and MQTT.js under Node and in headless Chromium.
+/// input, and MQTT.js (3.1.1 and 5.0) under Node and in headless Chromium.
 mod websockets;
