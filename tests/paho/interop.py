@@ -580,21 +580,43 @@ def scenario_keepalive(clients):
     w.disconnect()
 
 
-def scenario_redelivery_on_reconnect(clients):
+class Wire311:
+    """What the raw client of scenario_redelivery_on_reconnect sends and
+    expects over MQTT 3.1.1 (interop5.py has the 5.0 one)."""
+    name = "redelivery"
+    raw = Raw
+
+    @staticmethod
+    def connect(cid):
+        return connect_packet(cid, clean_session=False)
+
+    @staticmethod
+    def subscribe(topic):
+        return subscribe_packet(1, [(topic, 2)])
+
+    # SUBACK: packet id 1, QoS 2 granted.
+    suback = b"\x00\x01\x02"
+
+    @staticmethod
+    def pubrel_ok(body, pid):
+        return body == struct.pack("!H", pid)
+
+
+def scenario_redelivery_on_reconnect(clients, wire=Wire311):
     """A persistent-session subscriber that does not acknowledge QoS 1 and 2
     messages gets them again on reconnect, same packet ids, DUP set
     (MQTT-4.4.0-1, MQTT-3.3.1-1)."""
-    topic = f"{TOKEN}/redelivery/topic"
-    cid = f"{TOKEN}-redelivery-raw"
-    raw = Raw(); clients.append(raw)
-    raw.send(connect_packet(cid, clean_session=False))
+    topic = f"{TOKEN}/{wire.name}/topic"
+    cid = f"{TOKEN}-{wire.name}-raw"
+    raw = wire.raw(); clients.append(raw)
+    raw.send(wire.connect(cid))
     sp, rc = raw.connack()
     check(rc == 0, f"CONNACK return code {rc}")
-    raw.send(subscribe_packet(1, [(topic, 2)]))
+    raw.send(wire.subscribe(topic))
     _, body = raw.expect(9)
-    check(body == b"\x00\x01\x02", f"SUBACK {body!r}, expected id 1 granted 2")
+    check(body == wire.suback, f"SUBACK {body!r}, expected {wire.suback!r}: id 1 granted 2")
 
-    p = Client("redelivery", "publisher"); clients.append(p)
+    p = Client(wire.name, "publisher"); clients.append(p)
     p.connect()
     p.publish(topic, b"redeliver qos 1", 1)
     p.publish(topic, b"redeliver qos 2", 2)
@@ -608,8 +630,8 @@ def scenario_redelivery_on_reconnect(clients):
     raw.close()
     p.disconnect()
 
-    raw2 = Raw(); clients.append(raw2)
-    raw2.send(connect_packet(cid, clean_session=False))
+    raw2 = wire.raw(); clients.append(raw2)
+    raw2.send(wire.connect(cid))
     sp, rc = raw2.connack()
     check(rc == 0, f"reconnect: CONNACK return code {rc}")
     check(sp == 1, "reconnect: CONNACK session present 0 (MQTT-3.2.2-2)")
@@ -631,12 +653,12 @@ def scenario_redelivery_on_reconnect(clients):
     raw2.send(ack_packet("puback", qos1["pid"]))
     raw2.send(ack_packet("pubrec", qos2["pid"]))
     flags, body = raw2.expect(6)
-    check(flags == 2 and body == struct.pack("!H", qos2["pid"]),
+    check(flags == 2 and wire.pubrel_ok(body, qos2["pid"]),
           f"PUBREL flags {flags} body {body!r} (MQTT-3.6.1-1)")
     raw2.send(ack_packet("pubcomp", qos2["pid"]))
     raw2.send(DISCONNECT)
     raw2.close()
-    clear_session("redelivery", cid)
+    clear_session(wire.name, cid)
 
 
 def scenario_dollar_topics(clients):

@@ -278,46 +278,34 @@ def scenario_keepalive(clients):
     w.disconnect()
 
 
+class Wire5:
+    """interop.py's redelivery scenario over MQTT 5.0: a session with
+    Session Expiry Interval 60 s, resumed with Clean Start 0."""
+    name = "redelivery5"
+    raw = Raw5
+
+    @staticmethod
+    def connect(cid):
+        return connect5(cid, clean_start=False, session_expiry=60)
+
+    @staticmethod
+    def subscribe(topic):
+        return subscribe5(1, topic, 2)
+
+    # SUBACK: packet id 1, no properties, QoS 2 granted.
+    suback = b"\x00\x01\x00\x02"
+
+    @staticmethod
+    def pubrel_ok(body, pid):
+        # 5.0 may add Reason Code 0x00 and empty properties (3.6.2.1).
+        return body[:2] == struct.pack("!H", pid) and not any(body[2:])
+
+
 def scenario_redelivery(clients):
     """A 5.0 session (Session Expiry 60 s) that does not acknowledge QoS 1 and
     2 messages gets them again when it resumes, with the same packet ids and
     DUP set (MQTT-4.4.0-1, MQTT-3.3.1-1)."""
-    topic = f"{TOKEN}/redelivery5/topic"
-    cid = f"{TOKEN}-redelivery5-raw"
-    raw = Raw5(); clients.append(raw)
-    raw.send(connect5(cid, clean_start=True, session_expiry=60))
-    check(raw.connack()[1] == 0, "CONNACK refused")
-    raw.send(subscribe5(1, topic, 2))
-    _, body = raw.expect(9)
-    check(body == b"\x00\x01\x00\x02", f"SUBACK {body!r}, expected id 1, no properties, QoS 2")
-    p = Client("redelivery5", "publisher"); clients.append(p)
-    p.connect()
-    p.publish(topic, b"redeliver qos 1", 1)
-    p.publish(topic, b"redeliver qos 2", 2)
-    first = sorted([raw.publish(), raw.publish()], key=lambda m: m["qos"])
-    check([(m["qos"], m["payload"], m["dup"]) for m in first]
-          == [(1, b"redeliver qos 1", 0), (2, b"redeliver qos 2", 0)], f"first delivery: {first}")
-    raw.send(v3.DISCONNECT)
-    raw.close()
-
-    raw2 = Raw5(); clients.append(raw2)
-    raw2.send(connect5(cid, clean_start=False, session_expiry=60))
-    sp, rc = raw2.connack()
-    check((sp, rc) == (1, 0), f"resume: CONNACK session present {sp}, reason {rc:#x}")
-    again = sorted([raw2.publish(), raw2.publish()], key=lambda m: m["qos"])
-    for old, new in zip(first, again):
-        check((new["payload"], new["dup"], new["pid"]) == (old["payload"], 1, old["pid"]),
-              f"redelivered {new}, first sent {old}: expected the same packet id "
-              "with DUP set (MQTT-4.4.0-1, MQTT-3.3.1-1)")
-    raw2.send(v3.ack_packet("puback", again[0]["pid"]))
-    raw2.send(v3.ack_packet("pubrec", again[1]["pid"]))
-    flags, body = raw2.expect(6)
-    check(flags == 2 and body[:2] == struct.pack("!H", again[1]["pid"]),
-          f"PUBREL flags {flags} body {body!r}")
-    raw2.send(v3.ack_packet("pubcomp", again[1]["pid"]))
-    raw2.send(v3.DISCONNECT)
-    raw2.close()
-    v3.clear_session("redelivery5", cid)
+    v3.scenario_redelivery_on_reconnect(clients, Wire5)
 
 
 def scenario_unsubscribe_reason_codes(clients):
@@ -468,7 +456,7 @@ def scenario_message_expiry(clients):
         check([m.payload for m in got] == [b"long"],
               f"{who}: delivered {describe(got)}, expected only the unexpired one (MQTT-3.3.2-5)")
         left = prop(got[0], "MessageExpiryInterval")
-        check(left is not None and 55 <= left <= 58,
+        check(left is not None and 50 <= left <= 58,
               f"{who}: Message Expiry Interval {left} after 2 s of 60 (MQTT-3.3.2-6)")
     p.publish(f"{base}/long", b"", 1, retain=True)
     off2.disconnect()
