@@ -116,9 +116,15 @@ const SCENARIOS5: &[(&str, &str)] = &[
     ("unsubscribe_reason_codes", "UNSUBACK 0x00 and 0x11 per filter (3.11.3)"),
     ("will_properties", "will properties in order (MQTT-3.1.3-10); DISCONNECT 0x04 publishes the will"),
     ("user_properties_in_order", "User Properties unaltered and in order (MQTT-3.3.2-17, -18)"),
-    ("message_properties", "PFI, Content Type, Response Topic, Correlation Data (MQTT-3.3.2-4, -15, -16, -20); PUBACK 0x99, 0x10"),
+    (
+        "message_properties",
+        "PFI, Content Type, Response Topic, Correlation Data (MQTT-3.3.2-4, -15, -16, -20); PUBACK 0x99, 0x10",
+    ),
     ("message_expiry", "expired messages not delivered, what is left forwarded (MQTT-3.3.2-5, -6)"),
-    ("topic_aliases", "aliases in, out within the client's maximum, 0x94 above ours (MQTT-3.1.2-26, -27, MQTT-3.3.2-9)"),
+    (
+        "topic_aliases",
+        "aliases in, out within the client's maximum, 0x94 above ours (MQTT-3.1.2-26, -27, MQTT-3.3.2-9)",
+    ),
     ("no_local", "No Local (MQTT-3.8.3-3)"),
     ("retain_as_published", "Retain As Published (MQTT-3.3.1-12, -13)"),
     ("retain_handling", "Retain Handling 0, 1, 2 (MQTT-3.3.1-9, -10, -11)"),
