@@ -5,7 +5,7 @@
 //! `.await`. Order: registry, then a session, then the trie; routing takes
 //! the trie (read) and sessions one after the other, never nested.
 
-use crate::config::Config;
+use crate::config::{Config, ShareStrategy};
 use crate::error::OpenError;
 use crate::packet::{QoS, ReasonCode, RetainHandling, Subscription};
 use crate::retain::{Retained, Scan};
@@ -15,6 +15,7 @@ use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::{DropCause, Stats};
 use crate::store::{Op, Persistence, RedbStore, SessionOwner, Snapshot, Store, Ticket};
+use crate::topic;
 use crate::trie::Trie;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ struct Shared {
     security: RwLock<Arc<Security>>,
     /// The embedding application's hooks.
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
+    /// Where each shared subscription group's next pick starts.
+    share_cursors: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 struct Entry {
@@ -52,6 +55,8 @@ struct Entry {
     connection: Option<Attached>,
     /// When the last connection left (persistent sessions; for expiry).
     left: Option<SystemTime>,
+    /// The last connection attached (0: none since a restart).
+    last_connection: u64,
 }
 
 /// The connection currently attached to a session.
@@ -64,6 +69,33 @@ struct Attached {
 struct Subscriber {
     sub: Subscription,
     session: Arc<SessionHandle>,
+    /// For a shared subscription: its group and member.
+    share: Option<Share>,
+}
+
+/// A member of a shared subscription's group.
+struct Share {
+    /// The whole filter, `$share/{name}/{filter}`: the group.
+    group: Arc<str>,
+    /// The member's client id.
+    client: Arc<str>,
+}
+
+/// A shared subscription matching a message: group, session, subscription, member.
+type SharedMatch = (Arc<str>, Arc<SessionHandle>, Subscription, Arc<str>);
+
+/// Where a session's subscription to `filter` sits in the trie: the filter
+/// it matches with, its key there, and its group if it is shared (a shared
+/// subscription matches with the filter it shares, under a key of its own,
+/// so it can sit beside the client's own subscription to that filter).
+fn slot<'f>(filter: &'f str, client: &Arc<str>) -> (&'f str, Arc<str>, Option<Share>) {
+    match topic::shared(filter) {
+        Some((_, inner)) => {
+            let share = Share { group: filter.into(), client: client.clone() };
+            (inner, format!("{filter}\0{client}").into(), Some(share))
+        }
+        None => (filter, client.clone(), None),
+    }
 }
 
 /// Who attaches to a session, and how (see [`Broker::attach_with`]).
@@ -176,10 +208,11 @@ impl Broker {
                 let mut s = handle.lock();
                 (s.listener, s.username) = (owner.listener, owner.username);
                 for (filter, sub) in s.session.subscriptions() {
-                    trie.insert(filter, id.clone(), Subscriber { sub, session: handle.clone() });
+                    let (at, key, share) = slot(filter, &id);
+                    trie.insert(at, key, Subscriber { sub, session: handle.clone(), share });
                 }
             }
-            registry.insert(id, Entry { session: handle, clean: false, connection: None, left });
+            registry.insert(id, Entry { session: handle, clean: false, connection: None, left, last_connection: 0 });
         }
         let shared = Shared {
             config,
@@ -191,6 +224,7 @@ impl Broker {
             store,
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
+            share_cursors: Mutex::new(HashMap::new()),
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -364,9 +398,23 @@ impl Broker {
             clean: !persistent,
             connection: Some(Attached { id: conn, kick }),
             left: None,
+            last_connection: conn,
         };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
+    }
+
+    /// Whether the delayed will of connection `conn` of `client_id`, whose
+    /// session was `session`, is due now its delay is over: no connection
+    /// resumed that session since (MQTT-3.1.3-9). A session that ended
+    /// meanwhile (expired, or replaced by a Clean Start) has its will sent.
+    pub fn will_due(&self, client_id: &str, session: &Arc<SessionHandle>, conn: u64) -> bool {
+        match lock(&self.shared.registry).get(client_id) {
+            Some(entry) if Arc::ptr_eq(&entry.session, session) => {
+                entry.last_connection == conn && entry.connection.is_none()
+            }
+            _ => true,
+        }
     }
 
     /// Changes the expiry interval of `client_id`'s session (a 5.0
@@ -392,13 +440,16 @@ impl Broker {
             return;
         }
         entry.connection = None;
-        let clean = {
+        let (clean, unfinished) = {
             let mut s = entry.session.lock();
             s.owner = 0;
             s.session.set_online(false);
             // A 5.0 session resumed with (or changed to) expiry 0 ends too.
-            s.session.clean || s.session.expiry == Some(0)
+            (s.session.clean || s.session.expiry == Some(0), s.session.take_shared())
         };
+        if !unfinished.is_empty() {
+            self.reroute(&entry.session.clone(), unfinished);
+        }
         // Publishers waiting for this client's queue to drain go on: an
         // offline session keeps what fits and drops the rest.
         entry.session.wake_publishers();
@@ -468,7 +519,17 @@ impl Broker {
         }
         let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
-            trie.remove(&filter, client_id);
+            self.remove_slot(&mut trie, &filter, client_id);
+        }
+    }
+
+    /// Takes a subscription out of the trie (a shared one also resets its
+    /// group's cursor, so cursors do not outlive their groups).
+    fn remove_slot(&self, trie: &mut Trie<Subscriber>, filter: &str, client_id: &Arc<str>) {
+        let (at, key, share) = slot(filter, client_id);
+        trie.remove(at, &key);
+        if let Some(share) = share {
+            lock(&self.shared.share_cursors).remove(&share.group);
         }
     }
 
@@ -515,13 +576,15 @@ impl Broker {
                     RetainHandling::OnNewSubscription => !existed,
                     RetainHandling::Never => false,
                 };
-                if send {
+                // No retained messages for a shared subscription (4.8.2).
+                if send && topic::shared(filter).is_none() {
                     send_retained.push((*filter, *sub));
                 }
             }
             let mut trie = write(&self.shared.subscriptions);
             for (filter, sub) in &unique {
-                trie.insert(filter, client_id.clone(), Subscriber { sub: *sub, session: session.clone() });
+                let (at, key, share) = slot(filter, client_id);
+                trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share });
             }
             (s.commit(), send_retained)
         };
@@ -606,7 +669,7 @@ impl Broker {
         let existed = filters.iter().map(|f| s.session.unsubscribe(f)).collect();
         let mut trie = write(&self.shared.subscriptions);
         for filter in filters {
-            trie.remove(filter, client_id);
+            self.remove_slot(&mut trie, filter, client_id);
         }
         Some((existed, s.commit()))
     }
@@ -654,13 +717,33 @@ impl Broker {
         }
         let security = self.acl();
         let mut targets: Vec<(Arc<SessionHandle>, Subscription)> = Vec::new();
-        read(&self.shared.subscriptions).for_each_match(&message.topic, |client, s| {
-            if !(s.sub.options.no_local && from == Some(&**client)) {
-                targets.push((s.session.clone(), s.sub));
-            }
+        let mut shared: Vec<SharedMatch> = Vec::new();
+        read(&self.shared.subscriptions).for_each_match(&message.topic, |client, s| match &s.share {
+            None if !(s.sub.options.no_local && from == Some(&**client)) => targets.push((s.session.clone(), s.sub)),
+            None => {}
+            Some(share) => shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone())),
         });
-        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), std::cmp::Reverse(sub.options.qos)));
         let mut routed = 0;
+        if !shared.is_empty() {
+            // One copy per group (4.8.2), to the member the strategy picks.
+            shared.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.3.cmp(&b.3)));
+            for group in shared.chunk_by(|a, b| a.0 == b.0) {
+                let pick = self.pick(&group[0].0, group.iter().map(|(_, session, ..)| session));
+                let (name, session, sub, _) = &group[pick];
+                let copy = Message {
+                    qos: message.qos.min(sub.options.qos),
+                    retain: sub.options.retain_as_published && message.retain,
+                    subscription_ids: sub.id.into_iter().collect(),
+                    shared: Some(name.clone()),
+                    ..message.clone()
+                };
+                let (offer, t) = session.deliver(copy, security.as_deref());
+                self.count_offer(offer, session, pressed);
+                ticket = ticket.max(t);
+                routed += 1;
+            }
+        }
+        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), std::cmp::Reverse(sub.options.qos)));
         let mut i = 0;
         while i < targets.len() {
             // One copy per session: the highest QoS of its matching
@@ -688,4 +771,77 @@ impl Broker {
         }
         (ticket, routed)
     }
+
+    /// The member of shared subscription `group` that gets the next message,
+    /// by the configured strategy: among `members`, those connected with
+    /// room in their queue first, then connected ones, then any.
+    fn pick<'a>(&self, group: &Arc<str>, members: impl Iterator<Item = &'a Arc<SessionHandle>>) -> usize {
+        let ranks: Vec<u8> = members
+            .map(|session| {
+                let s = session.lock();
+                match (s.owner != 0, s.session.has_room()) {
+                    (true, true) => 2,
+                    (true, false) => 1,
+                    (false, _) => 0,
+                }
+            })
+            .collect();
+        let best = ranks.iter().copied().max().unwrap_or(0);
+        let n = ranks.len();
+        let mut cursors = lock(&self.shared.share_cursors);
+        let cursor = cursors.entry(group.clone()).or_insert(0);
+        let start = match self.shared.config.shared_subscription_strategy {
+            ShareStrategy::Random => random_below(n),
+            ShareStrategy::RoundRobin | ShareStrategy::Sticky => *cursor % n,
+        };
+        let chosen = (0..n).map(|i| (start + i) % n).find(|&i| ranks[i] == best).unwrap_or(0);
+        *cursor = match self.shared.config.shared_subscription_strategy {
+            ShareStrategy::Sticky => chosen,
+            _ => chosen + 1,
+        };
+        chosen
+    }
+
+    /// Hands messages a leaving member of a shared subscription had not
+    /// finished with to another member of their group (4.8.2); with no
+    /// other member, back to `leaving` (kept if its session persists).
+    fn reroute(&self, leaving: &Arc<SessionHandle>, messages: Vec<Message>) {
+        let security = self.acl();
+        for message in messages {
+            let Some(group) = message.shared.clone() else { continue };
+            let mut members: Vec<(Arc<SessionHandle>, Subscription, Arc<str>)> = Vec::new();
+            read(&self.shared.subscriptions).for_each_match(&message.topic, |_, s| {
+                if let Some(share) = &s.share
+                    && share.group == group
+                    && !Arc::ptr_eq(&s.session, leaving)
+                {
+                    members.push((s.session.clone(), s.sub, share.client.clone()));
+                }
+            });
+            members.sort_unstable_by(|a, b| a.2.cmp(&b.2));
+            let (target, qos) = match members.is_empty() {
+                true => (leaving.clone(), message.qos),
+                false => {
+                    let pick = self.pick(&group, members.iter().map(|(session, ..)| session));
+                    (members[pick].0.clone(), message.qos.min(members[pick].1.options.qos))
+                }
+            };
+            let (offer, _) = target.deliver(Message { qos, ..message }, security.as_deref());
+            if let Offer::Dropped(cause) = offer {
+                self.shared.stats.dropped(cause, 1);
+            }
+        }
+    }
+}
+
+/// A number below `n` (at least 1), for the random share strategy: not
+/// cryptographic, only spread.
+fn random_below(n: usize) -> usize {
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let mut x = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    (x % n.max(1) as u64) as usize
 }

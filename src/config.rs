@@ -98,6 +98,35 @@ pub struct Config {
     /// The Response Information sent to an MQTT 5.0 client that asks for it
     /// (a topic prefix for its responses); `None`: not sent.
     pub response_information: Option<String>,
+    /// How a shared subscription's group picks the member that gets a
+    /// message.
+    pub shared_subscription_strategy: ShareStrategy,
+}
+
+/// How a shared subscription (`$share/{name}/{filter}`) picks the one member
+/// of its group that gets each message. Members whose client is connected
+/// and has room in its queue come first, then connected ones, then any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareStrategy {
+    /// Each member in turn (the default).
+    #[default]
+    RoundRobin,
+    /// A member picked at random.
+    Random,
+    /// The same member while it is eligible, the next one when it is not.
+    Sticky,
+}
+
+impl std::str::FromStr for ShareStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ShareStrategy, String> {
+        match s {
+            "round_robin" => Ok(ShareStrategy::RoundRobin),
+            "random" => Ok(ShareStrategy::Random),
+            "sticky" => Ok(ShareStrategy::Sticky),
+            other => Err(format!("unknown shared subscription strategy {other:?} (round_robin, random or sticky)")),
+        }
+    }
 }
 
 /// Mosquitto's default `max_topic_alias`.
@@ -208,6 +237,7 @@ impl Default for Config {
             http_listener: None,
             max_topic_alias: DEFAULT_MAX_TOPIC_ALIAS,
             response_information: None,
+            shared_subscription_strategy: ShareStrategy::RoundRobin,
         }
     }
 }

@@ -177,6 +177,7 @@ struct File {
     retain_available: Option<bool>,
     max_topic_alias: Option<u16>,
     response_information: Option<String>,
+    shared_subscription_strategy: Option<Spanned<String>>,
     message_size_limit: Option<Spanned<u64>>,
     log_level: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<u64>>,
@@ -267,6 +268,9 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
     }
     if let Some(prefix) = file.response_information {
         config.response_information = Some(prefix);
+    }
+    if let Some(strategy) = file.shared_subscription_strategy {
+        config.shared_subscription_strategy = at.check(strategy, |s: String| s.parse())?;
     }
     if let Some(n) = file.message_size_limit {
         config.message_size_limit = at.check(n, |n| message_size_limit("message_size_limit", n))?;

@@ -12,6 +12,7 @@ use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
 use crate::outbox::Outbox;
 use crate::packet::{Connack, Connect, Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::runtime::{Runtime, within};
+use crate::security::{AuthStep, ConnectInfo};
 use crate::session::Message;
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
@@ -19,6 +20,7 @@ use crate::stats::DropCause;
 use crate::store::{Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
+use bytes::Bytes;
 use bytes::BytesMut;
 use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
@@ -207,6 +209,7 @@ where
         let properties = Properties { reason_string: Some(reason.to_string().into()), ..Properties::default() };
         let _ = link.push(&mut vec![Packet::Disconnect(Box::new(Disconnect { reason: code, properties }))]);
     }
+    let mut delayed = None;
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
         let message = Message {
@@ -214,12 +217,35 @@ where
             expires: expires.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000),
             ..Message::new(will.topic, will.payload, will.qos, false)
         };
+        // The Will Delay Interval, cut short by the session's own end
+        // (3.1.3.2.2); a shutdown publishes every will now.
+        let delay = match reason {
+            Close::Shutdown => 0,
+            _ => {
+                let cap =
+                    broker.config().session_expiry.map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+                will.delay.unwrap_or(0).min(client.session_expiry.unwrap_or(u32::MAX)).min(cap)
+            }
+        };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
         if handle::allowed(&broker, &client.info(), &message, true) {
-            broker.publish(message, will.retain);
+            match delay {
+                0 => drop(broker.publish(message, will.retain)),
+                secs => delayed = Some((message, will.retain, Duration::from_secs(u64::from(secs)))),
+            }
         }
     }
     broker.detach(&client.id, conn);
+    if let Some((message, retain, delay)) = delayed {
+        let (timer, broker, id, session) = (rt.clone(), broker.clone(), client.id.clone(), client.session.clone());
+        rt.spawn(async move {
+            timer.sleep(delay).await;
+            if broker.will_due(&id, &session, conn) {
+                log::info!("client {id}: will delay of {delay:?} over, publishing its will");
+                broker.publish(message, retain);
+            }
+        });
+    }
     broker.stats().disconnected();
     if let Some(listener) = &peer.listener_stats {
         listener.disconnected(level);
@@ -276,7 +302,12 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(Packet::Connect(connect))) => {
             let aliases = connect.properties.topic_alias_maximum.unwrap_or(0);
             link.outbox.set_protocol(connect.protocol, aliases);
-            admit(broker, *connect, peer, conn, kick, out).await
+            link.outbox.set_max_packet_size(connect.properties.maximum_packet_size);
+            let deadline = Instant::now() + timeout;
+            match authenticate_enhanced(rt, broker, link, peer, &connect, deadline).await {
+                Ok(auth) => admit(broker, *connect, peer, conn, kick, auth, out).await,
+                Err(refusal) => Err(refusal),
+            }
         }
         Some(Ok(_)) => Err(Refusal::Violation(Violation::FirstPacketNotConnect)),
         Some(Err(Error::Violation(v))) => Err(Refusal::Violation(v)),
@@ -308,28 +339,109 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             None
         }
         Err(refusal) => {
-            crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
             if link.framed.codec().speaks_v5() {
                 // A 5.0 CONNECT is refused with its 5.0 reason code
                 // (MQTT-3.2.2-6/-7), the rule in the Reason String.
                 link.outbox.set_protocol(Protocol::V5, 0);
-                let reason = match &refusal {
-                    Refusal::Violation(v) => v.reason_code(),
-                    Refusal::Policy(code, _) => ReasonCode::from_connect_code(*code),
+                let (reason, why) = match &refusal {
+                    Refusal::Violation(v) => (v.reason_code(), v.to_string()),
+                    Refusal::Policy(code, why) => (ReasonCode::from_connect_code(*code), why.clone()),
                 };
-                let properties =
-                    Properties { reason_string: Some(refusal.to_string().into()), ..Properties::default() };
+                crate::limited!(
+                    "CONNECT refused",
+                    log::Level::Warn,
+                    "{addr}: CONNECT refused: {why} (CONNACK {reason})"
+                );
+                let properties = Properties { reason_string: Some(why.into()), ..Properties::default() };
                 out.push(Packet::Connack(Box::new(Connack { session_present: false, reason, properties })));
                 let _ = link.push(out);
-            } else if let Some(code) = refusal.connack() {
-                let reason = ReasonCode::from_connect_code(code);
-                let connack = Connack { session_present: false, reason, properties: Properties::default() };
-                out.push(Packet::Connack(Box::new(connack)));
-                let _ = link.push(out);
+            } else {
+                crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
+                if let Some(code) = refusal.connack() {
+                    let reason = ReasonCode::from_connect_code(code);
+                    let connack = Connack { session_present: false, reason, properties: Properties::default() };
+                    out.push(Packet::Connack(Box::new(connack)));
+                    let _ = link.push(out);
+                }
             }
             None
         }
     }
+}
+
+/// Authentication exchanges take at most this many AUTH round trips.
+const MAX_AUTH_STEPS: usize = 16;
+
+/// Runs the enhanced authentication exchange (MQTT 5.0, section 4.12) a
+/// CONNECT with an Authentication Method asks for, through the hooks'
+/// [`start_auth`](crate::security::Hooks::start_auth), within the connect
+/// timeout: AUTH 0x18 packets both ways until the hooks accept or refuse.
+/// Returns the method and the final data for CONNACK (MQTT-4.12.0-5).
+async fn authenticate_enhanced<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    broker: &Broker,
+    link: &mut Transport<S>,
+    peer: &Peer,
+    connect: &Connect,
+    deadline: Instant,
+) -> Result<Option<handle::Authenticated>, Refusal> {
+    let Some(method) = connect.properties.auth_method.clone() else { return Ok(None) };
+    let info = ConnectInfo {
+        client_id: &connect.client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer: peer.addr,
+    };
+    let exchange = broker.guards().hooks.and_then(|h| h.start_auth(&method, &info));
+    let Some(mut exchange) = exchange else {
+        broker.stats().auth_failed();
+        return Err(Refusal::Violation(Violation::V5(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "MQTT-4.12.0-1",
+            "authentication method not supported",
+        )));
+    };
+    let mut data = connect.properties.auth_data.clone();
+    for _ in 0..MAX_AUTH_STEPS {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Success(data) => {
+                return Ok(Some(handle::Authenticated { method, data: data.map(Bytes::from) }));
+            }
+            AuthStep::Fail => break,
+            AuthStep::Continue(challenge) => {
+                let auth = handle::auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, challenge);
+                let left = deadline.saturating_duration_since(Instant::now());
+                let next = within(rt, left, async {
+                    link.write(&mut vec![auth]).await?;
+                    link.framed.next().await.transpose()
+                });
+                data = match next.await {
+                    Some(Ok(Some(Packet::Auth(a))))
+                        if a.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                            && a.properties.auth_method.as_deref() == Some(&*method) =>
+                    {
+                        a.properties.auth_data
+                    }
+                    Some(Ok(Some(_))) => {
+                        return Err(Refusal::Violation(Violation::V5(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "MQTT-4.12.0-3",
+                            "expected AUTH 0x18 with the same authentication method",
+                        )));
+                    }
+                    Some(Err(Error::Violation(v))) => return Err(Refusal::Violation(v)),
+                    Some(Ok(None)) | Some(Err(Error::Io(_))) | None => {
+                        return Err(Refusal::Policy(
+                            crate::packet::ConnectCode::NotAuthorized,
+                            "authentication exchange not finished within the connect timeout".into(),
+                        ));
+                    }
+                };
+            }
+        }
+    }
+    broker.stats().auth_failed();
+    Err(Refusal::Policy(crate::packet::ConnectCode::NotAuthorized, "enhanced authentication refused".into()))
 }
 
 /// Applies the client-id rules, limits and credentials to a CONNECT, then
@@ -340,19 +452,26 @@ async fn admit(
     peer: &Peer,
     conn: u64,
     kick: Arc<Signal>,
+    auth: Option<handle::Authenticated>,
     out: &mut Vec<Packet>,
 ) -> Result<Client, Refusal> {
     let id = handle::admit(broker, &connect, conn)?;
     let username = handle::authenticate(broker, &connect, &id, peer).await?;
     let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
     let assigned = connect.client_id.is_empty();
-    let admitted = Admitted { id, username, conn, listener: peer.listener, assigned };
+    let admitted = Admitted { id, username, conn, listener: peer.listener, assigned, auth, peer: peer.addr };
     let client = handle::connect(broker, connect, admitted, kick, out);
     let user = client.username.as_deref().map(|u| format!(", user {u}")).unwrap_or_default();
+    let version = match client.protocol {
+        Protocol::V31 => "MQTT 3.1",
+        Protocol::V311 => "MQTT 3.1.1",
+        Protocol::V5 => "MQTT 5.0",
+    };
     log::info!(
-        "client {} connected from {} (clean session {clean}, keepalive {keep_alive}s{user})",
+        "client {} connected from {} ({version}, clean {} {clean}, keepalive {keep_alive}s{user})",
         client.id,
-        peer.addr
+        peer.addr,
+        if client.protocol == Protocol::V5 { "start" } else { "session" },
     );
     Ok(client)
 }

@@ -72,6 +72,8 @@ pub enum Violation {
     TopicTooDeep,
     /// A retained PUBLISH or will while `retain_available` is false.
     RetainNotAvailable,
+    /// MQTT-4.8.2-1/-2: a `$share/` filter without a valid share name or filter.
+    SharedFilter,
     /// An MQTT 5.0 rule: the reason code the spec answers with, the
     /// statement (`MQTT-x.x.x-y`) or section broken, and what was wrong.
     V5(ReasonCode, &'static str, &'static str),
@@ -118,6 +120,7 @@ impl Violation {
             UnsubscribeEmpty => "MQTT-3.10.3-2",
             TopicTooDeep => "max_topic_levels",
             RetainNotAvailable => "retain_available",
+            SharedFilter => "MQTT-4.8.2-2",
             V5(_, rule, _) => rule,
         }
     }
@@ -140,6 +143,7 @@ impl Violation {
             | UnsubscribeEmpty => ReasonCode::PROTOCOL_ERROR,
             TopicTooDeep => ReasonCode::TOPIC_NAME_INVALID,
             RetainNotAvailable => ReasonCode::RETAIN_NOT_SUPPORTED,
+            SharedFilter => ReasonCode::TOPIC_FILTER_INVALID,
             _ => ReasonCode::MALFORMED_PACKET,
         }
     }
@@ -188,6 +192,7 @@ impl Violation {
             UnsubscribeEmpty => "UNSUBSCRIBE without filters",
             TopicTooDeep => "topic has more levels than max_topic_levels allows",
             RetainNotAvailable => "retained message, but retain_available is false",
+            SharedFilter => "shared subscription without a valid share name and filter",
             V5(_, _, message) => message,
         }
     }

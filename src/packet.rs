@@ -320,12 +320,25 @@ pub struct Message {
     pub expires: Option<u64>,
     /// Subscription Identifiers of the matching subscriptions (per delivery).
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/{name}/{filter}`) this copy was
+    /// routed through: if its session leaves before acknowledging it, it
+    /// goes to another member of the group. Not stored.
+    pub shared: Option<Arc<str>>,
 }
 
 impl Message {
     /// A message without 5.0 properties or expiry.
     pub fn new(topic: Arc<str>, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message { topic, payload, qos, retain, properties: None, expires: None, subscription_ids: Vec::new() }
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires: None,
+            subscription_ids: Vec::new(),
+            shared: None,
+        }
     }
 
     /// Whether it has expired at `now_ms` (milliseconds since the epoch).

@@ -73,6 +73,28 @@ pub struct ClientInfo<'a> {
     pub listener: usize,
 }
 
+/// One step of an enhanced authentication exchange (MQTT 5.0, section 4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send the client this Authentication Data (an AUTH packet, reason
+    /// 0x18 Continue authentication) and wait for its answer.
+    Continue(Vec<u8>),
+    /// Authenticated: CONNACK (or, on re-authentication, AUTH 0x00)
+    /// carries this Authentication Data, if any.
+    Success(Option<Vec<u8>>),
+    /// Refused: CONNACK 0x87 Not authorized (on re-authentication,
+    /// DISCONNECT 0x87).
+    Fail,
+}
+
+/// The state of one enhanced authentication exchange, made by
+/// [`Hooks::start_auth`] for a CONNECT or a re-authentication.
+pub trait AuthExchange: Send {
+    /// The next step, given the Authentication Data the client sent (its
+    /// CONNECT's or AUTH's; `None` if it sent none).
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
 /// Decisions an embedding application makes, in place of or on top of the
 /// password and ACL files: every hook must allow what the files allow.
 /// Hooks run on executor threads: keep them quick, or do slow work (a
@@ -103,6 +125,16 @@ pub trait Hooks: Send + Sync + 'static {
     fn on_message(&self, client: &ClientInfo<'_>, message: &Message) -> bool {
         let _ = (client, message);
         true
+    }
+
+    /// Starts an enhanced authentication exchange (MQTT 5.0 AUTH) for a
+    /// CONNECT, or a re-authentication, naming Authentication Method
+    /// `method`; `None` if the method is not supported (CONNACK 0x8C Bad
+    /// authentication method). [`Hooks::authenticate`] still runs after a
+    /// successful exchange.
+    fn start_auth(&self, method: &str, connect: &ConnectInfo<'_>) -> Option<Box<dyn AuthExchange>> {
+        let _ = (method, connect);
+        None
     }
 }
 

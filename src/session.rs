@@ -515,6 +515,40 @@ impl Session {
         Some(self.receive_qos2(pid))
     }
 
+    /// Takes out every message routed here through a shared subscription
+    /// that its client has not finished with (queued, or sent and not
+    /// acknowledged; a QoS 2 one whose PUBREC came stays): the session is
+    /// leaving, and they go to another member of their group (4.8.2).
+    pub fn take_shared(&mut self) -> Vec<Message> {
+        let mut taken = Vec::new();
+        let mut removed = Vec::new();
+        self.inflight.retain(|f| {
+            let keep = f.message.shared.is_none() || f.released;
+            if !keep {
+                removed.push(f.seq);
+                taken.push(f.message.clone());
+            }
+            keep
+        });
+        let mut bytes = 0;
+        self.queue.retain(|q| {
+            let keep = q.message.shared.is_none();
+            if !keep {
+                bytes += q.message.payload.len();
+                if q.message.qos != QoS::AtMostOnce {
+                    removed.push(q.seq);
+                }
+                taken.push(q.message.clone());
+            }
+            keep
+        });
+        self.queued_bytes -= bytes;
+        for seq in removed {
+            self.record(|id| Op::Message(id, seq, None));
+        }
+        taken
+    }
+
     /// Inbound QoS 2 ids received and not yet released.
     pub fn incoming_len(&self) -> usize {
         self.incoming.len()

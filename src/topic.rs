@@ -31,6 +31,27 @@ pub fn validate_filter(filter: &str) -> Result<(), Violation> {
     validate_string(filter)
 }
 
+/// A shared subscription's filter, `$share/{name}/{filter}`: its share name
+/// and the filter it shares, or `None` for any other filter.
+pub fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
+/// Checks a `$share/` filter: a share name of at least one character
+/// without `/`, `+` or `#`, then `/` and a filter (MQTT-4.8.2-1/-2).
+pub fn validate_shared(filter: &str) -> Result<(), Violation> {
+    if filter == "$share" || !filter.starts_with("$share/") {
+        return match filter == "$share" {
+            true => Err(Violation::SharedFilter),
+            false => Ok(()),
+        };
+    }
+    match shared(filter) {
+        Some((name, rest)) if !name.is_empty() && !name.contains(['+', '#']) && !rest.is_empty() => Ok(()),
+        _ => Err(Violation::SharedFilter),
+    }
+}
+
 /// Checks any MQTT string for U+0000 (MQTT-1.5.3-2); UTF-8 validity is
 /// already guaranteed by `&str`.
 pub fn validate_string(s: &str) -> Result<(), Violation> {

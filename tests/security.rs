@@ -188,7 +188,7 @@ runtime_test!(
 
 /// Hooks of an embedding application: refuse user "eve", drop messages on
 /// `drop/#`, refuse subscriptions to `private/#`.
-struct AppHooks;
+pub(crate) struct AppHooks;
 
 impl Hooks for AppHooks {
     fn authenticate(&self, connect: &ConnectInfo<'_>) -> Result<(), ConnectCode> {

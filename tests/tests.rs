@@ -18,6 +18,9 @@ mod connect;
 mod crash;
 /// Durable state: restarts, store failures, session expiry.
 mod durability;
+/// MQTT 5.0 enhanced authentication through the hooks: challenge and
+/// response, re-authentication, refusals.
+mod enhanced_auth;
 /// Inflight window, queue limits, dropped messages.
 mod flow;
 /// Hostile clients and overload: deep topics, stuck readers, takeovers,
@@ -57,6 +60,10 @@ mod sys;
 mod tls;
 /// Stores written by earlier releases open intact after an upgrade.
 mod upgrade;
+/// MQTT 5.0, server side, over the wire: CONNECT / CONNACK, PUBLISH
+/// properties, topic aliases, acknowledgements, subscription options, flow
+/// control, DISCONNECT reason codes, bad input, 3.1.1 interoperability.
+mod v5;
 /// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
 /// input, and MQTT.js (3.1.1 and 5.0) under Node and in headless Chromium.
 mod websockets;

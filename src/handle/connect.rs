@@ -25,7 +25,7 @@ pub fn connect(
     kick: Arc<Signal>,
     out: &mut Vec<Packet>,
 ) -> Client {
-    let Admitted { id, username, conn, listener, assigned } = admitted;
+    let Admitted { id, username, conn, listener, assigned, auth, peer } = admitted;
     let v5 = connect.protocol == Protocol::V5;
     let props = &connect.properties;
     let how = match v5 {
@@ -62,11 +62,12 @@ pub fn connect(
             retain_available: (!config.retain_available).then_some(false),
             assigned_client_id: assigned.then(|| id.clone()),
             server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
-            shared_available: Some(false),
             response_info: match (props.request_response_info, &config.response_information) {
                 (Some(true), Some(prefix)) => Some(prefix.as_str().into()),
                 _ => None,
             },
+            auth_method: auth.as_ref().map(|a| a.method.clone()),
+            auth_data: auth.as_ref().and_then(|a| a.data.clone()),
             ..Properties::default()
         },
     };
@@ -84,6 +85,9 @@ pub fn connect(
         session_expiry,
         receive_maximum,
         aliases: Mutex::new(vec![None; max_alias]),
+        auth_method: auth.map(|a| a.method),
+        reauth: Mutex::new(None),
+        peer,
         ticket: AtomicU64::new(attachment.ticket.0),
         pressed: Default::default(),
     };
@@ -118,6 +122,10 @@ pub struct Admitted {
     pub listener: usize,
     /// The broker assigned the client id (the client sent an empty one).
     pub assigned: bool,
+    /// Its enhanced authentication (5.0), if it used one.
+    pub auth: Option<super::Authenticated>,
+    /// Its address.
+    pub peer: std::net::SocketAddr,
 }
 
 /// The checks on a CONNECT before its credentials: client id rules and the

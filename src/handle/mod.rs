@@ -11,12 +11,13 @@ pub use publish::{allowed, check_depth, check_retain};
 
 use crate::broker::Broker;
 use crate::error::Violation;
-use crate::packet::{Packet, Protocol, ReasonCode, Will};
-use crate::security::ClientInfo;
+use crate::packet::{Auth, Packet, Properties, Protocol, ReasonCode, Will};
+use crate::security::{AuthExchange, AuthStep, ClientInfo, ConnectInfo};
 use crate::session::Session;
 use crate::session_handle::SessionHandle;
 use crate::stats::ListenerStats;
 use crate::store::{Ticket, TicketStatus};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -47,6 +48,13 @@ pub struct Client {
     /// Inbound topic aliases (5.0): alias − 1 → topic, at most the Topic
     /// Alias Maximum announced in CONNACK.
     pub aliases: Mutex<Vec<Option<Arc<str>>>>,
+    /// The Authentication Method of its enhanced authentication (5.0), which
+    /// a re-authentication must use (MQTT-4.12.1-1).
+    pub auth_method: Option<Arc<str>>,
+    /// A re-authentication in progress.
+    pub reauth: Mutex<Option<Box<dyn AuthExchange>>>,
+    /// Its address (for the hooks, on re-authentication).
+    pub peer: std::net::SocketAddr,
     /// The store commit the packets being answered wait for: responses go
     /// out only once what they acknowledge is durable.
     pub ticket: AtomicU64,
@@ -165,14 +173,7 @@ pub fn packet(client: &Client, broker: &Broker, packet: Packet, out: &mut Vec<Pa
         Packet::Unsubscribe(pid, filters) => subscribe::unsubscribe(client, broker, pid, &filters, out),
         Packet::Pingreq => pong(out),
         Packet::Disconnect(d) => disconnect(client, broker, &d)?,
-        // No enhanced authentication is in progress after CONNACK.
-        Packet::Auth(_) => {
-            return Err(Violation::V5(
-                ReasonCode::PROTOCOL_ERROR,
-                "MQTT-4.12.0-1",
-                "AUTH without an authentication exchange in progress",
-            ));
-        }
+        Packet::Auth(a) => reauthenticate(client, broker, *a, out)?,
         Packet::Connect(_) => return Err(Violation::SecondConnect),
         _ => return Err(Violation::ServerOnlyPacket),
     })
@@ -210,6 +211,81 @@ pub fn drain(client: &Client, broker: &Broker, out: &mut Vec<Packet>) -> Drained
         Some(ticket) => Drained::Waiting(ticket),
         None => Drained::Sent,
     }
+}
+
+/// A finished enhanced authentication: its method and the data CONNACK
+/// carries (MQTT-4.12.0-5).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The Authentication Method.
+    pub method: Arc<str>,
+    /// The final Authentication Data, if any.
+    pub data: Option<Bytes>,
+}
+
+/// An AUTH packet with `reason`, `method` and `data`.
+pub fn auth_packet(reason: ReasonCode, method: &Arc<str>, data: impl Into<Option<Vec<u8>>>) -> Packet {
+    let properties = Properties {
+        auth_method: Some(method.clone()),
+        auth_data: data.into().map(Bytes::from),
+        ..Properties::default()
+    };
+    Packet::Auth(Box::new(Auth { reason, properties }))
+}
+
+/// AUTH after CONNACK: a re-authentication (MQTT 5.0, 4.12.1) with the
+/// method the client authenticated with, through the hooks. An AUTH from
+/// a client that did not use enhanced authentication is a Protocol Error
+/// (MQTT-4.12.0-7); a refused re-authentication closes with 0x87
+/// (MQTT-4.12.1-2).
+fn reauthenticate(client: &Client, broker: &Broker, auth: Auth, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
+    let Some(method) = &client.auth_method else {
+        return Err(Violation::V5(
+            ReasonCode::PROTOCOL_ERROR,
+            "MQTT-4.12.0-7",
+            "AUTH from a client that did not use enhanced authentication",
+        ));
+    };
+    if auth.properties.auth_method.as_deref() != Some(&**method) {
+        return Err(Violation::V5(
+            ReasonCode::PROTOCOL_ERROR,
+            "MQTT-4.12.1-1",
+            "re-authentication with another authentication method",
+        ));
+    }
+    let mut reauth = client.reauth.lock().unwrap_or_else(PoisonError::into_inner);
+    if auth.reason == ReasonCode::RE_AUTHENTICATE {
+        let info = ConnectInfo {
+            client_id: &client.id,
+            username: client.username.as_deref(),
+            password: None,
+            peer: client.peer,
+        };
+        *reauth = broker.guards().hooks.and_then(|h| h.start_auth(method, &info));
+    } else if auth.reason != ReasonCode::CONTINUE_AUTHENTICATION || reauth.is_none() {
+        return Err(Violation::V5(
+            ReasonCode::PROTOCOL_ERROR,
+            "MQTT-4.12.1-1",
+            "AUTH that neither starts nor continues a re-authentication",
+        ));
+    }
+    let step = match reauth.as_mut() {
+        Some(exchange) => exchange.step(auth.properties.auth_data.as_deref()),
+        None => AuthStep::Fail,
+    };
+    match step {
+        AuthStep::Continue(data) => out.push(auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, method, data)),
+        AuthStep::Success(data) => {
+            *reauth = None;
+            log::info!("client {}: re-authenticated ({method})", client.id);
+            out.push(auth_packet(ReasonCode::SUCCESS, method, data));
+        }
+        AuthStep::Fail => {
+            broker.stats().auth_failed();
+            return Err(Violation::V5(ReasonCode::NOT_AUTHORIZED, "MQTT-4.12.1-2", "re-authentication refused"));
+        }
+    }
+    Ok(Flow::Continue)
 }
 
 /// DISCONNECT: 5.0 may change the Session Expiry Interval, except from 0

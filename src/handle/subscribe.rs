@@ -8,8 +8,8 @@ use crate::topic;
 /// Adds the subscriptions and answers SUBACK with one code per filter, in
 /// order (MQTT-3.8.4-1/-5); retained messages follow through the session queue.
 /// A filter deeper than `max_topic_levels` is refused (0x80; 5.0: 0x8F),
-/// one the ACL refuses too (0x80; 5.0: 0x87). A shared subscription
-/// (`$share/...`) is not supported yet: 0x80 (5.0: 0x9E), as CONNACK says.
+/// one the ACL refuses too (0x80; 5.0: 0x87). Shared subscriptions
+/// (`$share/{name}/{filter}`) work for 3.1.1 clients too, as in Mosquitto.
 pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec<Packet>) -> Flow {
     let guards = broker.guards();
     let max_levels = broker.config().max_topic_levels;
@@ -18,14 +18,6 @@ pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec
         .filters
         .iter()
         .map(|(f, options)| {
-            if f.starts_with("$share/") {
-                crate::limited!(
-                    "shared subscription",
-                    log::Level::Info,
-                    "client {id} subscribed to shared subscription {f}: not supported, refused"
-                );
-                return Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-            }
             if topic::deeper_than(f, max_levels) {
                 crate::limited!(
                     "deep filter",
@@ -34,7 +26,9 @@ pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec
                 );
                 return Some(ReasonCode::TOPIC_FILTER_INVALID);
             }
-            if !guards.allow_subscribe(&client.info(), f, options.qos) {
+            // A shared subscription is checked as the filter it shares.
+            let checked = topic::shared(f).map_or(f.as_str(), |(_, inner)| inner);
+            if !guards.allow_subscribe(&client.info(), checked, options.qos) {
                 crate::limited!("denied subscribe", log::Level::Info, "client {id} may not subscribe to {f}: refused");
                 return Some(ReasonCode::NOT_AUTHORIZED);
             }

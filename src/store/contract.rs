@@ -25,6 +25,7 @@ fn message5() -> StoredMessage {
         ..Properties::default()
     };
     StoredMessage {
+        shared: None,
         properties: Some(Arc::new(properties)),
         expires: Some(1_900_000_000_000),
         subscription_ids: vec![7, 268_435_455],

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod packets;
 pub mod process;
+pub mod v5;
 
 use midge::{Broker, Config, Runtime, RuntimeKind, Server};
 use std::net::SocketAddr;
@@ -26,20 +27,22 @@ macro_rules! runtime_test {
 }
 
 /// Defines one `#[test]` per compiled runtime for a body that takes the
-/// `RuntimeKind` itself (for tests that start and stop brokers).
+/// `RuntimeKind` itself (for tests that start and stop brokers). Attributes
+/// (doc comments, `#[ignore = "why"]`) go on each generated test.
 macro_rules! runtime_kind_test {
     ($(#[$meta:meta])* $name:ident, $body:expr) => {
-        $(#[$meta])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
+            $(#[$meta])*
             #[cfg(feature = "async-std")]
             #[test]
             fn async_std() {
                 ($body)(midge::RuntimeKind::AsyncStd);
             }
 
+            $(#[$meta])*
             #[cfg(feature = "smol")]
             #[test]
             fn smol() {
