@@ -320,3 +320,70 @@ runtime_test!(
         assert_eq!(code("mqttv311"), Some(5), "3.1.1 refusal");
     }
 );
+
+runtime_test!(
+    /// A shared subscription held by a 5.0 and a 3.1.1 mosquitto_sub gets
+    /// each of four messages once for the group, two to each member in turn
+    /// (round_robin, the default; section 4.8.2).
+    mqtt_4_8_2_mosquitto_shared_subscription_with_v5_and_v311_members,
+    |b: &TestBroker| {
+        let filter = "$share/group/shared/#";
+        let mut members = [subscriber(b, "mqttv5", filter, 2, &[]), subscriber(b, "mqttv311", filter, 2, &[])];
+        for i in 0..4 {
+            publish(b, "mqttv5", &format!("shared/{i}"), &["-m", &i.to_string()]);
+        }
+        let mut got: Vec<String> = Vec::new();
+        for member in &mut members {
+            got.extend([next_message(member)["p"].clone(), next_message(member)["p"].clone()]);
+            assert_eq!(member.wait_exit(), Some(0));
+        }
+        got.sort();
+        assert_eq!(got, ["0", "1", "2", "3"], "each message once for the group");
+    }
+);
+
+runtime_test!(
+    /// Will Delay Interval 2 s (`-D will will-delay-interval 2`, Session
+    /// Expiry 10 s): a killed mosquitto_sub's will is published after the
+    /// delay, not at once; one whose session a new connection resumes within
+    /// the delay has no will published (MQTT-3.1.3-9).
+    mqtt_3_1_3_9_mosquitto_v5_will_delay_interval,
+    |b: &TestBroker| {
+        let port = b.addr.port().to_string();
+        let watch = ["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-t", "delayed/#", "-C", "2", "-W", "5", "-d"];
+        let mut watcher = Process::mosquitto_sub(&[&watch[..], &["-F", FORMAT]].concat());
+        watcher.wait_for("Subscribed (mid");
+        let will = |id: &'static str| {
+            let topic = format!("delayed/{id}");
+            let args = ["-i", id, "-c", "-x", "10", "--will-topic", &topic, "--will-payload", id, "-D", "will"];
+            subscriber(b, "mqttv5", "unrelated", 1, &[&args[..], &["will-delay-interval", "2"]].concat())
+        };
+        let (late, back) = (will("late"), will("back"));
+        drop(late); // SIGKILL: no DISCONNECT
+        drop(back);
+        let start = std::time::Instant::now();
+        let resume = ["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-i", "back", "-c", "-x", "10", "-t", "x", "-E"];
+        assert_eq!(run("mosquitto_sub", &resume), Some(0), "resuming the session of back");
+        let got = next_message(&mut watcher);
+        let elapsed = start.elapsed();
+        assert_eq!(got["t"], "delayed/late", "{got:?}");
+        assert!(elapsed >= Duration::from_millis(1800), "will published {elapsed:?} after the close, its delay is 2 s");
+        // -W 5 ends it ("Timed out" is on stderr), unless a second will came.
+        watcher.wait_for("sending DISCONNECT");
+        let wills: Vec<_> = watcher.seen.iter().filter(|l| l.starts_with("msg ")).collect();
+        assert_eq!(wills.len(), 1, "the will of the resumed session was published (MQTT-3.1.3-9): {wills:#?}");
+    }
+);
+
+runtime_test!(
+    /// A 5.0 CONNECT with an Authentication Method no hook handles gets
+    /// CONNACK 0x8C Bad authentication method, mosquitto_pub's exit status
+    /// (MQTT-4.12.0-1).
+    mqtt_4_12_0_1_mosquitto_v5_unknown_authentication_method_gets_0x8c,
+    |b: &TestBroker| {
+        let port = b.addr.port().to_string();
+        let args = ["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-t", "t", "-m", "x"];
+        let method = ["-D", "connect", "authentication-method", "SCRAM-SHA-1"];
+        assert_eq!(run("mosquitto_pub", &[&args[..], &method].concat()), Some(0x8C));
+    }
+);

@@ -131,6 +131,9 @@ const SCENARIOS5: &[(&str, &str)] = &[
     ("receive_maximum", "at most the client's Receive Maximum unacknowledged (MQTT-3.3.4-9)"),
     ("maximum_packet_size", "nothing over the client's Maximum Packet Size (MQTT-3.1.2-24, -25)"),
     ("response_information", "Response Information only when asked (MQTT-3.1.2-28)"),
+    ("shared_subscriptions", "one delivery per group, round robin, 5.0 and 3.1.1 members, no retained (4.8.2)"),
+    ("shared_subscription_member_leaves", "a leaving member's unacknowledged message goes to another (4.8.2)"),
+    ("will_delay", "Will Delay Interval, no will when the session resumes in time (MQTT-3.1.3-9)"),
 ];
 
 runtime_test!(

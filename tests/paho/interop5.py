@@ -653,6 +653,100 @@ def scenario_response_information(clients):
     check(got is None, f"Response Information {got!r} sent unasked (MQTT-3.1.2-28)")
 
 
+def scenario_shared_subscriptions(clients):
+    """A shared subscription $share/NAME/FILTER held by two 5.0 clients and
+    a 3.1.1 client gets each message once for the whole group (section
+    4.8.2), in turn (round_robin, the default), and no retained message
+    when it subscribes (section 4.8.2); a plain subscription still gets
+    every message; CONNACK says Shared Subscription Available (it may
+    leave it out: absent means available, 3.2.2.3.15)."""
+    base = f"{TOKEN}/shared"
+    share = f"$share/g{TOKEN}/{base}/#"
+    p = Client("shared", "publisher"); clients.append(p)
+    p.connect()
+    check(prop(p.connack_properties, "SharedSubscriptionAvailable", 1) == 1,
+          "CONNACK says Shared Subscription Available 0")
+    p.publish(f"{base}/retained", b"retained", 1, retain=True)
+    members = [Client("shared", "m5a"), Client("shared", "m5b"),
+               Client("shared", "m311", protocol=mqtt.MQTTv311)]
+    for m in members:
+        clients.append(m)
+        m.connect(keepalive=20)  # a 3.1.1 client above max_keepalive is refused
+        check(m.subscribe([(share, 1)]) == [1], f"{m.client_id}: SUBACK did not grant QoS 1 to {share}")
+    plain = Client("shared", "plain"); clients.append(plain)
+    plain.connect()
+    plain.subscribe([(f"{base}/t", 1)])
+    for i in range(6):
+        p.publish(f"{base}/t", f"{i}".encode(), 1)
+    check(len(plain.receive_n(6)) == 6, "the plain subscriber missed messages")
+    got = {m.client_id: m.quiet(0.5) for m in members}
+    payloads = sorted(x.payload for msgs in got.values() for x in msgs)
+    check(payloads == [f"{i}".encode() for i in range(6)],
+          f"the group got {payloads}, expected 0..5 once each (4.8.2; retained ones excluded)")
+    counts = {cid: len(msgs) for cid, msgs in got.items()}
+    check(sorted(counts.values()) == [2, 2, 2], f"messages per member {counts}, expected 2 each (round_robin)")
+    p.publish(f"{base}/retained", b"", 1, retain=True)
+
+
+def scenario_shared_subscription_member_leaves(clients):
+    """A member of a shared subscription that leaves with an unacknowledged
+    QoS 1 message does not keep it: the message goes to another member
+    (section 4.8.2)."""
+    base = f"{TOKEN}/sharedleave"
+    share = f"$share/g{TOKEN}/{base}/#"
+    holder = Client("sharedleave", "holder"); clients.append(holder)
+    holder.c.manual_ack_set(True)
+    other = Client("sharedleave", "other"); clients.append(other)
+    for m in (holder, other):
+        m.connect()
+        m.subscribe([(share, 1)])
+    p = Client("sharedleave", "publisher"); clients.append(p)
+    p.connect()
+    for i in range(2):
+        p.publish(f"{base}/t", f"{i}".encode(), 1)
+    held = holder.receive_n(1) + holder.quiet(0.3)
+    check(len(held) == 1, f"the holder got {describe(held)}, expected one of two (round_robin)")
+    delivered = other.receive_n(2 - len(held), what="messages not given to the holder")
+    holder.kill()  # never acknowledged
+    moved = other.receive_n(len(held), what="the unacknowledged message of the member that left")
+    check(sorted(m.payload for m in delivered + moved) == [b"0", b"1"],
+          f"the remaining member got {describe(delivered + moved)}, expected 0 and 1")
+
+
+def scenario_will_delay(clients):
+    """Will Delay Interval 2 s with Session Expiry 10 s: the will is
+    published about 2 s after an abrupt close, not at once; a client that
+    resumes its session within the delay has no will published
+    (MQTT-3.1.3-9)."""
+    base = f"{TOKEN}/willdelay"
+    w = Client("willdelay", "watcher"); clients.append(w)
+    w.connect()
+    w.subscribe([(f"{base}/+", 1)])
+    session = props("CONNECT", SessionExpiryInterval=10)
+    delayed = props("WILLMESSAGE", WillDelayInterval=2)
+    a = Client("willdelay", "late"); clients.append(a)
+    a.will(f"{base}/late", b"after the delay", qos=1, properties=delayed)
+    a.connect(properties=session)
+    a.kill()
+    start = time.monotonic()
+    m = w.receive(timeout=8.0, what="will after its 2 s delay")
+    elapsed = time.monotonic() - start
+    check(m.payload == b"after the delay", f"unexpected {describe([m])}")
+    check(1.8 <= elapsed <= 6.0, f"will published {elapsed:.1f}s after the close, its delay is 2 s")
+
+    cid = f"{TOKEN}-willdelay-back"
+    b = Client("willdelay", "back", client_id=cid); clients.append(b)
+    b.will(f"{base}/back", b"must not be sent", qos=1, properties=delayed)
+    b.connect(properties=session)
+    b.kill()
+    b2 = Client("willdelay", "back-again", clean_session=False, client_id=cid); clients.append(b2)
+    b2.connect(properties=session, expect_session_present=True)
+    got = w.quiet(3.0)
+    check(not got, f"will published although the session resumed within its delay (MQTT-3.1.3-9): {describe(got)}")
+    b2.disconnect()
+    v3.clear_session("willdelay", cid)
+
+
 SCENARIOS = [
     # tests/paho/interop.py's, over MQTT 5.0 (not its overlapping
     # subscriptions: 5.0 allows a copy per subscription, MQTT-3.3.4-2)
@@ -680,6 +774,9 @@ SCENARIOS = [
     ("receive_maximum", scenario_receive_maximum),
     ("maximum_packet_size", scenario_maximum_packet_size),
     ("response_information", scenario_response_information),
+    ("shared_subscriptions", scenario_shared_subscriptions),
+    ("shared_subscription_member_leaves", scenario_shared_subscription_member_leaves),
+    ("will_delay", scenario_will_delay),
 ]
 
 
