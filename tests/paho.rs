@@ -107,7 +107,7 @@ const SCENARIOS5: &[(&str, &str)] = &[
     ("dollar_topics", "wildcards do not match $ topics (MQTT-4.7.2-1)"),
     ("unsubscribe", "no delivery after UNSUBACK (MQTT-3.10.4-2)"),
     ("will_message", "will on abrupt close, none after DISCONNECT 0x00 (MQTT-3.1.2-8, MQTT-3.14.4-3)"),
-    ("connack_properties", "Receive Maximum, Topic Alias Maximum, Server Keep Alive (MQTT-3.2.2-21, -22)"),
+    ("connack_properties", "Receive Maximum, Topic Alias Maximum, Server Keep Alive (MQTT-3.2.2-22)"),
     ("zero_length_client_id", "Assigned Client Identifier (MQTT-3.1.3-6, -7, MQTT-3.2.2-16)"),
     ("session_expiry", "Session Expiry Interval 60, 0 and 1 s (MQTT-3.1.2-23, MQTT-4.1.0-2)"),
     ("subscription_identifiers", "overlapping subscriptions' identifiers (MQTT-3.3.4-3, -4, -5)"),
@@ -123,7 +123,7 @@ const SCENARIOS5: &[(&str, &str)] = &[
     ("message_expiry", "expired messages not delivered, what is left forwarded (MQTT-3.3.2-5, -6)"),
     (
         "topic_aliases",
-        "aliases in, out within the client's maximum, 0x94 above ours (MQTT-3.1.2-26, -27, MQTT-3.3.2-9)",
+        "aliases in, out within the client's maximum, 0x94 above ours (MQTT-3.3.2-12, MQTT-3.1.2-26, -27)",
     ),
     ("no_local", "No Local (MQTT-3.8.3-3)"),
     ("retain_as_published", "Retain As Published (MQTT-3.3.1-12, -13)"),
