@@ -387,3 +387,21 @@ runtime_test!(
         assert_eq!(run("mosquitto_pub", &[&args[..], &method].concat()), Some(0x8C));
     }
 );
+
+runtime_test!(
+    /// A mosquitto_sub announcing Receive Maximum 1 (`-D connect
+    /// receive-maximum 1`) gets five QoS 1 messages sent back to back, in
+    /// order: one in flight at a time (MQTT-3.3.4-9), none lost.
+    mqtt_3_3_4_9_mosquitto_v5_receive_maximum_1,
+    |b: &TestBroker| {
+        let mut sub = subscriber(b, "mqttv5", "window/#", 5, &["-D", "connect", "receive-maximum", "1"]);
+        let port = b.addr.port().to_string();
+        let args = ["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-t", "window/t", "-q", "1", "-l"];
+        let mut publisher = Process::spawn_with_input("mosquitto_pub", &args, b"0\n1\n2\n3\n4\n");
+        assert_eq!(publisher.wait_exit(), Some(0), "mosquitto_pub -l");
+        for i in 0..5 {
+            assert_eq!(next_message(&mut sub), without_properties("window/t", &i.to_string()));
+        }
+        assert_eq!(sub.wait_exit(), Some(0));
+    }
+);
