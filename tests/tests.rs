@@ -28,6 +28,9 @@ mod flow;
 mod hardening;
 /// Independent clients: mosquitto_pub / mosquitto_sub.
 mod interop;
+/// Independent MQTT 5.0 clients: mosquitto_pub / mosquitto_sub `-V mqttv5`
+/// with `-D` properties, read back with `-F`, beside 3.1.1 clients.
+mod interop5;
 /// Prometheus metrics and the HTTP endpoint: counters after traffic, bad
 /// HTTP input, `promtool check metrics`, a real Prometheus server scraping.
 mod metrics;
@@ -62,5 +65,5 @@ mod upgrade;
 /// control, DISCONNECT reason codes, bad input, 3.1.1 interoperability.
 mod v5;
 /// MQTT over WebSockets (`ws://`, `wss://`): the handshake, frames, bad
-/// input, and MQTT.js under Node and in headless Chromium.
+/// input, and MQTT.js (3.1.1 and 5.0) under Node and in headless Chromium.
 mod websockets;

@@ -1,6 +1,7 @@
 //! MQTT over WebSockets (section 6): the byte-level client over `ws://` and
-//! `wss://` (each write one binary message), the handshake's rules, and bad
-//! input on every new surface. Each broker has a WebSocket listener first
+//! `wss://` (each write one binary message), the handshake's rules, bad
+//! input on every new surface, and MQTT.js (3.1.1 and 5.0) under Node and in
+//! headless Chromium. Each broker has a WebSocket listener first
 //! (`TestBroker::raw` connects to it) and a TCP listener second.
 
 use crate::support::client::{Raw, TIMEOUT, WebSocket, tcp, ws_handshake, ws_handshake_over, ws_handshake_with};
@@ -578,5 +579,70 @@ runtime_test!(
             "/usr/bin/chromium is missing: apt-get install chromium (.ci/run does)"
         );
         mqttjs_exchange(b, "browser", &format!("ws://{}/mqtt", b.addr));
+    }
+);
+
+/// The checks tests/js/mqttjs.mjs makes over MQTT 5.0 (`exchange5`), each
+/// printed as `OK <name>`.
+const MQTTJS5_CHECKS: &[&str] = &[
+    "connack_properties",
+    "suback_granted",
+    "suback_reason_codes",
+    "properties_round_trip",
+    "message_expiry_forwarded",
+    "subscription_identifier",
+    "topic_alias_inbound",
+    "topic_alias_outbound",
+    "puback_no_matching_subscribers",
+    "no_local",
+];
+
+/// Runs tests/js/mqttjs.mjs over MQTT 5.0 (`node` or `browser`) against
+/// `url` and checks every one of [`MQTTJS5_CHECKS`] passed.
+fn mqttjs5_exchange(place: &str, url: &str) {
+    let script = js_script();
+    let mut js = Process::spawn("node", &[&script, place, url, "5"]);
+    // Chromium may take a while to start while the rest of the suite runs.
+    js.wait_for_within("OK connack_properties", Duration::from_secs(60));
+    js.wait_for("DONE");
+    assert_eq!(js.wait_exit(), Some(0), "MQTT.js 5.0 in {place}: {:#?}", js.seen);
+    let missing: Vec<_> = MQTTJS5_CHECKS.iter().filter(|c| !js.seen.contains(&format!("OK {c}"))).collect();
+    assert!(missing.is_empty(), "MQTT.js 5.0 in {place}: checks not passed {missing:?}: {:#?}", js.seen);
+}
+
+/// WebSocket and TCP listeners, and `max_topic_levels` 5 for the SUBACK
+/// 0x8F check of tests/js/mqttjs.mjs.
+fn ws_and_tcp_five_levels(c: &mut midge::Config) {
+    ws_and_tcp(c);
+    c.max_topic_levels = 5;
+}
+
+runtime_test!(
+    /// MQTT.js with `protocolVersion: 5` under Node over ws:// and plain TCP:
+    /// CONNACK's Receive Maximum and Topic Alias Maximum, SUBACK reason
+    /// codes (granted QoS, 0x8F), message properties round trip
+    /// (MQTT-3.3.2-4, -15, -16, -17, -20) with the remaining expiry
+    /// (MQTT-3.3.2-6) and the Subscription Identifier (MQTT-3.3.4-3), topic
+    /// aliases in (MQTT-3.3.2-12) and out within the client's maximum
+    /// (MQTT-3.1.2-26), PUBACK 0x10, No Local (MQTT-3.8.3-3).
+    mqttjs5_node_over_ws_and_tcp,
+    ws_and_tcp_five_levels,
+    |b: &TestBroker| {
+        mqttjs5_exchange("node", &format!("ws://{}/mqtt", b.addr));
+        mqttjs5_exchange("node", &format!("mqtt://{}", b.addrs[1]));
+    }
+);
+
+runtime_test!(
+    /// The same MQTT 5.0 checks with MQTT.js's browser bundle in a page in
+    /// Debian's headless Chromium over ws://.
+    mqttjs5_in_headless_chromium_over_ws,
+    ws_and_tcp_five_levels,
+    |b: &TestBroker| {
+        assert!(
+            std::path::Path::new("/usr/bin/chromium").exists(),
+            "/usr/bin/chromium is missing: apt-get install chromium (.ci/run does)"
+        );
+        mqttjs5_exchange("browser", &format!("ws://{}/mqtt", b.addr));
     }
 );

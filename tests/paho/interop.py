@@ -50,6 +50,9 @@ TOKEN = uuid.uuid4().hex[:8]
 # Whether the broker queues QoS 0 messages for offline sessions
 # (midge --queue-qos0-messages); midge's default is not to.
 QUEUED_QOS0 = False
+# The protocol Client speaks unless told otherwise: tests/paho/interop5.py
+# sets mqtt.MQTTv5 and runs some of these scenarios again over MQTT 5.0.
+PROTOCOL = mqtt.MQTTv311
 
 
 class Failure(Exception):
@@ -66,18 +69,27 @@ def check(cond, reason):
 
 
 class Client:
-    """A paho-mqtt 2.x client (MQTT 3.1.1) with its network loop in a thread
-    and its callbacks turned into queues and events that can be awaited."""
+    """A paho-mqtt 2.x client (MQTT 3.1.1 unless PROTOCOL or `protocol` says
+    otherwise) with its network loop in a thread and its callbacks turned
+    into queues and events that can be awaited. Over MQTT 5.0,
+    `clean_session` is the Clean Start flag."""
 
-    def __init__(self, scenario, name, clean_session=True, client_id=None):
+    def __init__(self, scenario, name, clean_session=True, client_id=None,
+                 protocol=None):
         if client_id is None:
             client_id = f"{TOKEN}-{scenario}-{name}"
         self.client_id = client_id
+        self.protocol = PROTOCOL if protocol is None else protocol
+        self.v5 = self.protocol == mqtt.MQTTv5
+        self.clean_session = clean_session
+        # paho refuses a clean_session argument for MQTT 5.0 (Clean Start is
+        # given to connect()).
+        session = {} if self.v5 else {"clean_session": clean_session}
         self.c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=clean_session,
+            protocol=self.protocol,
+            **session,
         )
         # Never reconnect behind the scenario's back.
         self.c.reconnect_delay_set(min_delay=60, max_delay=60)
@@ -86,17 +98,25 @@ class Client:
         self.subacks = {}
         self.unsubacks = {}
         self.disconnected = threading.Event()
+        # The reason code of the DISCONNECT that ended the connection (5.0).
+        self.disconnect_reason = None
+        # CONNACK's properties (5.0), and each publish's PUBACK / PUBREC /
+        # PUBCOMP reason code by message id.
+        self.connack_properties = None
+        self.acks = {}
         self.lock = threading.Lock()
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self.c.on_unsubscribe = self._on_unsubscribe
         self.c.on_disconnect = self._on_disconnect
+        self.c.on_publish = self._on_publish
         self.looping = False
         self.closed = False
 
     # callbacks, on paho's network thread
     def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack_properties = properties
         self.connacks.put((flags.session_present, reason_code))
 
     def _on_message(self, client, userdata, message):
@@ -113,19 +133,26 @@ class Client:
 
     def _on_unsubscribe(self, client, userdata, mid, reason_code_list, properties):
         slot = self._ack_slot(self.unsubacks, mid)
+        slot[1] = [rc.value for rc in reason_code_list]
         slot[0].set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code
         self.disconnected.set()
 
-    # operations
-    def will(self, topic, payload, qos=1, retain=False):
-        self.c.will_set(topic, payload, qos=qos, retain=retain)
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self.lock:
+            self.acks[mid] = reason_code
 
-    def connect(self, keepalive=60, expect_session_present=None):
+    # operations
+    def will(self, topic, payload, qos=1, retain=False, properties=None):
+        self.c.will_set(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def connect(self, keepalive=60, expect_session_present=None, properties=None):
         """Connects, starts the network loop, waits for CONNACK 0 and returns
-        the session-present flag."""
-        self.c.connect(HOST, PORT, keepalive=keepalive)
+        the session-present flag. `properties`: CONNECT's (5.0)."""
+        v5 = {"clean_start": self.clean_session, "properties": properties} if self.v5 else {}
+        self.c.connect(HOST, PORT, keepalive=keepalive, **v5)
         self.c.loop_start()
         self.looping = True
         try:
@@ -139,30 +166,36 @@ class Client:
                   f" expected {expect_session_present}")
         return session_present
 
-    def subscribe(self, subs):
-        """Subscribes to [(filter, qos)], waits for SUBACK, returns the
-        granted QoS list."""
-        rc, mid = self.c.subscribe(subs)
+    def subscribe(self, subs, properties=None):
+        """Subscribes to [(filter, qos or SubscribeOptions)], waits for
+        SUBACK, returns the granted QoS (5.0: reason code) list."""
+        rc, mid = self.c.subscribe(subs, properties=properties)
         check(rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe {subs}: paho error {rc}")
         slot = self._ack_slot(self.subacks, mid)
         check(slot[0].wait(WAIT), f"{self.client_id}: no SUBACK for {subs}")
         return slot[1]
 
     def unsubscribe(self, topic):
+        """Unsubscribes from a filter (or a list of them), waits for UNSUBACK,
+        returns its reason codes (5.0; empty for 3.1.1)."""
         rc, mid = self.c.unsubscribe(topic)
         check(rc == mqtt.MQTT_ERR_SUCCESS, f"unsubscribe {topic}: paho error {rc}")
         slot = self._ack_slot(self.unsubacks, mid)
         check(slot[0].wait(WAIT), f"{self.client_id}: no UNSUBACK for {topic}")
+        return slot[1]
 
-    def publish(self, topic, payload, qos=0, retain=False):
+    def publish(self, topic, payload, qos=0, retain=False, properties=None):
         """Publishes and waits until the QoS flow is complete (PUBACK for QoS
-        1, PUBCOMP for QoS 2, written to the socket for QoS 0)."""
-        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        1, PUBCOMP for QoS 2, written to the socket for QoS 0); returns the
+        last acknowledgement's reason code (5.0), if paho reported one."""
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         check(info.rc == mqtt.MQTT_ERR_SUCCESS,
               f"publish to {topic} at QoS {qos}: paho error {info.rc}")
         info.wait_for_publish(timeout=WAIT)
         check(info.is_published(),
               f"publish to {topic} at QoS {qos}: flow not completed within {WAIT}s")
+        with self.lock:
+            return self.acks.pop(info.mid, None)
 
     def receive(self, timeout=WAIT, what="a message"):
         try:
@@ -547,21 +580,43 @@ def scenario_keepalive(clients):
     w.disconnect()
 
 
-def scenario_redelivery_on_reconnect(clients):
+class Wire311:
+    """What the raw client of scenario_redelivery_on_reconnect sends and
+    expects over MQTT 3.1.1 (interop5.py has the 5.0 one)."""
+    name = "redelivery"
+    raw = Raw
+
+    @staticmethod
+    def connect(cid):
+        return connect_packet(cid, clean_session=False)
+
+    @staticmethod
+    def subscribe(topic):
+        return subscribe_packet(1, [(topic, 2)])
+
+    # SUBACK: packet id 1, QoS 2 granted.
+    suback = b"\x00\x01\x02"
+
+    @staticmethod
+    def pubrel_ok(body, pid):
+        return body == struct.pack("!H", pid)
+
+
+def scenario_redelivery_on_reconnect(clients, wire=Wire311):
     """A persistent-session subscriber that does not acknowledge QoS 1 and 2
     messages gets them again on reconnect, same packet ids, DUP set
     (MQTT-4.4.0-1, MQTT-3.3.1-1)."""
-    topic = f"{TOKEN}/redelivery/topic"
-    cid = f"{TOKEN}-redelivery-raw"
-    raw = Raw(); clients.append(raw)
-    raw.send(connect_packet(cid, clean_session=False))
+    topic = f"{TOKEN}/{wire.name}/topic"
+    cid = f"{TOKEN}-{wire.name}-raw"
+    raw = wire.raw(); clients.append(raw)
+    raw.send(wire.connect(cid))
     sp, rc = raw.connack()
     check(rc == 0, f"CONNACK return code {rc}")
-    raw.send(subscribe_packet(1, [(topic, 2)]))
+    raw.send(wire.subscribe(topic))
     _, body = raw.expect(9)
-    check(body == b"\x00\x01\x02", f"SUBACK {body!r}, expected id 1 granted 2")
+    check(body == wire.suback, f"SUBACK {body!r}, expected {wire.suback!r}: id 1 granted 2")
 
-    p = Client("redelivery", "publisher"); clients.append(p)
+    p = Client(wire.name, "publisher"); clients.append(p)
     p.connect()
     p.publish(topic, b"redeliver qos 1", 1)
     p.publish(topic, b"redeliver qos 2", 2)
@@ -575,8 +630,8 @@ def scenario_redelivery_on_reconnect(clients):
     raw.close()
     p.disconnect()
 
-    raw2 = Raw(); clients.append(raw2)
-    raw2.send(connect_packet(cid, clean_session=False))
+    raw2 = wire.raw(); clients.append(raw2)
+    raw2.send(wire.connect(cid))
     sp, rc = raw2.connack()
     check(rc == 0, f"reconnect: CONNACK return code {rc}")
     check(sp == 1, "reconnect: CONNACK session present 0 (MQTT-3.2.2-2)")
@@ -598,12 +653,12 @@ def scenario_redelivery_on_reconnect(clients):
     raw2.send(ack_packet("puback", qos1["pid"]))
     raw2.send(ack_packet("pubrec", qos2["pid"]))
     flags, body = raw2.expect(6)
-    check(flags == 2 and body == struct.pack("!H", qos2["pid"]),
+    check(flags == 2 and wire.pubrel_ok(body, qos2["pid"]),
           f"PUBREL flags {flags} body {body!r} (MQTT-3.6.1-1)")
     raw2.send(ack_packet("pubcomp", qos2["pid"]))
     raw2.send(DISCONNECT)
     raw2.close()
-    clear_session("redelivery", cid)
+    clear_session(wire.name, cid)
 
 
 def scenario_dollar_topics(clients):
@@ -703,9 +758,9 @@ SCENARIOS = [
 ]
 
 
-def main():
-    global HOST, PORT, QUEUED_QOS0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def argument_parser(description):
+    """The command line every interoperability script takes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--queued-qos0", action="store_true",
@@ -713,11 +768,17 @@ def main():
     parser.add_argument("--verbose", action="store_true",
                         help="print a traceback for each failure")
     parser.add_argument("only", nargs="*", help="run only these scenarios")
-    args = parser.parse_args()
+    return parser
+
+
+def run(scenarios, args):
+    """Runs `scenarios` ([(name, function)]) against the broker `args` name,
+    one line each, and exits 0 only if all passed."""
+    global HOST, PORT, QUEUED_QOS0
     HOST, PORT, QUEUED_QOS0 = args.host, args.port, args.queued_qos0
 
     passed = failed = 0
-    for name, scenario in SCENARIOS:
+    for name, scenario in scenarios:
         if args.only and name not in args.only:
             continue
         clients = []
@@ -742,6 +803,10 @@ def main():
                     pass
     print(f"{passed} passed, {failed} failed", flush=True)
     sys.exit(0 if failed == 0 and passed > 0 else 1)
+
+
+def main():
+    run(SCENARIOS, argument_parser(__doc__.splitlines()[0]).parse_args())
 
 
 if __name__ == "__main__":

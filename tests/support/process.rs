@@ -1,7 +1,7 @@
 //! Child processes for tests: the `midge` binary and the mosquitto clients,
 //! with their output read line by line under a deadline, killed on drop.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,15 +23,27 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args`; panics with a hint if it is missing.
     pub fn spawn(program: &str, args: &[&str]) -> Process {
+        Self::start(program, args, None)
+    }
+
+    /// [`Process::spawn`] with `input` on the child's stdin (then closed).
+    pub fn spawn_with_input(program: &str, args: &[&str], input: &[u8]) -> Process {
+        Self::start(program, args, Some(input))
+    }
+
+    fn start(program: &str, args: &[&str], input: Option<&[u8]>) -> Process {
         let mut child = Command::new(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot run {program} ({e}); .ci/run installs it (apt-get install mosquitto-clients)")
             });
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input).unwrap_or_else(|e| panic!("{program}: writing its stdin: {e}"));
+        }
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         let paused = Arc::new((Mutex::new(false), Condvar::new()));
