@@ -10,6 +10,7 @@ use crate::support::{TempDir, TestBroker};
 use bytes::Bytes;
 use midge::Config;
 use midge::packet::QoS;
+use midge::security::{AuthExchange, AuthStep, ConnectInfo, Hooks};
 use midge::v5::{
     Ack, Auth, Disconnect, Packet, Properties, Publish, ReasonCode as R, RetainHandling, Subscribe,
     SubscriptionOptions, Unsubscribe, Will,
@@ -119,10 +120,23 @@ fn session(b: &TestBroker, id: &str, clean: bool, expiry: u32) -> (V5, bool) {
 /// two PINGRESPs. With `ack`, each is acknowledged as it arrives (a QoS 2
 /// one's PUBREL, which may come after a PINGRESP, is awaited too).
 fn drain(c: &mut V5, ack: bool) -> Vec<Publish> {
-    c.send(&Packet::Pingreq);
-    c.send(&Packet::Pingreq);
-    let (mut got, mut pongs, mut releases) = (Vec::new(), 0, Vec::new());
-    while pongs < 2 || !releases.is_empty() {
+    drain_after(c, 0, ack)
+}
+
+/// [`drain`] that first waits (within the client's timeout) for `n`
+/// PUBLISHes, which may still be on their way, then for anything queued
+/// behind them: more than `n` means more than expected arrived.
+fn drain_after(c: &mut V5, n: usize, ack: bool) -> Vec<Publish> {
+    let (mut got, mut pongs, mut releases, mut pinged) = (Vec::new(), 0, Vec::new(), false);
+    loop {
+        if !pinged && got.len() >= n {
+            c.send(&Packet::Pingreq);
+            c.send(&Packet::Pingreq);
+            pinged = true;
+        }
+        if pongs == 2 && releases.is_empty() {
+            return got;
+        }
         match c.recv() {
             Packet::Pingresp => pongs += 1,
             Packet::Publish(p) => {
@@ -141,6 +155,21 @@ fn drain(c: &mut V5, ack: bool) -> Vec<Publish> {
                 c.send(&Packet::Pubcomp(Ack::success(a.pid)));
             }
             other => panic!("expected PUBLISH or PINGRESP, got {other:?}"),
+        }
+    }
+}
+
+/// What each of `members` (of one share group) received, drained until
+/// `total` PUBLISHes arrived across them (within the test timeout), each
+/// acknowledged if `ack`.
+fn drain_group(members: &mut [&mut V5], total: usize, ack: bool) -> Vec<Vec<Publish>> {
+    let deadline = Instant::now() + crate::support::client::TIMEOUT;
+    let mut got: Vec<Vec<Publish>> = members.iter().map(|_| Vec::new()).collect();
+    while got.iter().map(Vec::len).sum::<usize>() < total {
+        let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert!(Instant::now() < deadline, "only {counts:?} of {total} arrived");
+        for (m, seen) in members.iter_mut().zip(&mut got) {
+            seen.extend(drain(m, ack));
         }
     }
     got
@@ -205,17 +234,20 @@ runtime_test!(
 
 runtime_test!(
     /// 3.2.2.3: the announced limits follow the configuration: Receive
-    /// Maximum = max_inflight, Maximum Packet Size = max_packet_size, Retain
-    /// Available 0 when retain_available is off.
+    /// Maximum = max_inflight, Maximum Packet Size = max_packet_size, Topic
+    /// Alias Maximum = max_topic_alias, Retain Available 0 when
+    /// retain_available is off.
     mqtt_3_2_2_3_connack_limits_follow_the_config,
     |c: &mut Config| {
         c.max_inflight = 5;
         c.max_packet_size = 4096;
         c.retain_available = false;
+        c.max_topic_alias = 3;
     },
     |b: &TestBroker| {
         let (_c, connack) = V5::accepted(b.addr, "limits", |_| {});
         let p = &connack.properties;
+        assert_eq!(p.topic_alias_maximum, Some(3), "{p:?}");
         assert_eq!(p.receive_maximum, Some(5), "{p:?}");
         assert_eq!(p.maximum_packet_size, Some(4096), "{p:?}");
         assert_eq!(p.retain_available, Some(false), "{p:?}");
@@ -439,11 +471,28 @@ runtime_test!(
 );
 
 runtime_test!(
-    /// MQTT-3.1.2-28: a client that does not ask for Response Information
-    /// gets none.
-    mqtt_3_1_2_28_no_response_information_unless_asked,
+    /// MQTT-3.1.2-28, 3.2.2.3.15: with response_information configured, a
+    /// client that does not ask for Response Information (absent or 0) gets
+    /// none; one that asks gets it.
+    mqtt_3_1_2_28_response_information_only_when_asked,
+    |c: &mut Config| c.response_information = Some("responses/".into()),
     |b: &TestBroker| {
         for asked in [None, Some(false)] {
+            let (_c, connack) = V5::accepted(b.addr, "rr", |c| c.properties.request_response_info = asked);
+            assert_eq!(connack.properties.response_info, None, "MQTT-3.1.2-28: {connack:?}");
+        }
+        let (_c, connack) = V5::accepted(b.addr, "rr", |c| c.properties.request_response_info = Some(true));
+        let info = connack.properties.response_info.expect("Response Information");
+        assert!(info.starts_with("responses/"), "{info:?}");
+    }
+);
+
+runtime_test!(
+    /// 3.2.2.3.15: without response_information the broker sends no Response
+    /// Information, asked or not (the server may leave it out).
+    mqtt_3_2_2_3_15_no_response_information_unless_configured,
+    |b: &TestBroker| {
+        for asked in [None, Some(false), Some(true)] {
             let (_c, connack) = V5::accepted(b.addr, "rr", |c| c.properties.request_response_info = asked);
             assert_eq!(connack.properties.response_info, None, "{connack:?}");
         }
@@ -541,7 +590,6 @@ runtime_test!(
     /// MQTT-3.1.2-8, MQTT-3.1.3-9 (Will Delay Interval): the will waits for
     /// its delay (1 s) and is published after it; a will whose client
     /// reconnects within its delay (2 s) is not published at all.
-    #[ignore = "issue 11: Will Delay Interval not built yet"]
     mqtt_3_1_3_9_will_delay_interval,
     |b: &TestBroker| {
         let mut sub = V5::client(b.addr, "heir");
@@ -729,7 +777,7 @@ runtime_test!(
         std::thread::sleep(Duration::from_millis(2200));
         let (mut sub, present) = session(b, "away", false, 60);
         assert!(present);
-        let got = drain(&mut sub, true);
+        let got = drain_after(&mut sub, 2, true);
         let topics: Vec<&str> = got.iter().map(|m| &*m.topic).collect();
         assert_eq!(topics, ["exp/long", "exp/never"], "MQTT-3.3.2-5");
         let left = got[0].properties.message_expiry.expect("remaining expiry");
@@ -754,7 +802,7 @@ runtime_test!(
         std::thread::sleep(Duration::from_millis(2200));
         let mut sub = V5::client(b.addr, "late");
         sub.subscribe("ret/#", 1);
-        let got = drain(&mut sub, true);
+        let got = drain_after(&mut sub, 1, true);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(&*got[0].topic, "ret/long");
         assert!(got[0].retain);
@@ -814,6 +862,20 @@ runtime_test!(
         c.send(&Packet::Publish(Publish { topic_alias: Some(max + 1), ..publish_packet("t", b"x", 0) }));
         c.expect_disconnect(R::TOPIC_ALIAS_INVALID);
         still_served(b, &mut by);
+    }
+);
+
+runtime_test!(
+    /// 3.2.2.3.8, MQTT-3.2.2-17 broken by the client: with max_topic_alias 0
+    /// the CONNACK announces no Topic Alias Maximum (absent or 0), and any
+    /// Topic Alias gets DISCONNECT 0x94.
+    mqtt_3_2_2_3_8_topic_aliases_off_gets_0x94,
+    |c: &mut Config| c.max_topic_alias = 0,
+    |b: &TestBroker| {
+        let (_c, connack) = V5::accepted(b.addr, "probe", |_| {});
+        assert!(matches!(connack.properties.topic_alias_maximum, None | Some(0)), "{connack:?}");
+        let aliased = Publish { topic_alias: Some(1), ..publish_packet("t", b"x", 0) };
+        refused_with(b, &encoded(&Packet::Publish(aliased)), &[R::TOPIC_ALIAS_INVALID]);
     }
 );
 
@@ -892,7 +954,10 @@ runtime_test!(
         assert_eq!(sub.subscribe_opts("sid/#", options(1), None), R(1));
         let mut p = V5::client(b.addr, "pub");
         p.publish("sid/x", b"x", 1);
-        let got = drain(&mut sub, true);
+        let mut got = drain_after(&mut sub, 1, true);
+        if got.len() < 3 && got[0].subscription_ids.len() < 2 {
+            got.extend(drain_after(&mut sub, 3 - got.len(), true));
+        }
         let mut ids: Vec<Vec<u32>> = got
             .iter()
             .map(|m| {
@@ -907,7 +972,7 @@ runtime_test!(
             "MQTT-3.3.4-4/-5: got identifiers {ids:?}"
         );
         p.publish("sid/y", b"y", 1);
-        let got = drain(&mut sub, true);
+        let got = drain_after(&mut sub, 1, true);
         let ids: Vec<Vec<u32>> = got.iter().map(|m| m.subscription_ids.clone()).collect();
         assert!(ids == [vec![5]] || ids == [vec![], vec![5]] || ids == [vec![5], vec![]], "{ids:?}");
     }
@@ -1216,7 +1281,7 @@ runtime_test!(
         for t in ["g/0", "g/1", "g/2"] {
             p.publish(t, b"x", 2);
         }
-        let got: Vec<(String, QoS)> = drain(&mut c, true).iter().map(|m| (m.topic.to_string(), m.qos)).collect();
+        let got: Vec<(String, QoS)> = drain_after(&mut c, 3, true).iter().map(|m| (m.topic.to_string(), m.qos)).collect();
         let expected = [("g/0", QoS::AtMostOnce), ("g/1", QoS::AtLeastOnce), ("g/2", QoS::ExactlyOnce)];
         assert_eq!(got, expected.map(|(t, q)| (t.to_string(), q)));
     }
@@ -1285,7 +1350,7 @@ runtime_test!(
         c.subscribe("rep/t", 1);
         let mut p = V5::client(b.addr, "pub");
         p.publish("rep/t", b"x", 1);
-        let got = drain(&mut c, true);
+        let got = drain_after(&mut c, 1, true);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].qos, QoS::AtLeastOnce);
     }
@@ -1329,13 +1394,15 @@ runtime_test!(
         for i in 0..5u8 {
             p.publish("rm/t", &[i], 1);
         }
-        let mut window: Vec<Publish> = drain(&mut sub, false);
+        let mut window: Vec<Publish> = drain_after(&mut sub, 2, false);
         assert_eq!(window.len(), 2, "MQTT-3.3.4-9: {window:?}");
-        let mut seen = Vec::new();
+        let (mut seen, mut received) = (Vec::new(), 2);
         while let Some(first) = (!window.is_empty()).then(|| window.remove(0)) {
             seen.push(first.payload[0]);
             sub.ack(&first);
-            window.extend(drain(&mut sub, false));
+            let more = drain_after(&mut sub, usize::from(received < 5), false);
+            received += more.len();
+            window.extend(more);
             assert!(window.len() <= 2, "{window:?}");
         }
         assert_eq!(seen, [0, 1, 2, 3, 4]);
@@ -1379,7 +1446,7 @@ runtime_test!(
         let mut p = V5::client(b.addr, "pub");
         p.publish("mps/t", &[b'x'; 200], 1);
         p.publish("mps/t", b"small", 1);
-        let got = drain(&mut sub, true);
+        let got = drain_after(&mut sub, 1, true);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(&got[0].payload[..], b"small");
     }
@@ -1546,6 +1613,150 @@ runtime_test!(
 );
 
 // ---------------------------------------------------------------------------
+// Enhanced authentication (4.12)
+
+/// Hooks with one Authentication Method, `CHALLENGE`: the server answers the
+/// first data with the challenge `nonce` and accepts `nonce-signed`.
+struct Challenge;
+
+struct Exchange {
+    asked: bool,
+}
+
+impl AuthExchange for Exchange {
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep {
+        if !std::mem::replace(&mut self.asked, true) {
+            return AuthStep::Continue(b"nonce".to_vec());
+        }
+        match data {
+            Some(b"nonce-signed") => AuthStep::Success(Some(b"welcome".to_vec())),
+            _ => AuthStep::Fail,
+        }
+    }
+}
+
+impl Hooks for Challenge {
+    fn start_auth(&self, method: &str, _: &ConnectInfo<'_>) -> Option<Box<dyn AuthExchange>> {
+        (method == "CHALLENGE").then(|| Box::new(Exchange { asked: false }) as Box<dyn AuthExchange>)
+    }
+}
+
+/// AUTH with reason `reason`, Authentication Method `CHALLENGE` and `data`.
+fn auth(reason: R, data: &'static [u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        properties: Properties {
+            auth_method: Some("CHALLENGE".into()),
+            auth_data: Some(Bytes::from_static(data)),
+            ..Properties::default()
+        },
+    })
+}
+
+/// The next packet, which must be an AUTH with `reason`, the method
+/// `CHALLENGE` (MQTT-4.12.0-5) and `data`.
+fn expect_auth(c: &mut V5, reason: R, data: &[u8]) {
+    match c.recv() {
+        Packet::Auth(a) => {
+            assert_eq!(a.reason, reason, "{a:?}");
+            assert_eq!(a.properties.auth_method.as_deref(), Some("CHALLENGE"), "MQTT-4.12.0-5: {a:?}");
+            assert_eq!(a.properties.auth_data.as_deref(), Some(data), "{a:?}");
+        }
+        other => panic!("expected AUTH {reason}, got {other:?}"),
+    }
+}
+
+/// A client that sent CONNECT with Authentication Method `CHALLENGE`, got
+/// the challenge (AUTH 0x18, MQTT-4.12.0-2) and answered it with `answer`.
+fn challenged(b: &TestBroker, id: &str, answer: &'static [u8]) -> V5 {
+    let mut connect = connect_packet(id);
+    connect.properties.auth_method = Some("CHALLENGE".into());
+    connect.properties.auth_data = Some(Bytes::from_static(b"hello"));
+    let mut c = V5::over(b.raw());
+    c.send(&Packet::Connect(Box::new(connect)));
+    expect_auth(&mut c, R::CONTINUE_AUTHENTICATION, b"nonce");
+    c.send(&auth(R::CONTINUE_AUTHENTICATION, answer));
+    c
+}
+
+runtime_test!(
+    /// MQTT-4.12.0-2, MQTT-4.12.0-5, MQTT-3.2.0-1: a challenge-response
+    /// exchange: CONNECT with an Authentication Method, AUTH 0x18 from the
+    /// server, AUTH 0x18 from the client, CONNACK 0x00 carrying the same
+    /// method and the final data; then re-authentication (AUTH 0x19) ends
+    /// with AUTH 0x00.
+    mqtt_4_12_0_2_challenge_response_authentication,
+    |b: &TestBroker| {
+        b.broker.set_hooks(Arc::new(Challenge));
+        let mut c = challenged(b, "proved", b"nonce-signed");
+        match c.recv() {
+            Packet::Connack(a) => {
+                assert_eq!(a.reason, R::SUCCESS, "{a:?}");
+                assert_eq!(a.properties.auth_method.as_deref(), Some("CHALLENGE"), "MQTT-4.12.0-5");
+                assert_eq!(a.properties.auth_data.as_deref(), Some(&b"welcome"[..]));
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c.ping();
+        c.send(&auth(R::RE_AUTHENTICATE, b"again"));
+        expect_auth(&mut c, R::CONTINUE_AUTHENTICATION, b"nonce");
+        c.send(&auth(R::CONTINUE_AUTHENTICATION, b"nonce-signed"));
+        expect_auth(&mut c, R::SUCCESS, b"welcome");
+        c.ping();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.12.0-4: the server may refuse authentication at any step: a
+    /// wrong answer gets a CONNACK of 0x80 or above (0x87 Not authorized)
+    /// and the close.
+    mqtt_4_12_0_4_failed_authentication_gets_an_error_connack,
+    |b: &TestBroker| {
+        b.broker.set_hooks(Arc::new(Challenge));
+        let mut c = challenged(b, "liar", b"forged");
+        match c.recv() {
+            Packet::Connack(a) => {
+                assert!(a.reason.is_error(), "{a:?}");
+                assert!(!a.session_present);
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.12.1-2: a failed re-authentication gets a DISCONNECT with an
+    /// error reason (0x87 suggested) and the close.
+    mqtt_4_12_1_2_failed_reauthentication_disconnects,
+    |b: &TestBroker| {
+        b.broker.set_hooks(Arc::new(Challenge));
+        let mut c = challenged(b, "slipped", b"nonce-signed");
+        assert!(matches!(c.recv(), Packet::Connack(a) if a.reason == R::SUCCESS));
+        c.send(&auth(R::RE_AUTHENTICATE, b"again"));
+        expect_auth(&mut c, R::CONTINUE_AUTHENTICATION, b"nonce");
+        c.send(&auth(R::CONTINUE_AUTHENTICATION, b"forged"));
+        match c.recv() {
+            Packet::Disconnect(d) => assert!(d.reason.is_error(), "{d:?}"),
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+        c.expect_closed();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.12.0-1 with hooks installed: a method they do not support gets
+    /// CONNACK 0x8C (or 0x87) and the close.
+    mqtt_4_12_0_1_method_the_hooks_do_not_know_gets_0x8c,
+    |b: &TestBroker| {
+        b.broker.set_hooks(Arc::new(Challenge));
+        let (mut c, connack) = V5::connect(b.addr, "other", |c| c.properties.auth_method = Some("KERBEROS".into()));
+        assert!([R::BAD_AUTHENTICATION_METHOD, R::NOT_AUTHORIZED].contains(&connack.reason), "{connack:?}");
+        c.expect_closed();
+    }
+);
+
+// ---------------------------------------------------------------------------
 // Shared subscriptions
 
 runtime_test!(
@@ -1572,7 +1783,7 @@ runtime_test!(
         for i in 0..6u8 {
             p.publish("sh/t", &[i], 1);
         }
-        let mut got: Vec<u8> = drain(&mut m1, true).iter().chain(&drain(&mut m2, true)).map(|m| m.payload[0]).collect();
+        let mut got: Vec<u8> = drain_group(&mut [&mut m1, &mut m2], 6, true).iter().flatten().map(|m| m.payload[0]).collect();
         got.sort();
         assert_eq!(got, [0, 1, 2, 3, 4, 5], "MQTT-4.8.2: one delivery per group");
     }
@@ -1582,7 +1793,6 @@ runtime_test!(
     /// 4.8.2, MQTT-4.8.2-3: each message goes to one member of each share
     /// group (round robin by default: both members get some), and to every
     /// non-shared subscriber; the granted QoS of the member is respected.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_3_shared_subscription_delivers_once_per_group,
     |b: &TestBroker| {
         let mut g1 = V5::client(b.addr, "g1");
@@ -1597,14 +1807,14 @@ runtime_test!(
         for i in 0..6u8 {
             p.publish("sh/t", &[i], 1);
         }
-        let (a, c) = (drain(&mut g1, true), drain(&mut g2, true));
+        let [a, c]: [Vec<Publish>; 2] = drain_group(&mut [&mut g1, &mut g2], 6, true).try_into().unwrap();
         assert!(!a.is_empty() && !c.is_empty(), "round robin: {} and {}", a.len(), c.len());
         assert!(c.iter().all(|m| m.qos == QoS::AtMostOnce), "MQTT-4.8.2-3");
         let mut group: Vec<u8> = a.iter().chain(&c).map(|m| m.payload[0]).collect();
         group.sort();
         assert_eq!(group, [0, 1, 2, 3, 4, 5]);
-        assert_eq!(drain(&mut h, true).len(), 6);
-        assert_eq!(drain(&mut plain, true).len(), 6);
+        assert_eq!(drain_after(&mut h, 6, true).len(), 6);
+        assert_eq!(drain_after(&mut plain, 6, true).len(), 6);
     }
 );
 
@@ -1612,7 +1822,6 @@ runtime_test!(
     /// MQTT-4.8.2-1/-2: a `$share` filter with an empty ShareName, one holding
     /// `+`, `#` (or `/` before the filter is missing) is refused: SUBACK 0x8F
     /// for it, or DISCONNECT 0x8F / 0x81 / 0x82.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_1_share_name_empty_or_wildcard_is_refused,
     |b: &TestBroker| {
         let mut by = bystander(b);
@@ -1635,7 +1844,6 @@ runtime_test!(
 
 runtime_test!(
     /// 3.8.4 / 4.8.2: no retained message is sent on a shared subscription.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_no_retained_messages_on_a_shared_subscription,
     |b: &TestBroker| {
         let mut p = V5::client(b.addr, "pub");
@@ -1651,7 +1859,6 @@ runtime_test!(
 runtime_test!(
     /// 4.8.2 (issue 11: as Mosquitto does): 3.1.1 clients may join a share
     /// group too, beside 5.0 members: one delivery per message.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_shared_subscription_for_v311_clients,
     |b: &TestBroker| {
         let mut old = b.client("old-member");
@@ -1662,15 +1869,19 @@ runtime_test!(
         for i in 0..4u8 {
             p.publish("mix/t", &[i], 1);
         }
-        p.ping();
-        let mut got: Vec<u8> = drain(&mut new, false).iter().map(|m| m.payload[0]).collect();
-        old.send(&packets::PINGREQ);
-        loop {
-            let r = old.recv();
-            if r.header == 0xd0 {
-                break;
+        let deadline = Instant::now() + crate::support::client::TIMEOUT;
+        let mut got: Vec<u8> = Vec::new();
+        while got.len() < 4 {
+            assert!(Instant::now() < deadline, "only {got:?} arrived");
+            got.extend(drain(&mut new, false).iter().map(|m| m.payload[0]));
+            old.send(&packets::PINGREQ);
+            loop {
+                let r = old.recv();
+                if r.header == 0xd0 {
+                    break;
+                }
+                got.push(r.publish().2[0]);
             }
-            got.push(r.publish().2[0]);
         }
         got.sort();
         assert_eq!(got, [0, 1, 2, 3]);
@@ -1681,7 +1892,6 @@ runtime_test!(
     /// 4.8.2 (QoS 1: "SHOULD send the Application Message to another Client
     /// that is subscribed"): a member whose session ends with an
     /// unacknowledged QoS 1 message leaves it to another member.
-    #[ignore = "issue 11: shared subscriptions not built yet"]
     mqtt_4_8_2_unacknowledged_qos_1_goes_to_another_member,
     |b: &TestBroker| {
         let mut quitter = V5::client(b.addr, "quitter");
@@ -1694,6 +1904,101 @@ runtime_test!(
         stayer.subscribe("$share/g/re/t", 1);
         drop(quitter);
         assert_eq!(&stayer.recv_and_ack().payload[..], b"orphan");
+    }
+);
+
+/// Two members of `$share/g/{topic}` at QoS `qos` (each with a will on
+/// `gone/{id}` so a watcher can tell when a session has ended), a watcher of
+/// `gone/#`, and the member that got the one message published (not
+/// acknowledged), its client id, the other member.
+fn shared_pair(b: &TestBroker, topic: &str, qos: u8, expiry: u32) -> (V5, V5, Publish, &'static str, V5) {
+    let mut watcher = V5::client(b.addr, "watcher");
+    watcher.subscribe("gone/#", 0);
+    let member = |id: &str| {
+        let (mut m, _) = V5::accepted(b.addr, id, |c| {
+            c.clean_start = false;
+            c.properties.session_expiry = (expiry > 0).then_some(expiry);
+            let mut w = will(&format!("gone/{id}"), b"gone", Properties::default());
+            w.qos = QoS::AtMostOnce;
+            c.will = Some(w);
+        });
+        m.subscribe(&format!("$share/g/{topic}"), qos);
+        m
+    };
+    let (mut a, mut c) = (member("m-a"), member("m-b"));
+    let mut p = V5::client(b.addr, "pub");
+    p.publish(topic, b"once", qos);
+    let [got_a, got_c]: [Vec<Publish>; 2] = drain_group(&mut [&mut a, &mut c], 1, false).try_into().unwrap();
+    match (got_a.len(), got_c.len()) {
+        (1, 0) => (watcher, a, got_a[0].clone(), "m-a", c),
+        (0, 1) => (watcher, c, got_c[0].clone(), "m-b", a),
+        other => panic!("one delivery to the group expected, got {other:?}"),
+    }
+}
+
+runtime_test!(
+    /// MQTT-4.8.2-6: a PUBACK of 0x80 or above from the chosen member
+    /// discards the message: no other member gets it, nor the same again.
+    mqtt_4_8_2_6_refused_shared_delivery_is_discarded,
+    |b: &TestBroker| {
+        let (_watcher, mut chosen, got, _, mut other) = shared_pair(b, "sd/t", 1, 0);
+        chosen.send(&Packet::Puback(Ack {
+            pid: got.pid.unwrap(),
+            reason: R::UNSPECIFIED_ERROR,
+            properties: Properties::default(),
+        }));
+        chosen.expect_nothing_queued();
+        other.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.8.2-4: a QoS 2 shared delivery cut by a broken connection is
+    /// completed to the same member when it resumes its session (DUP 1, same
+    /// packet id); the other member never gets it.
+    mqtt_4_8_2_4_interrupted_qos_2_shared_delivery_resumes_to_the_same_member,
+    |b: &TestBroker| {
+        let (mut watcher, chosen, got, id, mut other) = shared_pair(b, "sq/t", 2, 60);
+        drop(chosen);
+        assert_eq!(&*watcher.recv_publish().topic, format!("gone/{id}"));
+        other.expect_nothing_queued();
+        let (mut back, present) = session(b, id, false, 60);
+        assert!(present);
+        let again = back.recv_publish();
+        assert_eq!((again.pid, again.dup, &again.payload[..]), (got.pid, true, &b"once"[..]));
+        back.ack(&again);
+        other.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.8.2-5: when the chosen member's session ends before a QoS 2
+    /// delivery completes, the message goes to no other member.
+    mqtt_4_8_2_5_qos_2_of_an_ended_session_goes_to_nobody_else,
+    |b: &TestBroker| {
+        let (mut watcher, chosen, _, id, mut other) = shared_pair(b, "se/t", 2, 0);
+        drop(chosen);
+        assert_eq!(&*watcher.recv_publish().topic, format!("gone/{id}"));
+        other.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// Issue 11: the share strategy is configurable; `sticky` keeps giving
+    /// the same (eligible) member every message.
+    mqtt_4_8_2_sticky_strategy_keeps_one_member,
+    |c: &mut Config| c.shared_subscription_strategy = midge::config::ShareStrategy::Sticky,
+    |b: &TestBroker| {
+        let mut m1 = V5::client(b.addr, "m1");
+        let mut m2 = V5::client(b.addr, "m2");
+        m1.subscribe("$share/g/st/t", 0);
+        m2.subscribe("$share/g/st/t", 0);
+        let mut p = V5::client(b.addr, "pub");
+        for i in 0..6u8 {
+            p.publish("st/t", &[i], 1);
+        }
+        let counts: Vec<usize> = drain_group(&mut [&mut m1, &mut m2], 6, true).iter().map(Vec::len).collect();
+        assert!(counts == [6, 0] || counts == [0, 6], "{counts:?}");
     }
 );
 
