@@ -1037,9 +1037,10 @@ runtime_test!(
 );
 
 runtime_test!(
-    /// MQTT-3.3.1-5/-6/-7: a retained message replaces the topic's retained
-    /// one; an empty retained payload is delivered to current subscribers
-    /// and removes it (nothing for a later subscriber).
+    /// MQTT-3.3.1-5/-6/-7/-8: a retained message replaces the topic's
+    /// retained one; a PUBLISH with RETAIN 0 leaves it; an empty retained
+    /// payload is delivered to current subscribers and removes it (nothing
+    /// for a later subscriber).
     mqtt_3_3_1_6_empty_retained_payload_clears_the_retained_message,
     |b: &TestBroker| {
         let mut p = V5::client(b.addr, "pub");
@@ -1050,6 +1051,12 @@ runtime_test!(
         early.subscribe("er/t", 1);
         let got = drain(&mut early, true);
         assert_eq!(got.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"second"[..]], "MQTT-3.3.1-5");
+        p.publish("er/t", b"not retained", 1);
+        assert_eq!(&early.recv_and_ack().payload[..], b"not retained");
+        let mut middle = V5::client(b.addr, "middle");
+        middle.subscribe("er/t", 1);
+        let got = drain_after(&mut middle, 1, true);
+        assert_eq!(&got[0].payload[..], b"second", "MQTT-3.3.1-8: RETAIN 0 leaves the retained message");
         p.publish_with(Publish { retain: true, ..publish_packet("er/t", b"", 1) });
         assert!(early.recv_and_ack().payload.is_empty(), "MQTT-3.3.1-6: delivered normally");
         let mut late = V5::client(b.addr, "late");
@@ -1495,6 +1502,226 @@ runtime_test!(
         body.push(0);
         refused_with(b, &frame(0x30, &body), &[R::MALFORMED_PACKET]);
         refused_with(b, &publish_raw("nul\0", &[], b""), &[R::MALFORMED_PACKET]);
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.0-1, MQTT-3.14.0-1: a first packet other than CONNECT closes
+    /// the connection without any answer (no DISCONNECT before a CONNACK).
+    mqtt_3_1_0_1_first_packet_not_connect_closes_silently,
+    |b: &TestBroker| {
+        let mut by = bystander(b);
+        let mut c = V5::over(b.raw());
+        c.send(&Packet::Publish(publish_packet("t", b"x", 0)));
+        c.expect_closed();
+        still_served(b, &mut by);
+    }
+);
+
+/// A 5.0 CONNECT with connect flags `flags` (keep alive 60 s, no
+/// properties, client id `c`) followed by `rest`.
+fn connect_flags(flags: u8, rest: &[u8]) -> Vec<u8> {
+    let mut body = field(b"MQTT");
+    body.extend([5, flags, 0, 60, 0]);
+    body.extend(field(b"c"));
+    body.extend_from_slice(rest);
+    frame(0x10, &body)
+}
+
+runtime_test!(
+    /// MQTT-3.1.2-3, -11, -12, -13 (4.13.1): a CONNECT with the reserved flag,
+    /// a Will QoS or Will Retain without the Will Flag, or Will QoS 3 is
+    /// malformed: CONNACK 0x81 and the close.
+    mqtt_3_1_2_3_malformed_connect_flags_get_connack_0x81,
+    |b: &TestBroker| {
+        for flags in [0x03, 0x0a, 0x22, 0x1e] {
+            connect_refused_with(b, &connect_flags(flags, &[]), R::MALFORMED_PACKET);
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-2.1.3-1, MQTT-3.3.1-2, MQTT-3.3.1-4, MQTT-3.6.1-1, MQTT-3.8.1-1,
+    /// MQTT-3.10.1-1, MQTT-3.15.1-1: wrong fixed-header flags (DUP on a QoS 0
+    /// PUBLISH, QoS 3, PUBREL / SUBSCRIBE / UNSUBSCRIBE without 0010, AUTH
+    /// with flags) are malformed: DISCONNECT 0x81.
+    mqtt_2_1_3_1_wrong_fixed_header_flags_get_0x81,
+    |b: &TestBroker| {
+        let mut publish = field(b"t");
+        publish.push(0);
+        let mut sub = vec![0, 1, 0];
+        sub.extend(field(b"t"));
+        sub.push(0);
+        let mut unsub = vec![0, 1, 0];
+        unsub.extend(field(b"t"));
+        let cases = [
+            frame(0x38, &publish),
+            frame(0x36, &[publish.clone(), vec![0, 1]].concat()),
+            frame(0x60, &[0, 1]),
+            frame(0x80, &sub),
+            frame(0xa0, &unsub),
+            frame(0xf1, &[0x19, 0]),
+        ];
+        for bad in cases {
+            refused_with(b, &bad, &[R::MALFORMED_PACKET]);
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.8.3-2, MQTT-3.10.3-2: a SUBSCRIBE or UNSUBSCRIBE without a
+    /// topic filter is a Protocol Error: DISCONNECT 0x82.
+    mqtt_3_8_3_2_subscribe_or_unsubscribe_without_filters_get_0x82,
+    |b: &TestBroker| {
+        refused_with(b, &frame(0x82, &[0, 1, 0]), &[R::PROTOCOL_ERROR]);
+        refused_with(b, &frame(0xa2, &[0, 1, 0]), &[R::PROTOCOL_ERROR]);
+    }
+);
+
+runtime_test!(
+    /// MQTT-1.5.7-1, MQTT-3.3.2-13, MQTT-3.3.2-19: ill-formed UTF-8 in a
+    /// Content Type, a Response Topic or either half of a User Property makes
+    /// the PUBLISH malformed: DISCONNECT 0x81.
+    mqtt_1_5_7_1_ill_formed_utf8_in_properties_gets_0x81,
+    |b: &TestBroker| {
+        let bad = field(b"\xc3\x28");
+        let good = field(b"ok");
+        let cases = [
+            [&[0x03][..], &bad].concat(),
+            [&[0x08][..], &bad].concat(),
+            [&[0x26][..], &bad, &good].concat(),
+            [&[0x26][..], &good, &bad].concat(),
+        ];
+        for props in cases {
+            refused_with(b, &publish_raw("t", &props, b"x"), &[R::MALFORMED_PACKET]);
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-1.5.4-3, MQTT-4.7.3-4: a U+FEFF (EF BB BF) in a topic or a User
+    /// Property is kept as it is, neither skipped nor stripped.
+    mqtt_1_5_4_3_byte_order_mark_is_kept,
+    |b: &TestBroker| {
+        let mut sub = V5::client(b.addr, "bom");
+        sub.subscribe("\u{feff}bom/#", 0);
+        let mut p = V5::client(b.addr, "pub");
+        p.publish_with(message("\u{feff}bom/t", b"x", 0, |m| m.user = user_properties(&[("\u{feff}k", "v\u{feff}")])));
+        let got = sub.recv_publish();
+        assert_eq!(&*got.topic, "\u{feff}bom/t");
+        assert_eq!(got.properties.user, user_properties(&[("\u{feff}k", "v\u{feff}")]));
+        p.publish("bom/t", b"no bom", 0);
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.3.3-8/-10/-11/-12, MQTT-4.3.2-4/-5, MQTT-3.3.1-3: a QoS 2
+    /// PUBLISH sent again (DUP) before PUBREL gets PUBREC again and is
+    /// delivered once, with DUP 0; after PUBCOMP, and for QoS 1 after PUBACK,
+    /// the same packet id is a new message.
+    mqtt_4_3_3_10_repeated_qos_2_publish_is_delivered_once,
+    |b: &TestBroker| {
+        let mut sub = V5::client(b.addr, "sub");
+        sub.subscribe("once/#", 2);
+        let mut p = V5::client(b.addr, "pub");
+        let first = Publish { pid: Some(7), ..publish_packet("once/2", b"a", 2) };
+        for dup in [false, true] {
+            p.send(&Packet::Publish(Publish { dup, ..first.clone() }));
+            assert!(matches!(p.recv(), Packet::Pubrec(a) if a.pid == 7 && a.reason == R::SUCCESS));
+        }
+        p.send(&Packet::Pubrel(Ack::success(7)));
+        assert!(matches!(p.recv(), Packet::Pubcomp(a) if a.pid == 7 && a.reason == R::SUCCESS));
+        let got = drain_after(&mut sub, 1, true);
+        assert_eq!(got.len(), 1, "MQTT-4.3.3-10: {got:?}");
+        assert!(!got[0].dup, "MQTT-3.3.1-3: DUP of the outgoing PUBLISH is its own");
+        p.publish_with(Publish { pid: Some(7), ..publish_packet("once/2", b"b", 2) });
+        for payload in [&b"c"[..], b"d"] {
+            p.publish_with(Publish { pid: Some(8), ..publish_packet("once/1", payload, 1) });
+        }
+        let got: Vec<Vec<u8>> = drain_after(&mut sub, 3, true).iter().map(|m| m.payload.to_vec()).collect();
+        assert_eq!(got, [b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], "MQTT-4.3.3-12, MQTT-4.3.2-5");
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.6.0-5/-6: messages one client publishes on a topic reach a
+    /// subscriber in the order they were published (QoS 1, pipelined).
+    mqtt_4_6_0_5_messages_from_one_client_arrive_in_order,
+    |b: &TestBroker| {
+        let mut sub = V5::client(b.addr, "sub");
+        sub.subscribe("order/t", 1);
+        let mut p = V5::client(b.addr, "pub");
+        for i in 1..=30u16 {
+            p.send(&Packet::Publish(Publish { pid: Some(i), ..publish_packet("order/t", &i.to_be_bytes(), 1) }));
+        }
+        for i in 1..=30u16 {
+            assert!(matches!(p.recv(), Packet::Puback(a) if a.pid == i));
+        }
+        let got: Vec<u16> = (0..30).map(|_| sub.recv_and_ack()).map(|m| u16::from_be_bytes([m.payload[0], m.payload[1]])).collect();
+        assert_eq!(got, (1..=30).collect::<Vec<u16>>());
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.3-5, MQTT-3.1.3-8: a client id of 23 letters and digits is
+    /// accepted; a long one with other characters is accepted or refused
+    /// with CONNACK 0x85 and the close.
+    mqtt_3_1_3_5_client_ids_of_23_letters_and_digits_are_accepted,
+    |b: &TestBroker| {
+        V5::accepted(b.addr, "abcdefghijklmnopqrstuvW", |_| {}).0.ping();
+        let long = "x/y z+#-".repeat(40);
+        let (mut c, connack) = V5::connect(b.addr, &long, |_| {});
+        match connack.reason {
+            R::SUCCESS => c.ping(),
+            R::CLIENT_IDENTIFIER_NOT_VALID => c.expect_closed(),
+            other => panic!("CONNACK {other} for a long client id"),
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-3.1.2-14/-15: a will with Will Retain 0 is published not
+    /// retained, with Will Retain 1 retained (a later subscriber gets it).
+    mqtt_3_1_2_15_will_retain_decides_whether_the_will_is_retained,
+    |b: &TestBroker| {
+        let mut live = V5::client(b.addr, "live");
+        live.subscribe("wr/#", 1);
+        for retain in [false, true] {
+            let topic = format!("wr/{retain}");
+            let mut w = will(&topic, b"bye", Properties::default());
+            w.retain = retain;
+            drop(V5::accepted(b.addr, "mortal", |c| c.will = Some(w)).0);
+            assert_eq!(live.recv_and_ack().topic.to_string(), topic);
+            let mut late = V5::client(b.addr, "late");
+            late.subscribe(&topic, 1);
+            let got = drain(&mut late, true);
+            assert_eq!(got.iter().filter(|m| m.retain).count(), usize::from(retain), "{got:?}");
+            late.disconnect();
+        }
+    }
+);
+
+runtime_test!(
+    /// MQTT-4.7.2-1, MQTT-4.7.1-1/-2: `#` and `+/…` do not match topics that
+    /// start with `$`; `+` fills exactly one level, `#` any number of levels
+    /// including the parent.
+    mqtt_4_7_2_1_wildcards_skip_dollar_topics,
+    |b: &TestBroker| {
+        let mut all = V5::client(b.addr, "all");
+        all.subscribe("#", 0);
+        let mut plus = V5::client(b.addr, "plus");
+        plus.subscribe("+/x", 0);
+        let mut dollar = V5::client(b.addr, "dollar");
+        dollar.subscribe("$app/#", 0);
+        let mut p = V5::client(b.addr, "pub");
+        for t in ["$app/x", "a/x", "a/b/x", "a"] {
+            p.publish(t, t.as_bytes(), 1);
+        }
+        let topics = |c: &mut V5, n| drain_after(c, n, false).iter().map(|m| m.topic.to_string()).collect::<Vec<_>>();
+        assert_eq!(topics(&mut all, 3), ["a/x", "a/b/x", "a"]);
+        assert_eq!(topics(&mut plus, 1), ["a/x"]);
+        assert_eq!(topics(&mut dollar, 1), ["$app/x"]);
     }
 );
 
