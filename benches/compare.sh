@@ -25,6 +25,13 @@
 #                    --max-queued-messages 1000000: no queue limit in practice, so
 #                    no backpressure either), and midge-base (smol, the binary at
 #                    MIDGE_BASE, e.g. an older commit's build: an A/B in one run)
+#   PROTOCOLS="4"    MQTT protocol levels each case runs at, interleaved within
+#                    every run: 4 (3.1.1, case id as is), 5 (5.0: loadgen
+#                    --protocol 5, case id + "-v5") and 5-alias (5.0 with
+#                    --topic-alias, id + "-v5a"). E.g. PROTOCOLS="4 5" runs
+#                    fanin-q0-64 and fanin-q0-64-v5 side by side, for every
+#                    broker in BROKERS but rumqttd (its config here is a 3.1.1
+#                    listener); the table adds each broker's 5.0/3.1.1 ratio
 #   CONNS=10000      connections for the conns case
 #   INFLIGHT=100     outgoing QoS 1/2 window per client, the same for every broker
 #                    (midge --max-inflight, Mosquitto max_inflight_messages, rumqttd
@@ -56,6 +63,10 @@ if [ "$SCENARIOS" = soak ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
 DURATION=${DURATION:-10}
 BROKERS=${BROKERS:-"midge-smol midge-async-std mosquitto rumqttd"}
 CONNS=${CONNS:-10000}
+PROTOCOLS=${PROTOCOLS:-4}
+for p in $PROTOCOLS; do
+    case $p in 4|5|5-alias) ;; *) echo "unknown protocol $p in PROTOCOLS (4, 5, 5-alias)" >&2; exit 2 ;; esac
+done
 INFLIGHT=${INFLIGHT:-100}
 RUMQTTD_OUTGOING=${RUMQTTD_OUTGOING:-200}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
@@ -260,34 +271,42 @@ fi
 # ------------------------------------------------------------------- runs --
 echo "results in $OUT; brokers:$ACTIVE; runs: $RUNS; duration: ${DURATION}s" >&2
 for c in "${SELECTED[@]}"; do
-    id=${c%%|*}
-    args=${c#*|}
+    base_id=${c%%|*}
+    base_args=${c#*|}
     TRANSPORT=tcp
-    [[ $args == *"--transport ws"* ]] && TRANSPORT=ws
+    [[ $base_args == *"--transport ws"* ]] && TRANSPORT=ws
     for run in $(seq 1 "$RUNS"); do
-        for broker in $ACTIVE; do
-            # rumqttd's shipped configuration has no WebSocket listener.
-            [ "$TRANSPORT" = ws ] && [ "$broker" = rumqttd ] && continue
-            port=$(free_port) || { echo "no free port" >&2; exit 1; }
-            log="$OUT/$id.$broker.$run.log"
-            if ! start_broker "$broker" "$port" "$log"; then
-                echo "$id $broker run $run: broker did not start (see $log)" >&2
-                printf '%s\t%s\t%s\t%s\n' "$id" "$broker" "$run" '{"error":"broker did not start"}' >>"$RESULTS"
+        for protocol in $PROTOCOLS; do
+            case $protocol in
+                4) id=$base_id; args=$base_args ;;
+                5) id=$base_id-v5; args="$base_args --protocol 5" ;;
+                5-alias) id=$base_id-v5a; args="$base_args --protocol 5 --topic-alias" ;;
+            esac
+            for broker in $ACTIVE; do
+                # rumqttd's shipped configuration has no WebSocket listener, and
+                # the one written here speaks 3.1.1 only.
+                [ "$broker" = rumqttd ] && { [ "$TRANSPORT" = ws ] || [ "$protocol" != 4 ]; } && continue
+                port=$(free_port) || { echo "no free port" >&2; exit 1; }
+                log="$OUT/$id.$broker.$run.log"
+                if ! start_broker "$broker" "$port" "$log"; then
+                    echo "$id $broker run $run: broker did not start (see $log)" >&2
+                    printf '%s\t%s\t%s\t%s\n' "$id" "$broker" "$run" '{"error":"broker did not start"}' >>"$RESULTS"
+                    stop_broker
+                    continue
+                fi
+                extra=""
+                [[ $args == *"--scenario conns"* || $args == *"--scenario soak"* ]] && extra="--broker-pid $BROKER_PID"
+                # shellcheck disable=SC2086
+                out=$(timeout -k 5 $((DURATION + 40)) "$LOADGEN" $args $extra --port "$port" --host 127.0.0.1 \
+                        --duration "$DURATION" --label "$broker" $LOADGEN_ARGS 2>"$OUT/$id.$broker.$run.stderr")
+                rc=$?
                 stop_broker
-                continue
-            fi
-            extra=""
-            [[ $args == *"--scenario conns"* || $args == *"--scenario soak"* ]] && extra="--broker-pid $BROKER_PID"
-            # shellcheck disable=SC2086
-            out=$(timeout -k 5 $((DURATION + 40)) "$LOADGEN" $args $extra --port "$port" --host 127.0.0.1 \
-                    --duration "$DURATION" --label "$broker" $LOADGEN_ARGS 2>"$OUT/$id.$broker.$run.stderr")
-            rc=$?
-            stop_broker
-            human=$(printf '%s\n' "$out" | grep -v '^{' | head -1)
-            json=$(printf '%s\n' "$out" | grep '^{' | tail -1)
-            [ -n "$json" ] || json="{\"error\":\"loadgen exit $rc\"}"
-            echo "[$run/$RUNS] ${human:-$id $broker: loadgen exit $rc}" >&2
-            printf '%s\t%s\t%s\t%s\n' "$id" "$broker" "$run" "$json" >>"$RESULTS"
+                human=$(printf '%s\n' "$out" | grep -v '^{' | head -1)
+                json=$(printf '%s\n' "$out" | grep '^{' | tail -1)
+                [ -n "$json" ] || json="{\"error\":\"loadgen exit $rc\"}"
+                echo "[$run/$RUNS] ${human:-$id $broker: loadgen exit $rc}" >&2
+                printf '%s\t%s\t%s\t%s\n' "$id" "$broker" "$run" "$json" >>"$RESULTS"
+            done
         done
     done
 done
@@ -299,6 +318,7 @@ echo "midge $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- 
 echo "note: outgoing QoS 1/2 window $INFLIGHT for every broker (INFLIGHT)"
 [ "$MOSQUITTO_NODELAY" = 1 ] && echo "note: mosquitto runs with set_tcp_nodelay true (midge sets TCP_NODELAY too)"
 [ -n "$MIDGE_ARGS" ] && echo "note: midge arguments: $MIDGE_ARGS"
+[ "$PROTOCOLS" != 4 ] && echo "note: protocols $PROTOCOLS (ids: 3.1.1 as is, -v5 MQTT 5.0, -v5a 5.0 with topic aliases)"
 [ "$RUMQTTD_OUTGOING" != 200 ] && echo "note: rumqttd runs with max_outgoing_packet_count $RUMQTTD_OUTGOING (shipped: 200)"
 for n in "${NOTES[@]}"; do echo "note: $n"; done
 awk -F'\t' -v brokers="$ACTIVE" '
@@ -339,14 +359,18 @@ function fmt(v) {
 }
 END {
     nb = split(brokers, bl, " ")
-    printf "%-16s %-20s", "case", "metric"
+    v5 = 0
+    for (k = 1; k <= ncases; k++) if (order[k] ~ /-v5a?$/) v5 = 1
+    printf "%-20s %-18s", "case", "metric"
     for (i = 1; i <= nb; i++) printf " %16s", bl[i]
-    printf "   %s\n", "midge/mosquitto (smol, async-std)"
+    printf "   %-34s", "midge/mosquitto (smol, async-std)"
+    if (v5) printf "   5.0/3.1.1 (%s)", substr(brokers, 2)
+    printf "\n"
     for (k = 1; k <= ncases; k++) {
         id = order[k]
         for (m = 1; m <= 3; m++) {
             if (metric[id, m] == "") continue
-            printf "%-16s %-20s", (m == 1 ? id : ""), metric[id, m]
+            printf "%-20s %-18s", (m == 1 ? id : ""), metric[id, m]
             for (i = 1; i <= nb; i++) {
                 med[i] = median(vals[id, bl[i], m])
                 printf " %16s", fmt(med[i]) (m == 1 ? flag[id, bl[i]] : "")
@@ -357,7 +381,18 @@ END {
                 r = (q != "" && q + 0 != 0 && med[i] != "") ? sprintf("%.2f", med[i] / q) : "-"
                 ratios = ratios (ratios == "" ? "" : ", ") r
             }
-            printf "   %s\n", ratios
+            printf "   %-34s", ratios
+            # A 5.0 row: each broker against its own 3.1.1 figure of this run.
+            if (id ~ /-v5a?$/) {
+                base = id; sub(/-v5a?$/, "", base); same = ""
+                for (i = 1; i <= nb; i++) {
+                    b0 = median(vals[base, bl[i], m])
+                    r = (b0 != "" && b0 + 0 != 0 && med[i] != "") ? sprintf("%.2f", med[i] / b0) : "-"
+                    same = same (same == "" ? "" : ", ") r
+                }
+                printf "   %s", same
+            }
+            printf "\n"
         }
     }
     print "* = some run lost messages, had connection errors or failed (see results.tsv)."

@@ -211,6 +211,10 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
             if !p.topic.is_empty() {
                 topic::validate_name(&p.topic)?;
             }
+            // MQTT-3.3.2-14: a Response Topic is a topic name, no wildcards.
+            if let Some(response) = &p.properties.response_topic {
+                topic::validate_name(response)?;
+            }
             let expiry = p.properties.message_expiry;
             let properties = (!p.properties.is_empty()).then_some(p.properties);
             Packet::Publish(Publish {
@@ -443,6 +447,14 @@ pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
 /// cannot say is left out there: reason codes of acknowledgements and
 /// UNSUBACK, properties; DISCONNECT and AUTH are not sent at all.
 pub fn encode_for(protocol: Protocol, packet: &Packet, dst: &mut BytesMut) -> Result<(), Error> {
+    encode_within(protocol, packet, usize::MAX, dst)
+}
+
+/// [`encode_for`] for a peer whose Maximum Packet Size is `max` (5.0): a
+/// CONNACK, DISCONNECT or AUTH that would be larger loses its Reason String,
+/// then its User Properties (MQTT-3.2.2-19/-20, MQTT-3.14.2-3/-4,
+/// MQTT-3.15.2-2/-3), and is not sent if it still does not fit.
+pub fn encode_within(protocol: Protocol, packet: &Packet, max: usize, dst: &mut BytesMut) -> Result<(), Error> {
     let v5 = protocol == Protocol::V5;
     match packet {
         Packet::Publish(p) => encode_publish_for(protocol, p, dst),
@@ -450,7 +462,7 @@ pub fn encode_for(protocol: Protocol, packet: &Packet, dst: &mut BytesMut) -> Re
             encode_fixed(dst, 0x90, *pid, std::iter::once(0).chain(codes.iter().map(|c| c.0)).collect::<Vec<_>>())
         }
         Packet::Suback(pid, codes) => encode_fixed(dst, 0x90, *pid, codes.iter().map(suback)),
-        Packet::Connack(c) if v5 => encode_v5(v5::Packet::Connack((**c).clone()), dst)?,
+        Packet::Connack(c) if v5 => encode_v5(v5::Packet::Connack((**c).clone()), max, dst)?,
         Packet::Connack(c) => {
             encode_fixed(dst, 0x20, u16::from(c.session_present) << 8 | c.reason.to_connect_code() as u16, [])
         }
@@ -463,8 +475,8 @@ pub fn encode_for(protocol: Protocol, packet: &Packet, dst: &mut BytesMut) -> Re
         }
         Packet::Unsuback(pid, _) => encode_fixed(dst, 0xb0, *pid, []),
         Packet::Pingresp => dst.put_slice(&[0xd0, 0]),
-        Packet::Disconnect(d) if v5 => encode_v5(v5::Packet::Disconnect((**d).clone()), dst)?,
-        Packet::Auth(a) if v5 => encode_v5(v5::Packet::Auth((**a).clone()), dst)?,
+        Packet::Disconnect(d) if v5 => encode_v5(v5::Packet::Disconnect((**d).clone()), max, dst)?,
+        Packet::Auth(a) if v5 => encode_v5(v5::Packet::Auth((**a).clone()), max, dst)?,
         Packet::Disconnect(_) | Packet::Auth(_) => {}
         other => return Err(Error::Io(not_a_server_packet(other))),
     }
@@ -487,9 +499,15 @@ fn encode_ack(dst: &mut BytesMut, header: u8, ack: &Ack, v5: bool) {
     }
 }
 
-fn encode_v5(packet: v5::Packet, dst: &mut BytesMut) -> Result<(), Error> {
-    v5::encode(&packet, dst)
-        .map_err(|e| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())))
+fn encode_v5(packet: v5::Packet, max: usize, dst: &mut BytesMut) -> Result<(), Error> {
+    match v5::encode_within(&packet, max, dst) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            log::debug!("{} not sent: larger than the client's Maximum Packet Size {max}", packet.name());
+            Ok(())
+        }
+        Err(e) => Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))),
+    }
 }
 
 fn not_a_server_packet(p: &Packet) -> std::io::Error {

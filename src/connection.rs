@@ -302,6 +302,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(Packet::Connect(connect))) => {
             let aliases = connect.properties.topic_alias_maximum.unwrap_or(0);
             link.outbox.set_protocol(connect.protocol, aliases);
+            link.outbox.set_max_packet_size(connect.properties.maximum_packet_size);
             let deadline = Instant::now() + timeout;
             match authenticate_enhanced(rt, broker, link, peer, &connect, deadline).await {
                 Ok(auth) => admit(broker, *connect, peer, conn, kick, auth, out).await,
@@ -338,24 +339,30 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             None
         }
         Err(refusal) => {
-            crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
             if link.framed.codec().speaks_v5() {
                 // A 5.0 CONNECT is refused with its 5.0 reason code
                 // (MQTT-3.2.2-6/-7), the rule in the Reason String.
                 link.outbox.set_protocol(Protocol::V5, 0);
-                let reason = match &refusal {
-                    Refusal::Violation(v) => v.reason_code(),
-                    Refusal::Policy(code, _) => ReasonCode::from_connect_code(*code),
+                let (reason, why) = match &refusal {
+                    Refusal::Violation(v) => (v.reason_code(), v.to_string()),
+                    Refusal::Policy(code, why) => (ReasonCode::from_connect_code(*code), why.clone()),
                 };
-                let properties =
-                    Properties { reason_string: Some(refusal.to_string().into()), ..Properties::default() };
+                crate::limited!(
+                    "CONNECT refused",
+                    log::Level::Warn,
+                    "{addr}: CONNECT refused: {why} (CONNACK {reason})"
+                );
+                let properties = Properties { reason_string: Some(why.into()), ..Properties::default() };
                 out.push(Packet::Connack(Box::new(Connack { session_present: false, reason, properties })));
                 let _ = link.push(out);
-            } else if let Some(code) = refusal.connack() {
-                let reason = ReasonCode::from_connect_code(code);
-                let connack = Connack { session_present: false, reason, properties: Properties::default() };
-                out.push(Packet::Connack(Box::new(connack)));
-                let _ = link.push(out);
+            } else {
+                crate::limited!("CONNECT refused", log::Level::Warn, "{addr}: CONNECT refused: {refusal}");
+                if let Some(code) = refusal.connack() {
+                    let reason = ReasonCode::from_connect_code(code);
+                    let connack = Connack { session_present: false, reason, properties: Properties::default() };
+                    out.push(Packet::Connack(Box::new(connack)));
+                    let _ = link.push(out);
+                }
             }
             None
         }

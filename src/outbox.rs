@@ -43,6 +43,8 @@ pub struct Outbox {
     sent: u64,
     /// The protocol packets are encoded in (3.1.1 until CONNECT says).
     protocol: Protocol,
+    /// The client's Maximum Packet Size (5.0; `None`: no limit).
+    max_packet_size: Option<usize>,
     /// Topic aliases assigned to the client's deliveries (5.0, when it
     /// announced a Topic Alias Maximum).
     aliases: Option<Box<Aliases>>,
@@ -79,6 +81,11 @@ impl Outbox {
             .then(|| Box::new(Aliases { max, assigned: HashMap::new(), empty: Arc::from("") }));
     }
 
+    /// Limits what is sent to the client's Maximum Packet Size (5.0).
+    pub fn set_max_packet_size(&mut self, max: Option<u32>) {
+        self.max_packet_size = max.map(|m| m as usize);
+    }
+
     /// Encodes a packet after those already waiting (also while a write of
     /// them is under way).
     pub fn push(&mut self, packet: &Packet) -> Result<(), Error> {
@@ -88,7 +95,10 @@ impl Outbox {
         }
         match packet {
             Packet::Publish(p) => self.push_publish(p),
-            _ => codec::encode_for(self.protocol, packet, &mut self.buf),
+            _ => {
+                let max = self.max_packet_size.unwrap_or(usize::MAX);
+                codec::encode_within(self.protocol, packet, max, &mut self.buf)
+            }
         }
     }
 

@@ -294,3 +294,45 @@ runtime_test!(
         b.persistent("abandoned", false).ping();
     }
 );
+
+runtime_kind_test!(
+    /// With `per_listener_settings`, a persistent session restored from the
+    /// store keeps the listener (and user) its client last connected on:
+    /// what arrives for it while it is away is checked against that
+    /// listener's ACL, not the first listener's. Here the first listener's
+    /// ACL would refuse the message and the second one has none.
+    a_restored_session_keeps_its_listener_for_acl_checks,
+    |kind: RuntimeKind| {
+        use midge::config::{Listener, ListenerSecurity};
+        let data = TempDir::new("owner");
+        let acl = data.0.join("first.acl");
+        std::fs::write(&acl, "topic read nothing/#\n").unwrap();
+        let configure = |c: &mut midge::Config| {
+            c.data_dir = Some(data.0.clone());
+            c.listeners.push(Listener::tcp("127.0.0.1:0".parse().unwrap()));
+            c.listener_security =
+                vec![ListenerSecurity { acl_file: Some(acl.clone()), ..Default::default() }, ListenerSecurity::default()];
+        };
+        {
+            let b = TestBroker::start(kind, configure);
+            let mut sub = Raw::connect(b.addrs[1]);
+            sub.send(&packets::connect("far", false, 60));
+            sub.expect(&packets::CONNACK_ACCEPTED);
+            sub.send(&packets::subscribe(1, &[("data/#", 1)]));
+            sub.expect(&packets::suback(1, &[1]));
+            sub.send(&DISCONNECT);
+            sub.expect_closed();
+        }
+        let b = TestBroker::start(kind, configure);
+        let mut publisher = Raw::connect(b.addrs[1]);
+        publisher.send(&packets::connect("pub", true, 60));
+        publisher.expect(&packets::CONNACK_ACCEPTED);
+        publisher.send(&packets::publish("data/x", b"kept", 1, 1));
+        publisher.expect(&ack(PUBACK, 1));
+        assert_eq!(b.broker.session_pending("far"), Some(1), "queued under the second listener's (absent) ACL");
+        let mut sub = Raw::connect(b.addrs[1]);
+        sub.send(&packets::connect("far", false, 60));
+        sub.expect(&packets::CONNACK_SESSION_PRESENT);
+        assert_eq!(receive_and_ack(&mut sub), ("data/x".into(), 1, b"kept".to_vec(), false));
+    }
+);

@@ -207,6 +207,33 @@ runtime_test!(
 );
 
 runtime_test!(
+    /// Retained QoS 1 messages for a new subscription, more than the queue
+    /// and the inflight window hold, arrive without a stall while the
+    /// subscriber acknowledges them: midge keeps reading its PUBACKs (its
+    /// own full queue does not pause its reads), so nothing waits for the
+    /// slow-consumer timeout (30 s here; the test's reads wait 5 s at most).
+    retained_qos1_beyond_the_queue_flow_while_acknowledged,
+    |c: &mut midge::Config| {
+        c.max_inflight = 10;
+        c.max_queued = 20;
+        c.slow_consumer_timeout = Duration::from_secs(30);
+    },
+    |b: &TestBroker| {
+        let mut publisher = b.client("pub");
+        for i in 0..200u8 {
+            publisher.send(&packets::publish_with(&format!("many/{i}"), &[i], 1, Some(u16::from(i) + 1), true, false));
+            publisher.expect(&ack(PUBACK, u16::from(i) + 1));
+        }
+        let mut sub = b.client("sub");
+        sub.send(&packets::subscribe(1, &[("many/#", 1)]));
+        sub.expect(&packets::suback(1, &[1]));
+        let mut seen: Vec<u8> = (0..200).map(|_| sub.receive_and_ack(1).remove(0).2[0]).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    }
+);
+
+runtime_test!(
     /// A subscriber that never reads does not stall the publisher or another
     /// subscriber: once its socket and its queue are full, it holds the
     /// publisher back for `slow_consumer_timeout` at most; then it is stuck,

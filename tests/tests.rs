@@ -18,6 +18,9 @@ mod connect;
 mod crash;
 /// Durable state: restarts, store failures, session expiry.
 mod durability;
+/// MQTT 5.0 enhanced authentication through the hooks: challenge and
+/// response, re-authentication, refusals.
+mod enhanced_auth;
 /// Inflight window, queue limits, dropped messages.
 mod flow;
 /// Hostile clients and overload: deep topics, stuck readers, takeovers,

@@ -80,3 +80,67 @@ runtime_kind_test!(
         );
     }
 );
+
+runtime_kind_test!(
+    /// The same 68c325b store served to MQTT 5.0 clients: a 5.0 client
+    /// resuming `fx-sub-1` (Clean Start 0, Session Expiry never) gets Session
+    /// Present 1 and the queued messages in order and once, its stored
+    /// subscriptions route a 5.0 publisher's message with its properties,
+    /// and a new 5.0 subscriber gets the retained messages.
+    store_of_68c325b_is_served_to_mqtt_5_clients,
+    |kind: RuntimeKind| {
+        use crate::support::v5::{V5, options, publish_packet};
+        use midge::packet::QoS;
+        use midge::v5::{Properties, ReasonCode, Subscribe};
+        use std::sync::Arc;
+        let data = copy_of("store-68c325b");
+        let b = TestBroker::start(kind, |c| c.data_dir = Some(data.0.clone()));
+        let (mut sub, connack) = V5::accepted(b.addr, "fx-sub-1", |c| {
+            c.clean_start = false;
+            c.properties.session_expiry = Some(u32::MAX);
+        });
+        assert!(connack.session_present, "MQTT-3.2.2-2: the stored session is resumed");
+        // All five are sent before any is acknowledged (the inflight window
+        // is 20): receive them, then acknowledge each.
+        let received: Vec<_> = (0..5).map(|_| sub.recv_publish()).collect();
+        received.iter().for_each(|p| sub.ack(p));
+        let got: Vec<(String, QoS, Vec<u8>)> =
+            received.iter().map(|p| (p.topic.to_string(), p.qos, p.payload.to_vec())).collect();
+        let text = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            got,
+            vec![
+                ("fx/a/one".into(), QoS::AtLeastOnce, text("queued-qos1-0")),
+                ("fx/a/one".into(), QoS::AtLeastOnce, text("queued-qos1-1")),
+                ("fx/a/one".into(), QoS::AtLeastOnce, text("queued-qos1-2")),
+                ("fx/b/two".into(), QoS::ExactlyOnce, text("queued-qos2")),
+                ("fx/retained/a".into(), QoS::AtLeastOnce, text("retained-a")),
+            ]
+        );
+        sub.expect_nothing_queued();
+        let mut publisher = V5::client(b.addr, "fx-pub5");
+        let mut p = publish_packet("fx/c/two", b"after", 1);
+        p.properties = Arc::new(Properties { content_type: Some("text/plain".into()), ..Properties::default() });
+        publisher.publish_with(p);
+        let p = sub.recv_and_ack();
+        assert_eq!((&*p.topic, &p.payload[..]), ("fx/c/two", &b"after"[..]));
+        assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"), "properties forwarded");
+
+        let mut late = V5::client(b.addr, "fx-late5");
+        let both = vec![("fx/retained/#".into(), options(1)), ("other/#".into(), options(1))];
+        let suback = late.subscribe_with(Subscribe { pid: 0, subscription_id: None, properties: Properties::default(), filters: both });
+        assert_eq!(suback.reasons, [ReasonCode::GRANTED_QOS_1; 2]);
+        let mut retained: Vec<(String, Vec<u8>, bool)> = (0..2)
+            .map(|_| {
+                let p = late.recv_and_ack();
+                (p.topic.to_string(), p.payload.to_vec(), p.retain)
+            })
+            .collect();
+        retained.sort();
+        assert_eq!(
+            retained,
+            vec![("fx/retained/a".into(), text("retained-a"), true), ("other/retained/b".into(), text("retained-b"), true)]
+        );
+        late.expect_nothing_queued();
+    }
+);

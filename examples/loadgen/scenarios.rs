@@ -56,6 +56,8 @@ struct SubState {
 struct PubState {
     sent: AtomicU64,
     acked: AtomicU64,
+    /// MQTT 5.0: PUBACKs with a reason code from 0x80 (not counted as acked).
+    refused: AtomicU64,
 }
 
 enum Topics {
@@ -64,19 +66,24 @@ enum Topics {
 }
 
 impl Topics {
-    fn write(&mut self, out: &mut Vec<u8>) {
+    /// Writes the next topic to `out`; returns its number among this
+    /// publisher's topics (the key of its topic alias).
+    fn write(&mut self, out: &mut Vec<u8>) -> usize {
         match self {
             Topics::Fixed(t) => {
                 if out.as_slice() != t.as_slice() {
                     out.clear();
                     out.extend_from_slice(t);
                 }
+                0
             }
             Topics::Cycle { prefix, n, next } => {
+                let key = *next;
                 out.clear();
                 out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(next.to_string().as_bytes());
-                *next = (*next + 1) % *n;
+                out.extend_from_slice(key.to_string().as_bytes());
+                *next = (key + 1) % *n;
+                key
             }
         }
     }
@@ -162,9 +169,7 @@ async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut Writer, filters: 
         flush(w, &mut buf).await?;
         let (first, body) = mqtt::timeout(Duration::from_secs(10), "SUBACK", r.next()).await?;
         if first >> 4 == mqtt::SUBACK {
-            if body[2..].contains(&0x80) {
-                return Err(io::Error::new(ErrorKind::PermissionDenied, "subscription refused (SUBACK 0x80)"));
-            }
+            mqtt::check_suback(&body)?;
             acked += 1;
         }
     }
@@ -200,6 +205,7 @@ async fn receive_inner(
     let mut last = vec![0u64; publishers];
     let mut acks = Vec::new();
     let mut lats = Vec::new();
+    let mut aliases = mqtt::Aliases::new();
     loop {
         let measuring = st.collect_latency && ctx.measuring.load(Relaxed);
         let now = if measuring { ctx.now_ns() } else { 0 };
@@ -208,7 +214,7 @@ async fn receive_inner(
             if first >> 4 != mqtt::PUBLISH {
                 continue;
             }
-            let p = mqtt::parse_publish(first, body)?;
+            let p = mqtt::parse_publish(first, body, &mut aliases)?;
             n += 1;
             if p.qos == 1 {
                 mqtt::puback(&mut acks, p.pid);
@@ -245,6 +251,7 @@ async fn receive_inner(
         if n > 0 {
             st.received.fetch_add(n, Relaxed);
             st.credits.add_permits(n as usize);
+            aliases.count();
         }
         for (counter, v) in [(&st.gaps, gaps), (&st.out_of_order, ooo), (&st.foreign, foreign)] {
             if v > 0 {
@@ -273,14 +280,18 @@ async fn publisher(ctx: Arc<Ctx>, spec: PubSpec, st: Arc<PubState>, ready: smol:
 async fn pub_reader(ctx: Arc<Ctx>, mut r: FrameReader, st: Arc<PubState>, inflight: Arc<Semaphore>) {
     let result: io::Result<()> = async {
         loop {
-            let mut n = 0u64;
-            while let Some((first, _)) = r.next_buffered()? {
+            let (mut n, mut refused) = (0u64, 0u64);
+            while let Some((first, body)) = r.next_buffered()? {
                 if first >> 4 == mqtt::PUBACK {
                     n += 1;
+                    refused += !mqtt::parse_puback(body)?.1 as u64;
                 }
             }
             if n > 0 {
-                st.acked.fetch_add(n, Relaxed);
+                st.acked.fetch_add(n - refused, Relaxed);
+                if refused > 0 && st.refused.fetch_add(refused, Relaxed) == 0 {
+                    eprintln!("loadgen: the broker refused a QoS 1 PUBLISH (PUBACK reason code from 0x80)");
+                }
                 inflight.add_permits(n as usize);
             }
             r.fill().await?;
@@ -315,10 +326,12 @@ async fn publisher_inner(
     let (r, mut w) = connect_publisher(ctx, &ready).await?;
     let qos = ctx.args.qos;
     let payload_len = ctx.args.payload;
-    let inflight = Arc::new(Semaphore::new(ctx.args.inflight));
+    let window = inflight_window(ctx, &w);
+    let inflight = Arc::new(Semaphore::new(window));
     let reader = ctx.ex.spawn(pub_reader(ctx.clone(), r, st.clone(), inflight.clone()));
     let mut buf = Vec::with_capacity(FLUSH_AT + payload_len + 256);
     let mut topic = Vec::new();
+    let mut aliases = mqtt::OutAliases::new(&w.limits);
     let (mut seq, mut pid) = (0u64, 0u16);
     let start = Instant::now();
     'run: while !ctx.stop.load(Relaxed) {
@@ -354,9 +367,9 @@ async fn publisher_inner(
             pid = if pid == u16::MAX { 1 } else { pid + 1 };
         }
         seq += 1;
-        spec.topics.write(&mut topic);
+        let key = spec.topics.write(&mut topic);
         let ts = ctx.now_ns();
-        mqtt::publish(&mut buf, &topic, qos, false, pid, payload_len, |b| {
+        mqtt::publish(&mut buf, aliases.topic(key, &topic), qos, false, pid, payload_len, |b| {
             fill_payload(b, spec.idx, seq, ts, payload_len)
         });
         st.sent.fetch_add(1, Relaxed);
@@ -366,18 +379,28 @@ async fn publisher_inner(
     }
     flush(&mut w, &mut buf).await?;
     if qos > 0 {
-        await_acks(ctx, &inflight).await;
+        await_acks(ctx, &inflight, window).await;
     }
     mqtt::close(&mut w).await;
     drop(reader);
     Ok(())
 }
 
+/// A publisher's QoS 1 window: `--inflight`, or the broker's Receive
+/// Maximum (MQTT 5.0) if that is smaller (noted once on stderr).
+pub fn inflight_window(ctx: &Ctx, w: &Writer) -> usize {
+    let max = w.limits.receive_max as usize;
+    if max < ctx.args.inflight && !ctx.inflight_capped.swap(true, Relaxed) {
+        eprintln!("loadgen: the broker's Receive Maximum {max} is below --inflight {}: using {max}", ctx.args.inflight);
+    }
+    ctx.args.inflight.min(max)
+}
+
 /// Waits (at most 5 s, and not past the run's deadline) for a publisher's
-/// outstanding PUBACKs: every permit of its inflight window is back.
-pub async fn await_acks(ctx: &Ctx, inflight: &Semaphore) {
+/// outstanding PUBACKs: every permit of its inflight `window` is back.
+pub async fn await_acks(ctx: &Ctx, inflight: &Semaphore, window: usize) {
     let until = (Instant::now() + Duration::from_secs(5)).min(ctx.deadline);
-    while inflight.available_permits() < ctx.args.inflight && Instant::now() < until {
+    while inflight.available_permits() < window && Instant::now() < until {
         Timer::after(Duration::from_millis(10)).await;
     }
 }
@@ -553,6 +576,7 @@ async fn flows(ctx: Arc<Ctx>) -> io::Result<Report> {
     let secs = s1.2.duration_since(s0.2).as_secs_f64();
     let sent_total = sum(&pub_states, |p| &p.sent);
     let acked_total = sum(&pub_states, |p| &p.acked);
+    let refused_total = sum(&pub_states, |p| &p.refused);
     let mut r = Report {
         sent_per_s: (s1.0 - s0.0) as f64 / secs,
         received_per_s: (s1.1 - s0.1) as f64 / secs,
@@ -566,6 +590,7 @@ async fn flows(ctx: Arc<Ctx>) -> io::Result<Report> {
     r.int("sent_total", sent_total);
     if qos1 {
         r.int("acked_total", acked_total);
+        r.int("puback_refused", refused_total);
     }
     r.int("expected_total", expected);
     r.int("received_total", received_total);
@@ -580,8 +605,11 @@ async fn flows(ctx: Arc<Ctx>) -> io::Result<Report> {
         r.int("inflight", a.inflight as u64);
     }
     let mut notes = Vec::new();
-    if qos1 && acked_total < sent_total {
-        notes.push(format!("{} unacked", sent_total - acked_total));
+    if qos1 && acked_total + refused_total < sent_total {
+        notes.push(format!("{} unacked", sent_total - acked_total - refused_total));
+    }
+    if refused_total > 0 {
+        notes.push(format!("{refused_total} refused by the broker (PUBACK reason code from 0x80)"));
     }
     if gaps + ooo + foreign > 0 {
         notes.push(format!("sequence gaps {gaps}, out of order {ooo}, foreign {foreign}"));
@@ -756,7 +784,8 @@ async fn publish_many(
     qos: u8,
     payload_len: usize,
 ) -> io::Result<()> {
-    let window = ctx.args.inflight;
+    let window = inflight_window(ctx, w);
+    let mut aliases = mqtt::OutAliases::new(&w.limits);
     let mut buf = Vec::with_capacity(70 * 1024);
     let (mut i, mut inflight) = (0usize, 0usize);
     while i < n || inflight > 0 {
@@ -766,7 +795,7 @@ async fn publish_many(
         while i < n && (qos == 0 || inflight < window) && buf.len() < 64 * 1024 {
             let topic = format!("bench/retained/{i}");
             let pid = (i % 65535) as u16 + 1;
-            mqtt::publish(&mut buf, topic.as_bytes(), qos, true, pid, payload_len, |b| {
+            mqtt::publish(&mut buf, aliases.topic(i, topic.as_bytes()), qos, true, pid, payload_len, |b| {
                 fill_payload(b, 0, i as u64 + 1, 0, payload_len)
             });
             i += 1;
@@ -810,6 +839,7 @@ async fn retained(ctx: Arc<Ctx>) -> io::Result<Report> {
         mqtt::open(ctx.addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024, ctx.args.persistent)
             .await?;
     let mut buf = Vec::new();
+    let mut aliases = mqtt::Aliases::new();
     mqtt::subscribe(&mut buf, 1, std::iter::once(&b"bench/retained/#"[..]), qos);
     let t1 = Instant::now();
     flush(&mut sw, &mut buf).await?;
@@ -821,22 +851,21 @@ async fn retained(ctx: Arc<Ctx>) -> io::Result<Report> {
         while let Some((first, body)) = sr.next_buffered()? {
             match first >> 4 {
                 mqtt::PUBLISH => {
-                    let p = mqtt::parse_publish(first, body)?;
+                    let p = mqtt::parse_publish(first, body, &mut aliases)?;
                     if p.qos == 1 {
                         mqtt::puback(&mut acks, p.pid);
                     }
                     if p.retain && p.topic.starts_with(b"bench/retained/") { got += 1 } else { live += 1 }
                 }
                 mqtt::SUBACK => {
-                    if body.get(2) == Some(&0x80) {
-                        return Err(io::Error::new(ErrorKind::PermissionDenied, "subscription refused"));
-                    }
+                    mqtt::check_suback(body)?;
                     suback = true;
                 }
                 _ => {}
             }
         }
         last_at = Instant::now();
+        aliases.count();
         flush(&mut sw, &mut acks).await?;
         if got >= n {
             break;

@@ -55,7 +55,9 @@
 //! maximum is within 10 % (or 4 MiB) of the middle third's.
 
 use crate::mqtt::{self, FrameReader, Writer};
-use crate::scenarios::{FLUSH_AT, acquire_within, await_acks, by_deadline, connect_publisher, flush, rss_bytes};
+use crate::scenarios::{
+    FLUSH_AT, acquire_within, await_acks, by_deadline, connect_publisher, flush, inflight_window, rss_bytes,
+};
 use crate::{Ctx, Report};
 use event_listener::Event;
 use futures::FutureExt as _;
@@ -361,6 +363,7 @@ async fn sub_reader_inner(
     }
     let mut acks = Vec::new();
     let mut got = Vec::new();
+    let mut aliases = mqtt::Aliases::new();
     enum Next {
         Data,
         Cmd(Option<Cmd>),
@@ -369,7 +372,7 @@ async fn sub_reader_inner(
         while let Some((first, body)) = r.next_buffered()? {
             match first >> 4 {
                 mqtt::PUBLISH => {
-                    let p = mqtt::parse_publish(first, body)?;
+                    let p = mqtt::parse_publish(first, body, &mut aliases)?;
                     if p.qos == 1 {
                         mqtt::puback(&mut acks, p.pid);
                     }
@@ -386,8 +389,8 @@ async fn sub_reader_inner(
                         got.push(Got { idx: u32::MAX, seq: 0, generation: 0, qos1: false, w: 0 });
                     }
                 }
-                mqtt::SUBACK if body.len() < 3 || body[2..].contains(&0x80) => {
-                    return Err(io::Error::new(ErrorKind::PermissionDenied, "resubscription refused (SUBACK 0x80)"));
+                mqtt::SUBACK => {
+                    mqtt::check_suback(body).map_err(|e| io::Error::new(e.kind(), format!("resubscription: {e}")))?
                 }
                 _ => {}
             }
@@ -395,6 +398,7 @@ async fn sub_reader_inner(
         if !got.is_empty() {
             t.record(&got);
             got.clear();
+            aliases.count();
         }
         if !acks.is_empty() {
             w.write_all(&acks).await?;
@@ -427,9 +431,7 @@ async fn setup_target(ctx: Arc<Ctx>, t: Arc<Target>) -> io::Result<Live> {
         loop {
             let (first, body) = mqtt::timeout(Duration::from_secs(10), "SUBACK", r.next()).await?;
             if first >> 4 == mqtt::SUBACK {
-                if body.len() < 3 || body[2] == 0x80 {
-                    return Err(io::Error::new(ErrorKind::PermissionDenied, "subscription refused (SUBACK 0x80)"));
-                }
+                mqtt::check_suback(&body)?;
                 return Ok((r, w));
             }
         }
@@ -517,9 +519,10 @@ async fn pub_reader(
         let mut seqs = Vec::new();
         loop {
             while let Some((first, body)) = r.next_buffered()? {
-                if first >> 4 == mqtt::PUBACK && body.len() >= 2 {
-                    let pid = u16::from_be_bytes([body[0], body[1]]);
-                    seqs.push(pids[pid as usize].load(Relaxed));
+                if first >> 4 == mqtt::PUBACK {
+                    // A refused message (5.0: reason code from 0x80) is not acked.
+                    let (pid, accepted) = mqtt::parse_puback(body)?;
+                    seqs.push(if accepted { pids[pid as usize].load(Relaxed) } else { 0 });
                 }
             }
             if !seqs.is_empty() {
@@ -549,12 +552,14 @@ async fn publisher_inner(
     ready: Sender<bool>,
 ) -> io::Result<()> {
     let (r, mut w) = connect_publisher(ctx, &ready).await?;
-    let inflight = Arc::new(Semaphore::new(ctx.args.inflight));
+    let window = inflight_window(ctx, &w);
+    let inflight = Arc::new(Semaphore::new(window));
     let pids: Arc<Vec<AtomicU64>> = Arc::new((0..65536).map(|_| AtomicU64::new(0)).collect());
     let reader = ctx.ex.spawn(pub_reader(ctx.clone(), r, s.clone(), inflight.clone(), pids.clone()));
     let mut rng = Rng::new(seed);
     let mut buf = Vec::with_capacity(FLUSH_AT + LARGE.1 + 256);
     let topic = s.topic.clone().into_bytes();
+    let mut aliases = mqtt::OutAliases::new(&w.limits);
     let (mut seq, mut pid) = (0u64, 0u16);
     let mut last_mark: Option<(u64, u32)> = None;
     'run: while !ctx.stop.load(Relaxed) {
@@ -606,7 +611,7 @@ async fn publisher_inner(
             s.sent_q1.fetch_add(1, Relaxed);
         }
         let idx = s.idx;
-        mqtt::publish(&mut buf, &topic, qos1 as u8, false, pid, len, |b| {
+        mqtt::publish(&mut buf, aliases.topic(0, &topic), qos1 as u8, false, pid, len, |b| {
             b.extend_from_slice(&idx.to_le_bytes());
             b.extend_from_slice(&seq.to_le_bytes());
             b.extend_from_slice(&generation.to_le_bytes());
@@ -623,7 +628,7 @@ async fn publisher_inner(
         }
     }
     flush(&mut w, &mut buf).await?;
-    await_acks(ctx, &inflight).await;
+    await_acks(ctx, &inflight, window).await;
     mqtt::close(&mut w).await;
     drop(reader);
     Ok(())
@@ -771,13 +776,14 @@ async fn sys_monitor(ctx: Arc<Ctx>) -> io::Result<(Arc<SysState>, Writer, Task<(
     let st = Arc::new(SysState::default());
     let st2 = st.clone();
     let task = ctx.ex.spawn(async move {
+        let mut aliases = mqtt::Aliases::new();
         let _: io::Result<()> = async {
             loop {
                 while let Some((first, body)) = r.next_buffered()? {
                     if first >> 4 != mqtt::PUBLISH {
                         continue;
                     }
-                    let p = mqtt::parse_publish(first, body)?;
+                    let p = mqtt::parse_publish(first, body, &mut aliases)?;
                     if p.topic == SYS_DROPPED.as_bytes()
                         && let Some(v) = std::str::from_utf8(p.payload).ok().and_then(|s| s.trim().parse().ok())
                     {
