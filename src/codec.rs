@@ -164,12 +164,49 @@ impl MqttCodec {
         };
         let frame = frame.freeze();
         self.received += total as u64;
+        if let Some(publish) = plain_publish_v5(first, &frame, body_at) {
+            return Ok(Some(Packet::Publish(publish)));
+        }
         let packet = from_v5(v5::decode_from_client(first, frame.slice(body_at..)).map_err(Violation::from)?)?;
         if let Packet::Connect(_) = &packet {
             self.protocol.get_or_insert(Protocol::V5);
         }
         Ok(Some(packet))
     }
+}
+
+/// The common 5.0 PUBLISH, read without the general decoder: a topic written
+/// out and no properties (Property Length 0). Anything else, and anything
+/// wrong, is `None` and goes to [`v5::decode_from_client`], which gives the
+/// precise answer.
+fn plain_publish_v5(header: u8, frame: &Bytes, body_at: usize) -> Option<Publish> {
+    if header >> 4 != 3 {
+        return None;
+    }
+    let qos = QoS::from_u8((header >> 1) & 0x03)?;
+    let dup = header & 0x08 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return None;
+    }
+    let body = frame.get(body_at..)?;
+    let (&[hi, lo], rest) = body.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    let topic = std::str::from_utf8(rest.get(..len)?).ok()?;
+    topic::validate_name(topic).ok()?;
+    let mut at = body_at + 2 + len;
+    let pid = match qos {
+        QoS::AtMostOnce => None,
+        _ => {
+            let pid = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+            at += 2;
+            Some(pid).filter(|&pid| pid != 0)?.into()
+        }
+    };
+    if *frame.get(at)? != 0 {
+        return None;
+    }
+    let payload = frame.slice(at + 1..);
+    Some(Publish { dup, ..Publish::new(topic.into(), payload, qos, pid, header & 0x01 != 0) })
 }
 
 /// A decoded 5.0 packet in the neutral model, with the topic rules the 5.0

@@ -594,6 +594,9 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     // Boxed: rarely used, and a packet inline would grow every connection.
     let mut stash: Option<Box<Packet>> = None;
     let mut held_back = false;
+    // Held back only by its own full session: acknowledgements are still
+    // read (they are what drains it), anything else waits.
+    let mut acks_only = false;
     let mut event = Event::Queued;
     loop {
         // Set when a packet in the batch ends the connection: what was
@@ -602,11 +605,23 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         match std::mem::replace(&mut event, Event::Queued) {
             Event::Packet(Some(Ok(packet))) => {
                 last_packet = Instant::now();
+                // What was queued before this packet arrived goes out before
+                // its answer: a PINGRESP or PUBACK never overtakes a
+                // delivery already waiting (select! may have seen the packet
+                // first).
+                if link.outbox.is_empty() && out.is_empty() && handle::drain(client, broker, out) == Drained::TakenOver
+                {
+                    return Close::TakenOver;
+                }
                 let mut next = Some(packet);
                 // Handle every packet already received before writing once:
                 // a pipelining publisher gets its acknowledgements in one write.
                 for _ in 0..BATCH {
                     let Some(packet) = next.take() else { break };
+                    if acks_only && !drains_own_session(&packet) {
+                        next = Some(packet);
+                        break;
+                    }
                     // MQTT-3.1.4-2: once taken over, nothing more this
                     // connection read is handled, however fast it arrives.
                     if kicked.is_raised() {
@@ -716,7 +731,11 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         if was_held_back && !held_back {
             last_packet = Instant::now();
         }
-        let reading = !held_back && unanswered <= MAX_UNWRITTEN;
+        acks_only = held_back
+            && held.len() < MAX_HELD
+            && rate_until.is_none()
+            && pressure.iter().all(|w| Arc::ptr_eq(&w.session, &client.session));
+        let reading = (!held_back || (acks_only && stash.is_none())) && unanswered <= MAX_UNWRITTEN;
         if reading && stash.is_some() {
             if shutdown.is_closed() {
                 return Close::Shutdown;
@@ -762,6 +781,15 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
     }
+}
+
+/// Whether a packet drains the client's own session (or costs nothing): what
+/// a client held back by its own full queue may still send.
+fn drains_own_session(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubcomp(_) | Packet::Pingreq | Packet::Disconnect(_)
+    )
 }
 
 /// Completes once the store has committed (or failed) `ticket`; never

@@ -48,9 +48,6 @@ pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec
         return Flow::TakenOver;
     };
     client.wait_for(ticket);
-    // Its own session filled by retained messages is not waited for: it
-    // drains only as this client's acknowledgements are read.
-    pressed.retain(|s| !std::sync::Arc::ptr_eq(s, &client.session));
     client.press(pressed);
     for (filter, _) in &granted {
         log::debug!("client {id} subscribed to {filter}");

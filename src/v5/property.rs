@@ -388,6 +388,9 @@ pub(crate) fn write<S: Sink>(s: &mut S, props: &Properties, topic_alias: Option<
 /// included: its message properties with the delivery's own expiry, topic
 /// alias and subscription identifiers.
 pub fn publish_properties_len(p: &crate::packet::Publish) -> usize {
+    if bare(p) {
+        return 1;
+    }
     let props = p.properties.as_deref().unwrap_or(&NONE);
     let mut count = super::encode::Count::default();
     write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
@@ -396,11 +399,20 @@ pub fn publish_properties_len(p: &crate::packet::Publish) -> usize {
 
 /// Writes a neutral PUBLISH's property section (see [`publish_properties_len`]).
 pub fn write_publish_properties(p: &crate::packet::Publish, dst: &mut bytes::BytesMut) {
+    if bare(p) {
+        return dst.byte(0);
+    }
     let props = p.properties.as_deref().unwrap_or(&NONE);
     let mut count = super::encode::Count::default();
     write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
     dst.vbi(count.len() as u32);
     write_items(dst, props, p.topic_alias, &p.subscription_ids, p.expiry);
+}
+
+/// Whether a PUBLISH has no property at all (Property Length 0): the
+/// common case, written without walking the property table.
+fn bare(p: &crate::packet::Publish) -> bool {
+    p.properties.is_none() && p.expiry.is_none() && p.topic_alias.is_none() && p.subscription_ids.is_empty()
 }
 
 /// No properties, for a PUBLISH without any.
