@@ -624,10 +624,8 @@ impl Broker {
                         return found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
                     }
                     match seen.get(&m.topic) {
-                        Some(&i) => {
-                            found[i].qos = found[i].qos.max(qos);
-                            found[i].subscription_ids.extend(sub.id);
-                        }
+                        // One SUBSCRIBE has one identifier for all its filters.
+                        Some(&i) => found[i].qos = found[i].qos.max(qos),
                         None => {
                             seen.insert(m.topic.clone(), found.len());
                             found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
@@ -743,24 +741,27 @@ impl Broker {
                 routed += 1;
             }
         }
-        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), std::cmp::Reverse(sub.options.qos)));
+        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), sub.id, std::cmp::Reverse(sub.options.qos)));
         let mut i = 0;
         while i < targets.len() {
-            // One copy per session: the highest QoS of its matching
-            // subscriptions (first after the sort), every identifier.
+            // One copy per session and Subscription Identifier: the highest
+            // QoS of those matching subscriptions (first after the sort). A
+            // 3.1.1 session (no identifiers) gets one copy (MQTT-3.3.5-1); a
+            // 5.0 one with overlapping identified subscriptions one copy
+            // each, every copy with its one identifier (MQTT-3.3.4-5), as
+            // Mosquitto sends them: libmosquitto refuses a PUBLISH with more
+            // than one.
             let (session, first) = &targets[i];
             let mut end = i + 1;
             let mut rap = first.options.retain_as_published;
-            let mut ids: Vec<u32> = first.id.into_iter().collect();
-            while end < targets.len() && Arc::ptr_eq(&targets[end].0, session) {
+            while end < targets.len() && Arc::ptr_eq(&targets[end].0, session) && targets[end].1.id == first.id {
                 rap |= targets[end].1.options.retain_as_published;
-                ids.extend(targets[end].1.id);
                 end += 1;
             }
             let copy = Message {
                 qos: message.qos.min(first.options.qos),
                 retain: rap && message.retain,
-                subscription_ids: ids,
+                subscription_ids: first.id.into_iter().collect(),
                 ..message.clone()
             };
             let (offer, t) = session.deliver(copy, security.as_deref());

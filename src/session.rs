@@ -516,14 +516,16 @@ impl Session {
     }
 
     /// Takes out every message routed here through a shared subscription
-    /// that its client has not finished with (queued, or sent and not
-    /// acknowledged; a QoS 2 one whose PUBREC came stays): the session is
-    /// leaving, and they go to another member of their group (4.8.2).
+    /// that its client has not finished with (queued, or a QoS 1 one sent
+    /// and not acknowledged): the session is leaving, and they go to another
+    /// member of their group (4.8.2). A QoS 2 message already sent stays: it
+    /// is completed with this client when it reconnects, and never sent to
+    /// another (MQTT-4.8.2-4/-5).
     pub fn take_shared(&mut self) -> Vec<Message> {
         let mut taken = Vec::new();
         let mut removed = Vec::new();
         self.inflight.retain(|f| {
-            let keep = f.message.shared.is_none() || f.released;
+            let keep = f.message.shared.is_none() || f.message.qos == QoS::ExactlyOnce;
             if !keep {
                 removed.push(f.seq);
                 taken.push(f.message.clone());
