@@ -69,8 +69,9 @@ struct Attached {
 struct Subscriber {
     sub: Subscription,
     session: Arc<SessionHandle>,
-    /// For a shared subscription: its group and member.
-    share: Option<Share>,
+    /// For a shared subscription: its group and member (boxed: rare, and
+    /// the trie's leaves are walked on every PUBLISH).
+    share: Option<Box<Share>>,
 }
 
 /// A member of a shared subscription's group.
@@ -88,10 +89,10 @@ type SharedMatch = (Arc<str>, Arc<SessionHandle>, Subscription, Arc<str>);
 /// it matches with, its key there, and its group if it is shared (a shared
 /// subscription matches with the filter it shares, under a key of its own,
 /// so it can sit beside the client's own subscription to that filter).
-fn slot<'f>(filter: &'f str, client: &Arc<str>) -> (&'f str, Arc<str>, Option<Share>) {
+fn slot<'f>(filter: &'f str, client: &Arc<str>) -> (&'f str, Arc<str>, Option<Box<Share>>) {
     match topic::shared(filter) {
         Some((_, inner)) => {
-            let share = Share { group: filter.into(), client: client.clone() };
+            let share = Box::new(Share { group: filter.into(), client: client.clone() });
             (inner, format!("{filter}\0{client}").into(), Some(share))
         }
         None => (filter, client.clone(), None),
@@ -619,16 +620,15 @@ impl Broker {
                         return;
                     }
                     let qos = m.qos.min(sub.options.qos);
-                    let ids = || sub.id.into_iter().collect();
                     if filters.len() == 1 {
-                        return found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
+                        return found.push(Message { qos, subscription_id: sub.id, ..m.clone() });
                     }
                     match seen.get(&m.topic) {
                         // One SUBSCRIBE has one identifier for all its filters.
                         Some(&i) => found[i].qos = found[i].qos.max(qos),
                         None => {
                             seen.insert(m.topic.clone(), found.len());
-                            found.push(Message { qos, subscription_ids: ids(), ..m.clone() });
+                            found.push(Message { qos, subscription_id: sub.id, ..m.clone() });
                         }
                     }
                 });
@@ -731,7 +731,7 @@ impl Broker {
                 let copy = Message {
                     qos: message.qos.min(sub.options.qos),
                     retain: sub.options.retain_as_published && message.retain,
-                    subscription_ids: sub.id.into_iter().collect(),
+                    subscription_id: sub.id,
                     shared: Some(name.clone()),
                     ..message.clone()
                 };
@@ -761,7 +761,7 @@ impl Broker {
             let copy = Message {
                 qos: message.qos.min(first.options.qos),
                 retain: rap && message.retain,
-                subscription_ids: first.id.into_iter().collect(),
+                subscription_id: first.id,
                 ..message.clone()
             };
             let (offer, t) = session.deliver(copy, security.as_deref());

@@ -264,7 +264,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
                 properties,
                 expiry,
                 topic_alias: p.topic_alias,
-                subscription_ids: Vec::new(),
+                subscription_id: None,
             })
         }
         P::Puback(a) => Packet::Puback(Ack { pid: a.pid, reason: a.reason }),

@@ -143,8 +143,9 @@ pub struct Publish {
     /// Topic Alias (5.0): inbound as the client sent it (resolved by the
     /// handler); outbound, assigned by the encoder.
     pub topic_alias: Option<u16>,
-    /// Subscription Identifiers of the subscriptions that matched (outbound, 5.0).
-    pub subscription_ids: Vec<u32>,
+    /// The Subscription Identifier of the subscription that matched
+    /// (outbound, 5.0: one copy per identifier).
+    pub subscription_id: Option<u32>,
 }
 
 impl Publish {
@@ -160,7 +161,7 @@ impl Publish {
             properties: None,
             expiry: None,
             topic_alias: None,
-            subscription_ids: Vec::new(),
+            subscription_id: None,
         }
     }
 }
@@ -318,8 +319,9 @@ pub struct Message {
     /// When the message expires (its Message Expiry Interval after it was
     /// received), in milliseconds since the Unix epoch.
     pub expires: Option<u64>,
-    /// Subscription Identifiers of the matching subscriptions (per delivery).
-    pub subscription_ids: Vec<u32>,
+    /// The Subscription Identifier of the matching subscription(s) this
+    /// copy is for (per delivery: one copy per identifier, MQTT-3.3.4-5).
+    pub subscription_id: Option<u32>,
     /// The shared subscription (`$share/{name}/{filter}`) this copy was
     /// routed through: if its session leaves before acknowledging it, it
     /// goes to another member of the group. Not stored.
@@ -329,16 +331,7 @@ pub struct Message {
 impl Message {
     /// A message without 5.0 properties or expiry.
     pub fn new(topic: Arc<str>, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties: None,
-            expires: None,
-            subscription_ids: Vec::new(),
-            shared: None,
-        }
+        Message { topic, payload, qos, retain, properties: None, expires: None, subscription_id: None, shared: None }
     }
 
     /// Whether it has expired at `now_ms` (milliseconds since the epoch).

@@ -394,14 +394,22 @@ impl Session {
             }
             let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
             self.queued_bytes -= message.payload.len();
-            let now_ms = *now.get_or_insert_with(crate::packet::now_ms);
+            // The clock is read only for a message with an expiry.
+            let now_ms = match message.expires {
+                Some(_) => *now.get_or_insert_with(crate::packet::now_ms),
+                None => 0,
+            };
             // MQTT-3.3.2-5: an expired message is not sent.
             if message.expired(now_ms) {
                 self.forget(seq, qos, DropCause::Expired);
                 continue;
             }
             let pid = (qos != QoS::AtMostOnce).then(|| pid_for(seq));
-            let packet = publish_packet(&message, pid, false, now_ms);
+            // A QoS 0 message moves into its packet; one kept inflight is
+            // cloned (its topic and payload are shared, not copied): every
+            // extra clone is a count every subscriber's core touches.
+            let kept = (qos != QoS::AtMostOnce).then(|| message.clone());
+            let packet = publish_packet(message, pid, false, now_ms);
             // MQTT-3.1.2-25: a PUBLISH larger than the client's Maximum
             // Packet Size is discarded as if it had been sent.
             if self.too_large(&packet) {
@@ -409,9 +417,7 @@ impl Session {
                 continue;
             }
             out.push(Packet::Publish(packet));
-            if qos == QoS::AtMostOnce {
-                continue;
-            }
+            let Some(message) = kept else { continue };
             self.record(|id| Op::Progress(id, seq, Progress::Sent));
             self.inflight.push_back(Inflight { seq, message, released: false });
         }
@@ -454,7 +460,7 @@ impl Session {
         for f in &self.inflight {
             out.push(match f.released {
                 true => Packet::Pubrel(Ack::ok(f.pid())),
-                false => Packet::Publish(publish_packet(&f.message, Some(f.pid()), true, now_ms)),
+                false => Packet::Publish(publish_packet(f.message.clone(), Some(f.pid()), true, now_ms)),
             });
         }
     }
@@ -568,21 +574,12 @@ impl Session {
     }
 }
 
-/// The PUBLISH that delivers `message` (its topic, payload and properties
-/// are shared, not copied), carrying what is left of its expiry interval.
-fn publish_packet(message: &Message, pid: Option<Pid>, dup: bool, now_ms: u64) -> Publish {
-    Publish {
-        dup,
-        qos: message.qos,
-        pid,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        payload: message.payload.clone(),
-        properties: message.properties.clone(),
-        expiry: message.remaining_expiry(now_ms),
-        topic_alias: None,
-        subscription_ids: message.subscription_ids.clone(),
-    }
+/// The PUBLISH that delivers `message`, carrying what is left of its
+/// expiry interval.
+fn publish_packet(message: Message, pid: Option<Pid>, dup: bool, now_ms: u64) -> Publish {
+    let expiry = message.remaining_expiry(now_ms);
+    let Message { topic, payload, qos, retain, properties, subscription_id, .. } = message;
+    Publish { dup, qos, pid, retain, topic, payload, properties, expiry, topic_alias: None, subscription_id }
 }
 
 #[cfg(test)]

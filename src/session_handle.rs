@@ -115,6 +115,12 @@ impl SessionHandle {
         self.bell.take().await;
     }
 
+    /// Whether messages were queued since the bell was last taken (a cheap
+    /// look, without taking it).
+    pub fn is_rung(&self) -> bool {
+        self.bell.is_raised()
+    }
+
     /// The client this session belongs to.
     pub fn client_id(&self) -> &Arc<str> {
         &self.client_id

@@ -28,7 +28,7 @@ fn message5() -> StoredMessage {
         shared: None,
         properties: Some(Arc::new(properties)),
         expires: Some(1_900_000_000_000),
-        subscription_ids: vec![7, 268_435_455],
+        subscription_id: Some(268_435_455),
         retain: true,
         ..message("x/5", b"m5", QoS::AtLeastOnce)
     }

@@ -311,16 +311,17 @@ fn decode_retained(topic: &str, bytes: &[u8]) -> Option<Message> {
 /// milliseconds since the epoch, 0 for none), the subscription identifier
 /// count (u16) and identifiers (u32 each), then the PUBLISH property section.
 fn encode_extra(m: &Message, out: &mut Vec<u8>, qos_at: usize) {
-    if m.properties.is_none() && m.expires.is_none() && m.subscription_ids.is_empty() {
+    if m.properties.is_none() && m.expires.is_none() && m.subscription_id.is_none() {
         return;
     }
     out[qos_at] |= EXTENDED;
     let properties = m.properties.as_deref().map(v5::encode_message_properties).unwrap_or_default();
-    let len = 8 + 2 + 4 * m.subscription_ids.len() + properties.len();
+    let ids = m.subscription_id.as_slice();
+    let len = 8 + 2 + 4 * ids.len() + properties.len();
     out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(&m.expires.unwrap_or(0).to_be_bytes());
-    out.extend_from_slice(&(m.subscription_ids.len() as u16).to_be_bytes());
-    for id in &m.subscription_ids {
+    out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
         out.extend_from_slice(&id.to_be_bytes());
     }
     out.extend_from_slice(&properties);
@@ -336,7 +337,7 @@ fn decode_extra<'a>(bytes: &'a [u8], m: &mut Message) -> Option<&'a [u8]> {
     let (count, mut extra) = extra.split_first_chunk::<2>()?;
     for _ in 0..u16::from_be_bytes(*count) {
         let (id, rest) = extra.split_first_chunk::<4>()?;
-        m.subscription_ids.push(u32::from_be_bytes(*id));
+        m.subscription_id.get_or_insert(u32::from_be_bytes(*id));
         extra = rest;
     }
     if !extra.is_empty() {

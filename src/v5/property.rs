@@ -393,7 +393,7 @@ pub fn publish_properties_len(p: &crate::packet::Publish) -> usize {
     }
     let props = p.properties.as_deref().unwrap_or(&NONE);
     let mut count = super::encode::Count::default();
-    write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
+    write_items(&mut count, props, p.topic_alias, p.subscription_id.as_slice(), p.expiry);
     super::encode::vbi_len(count.len()) + count.len()
 }
 
@@ -404,15 +404,15 @@ pub fn write_publish_properties(p: &crate::packet::Publish, dst: &mut bytes::Byt
     }
     let props = p.properties.as_deref().unwrap_or(&NONE);
     let mut count = super::encode::Count::default();
-    write_items(&mut count, props, p.topic_alias, &p.subscription_ids, p.expiry);
+    write_items(&mut count, props, p.topic_alias, p.subscription_id.as_slice(), p.expiry);
     dst.vbi(count.len() as u32);
-    write_items(dst, props, p.topic_alias, &p.subscription_ids, p.expiry);
+    write_items(dst, props, p.topic_alias, p.subscription_id.as_slice(), p.expiry);
 }
 
 /// Whether a PUBLISH has no property at all (Property Length 0): the
 /// common case, written without walking the property table.
 fn bare(p: &crate::packet::Publish) -> bool {
-    p.properties.is_none() && p.expiry.is_none() && p.topic_alias.is_none() && p.subscription_ids.is_empty()
+    p.properties.is_none() && p.expiry.is_none() && p.topic_alias.is_none() && p.subscription_id.is_none()
 }
 
 /// No properties, for a PUBLISH without any.
