@@ -46,6 +46,9 @@ struct Shared {
     hooks: RwLock<Option<Arc<dyn Hooks>>>,
     /// Where each shared subscription group's next pick starts.
     share_cursors: Mutex<HashMap<Arc<str>, usize>>,
+    /// Wills waiting for their delay, by client id: raised when a
+    /// connection attaches to that id (or a newer will replaces it).
+    delayed_wills: Mutex<HashMap<Arc<str>, Arc<Signal>>>,
 }
 
 struct Entry {
@@ -226,6 +229,7 @@ impl Broker {
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
             share_cursors: Mutex::new(HashMap::new()),
+            delayed_wills: Mutex::new(HashMap::new()),
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -360,6 +364,11 @@ impl Broker {
         let Attach { listener, username, clean_start, expiry, client } = how;
         let ends_with_connection = expiry == Some(0);
         let mut registry = lock(&self.shared.registry);
+        // A will waiting for its delay is decided now (MQTT-3.1.3-9): its
+        // timer wakes, and finds this attachment once the registry is free.
+        if let Some(will) = lock(&self.shared.delayed_wills).remove(client_id) {
+            will.raise();
+        }
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
             kick.raise();
@@ -403,6 +412,25 @@ impl Broker {
         };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
+    }
+
+    /// Registers a will waiting for its delay: the signal is raised when a
+    /// connection attaches to `client_id` (then [`Broker::will_due`] says
+    /// whether it resumed the session) or a newer delayed will replaces it.
+    pub fn delay_will(&self, client_id: &Arc<str>) -> Arc<Signal> {
+        let signal = Arc::new(Signal::new());
+        if let Some(older) = lock(&self.shared.delayed_wills).insert(client_id.clone(), signal.clone()) {
+            older.raise();
+        }
+        signal
+    }
+
+    /// Forgets a delayed will once handled (if it is still the registered one).
+    pub fn forget_will(&self, client_id: &Arc<str>, signal: &Arc<Signal>) {
+        let mut wills = lock(&self.shared.delayed_wills);
+        if wills.get(client_id).is_some_and(|s| Arc::ptr_eq(s, signal)) {
+            wills.remove(client_id);
+        }
     }
 
     /// Whether the delayed will of connection `conn` of `client_id`, whose

@@ -235,15 +235,25 @@ where
             }
         }
     }
+    // Registered before the detach, so that a connection attaching to the
+    // client id at any time after it wakes the timer (one pending will per
+    // client id: reconnecting in a loop cannot pile up timers).
+    let resumed = delayed.as_ref().map(|_| broker.delay_will(&client.id));
     broker.detach(&client.id, conn);
-    if let Some((message, retain, delay)) = delayed {
+    if let (Some((message, retain, delay)), Some(resumed)) = (delayed, resumed) {
         let (timer, broker, id, session) = (rt.clone(), broker.clone(), client.id.clone(), client.session.clone());
         rt.spawn(async move {
-            timer.sleep(delay).await;
+            {
+                let sleep = timer.sleep(delay);
+                let woken = resumed.raised();
+                pin_mut!(sleep, woken);
+                select(sleep, woken).await;
+            }
             if broker.will_due(&id, &session, conn) {
-                log::info!("client {id}: will delay of {delay:?} over, publishing its will");
+                log::info!("client {id}: will delay of {delay:?} over or session ended, publishing its will");
                 broker.publish(message, retain);
             }
+            broker.forget_will(&id, &resumed);
         });
     }
     broker.stats().disconnected();

@@ -634,6 +634,35 @@ runtime_test!(
 );
 
 runtime_test!(
+    /// 3.1.3.2.2: the will waits for its delay "or the Session ends,
+    /// whichever happens first": a Clean Start reconnect within a delay of an
+    /// hour ends the session, and the will goes out then, not an hour later.
+    /// Reconnecting in a loop with a long delay leaves one pending will.
+    will_delay_ends_with_the_session_a_clean_start_ends,
+    |b: &TestBroker| {
+        let mut sub = V5::client(b.addr, "heir2");
+        sub.subscribe("ended/#", 1);
+        let delayed = |clean_start: bool| {
+            V5::accepted(b.addr, "loop", |c| {
+                c.clean_start = clean_start;
+                c.properties.session_expiry = Some(3600);
+                let props = Properties { will_delay: Some(3600), ..Properties::default() };
+                c.will = Some(will("ended/loop", b"gone", props));
+            })
+            .0
+        };
+        for _ in 0..5 {
+            drop(delayed(false));
+        }
+        sub.expect_nothing_queued();
+        let _fresh = delayed(true);
+        let got = sub.recv_and_ack();
+        assert_eq!((&*got.topic, &got.payload[..]), ("ended/loop", &b"gone"[..]));
+        sub.expect_nothing_queued();
+    }
+);
+
+runtime_test!(
     /// MQTT-3.1.0-2: a second CONNECT is a Protocol Error: DISCONNECT 0x82
     /// and the close.
     mqtt_3_1_0_2_second_connect_gets_0x82,

@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         match codec.decode(&mut src) {
             Ok(Some(packet)) => {
                 assert!(src.len() < before, "a packet consumed no bytes");
-                round_trip(&packet);
+                // A 5.0 connection's packets carry what 3.1.1 cannot say;
+                // the codec5 target checks the 5.0 codec's round trips.
+                if !codec.speaks_v5() {
+                    round_trip(&packet);
+                }
             }
             Ok(None) => {
                 assert!(src.len() < MAX_PACKET_SIZE, "{} bytes buffered", src.len());
