@@ -92,32 +92,25 @@ impl Decoder for MqttCodec {
             },
             None => false,
         };
-        if v5 {
-            self.v5_connect = true;
-            return self.decode_v5(src, first, body_at, total);
-        }
         if src.len() < total {
+            if v5 {
+                self.v5_connect = true;
+            }
             return Ok(None);
         }
+        // The acknowledgements' four-byte form is the same in 3.1.1 and 5.0.
         if let Some(packet) = acknowledgement(header, &src[..total]) {
             src.advance(total);
             self.received += total as u64;
             return packet.map(Some);
         }
-        // A frame shares the read buffer's allocation, and a queued payload
-        // keeps it alive: a small packet cut from a buffer that grew for a
-        // large one would pin all of it. Such a packet is copied out.
-        let mut frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
-            true => {
-                let frame = BytesMut::from(&src[..total]);
-                src.advance(total);
-                frame
-            }
-            false => src.split_to(total),
-        };
+        let mut frame = self.cut(src, total);
+        if v5 {
+            self.v5_connect = true;
+            return self.decode_v5(frame.freeze(), first, body_at);
+        }
         frame[0] = header;
         let frame = frame.freeze();
-        self.received += total as u64;
         validate::check_body(header, &frame[body_at..])?;
         let packet = decode_frame(&frame)?;
         if let Packet::Connect(connect) = &packet {
@@ -138,32 +131,24 @@ fn names_level_5(body: &[u8], len: usize) -> Option<bool> {
 }
 
 impl MqttCodec {
-    /// Cuts and decodes one 5.0 frame (its length already checked).
-    fn decode_v5(
-        &mut self,
-        src: &mut BytesMut,
-        first: u8,
-        body_at: usize,
-        total: usize,
-    ) -> Result<Option<Packet>, Error> {
-        if src.len() < total {
-            return Ok(None);
-        }
-        if let Some(packet) = acknowledgement(first, &src[..total]) {
-            src.advance(total);
-            self.received += total as u64;
-            return packet.map(Some);
-        }
-        let frame = match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
+    /// Cuts a whole frame out of the read buffer. A frame shares the read
+    /// buffer's allocation, and a queued payload keeps it alive: a small
+    /// packet cut from a buffer that grew for a large one would pin all of
+    /// it. Such a packet is copied out.
+    fn cut(&mut self, src: &mut BytesMut, total: usize) -> BytesMut {
+        self.received += total as u64;
+        match src.capacity() > SHRINK_ABOVE && total < src.capacity() / PIN_RATIO {
             true => {
                 let frame = BytesMut::from(&src[..total]);
                 src.advance(total);
                 frame
             }
             false => src.split_to(total),
-        };
-        let frame = frame.freeze();
-        self.received += total as u64;
+        }
+    }
+
+    /// Decodes one whole 5.0 frame.
+    fn decode_v5(&mut self, frame: Bytes, first: u8, body_at: usize) -> Result<Option<Packet>, Error> {
         if let Some(publish) = plain_publish_v5(first, &frame, body_at) {
             return Ok(Some(Packet::Publish(publish)));
         }
