@@ -48,7 +48,7 @@ struct Shared {
     share_cursors: Mutex<HashMap<Arc<str>, usize>>,
     /// Wills waiting for their delay, by client id: raised when a
     /// connection attaches to that id (or a newer will replaces it).
-    delayed_wills: Mutex<HashMap<Arc<str>, Arc<Signal>>>,
+    delayed_wills: Mutex<HashMap<Arc<str>, Arc<PendingWill>>>,
 }
 
 struct Entry {
@@ -100,6 +100,45 @@ fn slot<'f>(filter: &'f str, client: &Arc<str>) -> (&'f str, Arc<str>, Option<Bo
         }
         None => (filter, client.clone(), None),
     }
+}
+
+/// A will waiting for its delay: decided when a connection attaches to its
+/// client id (resumed: not sent; a new session: sent, the old one ended),
+/// or by its timer when none does.
+#[derive(Debug, Default)]
+pub struct PendingWill {
+    decided: Signal,
+    verdict: Mutex<Option<WillState>>,
+}
+
+impl PendingWill {
+    fn decide(&self, verdict: WillState) {
+        lock(&self.verdict).get_or_insert(verdict);
+        self.decided.raise();
+    }
+
+    /// Completes once an attaching connection decided the will.
+    pub async fn decided(&self) {
+        self.decided.raised().await;
+    }
+
+    /// Whether the will is to be sent now: decided to, or not decided
+    /// against when its delay is over.
+    pub fn send(&self) -> bool {
+        *lock(&self.verdict) != Some(WillState::Resumed)
+    }
+}
+
+/// Where a delayed will stands (see [`Broker::delay_will`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillState {
+    /// No connection came back to the session: the delay runs.
+    Waiting,
+    /// A connection resumed the session: the will is not sent (MQTT-3.1.3-9).
+    Resumed,
+    /// The session ended (expired, or replaced by a Clean Start): the will
+    /// is sent now.
+    SessionEnded,
 }
 
 /// Who attaches to a session, and how (see [`Broker::attach_with`]).
@@ -366,9 +405,7 @@ impl Broker {
         let mut registry = lock(&self.shared.registry);
         // A will waiting for its delay is decided now (MQTT-3.1.3-9): its
         // timer wakes, and finds this attachment once the registry is free.
-        if let Some(will) = lock(&self.shared.delayed_wills).remove(client_id) {
-            will.raise();
-        }
+        let pending_will = lock(&self.shared.delayed_wills).remove(client_id);
         let previous = registry.remove(client_id);
         if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
             kick.raise();
@@ -389,6 +426,10 @@ impl Broker {
                 (SessionHandle::new(client_id.clone(), session, self.shared.store.clone()), false)
             }
         };
+        if let Some(will) = pending_will {
+            let verdict = if session_present { WillState::Resumed } else { WillState::SessionEnded };
+            will.decide(verdict);
+        }
         let persistent = {
             let mut s = session.lock();
             s.owner = conn;
@@ -414,35 +455,48 @@ impl Broker {
         Attachment { session, session_present, ticket }
     }
 
-    /// Registers a will waiting for its delay: the signal is raised when a
-    /// connection attaches to `client_id` (then [`Broker::will_due`] says
-    /// whether it resumed the session) or a newer delayed will replaces it.
-    pub fn delay_will(&self, client_id: &Arc<str>) -> Arc<Signal> {
-        let signal = Arc::new(Signal::new());
-        if let Some(older) = lock(&self.shared.delayed_wills).insert(client_id.clone(), signal.clone()) {
-            older.raise();
-        }
-        signal
-    }
-
-    /// Forgets a delayed will once handled (if it is still the registered one).
-    pub fn forget_will(&self, client_id: &Arc<str>, signal: &Arc<Signal>) {
-        let mut wills = lock(&self.shared.delayed_wills);
-        if wills.get(client_id).is_some_and(|s| Arc::ptr_eq(s, signal)) {
-            wills.remove(client_id);
-        }
-    }
-
-    /// Whether the delayed will of connection `conn` of `client_id`, whose
-    /// session was `session`, is due now its delay is over: no connection
-    /// resumed that session since (MQTT-3.1.3-9). A session that ended
-    /// meanwhile (expired, or replaced by a Clean Start) has its will sent.
-    pub fn will_due(&self, client_id: &str, session: &Arc<SessionHandle>, conn: u64) -> bool {
-        match lock(&self.shared.registry).get(client_id) {
+    /// Decides a will with a delay when its connection has ended (after
+    /// [`Broker::detach`]): `None` if a connection already resumed the
+    /// session (the will is not sent, MQTT-3.1.3-9), `Some(None)` if the
+    /// session already ended (send it now), or `Some(Some(pending))` for a
+    /// will that waits: the next connection to attach to `client_id`
+    /// decides it (see [`PendingWill`]). One pending will per client id.
+    pub fn delay_will(
+        &self,
+        client_id: &Arc<str>,
+        session: &Arc<SessionHandle>,
+        conn: u64,
+    ) -> Option<Option<Arc<PendingWill>>> {
+        // The registry's lock orders this against attaching connections.
+        let registry = lock(&self.shared.registry);
+        let state = match registry.get(client_id) {
             Some(entry) if Arc::ptr_eq(&entry.session, session) => {
-                entry.last_connection == conn && entry.connection.is_none()
+                match entry.last_connection == conn && entry.connection.is_none() {
+                    true => WillState::Waiting,
+                    false => WillState::Resumed,
+                }
             }
-            _ => true,
+            _ => WillState::SessionEnded,
+        };
+        match state {
+            WillState::Resumed => None,
+            WillState::SessionEnded => Some(None),
+            WillState::Waiting => {
+                let pending = Arc::new(PendingWill::default());
+                if let Some(older) = lock(&self.shared.delayed_wills).insert(client_id.clone(), pending.clone()) {
+                    older.decide(WillState::Resumed);
+                }
+                drop(registry);
+                Some(Some(pending))
+            }
+        }
+    }
+
+    /// Forgets a pending will once handled (if it is still the registered one).
+    pub fn forget_will(&self, client_id: &Arc<str>, pending: &Arc<PendingWill>) {
+        let mut wills = lock(&self.shared.delayed_wills);
+        if wills.get(client_id).is_some_and(|w| Arc::ptr_eq(w, pending)) {
+            wills.remove(client_id);
         }
     }
 

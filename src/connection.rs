@@ -235,26 +235,29 @@ where
             }
         }
     }
-    // Registered before the detach, so that a connection attaching to the
-    // client id at any time after it wakes the timer (one pending will per
-    // client id: reconnecting in a loop cannot pile up timers).
-    let resumed = delayed.as_ref().map(|_| broker.delay_will(&client.id));
     broker.detach(&client.id, conn);
-    if let (Some((message, retain, delay)), Some(resumed)) = (delayed, resumed) {
-        let (timer, broker, id, session) = (rt.clone(), broker.clone(), client.id.clone(), client.session.clone());
-        rt.spawn(async move {
-            {
-                let sleep = timer.sleep(delay);
-                let woken = resumed.raised();
-                pin_mut!(sleep, woken);
-                select(sleep, woken).await;
+    if let Some((message, retain, delay)) = delayed {
+        match broker.delay_will(&client.id, &client.session, conn) {
+            // A connection already resumed the session (a takeover).
+            None => {}
+            Some(None) => drop(broker.publish(message, retain)),
+            Some(Some(pending)) => {
+                let (timer, broker, id) = (rt.clone(), broker.clone(), client.id.clone());
+                rt.spawn(async move {
+                    {
+                        let sleep = timer.sleep(delay);
+                        let decided = pending.decided();
+                        pin_mut!(sleep, decided);
+                        select(sleep, decided).await;
+                    }
+                    if pending.send() {
+                        log::info!("client {id}: will delay of {delay:?} over or session ended, publishing its will");
+                        broker.publish(message, retain);
+                    }
+                    broker.forget_will(&id, &pending);
+                });
             }
-            if broker.will_due(&id, &session, conn) {
-                log::info!("client {id}: will delay of {delay:?} over or session ended, publishing its will");
-                broker.publish(message, retain);
-            }
-            broker.forget_will(&id, &resumed);
-        });
+        }
     }
     broker.stats().disconnected();
     if let Some(listener) = &peer.listener_stats {
