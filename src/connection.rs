@@ -214,7 +214,7 @@ where
         let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
         let message = Message {
             properties: will.properties,
-            expires: expires.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000),
+            expires: expires.map(crate::packet::expires_in),
             ..Message::new(will.topic, will.payload, will.qos, false)
         };
         // The Will Delay Interval, cut short by the session's own end

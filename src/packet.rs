@@ -346,6 +346,12 @@ impl Message {
     }
 }
 
+/// When a message received now with a Message Expiry Interval of `secs`
+/// expires, in milliseconds since the epoch (see [`Message::expires`]).
+pub fn expires_in(secs: u32) -> u64 {
+    now_ms() + u64::from(secs) * 1000
+}
+
 /// Milliseconds since the Unix epoch now (the clock message expiry uses).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -29,7 +29,7 @@ pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<P
     }
     check_depth(broker, &p.topic)?;
     check_retain(broker, p.retain)?;
-    let expires = p.expiry.map(|secs| crate::packet::now_ms() + u64::from(secs) * 1000);
+    let expires = p.expiry.map(crate::packet::expires_in);
     let utf8_ok = p.properties.as_ref().is_none_or(|props| props.payload_format_utf8 != Some(true))
         || std::str::from_utf8(&p.payload).is_ok();
     let message = Message { properties: p.properties, expires, ..Message::new(p.topic, p.payload, p.qos, p.retain) };
