@@ -413,6 +413,24 @@ runtime_test!(
     }
 );
 
+runtime_test!(
+    /// 3.14.2.2.2: a session that never expires (0xFFFFFFFF) may be given an
+    /// expiry by DISCONNECT: only one of 0 may not change. The DISCONNECT
+    /// setting 60 is no Protocol Error (the broker just closes, sending
+    /// nothing), and the session outlives the connection.
+    disconnect_changes_a_session_expiry_of_never,
+    |b: &TestBroker| {
+        let (mut c, _) = session(b, "forever", false, u32::MAX);
+        c.send(&Packet::Disconnect(Disconnect {
+            reason: R::NORMAL_DISCONNECTION,
+            properties: Properties { session_expiry: Some(60), ..Properties::default() },
+        }));
+        c.expect_closed();
+        let (_c, present) = session(b, "forever", false, 60);
+        assert!(present, "the session is kept for its new expiry");
+    }
+);
+
 runtime_kind_test!(
     /// MQTT-3.1.4-2 / 3.2.2.2: a wrong password gets CONNACK 0x86 (Bad User
     /// Name or Password), a client without a user name where anonymous

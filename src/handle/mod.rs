@@ -295,7 +295,8 @@ fn disconnect(client: &Client, broker: &Broker, d: &crate::packet::Disconnect) -
         return Ok(Flow::Disconnect);
     }
     if let Some(expiry) = d.properties.session_expiry {
-        if client.session_expiry.unwrap_or(0) == 0 && expiry != 0 {
+        // `None` is "never" (0xFFFFFFFF): only an expiry of 0 may not change.
+        if client.session_expiry == Some(0) && expiry != 0 {
             return Err(Violation::V5(
                 ReasonCode::PROTOCOL_ERROR,
                 "MQTT-3.14.2-2",
