@@ -10,7 +10,7 @@ use crate::error::OpenError;
 use crate::packet::{QoS, ReasonCode, RetainHandling, Subscription};
 use crate::retain::{Retained, Scan};
 use crate::security::{Guards, Hooks, Security};
-use crate::session::{ClientLimits, Message, Offer, Session};
+use crate::session::{ClientLimits, Message, Offer, Receipt, Session};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::{DropCause, Stats};
@@ -674,7 +674,7 @@ impl Broker {
         let security = self.acl();
         let _hold = self.shared.store.as_ref().map(Persistence::hold);
         for message in self.retained_for(&send_retained) {
-            let (offer, t) = session.deliver(message, security.as_deref());
+            let (offer, t) = session.deliver(message, security.as_deref(), None);
             self.count_offer(offer, session, pressed);
             ticket = ticket.max(t);
         }
@@ -765,7 +765,8 @@ impl Broker {
     /// The ticket says when every durable copy is committed. Publishers
     /// that do not wait for full queues (the will, `$SYS`) use this.
     pub fn publish(&self, message: Message, retain: bool) -> Ticket {
-        self.publish_from(None, message, retain, &mut Vec::new()).0
+        let routing = self.publish_from(None, message, retain, None, &mut Vec::new());
+        routing.retained.max(routing.copies)
     }
 
     /// [`Broker::publish`] for a client's PUBLISH: `pressed` gets every
@@ -776,24 +777,34 @@ impl Broker {
     /// not get what its own client (`from`) published (MQTT-3.8.3-3); with
     /// Retain As Published a copy keeps the RETAIN flag (3.8.3.1); each copy
     /// carries the identifiers of the client's matching subscriptions
-    /// (MQTT-3.3.4-3). Also returns how many sessions it was routed to.
+    /// (MQTT-3.3.4-3). A `receipt` counts the stored QoS 1 copies, which
+    /// the PUBACK may wait for instead of their commit (see [`Receipt`]).
     pub fn publish_from(
         &self,
         from: Option<&str>,
         message: Message,
         retain: bool,
+        receipt: Option<&Arc<Receipt>>,
         pressed: &mut Vec<Arc<SessionHandle>>,
-    ) -> (Ticket, usize) {
+    ) -> Routing {
         // QoS 0 copies are never stored: only a retained or QoS 1/2 message
         // can change the store in more than one append.
         let stored = retain || message.qos != QoS::AtMostOnce;
-        let _hold = self.shared.store.as_ref().filter(|_| stored).map(Persistence::hold);
+        let hold = self.shared.store.as_ref().filter(|_| stored).map(Persistence::hold);
+        // Every copy's ops go to the store in one append, into the batch
+        // the hold keeps open.
+        let mut ops = Vec::new();
+        let filling = match (&self.shared.store, &hold) {
+            (Some(store), Some(hold)) => store.filling(hold),
+            _ => Ticket::default(),
+        };
         let mut ticket = Ticket::default();
+        let mut retained_ticket = Ticket::default();
         if retain {
             let mut retained = write(&self.shared.retained);
             retained.set(&message);
             let kept = (!message.payload.is_empty()).then(|| Message { retain: true, ..message.clone() });
-            ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
+            retained_ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
         }
         let security = self.acl();
         let mut targets: Vec<(Arc<SessionHandle>, Subscription)> = Vec::new();
@@ -817,7 +828,7 @@ impl Broker {
                     shared: Some(name.clone()),
                     ..message.clone()
                 };
-                let (offer, t) = session.deliver(copy, security.as_deref());
+                let (offer, t) = session.deliver(copy, security.as_deref(), None);
                 self.count_offer(offer, session, pressed);
                 ticket = ticket.max(t);
                 routed += 1;
@@ -846,13 +857,21 @@ impl Broker {
                 subscription_id: first.id,
                 ..message.clone()
             };
-            let (offer, t) = session.deliver(copy, security.as_deref());
+            let (offer, t) = match hold {
+                Some(_) => session.deliver_batched(copy, security.as_deref(), receipt, (&mut ops, filling)),
+                None => session.deliver(copy, security.as_deref(), receipt),
+            };
             self.count_offer(offer, session, pressed);
             ticket = ticket.max(t);
             routed += 1;
             i = end;
         }
-        (ticket, routed)
+        if let (Some(store), Some(hold)) = (&self.shared.store, &hold)
+            && !ops.is_empty()
+        {
+            store.append_held(hold, ops);
+        }
+        Routing { retained: retained_ticket, copies: ticket, routed }
     }
 
     /// The member of shared subscription `group` that gets the next message,
@@ -909,7 +928,7 @@ impl Broker {
                     (members[pick].0.clone(), message.qos.min(members[pick].1.options.qos))
                 }
             };
-            let (offer, _) = target.deliver(Message { qos, ..message }, security.as_deref());
+            let (offer, _) = target.deliver(Message { qos, ..message }, security.as_deref(), None);
             if let Offer::Dropped(cause) = offer {
                 self.shared.stats.dropped(cause, 1);
             }
@@ -927,4 +946,15 @@ fn random_below(n: usize) -> usize {
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;
     (x % n.max(1) as u64) as usize
+}
+
+/// Where a routed message went, and the commits its acknowledgement waits for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routing {
+    /// The commit of its retained copy (must be durable before the PUBACK).
+    pub retained: Ticket,
+    /// The commit of its copies in persistent sessions.
+    pub copies: Ticket,
+    /// Sessions it was routed to.
+    pub routed: usize,
 }

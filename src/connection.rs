@@ -13,7 +13,7 @@ use crate::outbox::Outbox;
 use crate::packet::{Connack, Connect, Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::runtime::{Runtime, within};
 use crate::security::{AuthStep, ConnectInfo};
-use crate::session::Message;
+use crate::session::{Message, Receipt};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::DropCause;
@@ -601,7 +601,7 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     let mut rate_until: Option<Instant> = None;
     let slow_consumer = broker.config().slow_consumer_timeout;
     // Responses waiting for the store commit of what they acknowledge, in order.
-    let mut held: VecDeque<(Ticket, Vec<Packet>)> = VecDeque::new();
+    let mut held: VecDeque<Held> = VecDeque::new();
     let mut pressure: Vec<Waiting> = Vec::new();
     // A packet read but not handled yet: the batch ended, or reads paused.
     // Boxed: rarely used, and a packet inline would grow every connection.
@@ -769,8 +769,14 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             .fuse();
             let kicked = kicked.raised().fuse();
             let stop = shutdown.recv().fuse();
-            let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
-            let committed = committed(broker, awaited).fuse();
+            let (front, receipt) = match held.front() {
+                Some(h) => h.awaiting(broker),
+                None => (None, None),
+            };
+            // A QoS 2 delivery waiting for its commit makes it urgent.
+            let receipt = receipt.filter(|_| blocked.is_none());
+            let awaited = front.into_iter().chain(blocked).min();
+            let committed = committed(broker, awaited, receipt).fuse();
             // Boxed, and only while needed: inline, their timers and
             // listeners would make every idle connection's task larger.
             let relieved = match pressure.is_empty() {
@@ -805,24 +811,66 @@ fn drains_own_session(packet: &Packet) -> bool {
     )
 }
 
-/// Completes once the store has committed (or failed) `ticket`; never
-/// without one.
-async fn committed(broker: &Broker, ticket: Option<Ticket>) {
-    match (broker.store(), ticket) {
-        (Some(store), Some(ticket)) => drop(store.wait(ticket).await),
-        _ => future::pending().await,
+/// Completes once the store has committed (or failed) `ticket`, or every
+/// copy `receipt` counts was acknowledged; never without either.
+async fn committed(broker: &Broker, ticket: Option<Ticket>, receipt: Option<Arc<Receipt>>) {
+    let acknowledged = async {
+        match &receipt {
+            Some(receipt) => receipt.acknowledged().await,
+            None => future::pending().await,
+        }
+    };
+    let commit = async {
+        match (broker.store(), ticket) {
+            // The copies' commit may linger: their acknowledgements
+            // usually come first.
+            (Some(store), Some(ticket)) if receipt.is_some() => drop(store.wait_lazily(ticket).await),
+            (Some(store), Some(ticket)) => drop(store.wait(ticket).await),
+            _ => future::pending().await,
+        }
+    };
+    pin_mut!(acknowledged, commit);
+    select(acknowledged, commit).await;
+}
+
+/// Responses waiting for what they acknowledge to be durable.
+struct Held {
+    /// The commit they wait for (0: none, only earlier responses).
+    ticket: Ticket,
+    /// A QoS 1 message's stored copies: their commit, or every copy
+    /// acknowledged, whichever comes first.
+    copies: Option<(Ticket, Arc<Receipt>)>,
+    packets: Vec<Packet>,
+}
+
+impl Held {
+    fn status(&self, broker: &Broker) -> TicketStatus {
+        let status = |t| broker.store().map_or(TicketStatus::Committed, |s| s.status(t));
+        match (status(self.ticket), &self.copies) {
+            (TicketStatus::Committed, Some((_, receipt))) if receipt.is_done() => TicketStatus::Committed,
+            (TicketStatus::Committed, Some((copies, _))) => status(*copies),
+            (other, _) => other,
+        }
+    }
+
+    /// What to wait for while it is pending: a commit, and a receipt.
+    fn awaiting(&self, broker: &Broker) -> (Option<Ticket>, Option<Arc<Receipt>>) {
+        let pending = broker.store().is_some_and(|s| s.status(self.ticket) == TicketStatus::Pending);
+        match &self.copies {
+            Some((copies, receipt)) if !pending => (Some(*copies), Some(receipt.clone())),
+            _ => (Some(self.ticket), None),
+        }
     }
 }
 
 /// Moves responses whose commit is done from `held` to `out`, in order;
 /// `false` if a commit failed (nothing it covered may be acknowledged).
-fn release(broker: &Broker, held: &mut VecDeque<(Ticket, Vec<Packet>)>, out: &mut Vec<Packet>) -> bool {
-    while let Some((ticket, _)) = held.front() {
-        let status = broker.store().map_or(TicketStatus::Committed, |s| s.status(*ticket));
-        match status {
+fn release(broker: &Broker, held: &mut VecDeque<Held>, out: &mut Vec<Packet>) -> bool {
+    while let Some(front) = held.front() {
+        match front.status(broker) {
             TicketStatus::Pending => break,
             TicketStatus::Failed => return false,
-            TicketStatus::Committed => out.extend(held.pop_front().expect("front exists").1),
+            TicketStatus::Committed => out.extend(held.pop_front().expect("front exists").packets),
         }
     }
     true
@@ -838,7 +886,7 @@ fn on_packet(
     broker: &Broker,
     packet: Packet,
     out: &mut Vec<Packet>,
-    held: &mut VecDeque<(Ticket, Vec<Packet>)>,
+    held: &mut VecDeque<Held>,
 ) -> Result<(), Close> {
     let mark = out.len();
     match handle::packet(client, broker, packet, out) {
@@ -849,8 +897,9 @@ fn on_packet(
         Err(v) => return Err(Close::Violation(v)),
     }
     let ticket = client.take_ticket();
-    if ticket != Ticket::default() || !held.is_empty() {
-        held.push_back((ticket, out.split_off(mark)));
+    let copies = client.take_copies();
+    if ticket != Ticket::default() || copies.is_some() || !held.is_empty() {
+        held.push_back(Held { ticket, copies, packets: out.split_off(mark) });
     }
     Ok(())
 }

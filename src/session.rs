@@ -49,6 +49,8 @@ pub struct ClientLimits {
 struct Inflight {
     seq: u64,
     message: Message,
+    /// Counts this stored copy for its publisher's PUBACK.
+    receipt: Option<Arc<Receipt>>,
     /// `true` once PUBREC arrived and PUBREL was sent (QoS 2 second half).
     released: bool,
 }
@@ -64,8 +66,63 @@ impl Inflight {
 struct Queued {
     seq: u64,
     message: Message,
+    /// Counts this stored copy for its publisher's PUBACK.
+    receipt: Option<Arc<Receipt>>,
     /// The store commit that makes it durable (default: nothing to wait for).
     ticket: Ticket,
+}
+
+/// The stored copies of one received QoS 1 message that its subscribers
+/// have not acknowledged yet. The publisher's PUBACK waits until the
+/// copies are durable, or until every one of them is acknowledged,
+/// whichever comes first: a message its subscribers all have needs no
+/// store to survive a crash. A copy that ends any other way (expired,
+/// discarded with its session, taken to another member of a shared
+/// group) leaves the count where it is, and the PUBACK waits for the
+/// commit as before.
+#[derive(Debug, Default)]
+pub struct Receipt {
+    /// Whether any copy was counted.
+    counted: std::sync::atomic::AtomicBool,
+    pending: std::sync::atomic::AtomicUsize,
+    done: event_listener::Event,
+}
+
+impl Receipt {
+    fn add(&self) {
+        self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.counted.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn complete(&self) {
+        if self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.done.notify(usize::MAX);
+        }
+    }
+
+    /// Whether any copy was counted (none: only the commit counts).
+    pub fn counts(&self) -> bool {
+        self.counted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether copies were counted and every one was acknowledged.
+    pub fn is_done(&self) -> bool {
+        self.counts() && self.pending.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// Completes once every counted copy was acknowledged.
+    pub async fn acknowledged(&self) {
+        loop {
+            if self.is_done() {
+                return;
+            }
+            let listener = self.done.listen();
+            if self.is_done() {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
 
 /// The packet id of the message with sequence number `seq`. Deriving it
@@ -183,11 +240,11 @@ impl Session {
             match progress {
                 Progress::Queued => {
                     session.queued_bytes += message.payload.len();
-                    session.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
+                    session.queue.push_back(Queued { seq, message, receipt: None, ticket: Ticket::default() });
                 }
                 Progress::Sent | Progress::Released => {
                     let released = progress == Progress::Released;
-                    session.inflight.push_back(Inflight { seq, message, released });
+                    session.inflight.push_back(Inflight { seq, message, receipt: None, released });
                 }
             }
         }
@@ -271,6 +328,11 @@ impl Session {
     /// stuck client's QoS 0 messages drop at once. A QoS 1/2 message queued
     /// in a durable session is journaled.
     pub fn offer(&mut self, message: Message) -> Offer {
+        self.offer_counted(message, None)
+    }
+
+    /// [`Session::offer`], counting a copy this session stores in `receipt`.
+    pub fn offer_counted(&mut self, message: Message, receipt: Option<&Arc<Receipt>>) -> Offer {
         let qos0 = message.qos == QoS::AtMostOnce;
         if qos0 && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
@@ -292,11 +354,16 @@ impl Session {
         };
         self.last_seq += 1;
         let seq = self.last_seq;
-        if !qos0 {
+        let mut counted = None;
+        if !qos0 && self.durable {
             self.record(|id| Op::Message(id, seq, Some(message.clone())));
+            if let Some(receipt) = receipt.filter(|_| message.qos == QoS::AtLeastOnce) {
+                receipt.add();
+                counted = Some(receipt.clone());
+            }
         }
         self.queued_bytes += message.payload.len();
-        self.queue.push_back(Queued { seq, message, ticket: Ticket::default() });
+        self.queue.push_back(Queued { seq, message, receipt: counted, ticket: Ticket::default() });
         offer
     }
 
@@ -392,7 +459,7 @@ impl Session {
             if qos == QoS::ExactlyOnce && self.durable && !durable(front.ticket) {
                 return Some(front.ticket);
             }
-            let Queued { seq, message, .. } = self.queue.pop_front().expect("front exists");
+            let Queued { seq, message, receipt, .. } = self.queue.pop_front().expect("front exists");
             self.queued_bytes -= message.payload.len();
             // The clock is read only for a message with an expiry.
             let now_ms = match message.expires {
@@ -419,7 +486,7 @@ impl Session {
             out.push(Packet::Publish(packet));
             let Some(message) = kept else { continue };
             self.record(|id| Op::Progress(id, seq, Progress::Sent));
-            self.inflight.push_back(Inflight { seq, message, released: false });
+            self.inflight.push_back(Inflight { seq, message, receipt, released: false });
         }
         None
     }
@@ -499,6 +566,9 @@ impl Session {
         if let Some(f) = found.and_then(|i| self.inflight.remove(i)) {
             self.progress += 1;
             self.record(|id| Op::Message(id, f.seq, None));
+            if let Some(receipt) = f.receipt {
+                receipt.complete();
+            }
         }
     }
 
@@ -724,6 +794,31 @@ mod tests {
         assert_eq!(pids(&out), [(Some(2), false), (Some(3), false)]);
         assert!(matches!(out[0], Packet::Pubrel(Ack { pid: 2, .. })));
         assert!(!restored.receive_qos2(9), "MQTT-4.3.3-2 state survives");
+    }
+
+    #[test]
+    fn a_receipt_counts_stored_qos1_copies_until_acknowledged() {
+        let receipt = Arc::new(Receipt::default());
+        let mut durable = Session::new("d".into(), false, LIMITS, true);
+        durable.set_online(true);
+        let mut clean = Session::new("c".into(), true, LIMITS, false);
+        clean.set_online(true);
+        durable.offer_counted(message(QoS::AtLeastOnce), Some(&receipt));
+        durable.offer_counted(message(QoS::ExactlyOnce), Some(&receipt));
+        clean.offer_counted(message(QoS::AtLeastOnce), Some(&receipt));
+        assert!(receipt.counts() && !receipt.is_done(), "one stored QoS 1 copy is counted");
+        let mut out = Vec::new();
+        durable.next_packets(&mut out, |_| true);
+        clean.next_packets(&mut out, |_| true);
+        clean.puback(1);
+        assert!(!receipt.is_done(), "a copy in a session that stores nothing is not counted");
+        durable.pubrec(Ack::ok(2), &mut out);
+        durable.pubcomp(2);
+        assert!(!receipt.is_done(), "QoS 2 copies wait for their commit");
+        durable.puback(1);
+        assert!(receipt.is_done());
+        let never = Receipt::default();
+        assert!(!never.counts() && !never.is_done(), "nothing counted: only the commit counts");
     }
 
     #[test]

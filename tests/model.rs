@@ -46,7 +46,9 @@
 //! PUBCOMP). So the checks also cover the sender's side of MQTT 4.3/4.4: on
 //! a resumed session every unacknowledged PUBLISH is re-sent with its packet
 //! id and DUP 1, and every unanswered PUBREL again (MQTT-4.4.0-1; DUP may be
-//! 0 after a crash, where the broker may not have recorded the first send);
+//! 0 after a crash, where the broker may not have recorded the first send;
+//! and a QoS 1 message acknowledged before a crash may come once more, its
+//! removal not committed: at least once);
 //! no first delivery carries DUP (MQTT-3.3.1-1) unless a crash cut the
 //! first send, no packet id is reused while in flight, and a QoS 2 message
 //! reaches the client exactly once end to end. A QoS 2 PUBLISH re-sent by
@@ -793,6 +795,14 @@ struct Client {
     /// delivery may carry DUP 1 (the broker sent it before, the client
     /// never read it).
     cut: bool,
+    /// QoS 1 messages it acknowledged since the last crash.
+    acked: Vec<Msg>,
+    /// QoS 1 messages it acknowledged before the last crash: the broker
+    /// may not have committed their removal (it does not hold its
+    /// connection's next answers for it), and may deliver them once more
+    /// (at least once), with DUP 1, or 0 if their sending was not
+    /// committed either.
+    redeliverable: Vec<Msg>,
 }
 
 impl Client {
@@ -808,6 +818,8 @@ impl Client {
             fresh: Vec::new(),
             held: Vec::new(),
             cut: false,
+            acked: Vec::new(),
+            redeliverable: Vec::new(),
         }
     }
 
@@ -845,10 +857,15 @@ impl Client {
                         e.resend_due = false;
                     }
                     None => {
-                        if p.dup() && !self.cut {
+                        let again = self.redeliverable.iter().position(|m| *m == msg);
+                        if p.dup() && !self.cut && again.is_none() {
                             return Err(format!("{who}: first delivery of {msg} has DUP 1"));
                         }
-                        self.fresh.push(msg.clone());
+                        match again {
+                            // Not new for the application: the same QoS 1 message again.
+                            Some(i) => drop(self.redeliverable.remove(i)),
+                            None => self.fresh.push(msg.clone()),
+                        }
                         let entry = Inbound { msg, state: InState::Unacked, crashed: false, resend_due: false };
                         self.inbound.insert(pid, entry);
                     }
@@ -858,7 +875,9 @@ impl Client {
                     (_, Acks::Never) => {}
                     (1, _) => {
                         conn.send(&ack(PUBACK, pid));
-                        self.inbound.remove(&pid);
+                        if let Some(e) = self.inbound.remove(&pid) {
+                            self.acked.push(e.msg);
+                        }
                     }
                     _ => {
                         conn.send(&ack(PUBREC, pid));
@@ -1080,8 +1099,13 @@ impl<R: Runtime> Run<R> {
                 true => {
                     client.inbound.clear();
                     client.held.clear();
+                    client.acked.clear();
+                    client.redeliverable.clear();
                 }
-                false => client.inbound.values_mut().for_each(|e| e.crashed = true),
+                false => {
+                    client.inbound.values_mut().for_each(|e| e.crashed = true);
+                    client.redeliverable = std::mem::take(&mut client.acked);
+                }
             }
         }
         self.broker.close();
@@ -1252,6 +1276,8 @@ impl<R: Runtime> Run<R> {
             let expected = self.model.take_due(c);
             let client = &mut self.clients[c];
             client.cut = false;
+            // A redelivery comes when the session resumes, before this check.
+            client.redeliverable.clear();
             let got = std::mem::take(&mut client.fresh);
             if !same_deliveries(&expected, &got) {
                 return Err(format!("{}: got {} but the model expected {}", client.id, list(&got), owed(&expected)));

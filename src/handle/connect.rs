@@ -89,6 +89,7 @@ pub fn connect(
         reauth: Mutex::new(None),
         peer,
         ticket: AtomicU64::new(attachment.ticket.0),
+        copies: Mutex::new(None),
         pressed: Default::default(),
     };
     client.with_session(|s| s.resend(out));

@@ -13,7 +13,7 @@ use crate::broker::Broker;
 use crate::error::Violation;
 use crate::packet::{Auth, Packet, Properties, Protocol, ReasonCode, Will};
 use crate::security::{AuthExchange, AuthStep, ClientInfo, ConnectInfo};
-use crate::session::Session;
+use crate::session::{Receipt, Session};
 use crate::session_handle::SessionHandle;
 use crate::stats::ListenerStats;
 use crate::store::{Ticket, TicketStatus};
@@ -58,6 +58,9 @@ pub struct Client {
     /// The store commit the packets being answered wait for: responses go
     /// out only once what they acknowledge is durable.
     pub ticket: AtomicU64,
+    /// The commit of the stored copies of the QoS 1 message being answered,
+    /// and their receipt: its PUBACK waits for either.
+    pub copies: Mutex<Option<(Ticket, Arc<Receipt>)>>,
     /// Sessions whose full queues took this client's messages because
     /// their clients are reading: the connection stops reading from this
     /// client until they have room (backpressure instead of loss).
@@ -74,9 +77,28 @@ impl Client {
         Some(result)
     }
 
+    /// [`Client::with_session`] whose changes no response waits for.
+    pub fn with_session_unheld<T>(&self, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        let mut owned = self.session.lock_owned(self.conn)?;
+        let result = f(&mut owned.session);
+        owned.commit();
+        Some(result)
+    }
+
     /// Holds the current responses until `ticket` is committed.
     pub fn wait_for(&self, ticket: Ticket) {
         self.ticket.fetch_max(ticket.0, Ordering::Relaxed);
+    }
+
+    /// Holds the current responses until the copies of a QoS 1 message
+    /// are committed or all acknowledged.
+    pub fn wait_for_copies(&self, ticket: Ticket, receipt: Arc<Receipt>) {
+        *self.copies.lock().unwrap_or_else(PoisonError::into_inner) = Some((ticket, receipt));
+    }
+
+    /// What [`Client::wait_for_copies`] noted since the last call.
+    pub fn take_copies(&self) -> Option<(Ticket, Arc<Receipt>)> {
+        self.copies.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// Notes sessions to wait for (see [`Client::pressed`]).
@@ -165,7 +187,12 @@ impl From<Option<()>> for Flow {
 pub fn packet(client: &Client, broker: &Broker, packet: Packet, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
     Ok(match packet {
         Packet::Publish(p) => publish::publish(client, broker, p, out)?,
-        Packet::Puback(a) => client.with_session(|s| s.puback(a.pid)).into(),
+        // A QoS 1 delivery's removal from the store answers nothing: the
+        // connection's next answers do not wait for its commit (a crash
+        // before it sends the message once more, at least once). A QoS 2
+        // one's does: a PUBREL sent again after PUBCOMP would be for an id
+        // the client has forgotten.
+        Packet::Puback(a) => client.with_session_unheld(|s| s.puback(a.pid)).into(),
         Packet::Pubrec(a) => client.with_session(|s| s.pubrec(a, out)).into(),
         Packet::Pubrel(a) => client.with_session(|s| s.pubrel(a.pid, out)).into(),
         Packet::Pubcomp(a) => client.with_session(|s| s.pubcomp(a.pid)).into(),

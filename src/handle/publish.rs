@@ -5,7 +5,7 @@ use crate::broker::Broker;
 use crate::error::Violation;
 use crate::packet::{Ack, Packet, Protocol, Publish, QoS, ReasonCode};
 use crate::security::ClientInfo;
-use crate::session::Message;
+use crate::session::{Message, Receipt};
 use crate::stats::DropCause;
 use crate::store::Persistence;
 use crate::topic;
@@ -202,8 +202,16 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
         return Routed::Refused;
     }
     let mut pressed = Vec::new();
-    let (ticket, routed) = broker.publish_from(Some(&client.id), message, retain, &mut pressed);
-    client.wait_for(ticket);
+    // A QoS 1 PUBACK may go out once every stored copy is acknowledged,
+    // before their commit (see Receipt); a retained message, and a QoS 2
+    // one's packet id, wait for theirs.
+    let receipt = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then(Arc::<Receipt>::default);
+    let routing = broker.publish_from(Some(&client.id), message, retain, receipt.as_ref(), &mut pressed);
+    client.wait_for(routing.retained);
+    match receipt.filter(|r| r.counts()) {
+        Some(receipt) => client.wait_for_copies(routing.copies, receipt),
+        None => client.wait_for(routing.copies),
+    }
     client.press(pressed);
-    Routed::To(routed)
+    Routed::To(routing.routed)
 }

@@ -13,10 +13,10 @@ mod writer;
 
 pub use self::redb::{FILE_NAME, RedbStore};
 pub use memory::MemoryStore;
-pub use writer::{Persistence, Ticket, TicketStatus};
+pub use writer::{Hold, Persistence, Ticket, TicketStatus};
 
 use crate::packet::{Message, Pid, Subscription};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::{fmt, io};
 
@@ -152,6 +152,132 @@ impl Snapshot {
     }
 }
 
+/// Drops from one commit's ops what a later op in the same commit undoes,
+/// so that it is never written: a message queued and acknowledged within
+/// one group commit (its add, its progress and its removal), a progress
+/// overwritten by a later one, a retained message replaced or cleared.
+/// Applying the folded ops gives the state the original ones give, for
+/// ops as the broker appends them: a message's sequence number is new when
+/// it is added (never already stored for its session).
+pub fn fold(ops: &mut Vec<Op>) {
+    Folder::default().fold(ops);
+}
+
+/// [`fold`] with its tables kept from one commit to the next (the writer
+/// thread's, so that a batch allocates nothing new).
+#[derive(Default)]
+pub struct Folder {
+    keep: Vec<bool>,
+    added: HashMap<FoldKey, usize, BuildKey>,
+    progressed: HashMap<FoldKey, usize, BuildKey>,
+}
+
+/// A session id's address (only compared) and a sequence number.
+type FoldKey = (usize, u64);
+
+impl Folder {
+    /// See [`fold`].
+    pub fn fold(&mut self, ops: &mut Vec<Op>) {
+        if ops.len() < 2 {
+            return;
+        }
+        self.keep.clear();
+        self.keep.resize(ops.len(), true);
+        // Nothing folds across a session op (created, refreshed or
+        // deleted): within a stretch without one, a client's ops come from
+        // one session, whose id is one allocation (kept alive by the ops
+        // themselves), so the key is that pointer and the sequence number,
+        // not a string a client chose.
+        let mut start = 0;
+        for end in 0..=ops.len() {
+            if end == ops.len() || matches!(ops[end], Op::Session(..)) {
+                self.fold_stretch(&ops[start..end], start);
+                start = end + 1;
+            }
+        }
+        let keep = &self.keep;
+        let mut i = 0;
+        ops.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+    }
+
+    fn fold_stretch(&mut self, ops: &[Op], offset: usize) {
+        let key = |id: &Arc<str>, seq: u64| -> FoldKey { (Arc::as_ptr(id).cast::<u8>() as usize, seq) };
+        let (keep, added, progressed) = (&mut self.keep, &mut self.added, &mut self.progressed);
+        added.clear();
+        progressed.clear();
+        let mut retained: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in ops.iter().enumerate().map(|(i, op)| (i + offset, op)) {
+            match op {
+                Op::Retain(topic, _) => {
+                    if let Some(before) = retained.insert(topic, i) {
+                        keep[before] = false;
+                    }
+                }
+                Op::Message(id, seq, message) => {
+                    let key = key(id, *seq);
+                    if let Some(before) = progressed.remove(&key) {
+                        keep[before] = false;
+                    }
+                    match message {
+                        Some(_) => drop(added.insert(key, i)),
+                        None => {
+                            if let Some(add) = added.remove(&key) {
+                                keep[add] = false;
+                                keep[i] = false;
+                            }
+                        }
+                    }
+                }
+                Op::Progress(id, seq, _) => {
+                    if let Some(before) = progressed.insert(key(id, *seq), i) {
+                        keep[before] = false;
+                    }
+                }
+                Op::Session(..) | Op::Subscription(..) | Op::Owner(..) | Op::Incoming(..) => {}
+            }
+        }
+    }
+}
+
+/// Hashes a (pointer, sequence number) key: neither is chosen by a client,
+/// so a multiply-rotate hash is enough.
+#[derive(Default, Clone, Copy)]
+struct BuildKey;
+
+impl std::hash::BuildHasher for BuildKey {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
 /// A place to keep durable state. Implementations are synchronous and run
 /// on the writer thread; `apply` returns once the ops are durable.
 pub trait Store: Send + 'static {
@@ -209,3 +335,101 @@ impl From<io::Error> for StoreError {
 
 #[cfg(test)]
 pub(crate) mod contract;
+
+#[cfg(test)]
+mod fold_tests {
+    use super::*;
+    use crate::packet::QoS;
+    use bytes::Bytes;
+
+    fn message(topic: &str) -> Message {
+        Message::new(topic.into(), Bytes::from_static(b"p"), QoS::AtLeastOnce, false)
+    }
+
+    /// Random ops as the broker appends them (a message's sequence number
+    /// is new for its session), over a store already holding some state.
+    fn ops(seed: u64, len: usize) -> (Snapshot, Vec<Op>) {
+        let mut x = seed | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let ids: Vec<Arc<str>> = (0..3).map(|i| format!("c{i}").into()).collect();
+        let mut before = Snapshot::default();
+        let mut last_seq = [0u64; 3];
+        for (i, id) in ids.iter().enumerate() {
+            before.apply(&[Op::Session(id.clone(), Some(1)), Op::Message(id.clone(), 1, Some(message("old")))]);
+            last_seq[i] = 1;
+        }
+        before.apply(&[Op::Retain("r".into(), Some(message("r")))]);
+        let mut out = Vec::new();
+        for _ in 0..len {
+            let c = next(3) as usize;
+            let id = ids[c].clone();
+            let seq = match last_seq[c] {
+                0 => 1,
+                last => 1 + next(last + 1).min(last - 1),
+            };
+            out.push(match next(10) {
+                0 => {
+                    last_seq[c] = 0;
+                    Op::Session(id, None)
+                }
+                1 => Op::Session(id, Some(next(100))),
+                2 | 3 => {
+                    last_seq[c] += 1;
+                    Op::Message(id, last_seq[c], Some(message("t")))
+                }
+                4 | 5 => Op::Message(id, seq, None),
+                6 | 7 => Op::Progress(id, seq, if next(2) == 0 { Progress::Sent } else { Progress::Released }),
+                8 => Op::Retain("r".into(), (next(2) == 0).then(|| message("r"))),
+                _ => Op::Incoming(id, next(4) as u16 + 1, next(2) == 0),
+            });
+        }
+        (before, out)
+    }
+
+    #[test]
+    fn folded_ops_give_the_same_state() {
+        for seed in 1..2000u64 {
+            let (before, ops) = ops(seed * 7919, 1 + (seed % 40) as usize);
+            let mut folded = ops.clone();
+            fold(&mut folded);
+            let (mut expected, mut got) = (before.clone(), before);
+            expected.apply(&ops);
+            got.apply(&folded);
+            assert_eq!(got, expected, "seed {seed}: {ops:?} folded to {folded:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_queued_and_acknowledged_in_one_commit_is_never_written() {
+        let id: Arc<str> = "c".into();
+        let mut ops = vec![
+            Op::Message(id.clone(), 5, Some(message("t"))),
+            Op::Progress(id.clone(), 5, Progress::Sent),
+            Op::Message(id.clone(), 6, Some(message("t"))),
+            Op::Message(id.clone(), 5, None),
+            Op::Progress(id.clone(), 4, Progress::Sent),
+            Op::Progress(id.clone(), 4, Progress::Released),
+        ];
+        fold(&mut ops);
+        assert_eq!(ops, [Op::Message(id.clone(), 6, Some(message("t"))), Op::Progress(id, 4, Progress::Released)]);
+    }
+
+    #[test]
+    fn nothing_folds_across_a_session_op() {
+        let id: Arc<str> = "c".into();
+        let mut ops = vec![
+            Op::Message(id.clone(), 1, Some(message("t"))),
+            Op::Session(id.clone(), None),
+            Op::Session(id.clone(), Some(1)),
+            Op::Message(id.clone(), 1, None),
+        ];
+        let expected = ops.clone();
+        fold(&mut ops);
+        assert_eq!(ops, expected);
+    }
+}

@@ -60,7 +60,19 @@ struct Shared {
     eager: AtomicBool,
     /// Commits and their latency, for the metrics.
     stats: StoreStats,
+    /// The highest batch someone waits for with [`Persistence::wait`]: a
+    /// batch nobody waits for yet lingers (see [`LINGER`]).
+    urgent: AtomicU64,
 }
+
+/// How long the writer may leave a batch open while nobody waits for it:
+/// the PUBACK of a QoS 1 message whose copies are all acknowledged waits
+/// for no commit, and a copy queued and acknowledged within one batch is
+/// never written ([`super::fold`]). A waiter ends the linger at once.
+pub const LINGER: Duration = Duration::from_millis(5);
+
+/// Ops a lingering batch may gather before it is committed anyway.
+const LINGER_OPS: usize = 200_000;
 
 struct Pending {
     ops: Vec<Op>,
@@ -73,6 +85,8 @@ struct Pending {
     cuts: Vec<usize>,
     stop: bool,
     thread: Option<thread::JoinHandle<()>>,
+    /// When the first op of the batch being filled was appended.
+    opened: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +104,7 @@ impl Persistence {
                 cuts: Vec::new(),
                 stop: false,
                 thread: None,
+                opened: None,
             }),
             wake: Condvar::new(),
             done: AtomicU64::new(0),
@@ -99,6 +114,7 @@ impl Persistence {
             waiting_for_holds: AtomicBool::new(false),
             eager: AtomicBool::new(false),
             stats: StoreStats::default(),
+            urgent: AtomicU64::new(0),
         });
         let writer = shared.clone();
         let thread = thread::Builder::new()
@@ -125,9 +141,23 @@ impl Persistence {
         }
         // Woken even inside a hold: it then waits for the hold to end.
         if before == 0 {
+            pending.opened = Some(Instant::now());
             self.shared.wake.notify_one();
         }
         Ticket(pending.batch)
+    }
+
+    /// The batch appends go to while `hold` is open (it cannot be taken
+    /// for a commit before the hold ends).
+    pub fn filling(&self, hold: &Hold<'_>) -> Ticket {
+        debug_assert!(std::ptr::eq(hold.persistence, self));
+        Ticket(lock(&self.shared.pending).batch)
+    }
+
+    /// Appends ops to the batch `hold` keeps open, named by
+    /// [`Persistence::filling`].
+    pub fn append_held(&self, _hold: &Hold<'_>, ops: Vec<Op>) {
+        self.append(ops);
     }
 
     /// Keeps the batch being filled open until the hold is dropped: every
@@ -169,8 +199,23 @@ impl Persistence {
         }
     }
 
-    /// Waits (without blocking a thread) until the ticket is no longer pending.
+    /// Waits (without blocking a thread) until the ticket is no longer
+    /// pending; its batch is committed without lingering.
     pub async fn wait(&self, ticket: Ticket) -> TicketStatus {
+        if self.status(ticket) == TicketStatus::Pending
+            && self.shared.urgent.fetch_max(ticket.0, Ordering::SeqCst) < ticket.0
+        {
+            // Under the lock: the writer cannot miss it between its look
+            // at `urgent` and its wait.
+            let _pending = lock(&self.shared.pending);
+            self.shared.wake.notify_one();
+        }
+        self.wait_lazily(ticket).await
+    }
+
+    /// [`Persistence::wait`] that lets the batch linger: for a commit
+    /// that something else (acknowledgements) will usually make moot.
+    pub async fn wait_lazily(&self, ticket: Ticket) -> TicketStatus {
         loop {
             match self.status(ticket) {
                 TicketStatus::Pending => {}
@@ -221,13 +266,31 @@ impl Drop for Hold<'_> {
 }
 
 impl Shared {
+    /// How much longer the batch being filled may stay open: nobody waits
+    /// for it, it is small, and it opened less than [`LINGER`] ago.
+    fn linger(&self, pending: &Pending) -> Option<Duration> {
+        if pending.stop || pending.eager || pending.ops.len() >= LINGER_OPS {
+            return None;
+        }
+        if self.urgent.load(Ordering::SeqCst) >= pending.batch {
+            return None;
+        }
+        LINGER.checked_sub(pending.opened?.elapsed()).filter(|left| !left.is_zero())
+    }
+
     fn run(&self, mut store: Box<dyn Store>) {
+        // Kept from batch to batch: a commit allocates nothing new.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut part: Vec<Op> = Vec::new();
+        let mut folder = super::Folder::default();
         loop {
-            let (ops, cuts, batch) = {
+            let (cuts, batch) = {
                 let mut pending = lock(&self.pending);
                 loop {
                     if pending.ops.is_empty() && !pending.stop {
                         pending = self.wake.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                    } else if let Some(left) = self.linger(&pending) {
+                        pending = self.wake.wait_timeout(pending, left).unwrap_or_else(PoisonError::into_inner).0;
                     } else if self.holds.load(Ordering::SeqCst) > 0 {
                         // Holds last one packet's routing. A release that
                         // sees the flag wakes us; the timeout covers one
@@ -245,24 +308,42 @@ impl Shared {
                 }
                 let batch = pending.batch;
                 pending.batch += 1;
-                (std::mem::take(&mut pending.ops), std::mem::take(&mut pending.cuts), batch)
+                std::mem::swap(&mut pending.ops, &mut ops);
+                (std::mem::take(&mut pending.cuts), batch)
             };
+            let total = ops.len();
             let mut start = 0;
-            let ends = cuts.into_iter().chain([ops.len()]).filter(|&end| end > 0);
-            for end in ends {
+            for end in cuts.into_iter().chain([total]).filter(|&end| end > 0) {
                 if end <= start {
                     continue;
                 }
+                // Test mode cuts the batch into commits; otherwise it is one.
+                let commit = match (start, end) {
+                    (0, end) if end == total => &mut ops,
+                    _ => {
+                        part.clear();
+                        part.extend(ops[start..end].iter().cloned());
+                        &mut part
+                    }
+                };
+                start = end;
+                // What the same commit undoes is never written; a commit
+                // left with nothing costs no write at all.
+                folder.fold(commit);
+                if commit.is_empty() {
+                    continue;
+                }
                 let began = Instant::now();
-                let applied = store.apply(&ops[start..end]);
+                let applied = store.apply(commit);
                 self.stats.commit(began.elapsed(), applied.is_ok());
                 if let Err(e) = applied {
-                    let count = end - start;
+                    let count = commit.len();
                     log::error!("store commit of {count} change(s) failed: {e}; those messages are not acknowledged");
                     lock(&self.failed).insert(batch);
                 }
-                start = end;
             }
+            ops.clear();
+            part.clear();
             self.done.store(batch, Ordering::Release);
             self.committed.notify(usize::MAX);
         }
