@@ -26,6 +26,7 @@ use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -166,35 +167,93 @@ impl From<Error> for Close {
 }
 
 /// Serves one client connection until it ends.
-pub async fn run<R, S>(rt: R, broker: Broker, stream: S, peer: Peer, shutdown: Receiver<()>)
+pub fn run<R, S>(
+    rt: R,
+    broker: Broker,
+    stream: S,
+    peer: Peer,
+    shutdown: Receiver<()>,
+) -> impl Future<Output = ()> + Send
 where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_holding(rt, broker, stream, peer, shutdown, ())
+}
+
+/// [`run`], keeping `held` (e.g. the listener's connection slot) until the
+/// connection ends.
+///
+/// The future is what every connection's task is made of, idle or not, so
+/// it is built with care: the stream goes into its transport before the
+/// future exists (an `async fn` keeps its arguments apart from what they
+/// were moved into, for its whole life), the captured values are only ever
+/// borrowed, the peer is boxed until CONNECT is done, and what runs before
+/// and after the connection loop is boxed or not `async` at all.
+pub(crate) fn run_holding<R, S, H>(
+    rt: R,
+    broker: Broker,
+    stream: S,
+    peer: Peer,
+    shutdown: Receiver<()>,
+    held: H,
+) -> impl Future<Output = ()> + Send
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Send,
+{
     let mut link = Transport::new(stream, broker.config().max_packet_size);
-    let mut out = Vec::new();
+    let peer = Box::new(peer);
     let kick = Arc::new(Signal::new());
     let conn = broker.next_connection_id();
-    // Boxed: the CONNECT phase (credentials, a password check on a blocking
-    // thread) is needed once; inline, its state would stay in every
-    // connection's task for the connection's whole life.
-    let accepted = Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await;
-    out = Vec::new();
-    let Some(mut client) = accepted else {
+    async move {
+        // Boxed: the CONNECT phase (credentials, a password check on a blocking
+        // thread) is needed once; inline, its state would stay in every
+        // connection's task for the connection's whole life.
+        let mut accepted = {
+            let mut out = Vec::new();
+            Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await
+        };
+        let listener_stats = peer.listener_stats.clone();
+        drop(peer);
+        let Some(client) = accepted.as_mut() else {
+            close(&rt, &mut link).await;
+            link.account(&broker);
+            drop(held);
+            return;
+        };
+        broker.stats().connected();
+        let level = client.protocol.level();
+        if let Some(listener) = &listener_stats {
+            listener.connected(level);
+        }
+        let reason = serve(&rt, &broker, client, &mut link, &kick, &shutdown).await;
+        finish(&rt, &broker, client, &mut link, reason);
+        broker.stats().disconnected();
+        if let Some(listener) = &listener_stats {
+            listener.disconnected(level);
+        }
         close(&rt, &mut link).await;
         link.account(&broker);
-        return;
-    };
-    broker.stats().connected();
-    let level = client.protocol.level();
-    if let Some(listener) = &peer.listener_stats {
-        listener.connected(level);
+        drop(held);
     }
-    let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
+}
+
+/// After the connection loop: the log line, a 5.0 client's DISCONNECT, the
+/// will (now or delayed), and the session's detach.
+fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    broker: &Broker,
+    client: &mut Client,
+    link: &mut Transport<S>,
+    reason: Close,
+) {
+    let conn = client.conn;
     if link.framed.codec().refused_oversized_publish() {
         broker.stats().dropped(DropCause::TooLarge, 1);
     }
-    let addr = peer.addr;
+    let addr = client.peer;
     match &reason {
         Close::Violation(_) => {
             let id = &client.id;
@@ -228,7 +287,7 @@ where
             }
         };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
-        if handle::allowed(&broker, &client.info(), &message, true) {
+        if handle::allowed(broker, &client.info(), &message, true) {
             match delay {
                 0 => drop(broker.publish(message, will.retain)),
                 secs => delayed = Some((message, will.retain, Duration::from_secs(u64::from(secs)))),
@@ -259,12 +318,6 @@ where
             }
         }
     }
-    broker.stats().disconnected();
-    if let Some(listener) = &peer.listener_stats {
-        listener.disconnected(level);
-    }
-    close(&rt, &mut link).await;
-    link.account(&broker);
 }
 
 /// How long the last writes of a closing connection (what was answered
@@ -582,10 +635,12 @@ async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     broker: &Broker,
     client: &Client,
     link: &mut Transport<S>,
-    out: &mut Vec<Packet>,
     kicked: &Signal,
-    shutdown: Receiver<()>,
+    shutdown: &Receiver<()>,
 ) -> Close {
+    // The packets to send, encoded into the outbox before each wait.
+    let mut packets = Vec::new();
+    let out = &mut packets;
     // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
     let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
     let mut last_packet = Instant::now();
