@@ -111,8 +111,8 @@ impl SessionHandle {
     }
 
     /// Completes when messages were queued for the session (since the last time).
-    pub async fn rung(&self) {
-        self.bell.take().await;
+    pub fn rung(&self) -> crate::signal::Wait<'_> {
+        self.bell.take()
     }
 
     /// Whether messages were queued since the bell was last taken (a cheap

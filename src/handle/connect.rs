@@ -79,7 +79,7 @@ pub fn connect(
         conn,
         listener,
         session: attachment.session,
-        will: connect.will,
+        will: connect.will.map(Box::new),
         keep_alive,
         protocol: connect.protocol,
         session_expiry,

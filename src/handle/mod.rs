@@ -33,8 +33,9 @@ pub struct Client {
     pub listener: usize,
     /// The session, shared with publishers routing to it.
     pub session: Arc<SessionHandle>,
-    /// Published if the connection ends without DISCONNECT.
-    pub will: Option<Will>,
+    /// Published if the connection ends without DISCONNECT (boxed: most
+    /// clients have none, and it lives as long as the connection).
+    pub will: Option<Box<Will>>,
     /// Keepalive in seconds (0: none).
     pub keep_alive: u16,
     /// The protocol the client spoke in CONNECT.
