@@ -686,12 +686,10 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 let writing = !link.outbox.is_empty();
                 let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
-                let queued = match writing {
-                    // Drained once the outbox is written (Event::Written).
-                    true => Fuse::terminated(),
-                    false => client.session.rung().fuse(),
-                };
-                let kicked = kicked.raised().fuse();
+                // The takeover notice, and (unless writing: the queue is
+                // drained once the outbox is written, Event::Written) queued
+                // messages: one listener for both.
+                let bell = client.session.rung_unless(kicked, !writing).fuse();
                 let stop = shutdown.recv().fuse();
                 let awaited = held.front().map(|(t, _)| *t).into_iter().chain(blocked).min();
                 // Completes once the store has committed (or failed) the ticket.
@@ -709,11 +707,10 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     None => Fuse::terminated(),
                     Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
                 };
-                pin_mut!(io, queued, kicked, stop, committed, relieved, rate_over);
+                pin_mut!(io, bell, stop, committed, relieved, rate_over);
                 futures::select! {
                     event = io => event,
-                    _ = queued => Event::Queued,
-                    _ = kicked => Event::Kicked,
+                    kicked = bell => if kicked { Event::Kicked } else { Event::Queued },
                     _ = stop => Event::Shutdown,
                     () = timer => Event::Keepalive,
                     _ = committed => Event::Committed,

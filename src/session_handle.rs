@@ -115,6 +115,18 @@ impl SessionHandle {
         self.bell.take()
     }
 
+    /// Completes when `kicked` is raised (`true`: see [`SessionHandle::wake`])
+    /// or, if `take`, messages were queued (`false`, as [`SessionHandle::rung`]).
+    pub fn rung_unless<'a>(&'a self, kicked: &'a Signal, take: bool) -> crate::signal::TakeUnless<'a> {
+        self.bell.take_unless(kicked, take)
+    }
+
+    /// Wakes the connection waiting in [`SessionHandle::rung_unless`] (after
+    /// its takeover notice was raised).
+    pub fn wake(&self) {
+        self.bell.notify();
+    }
+
     /// Whether messages were queued since the bell was last taken (a cheap
     /// look, without taking it).
     pub fn is_rung(&self) -> bool {

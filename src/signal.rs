@@ -23,9 +23,18 @@ impl Signal {
         Signal::default()
     }
 
-    /// Raises the signal and wakes every waiter.
+    /// Raises the signal and wakes every waiter. Raising a raised signal
+    /// wakes no one: its waiters were woken when it went up (a connection
+    /// busy writing does not take its bell, and is not woken again for
+    /// every message queued meanwhile).
     pub fn raise(&self) {
-        self.raised.store(true, Ordering::Release);
+        if !self.raised.swap(true, Ordering::AcqRel) {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    /// Wakes every waiter without raising the signal (see [`Signal::take_unless`]).
+    pub fn notify(&self) {
         self.event.notify(usize::MAX);
     }
 
@@ -43,6 +52,51 @@ impl Signal {
     /// Waits until the signal is raised; it stays raised.
     pub fn raised(&self) -> Wait<'_> {
         Wait { signal: self, lower: false, listener: None }
+    }
+}
+
+impl Signal {
+    /// Waits until `stop` is raised (`true`) or, if `take`, this signal is
+    /// raised and lowered (`false`): one listener, on this signal, for both.
+    /// Whoever raises `stop` must then [`notify`](Signal::notify) this
+    /// signal. A connection waits so on its session's bell and its takeover
+    /// notice: an idle connection holds one listener instead of two.
+    pub fn take_unless<'a>(&'a self, stop: &'a Signal, take: bool) -> TakeUnless<'a> {
+        TakeUnless { bell: self, stop, take, listener: None }
+    }
+}
+
+/// The future of [`Signal::take_unless`].
+#[derive(Debug)]
+pub struct TakeUnless<'a> {
+    bell: &'a Signal,
+    stop: &'a Signal,
+    take: bool,
+    listener: Option<EventListener>,
+}
+
+impl Future for TakeUnless<'_> {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            if self.stop.is_raised() {
+                self.listener = None;
+                return Poll::Ready(true);
+            }
+            if self.take && self.bell.raised.swap(false, Ordering::AcqRel) {
+                self.listener = None;
+                return Poll::Ready(false);
+            }
+            // Checked again once listening: a raise in between is not lost.
+            match &mut self.listener {
+                None => self.listener = Some(self.bell.event.listen()),
+                Some(listener) => {
+                    ready!(Pin::new(listener).poll(cx));
+                    self.listener = None;
+                }
+            }
+        }
     }
 }
 
