@@ -84,9 +84,13 @@ pub fn connect(
         protocol: connect.protocol,
         session_expiry,
         receive_maximum,
-        aliases: Mutex::new(vec![None; max_alias]),
-        auth_method: auth.map(|a| a.method),
-        reauth: Mutex::new(None),
+        v5: v5.then(|| {
+            Box::new(super::V5State {
+                aliases: Mutex::new(vec![None; max_alias]),
+                auth_method: auth.map(|a| a.method),
+                reauth: Mutex::new(None),
+            })
+        }),
         peer,
         ticket: AtomicU64::new(attachment.ticket.0),
         pressed: Default::default(),
