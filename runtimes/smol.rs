@@ -1,12 +1,15 @@
 //! The smol adapter: an `Executor` owned by midge or by the embedding
-//! application, and async-net's TCP types.
+//! application, and async-io's TCP sockets (what `smol::net` wraps).
 //!
 //! `smol::spawn` alone runs on one thread, so the binary drives its own
 //! executor with one thread per core ([`Smol::block_on`]).
 
 use crate::runtime::Runtime;
-use smol::net::{TcpListener, TcpStream};
-use smol::{Executor, Timer};
+use futures::io::{AsyncRead, AsyncWrite, IoSlice, IoSliceMut};
+use smol::{Async, Executor, Timer};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 /// Runs midge on a smol [`Executor`].
@@ -59,26 +62,71 @@ impl Smol {
     }
 }
 
+/// A TCP connection: async-io's `Async<TcpStream>` rather than
+/// `smol::net::TcpStream`, which adds an `Arc` and two pending readiness
+/// futures (112 bytes in every connection's task) and parks each read's
+/// waker in a list that grows an allocation per connection; `Async`'s own
+/// reads keep the one waker in place. Closing shuts the write side down, as
+/// `smol::net::TcpStream` does.
+#[derive(Debug)]
+pub struct SmolStream(Async<TcpStream>);
+
+impl AsyncRead for SmolStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl AsyncWrite for SmolStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
 impl Runtime for Smol {
-    type Listener = TcpListener;
-    type Stream = TcpStream;
+    type Listener = Async<TcpListener>;
+    type Stream = SmolStream;
 
     fn name(&self) -> &'static str {
         "smol"
     }
 
-    async fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        TcpListener::bind(addr).await
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Async<TcpListener>> {
+        Async::<TcpListener>::bind(addr)
     }
 
-    fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
-        listener.local_addr()
+    fn local_addr(listener: &Async<TcpListener>) -> io::Result<SocketAddr> {
+        listener.get_ref().local_addr()
     }
 
-    async fn accept(&self, listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    async fn accept(&self, listener: &Async<TcpListener>) -> io::Result<(SmolStream, SocketAddr)> {
         let (stream, peer) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        Ok((stream, peer))
+        stream.get_ref().set_nodelay(true)?;
+        Ok((SmolStream(stream), peer))
     }
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {

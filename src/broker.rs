@@ -407,8 +407,12 @@ impl Broker {
         // timer wakes, and finds this attachment once the registry is free.
         let pending_will = lock(&self.shared.delayed_wills).remove(client_id);
         let previous = registry.remove(client_id);
-        if let Some(Attached { kick, .. }) = previous.as_ref().and_then(|e| e.connection.as_ref()) {
+        if let Some(e) = previous.as_ref()
+            && let Some(Attached { kick, .. }) = e.connection.as_ref()
+        {
             kick.raise();
+            // The connection waits for its kick on its session's bell.
+            e.session.wake();
         }
         let mut ops = Vec::new();
         let (session, session_present) = match previous {

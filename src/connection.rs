@@ -26,6 +26,7 @@ use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -166,35 +167,93 @@ impl From<Error> for Close {
 }
 
 /// Serves one client connection until it ends.
-pub async fn run<R, S>(rt: R, broker: Broker, stream: S, peer: Peer, shutdown: Receiver<()>)
+pub fn run<R, S>(
+    rt: R,
+    broker: Broker,
+    stream: S,
+    peer: Peer,
+    shutdown: Receiver<()>,
+) -> impl Future<Output = ()> + Send
 where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_holding(rt, broker, stream, peer, shutdown, ())
+}
+
+/// [`run`], keeping `held` (e.g. the listener's connection slot) until the
+/// connection ends.
+///
+/// The future is what every connection's task is made of, idle or not, so
+/// it is built with care: the stream goes into its transport before the
+/// future exists (an `async fn` keeps its arguments apart from what they
+/// were moved into, for its whole life), the captured values are only ever
+/// borrowed, the peer is boxed until CONNECT is done, and what runs before
+/// and after the connection loop is boxed or not `async` at all.
+pub(crate) fn run_holding<R, S, H>(
+    rt: R,
+    broker: Broker,
+    stream: S,
+    peer: Peer,
+    shutdown: Receiver<()>,
+    held: H,
+) -> impl Future<Output = ()> + Send
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Send,
+{
     let mut link = Transport::new(stream, broker.config().max_packet_size);
-    let mut out = Vec::new();
+    let peer = Box::new(peer);
     let kick = Arc::new(Signal::new());
     let conn = broker.next_connection_id();
-    // Boxed: the CONNECT phase (credentials, a password check on a blocking
-    // thread) is needed once; inline, its state would stay in every
-    // connection's task for the connection's whole life.
-    let accepted = Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await;
-    out = Vec::new();
-    let Some(mut client) = accepted else {
+    async move {
+        // Boxed: the CONNECT phase (credentials, a password check on a blocking
+        // thread) is needed once; inline, its state would stay in every
+        // connection's task for the connection's whole life.
+        let mut accepted = {
+            let mut out = Vec::new();
+            Box::pin(accept(&rt, &broker, &mut link, &peer, conn, kick.clone(), &mut out)).await
+        };
+        let listener_stats = peer.listener_stats.clone();
+        drop(peer);
+        let Some(client) = accepted.as_mut() else {
+            close(&rt, &mut link).await;
+            link.account(&broker);
+            drop(held);
+            return;
+        };
+        broker.stats().connected();
+        let level = client.protocol.level();
+        if let Some(listener) = &listener_stats {
+            listener.connected(level);
+        }
+        let reason = serve(&rt, &broker, client, &mut link, &kick, &shutdown).await;
+        finish(&rt, &broker, client, &mut link, reason);
+        broker.stats().disconnected();
+        if let Some(listener) = &listener_stats {
+            listener.disconnected(level);
+        }
         close(&rt, &mut link).await;
         link.account(&broker);
-        return;
-    };
-    broker.stats().connected();
-    let level = client.protocol.level();
-    if let Some(listener) = &peer.listener_stats {
-        listener.connected(level);
+        drop(held);
     }
-    let reason = serve(&rt, &broker, &client, &mut link, &mut out, &kick, shutdown).await;
+}
+
+/// After the connection loop: the log line, a 5.0 client's DISCONNECT, the
+/// will (now or delayed), and the session's detach.
+fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    broker: &Broker,
+    client: &mut Client,
+    link: &mut Transport<S>,
+    reason: Close,
+) {
+    let conn = client.conn;
     if link.framed.codec().refused_oversized_publish() {
         broker.stats().dropped(DropCause::TooLarge, 1);
     }
-    let addr = peer.addr;
+    let addr = client.peer;
     match &reason {
         Close::Violation(_) => {
             let id = &client.id;
@@ -211,6 +270,7 @@ where
     }
     let mut delayed = None;
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
+        let will = *will;
         let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
         let message = Message {
             properties: will.properties,
@@ -228,7 +288,7 @@ where
             }
         };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
-        if handle::allowed(&broker, &client.info(), &message, true) {
+        if handle::allowed(broker, &client.info(), &message, true) {
             match delay {
                 0 => drop(broker.publish(message, will.retain)),
                 secs => delayed = Some((message, will.retain, Duration::from_secs(u64::from(secs)))),
@@ -259,12 +319,6 @@ where
             }
         }
     }
-    broker.stats().disconnected();
-    if let Some(listener) = &peer.listener_stats {
-        listener.disconnected(level);
-    }
-    close(&rt, &mut link).await;
-    link.account(&broker);
 }
 
 /// How long the last writes of a closing connection (what was answered
@@ -577,228 +631,262 @@ async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Durati
 /// responses wait for the store beyond [`MAX_HELD`]; it does not read its
 /// responses beyond [`MAX_UNWRITTEN`]; it is over its publish rate. Writes,
 /// keepalive, takeover and shutdown go on all the while.
-async fn serve<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
-    rt: &R,
-    broker: &Broker,
-    client: &Client,
-    link: &mut Transport<S>,
-    out: &mut Vec<Packet>,
-    kicked: &Signal,
-    shutdown: Receiver<()>,
-) -> Close {
-    // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
-    let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
-    let mut last_packet = Instant::now();
-    // One timer per connection, re-armed only when it fires early.
-    let mut timer = match client.keep_alive {
-        0 => Fuse::terminated(),
-        _ => Box::pin(rt.sleep(keepalive)).fuse(),
-    };
-    // Response bytes encoded while earlier ones were still unwritten: a
-    // client that sends without reading what it is sent.
-    let mut unanswered = 0;
-    let mut rate = broker.config().max_publish_rate.map(PublishRate::new);
-    let mut rate_until: Option<Instant> = None;
-    let slow_consumer = broker.config().slow_consumer_timeout;
-    // Responses waiting for the store commit of what they acknowledge, in order.
-    let mut held: VecDeque<Held> = VecDeque::new();
-    let mut pressure: Vec<Waiting> = Vec::new();
-    // A packet read but not handled yet: the batch ended, or reads paused.
-    // Boxed: rarely used, and a packet inline would grow every connection.
-    let mut stash: Option<Box<Packet>> = None;
-    let mut held_back = false;
-    // Held back only by its own full session: acknowledgements are still
-    // read (they are what drains it), anything else waits.
-    let mut acks_only = false;
-    let mut event = Event::Queued;
-    loop {
-        // Set when a packet in the batch ends the connection: what was
-        // answered before it is still written.
-        let mut closing = None;
-        match std::mem::replace(&mut event, Event::Queued) {
-            Event::Packet(Some(Ok(packet))) => {
-                last_packet = Instant::now();
-                // What was queued before this packet arrived goes out before
-                // its answer: a PINGRESP or PUBACK never overtakes a
-                // delivery already waiting (select! may have seen the packet
-                // first).
-                if link.outbox.is_empty() && out.is_empty() && handle::drain(client, broker, out) == Drained::TakenOver
-                {
-                    return Close::TakenOver;
+// Not an async fn: one would keep its arguments twice (see [`run_holding`]).
+#[allow(clippy::manual_async_fn)]
+fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &'a R,
+    broker: &'a Broker,
+    client: &'a Client,
+    link: &'a mut Transport<S>,
+    kicked: &'a Signal,
+    shutdown: &'a Receiver<()>,
+) -> impl Future<Output = Close> + 'a {
+    // An async block, not an async fn: its captures are not stored twice.
+    async move {
+        // The packets to send, encoded into the outbox before each wait.
+        let mut packets = Vec::new();
+        let out = &mut packets;
+        // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
+        let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
+        let mut last_packet = Instant::now();
+        // One timer per connection, re-armed only when it fires early.
+        let mut timer = match client.keep_alive {
+            0 => Fuse::terminated(),
+            _ => Box::pin(rt.sleep(keepalive)).fuse(),
+        };
+        // Response bytes encoded while earlier ones were still unwritten: a
+        // client that sends without reading what it is sent.
+        let mut unanswered = 0;
+        // Boxed: most brokers set no max_publish_rate.
+        let mut rate = broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r)));
+        // Responses waiting for the store commit of what they acknowledge, in order.
+        let mut held: VecDeque<Held> = VecDeque::new();
+        let mut pressure: Vec<Waiting> = Vec::new();
+        // A packet read but not handled yet: the batch ended, or reads paused.
+        // Boxed: rarely used, and a packet inline would grow every connection.
+        let mut stash: Option<Box<Packet>> = None;
+        let mut held_back = false;
+        // Held back only by its own full session: acknowledgements are still
+        // read (they are what drains it), anything else waits.
+        let mut acks_only = false;
+        // What the next wait is for: reading the socket, and a store commit the
+        // queue waits for. Set at the end of each turn.
+        let mut reading = false;
+        let mut blocked: Option<Ticket> = None;
+        // The stash is handled next, without waiting.
+        let mut replay = false;
+        let mut first = true;
+        loop {
+            // The event is made only after the wait: kept across it, it would
+            // make every idle connection's task a packet larger.
+            let event = if std::mem::take(&mut first) {
+                Event::Queued
+            } else if std::mem::take(&mut replay) {
+                Event::Packet(stash.take().map(|p| Ok(*p)))
+            } else {
+                let writing = !link.outbox.is_empty();
+                let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
+                // The takeover notice, and (unless writing: the queue is
+                // drained once the outbox is written, Event::Written) queued
+                // messages: one listener for both.
+                let bell = client.session.rung_unless(kicked, !writing).fuse();
+                let stop = shutdown.recv().fuse();
+                let (front, receipt) = match held.front() {
+                    Some(h) => h.awaiting(broker),
+                    None => (None, None),
+                };
+                // A QoS 2 delivery waiting for its commit makes it urgent.
+                let receipt = receipt.filter(|_| blocked.is_none());
+                let awaited = front.into_iter().chain(blocked).min();
+                // Completes once the store has committed (or failed) the
+                // ticket, or the receipt's copies are all acknowledged.
+                let committed = match (broker.store(), awaited) {
+                    (Some(_), Some(_)) => Box::pin(committed(broker, awaited, receipt)).fuse(),
+                    _ => Fuse::terminated(),
+                };
+                // Boxed, and only while needed: inline, their timers and
+                // listeners would make every idle connection's task larger.
+                let relieved = match pressure.is_empty() {
+                    true => Fuse::terminated(),
+                    false => Box::pin(relief(rt, &mut pressure, broker.config().slow_consumer_timeout)).fuse(),
+                };
+                let rate_over = match rate.as_ref().and_then(|r| r.until) {
+                    None => Fuse::terminated(),
+                    Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
+                };
+                pin_mut!(io, bell, stop, committed, relieved, rate_over);
+                futures::select! {
+                    event = io => event,
+                    kicked = bell => if kicked { Event::Kicked } else { Event::Queued },
+                    _ = stop => Event::Shutdown,
+                    () = timer => Event::Keepalive,
+                    _ = committed => Event::Committed,
+                    () = relieved => Event::Relieved,
+                    () = rate_over => Event::RateOver,
                 }
-                let mut next = Some(packet);
-                // Handle every packet already received before writing once:
-                // a pipelining publisher gets its acknowledgements in one write.
-                for _ in 0..BATCH {
-                    let Some(packet) = next.take() else { break };
-                    if acks_only && !drains_own_session(&packet) {
-                        next = Some(packet);
-                        break;
-                    }
-                    // MQTT-3.1.4-2: once taken over, nothing more this
-                    // connection read is handled, however fast it arrives.
-                    if kicked.is_raised() {
+            };
+            // Set when a packet in the batch ends the connection: what was
+            // answered before it is still written.
+            let mut closing = None;
+            match event {
+                Event::Packet(Some(Ok(packet))) => {
+                    last_packet = Instant::now();
+                    // What was queued before this packet arrived goes out before
+                    // its answer: a PINGRESP or PUBACK never overtakes a
+                    // delivery already waiting (select! may have seen the packet
+                    // first).
+                    if link.outbox.is_empty()
+                        && out.is_empty()
+                        && handle::drain(client, broker, out) == Drained::TakenOver
+                    {
                         return Close::TakenOver;
                     }
-                    let subscribe = matches!(packet, Packet::Subscribe(..));
-                    let publish = matches!(packet, Packet::Publish(_));
-                    if let Err(close) = on_packet(client, broker, packet, out, &mut held) {
-                        closing = Some(close);
-                        break;
-                    }
-                    if publish && let Some(wait) = rate.as_mut().and_then(|r| r.take(last_packet, 1)) {
-                        // Over its publish rate: stop reading from this client for a while.
-                        rate_until = Some(last_packet + wait);
-                        break;
-                    }
-                    // A SUBSCRIBE's retained messages can fill the session
-                    // alone: they drain before the next packet is handled.
-                    if (subscribe && !client.pressed_is_empty()) || held.len() >= MAX_HELD {
-                        break;
-                    }
-                    next = match link.framed.next().now_or_never() {
-                        Some(Some(Ok(packet))) => Some(packet),
-                        Some(Some(Err(e))) => {
-                            closing = Some(e.into());
-                            None
+                    let mut next = Some(packet);
+                    // Handle every packet already received before writing once:
+                    // a pipelining publisher gets its acknowledgements in one write.
+                    for _ in 0..BATCH {
+                        let Some(packet) = next.take() else { break };
+                        if acks_only && !drains_own_session(&packet) {
+                            next = Some(packet);
+                            break;
                         }
-                        Some(None) => {
-                            closing = Some(Close::PeerClosed);
-                            None
+                        // MQTT-3.1.4-2: once taken over, nothing more this
+                        // connection read is handled, however fast it arrives.
+                        if kicked.is_raised() {
+                            return Close::TakenOver;
                         }
-                        None => None,
-                    };
+                        let subscribe = matches!(packet, Packet::Subscribe(..));
+                        let publish = matches!(packet, Packet::Publish(_));
+                        if let Err(close) = on_packet(client, broker, packet, out, &mut held) {
+                            closing = Some(close);
+                            break;
+                        }
+                        if publish
+                            && let Some(r) = rate.as_mut()
+                            && let Some(wait) = r.take(last_packet, 1)
+                        {
+                            // Over its publish rate: stop reading from this client for a while.
+                            r.until = Some(last_packet + wait);
+                            break;
+                        }
+                        // A SUBSCRIBE's retained messages can fill the session
+                        // alone: they drain before the next packet is handled.
+                        if (subscribe && !client.pressed_is_empty()) || held.len() >= MAX_HELD {
+                            break;
+                        }
+                        next = match link.framed.next().now_or_never() {
+                            Some(Some(Ok(packet))) => Some(packet),
+                            Some(Some(Err(e))) => {
+                                closing = Some(e.into());
+                                None
+                            }
+                            Some(None) => {
+                                closing = Some(Close::PeerClosed);
+                                None
+                            }
+                            None => None,
+                        };
+                    }
+                    stash = next.map(Box::new);
                 }
-                stash = next.map(Box::new);
-            }
-            Event::Packet(Some(Err(e))) => return e.into(),
-            Event::Packet(None) => return Close::PeerClosed,
-            Event::Written(Err(e)) => return Close::Io(e),
-            Event::Written(Ok(())) => unanswered = 0,
-            Event::Queued | Event::Committed | Event::Relieved => {}
-            Event::RateOver => rate_until = None,
-            Event::Kicked => return Close::TakenOver,
-            Event::Shutdown => return Close::Shutdown,
-            Event::Keepalive => {
-                let idle = last_packet.elapsed();
-                // Silence while midge itself holds the client back is not the
-                // client's (a client that does not read is not held back by
-                // midge: it is closed as any silent one).
-                if idle >= keepalive && !held_back {
-                    return Close::Violation(Violation::KeepaliveTimeout);
+                Event::Packet(Some(Err(e))) => return e.into(),
+                Event::Packet(None) => return Close::PeerClosed,
+                Event::Written(Err(e)) => return Close::Io(e),
+                Event::Written(Ok(())) => unanswered = 0,
+                Event::Queued | Event::Committed | Event::Relieved => {}
+                Event::RateOver => {
+                    if let Some(r) = rate.as_mut() {
+                        r.until = None;
+                    }
                 }
-                let next = if idle >= keepalive { keepalive } else { keepalive - idle };
-                timer = Box::pin(rt.sleep(next)).fuse();
-            }
-        }
-        for session in client.take_pressed() {
-            if !pressure.iter().any(|w| Arc::ptr_eq(&w.session, &session)) {
-                let progress = session.lock().session.progress();
-                pressure.push(Waiting { session, progress, since: Instant::now() });
-            }
-        }
-        if !release(broker, &mut held, out) {
-            return Close::StoreFailed;
-        }
-        // Deliveries are taken from the session only once what was taken
-        // before is written: the queue, not the outbox, holds what a slow
-        // client has not read, under the queue's limits.
-        let mut blocked = None;
-        if link.outbox.is_empty() {
-            blocked = match handle::drain(client, broker, out) {
-                Drained::TakenOver => return Close::TakenOver,
-                Drained::Waiting(ticket) => Some(ticket),
-                Drained::Sent => None,
-            };
-        }
-        // PUBLISH packets and payload bytes by QoS, for the counters.
-        let mut sent = [(0, 0); 3];
-        for packet in out.iter() {
-            if let Packet::Publish(p) = packet {
-                let slot = &mut sent[p.qos as usize];
-                *slot = (slot.0 + 1, slot.1 + p.payload.len() as u64);
-            }
-        }
-        let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
-        if let Err(e) = link.push(out) {
-            return e.into();
-        }
-        if backlog {
-            unanswered += link.outbox.waiting() - before;
-        }
-        broker.stats().sent(&sent);
-        let written = link.write_now();
-        link.account(broker);
-        if let Err(e) = written {
-            return Close::Io(e);
-        }
-        if link.outbox.is_empty() {
-            unanswered = 0;
-        }
-        if let Some(close) = closing {
-            return close;
-        }
-        // Paused by midge itself: the client's silence meanwhile is not its own.
-        let was_held_back =
-            std::mem::replace(&mut held_back, !pressure.is_empty() || held.len() >= MAX_HELD || rate_until.is_some());
-        if was_held_back && !held_back {
-            last_packet = Instant::now();
-        }
-        acks_only = held_back
-            && held.len() < MAX_HELD
-            && rate_until.is_none()
-            && pressure.iter().all(|w| Arc::ptr_eq(&w.session, &client.session));
-        let reading = (!held_back || (acks_only && stash.is_none())) && unanswered <= MAX_UNWRITTEN;
-        if reading && stash.is_some() {
-            if shutdown.is_closed() {
-                return Close::Shutdown;
-            }
-            event = Event::Packet(stash.take().map(|p| Ok(*p)));
-            continue;
-        }
-        event = {
-            let writing = !link.outbox.is_empty();
-            let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
-            let queued = async {
-                match writing {
-                    // Drained once the outbox is written (Event::Written).
-                    true => future::pending().await,
-                    false => client.session.rung().await,
+                Event::Kicked => return Close::TakenOver,
+                Event::Shutdown => return Close::Shutdown,
+                Event::Keepalive => {
+                    let idle = last_packet.elapsed();
+                    // Silence while midge itself holds the client back is not the
+                    // client's (a client that does not read is not held back by
+                    // midge: it is closed as any silent one).
+                    if idle >= keepalive && !held_back {
+                        return Close::Violation(Violation::KeepaliveTimeout);
+                    }
+                    let next = if idle >= keepalive { keepalive } else { keepalive - idle };
+                    timer = Box::pin(rt.sleep(next)).fuse();
+                    // What the last packets grew (a PINGRESP's Vec and
+                    // outbox bytes) is given back: this runs once per 1.5
+                    // keepalive periods, so an idle connection keeps none
+                    // and a busy one hardly notices.
+                    if out.is_empty() {
+                        *out = Vec::new();
+                    }
+                    link.outbox.release_idle();
                 }
             }
-            .fuse();
-            let kicked = kicked.raised().fuse();
-            let stop = shutdown.recv().fuse();
-            let (front, receipt) = match held.front() {
-                Some(h) => h.awaiting(broker),
-                None => (None, None),
-            };
-            // A QoS 2 delivery waiting for its commit makes it urgent.
-            let receipt = receipt.filter(|_| blocked.is_none());
-            let awaited = front.into_iter().chain(blocked).min();
-            let committed = committed(broker, awaited, receipt).fuse();
-            // Boxed, and only while needed: inline, their timers and
-            // listeners would make every idle connection's task larger.
-            let relieved = match pressure.is_empty() {
-                true => Fuse::terminated(),
-                false => Box::pin(relief(rt, &mut pressure, slow_consumer)).fuse(),
-            };
-            let rate_over = match rate_until {
-                None => Fuse::terminated(),
-                Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
-            };
-            pin_mut!(io, queued, kicked, stop, committed, relieved, rate_over);
-            futures::select! {
-                event = io => event,
-                _ = queued => Event::Queued,
-                _ = kicked => Event::Kicked,
-                _ = stop => Event::Shutdown,
-                () = timer => Event::Keepalive,
-                () = committed => Event::Committed,
-                () = relieved => Event::Relieved,
-                () = rate_over => Event::RateOver,
+            for session in client.take_pressed() {
+                if !pressure.iter().any(|w| Arc::ptr_eq(&w.session, &session)) {
+                    let progress = session.lock().session.progress();
+                    pressure.push(Waiting { session, progress, since: Instant::now() });
+                }
             }
-        };
+            if !release(broker, &mut held, out) {
+                return Close::StoreFailed;
+            }
+            // Deliveries are taken from the session only once what was taken
+            // before is written: the queue, not the outbox, holds what a slow
+            // client has not read, under the queue's limits.
+            blocked = None;
+            if link.outbox.is_empty() {
+                blocked = match handle::drain(client, broker, out) {
+                    Drained::TakenOver => return Close::TakenOver,
+                    Drained::Waiting(ticket) => Some(ticket),
+                    Drained::Sent => None,
+                };
+            }
+            // PUBLISH packets and payload bytes by QoS, for the counters.
+            let mut sent = [(0, 0); 3];
+            for packet in out.iter() {
+                if let Packet::Publish(p) = packet {
+                    let slot = &mut sent[p.qos as usize];
+                    *slot = (slot.0 + 1, slot.1 + p.payload.len() as u64);
+                }
+            }
+            let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
+            if let Err(e) = link.push(out) {
+                return e.into();
+            }
+            if backlog {
+                unanswered += link.outbox.waiting() - before;
+            }
+            broker.stats().sent(&sent);
+            let written = link.write_now();
+            link.account(broker);
+            if let Err(e) = written {
+                return Close::Io(e);
+            }
+            if link.outbox.is_empty() {
+                unanswered = 0;
+            }
+            if let Some(close) = closing {
+                return close;
+            }
+            // Paused by midge itself: the client's silence meanwhile is not its own.
+            let paused = rate.as_ref().is_some_and(|r| r.until.is_some());
+            let was_held_back =
+                std::mem::replace(&mut held_back, !pressure.is_empty() || held.len() >= MAX_HELD || paused);
+            if was_held_back && !held_back {
+                last_packet = Instant::now();
+            }
+            acks_only = held_back
+                && held.len() < MAX_HELD
+                && !paused
+                && pressure.iter().all(|w| Arc::ptr_eq(&w.session, &client.session));
+            reading = (!held_back || (acks_only && stash.is_none())) && unanswered <= MAX_UNWRITTEN;
+            if reading && stash.is_some() {
+                if shutdown.is_closed() {
+                    return Close::Shutdown;
+                }
+                replay = true;
+            }
+        }
     }
 }
 
@@ -909,12 +997,14 @@ struct PublishRate {
     per_second: f64,
     tokens: f64,
     last: Instant,
+    /// Reads pause until then: the client went over its rate.
+    until: Option<Instant>,
 }
 
 impl PublishRate {
     fn new(per_second: u32) -> PublishRate {
         let per_second = f64::from(per_second.max(1));
-        PublishRate { per_second, tokens: per_second, last: Instant::now() }
+        PublishRate { per_second, tokens: per_second, last: Instant::now(), until: None }
     }
 
     /// Takes tokens for `count` PUBLISH packets received at `now`; how long

@@ -124,6 +124,15 @@ impl Outbox {
         self.buf.len() + self.shared_len - self.written
     }
 
+    /// Gives the buffers' memory back when nothing waits (an idle
+    /// connection keeps none).
+    pub fn release_idle(&mut self) {
+        if self.is_empty() {
+            self.buf = BytesMut::new();
+            self.shared = Vec::new();
+        }
+    }
+
     /// Bytes written since the last call, for the broker's counters.
     pub fn take_sent(&mut self) -> u64 {
         std::mem::take(&mut self.sent)

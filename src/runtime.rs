@@ -18,7 +18,7 @@ pub use async_std_rt::AsyncStd;
 #[path = "../runtimes/smol.rs"]
 mod smol_rt;
 #[cfg(feature = "smol")]
-pub use smol_rt::Smol;
+pub use smol_rt::{Smol, SmolStream};
 
 /// An executor and reactor the broker can run on. Methods take `&self` so a
 /// value can carry an executor (the smol adapter holds one).

@@ -352,30 +352,33 @@ async fn accept_loop<R: Runtime>(a: Accepting<R>) {
                     ..Peer::plain(addr).on_listener(a.index)
                 };
                 let listener = a.config.websockets.is_some().then(|| a.config.clone());
-                a.rt.spawn(async move {
-                    match (tls, listener) {
-                        (None, None) => connection::run(rt, broker, stream, peer, stopped).await,
-                        // Boxed: a TLS or WebSocket connection's state is
-                        // several KiB, and inline it would make every plain
-                        // connection's task as big. The handshakes are boxed
-                        // apart, so the task keeps none of their state.
-                        (Some(tls), None) => {
-                            let handshake = Box::pin(tls_handshake(&broker, &tls, stream, peer));
-                            Box::pin(serve_after(rt, broker.clone(), handshake, "TLS", addr, stopped)).await
-                        }
-                        (None, Some(listener)) => {
-                            let max = broker.config().max_packet_size;
-                            let handshake = Box::pin(ws_handshake(stream, &listener, peer, max));
-                            Box::pin(serve_after(rt, broker, handshake, "WebSocket", addr, stopped)).await
-                        }
-                        (Some(tls), Some(listener)) => {
-                            let handshakes = Box::pin(wss_handshakes(&broker, &tls, stream, &listener, peer));
-                            let kind = "TLS and WebSocket";
-                            Box::pin(serve_after(rt, broker.clone(), handshakes, kind, addr, stopped)).await
-                        }
-                    }
-                    drop((slot, alive));
-                });
+                let held = (slot, alive);
+                match (tls, listener) {
+                    // The connection's own future is the task: wrapped in
+                    // another, what it captures would be stored twice.
+                    (None, None) => a.rt.spawn(connection::run_holding(rt, broker, stream, peer, stopped, held)),
+                    // Boxed: a TLS or WebSocket connection's state is
+                    // several KiB, and inline it would make every plain
+                    // connection's task as big. The handshakes are boxed
+                    // apart, so the task keeps none of their state.
+                    (Some(tls), None) => a.rt.spawn(async move {
+                        let handshake = Box::pin(tls_handshake(&broker, &tls, stream, peer));
+                        Box::pin(serve_after(rt, broker.clone(), handshake, "TLS", addr, stopped)).await;
+                        drop(held);
+                    }),
+                    (None, Some(listener)) => a.rt.spawn(async move {
+                        let max = broker.config().max_packet_size;
+                        let handshake = Box::pin(ws_handshake(stream, &listener, peer, max));
+                        Box::pin(serve_after(rt, broker, handshake, "WebSocket", addr, stopped)).await;
+                        drop(held);
+                    }),
+                    (Some(tls), Some(listener)) => a.rt.spawn(async move {
+                        let handshakes = Box::pin(wss_handshakes(&broker, &tls, stream, &listener, peer));
+                        let kind = "TLS and WebSocket";
+                        Box::pin(serve_after(rt, broker.clone(), handshakes, kind, addr, stopped)).await;
+                        drop(held);
+                    }),
+                }
             }
             Err(e) => {
                 log::warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");

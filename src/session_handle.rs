@@ -111,8 +111,20 @@ impl SessionHandle {
     }
 
     /// Completes when messages were queued for the session (since the last time).
-    pub async fn rung(&self) {
-        self.bell.take().await;
+    pub fn rung(&self) -> crate::signal::Wait<'_> {
+        self.bell.take()
+    }
+
+    /// Completes when `kicked` is raised (`true`: see [`SessionHandle::wake`])
+    /// or, if `take`, messages were queued (`false`, as [`SessionHandle::rung`]).
+    pub fn rung_unless<'a>(&'a self, kicked: &'a Signal, take: bool) -> crate::signal::TakeUnless<'a> {
+        self.bell.take_unless(kicked, take)
+    }
+
+    /// Wakes the connection waiting in [`SessionHandle::rung_unless`] (after
+    /// its takeover notice was raised).
+    pub fn wake(&self) {
+        self.bell.notify();
     }
 
     /// Whether messages were queued since the bell was last taken (a cheap

@@ -79,14 +79,18 @@ pub fn connect(
         conn,
         listener,
         session: attachment.session,
-        will: connect.will,
+        will: connect.will.map(Box::new),
         keep_alive,
         protocol: connect.protocol,
         session_expiry,
         receive_maximum,
-        aliases: Mutex::new(vec![None; max_alias]),
-        auth_method: auth.map(|a| a.method),
-        reauth: Mutex::new(None),
+        v5: v5.then(|| {
+            Box::new(super::V5State {
+                aliases: Mutex::new(vec![None; max_alias]),
+                auth_method: auth.map(|a| a.method),
+                reauth: Mutex::new(None),
+            })
+        }),
         peer,
         ticket: AtomicU64::new(attachment.ticket.0),
         copies: Mutex::new(None),

@@ -33,8 +33,9 @@ pub struct Client {
     pub listener: usize,
     /// The session, shared with publishers routing to it.
     pub session: Arc<SessionHandle>,
-    /// Published if the connection ends without DISCONNECT.
-    pub will: Option<Will>,
+    /// Published if the connection ends without DISCONNECT (boxed: most
+    /// clients have none, and it lives as long as the connection).
+    pub will: Option<Box<Will>>,
     /// Keepalive in seconds (0: none).
     pub keep_alive: u16,
     /// The protocol the client spoke in CONNECT.
@@ -45,14 +46,9 @@ pub struct Client {
     /// The Receive Maximum announced to the client (5.0): QoS 1/2 PUBLISHes
     /// it may have unacknowledged at once.
     pub receive_maximum: u16,
-    /// Inbound topic aliases (5.0): alias − 1 → topic, at most the Topic
-    /// Alias Maximum announced in CONNACK.
-    pub aliases: Mutex<Vec<Option<Arc<str>>>>,
-    /// The Authentication Method of its enhanced authentication (5.0), which
-    /// a re-authentication must use (MQTT-4.12.1-1).
-    pub auth_method: Option<Arc<str>>,
-    /// A re-authentication in progress.
-    pub reauth: Mutex<Option<Box<dyn AuthExchange>>>,
+    /// What only a 5.0 client has (boxed: 72 bytes that a 3.1.1
+    /// connection would carry for its whole life).
+    pub v5: Option<Box<V5State>>,
     /// Its address (for the hooks, on re-authentication).
     pub peer: std::net::SocketAddr,
     /// The store commit the packets being answered wait for: responses go
@@ -65,6 +61,18 @@ pub struct Client {
     /// their clients are reading: the connection stops reading from this
     /// client until they have room (backpressure instead of loss).
     pub pressed: Mutex<Vec<Arc<SessionHandle>>>,
+}
+
+/// A 5.0 client's topic aliases and enhanced authentication.
+pub struct V5State {
+    /// Inbound topic aliases: alias − 1 → topic, at most the Topic Alias
+    /// Maximum announced in CONNACK.
+    pub aliases: Mutex<Vec<Option<Arc<str>>>>,
+    /// The Authentication Method of its enhanced authentication, which a
+    /// re-authentication must use (MQTT-4.12.1-1).
+    pub auth_method: Option<Arc<str>>,
+    /// A re-authentication in progress.
+    pub reauth: Mutex<Option<Box<dyn AuthExchange>>>,
 }
 
 impl Client {
@@ -266,7 +274,7 @@ pub fn auth_packet(reason: ReasonCode, method: &Arc<str>, data: impl Into<Option
 /// (MQTT-4.12.0-7); a refused re-authentication closes with 0x87
 /// (MQTT-4.12.1-2).
 fn reauthenticate(client: &Client, broker: &Broker, auth: Auth, out: &mut Vec<Packet>) -> Result<Flow, Violation> {
-    let Some(method) = &client.auth_method else {
+    let Some((v5, method)) = client.v5.as_ref().and_then(|v5| Some((v5, v5.auth_method.as_ref()?))) else {
         return Err(Violation::V5(
             ReasonCode::PROTOCOL_ERROR,
             "MQTT-4.12.0-7",
@@ -280,7 +288,7 @@ fn reauthenticate(client: &Client, broker: &Broker, auth: Auth, out: &mut Vec<Pa
             "re-authentication with another authentication method",
         ));
     }
-    let mut reauth = client.reauth.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut reauth = v5.reauth.lock().unwrap_or_else(PoisonError::into_inner);
     if auth.reason == ReasonCode::RE_AUTHENTICATE {
         let info = ConnectInfo {
             client_id: &client.id,

@@ -94,7 +94,10 @@ pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<P
 /// topic with an alias never set is a Protocol Error (3.3.2.3.4).
 fn resolve_alias(client: &Client, p: &mut Publish) -> Result<(), Violation> {
     let Some(alias) = p.topic_alias.take() else { return Ok(()) };
-    let mut aliases = client.aliases.lock().unwrap_or_else(PoisonError::into_inner);
+    // A 3.1.1 client has no aliases: any alias is above its maximum (0).
+    let mut none = Vec::new();
+    let mut guard = client.v5.as_ref().map(|v5| v5.aliases.lock().unwrap_or_else(PoisonError::into_inner));
+    let aliases = guard.as_deref_mut().unwrap_or(&mut none);
     let Some(slot) = usize::from(alias).checked_sub(1).and_then(|i| aliases.get_mut(i)) else {
         return Err(Violation::V5(
             ReasonCode::TOPIC_ALIAS_INVALID,
