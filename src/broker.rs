@@ -781,27 +781,21 @@ impl Broker {
     /// not get what its own client (`from`) published (MQTT-3.8.3-3); with
     /// Retain As Published a copy keeps the RETAIN flag (3.8.3.1); each copy
     /// carries the identifiers of the client's matching subscriptions
-    /// (MQTT-3.3.4-3). A `receipt` counts the stored QoS 1 copies, which
+    /// (MQTT-3.3.4-3). A `receipt` slot gets one once a QoS 1 copy is
+    /// stored; it counts the stored copies, which
     /// the PUBACK may wait for instead of their commit (see [`Receipt`]).
     pub fn publish_from(
         &self,
         from: Option<&str>,
         message: Message,
         retain: bool,
-        receipt: Option<&Arc<Receipt>>,
+        mut receipt: Option<&mut Option<Arc<Receipt>>>,
         pressed: &mut Vec<Arc<SessionHandle>>,
     ) -> Routing {
         // QoS 0 copies are never stored: only a retained or QoS 1/2 message
         // can change the store in more than one append.
         let stored = retain || message.qos != QoS::AtMostOnce;
-        let hold = self.shared.store.as_ref().filter(|_| stored).map(Persistence::hold);
-        // Every copy's ops go to the store in one append, into the batch
-        // the hold keeps open.
-        let mut ops = Vec::new();
-        let filling = match (&self.shared.store, &hold) {
-            (Some(store), Some(hold)) => store.filling(hold),
-            _ => Ticket::default(),
-        };
+        let _hold = self.shared.store.as_ref().filter(|_| stored).map(Persistence::hold);
         let mut ticket = Ticket::default();
         let mut retained_ticket = Ticket::default();
         if retain {
@@ -861,19 +855,11 @@ impl Broker {
                 subscription_id: first.id,
                 ..message.clone()
             };
-            let (offer, t) = match hold {
-                Some(_) => session.deliver_batched(copy, security.as_deref(), receipt, (&mut ops, filling)),
-                None => session.deliver(copy, security.as_deref(), receipt),
-            };
+            let (offer, t) = session.deliver(copy, security.as_deref(), receipt.as_deref_mut());
             self.count_offer(offer, session, pressed);
             ticket = ticket.max(t);
             routed += 1;
             i = end;
-        }
-        if let (Some(store), Some(hold)) = (&self.shared.store, &hold)
-            && !ops.is_empty()
-        {
-            store.append_held(hold, ops);
         }
         Routing { retained: retained_ticket, copies: ticket, routed }
     }

@@ -17,7 +17,7 @@ use crate::session::{Message, Receipt};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::DropCause;
-use crate::store::{Ticket, TicketStatus};
+use crate::store::{Persistence, Ticket, TicketStatus};
 use async_channel::Receiver;
 use asynchronous_codec::Framed;
 use bytes::Bytes;
@@ -691,8 +691,8 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 // messages: one listener for both.
                 let bell = client.session.rung_unless(kicked, !writing).fuse();
                 let stop = shutdown.recv().fuse();
-                let (front, receipt) = match held.front() {
-                    Some(h) => h.awaiting(broker),
+                let (front, receipt) = match held.front().map(|h| h.awaiting(broker)) {
+                    Some((ticket, receipt)) => (Some(ticket), receipt),
                     None => (None, None),
                 };
                 // A QoS 2 delivery waiting for its commit makes it urgent.
@@ -700,8 +700,12 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 let awaited = front.into_iter().chain(blocked).min();
                 // Completes once the store has committed (or failed) the
                 // ticket, or the receipt's copies are all acknowledged.
-                let committed = match (broker.store(), awaited) {
-                    (Some(_), Some(_)) => Box::pin(committed(broker, awaited, receipt)).fuse(),
+                let committed = match (broker.store(), awaited, receipt) {
+                    (Some(store), Some(ticket), None) => Either::Left(store.wait(ticket)).fuse(),
+                    // Boxed: only QoS 1 publishers to persistent sessions wait so.
+                    (Some(store), Some(ticket), Some(receipt)) => {
+                        Either::Right(Box::pin(copies_committed(store, ticket, receipt))).fuse()
+                    }
                     _ => Fuse::terminated(),
                 };
                 // Boxed, and only while needed: inline, their timers and
@@ -899,26 +903,17 @@ fn drains_own_session(packet: &Packet) -> bool {
     )
 }
 
-/// Completes once the store has committed (or failed) `ticket`, or every
-/// copy `receipt` counts was acknowledged; never without either.
-async fn committed(broker: &Broker, ticket: Option<Ticket>, receipt: Option<Arc<Receipt>>) {
-    let acknowledged = async {
-        match &receipt {
-            Some(receipt) => receipt.acknowledged().await,
-            None => future::pending().await,
-        }
-    };
-    let commit = async {
-        match (broker.store(), ticket) {
-            // The copies' commit may linger: their acknowledgements
-            // usually come first.
-            (Some(store), Some(ticket)) if receipt.is_some() => drop(store.wait_lazily(ticket).await),
-            (Some(store), Some(ticket)) => drop(store.wait(ticket).await),
-            _ => future::pending().await,
-        }
-    };
+/// Completes once the store has committed (or failed) the copies'
+/// `ticket`, or every copy `receipt` counts was acknowledged. The commit
+/// may linger: the acknowledgements usually come first.
+async fn copies_committed(store: &Persistence, ticket: Ticket, receipt: Arc<Receipt>) -> TicketStatus {
+    let acknowledged = receipt.acknowledged();
+    let commit = store.wait_lazily(ticket);
     pin_mut!(acknowledged, commit);
-    select(acknowledged, commit).await;
+    match select(acknowledged, commit).await {
+        Either::Left(((), _)) => TicketStatus::Committed,
+        Either::Right((status, _)) => status,
+    }
 }
 
 /// Responses waiting for what they acknowledge to be durable.
@@ -942,11 +937,11 @@ impl Held {
     }
 
     /// What to wait for while it is pending: a commit, and a receipt.
-    fn awaiting(&self, broker: &Broker) -> (Option<Ticket>, Option<Arc<Receipt>>) {
+    fn awaiting(&self, broker: &Broker) -> (Ticket, Option<Arc<Receipt>>) {
         let pending = broker.store().is_some_and(|s| s.status(self.ticket) == TicketStatus::Pending);
         match &self.copies {
-            Some((copies, receipt)) if !pending => (Some(*copies), Some(receipt.clone())),
-            _ => (Some(self.ticket), None),
+            Some((copies, receipt)) if !pending => (*copies, Some(receipt.clone())),
+            _ => (self.ticket, None),
         }
     }
 }

@@ -73,7 +73,7 @@ struct Queued {
 }
 
 /// The stored copies of one received QoS 1 message that its subscribers
-/// have not acknowledged yet. The publisher's PUBACK waits until the
+/// have not acknowledged yet, made when the first copy is stored. The publisher's PUBACK waits until the
 /// copies are durable, or until every one of them is acknowledged,
 /// whichever comes first: a message its subscribers all have needs no
 /// store to survive a crash. A copy that ends any other way (expired,
@@ -82,8 +82,6 @@ struct Queued {
 /// commit as before.
 #[derive(Debug, Default)]
 pub struct Receipt {
-    /// Whether any copy was counted.
-    counted: std::sync::atomic::AtomicBool,
     pending: std::sync::atomic::AtomicUsize,
     done: event_listener::Event,
 }
@@ -91,7 +89,6 @@ pub struct Receipt {
 impl Receipt {
     fn add(&self) {
         self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.counted.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn complete(&self) {
@@ -100,14 +97,9 @@ impl Receipt {
         }
     }
 
-    /// Whether any copy was counted (none: only the commit counts).
-    pub fn counts(&self) -> bool {
-        self.counted.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Whether copies were counted and every one was acknowledged.
+    /// Whether every counted copy was acknowledged.
     pub fn is_done(&self) -> bool {
-        self.counts() && self.pending.load(std::sync::atomic::Ordering::Acquire) == 0
+        self.pending.load(std::sync::atomic::Ordering::Acquire) == 0
     }
 
     /// Completes once every counted copy was acknowledged.
@@ -331,8 +323,9 @@ impl Session {
         self.offer_counted(message, None)
     }
 
-    /// [`Session::offer`], counting a copy this session stores in `receipt`.
-    pub fn offer_counted(&mut self, message: Message, receipt: Option<&Arc<Receipt>>) -> Offer {
+    /// [`Session::offer`], counting a copy this session stores in the
+    /// receipt (made here for the first one) when given a place for one.
+    pub fn offer_counted(&mut self, message: Message, receipt: Option<&mut Option<Arc<Receipt>>>) -> Offer {
         let qos0 = message.qos == QoS::AtMostOnce;
         if qos0 && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
@@ -357,7 +350,8 @@ impl Session {
         let mut counted = None;
         if !qos0 && self.durable {
             self.record(|id| Op::Message(id, seq, Some(message.clone())));
-            if let Some(receipt) = receipt.filter(|_| message.qos == QoS::AtLeastOnce) {
+            if let Some(slot) = receipt.filter(|_| message.qos == QoS::AtLeastOnce) {
+                let receipt = slot.get_or_insert_with(Arc::default);
                 receipt.add();
                 counted = Some(receipt.clone());
             }
@@ -798,27 +792,27 @@ mod tests {
 
     #[test]
     fn a_receipt_counts_stored_qos1_copies_until_acknowledged() {
-        let receipt = Arc::new(Receipt::default());
+        let mut slot = None;
         let mut durable = Session::new("d".into(), false, LIMITS, true);
         durable.set_online(true);
         let mut clean = Session::new("c".into(), true, LIMITS, false);
         clean.set_online(true);
-        durable.offer_counted(message(QoS::AtLeastOnce), Some(&receipt));
-        durable.offer_counted(message(QoS::ExactlyOnce), Some(&receipt));
-        clean.offer_counted(message(QoS::AtLeastOnce), Some(&receipt));
-        assert!(receipt.counts() && !receipt.is_done(), "one stored QoS 1 copy is counted");
+        clean.offer_counted(message(QoS::AtLeastOnce), Some(&mut slot));
+        durable.offer_counted(message(QoS::ExactlyOnce), Some(&mut slot));
+        assert!(slot.is_none(), "nothing counted: only the commit counts");
+        durable.offer_counted(message(QoS::AtLeastOnce), Some(&mut slot));
+        let receipt = slot.clone().expect("made for the stored QoS 1 copy");
+        assert!(!receipt.is_done(), "one stored QoS 1 copy is counted");
         let mut out = Vec::new();
         durable.next_packets(&mut out, |_| true);
         clean.next_packets(&mut out, |_| true);
         clean.puback(1);
         assert!(!receipt.is_done(), "a copy in a session that stores nothing is not counted");
-        durable.pubrec(Ack::ok(2), &mut out);
-        durable.pubcomp(2);
+        durable.pubrec(Ack::ok(1), &mut out);
+        durable.pubcomp(1);
         assert!(!receipt.is_done(), "QoS 2 copies wait for their commit");
-        durable.puback(1);
+        durable.puback(2);
         assert!(receipt.is_done());
-        let never = Receipt::default();
-        assert!(!never.counts() && !never.is_done(), "nothing counted: only the commit counts");
     }
 
     #[test]

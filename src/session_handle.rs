@@ -6,7 +6,7 @@ use crate::security::Security;
 use crate::session::{Message, Offer, Receipt, Session};
 use crate::signal::Signal;
 use crate::stats::DropCause;
-use crate::store::{Op, Persistence, Ticket};
+use crate::store::{Persistence, Ticket};
 use event_listener::{Event, EventListener};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -152,29 +152,11 @@ impl SessionHandle {
     /// Offers a message and rings the bell if an online client should send
     /// it; drops are logged at most once per second per client. With an ACL,
     /// a message the client may not read is dropped (cause `acl`), not logged.
-    pub fn deliver(&self, message: Message, acl: Option<&Security>, receipt: Option<&Arc<Receipt>>) -> (Offer, Ticket) {
-        self.offer(message, acl, receipt, None)
-    }
-
-    /// [`SessionHandle::deliver`] whose changes go to `batch`'s ops, to be
-    /// appended by the caller into the store batch it names (one append for
-    /// every copy of a message; the caller holds the batch open).
-    pub fn deliver_batched(
+    pub fn deliver(
         &self,
         message: Message,
         acl: Option<&Security>,
-        receipt: Option<&Arc<Receipt>>,
-        batch: (&mut Vec<Op>, Ticket),
-    ) -> (Offer, Ticket) {
-        self.offer(message, acl, receipt, Some(batch))
-    }
-
-    fn offer(
-        &self,
-        message: Message,
-        acl: Option<&Security>,
-        receipt: Option<&Arc<Receipt>>,
-        batch: Option<(&mut Vec<Op>, Ticket)>,
+        receipt: Option<&mut Option<Arc<Receipt>>>,
     ) -> (Offer, Ticket) {
         let (offer, online, report, ticket) = {
             let mut s = self.lock();
@@ -186,14 +168,9 @@ impl SessionHandle {
             let offer = s.session.offer_counted(message, receipt);
             let report = matches!(offer, Offer::Dropped(_)).then(|| s.session.drop_report(Instant::now()));
             let online = s.owner != 0;
-            let ticket = match batch {
-                Some((ops, ticket)) => {
-                    let before = ops.len();
-                    ops.extend(s.session.take_journal());
-                    if ops.len() > before { ticket } else { Ticket::default() }
-                }
-                None => s.flush(),
-            };
+            // Appended under the session's lock: a later change to the same
+            // session (its sending, its acknowledgement) is appended after.
+            let ticket = s.flush();
             if matches!(offer, Offer::Queued | Offer::Pressed) {
                 s.session.stamp_last(ticket);
             }

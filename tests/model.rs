@@ -797,7 +797,8 @@ struct Client {
     cut: bool,
     /// QoS 1 messages it acknowledged since the last crash.
     acked: Vec<Msg>,
-    /// QoS 1 messages it acknowledged before the last crash: the broker
+    /// QoS 1 messages it acknowledged before a crash, until its session
+    /// resumes after it: the broker
     /// may not have committed their removal (it does not hold its
     /// connection's next answers for it), and may deliver them once more
     /// (at least once), with DUP 1, or 0 if their sending was not
@@ -1104,7 +1105,9 @@ impl<R: Runtime> Run<R> {
                 }
                 false => {
                     client.inbound.values_mut().for_each(|e| e.crashed = true);
-                    client.redeliverable = std::mem::take(&mut client.acked);
+                    // Kept across crashes until the session resumes.
+                    let acked = std::mem::take(&mut client.acked);
+                    client.redeliverable.extend(acked);
                 }
             }
         }

@@ -5,7 +5,7 @@ use crate::broker::Broker;
 use crate::error::Violation;
 use crate::packet::{Ack, Packet, Protocol, Publish, QoS, ReasonCode};
 use crate::security::ClientInfo;
-use crate::session::{Message, Receipt};
+use crate::session::Message;
 use crate::stats::DropCause;
 use crate::store::Persistence;
 use crate::topic;
@@ -208,10 +208,12 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
     // A QoS 1 PUBACK may go out once every stored copy is acknowledged,
     // before their commit (see Receipt); a retained message, and a QoS 2
     // one's packet id, wait for theirs.
-    let receipt = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then(Arc::<Receipt>::default);
-    let routing = broker.publish_from(Some(&client.id), message, retain, receipt.as_ref(), &mut pressed);
+    // The receipt is made only once a copy is stored.
+    let mut receipt = None;
+    let counted = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then_some(&mut receipt);
+    let routing = broker.publish_from(Some(&client.id), message, retain, counted, &mut pressed);
     client.wait_for(routing.retained);
-    match receipt.filter(|r| r.counts()) {
+    match receipt {
         Some(receipt) => client.wait_for_copies(routing.copies, receipt),
         None => client.wait_for(routing.copies),
     }

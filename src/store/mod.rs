@@ -13,7 +13,7 @@ mod writer;
 
 pub use self::redb::{FILE_NAME, RedbStore};
 pub use memory::MemoryStore;
-pub use writer::{Hold, Persistence, Ticket, TicketStatus};
+pub use writer::{Persistence, Ticket, TicketStatus};
 
 use crate::packet::{Message, Pid, Subscription};
 use std::collections::{BTreeMap, HashMap};

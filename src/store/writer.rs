@@ -147,19 +147,6 @@ impl Persistence {
         Ticket(pending.batch)
     }
 
-    /// The batch appends go to while `hold` is open (it cannot be taken
-    /// for a commit before the hold ends).
-    pub fn filling(&self, hold: &Hold<'_>) -> Ticket {
-        debug_assert!(std::ptr::eq(hold.persistence, self));
-        Ticket(lock(&self.shared.pending).batch)
-    }
-
-    /// Appends ops to the batch `hold` keeps open, named by
-    /// [`Persistence::filling`].
-    pub fn append_held(&self, _hold: &Hold<'_>, ops: Vec<Op>) {
-        self.append(ops);
-    }
-
     /// Keeps the batch being filled open until the hold is dropped: every
     /// append in between commits in one transaction (the inbound QoS 2
     /// packet id and the copies of its PUBLISH, say), so a crash cannot
