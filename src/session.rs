@@ -511,7 +511,7 @@ impl Session {
     /// 65535 sequence numbers, and the inflight window is in sequence order,
     /// so only its oldest entry can be that far behind (checked in O(1)).
     fn wraps(&self, seq: u64) -> bool {
-        self.inflight.front().is_some_and(|oldest| seq - oldest.seq >= u64::from(u16::MAX))
+        self.inflight.front().is_some_and(|oldest| seq.saturating_sub(oldest.seq) >= u64::from(u16::MAX))
     }
 
     /// On reconnect: re-sends every unacknowledged PUBLISH with DUP set and
