@@ -101,6 +101,8 @@ pub struct Config {
     /// How a shared subscription's group picks the member that gets a
     /// message.
     pub shared_subscription_strategy: ShareStrategy,
+    /// Bridges to other brokers (mosquitto.conf `connection NAME` blocks).
+    pub bridges: Vec<Bridge>,
 }
 
 /// How a shared subscription (`$share/{name}/{filter}`) picks the one member
@@ -127,6 +129,156 @@ impl std::str::FromStr for ShareStrategy {
             other => Err(format!("unknown shared subscription strategy {other:?} (round_robin, random or sticky)")),
         }
     }
+}
+
+/// A bridge: midge connects to a remote broker as a client and forwards
+/// topics out to it and in from it (Mosquitto's `connection NAME` block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bridge {
+    /// The connection's name (`connection NAME`).
+    pub name: String,
+    /// Remote brokers, tried in order (`address host[:port] ...`; port 1883
+    /// unless given).
+    pub addresses: Vec<(String, u16)>,
+    /// `round_robin true`: after a failure try the next address and stay
+    /// there; `false` (the default): the first address is the main one,
+    /// returned to when it is back.
+    pub round_robin: bool,
+    /// What is forwarded (`topic` lines, at least one).
+    pub topics: Vec<BridgeTopic>,
+    /// The protocol spoken to the remote (`bridge_protocol_version`,
+    /// `mqttv311` by default, or `mqttv50`).
+    pub protocol: crate::packet::Protocol,
+    /// Client id at the remote (`remote_clientid`; default `HOSTNAME.NAME`).
+    pub remote_clientid: Option<String>,
+    /// Client id of the bridge's session in midge itself (`local_clientid`;
+    /// default `local.` and the remote client id).
+    pub local_clientid: Option<String>,
+    /// User name at the remote (`remote_username`).
+    pub remote_username: Option<String>,
+    /// Password at the remote (`remote_password`).
+    pub remote_password: Option<String>,
+    /// `cleansession` at the remote (default `false`: the remote keeps the
+    /// bridge's subscriptions and in-flight messages across reconnects).
+    pub clean_session: bool,
+    /// Keepalive at the remote (`keepalive_interval`, default 60 s).
+    pub keepalive: u16,
+    /// Reconnect backoff (`restart_timeout base [cap]`): waits start at the
+    /// first, double up to the second, with jitter. Default 5 s and 30 s.
+    pub restart_timeout: (Duration, Duration),
+    /// When the bridge connects (`start_type`).
+    pub start_type: StartType,
+    /// `start_type lazy`: messages queued for the remote that start the
+    /// bridge (`threshold`, default 10).
+    pub threshold: usize,
+    /// `start_type lazy`: a bridge idle this long stops (`idle_timeout`,
+    /// default 60 s).
+    pub idle_timeout: Duration,
+    /// Publish the bridge's state (1 connected, 0 not), retained, on the
+    /// notification topic (`notifications`, default `true`).
+    pub notifications: bool,
+    /// The notification topic (`notification_topic`; default
+    /// `$SYS/broker/connection/REMOTE_CLIENTID/state`).
+    pub notification_topic: Option<String>,
+    /// Tell a 3.1.1 remote that this is a bridge (protocol level | 0x80), so
+    /// a Mosquitto or midge remote does not echo what the bridge publishes
+    /// (`try_private`, default `true`).
+    pub try_private: bool,
+    /// TLS to the remote (`bridge_cafile` and the rest); `None`: plain TCP.
+    pub tls: Option<BridgeTls>,
+    /// Messages the bridge's session queues for the remote while it is
+    /// unreachable (`max_queued_messages` inside the block); `None`: the
+    /// broker's `max_queued_messages`.
+    pub max_queued: Option<usize>,
+    /// Payload bytes queued likewise (`max_queued_bytes`); `None`: the
+    /// broker's.
+    pub max_queued_bytes: Option<usize>,
+}
+
+impl Bridge {
+    /// A bridge to `host:port` forwarding `topics`, every other setting at
+    /// Mosquitto's default.
+    pub fn new(name: impl Into<String>, host: impl Into<String>, port: u16, topics: Vec<BridgeTopic>) -> Bridge {
+        Bridge {
+            name: name.into(),
+            addresses: vec![(host.into(), port)],
+            round_robin: false,
+            topics,
+            protocol: crate::packet::Protocol::V311,
+            remote_clientid: None,
+            local_clientid: None,
+            remote_username: None,
+            remote_password: None,
+            clean_session: false,
+            keepalive: 60,
+            restart_timeout: (Duration::from_secs(5), Duration::from_secs(30)),
+            start_type: StartType::Automatic,
+            threshold: 10,
+            idle_timeout: Duration::from_secs(60),
+            notifications: true,
+            notification_topic: None,
+            try_private: true,
+            tls: None,
+            max_queued: None,
+            max_queued_bytes: None,
+        }
+    }
+}
+
+/// A bridge's `topic PATTERN [in|out|both] [QOS] [LOCAL_PREFIX] [REMOTE_PREFIX]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeTopic {
+    /// The filter, without the prefixes (may be empty when a prefix is the
+    /// whole topic).
+    pub pattern: String,
+    /// Which way messages go.
+    pub direction: BridgeDirection,
+    /// Highest QoS forwarded (a message goes at the lower of this and its own).
+    pub qos: crate::packet::QoS,
+    /// Prepended to the pattern on midge's side.
+    pub local_prefix: String,
+    /// Prepended to the pattern on the remote's side.
+    pub remote_prefix: String,
+}
+
+/// Which way a bridge topic's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeDirection {
+    /// Remote to midge.
+    In,
+    /// Midge to remote (the default).
+    Out,
+    /// Both ways.
+    Both,
+}
+
+/// When a bridge connects (`start_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartType {
+    /// At start, and again after every failure (the default).
+    Automatic,
+    /// When `threshold` messages are queued for the remote; it stops after
+    /// `idle_timeout` with nothing to send.
+    Lazy,
+    /// At start only; not restarted after it fails.
+    Once,
+}
+
+/// TLS to a bridge's remote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeTls {
+    /// CA certificates the remote's certificate must chain to
+    /// (`bridge_cafile`); `None`: the PEM files in `capath`.
+    pub cafile: Option<PathBuf>,
+    /// A directory of PEM CA certificates (`bridge_capath`).
+    pub capath: Option<PathBuf>,
+    /// Client certificate (`bridge_certfile`), with `keyfile`.
+    pub certfile: Option<PathBuf>,
+    /// Client key (`bridge_keyfile`).
+    pub keyfile: Option<PathBuf>,
+    /// `bridge_insecure true`: the remote's certificate is not checked
+    /// against the host name (its chain still is).
+    pub insecure: bool,
 }
 
 /// Mosquitto's default `max_topic_alias`.
@@ -238,6 +390,7 @@ impl Default for Config {
             max_topic_alias: DEFAULT_MAX_TOPIC_ALIAS,
             response_information: None,
             shared_subscription_strategy: ShareStrategy::RoundRobin,
+            bridges: Vec::new(),
         }
     }
 }
