@@ -49,6 +49,12 @@ impl Runtime for AsyncStd {
         Ok((stream, peer))
     }
 
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Dropping an async-std JoinHandle detaches the task.
         drop(async_std::task::spawn(task));

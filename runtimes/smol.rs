@@ -129,6 +129,12 @@ impl Runtime for Smol {
         Ok((SmolStream(stream), peer))
     }
 
+    async fn connect(&self, addr: SocketAddr) -> io::Result<SmolStream> {
+        let stream = Async::<TcpStream>::connect(addr).await?;
+        stream.get_ref().set_nodelay(true)?;
+        Ok(SmolStream(stream))
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Dropping a smol Task cancels it: detach so it outlives its spawner.
         self.executor.spawn(task).detach();

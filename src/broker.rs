@@ -243,7 +243,7 @@ impl Broker {
         for (id, stored) in snapshot.sessions {
             let left = now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen)));
             let owner = stored.owner.clone().unwrap_or_default();
-            let session = Session::restore(id.clone(), stored, config.limits());
+            let session = Session::restore(id.clone(), stored, config.limits_for(&id));
             let handle = SessionHandle::new(id.clone(), session, store.clone());
             {
                 // Deliveries while its client is away are checked against
@@ -342,6 +342,14 @@ impl Broker {
         Some(session.lock().session.pending())
     }
 
+    /// Messages queued or inflight for `client_id`'s session and how many it
+    /// dropped because its queue was full, if it has a session.
+    pub fn session_queue(&self, client_id: &str) -> Option<(usize, u64)> {
+        let session = lock(&self.shared.registry).get(client_id).map(|e| e.session.clone())?;
+        let s = session.lock();
+        Some((s.session.pending(), s.session.dropped))
+    }
+
     /// (filter, client) subscriptions.
     pub fn subscription_count(&self) -> usize {
         read(&self.shared.subscriptions).len()
@@ -425,8 +433,12 @@ impl Broker {
                 if durable {
                     ops.push(Op::Session(client_id.clone(), Some(epoch_seconds(SystemTime::now()))));
                 }
-                let session =
-                    Session::new(client_id.clone(), ends_with_connection, self.shared.config.limits(), durable);
+                let session = Session::new(
+                    client_id.clone(),
+                    ends_with_connection,
+                    self.shared.config.limits_for(client_id),
+                    durable,
+                );
                 (SessionHandle::new(client_id.clone(), session, self.shared.store.clone()), false)
             }
         };

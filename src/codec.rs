@@ -38,12 +38,23 @@ pub struct MqttCodec {
     oversized_publish: bool,
     /// The first CONNECT named MQTT 5.0, whether or not it decoded.
     v5_connect: bool,
+    /// The client's 3.1.1 / 3.1 CONNECT set bit 7 of the protocol level: it
+    /// is a bridge (Mosquitto's `try_private`), so every subscription it
+    /// makes gets No Local and what it publishes is not echoed back to it.
+    bridge: bool,
 }
 
 impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
-        MqttCodec { max_packet_size, received: 0, protocol: None, oversized_publish: false, v5_connect: false }
+        MqttCodec {
+            max_packet_size,
+            received: 0,
+            protocol: None,
+            oversized_publish: false,
+            v5_connect: false,
+            bridge: false,
+        }
     }
 
     /// Whether the client's CONNECT named MQTT 5.0 (even one that failed to
@@ -110,13 +121,36 @@ impl Decoder for MqttCodec {
             return self.decode_v5(frame.freeze(), first, body_at);
         }
         frame[0] = header;
+        if header == 0x10 && self.protocol.is_none() {
+            self.bridge = clear_bridge_bit(&mut frame[body_at..]);
+        }
         let frame = frame.freeze();
         validate::check_body(header, &frame[body_at..])?;
-        let packet = decode_frame(&frame)?;
+        let mut packet = decode_frame(&frame)?;
+        if let (true, Packet::Subscribe(s)) = (self.bridge, &mut packet) {
+            s.filters.iter_mut().for_each(|(_, options)| options.no_local = true);
+        }
         if let Packet::Connect(connect) = &packet {
             self.protocol.get_or_insert(connect.protocol);
         }
         Ok(Some(packet))
+    }
+}
+
+/// Clears bit 7 of a 3.1.1 or 3.1 CONNECT's protocol level (a bridge's
+/// `try_private` mark) and says whether it was set.
+fn clear_bridge_bit(body: &mut [u8]) -> bool {
+    let at = match body {
+        [0, 4, b'M', b'Q', b'T', b'T', ..] => 6,
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', ..] => 8,
+        _ => return false,
+    };
+    match body.get_mut(at) {
+        Some(level) if *level & 0x80 != 0 && matches!(*level & 0x7f, 3 | 4) => {
+            *level &= 0x7f;
+            true
+        }
+        _ => false,
     }
 }
 

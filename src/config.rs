@@ -225,6 +225,26 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// The client id at the remote: `remote_clientid`, or Mosquitto's
+    /// default `HOSTNAME.NAME`.
+    pub fn remote_id(&self) -> String {
+        self.remote_clientid.clone().unwrap_or_else(|| format!("{}.{}", crate::bridge::hostname(), self.name))
+    }
+
+    /// The client id of the bridge's session in midge: `local_clientid`, or
+    /// Mosquitto's default `local.` and the remote client id.
+    pub fn local_id(&self) -> String {
+        self.local_clientid.clone().unwrap_or_else(|| format!("local.{}", self.remote_id()))
+    }
+
+    /// Where the bridge's state is published: `notification_topic`, or
+    /// Mosquitto's default `$SYS/broker/connection/REMOTE_CLIENTID/state`.
+    pub fn state_topic(&self) -> String {
+        self.notification_topic.clone().unwrap_or_else(|| format!("$SYS/broker/connection/{}/state", self.remote_id()))
+    }
+}
+
 /// A bridge's `topic PATTERN [in|out|both] [QOS] [LOCAL_PREFIX] [REMOTE_PREFIX]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BridgeTopic {
@@ -399,6 +419,21 @@ impl Config {
     /// The defaults with a single plain listener on `bind` (e.g. port 0).
     pub fn listening_on(bind: SocketAddr) -> Config {
         Config { listeners: vec![Listener::tcp(bind)], ..Config::default() }
+    }
+
+    /// The session limits of the session `client_id`: a bridge's own
+    /// session has its bridge's queue limits.
+    pub fn limits_for(&self, client_id: &str) -> Limits {
+        let mut limits = self.limits();
+        if let Some(bridge) = self.bridges.iter().find(|b| b.local_id() == client_id) {
+            limits.max_queued = bridge.max_queued.unwrap_or(limits.max_queued);
+            limits.max_queued_bytes = match bridge.max_queued_bytes {
+                Some(0) => usize::MAX,
+                Some(n) => n,
+                None => limits.max_queued_bytes,
+            };
+        }
+        limits
     }
 
     /// The session limits this configuration sets.

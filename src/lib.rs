@@ -27,6 +27,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod codec;

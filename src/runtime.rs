@@ -36,6 +36,8 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
     /// Accepts one connection, with `TCP_NODELAY` set.
     fn accept(&self, listener: &Self::Listener) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+    /// Opens a TCP connection to `addr`, with `TCP_NODELAY` set (bridges).
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     /// Runs a task to completion in the background (detached).
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
     /// Completes after `duration`.

@@ -7,7 +7,7 @@ use crate::handle::Peer;
 use crate::runtime::{Runtime, within};
 use crate::stats::ListenerStats;
 use crate::tls::TlsAcceptor;
-use crate::{connection, expiry, http, logging, sys, ws};
+use crate::{bridge, connection, expiry, http, logging, sys, ws};
 use async_channel::{Receiver, Sender};
 use futures::future::{Either, select};
 use futures::pin_mut;
@@ -102,6 +102,14 @@ impl<R: Runtime> Server<R> {
             log::info!("listening on {addr} (HTTP: /metrics, /healthz)");
             http_addr = Some(addr);
             rt.spawn(http::run(rt.clone(), broker.clone(), listener, stopped.clone(), alive.clone()));
+        }
+        for bridge in &broker.config().bridges {
+            log::info!(
+                "bridge {}: forwarding to {}",
+                bridge.name,
+                bridge.addresses.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(", ")
+            );
+            rt.spawn(bridge::run(rt.clone(), broker.clone(), bridge.clone(), stopped.clone(), alive.clone()));
         }
         rt.spawn(sys::run(rt.clone(), broker.clone(), stopped.clone()));
         rt.spawn(expiry::run(rt.clone(), broker.clone(), stopped.clone()));

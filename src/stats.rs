@@ -85,6 +85,8 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// Per-listener connection counts, registered when a server starts.
     listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    /// Per-bridge counters, registered when a bridge starts.
+    bridges: Mutex<Vec<Arc<BridgeStats>>>,
 }
 
 fn sum(counters: &[AtomicU64]) -> u64 {
@@ -168,10 +170,47 @@ impl Stats {
         stats
     }
 
+    /// A bridge's counters, registered when it starts (kept across restarts
+    /// of a server on the same broker).
+    pub fn add_bridge(&self, name: &str, local_id: &str) -> Arc<BridgeStats> {
+        let mut bridges = self.bridges.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = bridges.iter().find(|b| b.name == name) {
+            return known.clone();
+        }
+        let stats = Arc::new(BridgeStats { name: name.into(), local_id: local_id.into(), ..BridgeStats::default() });
+        bridges.push(stats.clone());
+        stats
+    }
+
+    /// Every registered bridge's counters.
+    pub fn bridges(&self) -> Vec<Arc<BridgeStats>> {
+        self.bridges.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Every registered listener's counters.
     pub fn listeners(&self) -> Vec<Arc<ListenerStats>> {
         self.listeners.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+}
+
+/// One bridge's state and counters.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// The bridge's name (`connection NAME`).
+    pub name: String,
+    /// Its session's client id in this broker (for its queue depth).
+    pub local_id: String,
+    /// 1 while connected to the remote, else 0.
+    pub connected: AtomicU64,
+    /// Successful connections to the remote.
+    pub connects: AtomicU64,
+    /// Messages sent to the remote.
+    pub forwarded: AtomicU64,
+    /// Messages received from the remote and published here.
+    pub received: AtomicU64,
+    /// Messages received from the remote that matched no `in` topic, or
+    /// that this broker refused.
+    pub refused: AtomicU64,
 }
 
 /// Connections on one listener, by protocol level.

@@ -609,3 +609,109 @@ mod tests {
         // (the fixtures cover certificates with a version field)
     }
 }
+
+/// A bridge's TLS client configuration: the remote's certificate must chain
+/// to `bridge_cafile` (or a CA in `bridge_capath`) and, unless
+/// `bridge_insecure`, name the host; `bridge_certfile` and `bridge_keyfile`
+/// give a client certificate.
+pub fn client_config(tls: &crate::config::BridgeTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    if let Some(cafile) = &tls.cafile {
+        for cert in load_certs("bridge_cafile", cafile)? {
+            roots
+                .add(cert)
+                .map_err(|e| file_error("bridge_cafile", cafile, format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    if let Some(capath) = &tls.capath {
+        let entries = std::fs::read_dir(capath).map_err(|e| file_error("bridge_capath", capath, e.to_string()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "pem" || x == "crt") {
+                for cert in load_certs("bridge_capath", &path)? {
+                    roots.add(cert).map_err(|e| file_error("bridge_capath", &path, format!("unusable CA: {e}")))?;
+                }
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config("bridge TLS needs bridge_cafile or bridge_capath with a CA certificate".into()));
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(format!("bridge_cafile: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(format!("tls: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(BridgeVerifier { inner: verifier, insecure: tls.insecure }));
+    let config = match (&tls.certfile, &tls.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let certs = load_certs("bridge_certfile", certfile)?;
+            let key = PrivateKeyDer::from_pem_file(keyfile)
+                .map_err(|e| file_error("bridge_keyfile", keyfile, pem_problem(e, "PEM private key")))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                TlsError::Config(format!(
+                    "bridge_certfile {} with bridge_keyfile {}: {e}",
+                    certfile.display(),
+                    keyfile.display()
+                ))
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(TlsError::Config("bridge_certfile and bridge_keyfile go together".into())),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The webpki verifier, which with `bridge_insecure` lets a certificate for
+/// another host name through (its chain and dates are still checked).
+#[derive(Debug)]
+struct BridgeVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    insecure: bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for BridgeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }))
+                if self.insecure =>
+            {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

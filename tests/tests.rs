@@ -9,6 +9,8 @@ mod support;
 mod bad_input;
 /// The `midge` binary: runtimes, log lines, signals.
 mod binary;
+/// Bridges to Mosquitto and to another midge: topics, QoS, faults, loops.
+mod bridge;
 /// Smaller normative statements, one test each, and the check that
 /// docs/conformance.md names only tests that exist.
 mod conformance;

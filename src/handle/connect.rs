@@ -52,7 +52,11 @@ pub fn connect(
     let session_present = attachment.session_present && connect.protocol != Protocol::V31;
     let config = broker.config();
     let keep_alive = server_keep_alive(broker, &connect);
-    let receive_maximum = u16::try_from(config.max_inflight).unwrap_or(u16::MAX).max(1);
+    // A bridge relays what its remote sends, under the remote's own window.
+    let receive_maximum = match listener == crate::bridge::BRIDGE_LISTENER {
+        true => u16::MAX,
+        false => u16::try_from(config.max_inflight).unwrap_or(u16::MAX).max(1),
+    };
     let properties = match v5 {
         false => Properties::default(),
         true => Properties {
@@ -172,6 +176,9 @@ pub async fn authenticate(
     peer: &Peer,
 ) -> Result<Option<Arc<str>>, Refusal> {
     let guards = broker.guards();
+    if peer.listener == crate::bridge::BRIDGE_LISTENER {
+        return Ok(None);
+    }
     if peer.identity_required && peer.identity.is_none() {
         broker.stats().auth_failed();
         let why = "no client certificate identity (use_identity_as_username)".into();
