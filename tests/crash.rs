@@ -22,7 +22,7 @@ const QUEUE_ALL: &[&str] = &["--max-queued-messages", "100000"];
 const WINDOW: usize = 16;
 
 /// Message `i`: QoS 1 or 2 alternately, every tenth retained on its own topic.
-fn message(i: u32) -> (String, u8, bool) {
+pub fn message(i: u32) -> (String, u8, bool) {
     let qos = 1 + (i % 2) as u8;
     match i % 10 {
         0 => (format!("crash/retained/{i}"), qos, true),
@@ -34,12 +34,20 @@ fn message(i: u32) -> (String, u8, bool) {
 /// connection dies; reports once `signal_at` are acknowledged. Returns the
 /// acknowledged message numbers.
 fn publish_until_killed(addr: SocketAddr, signal_at: usize, progress: mpsc::Sender<()>) -> Vec<u32> {
+    publish_stream(addr, MESSAGES, signal_at, progress)
+}
+
+/// [`publish_until_killed`] that also ends once `messages` are acknowledged.
+pub fn publish_stream(addr: SocketAddr, messages: u32, signal_at: usize, progress: mpsc::Sender<()>) -> Vec<u32> {
     let mut c = Raw::connect(addr);
     c.send(&packets::connect("crash-pub", true, 0));
     c.expect(&packets::CONNACK_ACCEPTED);
     let (mut next, mut outstanding, mut acked) = (0u32, 0usize, Vec::new());
     loop {
-        while outstanding < WINDOW && next < MESSAGES {
+        if acked.len() == messages as usize {
+            return acked;
+        }
+        while outstanding < WINDOW && next < messages {
             let (topic, qos, retain) = message(next);
             let pid = next as u16 + 1;
             c.send(&packets::publish_with(&topic, &next.to_be_bytes(), qos, Some(pid), retain, false));
@@ -65,22 +73,27 @@ fn publish_until_killed(addr: SocketAddr, signal_at: usize, progress: mpsc::Send
 /// A persistent subscriber's view: what it delivered to the application,
 /// and the QoS 2 packet ids it has PUBREC'd but not yet seen released.
 #[derive(Default)]
-struct Subscriber {
-    delivered: Vec<(u32, u8)>,
+pub struct Subscriber {
+    pub delivered: Vec<(u32, u8)>,
     unreleased: HashSet<u16>,
 }
 
 impl Subscriber {
     fn connect(addr: SocketAddr) -> (Raw, bool) {
+        Self::connect_as(addr, "crash-sub")
+    }
+
+    /// Connects the persistent session `id`: the client and Session Present.
+    pub fn connect_as(addr: SocketAddr, id: &str) -> (Raw, bool) {
         let mut c = Raw::connect(addr);
-        c.send(&packets::connect("crash-sub", false, 0));
+        c.send(&packets::connect(id, false, 0));
         let connack = c.recv();
         assert_eq!((connack.header, connack.body[1]), (0x20, 0), "CONNACK accepted");
         (c, connack.body[0] == 1)
     }
 
     /// Handles one packet as an MQTT receiver; `false` for PINGRESP.
-    fn handle(&mut self, c: &mut Raw, p: Received) -> bool {
+    pub fn handle(&mut self, c: &mut Raw, p: Received) -> bool {
         match p.header >> 4 {
             3 => {
                 let (_, pid, payload) = p.publish();
@@ -110,14 +123,14 @@ impl Subscriber {
     }
 
     /// Receives until the connection dies (the broker is killed).
-    fn receive_until_killed(&mut self, mut c: Raw) {
+    pub fn receive_until_killed(&mut self, mut c: Raw) {
         while let Ok(p) = c.try_recv() {
             self.handle(&mut c, p);
         }
     }
 
     /// Receives until a PINGREQ round trip brings nothing new.
-    fn drain(&mut self, c: &mut Raw) {
+    pub fn drain(&mut self, c: &mut Raw) {
         for _ in 0..100_000 {
             c.send(&packets::PINGREQ);
             let mut active = false;
