@@ -82,6 +82,52 @@ fn by_qos(
     })
 }
 
+/// One family per bridge figure, labelled `bridge`.
+fn bridges(e: &mut DescriptorEncoder<'_>, broker: &Broker) -> fmt::Result {
+    let bridges = broker.stats().bridges();
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    let figures: Vec<_> = bridges.iter().map(|b| (b, b.figures(broker))).collect();
+    let families: [(&str, &str, MetricType, fn(&crate::stats::BridgeFigures) -> u64); 7] = [
+        ("bridge_connected", "1 while the bridge is connected to its remote, else 0.", MetricType::Gauge, |f| {
+            f.connected
+        }),
+        ("bridge_queued_messages", "Messages queued or in flight for the remote.", MetricType::Gauge, |f| f.queued),
+        ("bridge_connects", "Successful connections to the remote.", MetricType::Counter, |f| f.connects),
+        ("bridge_forwarded_messages", "Messages sent to the remote.", MetricType::Counter, |f| f.forwarded),
+        (
+            "bridge_received_messages",
+            "Messages received from the remote and published here.",
+            MetricType::Counter,
+            |f| f.received,
+        ),
+        (
+            "bridge_dropped_messages",
+            "Messages for the remote dropped because the bridge's queue was full.",
+            MetricType::Counter,
+            |f| f.dropped,
+        ),
+        ("bridge_refused_messages", "Messages from the remote that matched no in topic.", MetricType::Counter, |f| {
+            f.refused
+        }),
+    ];
+    for (name, help, kind, value) in families {
+        family(e, name, help, None, kind.clone(), |mut m| {
+            for (b, f) in &figures {
+                let labels = [("bridge", b.name.as_str())];
+                let m = m.encode_family(&labels)?;
+                match kind {
+                    MetricType::Gauge => ConstGauge::new(value(f)).encode(m)?,
+                    _ => ConstCounter::new(value(f)).encode(m)?,
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 impl Collector for BrokerCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
         let (broker, s) = (&self.broker, self.broker.stats());
@@ -171,6 +217,7 @@ impl Collector for BrokerCollector {
                 Ok(())
             },
         )?;
+        bridges(&mut e, broker)?;
         let auth = "CONNECTs refused for their credentials (password file, hooks, certificate identity).";
         counter(&mut e, "auth_failures", auth, s.auth_failures.load(Relaxed))?;
         let tls = "TLS handshakes that failed or did not finish within the connect timeout.";

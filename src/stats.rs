@@ -213,6 +213,42 @@ pub struct BridgeStats {
     pub refused: AtomicU64,
 }
 
+/// A bridge's figures at one moment, for `$SYS` and the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeFigures {
+    /// 1 while connected to the remote.
+    pub connected: u64,
+    /// Messages queued or in flight for the remote.
+    pub queued: u64,
+    /// Successful connections to the remote.
+    pub connects: u64,
+    /// Messages sent to the remote.
+    pub forwarded: u64,
+    /// Messages received from the remote and published here.
+    pub received: u64,
+    /// Messages for the remote dropped because the bridge's queue was full
+    /// (since this broker started).
+    pub dropped: u64,
+    /// Messages from the remote that matched no `in` topic.
+    pub refused: u64,
+}
+
+impl BridgeStats {
+    /// The counters, and the queue of the bridge's session in `broker`.
+    pub fn figures(&self, broker: &crate::broker::Broker) -> BridgeFigures {
+        let (queued, dropped) = broker.session_queue(&self.local_id).unwrap_or_default();
+        BridgeFigures {
+            connected: self.connected.load(Relaxed),
+            queued: queued as u64,
+            connects: self.connects.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            received: self.received.load(Relaxed),
+            dropped,
+            refused: self.refused.load(Relaxed),
+        }
+    }
+}
+
 /// Connections on one listener, by protocol level.
 #[derive(Debug)]
 pub struct ListenerStats {

@@ -50,6 +50,21 @@ fn publish_stats(broker: &Broker, started: Instant) {
     for (topic, value) in values {
         publish(broker, topic, value);
     }
+    for bridge in s.bridges() {
+        let f = bridge.figures(broker);
+        let figures = [
+            ("state", f.connected),
+            ("queued", f.queued),
+            ("connects", f.connects),
+            ("messages/forwarded", f.forwarded),
+            ("messages/received", f.received),
+            ("messages/dropped", f.dropped),
+            ("messages/refused", f.refused),
+        ];
+        for (topic, value) in figures {
+            publish(broker, &format!("bridge/{}/{topic}", bridge.name), value.to_string());
+        }
+    }
 }
 
 fn publish(broker: &Broker, topic: &str, value: String) {

@@ -557,3 +557,50 @@ runtime_test!(
         assert_eq!(value(&m, "midge_queued_messages"), 0.0);
     }
 );
+
+runtime_kind_test!(
+    /// A bridge's state, queue and counts in `/metrics` (promtool-clean) and
+    /// in `$SYS/broker/bridge/NAME/...`, connected and then cut off.
+    bridge_state_and_counts_in_metrics_and_sys,
+    |kind: midge::RuntimeKind| {
+        use crate::bridge::{bridge_to, publish, topic, wait_until_up};
+        use midge::config::BridgeDirection;
+        use midge::packet::QoS;
+        let central = TestBroker::start(kind, |_| {});
+        let out = vec![topic("data/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "")];
+        let edge = TestBroker::start(kind, |c| {
+            with_http(c);
+            c.sys_interval = Duration::from_millis(200);
+            c.bridges = vec![bridge_to(central.addr, out)];
+        });
+        wait_until_up(&edge);
+        let mut far = central.client("far");
+        far.subscribe(1, &[("data/#", 1)]);
+        let mut near = edge.client("near");
+        for pid in 1..=3 {
+            publish(&mut near, "data/x", b"v", 1, pid, false);
+            far.receive_and_ack(1);
+        }
+        let http = http_addr(&edge);
+        let samples = scrape_until(http, "3 forwarded", |s| {
+            s.get("midge_bridge_forwarded_messages_total{bridge=\"edge\"}") == Some(&3.0)
+        });
+        assert_eq!(value(&samples, "midge_bridge_connected{bridge=\"edge\"}"), 1.0);
+        assert_eq!(value(&samples, "midge_bridge_connects_total{bridge=\"edge\"}"), 1.0);
+        assert_eq!(value(&samples, "midge_bridge_queued_messages{bridge=\"edge\"}"), 0.0);
+        let (code, out) = promtool_check(&get(http, "/metrics").body);
+        assert_eq!(code, Some(0), "promtool: {out}");
+        let mut sys = edge.client("sys-watch");
+        sys.subscribe(1, &[("$SYS/broker/bridge/edge/messages/forwarded", 0)]);
+        sys.recv_until(TIMEOUT, "$SYS forwarded 3", |p| (p.publish().2 == b"3").then_some(()));
+
+        drop(far);
+        drop(central);
+        scrape_until(http, "disconnected", |s| s.get("midge_bridge_connected{bridge=\"edge\"}") == Some(&0.0));
+        publish(&mut near, "data/x", b"queued", 1, 9, false);
+        scrape_until(http, "1 queued", |s| s.get("midge_bridge_queued_messages{bridge=\"edge\"}") == Some(&1.0));
+        let mut state = edge.client("state-watch");
+        state.subscribe(1, &[("$SYS/broker/bridge/edge/state", 0)]);
+        state.recv_until(TIMEOUT, "$SYS state 0", |p| (p.publish().2 == b"0").then_some(()));
+    }
+);
