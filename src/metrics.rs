@@ -89,7 +89,8 @@ fn bridges(e: &mut DescriptorEncoder<'_>, broker: &Broker) -> fmt::Result {
         return Ok(());
     }
     let figures: Vec<_> = bridges.iter().map(|b| (b, b.figures(broker))).collect();
-    let families: [(&str, &str, MetricType, fn(&crate::stats::BridgeFigures) -> u64); 7] = [
+    type Figure = fn(&crate::stats::BridgeFigures) -> u64;
+    let families: [(&str, &str, MetricType, Figure); 7] = [
         ("bridge_connected", "1 while the bridge is connected to its remote, else 0.", MetricType::Gauge, |f| {
             f.connected
         }),
@@ -113,7 +114,7 @@ fn bridges(e: &mut DescriptorEncoder<'_>, broker: &Broker) -> fmt::Result {
         }),
     ];
     for (name, help, kind, value) in families {
-        family(e, name, help, None, kind.clone(), |mut m| {
+        family(e, name, help, None, kind, |mut m| {
             for (b, f) in &figures {
                 let labels = [("bridge", b.name.as_str())];
                 let m = m.encode_family(&labels)?;

@@ -42,6 +42,10 @@ pub struct Args {
     /// broker port (default 1883)
     #[argh(option, default = "1883")]
     pub port: u16,
+    /// fanin, fanout, pairs: subscribers connect to this port instead (a
+    /// second broker, bridged to the first) (default: --port)
+    #[argh(option)]
+    pub sub_port: Option<u16>,
     /// qos of publications and subscriptions: 0 or 1 (default 0)
     #[argh(option, default = "0")]
     pub qos: u8,
@@ -124,6 +128,8 @@ pub struct Args {
 pub struct Ctx {
     pub args: Args,
     pub addr: SocketAddr,
+    /// Where subscribers connect (`--sub-port`; else `addr`).
+    pub sub_addr: SocketAddr,
     pub ex: Arc<Executor<'static>>,
     pub epoch: Instant,
     /// Soft deadline: phases give up here so the run can still report.
@@ -324,6 +330,7 @@ fn main() {
     let epoch = Instant::now();
     let ctx = Arc::new(Ctx {
         addr,
+        sub_addr: SocketAddr::new(addr.ip(), args.sub_port.unwrap_or(addr.port())),
         ex: ex.clone(),
         epoch,
         deadline: epoch + Duration::from_secs_f64(args.duration + 25.0),
