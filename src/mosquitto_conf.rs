@@ -818,7 +818,22 @@ impl Reader {
             self.settings.notes.push("persistence_location: persistence is off, nothing is stored".to_owned());
         }
         for draft in std::mem::take(&mut self.bridges) {
+            let at = draft.at.clone();
             let b = bridge(draft)?;
+            // Mosquitto refuses two bridges with one local client id.
+            if let Some(id) = config_file::known_local_clientid(&b)
+                && self
+                    .config
+                    .bridges
+                    .iter()
+                    .any(|other| config_file::known_local_clientid(other).as_ref() == Some(&id))
+            {
+                let message = format!(
+                    "connection {}: its local client id {id:?} is another bridge's too; set local_clientid",
+                    b.name
+                );
+                return Err(at.error(message));
+            }
             self.config.bridges.push(b);
         }
         self.settings.log_level = self.log_types;
@@ -1428,6 +1443,14 @@ mod tests {
                 "line 4: connection b: a bridge of that name is already at line 1",
             ),
             ("connection b\naddress h\naddress i\n", "line 3: address: connection b has its addresses already"),
+            (
+                &format!("{block}local_clientid x\nconnection c\naddress h\ntopic #\nlocal_clientid x\n"),
+                "line 5: connection c: its local client id \"x\" is another bridge's too; set local_clientid",
+            ),
+            (
+                &format!("{block}remote_clientid x\nconnection c\naddress h\ntopic #\nlocal_clientid local.x\n"),
+                "line 5: connection c: its local client id \"local.x\" is another bridge's too",
+            ),
             ("connection b\naddress\n", "line 2: address: missing value"),
             ("connection b\naddress # none\n", "line 2: address: missing value"),
             (&format!("{block}remote_clientid a\nclientid b"), "line 5: clientid: given twice in connection b"),
