@@ -2,10 +2,11 @@
 
 use crate::auth::PasswordFile;
 use crate::codec::MAX_REMAINING_LENGTH;
-use crate::config::{Config, Listener};
+use crate::config::{Bridge, BridgeDirection, Config, Listener, StartType};
 use crate::config_file::{self, ConfigError, FileSettings};
 use crate::logging::Destination;
 use crate::mosquitto_conf;
+use crate::packet::Protocol;
 use crate::runtime::RuntimeKind;
 use argh::FromArgs;
 use log::LevelFilter;
@@ -205,6 +206,22 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
     if let Some(addr) = c.http_listener {
         let _ = writeln!(out, "http_listener: {addr}");
     }
+    if !c.bridges.is_empty() {
+        let _ = writeln!(out, "bridges (read, not run yet: midge refuses to start with one):");
+        for b in &c.bridges {
+            let _ = writeln!(out, "  {}", describe_bridge(b));
+            for t in &b.topics {
+                let word = |s: &str| if s.is_empty() { "\"\"".to_owned() } else { s.to_owned() };
+                let direction = match t.direction {
+                    BridgeDirection::In => "in",
+                    BridgeDirection::Out => "out",
+                    BridgeDirection::Both => "both",
+                };
+                let (pattern, local, remote) = (word(&t.pattern), word(&t.local_prefix), word(&t.remote_prefix));
+                let _ = writeln!(out, "    topic {pattern} {direction} {} {local} {remote}", t.qos as u8);
+            }
+        }
+    }
     if let Some(user) = &settings.user {
         let _ = writeln!(out, "user: {user} (after binding, when started as root)");
     }
@@ -225,6 +242,58 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
         let _ = writeln!(out, "note: {note}");
     }
     Ok(Checked { report: out, user: settings.user })
+}
+
+/// One line on a bridge for `check-config`: where it connects and how (never
+/// its password).
+fn describe_bridge(b: &Bridge) -> String {
+    let addresses: Vec<String> = b
+        .addresses
+        .iter()
+        .map(|(host, port)| match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        })
+        .collect();
+    let protocol = match b.protocol {
+        Protocol::V31 => "MQTT 3.1",
+        Protocol::V311 => "MQTT 3.1.1",
+        Protocol::V5 => "MQTT 5.0",
+    };
+    let tls = match &b.tls {
+        None => "no TLS".to_owned(),
+        Some(t) => {
+            let mut parts = Vec::new();
+            parts.extend(t.cafile.as_ref().map(|f| format!("bridge_cafile {}", f.display())));
+            parts.extend(t.capath.as_ref().map(|d| format!("bridge_capath {}", d.display())));
+            parts.extend(t.certfile.as_ref().map(|f| format!("client certificate {}", f.display())));
+            if t.insecure {
+                parts.push("host name not checked".to_owned());
+            }
+            format!("TLS ({})", parts.join(", "))
+        }
+    };
+    let start = match b.start_type {
+        StartType::Automatic => "automatic".to_owned(),
+        StartType::Lazy => format!("lazy (threshold {}, idle_timeout {}s)", b.threshold, b.idle_timeout.as_secs()),
+        StartType::Once => "once".to_owned(),
+    };
+    let user = b.remote_username.as_ref().map_or("no user name".to_owned(), |u| format!("user {u}"));
+    let unlimited = |n: usize, none: usize| if n == none { "no limit".to_owned() } else { n.to_string() };
+    let mut queue = String::new();
+    if let Some(n) = b.max_queued {
+        queue += &format!(", max_queued_messages {}", unlimited(n, usize::MAX));
+    }
+    if let Some(n) = b.max_queued_bytes {
+        queue += &format!(", max_queued_bytes {}", unlimited(n, 0));
+    }
+    format!(
+        "{}: {}{}, {protocol}, {tls}, {user}, start_type {start}, cleansession {}{queue}",
+        b.name,
+        addresses.join(" "),
+        if b.round_robin { " (round_robin)" } else { "" },
+        b.clean_session
+    )
 }
 
 fn describe_log(settings: &FileSettings) -> String {
@@ -344,6 +413,15 @@ impl Args {
         let FileSettings {
             mut config, log_level: file_log_level, log_timestamp, pid_file, user, ignored, notes, ..
         } = file;
+        // Until bridges run, a file with one is refused here: a bridge that
+        // silently did not run would lose the messages it should carry.
+        if let Some(bridge) = config.bridges.first() {
+            return Err(format!(
+                "bridge {}: midge reads bridges but does not run them yet, and a bridge that silently did not run \
+                 would lose the messages it should carry; remove it or keep running it in Mosquitto",
+                bridge.name
+            ));
+        }
         let mut warnings = Vec::new();
         if !ignored.is_empty() {
             let list: Vec<String> = ignored.iter().map(ToString::to_string).collect();
@@ -433,5 +511,29 @@ mod tests {
         assert_eq!(s.config.http_listener, Some("127.0.0.1:9090".parse().unwrap()));
         let e = settings(&["--http-listener", "9090"]).err().unwrap();
         assert!(e.contains("--http-listener"), "{e}");
+    }
+
+    #[test]
+    fn a_file_with_a_bridge_is_refused_until_bridges_run_but_checked() {
+        let dir = std::env::temp_dir().join(format!("midge-cli-bridge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bridge.conf");
+        std::fs::write(
+            &file,
+            "connection cloud\naddress broker.example.com:8883 [::1]\ntopic sensors/# out 1 \"\" site/\n\
+             topic \"\" in 0 l/one r/one\nremote_username u\nremote_password secret\nbridge_cafile /ca.pem\nmax_queued_messages 0\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let e = settings(&["-c", path]).err().unwrap();
+        assert!(e.starts_with("bridge cloud: midge reads bridges but does not run them yet"), "{e}");
+        let report = check_config(&CheckConfig { file: file.clone() }).unwrap().report;
+        assert!(report.contains("bridges (read, not run yet: midge refuses to start with one):\n"), "{report}");
+        let expected = "  cloud: broker.example.com:8883 [::1]:1883, MQTT 3.1.1, TLS (bridge_cafile /ca.pem), user u, \
+                        start_type automatic, cleansession false, max_queued_messages no limit\n    topic sensors/# out 1 \"\" site/\n    \
+                        topic \"\" in 0 l/one r/one\n";
+        assert!(report.contains(expected), "{report}");
+        assert!(!report.contains("secret"), "{report}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,10 +8,23 @@
 //! `persistent_client_expiration` takes Mosquitto's durations (`2d`, `1w`).
 //! Relative paths are relative to the file's directory. An unknown key or a
 //! bad value is an error that names the key and its line.
+//!
+//! A `[[bridge]]` table is mosquitto.conf's `connection NAME` block: `name`,
+//! then the block's keys under their Mosquitto names (`address` or
+//! `addresses`, `remote_clientid`, `bridge_cafile`, ...), its `topic` lines
+//! as `[[bridge.topic]]` tables (or inline tables in `topic = [...]`) of
+//! `pattern`, `direction`, `qos`, `local_prefix` and `remote_prefix`, and
+//! durations in seconds (`restart_timeout = 20` or `[5, 30]`). The checks
+//! are Mosquitto's, shared with [`crate::mosquitto_conf`], but where
+//! Mosquitto raises a too-small value to its minimum (a keepalive under 5
+//! seconds), this file refuses it, as it does elsewhere.
 
 use crate::codec::MAX_REMAINING_LENGTH;
-use crate::config::{Config, Listener, TlsFiles, WebSockets};
+use crate::config::{
+    Bridge, BridgeDirection, BridgeTls, BridgeTopic, Config, Listener, StartType, TlsFiles, WebSockets,
+};
 use crate::logging::Destination;
+use crate::packet::{Protocol, QoS};
 use log::LevelFilter;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -184,6 +197,8 @@ struct File {
     http_listener: Option<Spanned<String>>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
+    #[serde(default)]
+    bridge: Vec<Spanned<BridgeTable>>,
 }
 
 /// One `[[listener]]` table, as written.
@@ -200,6 +215,52 @@ struct ListenerTable {
     protocol: Option<Spanned<String>>,
     websockets_path: Option<Spanned<String>>,
     websockets_trust_forwarded_for: Option<Spanned<bool>>,
+}
+
+/// One `[[bridge]]` table, as written: mosquitto.conf's `connection NAME`
+/// block, its keys under the same names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgeTable {
+    name: Spanned<String>,
+    address: Option<Spanned<String>>,
+    addresses: Option<Spanned<Vec<String>>>,
+    round_robin: Option<bool>,
+    #[serde(default)]
+    topic: Vec<TopicTable>,
+    bridge_protocol_version: Option<Spanned<String>>,
+    remote_clientid: Option<String>,
+    local_clientid: Option<String>,
+    remote_username: Option<String>,
+    remote_password: Option<Spanned<String>>,
+    cleansession: Option<bool>,
+    keepalive_interval: Option<Spanned<u16>>,
+    restart_timeout: Option<Spanned<RestartTimeout>>,
+    start_type: Option<Spanned<String>>,
+    threshold: Option<Spanned<u64>>,
+    idle_timeout: Option<Spanned<u64>>,
+    notifications: Option<bool>,
+    notification_topic: Option<Spanned<String>>,
+    try_private: Option<bool>,
+    bridge_cafile: Option<Spanned<PathBuf>>,
+    bridge_capath: Option<Spanned<PathBuf>>,
+    bridge_certfile: Option<Spanned<PathBuf>>,
+    bridge_keyfile: Option<Spanned<PathBuf>>,
+    bridge_insecure: Option<Spanned<bool>>,
+    max_queued_messages: Option<u64>,
+    max_queued_bytes: Option<u64>,
+}
+
+/// One topic of a `[[bridge]]` (`[[bridge.topic]]`, or an inline table in
+/// `topic = [...]`): mosquitto.conf's `topic` line, its words named.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicTable {
+    pattern: Spanned<String>,
+    direction: Option<Spanned<String>>,
+    qos: Option<Spanned<u64>>,
+    local_prefix: Option<Spanned<String>>,
+    remote_prefix: Option<Spanned<String>>,
 }
 
 /// Reads and parses the file at `path`; relative paths in it are relative to
@@ -335,6 +396,24 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
     if !file.listener.is_empty() {
         config.listeners = file.listener.into_iter().map(|l| listener(&at, l, &path)).collect::<Result<_, _>>()?;
     }
+    for table in file.bridge {
+        let name_span = table.get_ref().name.span();
+        let b = bridge(&at, table, &path)?;
+        if config.bridges.iter().any(|other| other.name == b.name) {
+            let message = format!("name in [[bridge]]: {:?} is the name of another bridge", b.name);
+            return Err(at.error(Some(name_span), message));
+        }
+        if let Some(id) = known_local_clientid(&b)
+            && config.bridges.iter().any(|other| known_local_clientid(other).as_ref() == Some(&id))
+        {
+            let message = format!(
+                "[[bridge]] {:?}: its local client id {id:?} is another bridge's too; set local_clientid",
+                b.name
+            );
+            return Err(at.error(Some(name_span), message));
+        }
+        config.bridges.push(b);
+    }
     Ok(FileSettings { log_level, ..FileSettings::new(config) })
 }
 
@@ -434,6 +513,181 @@ fn websockets(
     Ok(Some(ws))
 }
 
+/// `restart_timeout`: a number of seconds (a constant wait) or `[BASE, CAP]`
+/// (a backoff from BASE up to CAP), as mosquitto.conf's one or two numbers.
+struct RestartTimeout(u64, Option<u64>);
+
+impl<'de> Deserialize<'de> for RestartTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RestartTimeout;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds or [BASE, CAP] in seconds")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RestartTimeout, E> {
+                let n = u64::try_from(n).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))?;
+                Ok(RestartTimeout(n, None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RestartTimeout, E> {
+                Ok(RestartTimeout(n, None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RestartTimeout, A::Error> {
+                let base = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                let cap = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(1, &self))?;
+                if seq.next_element::<u64>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(3, &self));
+                }
+                Ok(RestartTimeout(base, Some(cap)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// One `[[bridge]]` table into a [`Bridge`].
+fn bridge(
+    at: &Locator<'_>,
+    table: Spanned<BridgeTable>,
+    path: &impl Fn(&str, Spanned<PathBuf>) -> Result<PathBuf, ConfigError>,
+) -> Result<Bridge, ConfigError> {
+    let span = table.span();
+    let b = table.into_inner();
+    let name = b.name.get_ref().clone();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        let message = format!("name in [[bridge]]: {name:?} is not one word (mosquitto.conf's connection NAME)");
+        return Err(at.error(Some(b.name.span()), message));
+    }
+    let addresses = match (b.address, b.addresses) {
+        (Some(_), Some(list)) => {
+            return Err(
+                at.error(Some(list.span()), "addresses in [[bridge]]: give address or addresses, not both".into())
+            );
+        }
+        (Some(one), None) => vec![at.check(one, |a| bridge_address("address in [[bridge]]", &a))?],
+        (None, Some(list)) => {
+            let span = list.span();
+            let addresses = list.into_inner();
+            if addresses.is_empty() {
+                return Err(at.error(Some(span), "addresses in [[bridge]]: empty".into()));
+            }
+            let parse = |a: &String| bridge_address("addresses in [[bridge]]", a);
+            addresses.iter().map(parse).collect::<Result<_, _>>().map_err(|m| at.error(Some(span), m))?
+        }
+        (None, None) => return Err(at.error(Some(span), format!("[[bridge]] {name:?} needs address or addresses"))),
+    };
+    if b.topic.is_empty() {
+        return Err(at.error(Some(span), format!("[[bridge]] {name:?} needs at least one topic")));
+    }
+    let topics = b.topic.into_iter().map(|t| bridge_topic_table(at, t)).collect::<Result<_, _>>()?;
+    let mut bridge = Bridge::new(name, "", 0, topics);
+    bridge.addresses = addresses;
+    bridge.round_robin = b.round_robin.unwrap_or(bridge.round_robin);
+    if let Some(version) = b.bridge_protocol_version {
+        bridge.protocol = at.check(version, |v| bridge_protocol("bridge_protocol_version in [[bridge]]", &v))?;
+    }
+    bridge.remote_clientid = b.remote_clientid;
+    bridge.local_clientid = b.local_clientid;
+    if let (Some(password), None) = (&b.remote_password, &b.remote_username) {
+        let message = "remote_password in [[bridge]]: needs remote_username";
+        return Err(at.error(Some(password.span()), message.into()));
+    }
+    bridge.remote_username = b.remote_username;
+    bridge.remote_password = b.remote_password.map(Spanned::into_inner);
+    bridge.clean_session = b.cleansession.unwrap_or(bridge.clean_session);
+    if let Some(seconds) = b.keepalive_interval {
+        bridge.keepalive = match *seconds.get_ref() {
+            n if n < 5 => {
+                let message = "keepalive_interval in [[bridge]]: must be at least 5 seconds (Mosquitto's minimum)";
+                return Err(at.error(Some(seconds.span()), message.into()));
+            }
+            n => n,
+        };
+    }
+    if let Some(timeout) = b.restart_timeout {
+        let key = "restart_timeout in [[bridge]]";
+        bridge.restart_timeout = at.check(timeout, |RestartTimeout(base, cap)| match base {
+            0 => Err(format!("{key}: must be at least 1 second")),
+            base => restart_timeout(key, base, cap),
+        })?;
+    }
+    if let Some(start) = b.start_type {
+        bridge.start_type = at.check(start, |s| start_type("start_type in [[bridge]]", &s))?;
+    }
+    if let Some(n) = b.threshold {
+        bridge.threshold = at.check(n, |n| match n {
+            0 => Err("threshold in [[bridge]]: must be at least 1 message".to_owned()),
+            n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        })?;
+    }
+    if let Some(seconds) = b.idle_timeout {
+        bridge.idle_timeout = at.check(seconds, |n| match n {
+            0 => Err("idle_timeout in [[bridge]]: must be at least 1 second".to_owned()),
+            n => Ok(Duration::from_secs(n)),
+        })?;
+    }
+    bridge.notifications = b.notifications.unwrap_or(bridge.notifications);
+    if let Some(topic) = b.notification_topic {
+        bridge.notification_topic =
+            Some(at.check(topic, |t| notification_topic("notification_topic in [[bridge]]", &t))?);
+    }
+    bridge.try_private = b.try_private.unwrap_or(bridge.try_private);
+    let file = |key: &str, p: Option<Spanned<PathBuf>>| p.map(|p| path(&format!("{key} in [[bridge]]"), p)).transpose();
+    let (certfile_span, keyfile_span) =
+        (b.bridge_certfile.as_ref().map(|c| c.span()), b.bridge_keyfile.as_ref().map(|k| k.span()));
+    let has_ca = b.bridge_cafile.is_some() || b.bridge_capath.is_some();
+    let tls_only = [
+        certfile_span.clone().map(|s| ("bridge_certfile", s)),
+        keyfile_span.clone().map(|s| ("bridge_keyfile", s)),
+        b.bridge_insecure.as_ref().map(|i| ("bridge_insecure", i.span())),
+    ];
+    match (&certfile_span, &keyfile_span) {
+        (Some(span), None) => {
+            let message = "bridge_certfile in [[bridge]]: needs bridge_keyfile too";
+            return Err(at.error(Some(span.clone()), message.into()));
+        }
+        (None, Some(span)) => {
+            let message = "bridge_keyfile in [[bridge]]: needs bridge_certfile too";
+            return Err(at.error(Some(span.clone()), message.into()));
+        }
+        _ => {}
+    }
+    if !has_ca && let Some((key, span)) = tls_only.into_iter().flatten().next() {
+        let message = format!("{key} in [[bridge]]: TLS needs bridge_cafile or bridge_capath");
+        return Err(at.error(Some(span), message));
+    }
+    bridge.tls = match has_ca {
+        false => None,
+        true => Some(BridgeTls {
+            cafile: file("bridge_cafile", b.bridge_cafile)?,
+            capath: file("bridge_capath", b.bridge_capath)?,
+            certfile: file("bridge_certfile", b.bridge_certfile)?,
+            keyfile: file("bridge_keyfile", b.bridge_keyfile)?,
+            insecure: b.bridge_insecure.is_some_and(Spanned::into_inner),
+        }),
+    };
+    bridge.max_queued = b.max_queued_messages.map(queued);
+    bridge.max_queued_bytes = b.max_queued_bytes.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(bridge)
+}
+
+/// One topic of a `[[bridge]]` into a [`BridgeTopic`].
+fn bridge_topic_table(at: &Locator<'_>, t: TopicTable) -> Result<BridgeTopic, ConfigError> {
+    let key = "topic in [[bridge]]";
+    let direction = match t.direction {
+        Some(d) => at.check(d, |d| bridge_direction(key, &d))?,
+        None => BridgeDirection::Out,
+    };
+    let qos = match t.qos {
+        Some(q) => at.check(q, |q| bridge_qos(key, q))?,
+        None => QoS::AtMostOnce,
+    };
+    let span = t.pattern.span();
+    let text = |p: Option<Spanned<String>>| p.map(Spanned::into_inner).unwrap_or_default();
+    let (local, remote) = (text(t.local_prefix), text(t.remote_prefix));
+    bridge_topic(key, t.pattern.get_ref(), direction, qos, &local, &remote).map_err(|m| at.error(Some(span), m))
+}
+
 /// Mosquitto's connection limit: -1 (any negative) is no limit; 0 would
 /// refuse every client, so it is refused.
 pub(crate) fn connection_limit(key: &str, n: i64) -> Result<Option<usize>, String> {
@@ -491,6 +745,153 @@ pub(crate) fn message_size_limit(key: &str, n: u64) -> Result<Option<usize>, Str
 pub(crate) fn client_expiration(key: &str, text: &str) -> Result<Duration, String> {
     mosquitto_duration(text)
         .ok_or_else(|| format!("{key}: {text:?} is not a duration like 1h, 2d, 1w, 1m (30 days) or 1y"))
+}
+
+/// Mosquitto's port for a bridge address without one.
+const BRIDGE_DEFAULT_PORT: u16 = 1883;
+
+/// A bridge's remote, `host[:port]` (port 1883 unless given). An IPv6
+/// address is written `[::1]:1883` or, as Mosquitto reads it, `::1:1883`:
+/// without brackets the port after its last colon is required.
+pub(crate) fn bridge_address(key: &str, text: &str) -> Result<(String, u16), String> {
+    let bad = |why: &str| format!("{key}: {text:?} is not HOST[:PORT] ({why})");
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("no ] after the IPv6 address"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address in the brackets"));
+            }
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("expected : and a port after ]"))?)),
+            }
+        }
+        None => match text.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() => {
+                return Err(bad("an IPv6 address needs a port: write [ADDRESS]:PORT or ADDRESS:PORT"));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        None => BRIDGE_DEFAULT_PORT,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(bad("the port is not from 1 to 65535")),
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// A bridge topic's direction, `in`, `out` or `both` (in any case, as
+/// Mosquitto reads it).
+pub(crate) fn bridge_direction(key: &str, text: &str) -> Result<BridgeDirection, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "in" => Ok(BridgeDirection::In),
+        "out" => Ok(BridgeDirection::Out),
+        "both" => Ok(BridgeDirection::Both),
+        _ => Err(format!("{key}: direction {text:?} is not in, out or both")),
+    }
+}
+
+/// A bridge topic's QoS, 0, 1 or 2.
+pub(crate) fn bridge_qos(key: &str, n: u64) -> Result<QoS, String> {
+    u8::try_from(n).ok().and_then(QoS::from_u8).ok_or_else(|| format!("{key}: QoS {n} is not 0, 1 or 2"))
+}
+
+/// A bridge topic, checked by Mosquitto's rules: the prefixes are topic
+/// names (no wildcards); an empty pattern needs both prefixes (it maps one
+/// local topic to one remote topic); each prefix followed by the pattern is
+/// a valid filter.
+pub(crate) fn bridge_topic(
+    key: &str,
+    pattern: &str,
+    direction: BridgeDirection,
+    qos: QoS,
+    local_prefix: &str,
+    remote_prefix: &str,
+) -> Result<BridgeTopic, String> {
+    for (side, prefix) in [("local", local_prefix), ("remote", remote_prefix)] {
+        if prefix.contains(['+', '#']) {
+            return Err(format!("{key}: the {side} prefix {prefix:?} must not contain a wildcard (+ or #)"));
+        }
+    }
+    if pattern.is_empty() && (local_prefix.is_empty() || remote_prefix.is_empty()) {
+        let message = "an empty pattern (\"\") needs both a local and a remote prefix (it maps the one topic \
+                       LOCAL_PREFIX to REMOTE_PREFIX)";
+        return Err(format!("{key}: {message}"));
+    }
+    for (side, prefix) in [("local", local_prefix), ("remote", remote_prefix)] {
+        let filter = format!("{prefix}{pattern}");
+        if crate::topic::validate_filter(&filter).is_err() {
+            let what = match prefix.is_empty() {
+                true => format!("the pattern {filter:?}"),
+                false => format!("the {side} prefix and pattern, {filter:?},"),
+            };
+            return Err(format!("{key}: {what} is not a valid topic filter"));
+        }
+    }
+    Ok(BridgeTopic {
+        pattern: pattern.to_owned(),
+        direction,
+        qos,
+        local_prefix: local_prefix.to_owned(),
+        remote_prefix: remote_prefix.to_owned(),
+    })
+}
+
+/// `bridge_protocol_version`: `mqttv31`, `mqttv311` or `mqttv50`.
+pub(crate) fn bridge_protocol(key: &str, text: &str) -> Result<Protocol, String> {
+    match text {
+        "mqttv31" => Ok(Protocol::V31),
+        "mqttv311" => Ok(Protocol::V311),
+        "mqttv50" => Ok(Protocol::V5),
+        _ => Err(format!("{key}: {text:?} is not mqttv50, mqttv311 or mqttv31")),
+    }
+}
+
+/// `start_type`: `automatic`, `lazy` or `once`.
+pub(crate) fn start_type(key: &str, text: &str) -> Result<StartType, String> {
+    match text {
+        "automatic" => Ok(StartType::Automatic),
+        "lazy" => Ok(StartType::Lazy),
+        "once" => Ok(StartType::Once),
+        "manual" => Err(format!("{key}: manual is not supported (nor by Mosquitto): use automatic, lazy or once")),
+        _ => Err(format!("{key}: {text:?} is not automatic, lazy or once")),
+    }
+}
+
+/// `restart_timeout BASE [CAP]`: one number is a constant wait.
+pub(crate) fn restart_timeout(key: &str, base: u64, cap: Option<u64>) -> Result<(Duration, Duration), String> {
+    let cap = cap.unwrap_or(base);
+    if cap < base {
+        return Err(format!("{key}: the cap, {cap} s, is lower than the base, {base} s"));
+    }
+    Ok((Duration::from_secs(base), Duration::from_secs(cap)))
+}
+
+/// A bridge's `notification_topic`: a topic name, without wildcards.
+pub(crate) fn notification_topic(key: &str, topic: &str) -> Result<String, String> {
+    match crate::topic::validate_name(topic) {
+        Ok(()) => Ok(topic.to_owned()),
+        Err(_) => Err(format!("{key}: {topic:?} is not a topic name (not empty, no + or #)")),
+    }
+}
+
+/// The client id a bridge's session has in midge, when it can be known
+/// before start: `local_clientid`, or `local.` and `remote_clientid`
+/// (Mosquitto's default; without a remote_clientid it depends on the host
+/// name, and differs between bridges as their names do).
+pub(crate) fn known_local_clientid(bridge: &Bridge) -> Option<String> {
+    match (&bridge.local_clientid, &bridge.remote_clientid) {
+        (Some(local), _) => Some(local.clone()),
+        (None, Some(remote)) => Some(format!("local.{remote}")),
+        (None, None) => None,
+    }
 }
 
 /// One of the five level names, in any case.
@@ -566,12 +967,19 @@ impl Locator<'_> {
             format!("unknown key {name:?}{}", context(&keys))
         } else if let Some(name) = quoted("missing field `") {
             match keys.first() {
-                // Reported on the table: the rest of `keys` is whatever it contains.
+                // Reported on the table: the rest of `keys` is whatever it
+                // contains, but for a bridge's topic table.
+                Some(table) if table == "bridge" && keys.get(1).is_some_and(|k| k == "topic") => {
+                    format!("[[bridge.topic]] needs {name:?}")
+                }
                 Some(table) => format!("[[{table}]] needs {name:?}"),
                 None => format!("missing key {name:?}"),
             }
-        } else if keys.as_slice() == ["listener"] && message.contains("expected a sequence") {
-            "listener: write each listener as a [[listener]] table".to_owned()
+        } else if keys.len() == 1
+            && ["listener", "bridge"].contains(&keys[0].as_str())
+            && message.contains("expected a sequence")
+        {
+            format!("{0}: write each {0} as a [[{0}]] table", keys[0])
         } else {
             let message = friendly_types(message);
             match keys.split_last() {
@@ -583,11 +991,12 @@ impl Locator<'_> {
     }
 }
 
-/// " in [[listener]]" for a key inside a listener table; "" at top level.
+/// " in [[listener]]" for a key inside a listener table, " in
+/// [[bridge.topic]]" for one in a bridge's topic; "" at top level.
 fn context(outer: &[String]) -> String {
-    match outer.first() {
-        Some(table) => format!(" in [[{table}]]"),
-        None => String::new(),
+    match outer.is_empty() {
+        false => format!(" in [[{}]]", outer.join(".")),
+        true => String::new(),
     }
 }
 
@@ -743,6 +1152,282 @@ websockets_trust_forwarded_for = true
                 use_identity_as_username: true,
             })
         );
+    }
+
+    fn topic(pattern: &str, direction: BridgeDirection, qos: QoS, local: &str, remote: &str) -> BridgeTopic {
+        BridgeTopic {
+            pattern: pattern.into(),
+            direction,
+            qos,
+            local_prefix: local.into(),
+            remote_prefix: remote.into(),
+        }
+    }
+
+    #[test]
+    fn a_bridge_with_every_key() {
+        let c = config(
+            r#"
+[[bridge]]
+name = "cloud"
+addresses = ["broker.example.com:8883", "10.0.0.2", "[::1]:1884"]
+round_robin = true
+bridge_protocol_version = "mqttv50"
+remote_clientid = "site-1"
+local_clientid = "local-site-1"
+remote_username = "bridge"
+remote_password = "s3cret"
+cleansession = true
+keepalive_interval = 30
+restart_timeout = [2, 60]
+start_type = "lazy"
+threshold = 5
+idle_timeout = 120
+notifications = false
+notification_topic = "bridges/cloud/state"
+try_private = false
+bridge_cafile = "ca.pem"
+bridge_capath = "/tls/certs"
+bridge_certfile = "bridge.pem"
+bridge_keyfile = "bridge.key"
+bridge_insecure = true
+max_queued_messages = 0
+max_queued_bytes = 4096
+
+[[bridge.topic]]
+pattern = "sensors/#"
+direction = "out"
+qos = 1
+local_prefix = "site/"
+remote_prefix = "remote/site/"
+
+[[bridge.topic]]
+pattern = "cmd/+"
+direction = "in"
+qos = 2
+
+[[bridge.topic]]
+pattern = ""
+direction = "both"
+local_prefix = "local/one"
+remote_prefix = "remote/one"
+"#,
+        );
+        let expected = Bridge {
+            name: "cloud".into(),
+            addresses: vec![("broker.example.com".into(), 8883), ("10.0.0.2".into(), 1883), ("::1".into(), 1884)],
+            round_robin: true,
+            topics: vec![
+                topic("sensors/#", BridgeDirection::Out, QoS::AtLeastOnce, "site/", "remote/site/"),
+                topic("cmd/+", BridgeDirection::In, QoS::ExactlyOnce, "", ""),
+                topic("", BridgeDirection::Both, QoS::AtMostOnce, "local/one", "remote/one"),
+            ],
+            protocol: Protocol::V5,
+            remote_clientid: Some("site-1".into()),
+            local_clientid: Some("local-site-1".into()),
+            remote_username: Some("bridge".into()),
+            remote_password: Some("s3cret".into()),
+            clean_session: true,
+            keepalive: 30,
+            restart_timeout: (Duration::from_secs(2), Duration::from_secs(60)),
+            start_type: StartType::Lazy,
+            threshold: 5,
+            idle_timeout: Duration::from_secs(120),
+            notifications: false,
+            notification_topic: Some("bridges/cloud/state".into()),
+            try_private: false,
+            tls: Some(BridgeTls {
+                cafile: Some("/etc/midge/ca.pem".into()),
+                capath: Some("/tls/certs".into()),
+                certfile: Some("/etc/midge/bridge.pem".into()),
+                keyfile: Some("/etc/midge/bridge.key".into()),
+                insecure: true,
+            }),
+            max_queued: Some(usize::MAX),
+            max_queued_bytes: Some(4096),
+        };
+        assert_eq!(c.bridges, [expected]);
+        assert_eq!((c.max_queued, c.max_queued_bytes), (1000, 64 << 20), "the broker's own limits are untouched");
+    }
+
+    #[test]
+    fn a_bridge_has_mosquittos_defaults() {
+        let c = config("[[bridge]]\nname = \"b\"\naddress = \"192.0.2.1\"\ntopic = [{ pattern = \"#\" }]\n");
+        let out = topic("#", BridgeDirection::Out, QoS::AtMostOnce, "", "");
+        assert_eq!(c.bridges, [Bridge::new("b", "192.0.2.1", 1883, vec![out])]);
+        assert_eq!(c.listeners, Config::default().listeners);
+        assert!(config("").bridges.is_empty());
+        let restart = |value: &str| {
+            let c = config(&format!(
+                "[[bridge]]\nname = \"b\"\naddress = \"h\"\nrestart_timeout = {value}\ntopic = [{{ pattern = \"#\" }}]\n"
+            ));
+            c.bridges[0].restart_timeout
+        };
+        assert_eq!(restart("20"), (Duration::from_secs(20), Duration::from_secs(20)), "one number: a constant wait");
+        assert_eq!(restart("[1, 1]"), (Duration::from_secs(1), Duration::from_secs(1)));
+        let protocol = |v: &str| {
+            config(&format!("[[bridge]]\nname = \"b\"\naddress = \"h\"\nbridge_protocol_version = \"{v}\"\ntopic = [{{ pattern = \"#\" }}]\n")).bridges[0].protocol
+        };
+        assert_eq!((protocol("mqttv31"), protocol("mqttv311")), (Protocol::V31, Protocol::V311));
+    }
+
+    #[test]
+    fn two_bridges_and_inline_topics() {
+        let c = config(
+            r#"
+[[bridge]]
+name = "a"
+address = "a.example"
+topic = [
+  { pattern = "a/#", direction = "BOTH", qos = 1 },
+  { pattern = "b/#", direction = "in", remote_prefix = "r/" },
+]
+
+[[bridge]]
+name = "b"
+address = "b.example:1999"
+topic = [{ pattern = "c" }]
+"#,
+        );
+        let a = Bridge::new(
+            "a",
+            "a.example",
+            1883,
+            vec![
+                topic("a/#", BridgeDirection::Both, QoS::AtLeastOnce, "", ""),
+                topic("b/#", BridgeDirection::In, QoS::AtMostOnce, "", "r/"),
+            ],
+        );
+        let b = Bridge::new("b", "b.example", 1999, vec![topic("c", BridgeDirection::Out, QoS::AtMostOnce, "", "")]);
+        assert_eq!(c.bridges, [a, b]);
+    }
+
+    #[test]
+    fn bridge_errors_name_the_line() {
+        // Keys from line 4, then a topic.
+        let bridge = |keys: &str| {
+            format!("[[bridge]]\nname = \"b\"\naddress = \"h\"\n{keys}\n[[bridge.topic]]\npattern = \"#\"\n")
+        };
+        // A topic's keys from line 5.
+        let topic = |keys: &str| format!("[[bridge]]\nname = \"b\"\naddress = \"h\"\n[[bridge.topic]]\n{keys}\n");
+        for (text, expected) in [
+            ("[[bridge]]\naddress = \"h\"\n".to_owned(), "line 1: [[bridge]] needs \"name\""),
+            (
+                "[[bridge]]\nname = \"b\"\ntopic = [{ pattern = \"#\" }]\n".to_owned(),
+                "line 1: [[bridge]] \"b\" needs address or addresses",
+            ),
+            (
+                "[[bridge]]\nname = \"b\"\naddress = \"h\"\n".to_owned(),
+                "line 1: [[bridge]] \"b\" needs at least one topic",
+            ),
+            ("[bridge]\nname = \"b\"\n".to_owned(), "line 1: bridge: write each bridge as a [[bridge]] table"),
+            (bridge("port = 1883"), "line 4: unknown key \"port\" in [[bridge]]"),
+            (topic("pattern = \"a\"\nqos = 1\nretain = true"), "line 7: unknown key \"retain\" in [[bridge.topic]]"),
+            (topic("qos = 1"), "line 4: [[bridge.topic]] needs \"pattern\""),
+            (
+                "[[bridge]]\nname = \"a b\"\naddress = \"h\"\n".to_owned(),
+                "line 2: name in [[bridge]]: \"a b\" is not one word",
+            ),
+            (bridge("addresses = [\"i\"]"), "line 4: addresses in [[bridge]]: give address or addresses, not both"),
+            ("[[bridge]]\nname = \"b\"\naddresses = []\n".to_owned(), "line 3: addresses in [[bridge]]: empty"),
+            (
+                "[[bridge]]\nname = \"b\"\naddresses = [\"h\", \"i:0\"]\n".to_owned(),
+                "line 3: addresses in [[bridge]]: \"i:0\" is not HOST[:PORT]",
+            ),
+            (
+                "[[bridge]]\nname = \"b\"\naddress = \"::1\"\n".to_owned(),
+                "line 3: address in [[bridge]]: \"::1\" is not HOST[:PORT]",
+            ),
+            (
+                "[[bridge]]\nname = \"b\"\naddress = [\"h\"]\n".to_owned(),
+                "line 3: address in [[bridge]]: invalid type: sequence",
+            ),
+            (
+                format!("{}{}", bridge(""), bridge("")),
+                "line 8: name in [[bridge]]: \"b\" is the name of another bridge",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    bridge("local_clientid = \"x\""),
+                    bridge("local_clientid = \"x\"").replace("\"b\"", "\"c\"")
+                ),
+                "line 8: [[bridge]] \"c\": its local client id \"x\" is another bridge's too; set local_clientid",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    bridge("remote_clientid = \"x\""),
+                    bridge("local_clientid = \"local.x\"").replace("\"b\"", "\"c\"")
+                ),
+                "line 8: [[bridge]] \"c\": its local client id \"local.x\" is another bridge's too",
+            ),
+            (
+                topic("pattern = \"a\"\ndirection = \"up\""),
+                "line 6: topic in [[bridge]]: direction \"up\" is not in, out or both",
+            ),
+            (topic("pattern = \"a\"\nqos = 3"), "line 6: topic in [[bridge]]: QoS 3 is not 0, 1 or 2"),
+            (topic("pattern = \"a\"\nqos = -1"), "line 6: qos in [[bridge.topic]]: invalid value: integer `-1`"),
+            (
+                topic("pattern = \"a/#/b\""),
+                "line 5: topic in [[bridge]]: the pattern \"a/#/b\" is not a valid topic filter",
+            ),
+            (
+                topic("pattern = \"#\"\nlocal_prefix = \"a/+/\""),
+                "line 5: topic in [[bridge]]: the local prefix \"a/+/\" must not contain a wildcard",
+            ),
+            (
+                topic("pattern = \"\"\nremote_prefix = \"r\""),
+                "line 5: topic in [[bridge]]: an empty pattern (\"\") needs both a local and a remote prefix",
+            ),
+            (
+                bridge("bridge_protocol_version = \"5\""),
+                "line 4: bridge_protocol_version in [[bridge]]: \"5\" is not mqttv50",
+            ),
+            (bridge("keepalive_interval = 4"), "line 4: keepalive_interval in [[bridge]]: must be at least 5 seconds"),
+            (
+                bridge("keepalive_interval = 70000"),
+                "line 4: keepalive_interval in [[bridge]]: invalid value: integer `70000`, expected an integer from 0 to 65535",
+            ),
+            (bridge("restart_timeout = 0"), "line 4: restart_timeout in [[bridge]]: must be at least 1 second"),
+            (
+                bridge("restart_timeout = [10, 5]"),
+                "line 4: restart_timeout in [[bridge]]: the cap, 5 s, is lower than the base, 10 s",
+            ),
+            (
+                bridge("restart_timeout = [1, 2, 3]"),
+                "line 4: restart_timeout in [[bridge]]: invalid length 3, expected a number of seconds or [BASE, CAP]",
+            ),
+            (
+                bridge("restart_timeout = \"5s\""),
+                "line 4: restart_timeout in [[bridge]]: invalid type: string \"5s\", expected a number of seconds or [BASE, CAP]",
+            ),
+            (bridge("start_type = \"manual\""), "line 4: start_type in [[bridge]]: manual is not supported"),
+            (bridge("threshold = 0"), "line 4: threshold in [[bridge]]: must be at least 1 message"),
+            (bridge("idle_timeout = 0"), "line 4: idle_timeout in [[bridge]]: must be at least 1 second"),
+            (bridge("notification_topic = \"\""), "line 4: notification_topic in [[bridge]]: \"\" is not a topic name"),
+            (bridge("remote_password = \"p\""), "line 4: remote_password in [[bridge]]: needs remote_username"),
+            (
+                bridge("bridge_cafile = \"ca.pem\"\nbridge_certfile = \"c.pem\""),
+                "line 5: bridge_certfile in [[bridge]]: needs bridge_keyfile too",
+            ),
+            (
+                bridge("bridge_cafile = \"ca.pem\"\nbridge_keyfile = \"k.pem\""),
+                "line 5: bridge_keyfile in [[bridge]]: needs bridge_certfile too",
+            ),
+            (
+                bridge("bridge_certfile = \"c.pem\"\nbridge_keyfile = \"k.pem\""),
+                "line 4: bridge_certfile in [[bridge]]: TLS needs bridge_cafile or bridge_capath",
+            ),
+            (
+                bridge("bridge_insecure = true"),
+                "line 4: bridge_insecure in [[bridge]]: TLS needs bridge_cafile or bridge_capath",
+            ),
+            (bridge("bridge_cafile = \"\""), "line 4: bridge_cafile in [[bridge]]: empty path"),
+        ] {
+            let (e, _) = error(&text);
+            assert!(e.starts_with(expected), "{text}\n{e}");
+        }
     }
 
     #[test]
@@ -1004,6 +1689,21 @@ websockets_trust_forwarded_for = true
         let tls = c.listeners[1].tls.clone().unwrap();
         assert_eq!(tls.certfile, PathBuf::from("/etc/midge/server.pem"));
         assert_eq!(tls.cafile, Some(PathBuf::from("/etc/midge/ca.pem")));
+        // The bridge shows Mosquitto's defaults where the defaults are values.
+        let [b] = c.bridges.as_slice() else { panic!("{:?}", c.bridges) };
+        let d = Bridge::new("cloud", "", 0, Vec::new());
+        assert_eq!(b.addresses, [("broker.example.com".into(), 8883), ("backup.example.com".into(), 8883)]);
+        assert_eq!(
+            (b.round_robin, b.protocol, b.clean_session, b.keepalive),
+            (d.round_robin, d.protocol, d.clean_session, d.keepalive)
+        );
+        assert_eq!(
+            (b.restart_timeout, b.start_type, b.threshold, b.idle_timeout),
+            (d.restart_timeout, d.start_type, d.threshold, d.idle_timeout)
+        );
+        assert_eq!((b.notifications, b.try_private), (d.notifications, d.try_private));
+        assert_eq!(b.topics, [topic("sensors/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "site1/")]);
+        assert_eq!(b.tls.as_ref().unwrap().keyfile, Some(PathBuf::from("/etc/midge/bridge.key")));
     }
 
     #[test]
@@ -1020,7 +1720,9 @@ websockets_trust_forwarded_for = true
         for key in keys {
             let documented = example.lines().any(|l| {
                 let l = l.trim_start_matches('#').trim_start();
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{key}]]"))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[[{key}]]"))
+                    || (l.starts_with("[[") && l.ends_with(&format!(".{key}]]")))
             });
             assert!(documented, "examples/midge.toml does not show {key}");
         }

@@ -11,19 +11,31 @@
 //! is false unless set; `persistence` is off unless set. Paths are used as
 //! written (relative ones to the working directory), as Mosquitto does.
 //!
+//! A `connection NAME` line starts a bridge ([`crate::config::Bridge`]): the
+//! bridge options after it (`address`, `topic`, `remote_*`, `bridge_*`,
+//! ...) are that bridge's, up to the next `connection` or the end of the
+//! file, as in Mosquitto, where a bridge option in an included file needs a
+//! `connection` in that file. Every other option after a `connection` line
+//! stays what it is before one (a `listener` line does not end the bridge),
+//! except `max_queued_messages` and `max_queued_bytes`, which set the
+//! bridge's own queue there (noted, as Mosquitto would set every client's).
+//!
 //! Three kinds of lines are not simply read:
 //! - keys midge does not know at all: an error naming the line (a typo);
 //! - Mosquitto keys midge does not support whose absence cannot weaken
-//!   security (`max_qos`, `memory_limit`, `log_dest syslog`, ...): listed in
-//!   [`FileSettings::ignored`] with their lines, for one warning at start;
+//!   security (`max_qos`, `memory_limit`, `log_dest syslog`,
+//!   `bridge_tls_version`, ...): listed in [`FileSettings::ignored`] with
+//!   their lines, for one warning at start;
 //! - Mosquitto keys whose absence would weaken security or lose data
-//!   (plugins, PSK, `mount_point`, `crlfile`, bridges, ...): an error naming
-//!   the line, so midge never runs more open than the file asks.
+//!   (plugins, PSK, `mount_point`, `crlfile`, `bridge_require_ocsp true`,
+//!   ...): an error naming the line, so midge never runs more open than the
+//!   file asks.
 
 use crate::auth::{Acl, PasswordFile};
-use crate::config::{Config, Listener, ListenerSecurity, TlsFiles, WebSockets};
+use crate::config::{Bridge, BridgeDirection, BridgeTls, Config, Listener, ListenerSecurity, TlsFiles, WebSockets};
 use crate::config_file::{self, ConfigError, FileSettings, Ignored};
 use crate::logging::Destination;
+use crate::packet::QoS;
 use log::LevelFilter;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -43,12 +55,15 @@ impl At {
     fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { file: self.file.clone(), line: Some(self.line), message: message.into() }
     }
+
+    /// One of the shared checks' results, its error naming this line.
+    fn check<T>(&self, result: Result<T, String>) -> Result<T, ConfigError> {
+        result.map_err(|m| self.error(m))
+    }
 }
 
 /// Keys whose absence would weaken security or lose data: refused, with why.
 fn refused(key: &str) -> Option<&'static str> {
-    const BRIDGE: &str = "bridges are not supported yet, and a bridge that silently did not run would lose \
-                          the messages it should carry; remove the bridge or keep running it in Mosquitto";
     const PLUGIN: &str = "midge runs no Mosquitto plugins, and running without the checks the plugin makes \
                           would let in clients it refuses; use password_file and acl_file";
     let why = match key {
@@ -82,29 +97,10 @@ fn refused(key: &str) -> Option<&'static str> {
                                 let in"
         }
         "tls_engine" | "tls_engine_kpass_sha1" | "tls_keyform" => "OpenSSL engines are not supported (rustls)",
-        "connection"
-        | "address"
-        | "addresses"
-        | "cleansession"
-        | "idle_timeout"
-        | "keepalive_interval"
-        | "local_cleansession"
-        | "local_clientid"
-        | "local_password"
-        | "local_username"
-        | "notifications"
-        | "notifications_local_only"
-        | "notification_topic"
-        | "remote_clientid"
-        | "remote_password"
-        | "remote_username"
-        | "restart_timeout"
-        | "round_robin"
-        | "start_type"
-        | "threshold"
-        | "topic"
-        | "try_private" => BRIDGE,
-        k if k.starts_with("bridge_") => BRIDGE,
+        "bridge_identity" | "bridge_psk" => {
+            "TLS with pre-shared keys is not supported (rustls has no PSK); use bridge_cafile, and \
+             bridge_certfile with bridge_keyfile for a client certificate"
+        }
         _ => return None,
     };
     Some(why)
@@ -130,6 +126,68 @@ fn unsupported(key: &str) -> bool {
             | "upgrade_outgoing_qos"
             | "websockets_headers_size"
             | "websockets_log_level"
+    )
+}
+
+/// Keys of a `connection NAME` block: they need a `connection` line before
+/// them (in the same file, as in Mosquitto) and apply to that bridge.
+fn bridge_key(key: &str) -> bool {
+    matches!(
+        key,
+        "address"
+            | "addresses"
+            | "round_robin"
+            | "topic"
+            | "bridge_protocol_version"
+            | "remote_clientid"
+            | "clientid"
+            | "local_clientid"
+            | "remote_username"
+            | "username"
+            | "remote_password"
+            | "password"
+            | "cleansession"
+            | "local_cleansession"
+            | "keepalive_interval"
+            | "restart_timeout"
+            | "start_type"
+            | "threshold"
+            | "idle_timeout"
+            | "notifications"
+            | "notification_topic"
+            | "try_private"
+            | "bridge_cafile"
+            | "bridge_capath"
+            | "bridge_certfile"
+            | "bridge_keyfile"
+            | "bridge_insecure"
+            | "bridge_require_ocsp"
+    ) || unsupported_bridge_key(key)
+}
+
+/// Bridge keys midge accepts but does not act on (listed in
+/// [`FileSettings::ignored`]): tuning whose absence loses nothing and opens
+/// nothing.
+fn unsupported_bridge_key(key: &str) -> bool {
+    matches!(
+        key,
+        "notifications_local_only"
+            | "bridge_attempt_unsubscribe"
+            | "bridge_outgoing_retain"
+            | "local_username"
+            | "local_password"
+            | "bridge_max_packet_size"
+            | "bridge_tls_version"
+            | "bridge_alpn"
+            | "bridge_bind_address"
+            | "bridge_ciphers"
+            | "bridge_ciphers_tls1.3"
+            | "bridge_max_topic_alias"
+            | "bridge_receive_maximum"
+            | "bridge_session_expiry_interval"
+            | "bridge_tcp_keepalive"
+            | "bridge_tcp_user_timeout"
+            | "bridge_reload_type"
     )
 }
 
@@ -159,6 +217,23 @@ struct Draft {
     security: Security,
 }
 
+/// A bridge as its `connection` block describes it, with the lines of the
+/// options checked once the block is complete.
+#[derive(Debug)]
+struct BridgeDraft {
+    bridge: Bridge,
+    /// The `connection` line.
+    at: At,
+    address: Option<At>,
+    remote_password: Option<At>,
+    local_cleansession: Option<(bool, At)>,
+    cafile: Option<(PathBuf, At)>,
+    capath: Option<(PathBuf, At)>,
+    certfile: Option<(PathBuf, At)>,
+    keyfile: Option<(PathBuf, At)>,
+    insecure: Option<(bool, At)>,
+}
+
 /// The parser's state across the main file and its includes.
 struct Reader {
     config: Config,
@@ -172,6 +247,10 @@ struct Reader {
     persistence: bool,
     persistence_location: Option<PathBuf>,
     log_types: Option<LevelFilter>,
+    bridges: Vec<BridgeDraft>,
+    /// The bridge the current file's bridge options go to: its last
+    /// `connection`, by index in `bridges` (Mosquitto keeps one per file).
+    bridge: Option<usize>,
 }
 
 /// Reads `path` (and what its `include_dir` lines name).
@@ -194,6 +273,8 @@ pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
         persistence: false,
         persistence_location: None,
         log_types: None,
+        bridges: Vec::new(),
+        bridge: None,
     };
     reader.read(text, None)?;
     reader.finish()
@@ -256,6 +337,12 @@ impl Reader {
         if unsupported(key) {
             self.ignore(key, at, "not supported");
             return Ok(());
+        }
+        if key == "connection" {
+            return self.connection(value, at);
+        }
+        if bridge_key(key) {
+            return self.bridge_option(key, value, at);
         }
         match key {
             "listener" => self.listener(value, at)?,
@@ -368,6 +455,7 @@ impl Reader {
                 let expiry = config_file::client_expiration(key, value).map_err(|m| at.error(m))?;
                 self.config.session_expiry = Some(expiry);
             }
+            "max_queued_messages" | "max_queued_bytes" if self.bridge.is_some() => self.bridge_queue(key, value, at)?,
             "max_queued_messages" => self.config.max_queued = config_file::queued(integer(key, value, at)?),
             "max_queued_bytes" => {
                 self.config.max_queued_bytes = usize::try_from(integer::<u64>(key, value, at)?).unwrap_or(usize::MAX)
@@ -435,6 +523,206 @@ impl Reader {
         Ok(())
     }
 
+    /// `connection NAME`: starts a bridge; the bridge options after it, in
+    /// this file, are its own (every other option stays global).
+    fn connection(&mut self, value: &str, at: &At) -> Result<(), ConfigError> {
+        let name = text("connection", value, at)?;
+        if name.contains(char::is_whitespace) {
+            return Err(at.error(format!("connection: {name:?} is not one word; expected connection NAME")));
+        }
+        if let Some(other) = self.bridges.iter().find(|d| d.bridge.name == name) {
+            let message = format!("connection {name}: a bridge of that name is already at {}", describe(&other.at));
+            return Err(at.error(message));
+        }
+        let mut bridge = Bridge::new(name, "", 0, Vec::new());
+        bridge.addresses.clear();
+        self.bridges.push(BridgeDraft {
+            bridge,
+            at: at.clone(),
+            address: None,
+            remote_password: None,
+            local_cleansession: None,
+            cafile: None,
+            capath: None,
+            certfile: None,
+            keyfile: None,
+            insecure: None,
+        });
+        self.bridge = Some(self.bridges.len() - 1);
+        Ok(())
+    }
+
+    /// An option of the current `connection` block.
+    fn bridge_option(&mut self, key: &str, value: &str, at: &At) -> Result<(), ConfigError> {
+        let Some(index) = self.bridge else {
+            let message = format!("{key}: a bridge option, but no connection NAME line comes before it in this file");
+            return Err(at.error(message));
+        };
+        if unsupported_bridge_key(key) {
+            // The value is still checked, as Mosquitto would.
+            match key {
+                "notifications_local_only" | "bridge_attempt_unsubscribe" | "bridge_outgoing_retain" => {
+                    boolean(key, value, at)?;
+                }
+                "bridge_max_packet_size" => {
+                    integer::<i64>(key, value, at)?;
+                }
+                _ => {
+                    text(key, value, at)?;
+                }
+            }
+            self.ignore(key, at, "not supported for bridges");
+            return Ok(());
+        }
+        let mut notes = Vec::new();
+        let draft = &mut self.bridges[index];
+        let name = draft.bridge.name.clone();
+        let b = &mut draft.bridge;
+        // Mosquitto refuses a text option given twice in one block.
+        let once = |slot: &mut Option<String>, value: &str| match slot {
+            Some(_) => Err(at.error(format!("{key}: given twice in connection {name}"))),
+            None => {
+                *slot = Some(text(key, value, at)?.to_owned());
+                Ok(())
+            }
+        };
+        let once_path = |slot: &mut Option<(PathBuf, At)>, value: &str| match slot {
+            Some(_) => Err(at.error(format!("{key}: given twice in connection {name}"))),
+            None => {
+                *slot = Some((path(key, value, at)?, at.clone()));
+                Ok(())
+            }
+        };
+        match key {
+            "address" | "addresses" => {
+                if draft.address.is_some() {
+                    return Err(at.error(format!("{key}: connection {name} has its addresses already")));
+                }
+                // Mosquitto ends the list at a word starting with #.
+                let words = value.split_whitespace().take_while(|w| !w.starts_with('#'));
+                let addresses: Vec<_> =
+                    words.map(|w| at.check(config_file::bridge_address(key, w))).collect::<Result<_, _>>()?;
+                if addresses.is_empty() {
+                    return Err(at.error(format!("{key}: missing value")));
+                }
+                (b.addresses, draft.address) = (addresses, Some(at.clone()));
+            }
+            "round_robin" => b.round_robin = boolean(key, value, at)?,
+            "topic" => {
+                let topic = topic(value, at)?;
+                // Mosquitto skips a topic given twice.
+                match b.topics.contains(&topic) {
+                    true => notes.push("the same topic is already in this connection: skipped".to_owned()),
+                    false => b.topics.push(topic),
+                }
+            }
+            "bridge_protocol_version" => b.protocol = at.check(config_file::bridge_protocol(key, value))?,
+            "remote_clientid" | "clientid" => once(&mut b.remote_clientid, value)?,
+            "local_clientid" => once(&mut b.local_clientid, value)?,
+            "remote_username" | "username" => once(&mut b.remote_username, value)?,
+            "remote_password" | "password" => {
+                once(&mut b.remote_password, value)?;
+                draft.remote_password = Some(at.clone());
+            }
+            "cleansession" => b.clean_session = boolean(key, value, at)?,
+            "local_cleansession" => draft.local_cleansession = Some((boolean(key, value, at)?, at.clone())),
+            "keepalive_interval" => {
+                b.keepalive = match integer::<u64>(key, value, at)? {
+                    n if n > u64::from(u16::MAX) => {
+                        return Err(at.error(format!("{key}: {n} is more than 65535 seconds")));
+                    }
+                    n if n < 5 => {
+                        notes.push("too low, using 5 seconds (Mosquitto's minimum)".to_owned());
+                        5
+                    }
+                    n => n as u16,
+                }
+            }
+            "restart_timeout" => {
+                let mut words = value.split_whitespace();
+                let mut base: u64 = integer(key, words.next().unwrap_or(""), at)?;
+                let cap = words.next().map(|w| integer::<u64>(key, w, at)).transpose()?;
+                if words.next().is_some() {
+                    return Err(at.error(format!("{key}: expected BASE [CAP] in seconds")));
+                }
+                if base == 0 {
+                    notes.push("too low, using 1 second".to_owned());
+                    base = 1;
+                }
+                b.restart_timeout = at.check(config_file::restart_timeout(key, base, cap))?;
+            }
+            "start_type" => b.start_type = at.check(config_file::start_type(key, value))?,
+            "threshold" => {
+                b.threshold = match integer::<usize>(key, value, at)? {
+                    0 => {
+                        notes.push("too low, using 1 message".to_owned());
+                        1
+                    }
+                    n => n,
+                }
+            }
+            "idle_timeout" => {
+                b.idle_timeout = match integer::<u64>(key, value, at)? {
+                    0 => {
+                        notes.push("too low, using 1 second".to_owned());
+                        Duration::from_secs(1)
+                    }
+                    n => Duration::from_secs(n),
+                }
+            }
+            "notifications" => b.notifications = boolean(key, value, at)?,
+            "notification_topic" => {
+                if b.notification_topic.is_some() {
+                    return Err(at.error(format!("{key}: given twice in connection {name}")));
+                }
+                b.notification_topic = Some(at.check(config_file::notification_topic(key, value))?);
+            }
+            "try_private" => b.try_private = boolean(key, value, at)?,
+            "bridge_cafile" => once_path(&mut draft.cafile, value)?,
+            "bridge_capath" => once_path(&mut draft.capath, value)?,
+            "bridge_certfile" => once_path(&mut draft.certfile, value)?,
+            "bridge_keyfile" => once_path(&mut draft.keyfile, value)?,
+            "bridge_insecure" => {
+                let insecure = boolean(key, value, at)?;
+                draft.insecure = Some((insecure, at.clone()));
+                if insecure {
+                    notes.push("the remote's certificate is not checked against its host name".to_owned());
+                }
+            }
+            "bridge_require_ocsp" => {
+                if boolean(key, value, at)? {
+                    let message = "bridge_require_ocsp true: OCSP is not supported, and without it a revoked \
+                                   remote certificate would be accepted";
+                    return Err(at.error(message));
+                }
+            }
+            _ => unreachable!("{key} is a bridge key"),
+        }
+        for note in notes {
+            self.note(key, at, &format!("connection {name}: {note}"));
+        }
+        Ok(())
+    }
+
+    /// `max_queued_messages` or `max_queued_bytes` inside a connection block:
+    /// the bridge's own queue.
+    fn bridge_queue(&mut self, key: &str, value: &str, at: &At) -> Result<(), ConfigError> {
+        let n: u64 = integer(key, value, at)?;
+        let Some(index) = self.bridge else { unreachable!("only inside a connection block") };
+        let bridge = &mut self.bridges[index].bridge;
+        match key {
+            "max_queued_messages" => bridge.max_queued = Some(config_file::queued(n)),
+            _ => bridge.max_queued_bytes = Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+        let name = bridge.name.clone();
+        let why = format!(
+            "inside connection {name}: sets that bridge's queue only (Mosquitto would set every client's); \
+             put it before the first connection line for every client"
+        );
+        self.note(key, at, &why);
+        Ok(())
+    }
+
     fn include_dir(&mut self, value: &str, at: &At) -> Result<(), ConfigError> {
         // Mosquitto reads include_dir only in the main file; so does midge,
         // which also bounds the nesting to one level.
@@ -450,11 +738,15 @@ impl Reader {
             .filter(|p| p.extension().is_some_and(|e| e == "conf") && p.is_file())
             .collect();
         files.sort();
+        // Bridge options belong to a connection in the same file.
+        let outer = self.bridge.take();
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| at.error(format!("include_dir: cannot read {}: {e}", file.display())))?;
+            self.bridge = None;
             self.read(&text, Some(&file))?;
         }
+        self.bridge = outer;
         Ok(())
     }
 
@@ -525,6 +817,25 @@ impl Reader {
         if self.persistence_location.is_some() && !self.persistence {
             self.settings.notes.push("persistence_location: persistence is off, nothing is stored".to_owned());
         }
+        for draft in std::mem::take(&mut self.bridges) {
+            let at = draft.at.clone();
+            let b = bridge(draft)?;
+            // Mosquitto refuses two bridges with one local client id.
+            if let Some(id) = config_file::known_local_clientid(&b)
+                && self
+                    .config
+                    .bridges
+                    .iter()
+                    .any(|other| config_file::known_local_clientid(other).as_ref() == Some(&id))
+            {
+                let message = format!(
+                    "connection {}: its local client id {id:?} is another bridge's too; set local_clientid",
+                    b.name
+                );
+                return Err(at.error(message));
+            }
+            self.config.bridges.push(b);
+        }
         self.settings.log_level = self.log_types;
         self.settings.log_timestamp.get_or_insert(true);
         self.settings.mosquitto = true;
@@ -573,6 +884,92 @@ fn listener(draft: &Draft) -> Result<Listener, ConfigError> {
     // Mosquitto's WebSocket listeners take any path.
     let websockets = draft.websockets.then(|| WebSockets { path: None, ..WebSockets::default() });
     Ok(Listener { bind, max_connections: draft.max_connections, tls, websockets })
+}
+
+/// `topic PATTERN [[[in|out|both] QOS] LOCAL_PREFIX REMOTE_PREFIX]`; `""` is
+/// an empty pattern or prefix. A word starting with `#` after the direction
+/// ends the line, as in Mosquitto.
+fn topic(value: &str, at: &At) -> Result<crate::config::BridgeTopic, ConfigError> {
+    let mut words: Vec<&str> = value.split_whitespace().collect();
+    if let Some(comment) = words.iter().skip(2).position(|w| w.starts_with('#')) {
+        words.truncate(comment + 2);
+    }
+    let unquote = |w: &str| if w == "\"\"" { String::new() } else { w.to_owned() };
+    let (pattern, direction, qos, local, remote) = match words.as_slice() {
+        [] => return Err(at.error("topic: missing value")),
+        [pattern, rest @ ..] if rest.len() <= 4 => {
+            let direction = match rest.first() {
+                Some(d) => config_file::bridge_direction("topic", d).map_err(|m| at.error(m))?,
+                None => BridgeDirection::Out,
+            };
+            let qos = match rest.get(1) {
+                Some(q) => {
+                    let n = q.parse().map_err(|_| at.error(format!("topic: QoS {q:?} is not 0, 1 or 2")))?;
+                    config_file::bridge_qos("topic", n).map_err(|m| at.error(m))?
+                }
+                None => QoS::AtMostOnce,
+            };
+            let prefix = |i: usize| rest.get(i).map_or(String::new(), |w| unquote(w));
+            (unquote(pattern), direction, qos, prefix(2), prefix(3))
+        }
+        _ => return Err(at.error("topic: expected PATTERN [[[in|out|both] QOS] LOCAL_PREFIX REMOTE_PREFIX]")),
+    };
+    config_file::bridge_topic("topic", &pattern, direction, qos, &local, &remote).map_err(|m| at.error(m))
+}
+
+/// One drafted bridge into a [`Bridge`], its block checked as a whole.
+fn bridge(draft: BridgeDraft) -> Result<Bridge, ConfigError> {
+    let BridgeDraft { mut bridge, at, address, remote_password, local_cleansession, .. } = draft;
+    let name = bridge.name.clone();
+    if address.is_none() {
+        return Err(at.error(format!("connection {name}: no address (address HOST[:PORT] is required)")));
+    }
+    if bridge.topics.is_empty() {
+        return Err(at.error(format!("connection {name}: no topic (at least one topic line is required)")));
+    }
+    if let (Some(at), None) = (&remote_password, &bridge.remote_username) {
+        return Err(at.error(format!("remote_password: needs remote_username (connection {name})")));
+    }
+    if let Some((local, at)) = local_cleansession
+        && local != bridge.clean_session
+    {
+        let message = format!(
+            "local_cleansession {local}: a local session apart from the remote one is not supported; midge's \
+             side of connection {name} follows cleansession ({})",
+            bridge.clean_session
+        );
+        return Err(at.error(message));
+    }
+    let (cafile, capath, certfile, keyfile) = (draft.cafile, draft.capath, draft.certfile, draft.keyfile);
+    match (&certfile, &keyfile) {
+        (Some((_, at)), None) => {
+            return Err(at.error(format!("bridge_certfile: needs bridge_keyfile too (connection {name})")));
+        }
+        (None, Some((_, at))) => {
+            return Err(at.error(format!("bridge_keyfile: needs bridge_certfile too (connection {name})")));
+        }
+        _ => {}
+    }
+    if cafile.is_none() && capath.is_none() {
+        let tls_only = [
+            certfile.as_ref().map(|(_, at)| ("bridge_certfile", at)),
+            keyfile.as_ref().map(|(_, at)| ("bridge_keyfile", at)),
+            draft.insecure.as_ref().map(|(_, at)| ("bridge_insecure", at)),
+        ];
+        if let Some((key, at)) = tls_only.into_iter().flatten().next() {
+            let message = format!("{key}: TLS needs bridge_cafile or bridge_capath (connection {name})");
+            return Err(at.error(message));
+        }
+        return Ok(bridge);
+    }
+    bridge.tls = Some(BridgeTls {
+        cafile: cafile.map(|(p, _)| p),
+        capath: capath.map(|(p, _)| p),
+        certfile: certfile.map(|(p, _)| p),
+        keyfile: keyfile.map(|(p, _)| p),
+        insecure: draft.insecure.is_some_and(|(i, _)| i),
+    });
+    Ok(bridge)
 }
 
 /// An IP address, or a host name resolved (its first IPv4 address if it has one).
@@ -664,6 +1061,8 @@ fn log_type(value: &str) -> Option<LevelFilter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BridgeTopic, StartType};
+    use crate::packet::Protocol;
 
     fn parse_ok(text: &str) -> FileSettings {
         parse(text).unwrap_or_else(|e| panic!("{e}"))
@@ -809,6 +1208,358 @@ mod tests {
         assert!(notes.contains("persistence_file (line 7)") && notes.contains("set_tcp_nodelay (line 27)"), "{notes}");
     }
 
+    fn topic(pattern: &str, direction: BridgeDirection, qos: QoS, local: &str, remote: &str) -> BridgeTopic {
+        BridgeTopic {
+            pattern: pattern.into(),
+            direction,
+            qos,
+            local_prefix: local.into(),
+            remote_prefix: remote.into(),
+        }
+    }
+
+    fn out0(pattern: &str) -> BridgeTopic {
+        topic(pattern, BridgeDirection::Out, QoS::AtMostOnce, "", "")
+    }
+
+    #[test]
+    fn a_connection_block_with_every_key() {
+        let s = parse_ok(
+            "listener 1883\nallow_anonymous true\n\
+             connection cloud\n\
+             addresses broker.example.com:8883 10.0.0.2 [::1]:1884 2001:db8::1:1885\n\
+             round_robin true\n\
+             topic sensors/# out 1 site/ remote/site/\n\
+             topic cmd/+ in 2\n\
+             topic \"\" both 0 local/one remote/one\n\
+             bridge_protocol_version mqttv50\n\
+             remote_clientid site-1\nlocal_clientid local-site-1\n\
+             remote_username bridge\nremote_password s3cret with spaces\n\
+             cleansession true\nlocal_cleansession true\nkeepalive_interval 30\nrestart_timeout 2 60\n\
+             start_type lazy\nthreshold 5\nidle_timeout 120\nnotifications false\n\
+             notification_topic bridges/cloud/state\ntry_private false\n\
+             bridge_cafile /tls/ca.pem\nbridge_capath /tls/certs\nbridge_certfile tls/bridge.pem\n\
+             bridge_keyfile tls/bridge.key\nbridge_insecure true\nbridge_require_ocsp false\n\
+             max_queued_messages 0\nmax_queued_bytes 4096\n",
+        );
+        let expected = Bridge {
+            name: "cloud".into(),
+            addresses: vec![
+                ("broker.example.com".into(), 8883),
+                ("10.0.0.2".into(), 1883),
+                ("::1".into(), 1884),
+                ("2001:db8::1".into(), 1885),
+            ],
+            round_robin: true,
+            topics: vec![
+                topic("sensors/#", BridgeDirection::Out, QoS::AtLeastOnce, "site/", "remote/site/"),
+                topic("cmd/+", BridgeDirection::In, QoS::ExactlyOnce, "", ""),
+                topic("", BridgeDirection::Both, QoS::AtMostOnce, "local/one", "remote/one"),
+            ],
+            protocol: Protocol::V5,
+            remote_clientid: Some("site-1".into()),
+            local_clientid: Some("local-site-1".into()),
+            remote_username: Some("bridge".into()),
+            remote_password: Some("s3cret with spaces".into()),
+            clean_session: true,
+            keepalive: 30,
+            restart_timeout: (Duration::from_secs(2), Duration::from_secs(60)),
+            start_type: StartType::Lazy,
+            threshold: 5,
+            idle_timeout: Duration::from_secs(120),
+            notifications: false,
+            notification_topic: Some("bridges/cloud/state".into()),
+            try_private: false,
+            tls: Some(BridgeTls {
+                cafile: Some("/tls/ca.pem".into()),
+                capath: Some("/tls/certs".into()),
+                certfile: Some("tls/bridge.pem".into()),
+                keyfile: Some("tls/bridge.key".into()),
+                insecure: true,
+            }),
+            max_queued: Some(usize::MAX),
+            max_queued_bytes: Some(4096),
+        };
+        assert_eq!(s.config.bridges, [expected]);
+        // The broker's own queue limits are untouched; the block's are noted.
+        assert_eq!((s.config.max_queued, s.config.max_queued_bytes), (1000, 64 << 20));
+        let notes = s.notes.join("\n");
+        assert!(notes.contains("max_queued_messages (line 30): inside connection cloud: sets that bridge's queue"));
+        assert!(notes.contains("bridge_insecure (line 28): connection cloud: the remote's certificate is not checked"));
+        assert!(s.ignored.is_empty(), "{:?}", s.ignored);
+        assert_eq!(s.config.listeners, vec![Listener::tcp(addr("0.0.0.0:1883"))]);
+    }
+
+    #[test]
+    fn a_connection_block_has_mosquittos_defaults() {
+        let c = config("connection b\naddress 192.0.2.1\ntopic #\n");
+        assert_eq!(c.bridges, [Bridge::new("b", "192.0.2.1", 1883, vec![out0("#")])]);
+        let b = &c.bridges[0];
+        assert_eq!(
+            (b.protocol, b.keepalive, b.clean_session, b.start_type),
+            (Protocol::V311, 60, false, StartType::Automatic)
+        );
+        assert_eq!(b.restart_timeout, (Duration::from_secs(5), Duration::from_secs(30)));
+        assert!(b.notifications && b.try_private && b.tls.is_none() && b.remote_clientid.is_none());
+        // No listener, so Mosquitto's local-only mode, as without the bridge.
+        assert_eq!(c.listeners, vec![Listener::tcp(addr("127.0.0.1:1883"))]);
+        // One restart_timeout is a constant wait; values below Mosquitto's
+        // minimums are raised to them, and noted.
+        let s = parse_ok(
+            "connection b\naddress h\ntopic #\nrestart_timeout 20\nkeepalive_interval 1\nthreshold 0\nidle_timeout 0\n",
+        );
+        let b = &s.config.bridges[0];
+        assert_eq!(b.restart_timeout, (Duration::from_secs(20), Duration::from_secs(20)));
+        assert_eq!((b.keepalive, b.threshold, b.idle_timeout), (5, 1, Duration::from_secs(1)));
+        assert_eq!(s.notes.len(), 3, "{:?}", s.notes);
+        assert!(s.notes[0].starts_with("keepalive_interval (line 5): connection b: too low, using 5 seconds"));
+        assert_eq!(
+            config("connection b\naddress h\ntopic #\nrestart_timeout 0 9").bridges[0].restart_timeout.0,
+            Duration::from_secs(1)
+        );
+        // The old names of remote_clientid, remote_username and remote_password.
+        let b = &config("connection b\naddress h\ntopic #\nclientid c\nusername u\npassword p\n").bridges[0];
+        assert_eq!((b.remote_clientid.as_deref(), b.remote_username.as_deref()), (Some("c"), Some("u")));
+        assert_eq!(b.remote_password.as_deref(), Some("p"));
+        assert_eq!(
+            config("connection b\naddress h\ntopic #\nbridge_protocol_version mqttv31").bridges[0].protocol,
+            Protocol::V31
+        );
+        let tls = config("connection b\naddress h\ntopic #\nbridge_capath /certs\n").bridges[0].tls.clone();
+        assert_eq!(
+            tls,
+            Some(BridgeTls {
+                cafile: None,
+                capath: Some("/certs".into()),
+                certfile: None,
+                keyfile: None,
+                insecure: false
+            })
+        );
+    }
+
+    #[test]
+    fn two_blocks_with_global_options_between() {
+        let s = parse_ok(
+            "max_queued_messages 100\n\
+             connection a\naddress a.example\ntopic a/#\n\
+             listener 1884\nallow_anonymous true\ntopic more/# in\nmax_queued_messages 7\n\
+             connection b\naddress b.example:1999\ntopic b/# both 1\nsys_interval 0\n",
+        );
+        let c = &s.config;
+        let mut a = Bridge::new(
+            "a",
+            "a.example",
+            1883,
+            vec![out0("a/#"), topic("more/#", BridgeDirection::In, QoS::AtMostOnce, "", "")],
+        );
+        a.max_queued = Some(7);
+        let b =
+            Bridge::new("b", "b.example", 1999, vec![topic("b/#", BridgeDirection::Both, QoS::AtLeastOnce, "", "")]);
+        assert_eq!(c.bridges, [a, b]);
+        // Options that are not a bridge's stay global after a connection line.
+        assert_eq!(c.listeners, vec![Listener::tcp(addr("0.0.0.0:1884"))]);
+        assert_eq!((c.allow_anonymous, c.sys_interval, c.max_queued), (Some(true), Duration::ZERO, 100));
+    }
+
+    #[test]
+    fn topic_lines() {
+        let topics = |lines: &str| config(&format!("connection b\naddress h\n{lines}")).bridges[0].topics.clone();
+        assert_eq!(topics("topic a/b\n"), [out0("a/b")]);
+        assert_eq!(topics("topic a/# IN\n"), [topic("a/#", BridgeDirection::In, QoS::AtMostOnce, "", "")]);
+        assert_eq!(topics("topic a/# both 2\n"), [topic("a/#", BridgeDirection::Both, QoS::ExactlyOnce, "", "")]);
+        assert_eq!(topics("topic # out 1 \"\" r/\n"), [topic("#", BridgeDirection::Out, QoS::AtLeastOnce, "", "r/")]);
+        assert_eq!(topics("topic # out 1 l/\n"), [topic("#", BridgeDirection::Out, QoS::AtLeastOnce, "l/", "")]);
+        // Mosquitto's example, and a comment after the direction.
+        assert_eq!(
+            topics("topic clients/total in 0 test/mosquitto/org/ $SYS/broker/\n"),
+            [topic("clients/total", BridgeDirection::In, QoS::AtMostOnce, "test/mosquitto/org/", "$SYS/broker/")]
+        );
+        assert_eq!(
+            topics("topic a/# in 1 # the rest\n"),
+            [topic("a/#", BridgeDirection::In, QoS::AtLeastOnce, "", "")]
+        );
+        // A topic given twice is kept once (Mosquitto skips it), and noted.
+        let s = parse_ok("connection b\naddress h\ntopic a\ntopic a\n");
+        assert_eq!(s.config.bridges[0].topics, [out0("a")]);
+        assert!(s.notes[0].starts_with("topic (line 4): connection b: the same topic"), "{:?}", s.notes);
+        for (line, message) in [
+            ("topic", "topic: missing value"),
+            ("topic a sideways", "topic: direction \"sideways\" is not in, out or both"),
+            ("topic a out 3", "topic: QoS 3 is not 0, 1 or 2"),
+            ("topic a out one", "topic: QoS \"one\" is not 0, 1 or 2"),
+            ("topic a out 1 l/ r/ extra", "topic: expected PATTERN [[[in|out|both] QOS] LOCAL_PREFIX REMOTE_PREFIX]"),
+            ("topic a/#/b", "topic: the pattern \"a/#/b\" is not a valid topic filter"),
+            ("topic a+ in", "topic: the pattern \"a+\" is not a valid topic filter"),
+            ("topic # in 0 l/+/ r/", "topic: the local prefix \"l/+/\" must not contain a wildcard (+ or #)"),
+            ("topic # in 0 l/ r#", "topic: the remote prefix \"r#\" must not contain a wildcard (+ or #)"),
+            ("topic # in 0 l r/", "topic: the local prefix and pattern, \"l#\", is not a valid topic filter"),
+            ("topic \"\"", "topic: an empty pattern (\"\") needs both a local and a remote prefix"),
+            ("topic \"\" out 0 l \"\"", "topic: an empty pattern (\"\") needs both a local and a remote prefix"),
+            ("topic \"\" out 0 \"\" r", "topic: an empty pattern (\"\") needs both a local and a remote prefix"),
+        ] {
+            let (e, at) = error(&format!("connection b\naddress h\n{line}\n"));
+            assert_eq!(at, Some(3), "{line}: {e}");
+            assert!(e.starts_with(&format!("line 3: {message}")), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn bridge_addresses() {
+        let addresses =
+            |value: &str| config(&format!("connection b\naddress {value}\ntopic #\n")).bridges[0].addresses.clone();
+        assert_eq!(addresses("h # a comment"), [("h".to_owned(), 1883)]);
+        assert_eq!(addresses("[2001:db8::1]"), [("2001:db8::1".to_owned(), 1883)]);
+        for (value, why) in [
+            ("h:0", "the port is not from 1 to 65535"),
+            ("h:x", "the port is not from 1 to 65535"),
+            ("h:", "the port is not from 1 to 65535"),
+            (":1883", "no host"),
+            ("::1", "an IPv6 address needs a port: write [ADDRESS]:PORT or ADDRESS:PORT"),
+            ("[::1", "no ] after the IPv6 address"),
+            ("[nope]:1", "not an IPv6 address in the brackets"),
+            ("[::1]1883", "expected : and a port after ]"),
+        ] {
+            let (e, _) = error(&format!("connection b\naddress {value}\ntopic #\n"));
+            assert_eq!(e, format!("line 2: address: {value:?} is not HOST[:PORT] ({why})"), "{value}");
+        }
+    }
+
+    #[test]
+    fn bridge_errors_name_the_line() {
+        let block = "connection b\naddress h\ntopic #\n";
+        for (text, message) in [
+            ("address h", "line 1: address: a bridge option, but no connection NAME line comes before it in this file"),
+            ("listener 1883\ntopic #", "line 2: topic: a bridge option, but no connection NAME line"),
+            ("remote_username u", "line 1: remote_username: a bridge option"),
+            ("username u", "line 1: username: a bridge option"),
+            ("bridge_attempt_unsubscribe false", "line 1: bridge_attempt_unsubscribe: a bridge option"),
+            ("connection", "line 1: connection: missing value"),
+            ("connection a b", "line 1: connection: \"a b\" is not one word"),
+            ("connection b\ntopic #\n", "line 1: connection b: no address (address HOST[:PORT] is required)"),
+            ("connection b\naddress h\n", "line 1: connection b: no topic (at least one topic line is required)"),
+            (
+                "connection b\naddress h\ntopic #\nconnection b\n",
+                "line 4: connection b: a bridge of that name is already at line 1",
+            ),
+            ("connection b\naddress h\naddress i\n", "line 3: address: connection b has its addresses already"),
+            (
+                &format!("{block}local_clientid x\nconnection c\naddress h\ntopic #\nlocal_clientid x\n"),
+                "line 5: connection c: its local client id \"x\" is another bridge's too; set local_clientid",
+            ),
+            (
+                &format!("{block}remote_clientid x\nconnection c\naddress h\ntopic #\nlocal_clientid local.x\n"),
+                "line 5: connection c: its local client id \"local.x\" is another bridge's too",
+            ),
+            ("connection b\naddress\n", "line 2: address: missing value"),
+            ("connection b\naddress # none\n", "line 2: address: missing value"),
+            (&format!("{block}remote_clientid a\nclientid b"), "line 5: clientid: given twice in connection b"),
+            (
+                &format!("{block}bridge_cafile /a\nbridge_cafile /b"),
+                "line 5: bridge_cafile: given twice in connection b",
+            ),
+            (&format!("{block}remote_password p"), "line 4: remote_password: needs remote_username (connection b)"),
+            (
+                &format!("{block}bridge_protocol_version mqttv5"),
+                "line 4: bridge_protocol_version: \"mqttv5\" is not mqttv50",
+            ),
+            (&format!("{block}start_type manual"), "line 4: start_type: manual is not supported"),
+            (
+                &format!("{block}start_type sometimes"),
+                "line 4: start_type: \"sometimes\" is not automatic, lazy or once",
+            ),
+            (
+                &format!("{block}keepalive_interval 70000"),
+                "line 4: keepalive_interval: 70000 is more than 65535 seconds",
+            ),
+            (
+                &format!("{block}keepalive_interval -1"),
+                "line 4: keepalive_interval: \"-1\" is not a non-negative integer",
+            ),
+            (
+                &format!("{block}restart_timeout 10 5"),
+                "line 4: restart_timeout: the cap, 5 s, is lower than the base, 10 s",
+            ),
+            (&format!("{block}restart_timeout 1 2 3"), "line 4: restart_timeout: expected BASE [CAP] in seconds"),
+            (&format!("{block}restart_timeout"), "line 4: restart_timeout: \"\" is not a non-negative integer"),
+            (&format!("{block}round_robin yes"), "line 4: round_robin: \"yes\" is not true or false"),
+            (&format!("{block}notification_topic a/#"), "line 4: notification_topic: \"a/#\" is not a topic name"),
+            (
+                &format!("{block}bridge_certfile /c.pem"),
+                "line 4: bridge_certfile: needs bridge_keyfile too (connection b)",
+            ),
+            (
+                &format!("{block}bridge_keyfile /k.pem"),
+                "line 4: bridge_keyfile: needs bridge_certfile too (connection b)",
+            ),
+            (
+                &format!("{block}bridge_certfile /c.pem\nbridge_keyfile /k.pem"),
+                "line 4: bridge_certfile: TLS needs bridge_cafile or bridge_capath (connection b)",
+            ),
+            (
+                &format!("{block}bridge_insecure false"),
+                "line 4: bridge_insecure: TLS needs bridge_cafile or bridge_capath",
+            ),
+            (
+                &format!("{block}local_cleansession true"),
+                "line 4: local_cleansession true: a local session apart from the remote one is not supported",
+            ),
+            (
+                &format!("{block}bridge_outgoing_retain maybe"),
+                "line 4: bridge_outgoing_retain: \"maybe\" is not true or false",
+            ),
+            (&format!("{block}bridge_tls_version"), "line 4: bridge_tls_version: missing value"),
+            (&format!("{block}bridge_frobnicate 1"), "line 4: unknown key \"bridge_frobnicate\""),
+        ] {
+            let (e, _) = error(text);
+            assert!(e.starts_with(message), "{text:?}: {e}");
+        }
+        // local_cleansession is accepted when it is what midge does anyway.
+        assert!(parse(&format!("{block}cleansession true\nlocal_cleansession true")).is_ok());
+    }
+
+    #[test]
+    fn unsupported_bridge_keys_are_listed_with_their_lines() {
+        let s = parse_ok(
+            "connection b\naddress h\ntopic #\nnotifications_local_only true\nbridge_attempt_unsubscribe false\n\
+             bridge_outgoing_retain false\nlocal_username u\nlocal_password p\nbridge_max_packet_size 1000\n\
+             bridge_tls_version tlsv1.3\nbridge_alpn mqtt\nbridge_bind_address 10.0.0.1\n",
+        );
+        let ignored: Vec<String> = s.ignored.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ignored,
+            [
+                "notifications_local_only (line 4)",
+                "bridge_attempt_unsubscribe (line 5)",
+                "bridge_outgoing_retain (line 6)",
+                "local_username (line 7)",
+                "local_password (line 8)",
+                "bridge_max_packet_size (line 9)",
+                "bridge_tls_version (line 10)",
+                "bridge_alpn (line 11)",
+                "bridge_bind_address (line 12)",
+            ]
+        );
+        assert!(s.ignored.iter().all(|i| i.why == "not supported for bridges"));
+        assert_eq!(s.config.bridges.len(), 1);
+    }
+
+    #[test]
+    fn a_bridge_option_needs_a_connection_in_its_own_file() {
+        let dir = Dir::new("bridge-include");
+        let conf_d = dir.0.join("conf.d");
+        std::fs::create_dir_all(&conf_d).unwrap();
+        std::fs::write(conf_d.join("a.conf"), "connection inner\naddress i\ntopic i/#\n").unwrap();
+        // After the include, the main file's lines go to its own connection.
+        let c = config(&format!("connection outer\naddress o\ninclude_dir {}\ntopic o/#\n", conf_d.display()));
+        let names: Vec<(&str, usize)> = c.bridges.iter().map(|b| (b.name.as_str(), b.topics.len())).collect();
+        assert_eq!(names, [("outer", 1), ("inner", 1)]);
+        assert_eq!(c.bridges[0].topics, [out0("o/#")]);
+        std::fs::write(conf_d.join("a.conf"), "topic i/#\n").unwrap();
+        let (e, _) = error(&format!("connection outer\naddress o\ntopic o\ninclude_dir {}\n", conf_d.display()));
+        assert!(e.starts_with(&format!("{} line 1: topic: a bridge option", conf_d.join("a.conf").display())), "{e}");
+    }
+
     #[test]
     fn persistence_is_off_unless_set() {
         assert_eq!(config("persistence_location /var/lib/x/").data_dir, None);
@@ -872,9 +1623,9 @@ mod tests {
             ("use_subject_as_username true", "Common Name"),
             ("use_username_as_clientid true", "client id"),
             ("clientid_prefixes abc", "client id"),
-            ("connection bridge1", "bridges are not supported yet"),
-            ("address 10.0.0.1:1883", "bridges are not supported yet"),
-            ("bridge_cafile /ca.pem", "lose the messages"),
+            ("connection b\naddress h\ntopic #\nbridge_psk 00ff", "pre-shared keys"),
+            ("connection b\naddress h\ntopic #\nbridge_identity me", "pre-shared keys"),
+            ("connection b\naddress h\ntopic #\nbridge_require_ocsp true", "revoked remote certificate"),
             ("tls_version tlsv1.3", "cannot refuse TLS 1.2"),
             ("tls_version tlsv1.1", "only TLS 1.2 and 1.3"),
         ] {

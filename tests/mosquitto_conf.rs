@@ -419,7 +419,11 @@ fn bad_mosquitto_conf_is_refused_naming_the_line() {
             "listener 1883\nmax_keepalive 70000\n",
             "line 2: max_keepalive: \"70000\" is not an integer from 0 to 65535",
         ),
-        ("bridge.conf", "connection other\naddress 10.0.0.1\n", "line 1: connection: bridges are not supported yet"),
+        (
+            "bridge.conf",
+            "connection other\naddress 10.0.0.1\n",
+            "line 1: connection other: no topic (at least one topic line is required)",
+        ),
     ];
     // The file errors are found while reading the arguments (midge -c
     // exits 2); an unknown user only when the broker starts (exit 1).
