@@ -207,7 +207,7 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
         let _ = writeln!(out, "http_listener: {addr}");
     }
     if !c.bridges.is_empty() {
-        let _ = writeln!(out, "bridges (read, not run yet: midge refuses to start with one):");
+        let _ = writeln!(out, "bridges:");
         for b in &c.bridges {
             let _ = writeln!(out, "  {}", describe_bridge(b));
             for t in &b.topics {
@@ -413,14 +413,11 @@ impl Args {
         let FileSettings {
             mut config, log_level: file_log_level, log_timestamp, pid_file, user, ignored, notes, ..
         } = file;
-        // Until bridges run, a file with one is refused here: a bridge that
-        // silently did not run would lose the messages it should carry.
-        if let Some(bridge) = config.bridges.first() {
-            return Err(format!(
-                "bridge {}: midge reads bridges but does not run them yet, and a bridge that silently did not run \
-                 would lose the messages it should carry; remove it or keep running it in Mosquitto",
-                bridge.name
-            ));
+        // A bridge whose TLS files cannot be used would not run: refuse now.
+        for bridge in &config.bridges {
+            if let Some(tls) = &bridge.tls {
+                crate::tls::client_config(tls).map_err(|e| format!("bridge {}: {e}", bridge.name))?;
+            }
         }
         let mut warnings = Vec::new();
         if !ignored.is_empty() {
@@ -514,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_with_a_bridge_is_refused_until_bridges_run_but_checked() {
+    fn a_file_with_a_bridge_is_checked_and_its_tls_files_must_load() {
         let dir = std::env::temp_dir().join(format!("midge-cli-bridge-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("bridge.conf");
@@ -526,9 +523,9 @@ mod tests {
         .unwrap();
         let path = file.to_str().unwrap();
         let e = settings(&["-c", path]).err().unwrap();
-        assert!(e.starts_with("bridge cloud: midge reads bridges but does not run them yet"), "{e}");
+        assert!(e.starts_with("bridge cloud: bridge_cafile /ca.pem: "), "{e}");
         let report = check_config(&CheckConfig { file: file.clone() }).unwrap().report;
-        assert!(report.contains("bridges (read, not run yet: midge refuses to start with one):\n"), "{report}");
+        assert!(report.contains("bridges:\n"), "{report}");
         let expected = "  cloud: broker.example.com:8883 [::1]:1883, MQTT 3.1.1, TLS (bridge_cafile /ca.pem), user u, \
                         start_type automatic, cleansession false, max_queued_messages no limit\n    topic sensors/# out 1 \"\" site/\n    \
                         topic \"\" in 0 l/one r/one\n";

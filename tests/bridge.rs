@@ -2,6 +2,7 @@
 //! the remote, started on a free port, and midge bridged to midge. Each
 //! test runs on both runtimes.
 
+use crate::binary::start_with;
 use crate::crash::{self, Subscriber};
 use crate::support::client::Raw;
 use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
@@ -391,5 +392,219 @@ runtime_kind_test!(
         // Nothing came back around: PINGREQ round trips find nothing queued.
         at_edge.expect_nothing_queued();
         at_central.expect_nothing_queued();
+    }
+);
+
+/// The test TLS fixtures.
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+runtime_kind_test!(
+    /// A bridge over TLS to Mosquitto with a client certificate: the remote's
+    /// certificate is checked against bridge_cafile and the host name.
+    bridge_over_tls_with_a_client_certificate,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("bridge-tls");
+        let port = free_port();
+        let tls = format!(
+            "listener {} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true",
+            free_port(),
+            fixture("server.pem"),
+            fixture("server.key"),
+            fixture("ca.pem")
+        );
+        let remote = Mosquitto::start(&dir.0, port, &tls);
+        let tls_port: u16 = tls.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut far = client(remote.addr, "far");
+        far.subscribe(1, &[("secure/#", 1)]);
+        let out = vec![topic("secure/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "")];
+        let edge = TestBroker::start(kind, |c| {
+            c.bridges = vec![Bridge {
+                tls: Some(midge::config::BridgeTls {
+                    cafile: Some(fixture("ca.pem").into()),
+                    capath: None,
+                    certfile: Some(fixture("client.pem").into()),
+                    keyfile: Some(fixture("client.key").into()),
+                    insecure: false,
+                }),
+                ..bridge_to(([127, 0, 0, 1], tls_port).into(), out)
+            }];
+        });
+        wait_until_up(&edge);
+        let mut near = edge.client("near");
+        publish(&mut near, "secure/a", b"over tls", 1, 1, false);
+        assert_eq!(next(&mut far), ("secure/a".into(), 1, b"over tls".to_vec(), false));
+    }
+);
+
+/// The bridge edge's TOML: `{name}` blocks appended by the caller.
+fn edge_toml(dir: &TempDir, bridges: &str) -> String {
+    let path = dir.0.join("edge.toml");
+    std::fs::write(&path, bridges).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+runtime_kind_test!(
+    /// midge itself is killed with SIGKILL mid-stream and restarted: every
+    /// QoS 1/2 message it acknowledged reaches the subscriber on Mosquitto,
+    /// QoS 2 exactly once, in order per QoS.
+    midge_killed_mid_stream_loses_nothing,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("bridge-kill-edge");
+        let data = TempDir::new("bridge-kill-edge-data");
+        let remote = Mosquitto::start(&dir.0, free_port(), "max_queued_messages 0");
+        let (mut c, _) = Subscriber::connect_as(remote.addr, "far-sub");
+        c.subscribe(1, &[("crash/#", 2)]);
+        let conf = edge_toml(
+            &dir,
+            &format!(
+                "max_queued_messages = 100000\n[[bridge]]\nname = \"edge\"\naddress = \"{}\"\nremote_clientid = \"edge-bridge\"\n\
+                 restart_timeout = 1\n[[bridge.topic]]\npattern = \"crash/#\"\nqos = 2\n",
+                remote.addr
+            ),
+        );
+        let (edge, addr) = start_with(kind.name(), &data, &["-c", &conf]);
+        wait_for_state(addr, b"1");
+        let (progress, reached) = mpsc::channel();
+        let publisher = std::thread::spawn(move || crash::publish_stream(addr, STREAM, 700, progress));
+        reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
+        assert_eq!(run("kill", &["-KILL", &edge.id().to_string()]), Some(0));
+        let acked = publisher.join().unwrap();
+        drop(edge);
+        let (mut edge, _addr) = start_with(kind.name(), &data, &["-c", &conf]);
+        edge.wait_for("bridge edge: connected to");
+        let mut subscriber = Subscriber::default();
+        receive_all(&mut subscriber, &mut c, &acked, "midge killed");
+        assert_in_order(&subscriber, "midge killed");
+    }
+);
+
+/// A remote that answers CONNECT with CONNACK, then either sends bytes no
+/// MQTT server sends (`garbage`) or refuses every subscription (SUBACK
+/// 0x80) and answers PINGREQ; counts its connections.
+fn fake_remote(garbage: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            seen.fetch_add(1, SeqCst);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut read_packet = || -> Option<(u8, Vec<u8>)> {
+                    let mut byte = [0u8];
+                    stream.read_exact(&mut byte).ok()?;
+                    let header = byte[0];
+                    let mut len = 0usize;
+                    for i in 0..4 {
+                        stream.read_exact(&mut byte).ok()?;
+                        len |= usize::from(byte[0] & 0x7f) << (7 * i);
+                        if byte[0] & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    stream.read_exact(&mut body).ok()?;
+                    Some((header, body))
+                };
+                let mut replies = Vec::new();
+                while let Some((header, body)) = read_packet() {
+                    replies.clear();
+                    match header {
+                        0x10 if garbage => replies.extend([0x20, 2, 0, 0, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff]),
+                        0x10 => replies.extend([0x20, 2, 0, 0]),
+                        0x82 => {
+                            // One 0x80 per filter: length-prefixed filter, options byte.
+                            let (mut at, mut codes) = (2, Vec::new());
+                            while at + 2 <= body.len() {
+                                at += 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]])) + 1;
+                                codes.push(0x80);
+                            }
+                            replies.extend(packets::suback(u16::from_be_bytes([body[0], body[1]]), &codes));
+                        }
+                        0xc0 => replies.extend([0xd0, 0]),
+                        _ => {}
+                    }
+                    if writer.write_all(&replies).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+runtime_kind_test!(
+    /// Bad remotes: an unreachable address, wrong credentials, a TLS
+    /// handshake with a plain listener, a remote that refuses a
+    /// subscription, and one that sends garbage. Each gets a clear log line
+    /// naming the bridge, and is retried after a backoff; local clients
+    /// carry on meanwhile.
+    bad_remotes_get_log_lines_and_backoff_and_leave_local_clients_alone,
+    |kind: midge::RuntimeKind| {
+        let dir = TempDir::new("bridge-bad");
+        let passwd = dir.0.join("passwd");
+        assert_eq!(run("mosquitto_passwd", &["-b", "-c", passwd.to_str().unwrap(), "bridge", "right"]), Some(0));
+        let acl = dir.0.join("acl");
+        std::fs::write(&acl, "user bridge\ntopic readwrite ok/#\n").unwrap();
+        let secured = Mosquitto::start(
+            &dir.0,
+            free_port(),
+            &format!("allow_anonymous false\npassword_file {}\nacl_file {}", passwd.display(), acl.display()),
+        );
+        let (garbage, connections) = fake_remote(true);
+        let (refusing, _) = fake_remote(false);
+        let unreachable = free_port();
+        let bridge = |name: &str, address: String, extra: &str, topics: &str| {
+            format!("[[bridge]]\nname = \"{name}\"\naddress = \"{address}\"\nrestart_timeout = 1\n{extra}\n{topics}\n")
+        };
+        let out = |pattern: &str| format!("[[bridge.topic]]\npattern = \"{pattern}\"\nqos = 1\n");
+        let conf = [
+            bridge("unreachable", format!("127.0.0.1:{unreachable}"), "", &out("u/#")),
+            bridge("badauth", secured.addr.to_string(), "remote_username = \"bridge\"\nremote_password = \"wrong\"", &out("a/#")),
+            bridge("badtls", format!("localhost:{}", secured.addr.port()), &format!("bridge_cafile = \"{}\"", fixture("ca.pem")), &out("t/#")),
+            bridge(
+                "refused",
+                refusing.to_string(),
+                "",
+                &format!("{}[[bridge.topic]]\npattern = \"secret/#\"\ndirection = \"in\"\n", out("ok/#")),
+            ),
+            bridge("garbage", garbage.to_string(), "", &out("g/#")),
+        ]
+        .concat();
+        let data = TempDir::new("bridge-bad-data");
+        let conf = edge_toml(&dir, &conf);
+        let (mut edge, addr) = start_with(kind.name(), &data, &["-c", &conf]);
+        let expected = [
+            format!("bridge unreachable: cannot connect to 127.0.0.1:{unreachable}: 127.0.0.1:{unreachable}: Connection refused"),
+            format!("bridge badauth: cannot connect to {}: the remote refused the connection: not authorized (0x05)", secured.addr),
+            format!("bridge badtls: cannot connect to localhost:{}: TLS handshake with", secured.addr.port()),
+            // (The ndjson log escapes the quotes around the filter.)
+            "bridge refused: the remote refused the subscription to \\\"secret/#\\\" (reason 0x80)".to_owned(),
+            format!("bridge refused: connected to {refusing}"),
+            format!("bridge garbage: connection to {garbage} lost: bad packet from the remote"),
+        ];
+        let mut pending: Vec<&String> = expected.iter().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pending.is_empty() {
+            assert!(Instant::now() < deadline, "no log lines {pending:#?}; saw {:#?}", edge.seen);
+            let line = edge.next_line();
+            pending.retain(|e| !line.contains(e.as_str()));
+        }
+        // Retried after a backoff: the same failures again.
+        for e in [&expected[0], &expected[1], &expected[5]] {
+            edge.wait_for(e);
+        }
+        assert!(connections.load(SeqCst) >= 2, "the garbage server was tried again");
+        // Meanwhile local clients are served as ever.
+        let mut sub = client(addr, "local-sub");
+        sub.subscribe(1, &[("local/#", 1)]);
+        let mut pub_ = client(addr, "local-pub");
+        publish(&mut pub_, "local/x", b"still here", 1, 1, false);
+        assert_eq!(next(&mut sub), ("local/x".into(), 1, b"still here".to_vec(), false));
     }
 );

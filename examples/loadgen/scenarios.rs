@@ -178,9 +178,15 @@ async fn subscribe_all(ctx: &Ctx, r: &mut FrameReader, w: &mut Writer, filters: 
 
 async fn setup_subscriber(ctx: Arc<Ctx>, filters: Vec<String>) -> io::Result<(FrameReader, Writer)> {
     by_deadline(&ctx, "subscriber setup", async {
-        let (mut r, mut w) =
-            mqtt::open(ctx.sub_addr, ctx.source(), &ctx.client_id('s'), ctx.keepalive(), 64 * 1024, ctx.args.persistent)
-                .await?;
+        let (mut r, mut w) = mqtt::open(
+            ctx.sub_addr,
+            ctx.source(),
+            &ctx.client_id('s'),
+            ctx.keepalive(),
+            64 * 1024,
+            ctx.args.persistent,
+        )
+        .await?;
         subscribe_all(&ctx, &mut r, &mut w, &filters).await?;
         Ok((r, w))
     })

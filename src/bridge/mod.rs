@@ -330,6 +330,10 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     side: &str,
 ) -> Result<Vec<Packet>, String> {
     let name = &cx.bridge.name;
+    let protocol = match &connect {
+        Packet::Connect(c) => c.protocol,
+        _ => Protocol::V5,
+    };
     send(cx, writer, connect).await?;
     match within(&cx.rt, CONNECT_TIMEOUT, reader.next()).await {
         None => return Err(format!("no CONNACK from {side} within {CONNECT_TIMEOUT:?}")),
@@ -337,7 +341,7 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         Some(Some(Err(e))) => return Err(format!("bad packet from {side}: {e}")),
         Some(Some(Ok(Packet::Connack(c)))) if c.reason == ReasonCode::SUCCESS => {}
         Some(Some(Ok(Packet::Connack(c)))) => {
-            return Err(format!("{side} refused the connection: {}", connack_reason(c.reason)));
+            return Err(format!("{side} refused the connection: {}", connack_reason(c.reason, protocol)));
         }
         Some(Some(Ok(other))) => return Err(format!("{side} sent {} instead of CONNACK", other.name())),
     }
@@ -376,7 +380,12 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn connack_reason(reason: ReasonCode) -> String {
+fn connack_reason(reason: ReasonCode, protocol: Protocol) -> String {
+    // A 3.1.1 CONNACK's return code, as it was on the wire.
+    let code = match protocol {
+        Protocol::V5 => reason.0,
+        _ => reason.to_connect_code() as u8,
+    };
     let what = match reason.0 {
         0x01 | 0x84 => "unacceptable protocol version",
         0x02 | 0x85 => "client identifier rejected",
@@ -386,7 +395,7 @@ fn connack_reason(reason: ReasonCode) -> String {
         0x8a => "banned",
         _ => "refused",
     };
-    format!("{what} (0x{:02x})", reason.0)
+    format!("{what} (0x{code:02x})")
 }
 
 /// Writes one packet, waiting at most the write timeout for the peer to read.
