@@ -128,7 +128,11 @@ impl Decoder for MqttCodec {
         validate::check_body(header, &frame[body_at..])?;
         let mut packet = decode_frame(&frame)?;
         if let (true, Packet::Subscribe(s)) = (self.bridge, &mut packet) {
-            s.filters.iter_mut().for_each(|(_, options)| options.no_local = true);
+            for (_, options) in &mut s.filters {
+                // As Mosquitto does for a bridge: its own messages never
+                // come back to it, and retained flags are kept.
+                (options.no_local, options.retain_as_published) = (true, true);
+            }
         }
         if let Packet::Connect(connect) = &packet {
             self.protocol.get_or_insert(connect.protocol);

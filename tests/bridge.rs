@@ -250,6 +250,35 @@ pub fn receive_all(sub: &mut Subscriber, c: &mut Raw, acked: &[u32], what: &str)
     }
 }
 
+/// Reads the persistent subscriber `c` in the background from now on (a
+/// subscriber nobody reads makes the remote queue for it, and Mosquitto
+/// drops beyond its limits), until every message sent on the channel arrived.
+fn receive_in_background(
+    mut c: Raw,
+    what: &'static str,
+) -> (mpsc::Sender<Vec<u32>>, std::thread::JoinHandle<Subscriber>) {
+    let (tx, rx) = mpsc::channel::<Vec<u32>>();
+    let reader = std::thread::spawn(move || {
+        let mut sub = Subscriber::default();
+        c.set_read_timeout(Duration::from_millis(100));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(acked) = rx.try_recv() {
+                c.set_read_timeout(crate::support::client::TIMEOUT);
+                receive_all(&mut sub, &mut c, &acked, what);
+                return sub;
+            }
+            match c.try_recv() {
+                Ok(p) => drop(sub.handle(&mut c, p)),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("{what}: the subscriber's connection failed: {e}"),
+            }
+        }
+        panic!("{what}: the test never said what to expect");
+    });
+    (tx, reader)
+}
+
 /// Per topic and QoS, messages first arrive in the order they were
 /// published (MQTT 4.6: order holds per QoS level; Mosquitto sends a QoS 2
 /// message on once its PUBREL arrives, after QoS 1 ones published later).
@@ -340,10 +369,11 @@ runtime_kind_test!(
     link_cut_mid_stream_loses_nothing,
     |kind: midge::RuntimeKind| {
         let dir = TempDir::new("bridge-cut");
-        let remote = Mosquitto::start(&dir.0, free_port(), "max_queued_messages 0\nmax_inflight_messages 20");
+        let remote = Mosquitto::start(&dir.0, free_port(), "");
         let proxy = Proxy::to(remote.addr);
         let (mut c, _) = Subscriber::connect_as(remote.addr, "far-sub");
         c.subscribe(1, &[("crash/#", 2)]);
+        let (expect, reader) = receive_in_background(c, "link cut");
         let edge = TestBroker::start(kind, |c| {
             c.max_queued = 100_000;
             c.bridges = vec![bridge_to(proxy.addr, stream_topics())];
@@ -358,9 +388,8 @@ runtime_kind_test!(
         let acked = publisher.join().unwrap();
         assert_eq!(acked.len(), STREAM as usize, "acknowledged while the link was down");
         proxy.restore();
-        let mut subscriber = Subscriber::default();
-        receive_all(&mut subscriber, &mut c, &acked, "link cut");
-        assert_in_order(&subscriber, "link cut");
+        expect.send(acked).unwrap();
+        assert_in_order(&reader.join().unwrap(), "link cut");
     }
 );
 
@@ -453,9 +482,10 @@ runtime_kind_test!(
     |kind: midge::RuntimeKind| {
         let dir = TempDir::new("bridge-kill-edge");
         let data = TempDir::new("bridge-kill-edge-data");
-        let remote = Mosquitto::start(&dir.0, free_port(), "max_queued_messages 0");
+        let remote = Mosquitto::start(&dir.0, free_port(), "");
         let (mut c, _) = Subscriber::connect_as(remote.addr, "far-sub");
         c.subscribe(1, &[("crash/#", 2)]);
+        let (expect, reader) = receive_in_background(c, "midge killed");
         let conf = edge_toml(
             &dir,
             &format!(
@@ -474,9 +504,8 @@ runtime_kind_test!(
         drop(edge);
         let (mut edge, _addr) = start_with(kind.name(), &data, &["-c", &conf]);
         edge.wait_for("bridge edge: connected to");
-        let mut subscriber = Subscriber::default();
-        receive_all(&mut subscriber, &mut c, &acked, "midge killed");
-        assert_in_order(&subscriber, "midge killed");
+        expect.send(acked).unwrap();
+        assert_in_order(&reader.join().unwrap(), "midge killed");
     }
 );
 
@@ -606,5 +635,54 @@ runtime_kind_test!(
         let mut pub_ = client(addr, "local-pub");
         publish(&mut pub_, "local/x", b"still here", 1, 1, false);
         assert_eq!(next(&mut sub), ("local/x".into(), 1, b"still here".to_vec(), false));
+    }
+);
+
+runtime_kind_test!(
+    /// `address` with several remotes: an unreachable first one is skipped
+    /// for the next.
+    the_next_address_is_tried_after_a_failure,
+    |kind: midge::RuntimeKind| {
+        let central = TestBroker::start(kind, |_| {});
+        let out = vec![topic("data/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "")];
+        let edge = TestBroker::start(kind, |c| {
+            let mut bridge = bridge_to(central.addr, out);
+            bridge.addresses.insert(0, ("127.0.0.1".into(), free_port()));
+            c.bridges = vec![bridge];
+        });
+        let mut far = central.client("far");
+        far.subscribe(1, &[("data/#", 1)]);
+        wait_until_up(&edge);
+        let mut near = edge.client("near");
+        publish(&mut near, "data/1", b"via the second address", 1, 1, false);
+        assert_eq!(next(&mut far).2, b"via the second address");
+    }
+);
+
+runtime_kind_test!(
+    /// `start_type lazy`: the bridge connects once `threshold` messages are
+    /// queued for the remote, and delivers them all.
+    a_lazy_bridge_connects_at_its_threshold,
+    |kind: midge::RuntimeKind| {
+        let central = TestBroker::start(kind, |_| {});
+        let out = vec![topic("data/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "")];
+        let edge = TestBroker::start(kind, |c| {
+            c.bridges = vec![Bridge {
+                start_type: midge::config::StartType::Lazy,
+                threshold: 3,
+                ..bridge_to(central.addr, out)
+            }];
+        });
+        let mut far = central.client("far");
+        far.subscribe(1, &[("data/#", 1)]);
+        let mut near = edge.client("near");
+        for pid in 1..=2 {
+            publish(&mut near, "data/x", &[b'0' + pid as u8], 1, pid, false);
+        }
+        let stats = edge.broker.stats().bridges();
+        assert_eq!(stats[0].connects.load(SeqCst), 0, "below the threshold, not connected");
+        publish(&mut near, "data/x", b"3", 1, 3, false);
+        let got: Vec<Vec<u8>> = (0..3).map(|_| next(&mut far).2).collect();
+        assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
     }
 );

@@ -56,7 +56,7 @@ use futures::{SinkExt, StreamExt, pin_mut};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// The listener index a bridge's own connection to this broker carries: it
@@ -111,6 +111,9 @@ struct Context<R: Runtime> {
     last_traffic: std::sync::Mutex<Instant>,
     /// Closed when the server stops: ends the bridge's local connection too.
     shutdown: Receiver<()>,
+    /// The largest packet the remote accepts (its 5.0 CONNACK's Maximum
+    /// Packet Size), for the current link.
+    remote_max_packet: AtomicUsize,
 }
 
 /// Runs one bridge until `stopped` closes: connects, relays, and reconnects
@@ -139,6 +142,7 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
         last_traffic: std::sync::Mutex::new(Instant::now()),
         bridge: Arc::new(bridge),
         shutdown: stopped.clone(),
+        remote_max_packet: AtomicUsize::new(usize::MAX),
     };
     let stop = stopped.recv();
     pin_mut!(stop);
@@ -281,7 +285,9 @@ fn remap<'a>(topics: &'a [BridgeTopic], name: &str, from_remote: bool) -> Option
     })
 }
 
-fn local_connect(local_id: &str) -> Packet {
+/// CONNECT for the bridge's session here; `receive_maximum`: what the
+/// remote accepts in flight, so this broker never sends the bridge more.
+fn local_connect(local_id: &str, receive_maximum: Option<u16>) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: Protocol::V5,
         keep_alive: 0,
@@ -290,7 +296,7 @@ fn local_connect(local_id: &str) -> Packet {
         will: None,
         username: None,
         password: None,
-        properties: Properties { session_expiry: Some(u32::MAX), ..Properties::default() },
+        properties: Properties { session_expiry: Some(u32::MAX), receive_maximum, ..Properties::default() },
     }))
 }
 
@@ -298,6 +304,7 @@ fn local_connect(local_id: &str) -> Packet {
 /// `out` subscriptions (SUBACK awaited; packets before it are kept, in order).
 async fn open_local<R: Runtime>(
     cx: &Context<R>,
+    receive_maximum: Option<u16>,
 ) -> Result<(Reader<pipe::PipeEnd>, Writer<pipe::PipeEnd>, Vec<Packet>), String> {
     let (ours, theirs) = pipe::pipe();
     let peer = Peer { listener: BRIDGE_LISTENER, ..Peer::plain(SocketAddr::from(([127, 0, 0, 1], 0))) };
@@ -307,13 +314,14 @@ async fn open_local<R: Runtime>(
     let mut reader = FramedRead::new(read, ClientCodec::new(Protocol::V5, MAX_PACKET, false));
     let writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(Protocol::V5, MAX_PACKET, false)));
     let filters = filters(&cx.bridge, false);
-    let early = handshake(cx, &mut reader, &writer, local_connect(&cx.local_id), filters, "this broker").await?;
+    let connect = local_connect(&cx.local_id, receive_maximum);
+    let (_, early) = handshake(cx, &mut reader, &writer, connect, filters, "this broker").await?;
     Ok((reader, writer, early))
 }
 
 /// Makes sure the bridge's session and subscriptions exist here.
 async fn prepare_local<R: Runtime>(cx: &Context<R>) -> Result<(), String> {
-    let (_reader, writer, _early) = open_local(cx).await?;
+    let (_reader, writer, _early) = open_local(cx, None).await?;
     let mut w = writer.lock().await;
     let _ = within(&cx.rt, CONNECT_TIMEOUT, w.send(&Packet::Disconnect(Box::default()))).await;
     Ok(())
@@ -328,26 +336,26 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     connect: Packet,
     filters: Vec<(String, SubscriptionOptions)>,
     side: &str,
-) -> Result<Vec<Packet>, String> {
+) -> Result<(Properties, Vec<Packet>), String> {
     let name = &cx.bridge.name;
     let protocol = match &connect {
         Packet::Connect(c) => c.protocol,
         _ => Protocol::V5,
     };
     send(cx, writer, connect).await?;
-    match within(&cx.rt, CONNECT_TIMEOUT, reader.next()).await {
+    let connack = match within(&cx.rt, CONNECT_TIMEOUT, reader.next()).await {
         None => return Err(format!("no CONNACK from {side} within {CONNECT_TIMEOUT:?}")),
         Some(None) => return Err(format!("{side} closed the connection before CONNACK")),
         Some(Some(Err(e))) => return Err(format!("bad packet from {side}: {e}")),
-        Some(Some(Ok(Packet::Connack(c)))) if c.reason == ReasonCode::SUCCESS => {}
+        Some(Some(Ok(Packet::Connack(c)))) if c.reason == ReasonCode::SUCCESS => c.properties,
         Some(Some(Ok(Packet::Connack(c)))) => {
             return Err(format!("{side} refused the connection: {}", connack_reason(c.reason, protocol)));
         }
         Some(Some(Ok(other))) => return Err(format!("{side} sent {} instead of CONNACK", other.name())),
-    }
+    };
     let mut early = Vec::new();
     if filters.is_empty() {
-        return Ok(early);
+        return Ok((connack, early));
     }
     let wanted: Vec<String> = filters.iter().map(|(f, _)| f.clone()).collect();
     send(cx, writer, Packet::Subscribe(Box::new(Subscribe { pid: 1, filters, id: None }))).await?;
@@ -372,7 +380,7 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         );
                     }
                 }
-                return Ok(early);
+                return Ok((connack, early));
             }
             other if early.len() < MAX_EARLY => early.push(other),
             _ => return Err(format!("{side} sent {MAX_EARLY} packets before its SUBACK")),
@@ -473,10 +481,13 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     let try_private = bridge.try_private && bridge.protocol != Protocol::V5;
     let mut remote_reader = FramedRead::new(read, ClientCodec::new(bridge.protocol, MAX_PACKET, try_private));
     let remote_writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(bridge.protocol, MAX_PACKET, try_private)));
-    let remote_early =
+    let (connack, remote_early) =
         handshake(cx, &mut remote_reader, &remote_writer, remote_connect(bridge), filters(bridge, true), "the remote")
             .await?;
-    let (mut local_reader, local_writer, local_early) = open_local(cx).await?;
+    // 5.0: what the remote takes (Maximum Packet Size, Receive Maximum).
+    let remote_max = connack.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+    cx.remote_max_packet.store(remote_max, Relaxed);
+    let (mut local_reader, local_writer, local_early) = open_local(cx, connack.receive_maximum).await?;
     cx.stats.connected.store(1, Relaxed);
     cx.stats.connects.fetch_add(1, Relaxed);
     let version = match bridge.protocol {
@@ -555,6 +566,25 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     ended
 }
 
+/// The whole PUBLISH's size on the wire in `protocol`.
+fn packet_len(protocol: Protocol, p: &Publish) -> usize {
+    crate::codec::packet_len(crate::codec::publish_remaining_length_for(protocol, p))
+}
+
+/// Acknowledges a PUBLISH that is not relayed (PUBACK, or PUBREC: the
+/// PUBREL that follows is relayed and answered by the other side).
+async fn acknowledge<R: Runtime, S: AsyncWrite + Unpin>(
+    cx: &Context<R>,
+    to: &Writer<S>,
+    p: &Publish,
+) -> Result<(), String> {
+    match (p.qos, p.pid) {
+        (QoS::AtLeastOnce, Some(pid)) => send(cx, to, Packet::Puback(Ack::ok(pid))).await,
+        (QoS::ExactlyOnce, Some(pid)) => send(cx, to, Packet::Pubrec(Ack::ok(pid))).await,
+        _ => Ok(()),
+    }
+}
+
 fn touch<R: Runtime>(cx: &Context<R>) {
     *cx.last_traffic.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
 }
@@ -567,27 +597,33 @@ async fn outward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
     remote: &Writer<T>,
 ) -> Result<(), String> {
     match packet {
-        Packet::Publish(p) => match remap(&cx.bridge.topics, &p.topic, false) {
-            Some((topic, _)) => {
-                touch(cx);
-                cx.stats.forwarded.fetch_add(1, Relaxed);
-                let forward = Publish { topic: topic.into(), topic_alias: None, subscription_id: None, ..p };
-                send(cx, remote, Packet::Publish(forward)).await
-            }
-            None => {
-                // A subscription left from an earlier configuration.
-                log::debug!(
-                    "bridge {}: {:?} matches no out topic; acknowledged, not forwarded",
-                    cx.bridge.name,
-                    p.topic
-                );
-                match (p.qos, p.pid) {
-                    (QoS::AtLeastOnce, Some(pid)) => send(cx, local, Packet::Puback(Ack::ok(pid))).await,
-                    (QoS::ExactlyOnce, Some(pid)) => send(cx, local, Packet::Pubrec(Ack::ok(pid))).await,
-                    _ => Ok(()),
+        Packet::Publish(p) => {
+            let forward = remap(&cx.bridge.topics, &p.topic, false).map(|(topic, _)| Publish {
+                topic: topic.into(),
+                topic_alias: None,
+                subscription_id: None,
+                ..p.clone()
+            });
+            match forward {
+                Some(f) if packet_len(cx.bridge.protocol, &f) <= cx.remote_max_packet.load(Relaxed) => {
+                    touch(cx);
+                    cx.stats.forwarded.fetch_add(1, Relaxed);
+                    send(cx, remote, Packet::Publish(f)).await
+                }
+                Some(f) => {
+                    // Sending it would only get the link closed, again and again.
+                    cx.broker.stats().dropped(crate::stats::DropCause::TooLarge, 1);
+                    let name = &cx.bridge.name;
+                    log::warn!("bridge {name}: a message on {:?} is larger than the remote accepts; dropped", f.topic);
+                    acknowledge(cx, local, &p).await
+                }
+                None => {
+                    // A subscription left from an earlier configuration.
+                    log::debug!("bridge {}: {:?} matches no out topic; not forwarded", cx.bridge.name, p.topic);
+                    acknowledge(cx, local, &p).await
                 }
             }
-        },
+        }
         // Acknowledgements of what the remote sent, and QoS 2 releases.
         p @ (Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_)) => {
             send(cx, remote, p).await
@@ -605,26 +641,28 @@ async fn inward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
     remote: &Writer<T>,
 ) -> Result<(), String> {
     match packet {
-        Packet::Publish(p) => match remap(&cx.bridge.topics, &p.topic, true) {
-            Some((topic, _)) if topic::validate_name(&topic).is_ok() => {
-                touch(cx);
-                cx.stats.received.fetch_add(1, Relaxed);
-                send(cx, local, Packet::Publish(Publish { topic: topic.into(), ..p })).await
-            }
-            _ => {
-                cx.stats.refused.fetch_add(1, Relaxed);
-                log::warn!(
-                    "bridge {}: the remote sent {:?}, which matches no in topic; dropped",
-                    cx.bridge.name,
-                    p.topic
-                );
-                match (p.qos, p.pid) {
-                    (QoS::AtLeastOnce, Some(pid)) => send(cx, remote, Packet::Puback(Ack::ok(pid))).await,
-                    (QoS::ExactlyOnce, Some(pid)) => send(cx, remote, Packet::Pubrec(Ack::ok(pid))).await,
-                    _ => Ok(()),
+        Packet::Publish(p) => {
+            let bring = remap(&cx.bridge.topics, &p.topic, true)
+                .filter(|(topic, _)| topic::validate_name(topic).is_ok())
+                .map(|(topic, _)| Publish { topic: topic.into(), ..p.clone() });
+            match bring {
+                Some(b) if packet_len(Protocol::V5, &b) <= cx.broker.config().max_packet_size => {
+                    touch(cx);
+                    cx.stats.received.fetch_add(1, Relaxed);
+                    send(cx, local, Packet::Publish(b)).await
+                }
+                other => {
+                    cx.stats.refused.fetch_add(1, Relaxed);
+                    let why = match other {
+                        Some(_) => "is larger than this broker's max_packet_size",
+                        None => "matches no in topic",
+                    };
+                    let name = &cx.bridge.name;
+                    log::warn!("bridge {name}: the remote sent a message on {:?}, which {why}; dropped", p.topic);
+                    acknowledge(cx, remote, &p).await
                 }
             }
-        },
+        }
         // Acknowledgements of what was forwarded, and QoS 2 releases.
         p @ (Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_)) => {
             send(cx, local, p).await

@@ -295,6 +295,11 @@ impl Raw {
         Ok(Received { header, body })
     }
 
+    /// Sets the time one read may wait (default [`TIMEOUT`]).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.socket().set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Reads packets until `accept` returns `Some`, and returns that; panics
     /// naming `what` (and the last packet seen) if `within` passes first.
     /// For waits on values that arrive repeatedly (`$SYS` updates), where a
