@@ -350,6 +350,16 @@ impl Broker {
         Some((s.session.pending(), s.session.dropped))
     }
 
+    /// Forgets the inbound QoS 2 ids of `client_id`'s session (see
+    /// [`crate::session::Session::forget_incoming`]).
+    pub fn forget_incoming(&self, client_id: &str) {
+        let session = lock(&self.shared.registry).get(client_id).map(|e| e.session.clone());
+        if let Some(session) = session {
+            // The guard writes the journal to the store as it unlocks.
+            session.lock().session.forget_incoming(None);
+        }
+    }
+
     /// (filter, client) subscriptions.
     pub fn subscription_count(&self) -> usize {
         read(&self.shared.subscriptions).len()
@@ -574,8 +584,13 @@ impl Broker {
         let now = SystemTime::now();
         let expired: Vec<Arc<str>> = registry
             .iter()
-            .filter(|(_, e)| {
+            .filter(|(id, e)| {
                 let Some(left) = e.left else { return false };
+                // A bridge's session holds what waits for its remote: it
+                // never expires (persistent_client_expiration included).
+                if self.shared.config.bridges.iter().any(|b| b.local_id() == ***id) {
+                    return false;
+                }
                 let gone = now.duration_since(left).unwrap_or_default();
                 let own = e.session.lock().session.expiry.map(|s| Duration::from_secs(u64::from(s)));
                 let limit = match (own, max_age) {

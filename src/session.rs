@@ -621,6 +621,20 @@ impl Session {
         taken
     }
 
+    /// Forgets inbound QoS 2 ids: `Some(pid)` one the PUBREC refused (an
+    /// error PUBREC ends the exchange, MQTT 5.0 4.3.3: no PUBREL follows),
+    /// `None` every one (the publisher's session on the far side of a
+    /// bridge was new: its ids start over).
+    pub fn forget_incoming(&mut self, pid: Option<Pid>) {
+        let pids: Vec<Pid> = match pid {
+            Some(pid) => self.incoming.take(&pid).into_iter().collect(),
+            None => self.incoming.drain().collect(),
+        };
+        for pid in pids {
+            self.record(|id| Op::Incoming(id, pid, false));
+        }
+    }
+
     /// Inbound QoS 2 ids received and not yet released.
     pub fn incoming_len(&self) -> usize {
         self.incoming.len()

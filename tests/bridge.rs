@@ -686,3 +686,42 @@ runtime_kind_test!(
         assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
     }
 );
+
+runtime_kind_test!(
+    /// A client may not take the bridge's own session (its client id): it
+    /// would discard or read what waits for the remote. CONNACK 2.
+    a_client_cannot_take_the_bridges_session,
+    |kind: midge::RuntimeKind| {
+        let central = TestBroker::start(kind, |_| {});
+        let out = vec![topic("data/#", BridgeDirection::Out, QoS::AtLeastOnce, "", "")];
+        let edge = TestBroker::start(kind, |c| c.bridges = vec![bridge_to(central.addr, out)]);
+        wait_until_up(&edge);
+        let mut intruder = edge.raw();
+        intruder.send(&packets::connect("local.edge-bridge", true, 60));
+        intruder.expect(&[0x20, 2, 0, 2]);
+    }
+);
+
+runtime_kind_test!(
+    /// A message from the remote that this broker would close the bridge's
+    /// connection for (deeper than max_topic_levels once prefixed) is
+    /// acknowledged and dropped; the link stays up and what follows arrives.
+    a_message_this_broker_refuses_does_not_make_the_link_flap,
+    |kind: midge::RuntimeKind| {
+        let central = TestBroker::start(kind, |_| {});
+        let cmd = vec![topic("cmd/#", BridgeDirection::In, QoS::AtLeastOnce, "edge/a/b/", "")];
+        let edge = TestBroker::start(kind, |c| {
+            c.max_topic_levels = 5;
+            c.bridges = vec![bridge_to(central.addr, cmd)];
+        });
+        wait_until_up(&edge);
+        let mut near = edge.client("near");
+        near.subscribe(1, &[("edge/#", 1)]);
+        let mut far = central.client("far");
+        publish(&mut far, "cmd/1/2/3", b"too deep here", 1, 1, false);
+        publish(&mut far, "cmd/ok", b"fine", 1, 2, false);
+        assert_eq!(next(&mut near), ("edge/a/b/cmd/ok".into(), 1, b"fine".to_vec(), false));
+        let stats = &edge.broker.stats().bridges()[0];
+        assert_eq!((stats.connects.load(SeqCst), stats.refused.load(SeqCst)), (1, 1));
+    }
+);

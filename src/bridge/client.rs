@@ -253,8 +253,12 @@ fn put_string(body: &mut BytesMut, s: &[u8]) {
 
 fn encode_connect_v311(c: &Connect, try_private: bool, dst: &mut BytesMut) {
     let mut body = BytesMut::new();
-    put_string(&mut body, b"MQTT");
-    body.put_u8(4 | if try_private { 0x80 } else { 0 });
+    let (name, level): (&[u8], u8) = match c.protocol {
+        Protocol::V31 => (b"MQIsdp", 3),
+        _ => (b"MQTT", 4),
+    };
+    put_string(&mut body, name);
+    body.put_u8(level | if try_private { 0x80 } else { 0 });
     let mut flags = u8::from(c.clean_session) << 1;
     if let Some(w) = &c.will {
         flags |= 0x04 | (w.qos as u8) << 3 | u8::from(w.retain) << 5;

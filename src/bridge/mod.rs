@@ -52,16 +52,17 @@ use client::ClientCodec;
 use futures::future::{Either, select};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
 use futures::lock::Mutex;
-use futures::{SinkExt, StreamExt, pin_mut};
+use futures::{FutureExt, SinkExt, StreamExt, pin_mut};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// The listener index a bridge's own connection to this broker carries: it
 /// is trusted (no password, no ACL) and not counted on any listener.
-pub const BRIDGE_LISTENER: usize = usize::MAX;
+/// (`u16::MAX`: the store keeps a session's listener as 16 bits.)
+pub const BRIDGE_LISTENER: usize = u16::MAX as usize;
 
 /// How long connecting (TCP, TLS, CONNECT to CONNACK, SUBSCRIBE to SUBACK)
 /// may take.
@@ -70,7 +71,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PACKET: usize = 256 << 20;
 /// Packets that may arrive while a SUBACK is awaited before the link is
 /// given up (the peer's in-flight window bounds them in practice).
-const MAX_EARLY: usize = 100_000;
+const MAX_EARLY: usize = 10_000;
+/// Payload bytes that may arrive before a SUBACK.
+const MAX_EARLY_BYTES: usize = 64 << 20;
 /// A link that stayed up this long starts its next backoff from the base.
 const STABLE: Duration = Duration::from_secs(60);
 
@@ -114,6 +117,14 @@ struct Context<R: Runtime> {
     /// The largest packet the remote accepts (its 5.0 CONNACK's Maximum
     /// Packet Size), for the current link.
     remote_max_packet: AtomicUsize,
+    /// The remote takes retained messages (a 5.0 CONNACK may say it does not).
+    remote_retains: AtomicBool,
+    /// A 3.1.1 CONNECT carries the bridge mark (`try_private`, until a
+    /// remote refuses it).
+    private: AtomicBool,
+    /// No link has been up yet in this process: the first asks this
+    /// broker for the retained messages of the `out` topics.
+    first_link: AtomicBool,
 }
 
 /// Runs one bridge until `stopped` closes: connects, relays, and reconnects
@@ -132,6 +143,7 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
     };
     let local_id: Arc<str> = bridge.local_id().into();
     let keepalive = Duration::from_secs(u64::from(bridge.keepalive));
+    let bridge_private = bridge.try_private && bridge.protocol != Protocol::V5;
     let cx = Context {
         stats: broker.stats().add_bridge(&name, &local_id),
         rt,
@@ -143,6 +155,9 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
         bridge: Arc::new(bridge),
         shutdown: stopped.clone(),
         remote_max_packet: AtomicUsize::new(usize::MAX),
+        remote_retains: AtomicBool::new(true),
+        private: AtomicBool::new(bridge_private),
+        first_link: AtomicBool::new(true),
     };
     let stop = stopped.recv();
     pin_mut!(stop);
@@ -250,14 +265,20 @@ fn notify_local<R: Runtime>(cx: &Context<R>, up: bool) {
     }
 }
 
-/// The filters the bridge subscribes to on one side.
-fn filters(bridge: &Bridge, remote: bool) -> Vec<(String, SubscriptionOptions)> {
+/// The filters the bridge subscribes to on one side, at most at `max_qos`
+/// (what a 5.0 remote takes), retained messages sent as `retained` says.
+fn filters(
+    bridge: &Bridge,
+    remote: bool,
+    max_qos: QoS,
+    retained: RetainHandling,
+) -> Vec<(String, SubscriptionOptions)> {
     let wanted = if remote { BridgeDirection::In } else { BridgeDirection::Out };
-    let options = |qos| SubscriptionOptions {
-        qos,
+    let options = |qos: QoS| SubscriptionOptions {
+        qos: qos.min(max_qos),
         no_local: true,
         retain_as_published: true,
-        retain_handling: RetainHandling::OnNewSubscription,
+        retain_handling: retained,
     };
     bridge
         .topics
@@ -305,6 +326,8 @@ fn local_connect(local_id: &str, receive_maximum: Option<u16>) -> Packet {
 async fn open_local<R: Runtime>(
     cx: &Context<R>,
     receive_maximum: Option<u16>,
+    max_qos: QoS,
+    retained: RetainHandling,
 ) -> Result<(Reader<pipe::PipeEnd>, Writer<pipe::PipeEnd>, Vec<Packet>), String> {
     let (ours, theirs) = pipe::pipe();
     let peer = Peer { listener: BRIDGE_LISTENER, ..Peer::plain(SocketAddr::from(([127, 0, 0, 1], 0))) };
@@ -313,15 +336,17 @@ async fn open_local<R: Runtime>(
     let (read, write) = ours.split();
     let mut reader = FramedRead::new(read, ClientCodec::new(Protocol::V5, MAX_PACKET, false));
     let writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(Protocol::V5, MAX_PACKET, false)));
-    let filters = filters(&cx.bridge, false);
+    let filters = filters(&cx.bridge, false, max_qos, retained);
     let connect = local_connect(&cx.local_id, receive_maximum);
     let (_, early) = handshake(cx, &mut reader, &writer, connect, filters, "this broker").await?;
     Ok((reader, writer, early))
 }
 
-/// Makes sure the bridge's session and subscriptions exist here.
+/// Makes sure the bridge's session and subscriptions exist here. Retained
+/// messages are not sent to this connection (it reads nothing): the first
+/// link of this process asks for them.
 async fn prepare_local<R: Runtime>(cx: &Context<R>) -> Result<(), String> {
-    let (_reader, writer, _early) = open_local(cx, None).await?;
+    let (_reader, writer, _early) = open_local(cx, Some(1), QoS::ExactlyOnce, RetainHandling::Never).await?;
     let mut w = writer.lock().await;
     let _ = within(&cx.rt, CONNECT_TIMEOUT, w.send(&Packet::Disconnect(Box::default()))).await;
     Ok(())
@@ -336,7 +361,7 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     connect: Packet,
     filters: Vec<(String, SubscriptionOptions)>,
     side: &str,
-) -> Result<(Properties, Vec<Packet>), String> {
+) -> Result<(Box<crate::packet::Connack>, Vec<Packet>), String> {
     let name = &cx.bridge.name;
     let protocol = match &connect {
         Packet::Connect(c) => c.protocol,
@@ -347,13 +372,21 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         None => return Err(format!("no CONNACK from {side} within {CONNECT_TIMEOUT:?}")),
         Some(None) => return Err(format!("{side} closed the connection before CONNACK")),
         Some(Some(Err(e))) => return Err(format!("bad packet from {side}: {e}")),
-        Some(Some(Ok(Packet::Connack(c)))) if c.reason == ReasonCode::SUCCESS => c.properties,
+        Some(Some(Ok(Packet::Connack(c)))) if c.reason == ReasonCode::SUCCESS => c,
+        Some(Some(Ok(Packet::Connack(c))))
+            if c.reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION && cx.private.load(Relaxed) =>
+        {
+            // Mosquitto's rule: a broker that refuses the bridge mark gets a
+            // plain 3.1.1 CONNECT next time.
+            cx.private.store(false, Relaxed);
+            return Err(format!("{side} refused the bridge mark (try_private); retrying without it"));
+        }
         Some(Some(Ok(Packet::Connack(c)))) => {
             return Err(format!("{side} refused the connection: {}", connack_reason(c.reason, protocol)));
         }
         Some(Some(Ok(other))) => return Err(format!("{side} sent {} instead of CONNACK", other.name())),
     };
-    let mut early = Vec::new();
+    let (mut early, mut early_bytes) = (Vec::new(), 0usize);
     if filters.is_empty() {
         return Ok((connack, early));
     }
@@ -382,8 +415,17 @@ async fn handshake<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 return Ok((connack, early));
             }
-            other if early.len() < MAX_EARLY => early.push(other),
-            _ => return Err(format!("{side} sent {MAX_EARLY} packets before its SUBACK")),
+            other if early.len() < MAX_EARLY && early_bytes < MAX_EARLY_BYTES => {
+                if let Packet::Publish(p) = &other {
+                    early_bytes += p.payload.len() + p.topic.len();
+                }
+                early.push(other)
+            }
+            _ => {
+                return Err(format!(
+                    "{side} sent more than {MAX_EARLY} packets or {MAX_EARLY_BYTES} bytes before its SUBACK"
+                ));
+            }
         }
     }
 }
@@ -420,6 +462,35 @@ async fn send<R: Runtime, S: AsyncWrite + Unpin>(
     }
 }
 
+/// Queues one packet in the writer (written once its buffer fills, or at
+/// the next [`flush`]), waiting at most the write timeout.
+async fn feed<R: Runtime, S: AsyncWrite + Unpin>(
+    cx: &Context<R>,
+    writer: &Writer<S>,
+    packet: Packet,
+) -> Result<(), String> {
+    let mut w = writer.lock().await;
+    match within(&cx.rt, cx.write_timeout, w.feed(&packet)).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(format!("write failed: {e}")),
+        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
+    }
+}
+
+/// Writes out what [`feed`] queued, waiting at most the write timeout.
+async fn flush<R: Runtime, S: AsyncWrite + Unpin>(cx: &Context<R>, writer: &Writer<S>) -> Result<(), String> {
+    let mut w = writer.lock().await;
+    match within(&cx.rt, cx.write_timeout, SinkExt::<&Packet>::flush(&mut *w)).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(format!("write failed: {e}")),
+        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
+    }
+}
+
+/// Packets relayed before the writers are flushed: what one read brought
+/// goes out in one write.
+const BATCH: usize = 64;
+
 /// Connects to the remote (TCP, then TLS when configured).
 async fn dial<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Stream, String> {
     let target = (host.to_owned(), port);
@@ -446,7 +517,13 @@ async fn dial<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Stre
     Err(last)
 }
 
-fn remote_connect(bridge: &Bridge) -> Packet {
+/// The largest packet the bridge takes from its remote: what this broker
+/// takes, and room for a longer prefix.
+fn max_packet(broker: &Broker) -> usize {
+    broker.config().max_packet_size.saturating_add(64 * 1024).min(MAX_PACKET)
+}
+
+fn remote_connect(bridge: &Bridge, max_packet: usize) -> Packet {
     let v5 = bridge.protocol == Protocol::V5;
     let will = bridge.notifications.then(|| Will {
         topic: bridge.state_topic().into(),
@@ -467,7 +544,7 @@ fn remote_connect(bridge: &Bridge) -> Packet {
         properties: Properties {
             // 5.0: a session kept across reconnects needs an expiry interval.
             session_expiry: (v5 && !bridge.clean_session).then_some(u32::MAX),
-            maximum_packet_size: v5.then_some(MAX_PACKET as u32),
+            maximum_packet_size: v5.then_some(max_packet as u32),
             ..Properties::default()
         },
     }))
@@ -478,16 +555,32 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     let bridge = &cx.bridge;
     let stream = dial(cx, host, port).await?;
     let (read, write) = stream.split();
-    let try_private = bridge.try_private && bridge.protocol != Protocol::V5;
-    let mut remote_reader = FramedRead::new(read, ClientCodec::new(bridge.protocol, MAX_PACKET, try_private));
-    let remote_writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(bridge.protocol, MAX_PACKET, try_private)));
+    let try_private = cx.private.load(Relaxed);
+    let max = max_packet(&cx.broker);
+    let mut remote_reader = FramedRead::new(read, ClientCodec::new(bridge.protocol, max, try_private));
+    let remote_writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(bridge.protocol, max, try_private)));
+    let in_filters = filters(bridge, true, QoS::ExactlyOnce, RetainHandling::OnNewSubscription);
     let (connack, remote_early) =
-        handshake(cx, &mut remote_reader, &remote_writer, remote_connect(bridge), filters(bridge, true), "the remote")
+        handshake(cx, &mut remote_reader, &remote_writer, remote_connect(bridge, max), in_filters, "the remote")
             .await?;
-    // 5.0: what the remote takes (Maximum Packet Size, Receive Maximum).
-    let remote_max = connack.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
-    cx.remote_max_packet.store(remote_max, Relaxed);
-    let (mut local_reader, local_writer, local_early) = open_local(cx, connack.receive_maximum).await?;
+    if !connack.session_present {
+        // The remote starts over: packet ids of its QoS 2 messages that this
+        // broker still remembers (released by a PUBREL that never came)
+        // would make new messages with those ids look like duplicates.
+        cx.broker.forget_incoming(&cx.local_id);
+    }
+    // 5.0: what the remote takes (Maximum Packet Size, Receive Maximum,
+    // Maximum QoS, Retain Available).
+    let remote = &connack.properties;
+    cx.remote_max_packet.store(remote.maximum_packet_size.map_or(usize::MAX, |m| m as usize), Relaxed);
+    cx.remote_retains.store(remote.retain_available != Some(false), Relaxed);
+    let max_qos = remote.maximum_qos.unwrap_or(QoS::ExactlyOnce);
+    let retained = match cx.first_link.swap(false, Relaxed) {
+        true => RetainHandling::OnSubscribe,
+        false => RetainHandling::OnNewSubscription,
+    };
+    let (mut local_reader, local_writer, local_early) =
+        open_local(cx, remote.receive_maximum, max_qos, retained).await?;
     cx.stats.connected.store(1, Relaxed);
     cx.stats.connects.fetch_add(1, Relaxed);
     let version = match bridge.protocol {
@@ -508,16 +601,29 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     for packet in remote_early {
         inward(cx, packet, &local_writer, &remote_writer).await?;
     }
+    flush(cx, &remote_writer).await?;
+    flush(cx, &local_writer).await?;
     let out = async {
         loop {
-            match local_reader.next().await {
-                Some(Ok(packet)) => outward(cx, packet, &local_writer, &remote_writer).await?,
-                Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from this broker: {e}")),
-                None => return Err("this broker closed the bridge's session".to_owned()),
+            let (mut next, mut relayed) = (Some(local_reader.next().await), 0);
+            while let Some(item) = next.take() {
+                match item {
+                    Some(Ok(packet)) => outward(cx, packet, &local_writer, &remote_writer).await?,
+                    Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from this broker: {e}")),
+                    None => return Err("this broker closed the bridge's session".to_owned()),
+                }
+                relayed += 1;
+                // Only fetched when it will be relayed in this batch.
+                if relayed < BATCH {
+                    next = local_reader.next().now_or_never();
+                }
             }
+            flush(cx, &remote_writer).await?;
+            flush(cx, &local_writer).await?;
         }
     };
-    let keepalive = Duration::from_secs(u64::from(bridge.keepalive));
+    // MQTT-3.2.2-21: a 5.0 server's keepalive is the one to use.
+    let keepalive = Duration::from_secs(u64::from(remote.server_keep_alive.unwrap_or(bridge.keepalive)));
     let silence = if keepalive.is_zero() { None } else { Some(keepalive * 3 / 2) };
     let inn = async {
         loop {
@@ -527,11 +633,20 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
                     .ok_or_else(|| format!("nothing from the remote for {limit:?} (keepalive)"))?,
                 None => remote_reader.next().await,
             };
-            match next {
-                Some(Ok(packet)) => inward(cx, packet, &local_writer, &remote_writer).await?,
-                Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from the remote: {e}")),
-                None => return Err("the remote closed the connection".to_owned()),
+            let (mut next, mut relayed) = (Some(next), 0);
+            while let Some(item) = next.take() {
+                match item {
+                    Some(Ok(packet)) => inward(cx, packet, &local_writer, &remote_writer).await?,
+                    Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from the remote: {e}")),
+                    None => return Err("the remote closed the connection".to_owned()),
+                }
+                relayed += 1;
+                if relayed < BATCH {
+                    next = remote_reader.next().now_or_never();
+                }
             }
+            flush(cx, &local_writer).await?;
+            flush(cx, &remote_writer).await?;
         }
     };
     let ping = async {
@@ -560,6 +675,11 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
         Either::Right((result, _)) => result,
     };
     if ended.is_ok() {
+        // A normal DISCONNECT drops the will: say "0" ourselves.
+        if bridge.notifications {
+            let down = Publish::new(bridge.state_topic().into(), "0".into(), QoS::AtMostOnce, None, true);
+            let _ = send(cx, &remote_writer, Packet::Publish(down)).await;
+        }
         let _ = send(cx, &remote_writer, Packet::Disconnect(Box::default())).await;
     }
     let _ = send(cx, &local_writer, Packet::Disconnect(Box::default())).await;
@@ -579,8 +699,8 @@ async fn acknowledge<R: Runtime, S: AsyncWrite + Unpin>(
     p: &Publish,
 ) -> Result<(), String> {
     match (p.qos, p.pid) {
-        (QoS::AtLeastOnce, Some(pid)) => send(cx, to, Packet::Puback(Ack::ok(pid))).await,
-        (QoS::ExactlyOnce, Some(pid)) => send(cx, to, Packet::Pubrec(Ack::ok(pid))).await,
+        (QoS::AtLeastOnce, Some(pid)) => feed(cx, to, Packet::Puback(Ack::ok(pid))).await,
+        (QoS::ExactlyOnce, Some(pid)) => feed(cx, to, Packet::Pubrec(Ack::ok(pid))).await,
         _ => Ok(()),
     }
 }
@@ -602,13 +722,18 @@ async fn outward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
                 topic: topic.into(),
                 topic_alias: None,
                 subscription_id: None,
+                // A 5.0 remote without retained messages closes on a retained PUBLISH.
+                retain: p.retain && cx.remote_retains.load(Relaxed),
                 ..p.clone()
             });
             match forward {
-                Some(f) if packet_len(cx.bridge.protocol, &f) <= cx.remote_max_packet.load(Relaxed) => {
+                Some(f)
+                    if f.topic.len() <= usize::from(u16::MAX)
+                        && packet_len(cx.bridge.protocol, &f) <= cx.remote_max_packet.load(Relaxed) =>
+                {
                     touch(cx);
                     cx.stats.forwarded.fetch_add(1, Relaxed);
-                    send(cx, remote, Packet::Publish(f)).await
+                    feed(cx, remote, Packet::Publish(f)).await
                 }
                 Some(f) => {
                     // Sending it would only get the link closed, again and again.
@@ -626,7 +751,7 @@ async fn outward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
         }
         // Acknowledgements of what the remote sent, and QoS 2 releases.
         p @ (Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_)) => {
-            send(cx, remote, p).await
+            feed(cx, remote, p).await
         }
         Packet::Disconnect(d) => Err(format!("this broker disconnected the bridge (reason 0x{:02x})", d.reason.0)),
         _ => Ok(()),
@@ -642,20 +767,31 @@ async fn inward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     match packet {
         Packet::Publish(p) => {
+            let config = cx.broker.config();
+            // What this broker would close the bridge's connection for
+            // (again and again, as the remote re-sends it) is refused here.
             let bring = remap(&cx.bridge.topics, &p.topic, true)
-                .filter(|(topic, _)| topic::validate_name(topic).is_ok())
-                .map(|(topic, _)| Publish { topic: topic.into(), ..p.clone() });
+                .filter(|(topic, _)| {
+                    topic.len() <= usize::from(u16::MAX)
+                        && topic::validate_name(topic).is_ok()
+                        && !topic::deeper_than(topic, config.max_topic_levels)
+                })
+                .map(|(topic, _)| Publish {
+                    topic: topic.into(),
+                    retain: p.retain && config.retain_available,
+                    ..p.clone()
+                });
             match bring {
-                Some(b) if packet_len(Protocol::V5, &b) <= cx.broker.config().max_packet_size => {
+                Some(b) if packet_len(Protocol::V5, &b) <= config.max_packet_size => {
                     touch(cx);
                     cx.stats.received.fetch_add(1, Relaxed);
-                    send(cx, local, Packet::Publish(b)).await
+                    feed(cx, local, Packet::Publish(b)).await
                 }
                 other => {
                     cx.stats.refused.fetch_add(1, Relaxed);
                     let why = match other {
                         Some(_) => "is larger than this broker's max_packet_size",
-                        None => "matches no in topic",
+                        None => "matches no in topic, or mapped is not a topic this broker takes",
                     };
                     let name = &cx.bridge.name;
                     log::warn!("bridge {name}: the remote sent a message on {:?}, which {why}; dropped", p.topic);
@@ -663,9 +799,24 @@ async fn inward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
                 }
             }
         }
+        // Quota exceeded: the remote did not take the message and would
+        // take it later; relayed, this broker would count it as delivered.
+        Packet::Puback(a) | Packet::Pubrec(a) if a.reason == ReasonCode::QUOTA_EXCEEDED => {
+            Err(format!("the remote refused message {} for its quota (0x97); it is sent again on reconnection", a.pid))
+        }
         // Acknowledgements of what was forwarded, and QoS 2 releases.
         p @ (Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_)) => {
-            send(cx, local, p).await
+            if let Packet::Puback(a) | Packet::Pubrec(a) = &p
+                && a.reason.0 >= 0x80
+            {
+                log::warn!(
+                    "bridge {}: the remote refused message {} (reason 0x{:02x}); not sent again",
+                    cx.bridge.name,
+                    a.pid,
+                    a.reason.0
+                );
+            }
+            feed(cx, local, p).await
         }
         Packet::Suback(_, codes) => {
             if codes.iter().any(|c| c.0 >= 0x80) {
@@ -722,7 +873,12 @@ mod tests {
             ],
         );
         bridge.name = "b".into();
-        let names = |remote| filters(&bridge, remote).into_iter().map(|(f, o)| (f, o.no_local)).collect::<Vec<_>>();
+        let names = |remote| {
+            filters(&bridge, remote, QoS::ExactlyOnce, RetainHandling::OnSubscribe)
+                .into_iter()
+                .map(|(f, o)| (f, o.no_local))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(false), [("l/a/#".to_owned(), true), ("c".to_owned(), true)]);
         assert_eq!(names(true), [("r/b".to_owned(), true), ("c".to_owned(), true)]);
     }

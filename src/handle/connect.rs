@@ -51,7 +51,7 @@ pub fn connect(
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol != Protocol::V31;
     let config = broker.config();
-    let keep_alive = server_keep_alive(broker, &connect);
+    let keep_alive = server_keep_alive(broker, &connect, listener);
     // A bridge relays what its remote sends, under the remote's own window.
     let receive_maximum = match listener == crate::bridge::BRIDGE_LISTENER {
         true => u16::MAX,
@@ -111,8 +111,10 @@ const MAX_PACKET: u32 = 268_435_460;
 /// The keepalive in force: the client's, or for a 5.0 client asking none or
 /// more than `max_keepalive`, that maximum (sent as Server Keep Alive,
 /// MQTT-3.2.2-21; a 3.1.1 client is refused instead, see [`admit`]).
-fn server_keep_alive(broker: &Broker, connect: &Connect) -> u16 {
+fn server_keep_alive(broker: &Broker, connect: &Connect, listener: usize) -> u16 {
     match broker.config().max_keepalive {
+        // A bridge's own connection over its pipe needs no keepalive.
+        _ if listener == crate::bridge::BRIDGE_LISTENER => connect.keep_alive,
         Some(max) if connect.protocol == Protocol::V5 && (connect.keep_alive == 0 || connect.keep_alive > max) => max,
         _ => connect.keep_alive,
     }
@@ -178,6 +180,12 @@ pub async fn authenticate(
     let guards = broker.guards();
     if peer.listener == crate::bridge::BRIDGE_LISTENER {
         return Ok(None);
+    }
+    // A bridge's own session is the bridge's: a client taking it over would
+    // discard or read what waits for the remote.
+    if let Some(b) = broker.config().bridges.iter().find(|b| b.local_id() == id) {
+        let why = format!("client id {id:?} is the session of bridge {}", b.name);
+        return Err(Refusal::Policy(ConnectCode::IdentifierRejected, why));
     }
     if peer.identity_required && peer.identity.is_none() {
         broker.stats().auth_failed();

@@ -81,7 +81,12 @@ pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<P
                 true => route(message),
                 false => Routed::To(1),
             };
-            out.push(Packet::Pubrec(Ack { pid, reason: reason(routed) }));
+            let reason = reason(routed);
+            if reason.0 >= 0x80 {
+                // An error PUBREC ends the exchange: no PUBREL will free the id.
+                client.with_session(|s| s.forget_incoming(Some(pid)));
+            }
+            out.push(Packet::Pubrec(Ack { pid, reason }));
         }
         _ => drop(route(message)),
     }
