@@ -275,20 +275,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
             if let Some(response) = &p.properties.response_topic {
                 topic::validate_name(response)?;
             }
-            let expiry = p.properties.message_expiry;
-            let properties = (!p.properties.is_empty()).then_some(p.properties);
-            Packet::Publish(Publish {
-                dup: p.dup,
-                qos: p.qos,
-                pid: p.pid,
-                retain: p.retain,
-                topic: p.topic,
-                payload: p.payload,
-                properties,
-                expiry,
-                topic_alias: p.topic_alias,
-                subscription_id: None,
-            })
+            Packet::Publish(neutral_publish(p))
         }
         P::Puback(a) => Packet::Puback(Ack { pid: a.pid, reason: a.reason }),
         P::Pubrec(a) => Packet::Pubrec(Ack { pid: a.pid, reason: a.reason }),
@@ -317,6 +304,25 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, Violation> {
         P::Auth(a) => Packet::Auth(Box::new(a)),
         P::Connack(_) | P::Suback(_) | P::Unsuback(_) | P::Pingresp => return Err(Violation::ServerOnlyPacket),
     })
+}
+
+/// A 5.0 PUBLISH in the neutral model, as decoded (its topic rules are the
+/// caller's): the message properties shared, expiry and alias lifted out.
+pub(crate) fn neutral_publish(p: v5::Publish) -> Publish {
+    let expiry = p.properties.message_expiry;
+    let properties = (!p.properties.is_empty()).then_some(p.properties);
+    Publish {
+        dup: p.dup,
+        qos: p.qos,
+        pid: p.pid,
+        retain: p.retain,
+        topic: p.topic,
+        payload: p.payload,
+        properties,
+        expiry,
+        topic_alias: p.topic_alias,
+        subscription_id: None,
+    }
 }
 
 /// Properties kept beyond their packet (CONNECT's, a will's): binary

@@ -102,20 +102,7 @@ fn publish_from_v5(p: v5::Publish) -> io::Result<Publish> {
         return Err(invalid("PUBLISH with a topic alias the bridge never allowed"));
     }
     topic::validate_name(&p.topic).map_err(|v| invalid(format!("PUBLISH topic: {v}")))?;
-    let expiry = p.properties.message_expiry;
-    let properties = (!p.properties.is_empty()).then_some(p.properties);
-    Ok(Publish {
-        dup: p.dup,
-        qos: p.qos,
-        pid: p.pid,
-        retain: p.retain,
-        topic: p.topic,
-        payload: p.payload,
-        properties,
-        expiry,
-        topic_alias: None,
-        subscription_id: None,
-    })
+    Ok(Publish { topic_alias: None, ..codec::neutral_publish(p) })
 }
 
 /// A 3.1.1 server packet.

@@ -53,6 +53,8 @@ use futures::future::{Either, select};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
 use futures::lock::Mutex;
 use futures::{FutureExt, SinkExt, StreamExt, pin_mut};
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -605,19 +607,9 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     flush(cx, &local_writer).await?;
     let out = async {
         loop {
-            let (mut next, mut relayed) = (Some(local_reader.next().await), 0);
-            while let Some(item) = next.take() {
-                match item {
-                    Some(Ok(packet)) => outward(cx, packet, &local_writer, &remote_writer).await?,
-                    Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from this broker: {e}")),
-                    None => return Err("this broker closed the bridge's session".to_owned()),
-                }
-                relayed += 1;
-                // Only fetched when it will be relayed in this batch.
-                if relayed < BATCH {
-                    next = local_reader.next().now_or_never();
-                }
-            }
+            let first = local_reader.next().await;
+            let relay = |p| outward(cx, p, &local_writer, &remote_writer);
+            relay_batch(&mut local_reader, first, "this broker", "closed the bridge's session", relay).await?;
             flush(cx, &remote_writer).await?;
             flush(cx, &local_writer).await?;
         }
@@ -633,18 +625,8 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
                     .ok_or_else(|| format!("nothing from the remote for {limit:?} (keepalive)"))?,
                 None => remote_reader.next().await,
             };
-            let (mut next, mut relayed) = (Some(next), 0);
-            while let Some(item) = next.take() {
-                match item {
-                    Some(Ok(packet)) => inward(cx, packet, &local_writer, &remote_writer).await?,
-                    Some(Err(e)) => return Err::<Ended, String>(format!("bad packet from the remote: {e}")),
-                    None => return Err("the remote closed the connection".to_owned()),
-                }
-                relayed += 1;
-                if relayed < BATCH {
-                    next = remote_reader.next().now_or_never();
-                }
-            }
+            let relay = |p| inward(cx, p, &local_writer, &remote_writer);
+            relay_batch(&mut remote_reader, next, "the remote", "closed the connection", relay).await?;
             flush(cx, &local_writer).await?;
             flush(cx, &remote_writer).await?;
         }
@@ -684,6 +666,32 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     }
     let _ = send(cx, &local_writer, Packet::Disconnect(Box::default())).await;
     ended
+}
+
+/// Relays `first` and what else `reader` has ready, up to [`BATCH`]
+/// packets, through `relay`; an error names `side`, and the end of the
+/// stream says it `closed`.
+async fn relay_batch<S: AsyncRead + Unpin, F: Future<Output = Result<(), String>>>(
+    reader: &mut Reader<S>,
+    first: Option<io::Result<Packet>>,
+    side: &str,
+    closed: &str,
+    mut relay: impl FnMut(Packet) -> F,
+) -> Result<(), String> {
+    let (mut next, mut relayed) = (Some(first), 0);
+    while let Some(item) = next.take() {
+        match item {
+            Some(Ok(packet)) => relay(packet).await?,
+            Some(Err(e)) => return Err(format!("bad packet from {side}: {e}")),
+            None => return Err(format!("{side} {closed}")),
+        }
+        relayed += 1;
+        // Only fetched when it will be relayed in this batch.
+        if relayed < BATCH {
+            next = reader.next().now_or_never();
+        }
+    }
+    Ok(())
 }
 
 /// The whole PUBLISH's size on the wire in `protocol`.
