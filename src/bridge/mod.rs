@@ -450,43 +450,37 @@ fn connack_reason(reason: ReasonCode, protocol: Protocol) -> String {
     format!("{what} (0x{code:02x})")
 }
 
-/// Writes one packet, waiting at most the write timeout for the peer to read.
+/// A write that may wait at most the write timeout for the peer to read.
+async fn bounded<R: Runtime>(cx: &Context<R>, write: impl Future<Output = io::Result<()>>) -> Result<(), String> {
+    match within(&cx.rt, cx.write_timeout, write).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(format!("write failed: {e}")),
+        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
+    }
+}
+
+/// Writes one packet (and what was queued before it).
 async fn send<R: Runtime, S: AsyncWrite + Unpin>(
     cx: &Context<R>,
     writer: &Writer<S>,
     packet: Packet,
 ) -> Result<(), String> {
-    let mut w = writer.lock().await;
-    match within(&cx.rt, cx.write_timeout, w.send(&packet)).await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(format!("write failed: {e}")),
-        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
-    }
+    bounded(cx, writer.lock().await.send(&packet)).await
 }
 
 /// Queues one packet in the writer (written once its buffer fills, or at
-/// the next [`flush`]), waiting at most the write timeout.
+/// the next [`flush`]).
 async fn feed<R: Runtime, S: AsyncWrite + Unpin>(
     cx: &Context<R>,
     writer: &Writer<S>,
     packet: Packet,
 ) -> Result<(), String> {
-    let mut w = writer.lock().await;
-    match within(&cx.rt, cx.write_timeout, w.feed(&packet)).await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(format!("write failed: {e}")),
-        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
-    }
+    bounded(cx, writer.lock().await.feed(&packet)).await
 }
 
-/// Writes out what [`feed`] queued, waiting at most the write timeout.
+/// Writes out what [`feed`] queued.
 async fn flush<R: Runtime, S: AsyncWrite + Unpin>(cx: &Context<R>, writer: &Writer<S>) -> Result<(), String> {
-    let mut w = writer.lock().await;
-    match within(&cx.rt, cx.write_timeout, SinkExt::<&Packet>::flush(&mut *w)).await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(format!("write failed: {e}")),
-        None => Err(format!("the peer read nothing for {:?}", cx.write_timeout)),
-    }
+    bounded(cx, SinkExt::<&Packet>::flush(&mut *writer.lock().await)).await
 }
 
 /// Packets relayed before the writers are flushed: what one read brought
