@@ -558,6 +558,11 @@ fn bridge(
         let message = format!("name in [[bridge]]: {name:?} is not one word (mosquitto.conf's connection NAME)");
         return Err(at.error(Some(b.name.span()), message));
     }
+    if name.contains(['+', '#']) {
+        let message =
+            format!("name in [[bridge]]: {name:?} may not contain + or # (it names the bridge's $SYS topics)");
+        return Err(at.error(Some(b.name.span()), message));
+    }
     let addresses = match (b.address, b.addresses) {
         (Some(_), Some(list)) => {
             return Err(

@@ -530,6 +530,10 @@ impl Reader {
         if name.contains(char::is_whitespace) {
             return Err(at.error(format!("connection: {name:?} is not one word; expected connection NAME")));
         }
+        if name.contains(['+', '#']) {
+            let why = "it names the bridge's $SYS topics, where + and # are wildcards";
+            return Err(at.error(format!("connection: {name:?} may not contain + or #: {why}")));
+        }
         if let Some(other) = self.bridges.iter().find(|d| d.bridge.name == name) {
             let message = format!("connection {name}: a bridge of that name is already at {}", describe(&other.at));
             return Err(at.error(message));
@@ -1436,6 +1440,7 @@ mod tests {
             ("bridge_attempt_unsubscribe false", "line 1: bridge_attempt_unsubscribe: a bridge option"),
             ("connection", "line 1: connection: missing value"),
             ("connection a b", "line 1: connection: \"a b\" is not one word"),
+            ("connection a+b", "line 1: connection: \"a+b\" may not contain + or #"),
             ("connection b\ntopic #\n", "line 1: connection b: no address (address HOST[:PORT] is required)"),
             ("connection b\naddress h\n", "line 1: connection b: no topic (at least one topic line is required)"),
             (

@@ -46,7 +46,7 @@ use crate::runtime::{Runtime, within};
 use crate::session::Message;
 use crate::stats::BridgeStats;
 use crate::{connection, topic};
-use async_channel::Receiver;
+use async_channel::{Receiver, Sender};
 use asynchronous_codec::{FramedRead, FramedWrite};
 use client::ClientCodec;
 use futures::future::{Either, select};
@@ -116,6 +116,9 @@ struct Context<R: Runtime> {
     last_traffic: std::sync::Mutex<Instant>,
     /// Closed when the server stops: ends the bridge's local connection too.
     shutdown: Receiver<()>,
+    /// Held by the bridge and its local connections: the server's shutdown
+    /// waits for them.
+    alive: Sender<()>,
     /// The largest packet the remote accepts (its 5.0 CONNACK's Maximum
     /// Packet Size), for the current link.
     remote_max_packet: AtomicUsize,
@@ -131,7 +134,7 @@ struct Context<R: Runtime> {
 
 /// Runs one bridge until `stopped` closes: connects, relays, and reconnects
 /// after failures with backoff.
-pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Receiver<()>, alive: impl Send) {
+pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Receiver<()>, alive: Sender<()>) {
     let name = bridge.name.clone();
     let tls = match &bridge.tls {
         Some(files) => match crate::tls::client_config(files) {
@@ -156,6 +159,7 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
         last_traffic: std::sync::Mutex::new(Instant::now()),
         bridge: Arc::new(bridge),
         shutdown: stopped.clone(),
+        alive,
         remote_max_packet: AtomicUsize::new(usize::MAX),
         remote_retains: AtomicBool::new(true),
         private: AtomicBool::new(bridge_private),
@@ -170,7 +174,6 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
     }
     cx.stats.connected.store(0, Relaxed);
     notify_local(&cx, false);
-    drop(alive);
 }
 
 /// The reconnect loop.
@@ -334,7 +337,8 @@ async fn open_local<R: Runtime>(
     let (ours, theirs) = pipe::pipe();
     let peer = Peer { listener: BRIDGE_LISTENER, ..Peer::plain(SocketAddr::from(([127, 0, 0, 1], 0))) };
     // It ends when the bridge drops its end of the pipe, or at shutdown.
-    cx.rt.spawn(connection::run(cx.rt.clone(), cx.broker.clone(), theirs, peer, cx.shutdown.clone()));
+    let (rt, broker, shutdown, alive) = (cx.rt.clone(), cx.broker.clone(), cx.shutdown.clone(), cx.alive.clone());
+    cx.rt.spawn(connection::run_holding(rt, broker, theirs, peer, shutdown, alive));
     let (read, write) = ours.split();
     let mut reader = FramedRead::new(read, ClientCodec::new(Protocol::V5, MAX_PACKET, false));
     let writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(Protocol::V5, MAX_PACKET, false)));
