@@ -59,6 +59,15 @@ impl Inflight {
     fn pid(&self) -> Pid {
         pid_for(self.seq)
     }
+
+    /// What re-sends it on a new connection: the PUBLISH with DUP, or the
+    /// PUBREL once released.
+    fn resent(&self, now_ms: u64) -> Packet {
+        match self.released {
+            true => Packet::Pubrel(Ack::ok(self.pid())),
+            false => Packet::Publish(publish_packet(self.message.clone(), Some(self.pid()), true, now_ms)),
+        }
+    }
 }
 
 /// A message waiting to be sent.
@@ -190,6 +199,10 @@ pub struct Session {
     unsent: Vec<DropCause>,
     /// `dropped` when it was last reported, and when.
     reported: (u64, Option<Instant>),
+    /// Inflight entries at the back not sent on this connection yet: a
+    /// client that came back with a smaller Receive Maximum gets them as
+    /// its window frees (MQTT-3.3.4-9), before anything new.
+    held_back: usize,
 }
 
 impl Session {
@@ -217,6 +230,7 @@ impl Session {
             dropped: 0,
             unsent: Vec::new(),
             reported: (0, None),
+            held_back: 0,
         }
     }
 
@@ -444,6 +458,14 @@ impl Session {
 
     fn drain_queue(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
         let max_inflight = self.max_inflight();
+        while self.held_back > 0 && self.inflight.len() - self.held_back < max_inflight {
+            let f = &self.inflight[self.inflight.len() - self.held_back];
+            out.push(f.resent(crate::packet::now_ms()));
+            self.held_back -= 1;
+        }
+        if self.held_back > 0 {
+            return None;
+        }
         let mut now = None;
         while let Some(front) = self.queue.front() {
             let (seq, qos) = (front.seq, front.message.qos);
@@ -518,12 +540,9 @@ impl Session {
     /// every pending PUBREL, in their original order (MQTT-4.4.0-1).
     pub fn resend(&mut self, out: &mut Vec<Packet>) {
         let now_ms = crate::packet::now_ms();
-        for f in &self.inflight {
-            out.push(match f.released {
-                true => Packet::Pubrel(Ack::ok(f.pid())),
-                false => Packet::Publish(publish_packet(f.message.clone(), Some(f.pid()), true, now_ms)),
-            });
-        }
+        let window = self.inflight.len().min(self.max_inflight());
+        out.extend(self.inflight.iter().take(window).map(|f| f.resent(now_ms)));
+        self.held_back = self.inflight.len() - window;
     }
 
     /// PUBACK: completes a QoS 1 delivery. Unknown ids are ignored.
@@ -557,6 +576,10 @@ impl Session {
 
     fn complete(&mut self, pid: Pid, qos: QoS, released: bool) {
         let found = self.inflight.iter().position(|f| f.pid() == pid && f.message.qos == qos && f.released == released);
+        if found.is_some_and(|i| i >= self.inflight.len() - self.held_back) {
+            // Acknowledged from the last connection before it was re-sent.
+            self.held_back -= 1;
+        }
         if let Some(f) = found.and_then(|i| self.inflight.remove(i)) {
             self.progress += 1;
             self.record(|id| Op::Message(id, f.seq, None));
@@ -592,6 +615,8 @@ impl Session {
     /// is completed with this client when it reconnects, and never sent to
     /// another (MQTT-4.8.2-4/-5).
     pub fn take_shared(&mut self) -> Vec<Message> {
+        // The client is gone: the next connection's resend decides again.
+        self.held_back = 0;
         let mut taken = Vec::new();
         let mut removed = Vec::new();
         self.inflight.retain(|f| {
@@ -685,6 +710,36 @@ mod tests {
                 _ => panic!("unexpected {p:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_client_back_with_a_smaller_receive_maximum_gets_its_inflight_as_its_window_frees() {
+        let mut s = Session::new("c".into(), false, Limits { max_inflight: 4, ..LIMITS }, false);
+        s.set_online(true);
+        for _ in 0..6 {
+            s.offer(message(QoS::AtLeastOnce));
+        }
+        let mut out = Vec::new();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(1), false), (Some(2), false), (Some(3), false), (Some(4), false)]);
+        // Back with Receive Maximum 2: two re-sent, two held back.
+        s.set_client(ClientLimits { receive_maximum: Some(2), ..ClientLimits::default() });
+        out.clear();
+        s.resend(&mut out);
+        assert_eq!(pids(&out), [(Some(1), true), (Some(2), true)]);
+        out.clear();
+        s.next_packets(&mut out, |_| true);
+        assert!(out.is_empty(), "nothing beyond the window: {out:?}");
+        // Acknowledged from before the reconnection: a held-back one.
+        s.puback(4);
+        s.puback(1);
+        out.clear();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(3), true)], "the held-back one first, as the window frees");
+        s.puback(2);
+        out.clear();
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out), [(Some(5), false)]);
     }
 
     #[test]
