@@ -586,18 +586,15 @@ impl Broker {
             .iter()
             .filter(|(id, e)| {
                 let Some(left) = e.left else { return false };
-                // A bridge's session holds what waits for its remote: it
-                // never expires (persistent_client_expiration included).
-                if self.shared.config.bridges.iter().any(|b| b.local_id() == ***id) {
-                    return false;
-                }
                 let gone = now.duration_since(left).unwrap_or_default();
                 let own = e.session.lock().session.expiry.map(|s| Duration::from_secs(u64::from(s)));
                 let limit = match (own, max_age) {
                     (Some(own), Some(max)) => Some(own.min(max)),
                     (own, max) => own.or(max),
                 };
-                limit.is_some_and(|limit| gone >= limit)
+                // A bridge's session holds what waits for its remote: it
+                // never expires (persistent_client_expiration included).
+                limit.is_some_and(|limit| gone >= limit) && self.shared.config.bridge_of_session(id).is_none()
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -421,11 +421,16 @@ impl Config {
         Config { listeners: vec![Listener::tcp(bind)], ..Config::default() }
     }
 
+    /// The bridge whose own session `client_id` is, if any.
+    pub fn bridge_of_session(&self, client_id: &str) -> Option<&Bridge> {
+        self.bridges.iter().find(|b| b.local_id() == client_id)
+    }
+
     /// The session limits of the session `client_id`: a bridge's own
     /// session has its bridge's queue limits.
     pub fn limits_for(&self, client_id: &str) -> Limits {
         let mut limits = self.limits();
-        if let Some(bridge) = self.bridges.iter().find(|b| b.local_id() == client_id) {
+        if let Some(bridge) = self.bridge_of_session(client_id) {
             limits.max_queued = bridge.max_queued.unwrap_or(limits.max_queued);
             limits.max_queued_bytes = match bridge.max_queued_bytes {
                 Some(0) => usize::MAX,

@@ -410,7 +410,7 @@ runtime_kind_test!(
         at_edge.subscribe(1, &[("chat/#", 2)]);
         at_central.subscribe(1, &[("chat/#", 2)]);
         let (mut edge_pub, mut central_pub) = (edge.client("edge-pub"), central.client("central-pub"));
-        // The remote subscription may still be on its way: repeat until it carries.
+        // The bridge's state reads 1 only after both subscriptions were acknowledged.
         publish(&mut edge_pub, "chat/hello", b"0", 1, 1, false);
         assert_eq!(next(&mut at_edge).2, b"0");
         assert_eq!(next(&mut at_central).2, b"0");

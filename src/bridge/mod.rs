@@ -112,7 +112,10 @@ struct Context<R: Runtime> {
     local_id: Arc<str>,
     /// Longest a write may wait for the peer to read.
     write_timeout: Duration,
-    /// When a message last crossed (lazy bridges stop when idle).
+    /// The topic lines with their filters.
+    lines: Vec<Line>,
+    /// When a message last crossed (lazy bridges stop when idle; only
+    /// they keep it).
     last_traffic: std::sync::Mutex<Instant>,
     /// Closed when the server stops: ends the bridge's local connection too.
     shutdown: Receiver<()>,
@@ -157,6 +160,7 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
         local_id,
         write_timeout: if keepalive.is_zero() { Duration::from_secs(60) } else { keepalive * 3 / 2 },
         last_traffic: std::sync::Mutex::new(Instant::now()),
+        lines: bridge.topics.iter().map(Line::new).collect(),
         bridge: Arc::new(bridge),
         shutdown: stopped.clone(),
         alive,
@@ -270,44 +274,56 @@ fn notify_local<R: Runtime>(cx: &Context<R>, up: bool) {
     }
 }
 
+/// A topic line with its whole filter on each side (prefix and pattern),
+/// made once: every relayed message is matched against them.
+struct Line {
+    topic: BridgeTopic,
+    /// `local_prefix` + pattern.
+    local: String,
+    /// `remote_prefix` + pattern.
+    remote: String,
+}
+
+impl Line {
+    fn new(topic: &BridgeTopic) -> Line {
+        let (local, remote) =
+            (format!("{}{}", topic.local_prefix, topic.pattern), format!("{}{}", topic.remote_prefix, topic.pattern));
+        Line { topic: topic.clone(), local, remote }
+    }
+
+    /// Whether it carries messages from the remote (`true`) or to it.
+    fn carries(&self, from_remote: bool) -> bool {
+        let wanted = if from_remote { BridgeDirection::In } else { BridgeDirection::Out };
+        self.topic.direction == wanted || self.topic.direction == BridgeDirection::Both
+    }
+}
+
 /// The filters the bridge subscribes to on one side, at most at `max_qos`
 /// (what a 5.0 remote takes), retained messages sent as `retained` says.
-fn filters(
-    bridge: &Bridge,
-    remote: bool,
-    max_qos: QoS,
-    retained: RetainHandling,
-) -> Vec<(String, SubscriptionOptions)> {
-    let wanted = if remote { BridgeDirection::In } else { BridgeDirection::Out };
+fn filters(lines: &[Line], remote: bool, max_qos: QoS, retained: RetainHandling) -> Vec<(String, SubscriptionOptions)> {
     let options = |qos: QoS| SubscriptionOptions {
         qos: qos.min(max_qos),
         no_local: true,
         retain_as_published: true,
         retain_handling: retained,
     };
-    bridge
-        .topics
-        .iter()
-        .filter(|t| t.direction == wanted || t.direction == BridgeDirection::Both)
-        .map(|t| {
-            let prefix = if remote { &t.remote_prefix } else { &t.local_prefix };
-            (format!("{prefix}{}", t.pattern), options(t.qos))
-        })
-        .collect()
+    let filter = |l: &Line| if remote { l.remote.clone() } else { l.local.clone() };
+    lines.iter().filter(|l| l.carries(remote)).map(|l| (filter(l), options(l.topic.qos))).collect()
 }
 
 /// The topic a message on `name` has on the other side, through the first
 /// topic line whose filter on this side matches it: this side's prefix is
 /// replaced by the other's. `None`: no line matches.
-fn remap<'a>(topics: &'a [BridgeTopic], name: &str, from_remote: bool) -> Option<(String, &'a BridgeTopic)> {
-    let wanted = if from_remote { BridgeDirection::In } else { BridgeDirection::Out };
-    topics.iter().filter(|t| t.direction == wanted || t.direction == BridgeDirection::Both).find_map(|t| {
-        let (here, there) =
-            if from_remote { (&t.remote_prefix, &t.local_prefix) } else { (&t.local_prefix, &t.remote_prefix) };
+fn remap(lines: &[Line], name: &str, from_remote: bool) -> Option<String> {
+    lines.iter().filter(|l| l.carries(from_remote)).find_map(|l| {
+        let t = &l.topic;
+        let (here, there, filter) = match from_remote {
+            true => (&t.remote_prefix, &t.local_prefix, &l.remote),
+            false => (&t.local_prefix, &t.remote_prefix, &l.local),
+        };
         let rest = name.strip_prefix(here.as_str())?;
-        let filter = format!("{here}{}", t.pattern);
-        let matched = if t.pattern.is_empty() { rest.is_empty() } else { topic::matches(&filter, name) };
-        matched.then(|| (format!("{there}{rest}"), t))
+        let matched = if t.pattern.is_empty() { rest.is_empty() } else { topic::matches(filter, name) };
+        matched.then(|| format!("{there}{rest}"))
     })
 }
 
@@ -342,7 +358,7 @@ async fn open_local<R: Runtime>(
     let (read, write) = ours.split();
     let mut reader = FramedRead::new(read, ClientCodec::new(Protocol::V5, MAX_PACKET, false));
     let writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(Protocol::V5, MAX_PACKET, false)));
-    let filters = filters(&cx.bridge, false, max_qos, retained);
+    let filters = filters(&cx.lines, false, max_qos, retained);
     let connect = local_connect(&cx.local_id, receive_maximum);
     let (_, early) = handshake(cx, &mut reader, &writer, connect, filters, "this broker").await?;
     Ok((reader, writer, early))
@@ -559,7 +575,7 @@ async fn link<R: Runtime>(cx: &Context<R>, host: &str, port: u16) -> Result<Ende
     let max = max_packet(&cx.broker);
     let mut remote_reader = FramedRead::new(read, ClientCodec::new(bridge.protocol, max, try_private));
     let remote_writer = Mutex::new(FramedWrite::new(write, ClientCodec::new(bridge.protocol, max, try_private)));
-    let in_filters = filters(bridge, true, QoS::ExactlyOnce, RetainHandling::OnNewSubscription);
+    let in_filters = filters(&cx.lines, true, QoS::ExactlyOnce, RetainHandling::OnNewSubscription);
     let (connack, remote_early) =
         handshake(cx, &mut remote_reader, &remote_writer, remote_connect(bridge, max), in_filters, "the remote")
             .await?;
@@ -712,7 +728,9 @@ async fn acknowledge<R: Runtime, S: AsyncWrite + Unpin>(
 }
 
 fn touch<R: Runtime>(cx: &Context<R>) {
-    *cx.last_traffic.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    if cx.bridge.start_type == StartType::Lazy {
+        *cx.last_traffic.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
 }
 
 /// A packet this broker sent the bridge, relayed to the remote.
@@ -724,7 +742,7 @@ async fn outward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     match packet {
         Packet::Publish(p) => {
-            let forward = remap(&cx.bridge.topics, &p.topic, false).map(|(topic, _)| Publish {
+            let forward = remap(&cx.lines, &p.topic, false).map(|topic| Publish {
                 topic: topic.into(),
                 topic_alias: None,
                 subscription_id: None,
@@ -776,17 +794,13 @@ async fn inward<R: Runtime, L: AsyncWrite + Unpin, T: AsyncWrite + Unpin>(
             let config = cx.broker.config();
             // What this broker would close the bridge's connection for
             // (again and again, as the remote re-sends it) is refused here.
-            let bring = remap(&cx.bridge.topics, &p.topic, true)
-                .filter(|(topic, _)| {
+            let bring = remap(&cx.lines, &p.topic, true)
+                .filter(|topic| {
                     topic.len() <= usize::from(u16::MAX)
                         && topic::validate_name(topic).is_ok()
                         && !topic::deeper_than(topic, config.max_topic_levels)
                 })
-                .map(|(topic, _)| Publish {
-                    topic: topic.into(),
-                    retain: p.retain && config.retain_available,
-                    ..p.clone()
-                });
+                .map(|topic| Publish { topic: topic.into(), retain: p.retain && config.retain_available, ..p.clone() });
             match bring {
                 Some(b) if packet_len(Protocol::V5, &b) <= config.max_packet_size => {
                     touch(cx);
@@ -852,35 +866,35 @@ mod tests {
 
     #[test]
     fn prefixes_are_swapped_as_mosquitto_documents() {
-        let topics = [
+        let topics: Vec<Line> = [
             topic("sensors/#", BridgeDirection::Out, "edge/", "site1/"),
             topic("cmd/+", BridgeDirection::In, "", "central/"),
             topic("", BridgeDirection::Both, "local/exact", "remote/exact"),
-        ];
-        assert_eq!(remap(&topics, "edge/sensors/t1", false).unwrap().0, "site1/sensors/t1");
+        ]
+        .iter()
+        .map(Line::new)
+        .collect();
+        assert_eq!(remap(&topics, "edge/sensors/t1", false).unwrap(), "site1/sensors/t1");
         assert_eq!(remap(&topics, "sensors/t1", false), None);
-        assert_eq!(remap(&topics, "central/cmd/reboot", true).unwrap().0, "cmd/reboot");
+        assert_eq!(remap(&topics, "central/cmd/reboot", true).unwrap(), "cmd/reboot");
         assert_eq!(remap(&topics, "central/cmd/a/b", true), None);
-        assert_eq!(remap(&topics, "remote/exact", true).unwrap().0, "local/exact");
-        assert_eq!(remap(&topics, "local/exact", false).unwrap().0, "remote/exact");
+        assert_eq!(remap(&topics, "remote/exact", true).unwrap(), "local/exact");
+        assert_eq!(remap(&topics, "local/exact", false).unwrap(), "remote/exact");
         assert_eq!(remap(&topics, "local/exact/more", false), None);
     }
 
     #[test]
     fn filters_follow_direction_and_prefix() {
-        let mut bridge = Bridge::new(
-            "b",
-            "h",
-            1,
-            vec![
-                topic("a/#", BridgeDirection::Out, "l/", "r/"),
-                topic("b", BridgeDirection::In, "l/", "r/"),
-                topic("c", BridgeDirection::Both, "", ""),
-            ],
-        );
-        bridge.name = "b".into();
+        let lines: Vec<Line> = [
+            topic("a/#", BridgeDirection::Out, "l/", "r/"),
+            topic("b", BridgeDirection::In, "l/", "r/"),
+            topic("c", BridgeDirection::Both, "", ""),
+        ]
+        .iter()
+        .map(Line::new)
+        .collect();
         let names = |remote| {
-            filters(&bridge, remote, QoS::ExactlyOnce, RetainHandling::OnSubscribe)
+            filters(&lines, remote, QoS::ExactlyOnce, RetainHandling::OnSubscribe)
                 .into_iter()
                 .map(|(f, o)| (f, o.no_local))
                 .collect::<Vec<_>>()

@@ -183,7 +183,7 @@ pub async fn authenticate(
     }
     // A bridge's own session is the bridge's: a client taking it over would
     // discard or read what waits for the remote.
-    if let Some(b) = broker.config().bridges.iter().find(|b| b.local_id() == id) {
+    if let Some(b) = broker.config().bridge_of_session(id) {
         let why = format!("client id {id:?} is the session of bridge {}", b.name);
         return Err(Refusal::Policy(ConnectCode::IdentifierRejected, why));
     }
