@@ -14,7 +14,7 @@ use crate::session::{ClientLimits, Message, Offer, Receipt, Session};
 use crate::session_handle::SessionHandle;
 use crate::signal::Signal;
 use crate::stats::{DropCause, Stats};
-use crate::store::{Op, Persistence, RedbStore, SessionOwner, Snapshot, Store, Ticket};
+use crate::store::{Op, Persistence, SessionOwner, Snapshot, Store, Ticket, WalStore};
 use crate::topic;
 use crate::trie::Trie;
 use std::collections::HashMap;
@@ -200,7 +200,7 @@ impl Broker {
         match config.data_dir.clone() {
             Some(dir) => {
                 let security = Security::load(&config).map_err(OpenError::Config)?;
-                let store = RedbStore::open(&dir, config.recover_store)?;
+                let store = WalStore::open(&dir, config.recover_store)?;
                 Broker::restore(config, security, Box::new(store))
             }
             None => Broker::in_memory(config),

@@ -199,7 +199,9 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
     match &c.data_dir {
         Some(dir) => {
             let file = dir.join(crate::store::FILE_NAME);
-            let _ = writeln!(out, "persistence: on, in {} (never mosquitto.db)", file.display());
+            let log = dir.join("wal-*.log");
+            let shown = format!("{} and {}", file.display(), log.display());
+            let _ = writeln!(out, "persistence: on, in {shown} (never mosquitto.db)");
         }
         None => drop(writeln!(out, "persistence: off (in memory)")),
     }

@@ -13,9 +13,19 @@ pub fn start(runtime: &str, data: &TempDir) -> (Process, std::net::SocketAddr) {
 
 /// [`start`] with extra arguments.
 pub fn start_with(runtime: &str, data: &TempDir, extra: &[&str]) -> (Process, std::net::SocketAddr) {
+    start_with_env(runtime, data, extra, &[])
+}
+
+/// [`start_with`] with environment variables for the broker.
+pub fn start_with_env(
+    runtime: &str,
+    data: &TempDir,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Process, std::net::SocketAddr) {
     let mut args = vec!["--runtime", runtime, "--bind", "127.0.0.1:0", "--threads", "2", "--data-dir", data.arg()];
     args.extend_from_slice(extra);
-    let mut midge = Process::spawn(env!("CARGO_BIN_EXE_midge"), &args);
+    let mut midge = Process::spawn_env(env!("CARGO_BIN_EXE_midge"), &args, env);
     midge.wait_for(&format!("runtime {runtime}"));
     let line = midge.wait_for("listening on ");
     let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();

@@ -3,7 +3,7 @@
 //! subscriber after the broker is killed at any instant and restarted
 //! (QoS 2 exactly once), and acknowledged retained messages are still there.
 
-use crate::binary::start_with;
+use crate::binary::start_with_env;
 use crate::support::TempDir;
 use crate::support::client::{Raw, Received};
 use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
@@ -150,8 +150,12 @@ impl Subscriber {
 }
 
 fn crash_round(runtime: &str, kill_after: usize, subscriber_online: bool) {
+    crash_round_with(runtime, kill_after, subscriber_online, &[]);
+}
+
+fn crash_round_with(runtime: &str, kill_after: usize, subscriber_online: bool, env: &[(&str, &str)]) {
     let data = TempDir::new("crash");
-    let (midge, addr) = start_with(runtime, &data, QUEUE_ALL);
+    let (midge, addr) = start_with_env(runtime, &data, QUEUE_ALL, env);
     let mut subscriber = Subscriber::default();
     let (mut sub, _) = Subscriber::connect(addr);
     sub.subscribe(1, &[("crash/#", 2)]);
@@ -175,8 +179,18 @@ fn crash_round(runtime: &str, kill_after: usize, subscriber_online: bool) {
         subscriber = online.join().unwrap();
     }
     drop(midge);
+    if !env.is_empty() {
+        // Segments were started and checkpointed while the stream ran.
+        let newest = std::fs::read_dir(&data.0)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok())
+            .max()
+            .unwrap_or(0u64);
+        assert!(newest > 1, "only {newest} log segment(s) by the kill (after {kill_after} acks)");
+        eprintln!("killed after {kill_after} acks in log segment {newest}");
+    }
 
-    let (_midge, addr) = start_with(runtime, &data, QUEUE_ALL);
+    let (_midge, addr) = start_with_env(runtime, &data, QUEUE_ALL, env);
     let (mut sub, present) = Subscriber::connect(addr);
     assert!(present, "MQTT-3.2.2-2: the persistent session survived the kill");
     subscriber.drain(&mut sub);
@@ -216,6 +230,29 @@ fn crash_rounds(runtime: &str) {
     for (kill_after, online) in [(20, false), (300, true), (1500, false), (3000, true)] {
         crash_round(runtime, kill_after, online);
     }
+}
+
+/// The same rounds with log segments of 4 KiB: the store starts a new
+/// segment and checkpoints the one before every few dozen commits, so the
+/// kill lands while a checkpoint is being written or its segments deleted
+/// as often as between them.
+fn crash_rounds_during_checkpoints(runtime: &str) {
+    let env = [(midge::store::SEGMENT_BYTES_ENV, "4096")];
+    for (kill_after, online) in [(200, false), (700, true), (2000, false), (3500, true)] {
+        crash_round_with(runtime, kill_after, online, &env);
+    }
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn kill_9_during_checkpoints_loses_nothing_acknowledged_smol() {
+    crash_rounds_during_checkpoints("smol");
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn kill_9_during_checkpoints_loses_nothing_acknowledged_async_std() {
+    crash_rounds_during_checkpoints("async-std");
 }
 
 #[cfg(feature = "smol")]

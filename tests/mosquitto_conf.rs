@@ -345,7 +345,12 @@ fn check_config_accepts_debians_file_and_the_annotated_example() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("127.0.0.1:1883 MQTT, no TLS"), "{out}");
     assert!(out.contains("anonymous clients: allowed"), "{out}");
-    assert!(out.contains("persistence: on, in /var/lib/mosquitto/midge.redb (never mosquitto.db)"), "{out}");
+    assert!(
+        out.contains(
+            "persistence: on, in /var/lib/mosquitto/midge.redb and /var/lib/mosquitto/wal-*.log (never mosquitto.db)"
+        ),
+        "{out}"
+    );
     assert!(out.contains("log: file /var/log/mosquitto/mosquitto.log"), "{out}");
     assert!(out.contains("pid_file: /run/mosquitto/mosquitto.pid"), "{out}");
     let (code, out, err) = midge(&["check-config", EXAMPLE_CONF]);

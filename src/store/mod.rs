@@ -9,10 +9,12 @@
 
 mod memory;
 mod redb;
+mod wal;
 mod writer;
 
 pub use self::redb::{FILE_NAME, RedbStore};
 pub use memory::MemoryStore;
+pub use wal::{SEGMENT_BYTES, SEGMENT_BYTES_ENV, WalStore};
 pub use writer::{Persistence, Ticket, TicketStatus};
 
 use crate::packet::{Message, Pid, Subscription};

@@ -42,8 +42,17 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 ///   carries them (format 1 records read unchanged, so upgrading a file is
 ///   creating the new tables).
 ///
+/// - 3 (the append-only log): the tables are a checkpoint; the state is
+///   the checkpoint plus the log segments from number `meta.wal` on, in
+///   the same directory (see [`super::wal`]). A format 1 or 2 file is
+///   upgraded by recording `wal` = 1: no segment exists yet. A midge that
+///   reads only format 2 refuses it (it would not read the log).
+///
 /// A file from a newer midge is refused.
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
+
+/// The first log segment not in the checkpoint (format 3).
+const WAL_KEY: &str = "wal";
 
 /// A redb database in a data directory.
 pub struct RedbStore {
@@ -80,7 +89,7 @@ impl RedbStore {
     }
 
     /// The format a file is in: format 1 files may have no `meta` table.
-    fn format(&self) -> Result<u64, StoreError> {
+    pub(super) fn format(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(corrupt)?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
@@ -101,7 +110,13 @@ impl RedbStore {
         if found < FORMAT {
             log::info!("store {}: upgrading from format {found} to {FORMAT}", path.display());
         }
-        txn.open_table(META).map_err(corrupt)?.insert("format", FORMAT).map_err(write_error)?;
+        {
+            let mut meta = txn.open_table(META).map_err(corrupt)?;
+            meta.insert("format", FORMAT).map_err(write_error)?;
+            if meta.get(WAL_KEY).map_err(corrupt)?.is_none() {
+                meta.insert(WAL_KEY, 1).map_err(write_error)?;
+            }
+        }
         txn.open_table(RETAINED).map_err(corrupt)?;
         txn.open_table(SESSIONS).map_err(corrupt)?;
         txn.open_table(SUBSCRIPTIONS).map_err(corrupt)?;
@@ -114,9 +129,44 @@ impl RedbStore {
     }
 }
 
-fn aside_name(path: &Path) -> PathBuf {
+impl RedbStore {
+    /// The first log segment the checkpoint does not hold (format 3).
+    pub(super) fn checkpoint_start(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(corrupt)?;
+        let meta = txn.open_table(META).map_err(corrupt)?;
+        Ok(meta.get(WAL_KEY).map_err(corrupt)?.map_or(1, |v| v.value()))
+    }
+
+    /// Applies `ops` (the log's, up to segment `upto`, exclusive) and
+    /// records `upto` as the log's new start, in one durable transaction:
+    /// a crash leaves either the old checkpoint or the new one.
+    pub(super) fn checkpoint(&mut self, ops: &[Op], upto: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(write_error)?;
+        apply_ops(&txn, ops).map_err(write_error)?;
+        txn.open_table(META).map_err(write_error)?.insert(WAL_KEY, upto).map_err(write_error)?;
+        txn.commit().map_err(write_error)
+    }
+}
+
+#[cfg(test)]
+impl RedbStore {
+    /// Makes the file look as an older midge left it: `format` recorded
+    /// and no log start (formats 1 and 2 had no log).
+    pub(super) fn make_format(&self, format: u64) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", format).unwrap();
+            meta.remove(WAL_KEY).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+}
+
+pub(super) fn aside_name(path: &Path) -> PathBuf {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    path.with_extension(format!("redb.damaged-{secs}"))
+    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!("{name}.damaged-{secs}"))
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {
@@ -264,16 +314,22 @@ const EXTENDED: u8 = 0x80;
 /// `qos, retain, topic length (u16), topic, [5.0 fields], payload`.
 fn encode_message(m: &StoredMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + m.topic.len() + m.payload.len());
+    encode_message_into(m, &mut out);
+    out
+}
+
+/// [`encode_message`] appended to `out`.
+pub(super) fn encode_message_into(m: &StoredMessage, out: &mut Vec<u8>) {
+    let qos_at = out.len();
     out.push(m.qos as u8);
     out.push(u8::from(m.retain));
     out.extend_from_slice(&(m.topic.len() as u16).to_be_bytes());
     out.extend_from_slice(m.topic.as_bytes());
-    encode_extra(m, &mut out, 0);
+    encode_extra(m, out, qos_at);
     out.extend_from_slice(&m.payload);
-    out
 }
 
-fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
+pub(super) fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
     let (&[qos, retain, hi, lo], rest) = bytes.split_first_chunk::<4>()?;
     let len = usize::from(u16::from_be_bytes([hi, lo]));
     let topic = std::str::from_utf8(rest.get(..len)?).ok()?;
@@ -289,13 +345,19 @@ fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
 /// `qos, [5.0 fields], payload` (format 1: `qos, payload`).
 fn encode_retained(m: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + m.payload.len());
-    out.push(m.qos as u8);
-    encode_extra(m, &mut out, 0);
-    out.extend_from_slice(&m.payload);
+    encode_retained_into(m, &mut out);
     out
 }
 
-fn decode_retained(topic: &str, bytes: &[u8]) -> Option<Message> {
+/// [`encode_retained`] appended to `out`.
+pub(super) fn encode_retained_into(m: &Message, out: &mut Vec<u8>) {
+    let qos_at = out.len();
+    out.push(m.qos as u8);
+    encode_extra(m, out, qos_at);
+    out.extend_from_slice(&m.payload);
+}
+
+pub(super) fn decode_retained(topic: &str, bytes: &[u8]) -> Option<Message> {
     let (&qos, rest) = bytes.split_first()?;
     let mut message = Message::new(topic.into(), Bytes::new(), QoS::from_u8(qos & !EXTENDED)?, true);
     let payload = match qos & EXTENDED {
@@ -348,7 +410,7 @@ fn decode_extra<'a>(bytes: &'a [u8], m: &mut Message) -> Option<&'a [u8]> {
 
 /// `listener (u16), expiry flag (u8) and interval (u32), user name length
 /// (u16, 0xFFFF for none) and user name`.
-fn encode_owner(o: &SessionOwner) -> Vec<u8> {
+pub(super) fn encode_owner(o: &SessionOwner) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + o.username.as_ref().map_or(0, |u| u.len()));
     out.extend_from_slice(&(o.listener.min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.push(u8::from(o.expiry.is_some()));
@@ -363,7 +425,7 @@ fn encode_owner(o: &SessionOwner) -> Vec<u8> {
     out
 }
 
-fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
+pub(super) fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
     let (&[l0, l1, has_expiry, e0, e1, e2, e3, u0, u1], rest) = bytes.split_first_chunk::<9>()?;
     let username = match u16::from_be_bytes([u0, u1]) {
         u16::MAX => None,
@@ -377,7 +439,7 @@ fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
 }
 
 /// A subscription options byte (section 3.8.3.1); format 1 stored the QoS alone.
-fn decode_options(byte: u8) -> Option<SubscriptionOptions> {
+pub(super) fn decode_options(byte: u8) -> Option<SubscriptionOptions> {
     let retain_handling = match (byte >> 4) & 0x03 {
         0 => RetainHandling::OnSubscribe,
         1 => RetainHandling::OnNewSubscription,

@@ -23,17 +23,23 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args`; panics with a hint if it is missing.
     pub fn spawn(program: &str, args: &[&str]) -> Process {
-        Self::start(program, args, None)
+        Self::start(program, args, None, &[])
+    }
+
+    /// [`Process::spawn`] with environment variables set for the child.
+    pub fn spawn_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::start(program, args, None, env)
     }
 
     /// [`Process::spawn`] with `input` on the child's stdin (then closed).
     pub fn spawn_with_input(program: &str, args: &[&str], input: &[u8]) -> Process {
-        Self::start(program, args, Some(input))
+        Self::start(program, args, Some(input), &[])
     }
 
-    fn start(program: &str, args: &[&str], input: Option<&[u8]>) -> Process {
+    fn start(program: &str, args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
