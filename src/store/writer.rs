@@ -46,8 +46,13 @@ struct Shared {
     done: AtomicU64,
     /// Batches whose commit failed (rare; kept for their waiters).
     failed: Mutex<BTreeSet<u64>>,
-    /// Notified after every commit.
-    committed: Event,
+    /// Whether `failed` has ever held a batch: until then a status costs
+    /// no lock (it is asked for every held response on every wake).
+    any_failed: AtomicBool,
+    /// Notified after every commit: `committed[b % 2]` after batch `b`'s.
+    /// A waiter for the batch being filled is not woken by the commit
+    /// running meanwhile (the one before it), only by its own.
+    committed: [Event; 2],
     /// Open [`Hold`]s: the batch is not taken while one is open. An atomic,
     /// not a field under `pending`: a hold costs no lock. Taking the batch
     /// reads it under `pending`'s lock, and an append takes that lock after
@@ -109,7 +114,8 @@ impl Persistence {
             wake: Condvar::new(),
             done: AtomicU64::new(0),
             failed: Mutex::default(),
-            committed: Event::new(),
+            any_failed: AtomicBool::new(false),
+            committed: [Event::new(), Event::new()],
             holds: AtomicUsize::new(0),
             waiting_for_holds: AtomicBool::new(false),
             eager: AtomicBool::new(false),
@@ -179,7 +185,7 @@ impl Persistence {
     pub fn status(&self, ticket: Ticket) -> TicketStatus {
         if ticket.0 > self.shared.done.load(Ordering::Acquire) {
             TicketStatus::Pending
-        } else if lock(&self.shared.failed).contains(&ticket.0) {
+        } else if self.shared.any_failed.load(Ordering::Acquire) && lock(&self.shared.failed).contains(&ticket.0) {
             TicketStatus::Failed
         } else {
             TicketStatus::Committed
@@ -208,7 +214,7 @@ impl Persistence {
                 TicketStatus::Pending => {}
                 done => return done,
             }
-            let listener = self.shared.committed.listen();
+            let listener = self.shared.committed[(ticket.0 % 2) as usize].listen();
             if self.status(ticket) != TicketStatus::Pending {
                 continue;
             }
@@ -327,12 +333,13 @@ impl Shared {
                     let count = commit.len();
                     log::error!("store commit of {count} change(s) failed: {e}; those messages are not acknowledged");
                     lock(&self.failed).insert(batch);
+                    self.any_failed.store(true, Ordering::Release);
                 }
             }
             ops.clear();
             part.clear();
             self.done.store(batch, Ordering::Release);
-            self.committed.notify(usize::MAX);
+            self.committed[(batch % 2) as usize].notify(usize::MAX);
         }
     }
 }
