@@ -185,14 +185,16 @@ impl Folder {
         }
         self.keep.clear();
         self.keep.resize(ops.len(), true);
-        // Nothing folds across a session op (created, refreshed or
-        // deleted): within a stretch without one, a client's ops come from
-        // one session, whose id is one allocation (kept alive by the ops
-        // themselves), so the key is that pointer and the sequence number,
-        // not a string a client chose.
+        // Nothing folds across a session's deletion: within a stretch
+        // without one, a client's ops come from one session, whose id is
+        // one allocation (kept alive by the ops themselves), so the key is
+        // that pointer and the sequence number, not a string a client
+        // chose. A session created or refreshed (every reconnect of a
+        // persistent client) ends no stretch: its earlier ops in the
+        // stretch, if any, were to no session and are no-ops either way.
         let mut start = 0;
         for end in 0..=ops.len() {
-            if end == ops.len() || matches!(ops[end], Op::Session(..)) {
+            if end == ops.len() || matches!(ops[end], Op::Session(_, None)) {
                 self.fold_stretch(&ops[start..end], start);
                 start = end + 1;
             }
@@ -422,7 +424,19 @@ mod fold_tests {
     }
 
     #[test]
-    fn nothing_folds_across_a_session_op() {
+    fn a_reconnect_does_not_stop_the_fold_a_deletion_does() {
+        let id: Arc<str> = "c".into();
+        let mut ops = vec![
+            Op::Message(id.clone(), 1, Some(message("t"))),
+            Op::Session(id.clone(), Some(2)),
+            Op::Message(id.clone(), 1, None),
+        ];
+        fold(&mut ops);
+        assert_eq!(ops, [Op::Session(id.clone(), Some(2))]);
+    }
+
+    #[test]
+    fn nothing_folds_across_a_session_deletion() {
         let id: Arc<str> = "c".into();
         let mut ops = vec![
             Op::Message(id.clone(), 1, Some(message("t"))),
