@@ -336,3 +336,167 @@ runtime_kind_test!(
         assert_eq!(receive_and_ack(&mut sub), ("data/x".into(), 1, b"kept".to_vec(), false));
     }
 );
+
+/// A memory store whose commits wait while its gate is shut.
+#[derive(Clone, Default)]
+struct Gated {
+    inner: std::sync::Arc<std::sync::Mutex<MemoryStore>>,
+    gate: std::sync::Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    shut: bool,
+    /// Commits that found the gate shut and wait.
+    blocked: usize,
+}
+
+impl Gated {
+    fn shut(&self, shut: bool) {
+        self.gate.0.lock().unwrap().shut = shut;
+        self.gate.1.notify_all();
+    }
+
+    /// Waits until a commit is blocked at the shut gate.
+    fn wait_blocked(&self) {
+        let (state, changed) = &*self.gate;
+        let (_state, timeout) = changed.wait_timeout_while(state.lock().unwrap(), TIMEOUT, |s| s.blocked == 0).unwrap();
+        assert!(!timeout.timed_out(), "no commit reached the store");
+    }
+}
+
+impl Store for Gated {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let (state, changed) = &*self.gate;
+        let mut s = state.lock().unwrap();
+        if s.shut {
+            s.blocked += 1;
+            changed.notify_all();
+            s = changed.wait_while(s, |s| s.shut).unwrap();
+            s.blocked -= 1;
+        }
+        drop(s);
+        self.inner.lock().unwrap().apply(ops)
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.lock().unwrap().load()
+    }
+}
+
+runtime_kind_test!(
+    /// A QoS 1 PUBACK waits for the stored copies' commit or for every copy's
+    /// acknowledgement, whichever comes first: with the store's commits
+    /// stalled, a message an online persistent subscriber has acknowledged
+    /// is acknowledged to its publisher at once, and one queued for an
+    /// offline persistent subscriber only after its commit.
+    qos1_puback_waits_for_the_commit_or_every_copys_acknowledgement,
+    |kind: RuntimeKind| {
+        let store = Gated::default();
+        let broker = Broker::with_store(TestBroker::config(), Box::new(store.clone())).unwrap();
+        let b = TestBroker::with_broker(kind, broker);
+        let mut online = b.persistent("early-online", false);
+        online.subscribe(1, &[("early/online", 1)]);
+        let mut offline = b.persistent("early-offline", false);
+        offline.subscribe(1, &[("early/offline", 1)]);
+        offline.send(&DISCONNECT);
+        offline.expect_closed();
+        let mut publisher = b.client("early-pub");
+
+        store.shut(true);
+        publisher.send(&packets::publish("early/online", b"a", 1, 1));
+        let got = online.recv();
+        assert_eq!(got.publish().0, "early/online");
+        online.send(&ack(PUBACK, got.publish().1.unwrap()));
+        // The copy's add is in a commit stalled at the gate: the PUBACK
+        // went out on the subscriber's acknowledgement alone.
+        publisher.expect(&ack(PUBACK, 1));
+        store.wait_blocked();
+
+        publisher.send(&packets::publish("early/offline", b"b", 1, 2));
+        publisher.set_read_timeout(Duration::from_millis(300));
+        match publisher.try_recv() {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("PUBACK of a message queued for an offline session before its commit: {other:?}"),
+        }
+        publisher.set_read_timeout(TIMEOUT);
+        store.shut(false);
+        publisher.expect(&ack(PUBACK, 2));
+        let mut offline = b.persistent("early-offline", true);
+        assert_eq!(offline.recv().publish().2, b"b");
+    }
+);
+
+/// A memory store that records every op reaching it out of order for its
+/// session: a copy's progress or removal before its add.
+#[derive(Clone, Default)]
+struct OrderChecked {
+    state: std::sync::Arc<std::sync::Mutex<(Snapshot, Vec<String>)>>,
+}
+
+impl Store for OrderChecked {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut guard = self.state.lock().unwrap();
+        let (state, wrong) = &mut *guard;
+        for op in ops {
+            let (id, seq) = match op {
+                Op::Progress(id, seq, _) | Op::Message(id, seq, None) => (id, seq),
+                _ => {
+                    state.apply(std::slice::from_ref(op));
+                    continue;
+                }
+            };
+            if state.sessions.get(id).is_some_and(|s| !s.messages.contains_key(seq)) {
+                wrong.push(format!("{op:?} before the add of {id} #{seq}"));
+            }
+            state.apply(std::slice::from_ref(op));
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.state.lock().unwrap().0.clone())
+    }
+}
+
+runtime_kind_test!(
+    /// A persistent session's ops reach the store in the order they
+    /// happened: with every append committed on its own, twenty online
+    /// persistent subscribers acknowledging at once never have a copy's
+    /// progress or removal stored before the copy (a crash in between would
+    /// restore a session with a hole in its queue).
+    a_sessions_ops_reach_the_store_in_order,
+    |kind: RuntimeKind| {
+        let store = OrderChecked::default();
+        let broker = Broker::with_store(TestBroker::config(), Box::new(store.clone())).unwrap();
+        broker.store().unwrap().commit_each_append();
+        let b = TestBroker::with_broker(kind, broker);
+        let readers: Vec<_> = (0..20)
+            .map(|i| {
+                let mut c = b.persistent(&format!("order-{i}"), false);
+                c.subscribe(1, &[("order/#", 1)]);
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|_| {
+                            let p = c.recv();
+                            let (_, pid, payload) = p.publish();
+                            c.send(&ack(PUBACK, pid.expect("QoS 1")));
+                            payload
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut publisher = b.client("order-pub");
+        for n in 0..200u16 {
+            publisher.send(&packets::publish("order/x", &n.to_be_bytes(), 1, n + 1));
+            publisher.expect(&ack(PUBACK, n + 1));
+        }
+        let sent: Vec<Vec<u8>> = (0..200u16).map(|n| n.to_be_bytes().to_vec()).collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), sent, "every message, in order");
+        }
+        let wrong = store.state.lock().unwrap().1.clone();
+        assert!(wrong.is_empty(), "{} op(s) out of order, first: {:?}", wrong.len(), wrong.first());
+    }
+);

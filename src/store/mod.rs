@@ -340,6 +340,19 @@ impl From<io::Error> for StoreError {
 #[cfg(test)]
 pub(crate) mod contract;
 
+/// A xorshift generator for the store's randomised tests: `next(n)` is
+/// in `0..n`.
+#[cfg(test)]
+pub(crate) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut x = seed | 1;
+    move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    }
+}
+
 #[cfg(test)]
 mod fold_tests {
     use super::*;
@@ -353,13 +366,7 @@ mod fold_tests {
     /// Random ops as the broker appends them (a message's sequence number
     /// is new for its session), over a store already holding some state.
     fn ops(seed: u64, len: usize) -> (Snapshot, Vec<Op>) {
-        let mut x = seed | 1;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = random(seed);
         let ids: Vec<Arc<str>> = (0..3).map(|i| format!("c{i}").into()).collect();
         let mut before = Snapshot::default();
         let mut last_seq = [0u64; 3];

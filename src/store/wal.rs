@@ -386,7 +386,7 @@ fn prepare_spare(dir: &Path, bytes: u64, ready: &AtomicBool) {
     }
     let path = dir.join(SPARE);
     let made = File::create(&path).and_then(|mut file| {
-        write_zeros(&mut file, bytes.min(SEGMENT_BYTES))?;
+        write_zeros(&mut file, bytes)?;
         file.sync_all()
     });
     match made {
@@ -781,13 +781,7 @@ mod tests {
     /// Commits as the broker makes them: sessions, subscriptions, messages
     /// queued, progressed and acknowledged, retained messages.
     fn commits(seed: u64, count: usize) -> Vec<Vec<Op>> {
-        let mut x = seed | 1;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::store::random(seed);
         let ids: Vec<Arc<str>> = (0..4).map(|i| format!("c{i}").into()).collect();
         let mut live: Vec<Vec<u64>> = vec![Vec::new(); ids.len()];
         let mut seq = 0;
