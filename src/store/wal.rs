@@ -57,6 +57,7 @@ pub struct WalStore {
     written: u64,
     segment_bytes: u64,
     buf: Vec<u8>,
+    bodies: Bodies,
     /// Every op since the segments the checkpoint thread has or had.
     delta: Vec<Op>,
     /// `delta`'s length at which it is folded next.
@@ -276,6 +277,7 @@ impl WalStore {
             written,
             segment_bytes: segment_bytes.max(1),
             buf: Vec::new(),
+            bodies: Bodies::new(),
             delta: replayed.ops,
             fold_at: 0,
             folder: Folder::default(),
@@ -429,7 +431,7 @@ impl Store for WalStore {
             }
         }
         *self.opened.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
-        encode_frame(ops, &mut self.buf);
+        encode_frame(ops, &mut self.buf, &mut self.bodies);
         self.write_frame()?;
         self.delta.extend(ops.iter().cloned());
         if self.delta.len() >= self.fold_at {
@@ -527,16 +529,32 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 /// One commit's frame, in `buf` (cleared first).
-fn encode_frame(ops: &[Op], buf: &mut Vec<u8>) {
+fn encode_frame(ops: &[Op], buf: &mut Vec<u8>, bodies: &mut Bodies) {
     buf.clear();
     buf.resize(HEADER, 0);
+    bodies.clear();
     for op in ops {
-        encode_op(op, buf);
+        encode_op(op, buf, bodies);
     }
     let body_len = buf.len() - HEADER;
     let sum = checksum(&buf[HEADER..]);
     buf[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
     buf[4..HEADER].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// The copies of one message (its topic, payload and properties, shared by
+/// pointer) already written whole in the frame being encoded, by the index
+/// of that record: a message queued for a hundred persistent sessions is
+/// written once per commit, and each further copy refers to it.
+type Bodies = std::collections::HashMap<BodyKey, u32>;
+
+/// Pointers (only compared: the ops being encoded keep them alive, so equal
+/// pointers mean equal contents), the payload's length and the expiry.
+type BodyKey = (usize, usize, usize, usize, Option<u64>);
+
+fn body_key(m: &crate::packet::Message) -> BodyKey {
+    let properties = m.properties.as_ref().map_or(0, |p| Arc::as_ptr(p) as usize);
+    (Arc::as_ptr(&m.topic).cast::<u8>() as usize, m.payload.as_ptr() as usize, m.payload.len(), properties, m.expires)
 }
 
 mod tag {
@@ -551,6 +569,8 @@ mod tag {
     pub const REMOVE: u8 = 9;
     pub const PROGRESS: u8 = 10;
     pub const INCOMING: u8 = 11;
+    /// A copy of a message written whole earlier in the same frame.
+    pub const COPY: u8 = 12;
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -568,7 +588,7 @@ fn put_blob(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-fn encode_op(op: &Op, out: &mut Vec<u8>) {
+fn encode_op(op: &Op, out: &mut Vec<u8>, bodies: &mut Bodies) {
     match op {
         Op::Retain(topic, Some(m)) => {
             out.push(tag::RETAIN);
@@ -612,10 +632,31 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) {
             put_blob(out, |out| out.extend_from_slice(&encode_owner(owner)));
         }
         Op::Message(id, seq, Some(m)) => {
-            out.push(tag::MESSAGE);
-            put_str(out, id);
-            out.extend_from_slice(&seq.to_le_bytes());
-            put_blob(out, |out| encode_message_into(m, out));
+            let next = bodies.len() as u32;
+            match bodies.entry(body_key(m)) {
+                std::collections::hash_map::Entry::Occupied(whole) => {
+                    out.push(tag::COPY);
+                    put_str(out, id);
+                    out.extend_from_slice(&seq.to_le_bytes());
+                    out.extend_from_slice(&whole.get().to_le_bytes());
+                    out.push(m.qos as u8);
+                    out.push(u8::from(m.retain));
+                    match m.subscription_id {
+                        Some(n) => {
+                            out.push(1);
+                            out.extend_from_slice(&n.to_le_bytes());
+                        }
+                        None => out.push(0),
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(first) => {
+                    first.insert(next);
+                    out.push(tag::MESSAGE);
+                    put_str(out, id);
+                    out.extend_from_slice(&seq.to_le_bytes());
+                    put_blob(out, |out| encode_message_into(m, out));
+                }
+            }
         }
         Op::Message(id, seq, None) => {
             out.push(tag::REMOVE);
@@ -647,7 +688,7 @@ fn frame(bytes: &[u8], ids: &mut HashSet<Arc<str>>, ops: &mut Vec<Op>) -> Option
     if checksum(body) != sum {
         return None;
     }
-    let mut r = Reader { bytes: body, ids };
+    let mut r = Reader { bytes: body, ids, bodies: Vec::new() };
     while !r.bytes.is_empty() {
         ops.push(r.op()?);
     }
@@ -658,6 +699,8 @@ struct Reader<'a, 'i> {
     bytes: &'a [u8],
     /// Client ids read so far: one allocation each, as the broker has.
     ids: &'i mut HashSet<Arc<str>>,
+    /// The frame's messages written whole, for its [`tag::COPY`] records.
+    bodies: Vec<crate::packet::Message>,
 }
 
 impl<'a> Reader<'a, '_> {
@@ -730,7 +773,20 @@ impl<'a> Reader<'a, '_> {
             }
             tag::MESSAGE => {
                 let (id, seq) = (self.id()?, self.u64()?);
-                Op::Message(id, seq, Some(decode_message(self.blob()?)?))
+                let m = decode_message(self.blob()?)?;
+                self.bodies.push(m.clone());
+                Op::Message(id, seq, Some(m))
+            }
+            tag::COPY => {
+                let (id, seq) = (self.id()?, self.u64()?);
+                let whole = self.u32()? as usize;
+                let (qos, retain) = (crate::packet::QoS::from_u8(self.u8()?)?, self.u8()? == 1);
+                let subscription_id = match self.u8()? {
+                    0 => None,
+                    _ => Some(self.u32()?),
+                };
+                let m = crate::packet::Message { qos, retain, subscription_id, ..self.bodies.get(whole)?.clone() };
+                Op::Message(id, seq, Some(m))
             }
             tag::REMOVE => Op::Message(self.id()?, self.u64()?, None),
             tag::PROGRESS => {
@@ -963,7 +1019,7 @@ mod tests {
         let mut bytes = Vec::new();
         let mut buf = Vec::new();
         for c in commits {
-            encode_frame(c, &mut buf);
+            encode_frame(c, &mut buf, &mut Bodies::new());
             bytes.extend_from_slice(&buf);
         }
         fs::write(dir.join(segment_name(n)), bytes).unwrap();
@@ -1056,5 +1112,44 @@ mod tests {
         let mut want = before;
         more.iter().for_each(|c| want.apply(c));
         same(&reopen(&dir.0), &want, "after commits in format 3");
+    }
+
+    #[test]
+    fn copies_of_one_message_are_written_once_per_commit() {
+        let dir = Dir::new("copies");
+        let ids: Vec<Arc<str>> = (0..50).map(|i| format!("fan-{i}").into()).collect();
+        let mut commits = vec![ids.iter().map(|id| Op::Session(id.clone(), Some(1))).collect::<Vec<_>>()];
+        let properties = crate::packet::Properties { content_type: Some("text/plain".into()), ..Default::default() };
+        let one = Message {
+            properties: Some(Arc::new(properties)),
+            expires: Some(1_900_000_000_000),
+            ..Message::new("fan/out".into(), Bytes::from(vec![7u8; 4000]), QoS::ExactlyOnce, false)
+        };
+        let copies: Vec<Op> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let copy = Message {
+                    qos: if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce },
+                    retain: i % 3 == 0,
+                    subscription_id: (i % 4 == 0).then_some(i as u32 + 1),
+                    ..one.clone()
+                };
+                Op::Message(id.clone(), 1, Some(copy))
+            })
+            .collect();
+        commits.push(copies);
+        // The same contents in another allocation: written whole again.
+        commits.push(vec![Op::Message(
+            ids[0].clone(),
+            2,
+            Some(Message { payload: Bytes::from(vec![7u8; 4000]), ..one }),
+        )]);
+        let mut store = WalStore::open_with(&dir.0, false, 1 << 20).unwrap();
+        commits.iter().for_each(|c| store.apply(c).unwrap());
+        let written = store.written;
+        store.crash();
+        assert!(written < 3 * 4000 + 50 * 64, "{written} bytes: each commit wrote the payload once");
+        same(&reopen(&dir.0), &expected(&commits), "after reopening");
     }
 }
