@@ -63,7 +63,8 @@ pub struct WalStore {
     /// `delta`'s length at which it is folded next.
     fold_at: usize,
     folder: Folder,
-    /// A failed write could not be undone: the segment's end is unknown.
+    /// A failed write could not be undone: the segment's end is unknown,
+    /// and every later commit fails.
     broken: bool,
     checkpointer: Option<Checkpointer>,
     /// What [`WalStore::open`] read, until the first commit.
@@ -121,16 +122,18 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 struct Replay {
     ops: Vec<Op>,
     last: Option<(u64, PathBuf, u64)>,
-    /// The last segment has bytes after its last whole frame that are not
-    /// zeros (a torn write).
-    torn: bool,
+    /// A segment with bytes after its last whole frame that are not zeros
+    /// (a torn write), and where its whole frames end.
+    torn: Option<(PathBuf, u64)>,
     /// Commits read.
     frames: usize,
 }
 
 /// Reads the segments from `start` on into `snapshot` (and `ops`). A bad
-/// frame ends the last segment (a torn write: with `truncate` it is cut
-/// off); anywhere else the log is damaged.
+/// frame in the last segment that holds anything but zeros ends the log (a
+/// torn write; later segments are unwritten: a rotation that failed, or
+/// was cut short by the crash); anywhere else the log is damaged. So is a
+/// frame whose checksum holds but whose ops cannot be read.
 fn replay(dir: &Path, start: u64, snapshot: &mut Snapshot, keep_ops: bool) -> Result<Replay, StoreError> {
     let all = segments(dir)?;
     let live: Vec<_> = all.into_iter().filter(|(n, _)| *n >= start).collect();
@@ -140,19 +143,25 @@ fn replay(dir: &Path, start: u64, snapshot: &mut Snapshot, keep_ops: bool) -> Re
         let shown = path.display();
         return Err(StoreError::Corrupted(format!("log segment {start} is missing (the next is {shown})")));
     }
-    let mut out = Replay { ops: Vec::new(), last: None, torn: false, frames: 0 };
-    let mut ids = HashSet::new();
-    let count = live.len();
-    for (i, (n, path)) in live.into_iter().enumerate() {
-        if i > 0 && out.last.as_ref().is_some_and(|(before, ..)| before + 1 != n) {
-            return Err(StoreError::Corrupted(format!("log segment before {} is missing", path.display())));
+    for pair in live.windows(2) {
+        if pair[0].0 + 1 != pair[1].0 {
+            return Err(StoreError::Corrupted(format!("log segment before {} is missing", pair[1].1.display())));
         }
+    }
+    let mut files = Vec::with_capacity(live.len());
+    for (n, path) in live {
         let bytes = fs::read(&path).map_err(|e| StoreError::Io(format!("cannot read {}: {e}", path.display())))?;
+        files.push((n, path, bytes));
+    }
+    let last_written = files.iter().rposition(|(.., bytes)| bytes.iter().any(|&b| b != 0)).unwrap_or(0);
+    let mut out = Replay { ops: Vec::new(), last: None, torn: None, frames: 0 };
+    let mut ids = HashSet::new();
+    for (i, (n, path, bytes)) in files.into_iter().enumerate() {
         let mut at = 0;
         let mut ops = Vec::new();
         while at < bytes.len() {
             match frame(&bytes[at..], &mut ids, &mut ops) {
-                Some(len) => {
+                Frame::Whole(len) => {
                     out.frames += 1;
                     snapshot.apply(&ops);
                     if keep_ops {
@@ -161,18 +170,24 @@ fn replay(dir: &Path, start: u64, snapshot: &mut Snapshot, keep_ops: bool) -> Re
                     ops.clear();
                     at += len;
                 }
+                Frame::Undecodable => {
+                    let shown = path.display();
+                    return Err(StoreError::Corrupted(format!(
+                        "log segment {shown} has an unreadable commit at byte {at}"
+                    )));
+                }
                 // The zeros a segment is made of before it is written.
-                None if bytes[at..].iter().all(|&b| b == 0) => break,
-                None if i + 1 == count => {
+                Frame::Torn if bytes[at..].iter().all(|&b| b == 0) => break,
+                Frame::Torn if i >= last_written => {
                     let dropped = bytes.len() - at;
                     log::warn!(
                         "store log {}: dropping {dropped} byte(s) after the last whole commit (written when midge stopped; never acknowledged)",
                         path.display()
                     );
-                    out.torn = true;
+                    out.torn = Some((path.clone(), at as u64));
                     break;
                 }
-                None => {
+                Frame::Torn => {
                     let shown = path.display();
                     return Err(StoreError::Corrupted(format!("log segment {shown} is damaged at byte {at}")));
                 }
@@ -250,15 +265,16 @@ impl WalStore {
             Ok(match &replayed.last {
                 // Appends go on after the last whole frame.
                 Some((n, path, good)) => {
-                    let mut file = OpenOptions::new().write(true).open(path)?;
-                    if replayed.torn {
+                    if let Some((torn, from)) = &replayed.torn {
                         // Zeros over the torn frame: nothing of it can be
                         // read as a frame once new ones are written before it.
+                        let mut file = OpenOptions::new().write(true).open(torn)?;
                         let end = file.metadata()?.len();
-                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*good))?;
-                        write_zeros(&mut file, end - good)?;
+                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*from))?;
+                        write_zeros(&mut file, end - from)?;
                         file.sync_data()?;
                     }
+                    let mut file = OpenOptions::new().write(true).open(path)?;
                     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(*good))?;
                     (file, *n, *good)
                 }
@@ -314,7 +330,6 @@ impl WalStore {
                 self.file = file;
                 self.segment = next;
                 self.written = 0;
-                self.broken = false;
                 let ops = std::mem::take(&mut self.delta);
                 self.fold_at = 4096;
                 checkpointer.busy.store(true, Ordering::Release);
@@ -332,11 +347,18 @@ impl WalStore {
     fn write_frame(&mut self) -> Result<(), StoreError> {
         let result = self.file.write_all(&self.buf).and_then(|()| self.file.sync_data());
         if let Err(e) = result {
-            let undone = self
-                .file
-                .set_len(self.written)
-                .and_then(|()| std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.written)).map(drop));
-            if undone.is_err() {
+            // Zeros over whatever of the frame was written: its commit
+            // failed, and it must not come back on the next start.
+            let len = self.buf.len() as u64;
+            let seek = |file: &mut File, at| std::io::Seek::seek(file, std::io::SeekFrom::Start(at)).map(drop);
+            let undone = seek(&mut self.file, self.written)
+                .and_then(|()| write_zeros(&mut self.file, len))
+                .and_then(|()| self.file.sync_data())
+                .and_then(|()| seek(&mut self.file, self.written));
+            if let Err(undo) = undone {
+                // The segment's end is unknown: no more commits go into
+                // this log (they fail) until midge is restarted.
+                log::error!("store: log segment {} cannot be repaired after a failed write ({undo})", self.segment);
                 self.broken = true;
             }
             return Err(StoreError::Io(format!("cannot write log segment {}: {e}", self.segment)));
@@ -386,10 +408,14 @@ fn prepare_spare(dir: &Path, bytes: u64, ready: &AtomicBool) {
     if ready.load(Ordering::Acquire) {
         return;
     }
-    let path = dir.join(SPARE);
-    let made = File::create(&path).and_then(|mut file| {
+    // Written under another name and renamed when whole: the writer may
+    // be renaming the previous spare into the log at this moment, and a
+    // file it opens as a segment must never be truncated or written here.
+    let (path, part) = (dir.join(SPARE), dir.join(format!("{SPARE}.part")));
+    let made = File::create(&part).and_then(|mut file| {
         write_zeros(&mut file, bytes)?;
-        file.sync_all()
+        file.sync_all()?;
+        fs::rename(&part, &path)
     });
     match made {
         Ok(()) => ready.store(true, Ordering::Release),
@@ -425,13 +451,19 @@ impl Store for WalStore {
             return Ok(());
         }
         if self.broken {
-            self.rotate();
-            if self.broken {
-                return Err(StoreError::Io(format!("log segment {} could not be repaired", self.segment)));
-            }
+            return Err(StoreError::Io(format!(
+                "log segment {} could not be repaired after a failed write",
+                self.segment
+            )));
         }
         *self.opened.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
         encode_frame(ops, &mut self.buf, &mut self.bodies);
+        if self.buf.len() - HEADER > u32::MAX as usize {
+            let size = self.buf.len();
+            return Err(StoreError::Io(format!(
+                "a commit of {size} bytes is larger than a log frame can hold (4 GiB)"
+            )));
+        }
         self.write_frame()?;
         self.delta.extend(ops.iter().cloned());
         if self.delta.len() >= self.fold_at {
@@ -678,21 +710,36 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, bodies: &mut Bodies) {
     }
 }
 
-/// Reads one frame at the start of `bytes` into `ops`: its length, or
-/// `None` if it is incomplete or damaged.
-fn frame(bytes: &[u8], ids: &mut HashSet<Arc<str>>, ops: &mut Vec<Op>) -> Option<usize> {
-    let (header, rest) = bytes.split_first_chunk::<HEADER>()?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let sum = u64::from_le_bytes(header[4..].try_into().ok()?);
-    let body = rest.get(..len).filter(|body| !body.is_empty())?;
+/// What the start of a segment's remaining bytes holds.
+enum Frame {
+    /// A frame of this many bytes, its ops read.
+    Whole(usize),
+    /// No whole frame: incomplete, zeros, or a checksum that fails.
+    Torn,
+    /// A frame whose checksum holds but whose ops cannot be read.
+    Undecodable,
+}
+
+/// Reads one frame at the start of `bytes` into `ops`.
+fn frame(bytes: &[u8], ids: &mut HashSet<Arc<str>>, ops: &mut Vec<Op>) -> Frame {
+    let Some((header, rest)) = bytes.split_first_chunk::<HEADER>() else { return Frame::Torn };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let sum = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+    let Some(body) = rest.get(..len).filter(|body| !body.is_empty()) else { return Frame::Torn };
     if checksum(body) != sum {
-        return None;
+        return Frame::Torn;
     }
     let mut r = Reader { bytes: body, ids, bodies: Vec::new() };
     while !r.bytes.is_empty() {
-        ops.push(r.op()?);
+        match r.op() {
+            Some(op) => ops.push(op),
+            None => {
+                ops.clear();
+                return Frame::Undecodable;
+            }
+        }
     }
-    Some(HEADER + len)
+    Frame::Whole(HEADER + len)
 }
 
 struct Reader<'a, 'i> {
@@ -1151,5 +1198,47 @@ mod tests {
         store.crash();
         assert!(written < 3 * 4000 + 50 * 64, "{written} bytes: each commit wrote the payload once");
         same(&reopen(&dir.0), &expected(&commits), "after reopening");
+    }
+
+    /// A rotation that failed (or was cut short) leaves an unwritten next
+    /// segment: a torn frame before it still just ends the log.
+    #[test]
+    fn a_torn_frame_before_unwritten_segments_ends_the_log() {
+        let dir = Dir::new("torn-before-empty");
+        let all = commits(12, 40);
+        write_segment(&dir.0, 1, &all);
+        let first = dir.0.join(segment_name(1));
+        let whole = fs::metadata(&first).unwrap().len();
+        let mut file = OpenOptions::new().append(true).open(&first).unwrap();
+        file.write_all(&[200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, tag::MESSAGE]).unwrap();
+        drop(file);
+        fs::write(dir.0.join(segment_name(2)), [0u8; 4096]).unwrap();
+        fs::write(dir.0.join(segment_name(3)), []).unwrap();
+        let mut store = WalStore::open_with(&dir.0, false, 1 << 20).unwrap();
+        same(&store.load().unwrap(), &expected(&all), "the whole frames");
+        let more = commits(13, 20);
+        more.iter().for_each(|c| store.apply(c).unwrap());
+        store.crash();
+        let mut both = all.clone();
+        both.extend(more);
+        same(&reopen(&dir.0), &expected(&both), "after more commits");
+        if let Ok(bytes) = fs::read(&first) {
+            assert!(bytes[whole as usize..].iter().all(|&b| b == 0), "the torn frame was zeroed");
+        }
+    }
+
+    #[test]
+    fn a_whole_frame_that_cannot_be_read_is_damage_even_at_the_end() {
+        let dir = Dir::new("unreadable");
+        write_segment(&dir.0, 1, &commits(14, 10));
+        let body = [0xEEu8, 1, 2, 3];
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&checksum(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let mut file = OpenOptions::new().append(true).open(dir.0.join(segment_name(1))).unwrap();
+        file.write_all(&frame).unwrap();
+        drop(file);
+        let refused = WalStore::open_with(&dir.0, false, 1 << 20).err().expect("refused");
+        assert!(matches!(refused, StoreError::Corrupted(_)), "{refused}");
     }
 }
