@@ -673,21 +673,35 @@ runtime_kind_test!(
         let edge = TestBroker::start(kind, |c| {
             c.bridges = vec![Bridge {
                 start_type: midge::config::StartType::Lazy,
-                threshold: 3,
+                threshold: 4,
                 ..bridge_to(central.addr, out)
             }];
         });
         let mut far = central.client("far");
         far.subscribe(1, &[("data/#", 1)]);
         let mut near = edge.client("near");
+        // The bridge's session here subscribes at start, on its own task: a
+        // probe is published until one is queued for it (none before that
+        // is routed to it).
+        let stats = edge.broker.stats().bridges();
+        let queued = || edge.broker.session_queue(&stats[0].local_id).map_or(0, |(n, _)| n);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for pid in 100.. {
+            publish(&mut near, "data/probe", b"probe", 1, pid, false);
+            if queued() == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the bridge's session never subscribed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for pid in 1..=2 {
             publish(&mut near, "data/x", &[b'0' + pid as u8], 1, pid, false);
         }
-        let stats = edge.broker.stats().bridges();
+        assert_eq!(queued(), 3);
         assert_eq!(stats[0].connects.load(SeqCst), 0, "below the threshold, not connected");
         publish(&mut near, "data/x", b"3", 1, 3, false);
-        let got: Vec<Vec<u8>> = (0..3).map(|_| next(&mut far).2).collect();
-        assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+        let got: Vec<Vec<u8>> = (0..4).map(|_| next(&mut far).2).collect();
+        assert_eq!(got, [b"probe".to_vec(), b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
     }
 );
 
