@@ -34,6 +34,9 @@ struct Shared {
     registry: Mutex<HashMap<Arc<str>, Entry>>,
     /// Read on every PUBLISH, written on SUBSCRIBE: a read-mostly lock.
     subscriptions: RwLock<Trie<Subscriber>>,
+    /// Changes to `subscriptions` so far, counted under its write lock: a
+    /// publisher's turn reuses a match while it stands (see `deferred`).
+    subscriptions_changed: AtomicU64,
     retained: RwLock<Retained>,
     stats: Stats,
     /// Source of connection ids; 0 means "no connection".
@@ -261,6 +264,7 @@ impl Broker {
             config,
             registry: Mutex::new(registry),
             subscriptions: RwLock::new(trie),
+            subscriptions_changed: AtomicU64::new(0),
             retained: RwLock::new(retained),
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
@@ -628,7 +632,7 @@ impl Broker {
         if stored && self.shared.store.is_some() {
             ops.push(Op::Session(client_id.clone(), None));
         }
-        let mut trie = write(&self.shared.subscriptions);
+        let mut trie = self.subscriptions_mut();
         for filter in filters {
             self.remove_slot(&mut trie, &filter, client_id);
         }
@@ -692,7 +696,7 @@ impl Broker {
                     send_retained.push((*filter, *sub));
                 }
             }
-            let mut trie = write(&self.shared.subscriptions);
+            let mut trie = self.subscriptions_mut();
             for (filter, sub) in &unique {
                 let (at, key, share) = slot(filter, client_id);
                 trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share });
@@ -755,7 +759,12 @@ impl Broker {
     }
 
     /// Counts a drop, or notes a session that holds its publisher back.
-    fn count_offer(&self, offer: Offer, session: &Arc<SessionHandle>, pressed: &mut Vec<Arc<SessionHandle>>) {
+    pub(crate) fn count_offer(
+        &self,
+        offer: Offer,
+        session: &Arc<SessionHandle>,
+        pressed: &mut Vec<Arc<SessionHandle>>,
+    ) {
         match offer {
             Offer::Dropped(cause) => self.shared.stats.dropped(cause, 1),
             Offer::Pressed => pressed.push(session.clone()),
@@ -775,15 +784,22 @@ impl Broker {
     ) -> Option<(Vec<bool>, Ticket)> {
         let mut s = session.lock_owned(conn)?;
         let existed = filters.iter().map(|f| s.session.unsubscribe(f)).collect();
-        let mut trie = write(&self.shared.subscriptions);
+        let mut trie = self.subscriptions_mut();
         for filter in filters {
             self.remove_slot(&mut trie, filter, client_id);
         }
         Some((existed, s.commit()))
     }
 
+    /// The subscriptions, to change them; the change is counted.
+    fn subscriptions_mut(&self) -> RwLockWriteGuard<'_, Trie<Subscriber>> {
+        let trie = write(&self.shared.subscriptions);
+        self.shared.subscriptions_changed.fetch_add(1, Ordering::AcqRel);
+        trie
+    }
+
     /// The rules deliveries are checked against, when an ACL is in force.
-    fn acl(&self) -> Option<Arc<Security>> {
+    pub(crate) fn acl(&self) -> Option<Arc<Security>> {
         Some(read(&self.shared.security).clone()).filter(|s| s.has_acl())
     }
 
@@ -793,7 +809,7 @@ impl Broker {
     /// The ticket says when every durable copy is committed. Publishers
     /// that do not wait for full queues (the will, `$SYS`) use this.
     pub fn publish(&self, message: Message, retain: bool) -> Ticket {
-        let routing = self.publish_from(None, message, retain, None, &mut Vec::new());
+        let routing = self.publish_from(None, message, retain, None, &mut Vec::new(), false);
         routing.retained.max(routing.copies)
     }
 
@@ -808,6 +824,9 @@ impl Broker {
     /// (MQTT-3.3.4-3). A `receipt` slot gets one once a QoS 1 copy is
     /// stored; it counts the stored copies, which
     /// the PUBACK may wait for instead of their commit (see [`Receipt`]).
+    /// With `defer`, inside a connection's [`Turn`](crate::deferred::Turn),
+    /// copies that change nothing durable are delivered at the turn's end
+    /// (see [`crate::deferred`]).
     pub fn publish_from(
         &self,
         from: Option<&str>,
@@ -815,6 +834,7 @@ impl Broker {
         retain: bool,
         mut receipt: Option<&mut Option<Arc<Receipt>>>,
         pressed: &mut Vec<Arc<SessionHandle>>,
+        defer: bool,
     ) -> Routing {
         // QoS 0 copies are never stored: only a retained or QoS 1/2 message
         // can change the store in more than one append.
@@ -828,14 +848,40 @@ impl Broker {
             let kept = (!message.payload.is_empty()).then(|| Message { retain: true, ..message.clone() });
             retained_ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
         }
-        let security = self.acl();
-        let mut targets: Vec<(Arc<SessionHandle>, Subscription)> = Vec::new();
+        // In a connection's turn, a message to the same topic as the last
+        // goes to the same sessions unless a subscription changed since.
+        let defer = defer && crate::deferred::open();
+        if defer {
+            let generation = self.shared.subscriptions_changed.load(Ordering::Acquire);
+            if let Some(routed) = crate::deferred::defer_again(self, &message, generation, pressed) {
+                return Routing { retained: retained_ticket, copies: ticket, routed };
+            }
+        }
+        let mut targets: Vec<Target> = Vec::new();
         let mut shared: Vec<SharedMatch> = Vec::new();
-        read(&self.shared.subscriptions).for_each_match(&message.topic, |client, s| match &s.share {
-            None if !(s.sub.options.no_local && from == Some(&**client)) => targets.push((s.session.clone(), s.sub)),
-            None => {}
-            Some(share) => shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone())),
-        });
+        let generation = {
+            let trie = read(&self.shared.subscriptions);
+            trie.for_each_match(&message.topic, |client, s| match &s.share {
+                None if !(s.sub.options.no_local && from == Some(&**client)) => {
+                    targets.push((s.session.clone(), s.sub))
+                }
+                None => {}
+                Some(share) => shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone())),
+            });
+            // Read under the lock that every change takes to write.
+            self.shared.subscriptions_changed.load(Ordering::Acquire)
+        };
+        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), sub.id, std::cmp::Reverse(sub.options.qos)));
+        if defer && shared.is_empty() {
+            match crate::deferred::defer_matched(self, &message, generation, targets, pressed) {
+                Ok(routed) => return Routing { retained: retained_ticket, copies: ticket, routed },
+                Err(back) => targets = back,
+            }
+        }
+        // What an earlier message deferred goes first: a session gets one
+        // publisher's messages in order.
+        crate::deferred::flush(self, pressed);
+        let security = self.acl();
         let mut routed = 0;
         if !shared.is_empty() {
             // One copy per group (4.8.2), to the member the strategy picks.
@@ -856,34 +902,11 @@ impl Broker {
                 routed += 1;
             }
         }
-        targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), sub.id, std::cmp::Reverse(sub.options.qos)));
-        let mut i = 0;
-        while i < targets.len() {
-            // One copy per session and Subscription Identifier: the highest
-            // QoS of those matching subscriptions (first after the sort). A
-            // 3.1.1 session (no identifiers) gets one copy (MQTT-3.3.5-1); a
-            // 5.0 one with overlapping identified subscriptions one copy
-            // each, every copy with its one identifier (MQTT-3.3.4-5), as
-            // Mosquitto sends them: libmosquitto refuses a PUBLISH with more
-            // than one.
-            let (session, first) = &targets[i];
-            let mut end = i + 1;
-            let mut rap = first.options.retain_as_published;
-            while end < targets.len() && Arc::ptr_eq(&targets[end].0, session) && targets[end].1.id == first.id {
-                rap |= targets[end].1.options.retain_as_published;
-                end += 1;
-            }
-            let copy = Message {
-                qos: message.qos.min(first.options.qos),
-                retain: rap && message.retain,
-                subscription_id: first.id,
-                ..message.clone()
-            };
+        for (session, copy) in copies(&targets, &message) {
             let (offer, t) = session.deliver(copy, security.as_deref(), receipt.as_deref_mut());
             self.count_offer(offer, session, pressed);
             ticket = ticket.max(t);
             routed += 1;
-            i = end;
         }
         Routing { retained: retained_ticket, copies: ticket, routed }
     }
@@ -960,6 +983,39 @@ fn random_below(n: usize) -> usize {
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;
     (x % n.max(1) as u64) as usize
+}
+
+/// The copies of `message` for its matched `targets` (sorted by session,
+/// identifier, then QoS from the highest): one per session and
+/// Subscription Identifier, at the highest QoS of those matching
+/// subscriptions (the first after the sort). A 3.1.1 session (no
+/// identifiers) gets one copy (MQTT-3.3.5-1); a 5.0 one with overlapping
+/// identified subscriptions one copy each, every copy with its one
+/// identifier (MQTT-3.3.4-5), as Mosquitto sends them: libmosquitto
+/// refuses a PUBLISH with more than one.
+pub(crate) fn copies<'a>(
+    targets: &'a [Target],
+    message: &'a Message,
+) -> impl Iterator<Item = (&'a Arc<SessionHandle>, Message)> + 'a {
+    groups(targets).map(move |group| {
+        let (session, first) = &group[0];
+        let rap = group.iter().any(|(_, sub)| sub.options.retain_as_published);
+        let copy = Message {
+            qos: message.qos.min(first.options.qos),
+            retain: rap && message.retain,
+            subscription_id: first.id,
+            ..message.clone()
+        };
+        (session, copy)
+    })
+}
+
+/// A matched session, and the subscription that matched.
+pub(crate) type Target = (Arc<SessionHandle>, Subscription);
+
+/// The matched targets that get one copy: the same session and identifier.
+pub(crate) fn groups(targets: &[Target]) -> std::slice::ChunkBy<'_, Target, impl FnMut(&Target, &Target) -> bool> {
+    targets.chunk_by(|a, b| Arc::ptr_eq(&a.0, &b.0) && a.1.id == b.1.id)
 }
 
 /// Where a routed message went, and the commits its acknowledgement waits for.

@@ -6,6 +6,7 @@
 
 use crate::broker::Broker;
 use crate::codec::MqttCodec;
+use crate::deferred;
 use crate::error::{Error, Refusal, Violation};
 use crate::gate::ReadGate;
 use crate::handle::{self, Admitted, Client, Drained, Flow, Peer};
@@ -746,6 +747,9 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         return Close::TakenOver;
                     }
                     let mut next = Some(packet);
+                    // The turn's deliveries to each subscriber go together,
+                    // before its acknowledgements are written (see deferred).
+                    let turn = deferred::Turn::open(broker, client);
                     // Handle every packet already received before writing once:
                     // a pipelining publisher gets its acknowledgements in one write.
                     for _ in 0..BATCH {
@@ -761,6 +765,9 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         let subscribe = matches!(packet, Packet::Subscribe(..));
                         let publish = matches!(packet, Packet::Publish(_));
+                        if !publish {
+                            turn.flush();
+                        }
                         if let Err(close) = on_packet(client, broker, packet, out, &mut held) {
                             closing = Some(close);
                             break;
@@ -792,6 +799,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         };
                     }
                     stash = next.map(Box::new);
+                    drop(turn);
                 }
                 Event::Packet(Some(Err(e))) => return e.into(),
                 Event::Packet(None) => return Close::PeerClosed,

@@ -34,6 +34,7 @@ pub mod codec;
 pub mod config;
 pub mod config_file;
 pub mod connection;
+pub mod deferred;
 pub mod error;
 pub mod expiry;
 pub mod gate;

@@ -257,6 +257,11 @@ impl Session {
         session
     }
 
+    /// Whether its changes are journaled for the store.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
     /// The changes made since the last call, for the store.
     pub fn take_journal(&mut self) -> Vec<Op> {
         std::mem::take(&mut self.journal)

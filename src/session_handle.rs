@@ -92,8 +92,10 @@ impl fmt::Debug for Guard<'_> {
 }
 
 impl SessionHandle {
-    /// Wraps a session; `store` receives its journal.
+    /// Wraps a session; `store` receives its journal (kept only for a
+    /// durable session: no other is ever journaled).
     pub fn new(client_id: Arc<str>, session: Session, store: Option<Persistence>) -> Arc<SessionHandle> {
+        let store = store.filter(|_| session.is_durable());
         let state = Mutex::new(Owned { owner: 0, username: None, listener: 0, session });
         Arc::new(SessionHandle { client_id, state, bell: Signal::new(), room: Event::new(), store })
     }
@@ -133,6 +135,12 @@ impl SessionHandle {
         self.bell.is_raised()
     }
 
+    /// Whether the session's changes may go to the store (it was made
+    /// durable); a session that does not changes nothing durable on delivery.
+    pub fn journals(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// The client this session belongs to.
     pub fn client_id(&self) -> &Arc<str> {
         &self.client_id
@@ -160,13 +168,9 @@ impl SessionHandle {
     ) -> (Offer, Ticket) {
         let (offer, online, report, ticket) = {
             let mut s = self.lock();
-            if let Some(acl) = acl
-                && !acl.can_read(s.listener, &self.client_id, s.username.as_deref(), &message.topic)
-            {
-                return (Offer::Dropped(DropCause::Acl), Ticket::default());
-            }
-            let offer = s.session.offer_counted(message, receipt);
-            let report = matches!(offer, Offer::Dropped(_)).then(|| s.session.drop_report(Instant::now()));
+            let offer = self.offer(&mut s, message, acl, receipt);
+            let report = matches!(offer, Offer::Dropped(c) if c != DropCause::Acl)
+                .then(|| s.session.drop_report(Instant::now()));
             let online = s.owner != 0;
             // Appended under the session's lock: a later change to the same
             // session (its sending, its acknowledgement) is appended after.
@@ -179,9 +183,52 @@ impl SessionHandle {
         if matches!(offer, Offer::Queued | Offer::Pressed) && online {
             self.bell.raise();
         }
-        if let Some(count) = report {
+        self.report(report);
+        (offer, ticket)
+    }
+
+    /// [`SessionHandle::deliver`] for several messages with one lock and
+    /// at most one ring, for a session that [`journals`](SessionHandle::journals)
+    /// none of them; `counted` sees each one's offer.
+    pub fn deliver_all(&self, messages: &mut Vec<Message>, acl: Option<&Security>, mut counted: impl FnMut(Offer)) {
+        let (ring, report) = {
+            let mut s = self.lock();
+            let (mut queued, mut dropped) = (false, false);
+            for message in messages.drain(..) {
+                let offer = self.offer(&mut s, message, acl, None);
+                queued |= matches!(offer, Offer::Queued | Offer::Pressed);
+                dropped |= matches!(offer, Offer::Dropped(c) if c != DropCause::Acl);
+                counted(offer);
+            }
+            let report = dropped.then(|| s.session.drop_report(Instant::now())).flatten();
+            (queued && s.owner != 0, report)
+        };
+        if ring {
+            self.bell.raise();
+        }
+        self.report(report);
+    }
+
+    /// Offers one message to the locked session; with an ACL, a message
+    /// the client may not read is dropped (cause `acl`).
+    fn offer(
+        &self,
+        s: &mut Guard<'_>,
+        message: Message,
+        acl: Option<&Security>,
+        receipt: Option<&mut Option<Arc<Receipt>>>,
+    ) -> Offer {
+        if let Some(acl) = acl
+            && !acl.can_read(s.listener, &self.client_id, s.username.as_deref(), &message.topic)
+        {
+            return Offer::Dropped(DropCause::Acl);
+        }
+        s.session.offer_counted(message, receipt)
+    }
+
+    fn report(&self, dropped: Option<u64>) {
+        if let Some(count) = dropped {
             log::warn!("client {}: queue full, {count} message(s) dropped", self.client_id);
         }
-        (offer, ticket)
     }
 }

@@ -500,3 +500,41 @@ runtime_kind_test!(
         assert!(wrong.is_empty(), "{} op(s) out of order, first: {:?}", wrong.len(), wrong.first());
     }
 );
+
+runtime_kind_test!(
+    /// MQTT-4.6.0-5/-6, with the store on: one publisher's pipelined QoS 0
+    /// and QoS 1 PUBLISHes, handled in one turn of its connection, reach a
+    /// persistent subscriber (whose QoS 1 copies are stored and delivered
+    /// at once, its QoS 0 ones deferred to the turn's end) and a clean one
+    /// (everything deferred) in the order they were published.
+    mqtt_4_6_0_6_deferred_and_stored_copies_keep_one_publishers_order,
+    |kind: RuntimeKind| {
+        let data = TempDir::new("turn-order");
+        let b = TestBroker::start(kind, durable(&data));
+        let mut stored = b.persistent("stored", false);
+        stored.subscribe(1, &[("o/#", 1)]);
+        let mut clean = b.client("clean");
+        clean.subscribe(1, &[("o/#", 1)]);
+        let mut publisher = b.client("pub");
+        let mut turn = Vec::new();
+        for i in 0u16..60 {
+            let qos = if i % 3 == 0 { 1 } else { 0 };
+            turn.extend(packets::publish_with("o/t", &i.to_be_bytes(), qos, (qos == 1).then_some(i + 1), false, false));
+        }
+        publisher.send(&turn);
+        for i in (0u16..60).filter(|i| i % 3 == 0) {
+            publisher.expect(&ack(PUBACK, i + 1));
+        }
+        for sub in [&mut stored, &mut clean] {
+            for i in 0u16..60 {
+                let got = sub.recv();
+                let (_, pid, payload) = got.publish();
+                assert_eq!(payload, i.to_be_bytes(), "message {i} out of order");
+                if let Some(pid) = pid {
+                    sub.send(&ack(PUBACK, pid));
+                }
+            }
+            sub.expect_nothing_queued();
+        }
+    }
+);

@@ -203,3 +203,53 @@ runtime_test!(
         }
     }
 );
+
+runtime_test!(
+    /// MQTT-3.8.4-3 / MQTT-3.10.4-2 within one turn of a pipelining
+    /// publisher: a connection reuses a topic's match for its next PUBLISH
+    /// only while no subscription changed. Its own SUBSCRIBE between two
+    /// PUBLISHes to the topic (all in one write) gets it the second, and
+    /// its UNSUBSCRIBE stops the third; another subscriber gets all three,
+    /// in order.
+    mqtt_3_10_4_2_a_pipelined_subscribe_and_unsubscribe_change_the_next_publish,
+    |b: &TestBroker| {
+        let mut other = b.client("other");
+        other.subscribe(1, &[("p/t", 0)]);
+        let mut publisher = b.client("pub");
+        let mut turn = packets::publish0("p/t", b"1");
+        turn.extend(packets::subscribe(7, &[("p/t", 0)]));
+        turn.extend(packets::publish0("p/t", b"2"));
+        turn.extend(packets::unsubscribe(8, &["p/t"]));
+        turn.extend(packets::publish0("p/t", b"3"));
+        turn.extend(packets::PINGREQ);
+        publisher.send(&turn);
+        // Its own deliveries follow the turn's answers: a second PINGRESP
+        // comes after anything queued for it.
+        let (mut got, mut pongs) = (Vec::new(), 0);
+        while pongs < 2 {
+            let packet = publisher.recv();
+            match packet.header >> 4 {
+                3 => got.push(packet.publish().2),
+                9 => assert_eq!(packet, publisher_suback()),
+                11 => assert_eq!(packet.body, 8u16.to_be_bytes()),
+                13 => {
+                    pongs += 1;
+                    if pongs < 2 {
+                        publisher.send(&packets::PINGREQ);
+                    }
+                }
+                _ => panic!("unexpected {packet:?}"),
+            }
+        }
+        assert_eq!(got, vec![b"2".to_vec()], "only what was published while subscribed");
+        for payload in [b"1", b"2", b"3"] {
+            assert_eq!(other.recv().publish().2, payload);
+        }
+        other.expect_nothing_queued();
+    }
+);
+
+fn publisher_suback() -> crate::support::client::Received {
+    let bytes = packets::suback(7, &[0]);
+    crate::support::client::Received { header: bytes[0], body: bytes[2..].to_vec() }
+}

@@ -216,7 +216,7 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
     // The receipt is made only once a copy is stored.
     let mut receipt = None;
     let counted = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then_some(&mut receipt);
-    let routing = broker.publish_from(Some(&client.id), message, retain, counted, &mut pressed);
+    let routing = broker.publish_from(Some(&client.id), message, retain, counted, &mut pressed, true);
     client.wait_for(routing.retained);
     match receipt {
         Some(receipt) => client.wait_for_copies(routing.copies, receipt),

@@ -1,0 +1,236 @@
+//! Deliveries deferred over one turn of a publisher's connection: the
+//! copies of every PUBLISH it handles before writing its responses are
+//! gathered per subscriber session, then queued with one lock of each
+//! session and one ring of its bell. A fan-out publisher's turn of 64
+//! PUBLISHes to 100 subscribers takes 100 locks instead of 6400, and each
+//! subscriber's connection, on another core, is woken once with all of
+//! them.
+//!
+//! Only copies that change nothing durable wait so (QoS 0, or a session
+//! that is never journaled), and only for messages with no shared
+//! subscription: anything else is delivered at once, after what was
+//! deferred before it, so each session still gets one publisher's
+//! messages in the order they arrived. What is deferred is delivered
+//! before the connection writes the turn's acknowledgements, before it
+//! handles any packet other than a PUBLISH, and when the turn ends in any
+//! way (see [`Turn`]); at most [`MAX_PENDING`] copies wait.
+//!
+//! The copies wait in a thread-local: a connection's turn runs on one
+//! thread without a wait, so nothing is kept per connection.
+
+use crate::broker::{Broker, Target, copies};
+use crate::handle::Client;
+use crate::packet::QoS;
+use crate::session::Message;
+use crate::session_handle::SessionHandle;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Copies deferred at most before they are delivered.
+pub const MAX_PENDING: usize = 8192;
+
+/// Emptied copy lists kept for reuse, at most, and the largest kept.
+const SPARE_LISTS: usize = 128;
+const SPARE_CAPACITY: usize = 64;
+
+#[derive(Default)]
+struct Pending {
+    /// Turns open on this thread.
+    open: usize,
+    /// Each session's copies in arrival order.
+    slots: Vec<(Arc<SessionHandle>, Vec<Message>)>,
+    /// A session's address → its slot.
+    index: HashMap<usize, usize>,
+    /// The slots of the last message's targets, in target order: a
+    /// publisher's next message usually goes to the same sessions.
+    last: Vec<usize>,
+    /// Copies waiting.
+    count: usize,
+    spare: Vec<Vec<Message>>,
+    /// The turn's last match, for its next message to the same topic.
+    matched: Option<Matched>,
+}
+
+/// The sessions a topic matched, sorted for [`copies`], while the
+/// subscriptions were at `generation` (see [`Broker::subscriptions_generation`]).
+struct Matched {
+    generation: u64,
+    topic: Arc<str>,
+    targets: Vec<Target>,
+    /// Whether any of them journals (then only QoS 0 is deferred).
+    journals: bool,
+    /// Copies per message.
+    routed: usize,
+}
+
+impl Pending {
+    /// Adds the copy for the `k`-th target of the current message.
+    fn add(&mut self, k: usize, session: &Arc<SessionHandle>, message: Message) {
+        let key = Arc::as_ptr(session) as usize;
+        let known =
+            self.last.get(k).copied().filter(|&i| self.slots.get(i).is_some_and(|s| Arc::as_ptr(&s.0) as usize == key));
+        let slot = match known {
+            Some(i) => i,
+            None => {
+                let (slots, spare) = (&mut self.slots, &mut self.spare);
+                let i = *self.index.entry(key).or_insert_with(|| {
+                    slots.push((session.clone(), spare.pop().unwrap_or_default()));
+                    slots.len() - 1
+                });
+                match self.last.get_mut(k) {
+                    Some(at) => *at = i,
+                    None => self.last.push(i),
+                }
+                i
+            }
+        };
+        self.slots[slot].1.push(message);
+        self.count += 1;
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Pending> = RefCell::default();
+}
+
+/// A connection's turn: while it is open, [`defer`] gathers copies on this
+/// thread; they are delivered when it ends (or earlier, see [`flush`]),
+/// and the sessions whose full queues took them are noted on the client.
+pub struct Turn<'a> {
+    broker: &'a Broker,
+    client: &'a Client,
+}
+
+impl<'a> Turn<'a> {
+    /// Opens a turn. It must end before the task waits (drop it first).
+    pub fn open(broker: &'a Broker, client: &'a Client) -> Turn<'a> {
+        PENDING.with(|p| p.borrow_mut().open += 1);
+        Turn { broker, client }
+    }
+
+    /// Delivers what was deferred so far.
+    pub fn flush(&self) {
+        let mut pressed = Vec::new();
+        flush(self.broker, &mut pressed);
+        self.client.press(pressed);
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.flush();
+        // The match is kept for one turn (one publisher): it holds sessions.
+        let matched = PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            p.open -= 1;
+            p.matched.take()
+        });
+        drop(matched);
+    }
+}
+
+/// Whether a turn is open on this thread.
+pub fn open() -> bool {
+    PENDING.with(|p| p.borrow().open > 0)
+}
+
+/// Defers the copies of `message` if it goes where the turn's last message
+/// went: the same topic, and no subscription changed since (`generation`,
+/// the broker's count of changes). Returns the number of copies.
+pub fn defer_again(
+    broker: &Broker,
+    message: &Message,
+    generation: u64,
+    pressed: &mut Vec<Arc<SessionHandle>>,
+) -> Option<usize> {
+    let qos0 = message.qos == QoS::AtMostOnce;
+    let (routed, full) = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let p = &mut *p;
+        let m = p
+            .matched
+            .as_ref()
+            .filter(|m| m.generation == generation && m.topic == message.topic && (qos0 || !m.journals))?;
+        let routed = m.routed;
+        let targets = std::mem::take(&mut p.matched.as_mut().expect("matched").targets);
+        add_all(p, &targets, message);
+        p.matched.as_mut().expect("matched").targets = targets;
+        Some((routed, p.count >= MAX_PENDING))
+    })?;
+    if full {
+        flush(broker, pressed);
+    }
+    Some(routed)
+}
+
+/// Defers the copies of `message` for `targets`, which `topic` matched
+/// at `generation`, if none of them is journaled or the message is QoS 0;
+/// the match is kept for the turn's next message. Returns the number of
+/// copies, or the targets back when they must be delivered at once.
+pub fn defer_matched(
+    broker: &Broker,
+    message: &Message,
+    generation: u64,
+    targets: Vec<Target>,
+    pressed: &mut Vec<Arc<SessionHandle>>,
+) -> Result<usize, Vec<Target>> {
+    let journals = targets.iter().any(|(s, _)| s.journals());
+    if journals && message.qos != QoS::AtMostOnce {
+        return Err(targets);
+    }
+    let routed = crate::broker::groups(&targets).count();
+    let full = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        add_all(&mut p, &targets, message);
+        let old = p.matched.replace(Matched { generation, topic: message.topic.clone(), targets, journals, routed });
+        (p.count >= MAX_PENDING, old)
+    });
+    if full.0 {
+        flush(broker, pressed);
+    }
+    Ok(routed)
+}
+
+fn add_all(p: &mut Pending, targets: &[Target], message: &Message) {
+    for (k, (session, copy)) in copies(targets, message).enumerate() {
+        p.add(k, session, copy);
+    }
+}
+
+/// Delivers what was deferred on this thread, each session's copies with
+/// one lock; sessions that hold the publisher back go to `pressed`.
+pub fn flush(broker: &Broker, pressed: &mut Vec<Arc<SessionHandle>>) {
+    let mut slots = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.count == 0 {
+            return Vec::new();
+        }
+        p.count = 0;
+        p.index.clear();
+        p.last.clear();
+        std::mem::take(&mut p.slots)
+    });
+    if slots.is_empty() {
+        return;
+    }
+    let security = broker.acl();
+    for (session, mut copies) in slots.drain(..) {
+        session.deliver_all(&mut copies, security.as_deref(), |offer| broker.count_offer(offer, &session, pressed));
+        if copies.capacity() <= SPARE_CAPACITY {
+            PENDING.with(|p| {
+                let spare = &mut p.borrow_mut().spare;
+                if spare.len() < SPARE_LISTS {
+                    spare.push(copies);
+                }
+            });
+        }
+    }
+    // The emptied list keeps its capacity for the next turn.
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.slots.is_empty() && slots.capacity() <= MAX_PENDING {
+            p.slots = slots;
+        }
+    });
+}
