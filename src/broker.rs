@@ -853,8 +853,10 @@ impl Broker {
         let defer = defer && crate::deferred::open();
         if defer {
             let generation = self.shared.subscriptions_changed.load(Ordering::Acquire);
-            if let Some(routed) = crate::deferred::defer_again(self, &message, generation, pressed) {
-                return Routing { retained: retained_ticket, copies: ticket, routed };
+            if let Some(routed) =
+                crate::deferred::defer_again(self, &message, generation, receipt.as_deref_mut(), pressed)
+            {
+                return Routing { retained: retained_ticket, copies: deferred_copies(&receipt), routed };
             }
         }
         let mut targets: Vec<Target> = Vec::new();
@@ -873,8 +875,8 @@ impl Broker {
         };
         targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), sub.id, std::cmp::Reverse(sub.options.qos)));
         if defer && shared.is_empty() {
-            match crate::deferred::defer_matched(self, &message, generation, targets, pressed) {
-                Ok(routed) => return Routing { retained: retained_ticket, copies: ticket, routed },
+            match crate::deferred::defer_matched(self, &message, generation, targets, receipt.as_deref_mut(), pressed) {
+                Ok(routed) => return Routing { retained: retained_ticket, copies: deferred_copies(&receipt), routed },
                 Err(back) => targets = back,
             }
         }
@@ -1008,6 +1010,15 @@ pub(crate) fn copies<'a>(
         };
         (session, copy)
     })
+}
+
+/// What deferred copies' acknowledgement waits for: the turn's commit
+/// ([`crate::deferred::TURN`]) once a receipt counts stored copies.
+fn deferred_copies(receipt: &Option<&mut Option<Arc<Receipt>>>) -> Ticket {
+    match receipt.as_deref() {
+        Some(Some(_)) => crate::deferred::TURN,
+        _ => Ticket::default(),
+    }
 }
 
 /// A matched session, and the subscription that matched.

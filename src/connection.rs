@@ -799,7 +799,17 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         };
                     }
                     stash = next.map(Box::new);
+                    // The stored copies the turn deferred are appended now:
+                    // their acknowledgements wait for that commit.
+                    let ticket = turn.ticket();
                     drop(turn);
+                    for h in held.iter_mut() {
+                        if let Some((copies, _)) = &mut h.copies
+                            && *copies == deferred::TURN
+                        {
+                            *copies = ticket;
+                        }
+                    }
                 }
                 Event::Packet(Some(Err(e))) => return e.into(),
                 Event::Packet(None) => return Close::PeerClosed,

@@ -6,11 +6,16 @@
 //! subscriber's connection, on another core, is woken once with all of
 //! them.
 //!
-//! Only copies that change nothing durable wait so (QoS 0, or a session
-//! that is never journaled), and only for messages with no shared
-//! subscription: anything else is delivered at once, after what was
-//! deferred before it, so each session still gets one publisher's
-//! messages in the order they arrived. What is deferred is delivered
+//! QoS 0 and QoS 1 copies wait so, for messages with no shared
+//! subscription. A QoS 1 copy for a persistent session is stored by the
+//! turn's end: the PUBLISH's acknowledgement waits for that commit (or for
+//! the copies' acknowledgements, see [`Receipt`]), which the turn
+//! tells its connection ([`Turn::ticket`], the copies' [`TURN`] until
+//! then). A QoS 2 message to a persistent session, whose packet id must
+//! commit with its copies, and a shared subscription's copy (its member is
+//! picked by queue room) are delivered at once, after what was deferred
+//! before them, so each session still gets one publisher's messages in
+//! the order they arrived. What is deferred is delivered
 //! before the connection writes the turn's acknowledgements, before it
 //! handles any packet other than a PUBLISH, and when the turn ends in any
 //! way (see [`Turn`]); at most [`MAX_PENDING`] copies wait.
@@ -21,14 +26,27 @@
 use crate::broker::{Broker, Target, copies};
 use crate::handle::Client;
 use crate::packet::QoS;
-use crate::session::Message;
+use crate::session::{Message, Receipt};
 use crate::session_handle::SessionHandle;
+use crate::store::Ticket;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Copies deferred at most before they are delivered.
 pub const MAX_PENDING: usize = 8192;
+
+/// What a deferred stored copy's acknowledgement waits for until the turn
+/// ends: never committed. [`Turn::ticket`] says the real ticket.
+pub const TURN: Ticket = Ticket(u64::MAX);
+
+/// A deferred copy, with the receipt of a QoS 1 copy for a persistent session.
+pub struct Copy {
+    /// The copy, at its subscription's QoS.
+    pub message: Message,
+    /// Counts the copy if it is stored (see [`Receipt`]).
+    pub receipt: Option<Arc<Receipt>>,
+}
 
 /// Emptied copy lists kept for reuse, at most, and the largest kept.
 const SPARE_LISTS: usize = 128;
@@ -39,7 +57,7 @@ struct Pending {
     /// Turns open on this thread.
     open: usize,
     /// Each session's copies in arrival order.
-    slots: Vec<(Arc<SessionHandle>, Vec<Message>)>,
+    slots: Vec<(Arc<SessionHandle>, Vec<Copy>)>,
     /// A session's address → its slot.
     index: HashMap<usize, usize>,
     /// The slots of the last message's targets, in target order: a
@@ -47,9 +65,11 @@ struct Pending {
     last: Vec<usize>,
     /// Copies waiting.
     count: usize,
-    spare: Vec<Vec<Message>>,
+    spare: Vec<Vec<Copy>>,
     /// The turn's last match, for its next message to the same topic.
     matched: Option<Matched>,
+    /// The commit of what the turn delivered so far.
+    ticket: Ticket,
 }
 
 /// The sessions a topic matched, sorted for [`copies`], while the
@@ -66,7 +86,7 @@ struct Matched {
 
 impl Pending {
     /// Adds the copy for the `k`-th target of the current message.
-    fn add(&mut self, k: usize, session: &Arc<SessionHandle>, message: Message) {
+    fn add(&mut self, k: usize, session: &Arc<SessionHandle>, copy: Copy) {
         let key = Arc::as_ptr(session) as usize;
         let known =
             self.last.get(k).copied().filter(|&i| self.slots.get(i).is_some_and(|s| Arc::as_ptr(&s.0) as usize == key));
@@ -85,7 +105,7 @@ impl Pending {
                 i
             }
         };
-        self.slots[slot].1.push(message);
+        self.slots[slot].1.push(copy);
         self.count += 1;
     }
 }
@@ -105,8 +125,20 @@ pub struct Turn<'a> {
 impl<'a> Turn<'a> {
     /// Opens a turn. It must end before the task waits (drop it first).
     pub fn open(broker: &'a Broker, client: &'a Client) -> Turn<'a> {
-        PENDING.with(|p| p.borrow_mut().open += 1);
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            p.open += 1;
+            p.ticket = Ticket::default();
+        });
         Turn { broker, client }
+    }
+
+    /// Delivers what was deferred, and says what the acknowledgements
+    /// waiting for [`TURN`] wait for: the commit of every stored copy
+    /// the turn delivered.
+    pub fn ticket(&self) -> Ticket {
+        self.flush();
+        PENDING.with(|p| p.borrow().ticket)
     }
 
     /// Delivers what was deferred so far.
@@ -137,24 +169,23 @@ pub fn open() -> bool {
 
 /// Defers the copies of `message` if it goes where the turn's last message
 /// went: the same topic, and no subscription changed since (`generation`,
-/// the broker's count of changes). Returns the number of copies.
+/// the broker's count of changes). Returns the number of copies; a QoS 1
+/// message's `receipt` slot gets the receipt its stored copies count.
 pub fn defer_again(
     broker: &Broker,
     message: &Message,
     generation: u64,
+    receipt: Option<&mut Option<Arc<Receipt>>>,
     pressed: &mut Vec<Arc<SessionHandle>>,
 ) -> Option<usize> {
-    let qos0 = message.qos == QoS::AtMostOnce;
     let (routed, full) = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         let p = &mut *p;
-        let m = p
-            .matched
-            .as_ref()
-            .filter(|m| m.generation == generation && m.topic == message.topic && (qos0 || !m.journals))?;
+        let m = p.matched.as_ref().filter(|m| m.generation == generation && m.topic == message.topic)?;
+        let receipt = counted(message, m.journals, receipt)?;
         let routed = m.routed;
         let targets = std::mem::take(&mut p.matched.as_mut().expect("matched").targets);
-        add_all(p, &targets, message);
+        add_all(p, &targets, message, receipt.as_ref());
         p.matched.as_mut().expect("matched").targets = targets;
         Some((routed, p.count >= MAX_PENDING))
     })?;
@@ -165,24 +196,25 @@ pub fn defer_again(
 }
 
 /// Defers the copies of `message` for `targets`, which `topic` matched
-/// at `generation`, if none of them is journaled or the message is QoS 0;
-/// the match is kept for the turn's next message. Returns the number of
-/// copies, or the targets back when they must be delivered at once.
+/// at `generation`, unless a QoS 2 copy would be stored; the match is kept
+/// for the turn's next message. Returns the number of copies, or the
+/// targets back when they must be delivered at once.
 pub fn defer_matched(
     broker: &Broker,
     message: &Message,
     generation: u64,
     targets: Vec<Target>,
+    receipt: Option<&mut Option<Arc<Receipt>>>,
     pressed: &mut Vec<Arc<SessionHandle>>,
 ) -> Result<usize, Vec<Target>> {
     let journals = targets.iter().any(|(s, _)| s.journals());
-    if journals && message.qos != QoS::AtMostOnce {
+    let Some(receipt) = counted(message, journals, receipt) else {
         return Err(targets);
-    }
+    };
     let routed = crate::broker::groups(&targets).count();
     let full = PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        add_all(&mut p, &targets, message);
+        add_all(&mut p, &targets, message, receipt.as_ref());
         let old = p.matched.replace(Matched { generation, topic: message.topic.clone(), targets, journals, routed });
         (p.count >= MAX_PENDING, old)
     });
@@ -192,9 +224,21 @@ pub fn defer_matched(
     Ok(routed)
 }
 
-fn add_all(p: &mut Pending, targets: &[Target], message: &Message) {
+/// Whether a message may be deferred to targets of which some are
+/// journaled (`journals`), and the receipt its stored copies count:
+/// `Some(None)` when no copy is stored, `None` when it may not wait.
+fn counted(message: &Message, journals: bool, slot: Option<&mut Option<Arc<Receipt>>>) -> Option<Option<Arc<Receipt>>> {
+    match (message.qos, journals, slot) {
+        (QoS::AtMostOnce, ..) | (_, false, _) => Some(None),
+        (QoS::AtLeastOnce, true, Some(slot)) => Some(Some(slot.get_or_insert_with(Arc::default).clone())),
+        _ => None,
+    }
+}
+
+fn add_all(p: &mut Pending, targets: &[Target], message: &Message, receipt: Option<&Arc<Receipt>>) {
     for (k, (session, copy)) in copies(targets, message).enumerate() {
-        p.add(k, session, copy);
+        let receipt = receipt.filter(|_| session.journals()).cloned();
+        p.add(k, session, Copy { message: copy, receipt });
     }
 }
 
@@ -215,8 +259,11 @@ pub fn flush(broker: &Broker, pressed: &mut Vec<Arc<SessionHandle>>) {
         return;
     }
     let security = broker.acl();
+    let mut ticket = Ticket::default();
     for (session, mut copies) in slots.drain(..) {
-        session.deliver_all(&mut copies, security.as_deref(), |offer| broker.count_offer(offer, &session, pressed));
+        let t =
+            session.deliver_all(&mut copies, security.as_deref(), |offer| broker.count_offer(offer, &session, pressed));
+        ticket = ticket.max(t);
         if copies.capacity() <= SPARE_CAPACITY {
             PENDING.with(|p| {
                 let spare = &mut p.borrow_mut().spare;
@@ -226,11 +273,16 @@ pub fn flush(broker: &Broker, pressed: &mut Vec<Arc<SessionHandle>>) {
             });
         }
     }
-    // The emptied list keeps its capacity for the next turn.
+    // The emptied list keeps its capacity for the next turn; a lookup
+    // table grown for a turn to very many sessions is given back.
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
+        p.ticket = p.ticket.max(ticket);
         if p.slots.is_empty() && slots.capacity() <= MAX_PENDING {
             p.slots = slots;
+        }
+        if p.index.capacity() > SPARE_LISTS * SPARE_CAPACITY {
+            p.index = HashMap::new();
         }
     });
 }

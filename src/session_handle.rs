@@ -187,26 +187,36 @@ impl SessionHandle {
         (offer, ticket)
     }
 
-    /// [`SessionHandle::deliver`] for several messages with one lock and
-    /// at most one ring, for a session that [`journals`](SessionHandle::journals)
-    /// none of them; `counted` sees each one's offer.
-    pub fn deliver_all(&self, messages: &mut Vec<Message>, acl: Option<&Security>, mut counted: impl FnMut(Offer)) {
-        let (ring, report) = {
+    /// [`SessionHandle::deliver`] for several copies with one lock, one
+    /// append of what they journal (the ticket says when it is durable)
+    /// and at most one ring; `counted` sees each one's offer.
+    pub fn deliver_all(
+        &self,
+        copies: &mut Vec<crate::deferred::Copy>,
+        acl: Option<&Security>,
+        mut counted: impl FnMut(Offer),
+    ) -> Ticket {
+        let (ring, report, ticket) = {
             let mut s = self.lock();
             let (mut queued, mut dropped) = (false, false);
-            for message in messages.drain(..) {
-                let offer = self.offer(&mut s, message, acl, None);
+            for copy in copies.drain(..) {
+                let mut slot = copy.receipt;
+                let receipt = if slot.is_some() { Some(&mut slot) } else { None };
+                let offer = self.offer(&mut s, copy.message, acl, receipt);
                 queued |= matches!(offer, Offer::Queued | Offer::Pressed);
                 dropped |= matches!(offer, Offer::Dropped(c) if c != DropCause::Acl);
                 counted(offer);
             }
             let report = dropped.then(|| s.session.drop_report(Instant::now())).flatten();
-            (queued && s.owner != 0, report)
+            // Appended under the session's lock, as in `deliver`.
+            let ticket = s.flush();
+            (queued && s.owner != 0, report, ticket)
         };
         if ring {
             self.bell.raise();
         }
         self.report(report);
+        ticket
     }
 
     /// Offers one message to the locked session; with an ACL, a message
