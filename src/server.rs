@@ -67,6 +67,8 @@ impl<R: Runtime> Server<R> {
             ),
             None => None,
         };
+        // Before any client can publish: what it sends for a bridge queues.
+        bridge::prepare(&broker);
         let total = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);

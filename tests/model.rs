@@ -804,6 +804,10 @@ struct Client {
     /// (at least once), with DUP 1, or 0 if their sending was not
     /// committed either.
     redeliverable: Vec<Msg>,
+    /// Places in `fresh` of messages that equal one in `redeliverable`
+    /// and have an empty payload: a retained message's clear is not unique
+    /// in the run, so such a message is a redelivery or a new one.
+    ambiguous: Vec<usize>,
 }
 
 impl Client {
@@ -817,6 +821,7 @@ impl Client {
             clean,
             inbound: BTreeMap::new(),
             fresh: Vec::new(),
+            ambiguous: Vec::new(),
             held: Vec::new(),
             cut: false,
             acked: Vec::new(),
@@ -863,6 +868,11 @@ impl Client {
                             return Err(format!("{who}: first delivery of {msg} has DUP 1"));
                         }
                         match again {
+                            Some(i) if msg.payload.is_empty() => {
+                                self.redeliverable.remove(i);
+                                self.ambiguous.push(self.fresh.len());
+                                self.fresh.push(msg.clone());
+                            }
                             // Not new for the application: the same QoS 1 message again.
                             Some(i) => drop(self.redeliverable.remove(i)),
                             None => self.fresh.push(msg.clone()),
@@ -1262,7 +1272,8 @@ impl<R: Runtime> Run<R> {
                 rounds += 1;
                 let client = &self.clients[c];
                 let owed: usize = self.model.sessions[c].as_ref().map_or(0, |s| s.due.iter().map(|d| d.min).sum());
-                let short = client.fresh.len() < owed || client.inbound.values().any(|e| e.resend_due);
+                let short =
+                    client.fresh.len() - client.ambiguous.len() < owed || client.inbound.values().any(|e| e.resend_due);
                 if rounds >= 2 && quiet && (!short || start.elapsed() > TIMEOUT) {
                     break;
                 }
@@ -1282,7 +1293,17 @@ impl<R: Runtime> Run<R> {
             // A redelivery comes when the session resumes, before this check.
             client.redeliverable.clear();
             let got = std::mem::take(&mut client.fresh);
-            if !same_deliveries(&expected, &got) {
+            // Each ambiguous message counts as new or as a redelivery,
+            // whichever agrees with the model.
+            let ambiguous: Vec<usize> = std::mem::take(&mut client.ambiguous).into_iter().take(4).collect();
+            let fits = (0..1usize << ambiguous.len()).any(|dropped| {
+                let kept: Vec<Msg> = (got.iter().enumerate())
+                    .filter(|(i, _)| ambiguous.iter().position(|a| a == i).is_none_or(|k| dropped & (1 << k) == 0))
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                same_deliveries(&expected, &kept)
+            });
+            if !fits {
                 return Err(format!("{}: got {} but the model expected {}", client.id, list(&got), owed(&expected)));
             }
             {
@@ -1465,5 +1486,37 @@ mod regressions {
     #[test]
     fn qos2_publish_cut_by_a_crash_is_not_lost_smol() {
         qos2_publish_cut_by_a_crash_is_not_lost(RuntimeKind::Smol);
+    }
+
+    /// Found by the random test in session 10: a retained message's clear
+    /// (empty payload) delivered at QoS 1 to a persistent session and
+    /// acknowledged, then the same clear queued while it is offline, then
+    /// a crash. The broker delivers the second after the restart; the test
+    /// client took it for a redelivery of the first (equal topic, payload
+    /// and QoS), and the run failed with a message missing. Such a message
+    /// is now counted either way, whichever agrees with the model.
+    fn an_equal_retained_clear_after_a_crash_is_not_taken_for_a_redelivery(kind: RuntimeKind) {
+        use Step::*;
+        let steps = [
+            Connect { c: 2, clean: false, acks: Acks::PubrecOnly, will: None },
+            Subscribe { c: 2, filters: vec![("+", 1), ("+/+/+", 1)] },
+            Publish { c: 3, topic: "b/a/a", qos: 2, retain: Retain::Clear, exchange: Exchange::Hold },
+            Lose { c: 2 },
+            Publish { c: 3, topic: "b/a/a", qos: 1, retain: Retain::Clear, exchange: Exchange::Plain },
+            CrashInPublish { c: 1, topic: "a/b", qos: 2, retain: false, commits: 0 },
+        ];
+        replay(kind, &steps);
+    }
+
+    #[cfg(feature = "async-std")]
+    #[test]
+    fn an_equal_retained_clear_after_a_crash_is_not_taken_for_a_redelivery_async_std() {
+        an_equal_retained_clear_after_a_crash_is_not_taken_for_a_redelivery(RuntimeKind::AsyncStd);
+    }
+
+    #[cfg(feature = "smol")]
+    #[test]
+    fn an_equal_retained_clear_after_a_crash_is_not_taken_for_a_redelivery_smol() {
+        an_equal_retained_clear_after_a_crash_is_not_taken_for_a_redelivery(RuntimeKind::Smol);
     }
 }

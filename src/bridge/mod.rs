@@ -364,6 +364,38 @@ async fn open_local<R: Runtime>(
     Ok((reader, writer, early))
 }
 
+/// Makes the bridges' sessions here and their subscriptions exist before
+/// any listener opens, so that what a client publishes for a remote from
+/// the first moment queues for it, on a bridge's very first start too
+/// (the bridge's own task connects to its session later). As the bridge's
+/// SUBSCRIBE over its connection does, without retained messages.
+pub fn prepare(broker: &Broker) {
+    for bridge in &broker.config().bridges {
+        let local_id: Arc<str> = bridge.local_id().into();
+        let lines: Vec<Line> = bridge.topics.iter().map(Line::new).collect();
+        let max_levels = broker.config().max_topic_levels;
+        let subscriptions: Vec<(String, crate::packet::Subscription)> =
+            filters(&lines, false, QoS::ExactlyOnce, RetainHandling::Never)
+                .into_iter()
+                .filter(|(filter, _)| !topic::deeper_than(filter, max_levels))
+                .map(|(filter, options)| (filter, crate::packet::Subscription { options, id: None }))
+                .collect();
+        let conn = broker.next_connection_id();
+        let how = crate::broker::Attach {
+            listener: BRIDGE_LISTENER,
+            username: None,
+            clean_start: false,
+            expiry: None,
+            client: crate::session::ClientLimits { receive_maximum: Some(1), maximum_packet_size: None, v5: true },
+        };
+        let attachment = broker.attach_with(&local_id, how, conn, Arc::new(crate::signal::Signal::new()));
+        if broker.subscribe(&local_id, &attachment.session, conn, &subscriptions, &mut Vec::new()).is_none() {
+            log::warn!("bridge {}: its session here was taken over while it was made", bridge.name);
+        }
+        broker.detach(&local_id, conn);
+    }
+}
+
 /// Makes sure the bridge's session and subscriptions exist here. Retained
 /// messages are not sent to this connection (it reads nothing): the first
 /// link of this process asks for them.
