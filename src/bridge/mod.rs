@@ -136,7 +136,9 @@ struct Context<R: Runtime> {
 }
 
 /// Runs one bridge until `stopped` closes: connects, relays, and reconnects
-/// after failures with backoff.
+/// after failures with backoff. Its session here is made by [`prepare`],
+/// which [`Server::start`](crate::server::Server::start) calls before any
+/// listener opens.
 pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Receiver<()>, alive: Sender<()>) {
     let name = bridge.name.clone();
     let tls = match &bridge.tls {
@@ -184,11 +186,9 @@ pub async fn run<R: Runtime>(rt: R, broker: Broker, bridge: Bridge, stopped: Rec
 async fn supervise<R: Runtime>(cx: &Context<R>) {
     let bridge = &cx.bridge;
     let name = &bridge.name;
-    // The session and its subscriptions exist from the start, so what is
-    // published for the remote queues even while it was never reached.
-    if let Err(e) = prepare_local(cx).await {
-        log::error!("bridge {name}: cannot open its session in this broker: {e}");
-    }
+    // The session and its subscriptions exist from before the listeners
+    // opened ([`prepare`]), so what is published for the remote queues
+    // even while it was never reached.
     notify_local(cx, false);
     let mut failures = 0u32;
     let mut address = 0usize;
@@ -394,16 +394,6 @@ pub fn prepare(broker: &Broker) {
         }
         broker.detach(&local_id, conn);
     }
-}
-
-/// Makes sure the bridge's session and subscriptions exist here. Retained
-/// messages are not sent to this connection (it reads nothing): the first
-/// link of this process asks for them.
-async fn prepare_local<R: Runtime>(cx: &Context<R>) -> Result<(), String> {
-    let (_reader, writer, _early) = open_local(cx, Some(1), QoS::ExactlyOnce, RetainHandling::Never).await?;
-    let mut w = writer.lock().await;
-    let _ = within(&cx.rt, CONNECT_TIMEOUT, w.send(&Packet::Disconnect(Box::default()))).await;
-    Ok(())
 }
 
 /// CONNECT, CONNACK, then SUBSCRIBE and SUBACK (if there are filters). What
