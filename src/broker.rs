@@ -825,8 +825,8 @@ impl Broker {
     /// stored; it counts the stored copies, which
     /// the PUBACK may wait for instead of their commit (see [`Receipt`]).
     /// With `defer`, inside a connection's [`Turn`](crate::deferred::Turn),
-    /// copies that change nothing durable are delivered at the turn's end
-    /// (see [`crate::deferred`]).
+    /// QoS 0 and 1 copies are delivered at the turn's end, and a stored
+    /// copy's commit is the turn's (see [`crate::deferred`]).
     pub fn publish_from(
         &self,
         from: Option<&str>,

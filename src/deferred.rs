@@ -73,12 +73,12 @@ struct Pending {
 }
 
 /// The sessions a topic matched, sorted for [`copies`], while the
-/// subscriptions were at `generation` (see [`Broker::subscriptions_generation`]).
+/// subscriptions were at `generation` (the broker's count of changes to them).
 struct Matched {
     generation: u64,
     topic: Arc<str>,
     targets: Vec<Target>,
-    /// Whether any of them journals (then only QoS 0 is deferred).
+    /// Whether any of them journals (then QoS 2 is not deferred).
     journals: bool,
     /// Copies per message.
     routed: usize,
@@ -114,8 +114,8 @@ thread_local! {
     static PENDING: RefCell<Pending> = RefCell::default();
 }
 
-/// A connection's turn: while it is open, [`defer`] gathers copies on this
-/// thread; they are delivered when it ends (or earlier, see [`flush`]),
+/// A connection's turn: while it is open, [`defer_matched`] and
+/// [`defer_again`] gather copies on this thread; they are delivered when it ends (or earlier, see [`flush`]),
 /// and the sessions whose full queues took them are noted on the client.
 pub struct Turn<'a> {
     broker: &'a Broker,
@@ -273,8 +273,8 @@ pub fn flush(broker: &Broker, pressed: &mut Vec<Arc<SessionHandle>>) {
             });
         }
     }
-    // The emptied list keeps its capacity for the next turn; a lookup
-    // table grown for a turn to very many sessions is given back.
+    // The emptied list keeps its capacity for the next turn; the lookups
+    // grown for a turn to very many sessions are given back.
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         p.ticket = p.ticket.max(ticket);
@@ -283,6 +283,9 @@ pub fn flush(broker: &Broker, pressed: &mut Vec<Arc<SessionHandle>>) {
         }
         if p.index.capacity() > SPARE_LISTS * SPARE_CAPACITY {
             p.index = HashMap::new();
+        }
+        if p.last.capacity() > MAX_PENDING {
+            p.last = Vec::new();
         }
     });
 }
