@@ -433,8 +433,6 @@ impl Broker {
             && let Some(Attached { kick, .. }) = e.connection.as_ref()
         {
             kick.raise();
-            // The connection waits for its kick on its session's bell.
-            e.session.wake();
         }
         let mut ops = Vec::new();
         let (session, session_present) = match previous {

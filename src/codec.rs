@@ -112,6 +112,10 @@ impl Decoder for MqttCodec {
         // The acknowledgements' four-byte form is the same in 3.1.1 and 5.0.
         if let Some(packet) = acknowledgement(header, &src[..total]) {
             src.advance(total);
+            // A lone acknowledgement's few bytes are not kept either.
+            if src.is_empty() && src.capacity() < 64 {
+                *src = BytesMut::new();
+            }
             self.received += total as u64;
             return packet.map(Some);
         }
@@ -181,7 +185,16 @@ impl MqttCodec {
                 src.advance(total);
                 frame
             }
-            false => src.split_to(total),
+            false => {
+                let frame = src.split_to(total);
+                // A drained buffer is let go: the frame keeps the allocation
+                // alone, the next read allocates what it brings, and an idle
+                // connection holds no read buffer.
+                if src.is_empty() {
+                    *src = BytesMut::new();
+                }
+                frame
+            }
         }
     }
 

@@ -218,8 +218,10 @@ where
         };
         let listener_stats = peer.listener_stats.clone();
         drop(peer);
+        // The CONNACK's bytes are not kept by a connection that goes idle.
+        link.outbox.release_idle();
         let Some(client) = accepted.as_mut() else {
-            close(&rt, &mut link).await;
+            Box::pin(close(&rt, &mut link)).await;
             link.account(&broker);
             drop(held);
             return;
@@ -235,7 +237,7 @@ where
         if let Some(listener) = &listener_stats {
             listener.disconnected(level);
         }
-        close(&rt, &mut link).await;
+        Box::pin(close(&rt, &mut link)).await;
         link.account(&broker);
         drop(held);
     }
@@ -677,6 +679,8 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         // The stash is handled next, without waiting.
         let mut replay = false;
         let mut first = true;
+        // Which wait is polled first (see the poll below).
+        let mut first_polled = 0u8;
         loop {
             // The event is made only after the wait: kept across it, it would
             // make every idle connection's task a packet larger.
@@ -690,7 +694,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 // The takeover notice, and (unless writing: the queue is
                 // drained once the outbox is written, Event::Written) queued
                 // messages: one listener for both.
-                let bell = client.session.rung_unless(kicked, !writing).fuse();
+                let bell = client.session.rung_unless(kicked, !writing, client.conn).fuse();
                 let stop = shutdown.recv().fuse();
                 let (front, receipt) = match held.front().map(|h| h.awaiting(broker)) {
                     Some((ticket, receipt)) => (Some(ticket), receipt),
@@ -720,15 +724,29 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
                 };
                 pin_mut!(io, bell, stop, committed, relieved, rate_over);
-                futures::select! {
-                    event = io => event,
-                    kicked = bell => if kicked { Event::Kicked } else { Event::Queued },
-                    _ = stop => Event::Shutdown,
-                    () = timer => Event::Keepalive,
-                    _ = committed => Event::Committed,
-                    () = relieved => Event::Relieved,
-                    () = rate_over => Event::RateOver,
-                }
+                // Polled in turn from a different one each time, as select!
+                // would at random: none is starved by another always ready.
+                // Written out: select!'s branch table made every idle
+                // connection's task larger.
+                first_polled = (first_polled + 1) % 7;
+                future::poll_fn(|cx| {
+                    for i in 0..7 {
+                        let event = match (first_polled + i) % 7 {
+                            0 => io.as_mut().poll(cx),
+                            1 => bell.as_mut().poll(cx).map(|k| if k { Event::Kicked } else { Event::Queued }),
+                            2 => stop.as_mut().poll(cx).map(|_| Event::Shutdown),
+                            3 => timer.poll_unpin(cx).map(|()| Event::Keepalive),
+                            4 => committed.as_mut().poll(cx).map(|_| Event::Committed),
+                            5 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
+                            _ => rate_over.as_mut().poll(cx).map(|()| Event::RateOver),
+                        };
+                        if event.is_ready() {
+                            return event;
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
             };
             // Set when a packet in the batch ends the connection: what was
             // answered before it is still written.

@@ -112,21 +112,11 @@ impl SessionHandle {
         Some(self.lock()).filter(|g| g.owner == conn)
     }
 
-    /// Completes when messages were queued for the session (since the last time).
-    pub fn rung(&self) -> crate::signal::Wait<'_> {
-        self.bell.take()
-    }
-
-    /// Completes when `kicked` is raised (`true`: see [`SessionHandle::wake`])
-    /// or, if `take`, messages were queued (`false`, as [`SessionHandle::rung`]).
-    pub fn rung_unless<'a>(&'a self, kicked: &'a Signal, take: bool) -> crate::signal::TakeUnless<'a> {
-        self.bell.take_unless(kicked, take)
-    }
-
-    /// Wakes the connection waiting in [`SessionHandle::rung_unless`] (after
-    /// its takeover notice was raised).
-    pub fn wake(&self) {
-        self.bell.notify();
+    /// Completes when `kicked` is raised (`true`) or, if `take`, messages
+    /// were queued (`false`), for connection `conn`: the bell wakes its
+    /// newest connection only (see [`Signal`]).
+    pub fn rung_unless<'a>(&'a self, kicked: &'a Signal, take: bool, conn: u64) -> crate::signal::TakeUnless<'a> {
+        self.bell.take_unless(kicked, take, conn)
     }
 
     /// Whether messages were queued since the bell was last taken (a cheap

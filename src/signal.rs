@@ -1,20 +1,33 @@
-//! A raised/lowered flag that tasks can await: the session's doorbell and a
-//! connection's takeover notice. An atomic and an `event_listener::Event`
-//! (allocated on first wait) instead of a channel: an async-channel is
-//! cache-padded to about 700 bytes, and every idle connection had two.
+//! A raised/lowered flag that one task can await: the session's doorbell,
+//! a connection's takeover notice, a delayed will's verdict. An atomic and
+//! one waker held inline, so waiting allocates nothing. (A channel is
+//! cache-padded to about 700 bytes; an `event_listener::Event` allocated
+//! its shared state and a listener per waiter, 144 bytes of every idle
+//! connection.)
+//!
+//! One task waits at a time. Waiters are ranked by a number (a
+//! connection's id, which only grows): a lower one never takes a higher
+//! one's place. A session's bell is so left to its newest connection even
+//! when the connection it took over polls once more on its way out.
 
-use event_listener::{Event, EventListener};
-use futures::ready;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 /// A flag to raise, wait for, and (as a doorbell) take down again.
 #[derive(Debug, Default)]
 pub struct Signal {
     raised: AtomicBool,
-    event: Event,
+    waiter: Mutex<Waiter>,
+}
+
+/// The task to wake and its rank.
+#[derive(Debug, Default)]
+struct Waiter {
+    rank: u64,
+    waker: Option<Waker>,
 }
 
 impl Signal {
@@ -23,19 +36,17 @@ impl Signal {
         Signal::default()
     }
 
-    /// Raises the signal and wakes every waiter. Raising a raised signal
-    /// wakes no one: its waiters were woken when it went up (a connection
+    /// Raises the signal and wakes its waiter. Raising a raised signal
+    /// wakes no one: its waiter was woken when it went up (a connection
     /// busy writing does not take its bell, and is not woken again for
     /// every message queued meanwhile).
     pub fn raise(&self) {
         if !self.raised.swap(true, Ordering::AcqRel) {
-            self.event.notify(usize::MAX);
+            let waker = self.waiter.lock().unwrap_or_else(PoisonError::into_inner).waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
-    }
-
-    /// Wakes every waiter without raising the signal (see [`Signal::take_unless`]).
-    pub fn notify(&self) {
-        self.event.notify(usize::MAX);
     }
 
     /// Whether the signal is raised now.
@@ -43,26 +54,36 @@ impl Signal {
         self.raised.load(Ordering::Acquire)
     }
 
+    /// Makes `waker` the one a raise wakes, unless a waiter of higher rank
+    /// is registered.
+    fn register(&self, rank: u64, waker: &Waker) {
+        let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiter.rank > rank {
+            return;
+        }
+        waiter.rank = rank;
+        match &mut waiter.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+
     /// Waits until the signal is raised and lowers it (coalescing: several
     /// raises before the wait wake it once). Cancel-safe: a raise is never lost.
     pub fn take(&self) -> Wait<'_> {
-        Wait { signal: self, lower: true, listener: None }
+        Wait { signal: self, lower: true }
     }
 
     /// Waits until the signal is raised; it stays raised.
     pub fn raised(&self) -> Wait<'_> {
-        Wait { signal: self, lower: false, listener: None }
+        Wait { signal: self, lower: false }
     }
-}
 
-impl Signal {
-    /// Waits until `stop` is raised (`true`) or, if `take`, this signal is
-    /// raised and lowered (`false`): one listener, on this signal, for both.
-    /// Whoever raises `stop` must then [`notify`](Signal::notify) this
-    /// signal. A connection waits so on its session's bell and its takeover
-    /// notice: an idle connection holds one listener instead of two.
-    pub fn take_unless<'a>(&'a self, stop: &'a Signal, take: bool) -> TakeUnless<'a> {
-        TakeUnless { bell: self, stop, take, listener: None }
+    /// Waits, as waiter `rank`, until `stop` is raised (`true`) or, if
+    /// `take`, this signal is raised and lowered (`false`). A connection
+    /// waits so on its session's bell and its takeover notice.
+    pub fn take_unless<'a>(&'a self, stop: &'a Signal, take: bool, rank: u64) -> TakeUnless<'a> {
+        TakeUnless { bell: self, stop, take, rank }
     }
 }
 
@@ -72,71 +93,52 @@ pub struct TakeUnless<'a> {
     bell: &'a Signal,
     stop: &'a Signal,
     take: bool,
-    listener: Option<EventListener>,
+    rank: u64,
 }
 
 impl Future for TakeUnless<'_> {
     type Output = bool;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        loop {
-            if self.stop.is_raised() {
-                self.listener = None;
-                return Poll::Ready(true);
-            }
-            if self.take && self.bell.raised.swap(false, Ordering::AcqRel) {
-                self.listener = None;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        // Registered before the flags are looked at: a raise in between wakes us.
+        self.stop.register(self.rank, cx.waker());
+        if self.stop.is_raised() {
+            return Poll::Ready(true);
+        }
+        if self.take {
+            self.bell.register(self.rank, cx.waker());
+            if self.bell.raised.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(false);
             }
-            // Checked again once listening: a raise in between is not lost.
-            match &mut self.listener {
-                None => self.listener = Some(self.bell.event.listen()),
-                Some(listener) => {
-                    ready!(Pin::new(listener).poll(cx));
-                    self.listener = None;
-                }
-            }
         }
+        Poll::Pending
     }
 }
 
 /// The future of [`Signal::take`] and [`Signal::raised`]: written out by
-/// hand, it is 24 bytes, where nested `async fn`s made every idle
-/// connection's task 48 to 96 bytes larger per wait.
+/// hand, it is 16 bytes, where nested `async fn`s made every idle
+/// connection's task 48 to 96 bytes larger per wait. It waits with the
+/// highest rank.
 #[derive(Debug)]
 pub struct Wait<'a> {
     signal: &'a Signal,
     /// Lower the signal when it is seen raised ([`Signal::take`]).
     lower: bool,
-    listener: Option<EventListener>,
-}
-
-impl Wait<'_> {
-    fn check(&self) -> bool {
-        match self.lower {
-            true => self.signal.raised.swap(false, Ordering::AcqRel),
-            false => self.signal.raised.load(Ordering::Acquire),
-        }
-    }
 }
 
 impl Future for Wait<'_> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.check() {
-                self.listener = None;
-                return Poll::Ready(());
-            }
-            // Checked again once listening: a raise in between is not lost.
-            match &mut self.listener {
-                None => self.listener = Some(self.signal.event.listen()),
-                Some(listener) => {
-                    ready!(Pin::new(listener).poll(cx));
-                    self.listener = None;
-                }
-            }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is looked at: a raise in between wakes us.
+        self.signal.register(u64::MAX, cx.waker());
+        let raised = match self.lower {
+            true => self.signal.raised.swap(false, Ordering::AcqRel),
+            false => self.signal.raised.load(Ordering::Acquire),
+        };
+        match raised {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
         }
     }
 }
@@ -167,5 +169,44 @@ mod tests {
         let thread = std::thread::spawn(move || raiser.raise());
         futures::executor::block_on(signal.take());
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn take_unless_wakes_on_either_signal() {
+        let (bell, stop) = (std::sync::Arc::new(Signal::new()), std::sync::Arc::new(Signal::new()));
+        let raiser = bell.clone();
+        let thread = std::thread::spawn(move || raiser.raise());
+        assert!(!futures::executor::block_on(bell.take_unless(&stop, true, 1)), "the bell");
+        thread.join().unwrap();
+        let raiser = stop.clone();
+        let thread = std::thread::spawn(move || raiser.raise());
+        assert!(futures::executor::block_on(bell.take_unless(&stop, false, 1)), "the stop, bell not taken");
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn an_older_waiter_never_takes_a_newer_ones_place() {
+        let (bell, old_stop, new_stop) = (Signal::new(), Signal::new(), Signal::new());
+        let (new_wakes, old_wakes) = (std::sync::Arc::new(Count::default()), std::sync::Arc::new(Count::default()));
+        let (new_waker, old_waker) = (Waker::from(new_wakes.clone()), Waker::from(old_wakes.clone()));
+        let mut new = std::pin::pin!(bell.take_unless(&new_stop, true, 2));
+        assert!(new.as_mut().poll(&mut Context::from_waker(&new_waker)).is_pending());
+        // The connection taken over polls once more, after the new one,
+        // before it sees its takeover notice.
+        let mut old = std::pin::pin!(bell.take_unless(&old_stop, true, 1));
+        assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending());
+        bell.raise();
+        assert_eq!(old_wakes.0.load(Ordering::Relaxed), 0);
+        assert_eq!(new_wakes.0.load(Ordering::Relaxed), 1, "the newest connection hears its bell");
+        assert_eq!(new.as_mut().poll(&mut Context::from_waker(&new_waker)), Poll::Ready(false));
+    }
+
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
