@@ -10,7 +10,7 @@ pub use crate::packet::Message;
 use crate::packet::{Ack, Packet, Pid, Publish, QoS, ReasonCode, Subscription};
 use crate::stats::DropCause;
 use crate::store::{Op, Progress, StoredSession, Ticket};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,15 @@ pub enum Offer {
     Dropped(DropCause),
 }
 
+/// A session's drops not yet counted or reported.
+#[derive(Debug, Default)]
+struct Drops {
+    /// Messages taken from the queue and not sent (see [`Session::take_unsent`]).
+    unsent: Vec<DropCause>,
+    /// `dropped` when it was last reported, and when.
+    reported: (u64, Option<Instant>),
+}
+
 /// The state of one client's session.
 #[derive(Debug)]
 pub struct Session {
@@ -170,7 +179,7 @@ pub struct Session {
     /// persistent session; `Some(0)`: it ends with the connection).
     pub expiry: Option<u32>,
     /// Filter → options and identifier.
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: BTreeMap<String, Subscription>,
     /// Sequence number of the last message queued.
     last_seq: u64,
     /// Sent, unacknowledged QoS 1/2 messages in send order.
@@ -178,7 +187,7 @@ pub struct Session {
     /// Messages not yet sent, in arrival order.
     queue: VecDeque<Queued>,
     /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
-    incoming: HashSet<Pid>,
+    incoming: BTreeSet<Pid>,
     /// Changes not yet handed to the store.
     journal: Vec<Op>,
     /// Payload bytes in `queue`.
@@ -195,10 +204,9 @@ pub struct Session {
     pressed: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
-    /// Messages taken from the queue and not sent (see [`Session::take_unsent`]).
-    unsent: Vec<DropCause>,
-    /// `dropped` when it was last reported, and when.
-    reported: (u64, Option<Instant>),
+    /// What was dropped and not yet counted or reported (boxed: most
+    /// sessions never drop, and every idle connection has a session).
+    drops: Option<Box<Drops>>,
     /// Inflight entries at the back not sent on this connection yet: a
     /// client that came back with a smaller Receive Maximum gets them as
     /// its window frees (MQTT-3.3.4-9), before anything new.
@@ -217,19 +225,18 @@ impl Session {
             limits,
             client: ClientLimits::default(),
             expiry: None,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             last_seq: 0,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
-            incoming: HashSet::new(),
+            incoming: BTreeSet::new(),
             journal: Vec::new(),
             queued_bytes: 0,
             progress: 0,
             stuck: false,
             pressed: false,
             dropped: 0,
-            unsent: Vec::new(),
-            reported: (0, None),
+            drops: None,
             held_back: 0,
         }
     }
@@ -428,13 +435,14 @@ impl Session {
     /// The number of drops to report now, if the last report is at least
     /// [`DROP_REPORT_INTERVAL`] old: drops are logged at most once a second.
     pub fn drop_report(&mut self, now: Instant) -> Option<u64> {
-        let due = match self.reported.1 {
+        let reported = self.drops.as_ref().map_or((0, None), |d| d.reported);
+        let due = match reported.1 {
             Some(last) => now.duration_since(last) >= DROP_REPORT_INTERVAL,
             None => true,
         };
-        let count = self.dropped - self.reported.0;
+        let count = self.dropped - reported.0;
         (due && count > 0).then(|| {
-            self.reported = (self.dropped, Some(now));
+            self.drops.get_or_insert_default().reported = (self.dropped, Some(now));
             count
         })
     }
@@ -517,13 +525,13 @@ impl Session {
         if qos != QoS::AtMostOnce {
             self.record(|id| Op::Message(id, seq, None));
         }
-        self.unsent.push(cause);
+        self.drops.get_or_insert_default().unsent.push(cause);
     }
 
     /// Messages dropped from the queue without being sent since the last
     /// call (expired, too large for the client), by cause, for the counters.
     pub fn take_unsent(&mut self) -> Vec<DropCause> {
-        std::mem::take(&mut self.unsent)
+        self.drops.as_mut().map(|d| std::mem::take(&mut d.unsent)).unwrap_or_default()
     }
 
     /// Whether `p` is larger than the connected client's Maximum Packet Size.
@@ -658,7 +666,7 @@ impl Session {
     pub fn forget_incoming(&mut self, pid: Option<Pid>) {
         let pids: Vec<Pid> = match pid {
             Some(pid) => self.incoming.take(&pid).into_iter().collect(),
-            None => self.incoming.drain().collect(),
+            None => std::mem::take(&mut self.incoming).into_iter().collect(),
         };
         for pid in pids {
             self.record(|id| Op::Incoming(id, pid, false));
