@@ -41,6 +41,8 @@ struct Shared {
     stats: Stats,
     /// Source of connection ids; 0 means "no connection".
     next_connection: AtomicU64,
+    /// Set by [`Broker::stop_connections`]: every connection is to end.
+    stopping: std::sync::atomic::AtomicBool,
     /// Durable state, unless the broker runs in memory.
     store: Option<Persistence>,
     /// Password and ACL files in force; replaced on reload.
@@ -268,6 +270,7 @@ impl Broker {
             retained: RwLock::new(retained),
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             store,
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
@@ -293,6 +296,22 @@ impl Broker {
         let security = Security::load(&self.shared.config)?;
         *write(&self.shared.security) = Arc::new(security);
         Ok(())
+    }
+
+    /// Tells every connection to end (a shutdown): each attached one is
+    /// woken and finds [`Broker::is_stopping`] set. One flag for all, so an
+    /// idle connection holds no listener of its own for the shutdown.
+    pub fn stop_connections(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let registry = lock(&self.shared.registry);
+        for attached in registry.values().filter_map(|e| e.connection.as_ref()) {
+            attached.kick.wake();
+        }
+    }
+
+    /// Whether [`Broker::stop_connections`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
     }
 
     /// Commits what is pending and stops the store's writer thread.

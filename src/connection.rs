@@ -695,7 +695,6 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 // drained once the outbox is written, Event::Written) queued
                 // messages: one listener for both.
                 let bell = client.session.rung_unless(kicked, !writing, client.conn).fuse();
-                let stop = shutdown.recv().fuse();
                 let (front, receipt) = match held.front().map(|h| h.awaiting(broker)) {
                     Some((ticket, receipt)) => (Some(ticket), receipt),
                     None => (None, None),
@@ -723,21 +722,29 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     None => Fuse::terminated(),
                     Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
                 };
-                pin_mut!(io, bell, stop, committed, relieved, rate_over);
+                pin_mut!(io, bell, committed, relieved, rate_over);
                 // Polled in turn from a different one each time, as select!
                 // would at random: none is starved by another always ready.
                 // Written out: select!'s branch table made every idle
                 // connection's task larger.
-                first_polled = (first_polled + 1) % 7;
+                first_polled = (first_polled + 1) % 6;
                 future::poll_fn(|cx| {
-                    for i in 0..7 {
-                        let event = match (first_polled + i) % 7 {
+                    // The bell is polled first: it registers the waker a
+                    // shutdown wakes (Broker::stop_connections). A ring it
+                    // takes while another event is returned is not lost:
+                    // it is taken only with the outbox empty, and then the
+                    // queue is drained after any event.
+                    let mut rung = bell.as_mut().poll(cx).map(|k| if k { Event::Kicked } else { Event::Queued });
+                    if stopped(shutdown, broker) {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                    for i in 0..6 {
+                        let event = match (first_polled + i) % 6 {
                             0 => io.as_mut().poll(cx),
-                            1 => bell.as_mut().poll(cx).map(|k| if k { Event::Kicked } else { Event::Queued }),
-                            2 => stop.as_mut().poll(cx).map(|_| Event::Shutdown),
-                            3 => timer.poll_unpin(cx).map(|()| Event::Keepalive),
-                            4 => committed.as_mut().poll(cx).map(|_| Event::Committed),
-                            5 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
+                            1 => std::mem::replace(&mut rung, Poll::Pending),
+                            2 => timer.poll_unpin(cx).map(|()| Event::Keepalive),
+                            3 => committed.as_mut().poll(cx).map(|_| Event::Committed),
+                            4 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
                             _ => rate_over.as_mut().poll(cx).map(|()| Event::RateOver),
                         };
                         if event.is_ready() {
@@ -921,13 +928,19 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 && pressure.iter().all(|w| Arc::ptr_eq(&w.session, &client.session));
             reading = (!held_back || (acks_only && stash.is_none())) && unanswered <= MAX_UNWRITTEN;
             if reading && stash.is_some() {
-                if shutdown.is_closed() {
+                if stopped(shutdown, broker) {
                     return Close::Shutdown;
                 }
                 replay = true;
             }
         }
     }
+}
+
+/// Whether the connection is to end for a shutdown: its own shutdown
+/// channel closed, or the broker stopping every connection (what wakes it).
+fn stopped(shutdown: &Receiver<()>, broker: &Broker) -> bool {
+    shutdown.is_closed() || broker.is_stopping()
 }
 
 /// Whether a packet drains the client's own session (or costs nothing): what

@@ -156,6 +156,7 @@ impl<R: Runtime> Server<R> {
     /// [`SHUTDOWN_GRACE`] for their tasks to end.
     pub async fn shutdown(self) {
         self.stop.close();
+        self.broker.stop_connections();
         let all_done = self.done.recv();
         let grace = self.rt.sleep(SHUTDOWN_GRACE);
         pin_mut!(all_done, grace);

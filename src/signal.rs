@@ -42,10 +42,16 @@ impl Signal {
     /// every message queued meanwhile).
     pub fn raise(&self) {
         if !self.raised.swap(true, Ordering::AcqRel) {
-            let waker = self.waiter.lock().unwrap_or_else(PoisonError::into_inner).waker.take();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            self.wake();
+        }
+    }
+
+    /// Wakes the waiter without raising the signal: it looks at whatever
+    /// else it waits for (a connection, at the broker's shutdown flag).
+    pub fn wake(&self) {
+        let waker = self.waiter.lock().unwrap_or_else(PoisonError::into_inner).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -55,17 +61,18 @@ impl Signal {
     }
 
     /// Makes `waker` the one a raise wakes, unless a waiter of higher rank
-    /// is registered.
-    fn register(&self, rank: u64, waker: &Waker) {
+    /// is registered; says whether it is.
+    fn register(&self, rank: u64, waker: &Waker) -> bool {
         let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
         if waiter.rank > rank {
-            return;
+            return false;
         }
         waiter.rank = rank;
         match &mut waiter.waker {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
         }
+        true
     }
 
     /// Waits until the signal is raised and lowers it (coalescing: several
@@ -105,11 +112,10 @@ impl Future for TakeUnless<'_> {
         if self.stop.is_raised() {
             return Poll::Ready(true);
         }
-        if self.take {
-            self.bell.register(self.rank, cx.waker());
-            if self.bell.raised.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(false);
-            }
+        // A waiter outranked (a connection taken over) leaves the ring to
+        // the newer one: taking it would lose it.
+        if self.take && self.bell.register(self.rank, cx.waker()) && self.bell.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(false);
         }
         Poll::Pending
     }
@@ -197,6 +203,7 @@ mod tests {
         assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending());
         bell.raise();
         assert_eq!(old_wakes.0.load(Ordering::Relaxed), 0);
+        assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending(), "the ring is left to the newer");
         assert_eq!(new_wakes.0.load(Ordering::Relaxed), 1, "the newest connection hears its bell");
         assert_eq!(new.as_mut().poll(&mut Context::from_waker(&new_waker)), Poll::Ready(false));
     }
