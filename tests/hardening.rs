@@ -180,6 +180,25 @@ runtime_kind_test!(
     }
 );
 
+runtime_kind_test!(
+    /// A shutdown wakes idle connections (no listener of their own waits
+    /// for it: the broker wakes each attached one) and closes them; it does
+    /// not wait out its grace period for them.
+    shutdown_closes_idle_connections_at_once,
+    |kind: RuntimeKind| {
+        let b = TestBroker::start(kind, |_| {});
+        let mut idle: Vec<_> = (0..3).map(|i| b.client(&format!("idle-{i}"))).collect();
+        let persistent = b.persistent("idle-persistent", false);
+        idle.push(persistent);
+        let start = Instant::now();
+        drop(b);
+        assert!(start.elapsed() < midge::server::SHUTDOWN_GRACE, "shutdown took {:?}", start.elapsed());
+        for c in &mut idle {
+            c.expect_closed();
+        }
+    }
+);
+
 runtime_test!(
     /// A will is published under the same rules as a PUBLISH: a will on a
     /// `$SYS` topic is not published (nor retained), so no client can plant
