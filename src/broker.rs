@@ -480,6 +480,7 @@ impl Broker {
         let persistent = {
             let mut s = session.lock();
             s.owner = conn;
+            session.claim_bell(conn);
             s.username = username.clone();
             s.listener = listener;
             s.session.expiry = expiry;

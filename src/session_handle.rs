@@ -113,10 +113,16 @@ impl SessionHandle {
     }
 
     /// Completes when `kicked` is raised (`true`) or, if `take`, messages
-    /// were queued (`false`), for connection `conn`: the bell wakes its
-    /// newest connection only (see [`Signal`]).
+    /// were queued (`false`), for connection `conn`: the bell wakes only
+    /// the connection that claimed it last (see [`SessionHandle::claim_bell`]).
     pub fn rung_unless<'a>(&'a self, kicked: &'a Signal, take: bool, conn: u64) -> crate::signal::TakeUnless<'a> {
         self.bell.take_unless(kicked, take, conn)
+    }
+
+    /// Makes connection `conn` the one the bell wakes (on attach, under the
+    /// broker's registry lock).
+    pub fn claim_bell(&self, conn: u64) {
+        self.bell.claim(conn);
     }
 
     /// Whether messages were queued since the bell was last taken (a cheap

@@ -5,10 +5,11 @@
 //! its shared state and a listener per waiter, 144 bytes of every idle
 //! connection.)
 //!
-//! One task waits at a time. Waiters are ranked by a number (a
-//! connection's id, which only grows): a lower one never takes a higher
-//! one's place. A session's bell is so left to its newest connection even
-//! when the connection it took over polls once more on its way out.
+//! One task waits at a time. A session's bell is claimed by the connection
+//! attached to it ([`Signal::claim`], under the broker's registry lock):
+//! only that connection's waits register on it or take its ring, so a
+//! connection taken over never takes the bell from its successor, even
+//! when it polls once more on its way out, whichever connection id is higher.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,12 +24,21 @@ pub struct Signal {
     waiter: Mutex<Waiter>,
 }
 
-/// The task to wake and its rank.
-#[derive(Debug, Default)]
+/// The task to wake, and who may wait ([`ANYONE`], or the claimant).
+#[derive(Debug)]
 struct Waiter {
-    rank: u64,
+    claimant: u64,
     waker: Option<Waker>,
 }
+
+impl Default for Waiter {
+    fn default() -> Waiter {
+        Waiter { claimant: ANYONE, waker: None }
+    }
+}
+
+/// A signal no one claimed: any task may wait on it.
+const ANYONE: u64 = u64::MAX;
 
 impl Signal {
     /// A lowered signal.
@@ -60,14 +70,20 @@ impl Signal {
         self.raised.load(Ordering::Acquire)
     }
 
-    /// Makes `waker` the one a raise wakes, unless a waiter of higher rank
-    /// is registered; says whether it is.
-    fn register(&self, rank: u64, waker: &Waker) -> bool {
+    /// From now on only waits by `claimant` register (see
+    /// [`Signal::take_unless`]); the last waiter's waker is let go.
+    pub fn claim(&self, claimant: u64) {
         let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiter.rank > rank {
+        *waiter = Waiter { claimant, waker: None };
+    }
+
+    /// Makes `waker` the one a raise wakes, if `who` may wait here; says
+    /// whether it may.
+    fn register(&self, who: u64, waker: &Waker) -> bool {
+        let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiter.claimant != ANYONE && waiter.claimant != who {
             return false;
         }
-        waiter.rank = rank;
         match &mut waiter.waker {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
@@ -86,11 +102,12 @@ impl Signal {
         Wait { signal: self, lower: false }
     }
 
-    /// Waits, as waiter `rank`, until `stop` is raised (`true`) or, if
-    /// `take`, this signal is raised and lowered (`false`). A connection
-    /// waits so on its session's bell and its takeover notice.
-    pub fn take_unless<'a>(&'a self, stop: &'a Signal, take: bool, rank: u64) -> TakeUnless<'a> {
-        TakeUnless { bell: self, stop, take, rank }
+    /// Waits, as `claimant`, until `stop` is raised (`true`) or, if `take`,
+    /// this signal is raised and lowered (`false`); a claimant this signal
+    /// no longer names waits only for `stop`. A connection waits so on its
+    /// session's bell and its takeover notice.
+    pub fn take_unless<'a>(&'a self, stop: &'a Signal, take: bool, claimant: u64) -> TakeUnless<'a> {
+        TakeUnless { bell: self, stop, take, claimant }
     }
 }
 
@@ -100,7 +117,7 @@ pub struct TakeUnless<'a> {
     bell: &'a Signal,
     stop: &'a Signal,
     take: bool,
-    rank: u64,
+    claimant: u64,
 }
 
 impl Future for TakeUnless<'_> {
@@ -108,13 +125,14 @@ impl Future for TakeUnless<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         // Registered before the flags are looked at: a raise in between wakes us.
-        self.stop.register(self.rank, cx.waker());
+        self.stop.register(ANYONE, cx.waker());
         if self.stop.is_raised() {
             return Poll::Ready(true);
         }
-        // A waiter outranked (a connection taken over) leaves the ring to
-        // the newer one: taking it would lose it.
-        if self.take && self.bell.register(self.rank, cx.waker()) && self.bell.raised.swap(false, Ordering::AcqRel) {
+        // A connection taken over leaves the ring to its successor: taking
+        // it would lose it.
+        if self.take && self.bell.register(self.claimant, cx.waker()) && self.bell.raised.swap(false, Ordering::AcqRel)
+        {
             return Poll::Ready(false);
         }
         Poll::Pending
@@ -123,8 +141,7 @@ impl Future for TakeUnless<'_> {
 
 /// The future of [`Signal::take`] and [`Signal::raised`]: written out by
 /// hand, it is 16 bytes, where nested `async fn`s made every idle
-/// connection's task 48 to 96 bytes larger per wait. It waits with the
-/// highest rank.
+/// connection's task 48 to 96 bytes larger per wait. It waits as anyone.
 #[derive(Debug)]
 pub struct Wait<'a> {
     signal: &'a Signal,
@@ -137,7 +154,7 @@ impl Future for Wait<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // Registered before the flag is looked at: a raise in between wakes us.
-        self.signal.register(u64::MAX, cx.waker());
+        self.signal.register(ANYONE, cx.waker());
         let raised = match self.lower {
             true => self.signal.raised.swap(false, Ordering::AcqRel),
             false => self.signal.raised.load(Ordering::Acquire),
@@ -191,21 +208,32 @@ mod tests {
     }
 
     #[test]
-    fn an_older_waiter_never_takes_a_newer_ones_place() {
+    fn only_the_claimant_waits_on_a_claimed_bell() {
         let (bell, old_stop, new_stop) = (Signal::new(), Signal::new(), Signal::new());
         let (new_wakes, old_wakes) = (std::sync::Arc::new(Count::default()), std::sync::Arc::new(Count::default()));
         let (new_waker, old_waker) = (Waker::from(new_wakes.clone()), Waker::from(old_wakes.clone()));
-        let mut new = std::pin::pin!(bell.take_unless(&new_stop, true, 2));
+        // Connection 2 attached first; connection 1 (an older id) took it over.
+        bell.claim(2);
+        let mut old = std::pin::pin!(bell.take_unless(&old_stop, true, 2));
+        assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending());
+        bell.claim(1);
+        let mut new = std::pin::pin!(bell.take_unless(&new_stop, true, 1));
         assert!(new.as_mut().poll(&mut Context::from_waker(&new_waker)).is_pending());
-        // The connection taken over polls once more, after the new one,
-        // before it sees its takeover notice.
-        let mut old = std::pin::pin!(bell.take_unless(&old_stop, true, 1));
+        // The connection taken over polls once more, before it sees its
+        // takeover notice.
         assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending());
         bell.raise();
         assert_eq!(old_wakes.0.load(Ordering::Relaxed), 0);
-        assert!(old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending(), "the ring is left to the newer");
-        assert_eq!(new_wakes.0.load(Ordering::Relaxed), 1, "the newest connection hears its bell");
+        assert!(
+            old.as_mut().poll(&mut Context::from_waker(&old_waker)).is_pending(),
+            "the ring is left to the claimant"
+        );
+        assert_eq!(new_wakes.0.load(Ordering::Relaxed), 1, "the claimant hears its bell");
         assert_eq!(new.as_mut().poll(&mut Context::from_waker(&new_waker)), Poll::Ready(false));
+        // Its takeover notice still wakes the old one.
+        old_stop.raise();
+        assert_eq!(old_wakes.0.load(Ordering::Relaxed), 1);
+        assert_eq!(old.as_mut().poll(&mut Context::from_waker(&old_waker)), Poll::Ready(true));
     }
 
     #[derive(Default)]
