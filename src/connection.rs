@@ -693,7 +693,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
                 // The takeover notice, and (unless writing: the queue is
                 // drained once the outbox is written, Event::Written) queued
-                // messages: one listener for both.
+                // messages: one waker, registered inline on both signals.
                 let bell = client.session.rung_unless(kicked, !writing, client.conn).fuse();
                 let (front, receipt) = match held.front().map(|h| h.awaiting(broker)) {
                     Some((ticket, receipt)) => (Some(ticket), receipt),
