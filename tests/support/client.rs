@@ -60,6 +60,24 @@ fn describe(packet: &Option<Received>) -> String {
     packet.as_ref().map_or_else(|| "none".into(), Received::summary)
 }
 
+/// Reads one whole MQTT packet from `from`.
+pub fn read_packet(from: &mut impl Read) -> std::io::Result<Received> {
+    let mut byte = [0u8];
+    from.read_exact(&mut byte)?;
+    let header = byte[0];
+    let mut len = 0usize;
+    for i in 0..4 {
+        from.read_exact(&mut byte)?;
+        len |= usize::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    from.read_exact(&mut body)?;
+    Ok(Received { header, body })
+}
+
 /// What a WebSocket client runs over: TCP, or TLS over TCP (`wss://`).
 pub trait Socket: Read + Write + Send {
     fn tcp(&self) -> &TcpStream;
@@ -279,20 +297,7 @@ impl Raw {
 
     /// Reads one whole packet, or the error that ended the connection.
     pub fn try_recv(&mut self) -> std::io::Result<Received> {
-        let mut byte = [0u8];
-        self.stream.read_exact(&mut byte)?;
-        let header = byte[0];
-        let mut len = 0usize;
-        for i in 0..4 {
-            self.stream.read_exact(&mut byte)?;
-            len |= usize::from(byte[0] & 0x7f) << (7 * i);
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        self.stream.read_exact(&mut body)?;
-        Ok(Received { header, body })
+        read_packet(&mut self.stream)
     }
 
     /// Sets the time one read may wait (default [`TIMEOUT`]).
