@@ -28,6 +28,7 @@ use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt, pin_mut};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -189,8 +190,9 @@ where
 /// it is built with care: the stream goes into its transport before the
 /// future exists (an `async fn` keeps its arguments apart from what they
 /// were moved into, for its whole life), the captured values are only ever
-/// borrowed, the peer is boxed until CONNECT is done, and what runs before
-/// and after the connection loop is boxed or not `async` at all.
+/// borrowed, the peer is boxed until CONNECT is done, what runs before and
+/// after the connection loop is boxed or not `async` at all, and the loop
+/// itself is boxed while active and dropped while the connection is parked.
 pub(crate) fn run_holding<R, S, H>(
     rt: R,
     broker: Broker,
@@ -231,7 +233,19 @@ where
         if let Some(listener) = &listener_stats {
             listener.connected(level);
         }
-        let reason = serve(&rt, &broker, client, &mut link, &kick, &shutdown).await;
+        // What the loop keeps while parked; the rest of its state is boxed
+        // and exists only while the connection is active (see park).
+        let mut steady = Steady::new(&rt, &broker, client);
+        let mut wake = Wake::Queued;
+        let reason = loop {
+            match Box::pin(serve(&rt, &broker, client, &mut link, &kick, &shutdown, &mut steady, wake)).await {
+                Step::Closed(close) => break close,
+                Step::Parked => match park(&broker, client, &mut link, &kick, &shutdown, &mut steady).await {
+                    Ok(next) => wake = next,
+                    Err(close) => break close,
+                },
+            }
+        };
         finish(&rt, &broker, client, &mut link, reason);
         broker.stats().disconnected();
         if let Some(listener) = &listener_stats {
@@ -627,6 +641,117 @@ async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Durati
     }
 }
 
+/// How a spell of the connection loop ended.
+enum Step {
+    /// Idle: parked until something wakes it ([`park`]).
+    Parked,
+    Closed(Close),
+}
+
+/// What woke a parked connection: the first event of its next spell.
+enum Wake {
+    /// Its bell rang (or the loop starts): drain the session's queue.
+    Queued,
+    /// Boxed: a packet inline would make every parked connection larger.
+    Packet(Box<Packet>),
+    Keepalive,
+}
+
+/// A connection whose waits come at least this far apart is parked between
+/// them; a busier one keeps its loop (boxing it anew each time costs an
+/// allocation).
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// The part of the connection loop's state that outlives a spell: the rest
+/// is made afresh each time the connection wakes from being parked.
+struct Steady {
+    /// MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
+    keepalive: Duration,
+    /// One timer per connection (none for keepalive 0), re-armed only when it
+    /// fires early.
+    timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    last_packet: Instant,
+    /// Boxed: most brokers set no max_publish_rate.
+    rate: Option<Box<PublishRate>>,
+    /// Which wait is polled first (see [`serve`]).
+    first_polled: u8,
+    /// Set when the connection may park at its next idle wait: it just
+    /// started, its keepalive timer fired, or its last wait was long.
+    may_park: bool,
+}
+
+impl Steady {
+    fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client) -> Steady {
+        let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
+        let mut steady = Steady {
+            keepalive,
+            timer: None,
+            last_packet: Instant::now(),
+            rate: broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r))),
+            first_polled: 0,
+            may_park: true,
+        };
+        if client.keep_alive != 0 {
+            steady.arm(rt, keepalive);
+        }
+        steady
+    }
+
+    fn arm<R: Runtime>(&mut self, rt: &R, after: Duration) {
+        self.timer = Some(Box::pin(rt.sleep(after)));
+    }
+
+    /// The keepalive timer; pending for ever without one. Re-armed (or the
+    /// connection closed) by whoever sees it fire.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A parked connection's wait: nothing to write, nothing in flight towards
+/// the store, its loop's state dropped. What ends it starts the next spell
+/// (or the close): the bell, a packet, the keepalive timer, takeover or
+/// shutdown. Small, as every idle connection's task is made of it.
+// Not an async fn, as serve.
+#[allow(clippy::manual_async_fn)]
+fn park<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &'a Broker,
+    client: &'a Client,
+    link: &'a mut Transport<S>,
+    kicked: &'a Signal,
+    shutdown: &'a Receiver<()>,
+    steady: &'a mut Steady,
+) -> impl Future<Output = Result<Wake, Close>> + 'a {
+    async move {
+        let began = Instant::now();
+        let bell = client.session.rung_unless(kicked, true, client.conn);
+        pin_mut!(bell);
+        let woken = future::poll_fn(|cx| {
+            // The bell first: it registers the waker a shutdown wakes.
+            if let Poll::Ready(taken_over) = bell.as_mut().poll(cx) {
+                return Poll::Ready(if taken_over { Err(Close::TakenOver) } else { Ok(Wake::Queued) });
+            }
+            if stopped(shutdown, broker) {
+                return Poll::Ready(Err(Close::Shutdown));
+            }
+            if let Poll::Ready(read) = link.framed.poll_next_unpin(cx) {
+                return Poll::Ready(match read {
+                    Some(Ok(packet)) => Ok(Wake::Packet(Box::new(packet))),
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(Close::PeerClosed),
+                });
+            }
+            steady.poll_timer(cx).map(|()| Ok(Wake::Keepalive))
+        })
+        .await;
+        steady.may_park = began.elapsed() >= PARK_AFTER;
+        woken
+    }
+}
+
 /// The connection loop after CONNACK.
 ///
 /// Reads pause, and TCP flow control slows the client down, while:
@@ -634,8 +759,13 @@ async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Durati
 /// responses wait for the store beyond [`MAX_HELD`]; it does not read its
 /// responses beyond [`MAX_UNWRITTEN`]; it is over its publish rate. Writes,
 /// keepalive, takeover and shutdown go on all the while.
+///
+/// One spell of it: it returns [`Step::Parked`] at a wait with nothing to
+/// write and nothing awaited when the connection may park (it just started,
+/// its keepalive timer fired, or its last wait took [`PARK_AFTER`]); `wake`
+/// is its first event.
 // Not an async fn: one would keep its arguments twice (see [`run_holding`]).
-#[allow(clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &'a R,
     broker: &'a Broker,
@@ -643,25 +773,18 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     link: &'a mut Transport<S>,
     kicked: &'a Signal,
     shutdown: &'a Receiver<()>,
-) -> impl Future<Output = Close> + 'a {
+    steady: &'a mut Steady,
+    wake: Wake,
+) -> impl Future<Output = Step> + 'a {
     // An async block, not an async fn: its captures are not stored twice.
     async move {
         // The packets to send, encoded into the outbox before each wait.
         let mut packets = Vec::new();
         let out = &mut packets;
-        // MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
-        let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
-        let mut last_packet = Instant::now();
-        // One timer per connection, re-armed only when it fires early.
-        let mut timer = match client.keep_alive {
-            0 => Fuse::terminated(),
-            _ => Box::pin(rt.sleep(keepalive)).fuse(),
-        };
+        let keepalive = steady.keepalive;
         // Response bytes encoded while earlier ones were still unwritten: a
         // client that sends without reading what it is sent.
         let mut unanswered = 0;
-        // Boxed: most brokers set no max_publish_rate.
-        let mut rate = broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r)));
         // Responses waiting for the store commit of what they acknowledge, in order.
         let mut held: VecDeque<Held> = VecDeque::new();
         let mut pressure: Vec<Waiting> = Vec::new();
@@ -678,18 +801,32 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         let mut blocked: Option<Ticket> = None;
         // The stash is handled next, without waiting.
         let mut replay = false;
-        let mut first = true;
-        // Which wait is polled first (see the poll below).
-        let mut first_polled = 0u8;
+        let mut wake = Some(wake);
         loop {
             // The event is made only after the wait: kept across it, it would
-            // make every idle connection's task a packet larger.
-            let event = if std::mem::take(&mut first) {
-                Event::Queued
+            // make every active connection's task a packet larger.
+            let event = if let Some(wake) = wake.take() {
+                match wake {
+                    Wake::Queued => Event::Queued,
+                    Wake::Packet(packet) => Event::Packet(Some(Ok(*packet))),
+                    Wake::Keepalive => Event::Keepalive,
+                }
             } else if std::mem::take(&mut replay) {
                 Event::Packet(stash.take().map(|p| Ok(*p)))
             } else {
                 let writing = !link.outbox.is_empty();
+                let idle = !writing
+                    && held.is_empty()
+                    && pressure.is_empty()
+                    && stash.is_none()
+                    && blocked.is_none()
+                    && reading
+                    && steady.rate.as_ref().is_none_or(|r| r.until.is_none());
+                if std::mem::take(&mut steady.may_park) && idle {
+                    return Step::Parked;
+                }
+                // Timed only when it could lead to a park.
+                let began = idle.then(Instant::now);
                 let io = future::poll_fn(|cx| link.poll_io(cx, reading)).fuse();
                 // The takeover notice, and (unless writing: the queue is
                 // drained once the outbox is written, Event::Written) queued
@@ -718,7 +855,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     true => Fuse::terminated(),
                     false => Box::pin(relief(rt, &mut pressure, broker.config().slow_consumer_timeout)).fuse(),
                 };
-                let rate_over = match rate.as_ref().and_then(|r| r.until) {
+                let rate_over = match steady.rate.as_ref().and_then(|r| r.until) {
                     None => Fuse::terminated(),
                     Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
                 };
@@ -727,8 +864,10 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 // would at random: none is starved by another always ready.
                 // Written out: select!'s branch table made every idle
                 // connection's task larger.
-                first_polled = (first_polled + 1) % 6;
-                future::poll_fn(|cx| {
+                steady.first_polled = (steady.first_polled + 1) % 6;
+                let first_polled = steady.first_polled;
+                let timer = &mut *steady;
+                let event = future::poll_fn(|cx| {
                     // The bell is polled first: it registers the waker a
                     // shutdown wakes (Broker::stop_connections). A ring it
                     // takes while another event is returned is not lost:
@@ -742,7 +881,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         let event = match (first_polled + i) % 6 {
                             0 => io.as_mut().poll(cx),
                             1 => std::mem::replace(&mut rung, Poll::Pending),
-                            2 => timer.poll_unpin(cx).map(|()| Event::Keepalive),
+                            2 => timer.poll_timer(cx).map(|()| Event::Keepalive),
                             3 => committed.as_mut().poll(cx).map(|_| Event::Committed),
                             4 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
                             _ => rate_over.as_mut().poll(cx).map(|()| Event::RateOver),
@@ -753,14 +892,16 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Poll::Pending
                 })
-                .await
+                .await;
+                steady.may_park = began.is_some_and(|b| b.elapsed() >= PARK_AFTER);
+                event
             };
             // Set when a packet in the batch ends the connection: what was
             // answered before it is still written.
             let mut closing = None;
             match event {
                 Event::Packet(Some(Ok(packet))) => {
-                    last_packet = Instant::now();
+                    steady.last_packet = Instant::now();
                     // What was queued before this packet arrived goes out before
                     // its answer: a PINGRESP or PUBACK never overtakes a
                     // delivery already waiting (select! may have seen the packet
@@ -769,7 +910,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         && out.is_empty()
                         && handle::drain(client, broker, out) == Drained::TakenOver
                     {
-                        return Close::TakenOver;
+                        return Step::Closed(Close::TakenOver);
                     }
                     let mut next = Some(packet);
                     // The turn's deliveries to each subscriber go together,
@@ -786,7 +927,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         // MQTT-3.1.4-2: once taken over, nothing more this
                         // connection read is handled, however fast it arrives.
                         if kicked.is_raised() {
-                            return Close::TakenOver;
+                            return Step::Closed(Close::TakenOver);
                         }
                         let subscribe = matches!(packet, Packet::Subscribe(..));
                         let publish = matches!(packet, Packet::Publish(_));
@@ -798,11 +939,11 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                             break;
                         }
                         if publish
-                            && let Some(r) = rate.as_mut()
-                            && let Some(wait) = r.take(last_packet, 1)
+                            && let Some(r) = steady.rate.as_mut()
+                            && let Some(wait) = r.take(steady.last_packet, 1)
                         {
                             // Over its publish rate: stop reading from this client for a while.
-                            r.until = Some(last_packet + wait);
+                            r.until = Some(steady.last_packet + wait);
                             break;
                         }
                         // A SUBSCRIBE's retained messages can fill the session
@@ -836,28 +977,30 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
-                Event::Packet(Some(Err(e))) => return e.into(),
-                Event::Packet(None) => return Close::PeerClosed,
-                Event::Written(Err(e)) => return Close::Io(e),
+                Event::Packet(Some(Err(e))) => return Step::Closed(e.into()),
+                Event::Packet(None) => return Step::Closed(Close::PeerClosed),
+                Event::Written(Err(e)) => return Step::Closed(Close::Io(e)),
                 Event::Written(Ok(())) => unanswered = 0,
                 Event::Queued | Event::Committed | Event::Relieved => {}
                 Event::RateOver => {
-                    if let Some(r) = rate.as_mut() {
+                    if let Some(r) = steady.rate.as_mut() {
                         r.until = None;
                     }
                 }
-                Event::Kicked => return Close::TakenOver,
-                Event::Shutdown => return Close::Shutdown,
+                Event::Kicked => return Step::Closed(Close::TakenOver),
+                Event::Shutdown => return Step::Closed(Close::Shutdown),
                 Event::Keepalive => {
-                    let idle = last_packet.elapsed();
+                    let idle = steady.last_packet.elapsed();
                     // Silence while midge itself holds the client back is not the
                     // client's (a client that does not read is not held back by
                     // midge: it is closed as any silent one).
                     if idle >= keepalive && !held_back {
-                        return Close::Violation(Violation::KeepaliveTimeout);
+                        return Step::Closed(Close::Violation(Violation::KeepaliveTimeout));
                     }
                     let next = if idle >= keepalive { keepalive } else { keepalive - idle };
-                    timer = Box::pin(rt.sleep(next)).fuse();
+                    steady.arm(rt, next);
+                    // A connection its keepalive timer wakes is idle enough.
+                    steady.may_park = true;
                     // What the last packets grew (a PINGRESP's Vec and
                     // outbox bytes) is given back: this runs once per 1.5
                     // keepalive periods, so an idle connection keeps none
@@ -875,7 +1018,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             if !release(broker, &mut held, out) {
-                return Close::StoreFailed;
+                return Step::Closed(Close::StoreFailed);
             }
             // Deliveries are taken from the session only once what was taken
             // before is written: the queue, not the outbox, holds what a slow
@@ -883,7 +1026,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             blocked = None;
             if link.outbox.is_empty() {
                 blocked = match handle::drain(client, broker, out) {
-                    Drained::TakenOver => return Close::TakenOver,
+                    Drained::TakenOver => return Step::Closed(Close::TakenOver),
                     Drained::Waiting(ticket) => Some(ticket),
                     Drained::Sent => None,
                 };
@@ -898,7 +1041,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             }
             let (backlog, before) = (!link.outbox.is_empty(), link.outbox.waiting());
             if let Err(e) = link.push(out) {
-                return e.into();
+                return Step::Closed(e.into());
             }
             if backlog {
                 unanswered += link.outbox.waiting() - before;
@@ -907,20 +1050,20 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             let written = link.write_now();
             link.account(broker);
             if let Err(e) = written {
-                return Close::Io(e);
+                return Step::Closed(Close::Io(e));
             }
             if link.outbox.is_empty() {
                 unanswered = 0;
             }
             if let Some(close) = closing {
-                return close;
+                return Step::Closed(close);
             }
             // Paused by midge itself: the client's silence meanwhile is not its own.
-            let paused = rate.as_ref().is_some_and(|r| r.until.is_some());
+            let paused = steady.rate.as_ref().is_some_and(|r| r.until.is_some());
             let was_held_back =
                 std::mem::replace(&mut held_back, !pressure.is_empty() || held.len() >= MAX_HELD || paused);
             if was_held_back && !held_back {
-                last_packet = Instant::now();
+                steady.last_packet = Instant::now();
             }
             acks_only = held_back
                 && held.len() < MAX_HELD
@@ -929,7 +1072,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             reading = (!held_back || (acks_only && stash.is_none())) && unanswered <= MAX_UNWRITTEN;
             if reading && stash.is_some() {
                 if stopped(shutdown, broker) {
-                    return Close::Shutdown;
+                    return Step::Closed(Close::Shutdown);
                 }
                 replay = true;
             }

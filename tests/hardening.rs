@@ -200,6 +200,35 @@ runtime_kind_test!(
 );
 
 runtime_test!(
+    /// A connection whose waits come a second or more apart is parked
+    /// between them, its loop's state dropped (`park` in connection.rs):
+    /// parked, it is woken by its bell and delivers, by a packet and
+    /// answers, and by a takeover and closes. (The sleeps are the idle time
+    /// under test, not a wait for an event.)
+    an_idle_connection_parked_after_a_long_wait_still_delivers_answers_and_is_taken_over,
+    |b: &TestBroker| {
+        let mut sub = b.client("parked-sub");
+        // At QoS 0: no PUBACK of the subscriber's wakes it before the next round.
+        sub.subscribe(1, &[("park/#", 0)]);
+        let mut publisher = b.client("parked-pub");
+        for round in 0..3u8 {
+            // Longer than PARK_AFTER: the first round's wait ends long and
+            // the connection parks after its delivery; later rounds' bells
+            // wake it from there.
+            std::thread::sleep(Duration::from_millis(1100));
+            publisher.send(&packets::publish("park/x", &[round], 1, u16::from(round) + 1));
+            publisher.expect(&ack(PUBACK, u16::from(round) + 1));
+            assert_eq!(sub.receive_and_ack(1), vec![("park/x".to_owned(), 0, vec![round], false)]);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        sub.ping();
+        std::thread::sleep(Duration::from_millis(1100));
+        let _again = b.client("parked-sub");
+        sub.expect_closed();
+    }
+);
+
+runtime_test!(
     /// A will is published under the same rules as a PUBLISH: a will on a
     /// `$SYS` topic is not published (nor retained), so no client can plant
     /// fake broker statistics.
