@@ -20,12 +20,12 @@ use crate::signal::Signal;
 use crate::stats::DropCause;
 use crate::store::{Persistence, Ticket, TicketStatus};
 use async_channel::Receiver;
-use asynchronous_codec::Framed;
+use asynchronous_codec::FramedRead;
 use bytes::Bytes;
 use bytes::BytesMut;
 use futures::future::{self, Either, Fuse, FutureExt, select};
 use futures::io::{AsyncRead, AsyncWrite};
-use futures::{SinkExt, StreamExt, pin_mut};
+use futures::{StreamExt, pin_mut};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -37,21 +37,20 @@ use std::{fmt, io};
 /// A client's socket: asynchronous-codec framing for what it sends, an
 /// [`Outbox`] for what it is sent.
 struct Transport<S> {
-    framed: Framed<ReadGate<S>, MqttCodec>,
+    /// Reads only: writes go through the outbox to the stream underneath.
+    framed: FramedRead<ReadGate<S>, MqttCodec>,
     outbox: Outbox,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
-    /// asynchronous-codec's 8 KiB read and write buffers are swapped for
-    /// empty ones that grow on demand: an idle connection then holds only
-    /// what its last packets needed, not 16 KiB. (The write buffer stays
-    /// empty: writes go through the outbox.)
+    /// asynchronous-codec's 8 KiB read buffer is swapped for an empty one
+    /// that grows on demand: an idle connection then holds only what its
+    /// last packets needed, not 8 KiB.
     fn new(stream: S, max_packet_size: usize) -> Transport<S> {
-        let framed = Framed::new(ReadGate::new(stream), MqttCodec::new(max_packet_size));
+        let framed = FramedRead::new(ReadGate::new(stream), MqttCodec::new(max_packet_size));
         let mut parts = framed.into_parts();
-        parts.read_buffer = BytesMut::new();
-        parts.write_buffer = BytesMut::new();
-        Transport { framed: Framed::from_parts(parts), outbox: Outbox::new() }
+        parts.buffer = BytesMut::new();
+        Transport { framed: FramedRead::from_parts(parts), outbox: Outbox::new() }
     }
 
     /// Encodes every packet in `out` into the outbox.
@@ -95,7 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 
     /// Adds the bytes read and written to the broker's counters.
     fn account(&mut self, broker: &Broker) {
-        let received = self.framed.codec_mut().take_received();
+        let received = self.framed.decoder_mut().take_received();
         broker.stats().bytes(received, self.outbox.take_sent());
     }
 }
@@ -267,7 +266,7 @@ fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     reason: Close,
 ) {
     let conn = client.conn;
-    if link.framed.codec().refused_oversized_publish() {
+    if link.framed.decoder().refused_oversized_publish() {
         broker.stats().dropped(DropCause::TooLarge, 1);
     }
     let addr = client.peer;
@@ -349,10 +348,7 @@ async fn close<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(rt: &R, link: &mut
         if !link.outbox.is_empty() {
             link.outbox.write_to(&mut *link.framed).await?;
         }
-        link.framed.close().await.map_err(|e| match e {
-            Error::Io(e) => e,
-            Error::Violation(v) => io::Error::other(v.to_string()),
-        })
+        futures::AsyncWriteExt::close(&mut *link.framed).await
     });
     if flushed.await.is_none() {
         log::debug!("closing a connection whose client does not read: not waiting for its last writes");
@@ -423,7 +419,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             None
         }
         Err(refusal) => {
-            if link.framed.codec().speaks_v5() {
+            if link.framed.decoder().speaks_v5() {
                 // A 5.0 CONNECT is refused with its 5.0 reason code
                 // (MQTT-3.2.2-6/-7), the rule in the Reason String.
                 link.outbox.set_protocol(Protocol::V5, 0);
@@ -662,11 +658,15 @@ enum Wake {
 /// allocation).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// MQTT-3.1.2-24: a client is closed after one and a half keepalive periods
+/// of silence.
+fn keepalive(client: &Client) -> Duration {
+    Duration::from_millis(u64::from(client.keep_alive) * 1500)
+}
+
 /// The part of the connection loop's state that outlives a spell: the rest
 /// is made afresh each time the connection wakes from being parked.
 struct Steady {
-    /// MQTT-3.1.2-24: close after one and a half keepalive periods of silence.
-    keepalive: Duration,
     /// One timer per connection (none for keepalive 0), re-armed only when it
     /// fires early.
     timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -682,9 +682,7 @@ struct Steady {
 
 impl Steady {
     fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client) -> Steady {
-        let keepalive = Duration::from_millis(u64::from(client.keep_alive) * 1500);
         let mut steady = Steady {
-            keepalive,
             timer: None,
             last_packet: Instant::now(),
             rate: broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r))),
@@ -692,7 +690,7 @@ impl Steady {
             may_park: true,
         };
         if client.keep_alive != 0 {
-            steady.arm(rt, keepalive);
+            steady.arm(rt, keepalive(client));
         }
         steady
     }
@@ -714,9 +712,8 @@ impl Steady {
 /// A parked connection's wait: nothing to write, nothing in flight towards
 /// the store, its loop's state dropped. What ends it starts the next spell
 /// (or the close): the bell, a packet, the keepalive timer, takeover or
-/// shutdown. Small, as every idle connection's task is made of it.
-// Not an async fn, as serve.
-#[allow(clippy::manual_async_fn)]
+/// shutdown. Small, as every idle connection's task is made of it: written
+/// out, it is half the size of the same wait as an async block.
 fn park<'a, S: AsyncRead + AsyncWrite + Unpin>(
     broker: &'a Broker,
     client: &'a Client,
@@ -724,31 +721,44 @@ fn park<'a, S: AsyncRead + AsyncWrite + Unpin>(
     kicked: &'a Signal,
     shutdown: &'a Receiver<()>,
     steady: &'a mut Steady,
-) -> impl Future<Output = Result<Wake, Close>> + 'a {
-    async move {
-        let began = Instant::now();
-        let bell = client.session.rung_unless(kicked, true, client.conn);
-        pin_mut!(bell);
-        let woken = future::poll_fn(|cx| {
-            // The bell first: it registers the waker a shutdown wakes.
-            if let Poll::Ready(taken_over) = bell.as_mut().poll(cx) {
-                return Poll::Ready(if taken_over { Err(Close::TakenOver) } else { Ok(Wake::Queued) });
+) -> Park<'a, S> {
+    let bell = client.session.rung_unless(kicked, true, client.conn);
+    Park { broker, link, shutdown, steady, bell, began: Instant::now() }
+}
+
+/// The future of [`park`].
+struct Park<'a, S> {
+    broker: &'a Broker,
+    link: &'a mut Transport<S>,
+    shutdown: &'a Receiver<()>,
+    steady: &'a mut Steady,
+    bell: crate::signal::TakeUnless<'a>,
+    began: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Park<'_, S> {
+    type Output = Result<Wake, Close>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Wake, Close>> {
+        let this = &mut *self;
+        // The bell first: it registers the waker a shutdown wakes.
+        let woken = if let Poll::Ready(taken_over) = Pin::new(&mut this.bell).poll(cx) {
+            if taken_over { Err(Close::TakenOver) } else { Ok(Wake::Queued) }
+        } else if stopped(this.shutdown, this.broker) {
+            Err(Close::Shutdown)
+        } else if let Poll::Ready(read) = this.link.framed.poll_next_unpin(cx) {
+            match read {
+                Some(Ok(packet)) => Ok(Wake::Packet(Box::new(packet))),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(Close::PeerClosed),
             }
-            if stopped(shutdown, broker) {
-                return Poll::Ready(Err(Close::Shutdown));
-            }
-            if let Poll::Ready(read) = link.framed.poll_next_unpin(cx) {
-                return Poll::Ready(match read {
-                    Some(Ok(packet)) => Ok(Wake::Packet(Box::new(packet))),
-                    Some(Err(e)) => Err(e.into()),
-                    None => Err(Close::PeerClosed),
-                });
-            }
-            steady.poll_timer(cx).map(|()| Ok(Wake::Keepalive))
-        })
-        .await;
-        steady.may_park = began.elapsed() >= PARK_AFTER;
-        woken
+        } else if this.steady.poll_timer(cx).is_ready() {
+            Ok(Wake::Keepalive)
+        } else {
+            return Poll::Pending;
+        };
+        this.steady.may_park = this.began.elapsed() >= PARK_AFTER;
+        Poll::Ready(woken)
     }
 }
 
@@ -781,7 +791,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         // The packets to send, encoded into the outbox before each wait.
         let mut packets = Vec::new();
         let out = &mut packets;
-        let keepalive = steady.keepalive;
+        let keepalive = keepalive(client);
         // Response bytes encoded while earlier ones were still unwritten: a
         // client that sends without reading what it is sent.
         let mut unanswered = 0;

@@ -12,19 +12,19 @@
 //! may make progress), so it holds for any stream: TCP, TLS or a pipe.
 
 use futures::io::{AsyncRead, AsyncWrite, IoSlice};
-use futures::task::AtomicWaker;
+use futures::task::{ArcWake, AtomicWaker, waker_ref};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 /// Wraps a stream; reads are gated, writes pass straight through.
 #[derive(Debug)]
 pub struct ReadGate<S> {
     inner: S,
+    /// Passed down as a borrowed waker ([`waker_ref`]): no waker is kept.
     wake: Arc<Readable>,
-    waker: Waker,
 }
 
 #[derive(Debug)]
@@ -35,14 +35,10 @@ struct Readable {
     task: AtomicWaker,
 }
 
-impl Wake for Readable {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.store(true, Ordering::Release);
-        self.task.wake();
+impl ArcWake for Readable {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.ready.store(true, Ordering::Release);
+        arc_self.task.wake();
     }
 }
 
@@ -50,8 +46,7 @@ impl<S> ReadGate<S> {
     /// A gate in front of `inner`, open for the first read.
     pub fn new(inner: S) -> ReadGate<S> {
         let wake = Arc::new(Readable { ready: AtomicBool::new(true), task: AtomicWaker::new() });
-        let waker = Waker::from(wake.clone());
-        ReadGate { inner, wake, waker }
+        ReadGate { inner, wake }
     }
 }
 
@@ -63,7 +58,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadGate<S> {
         if !this.wake.ready.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        let polled = Pin::new(&mut this.inner).poll_read(&mut Context::from_waker(&this.waker), buf);
+        let waker = waker_ref(&this.wake);
+        let polled = Pin::new(&mut this.inner).poll_read(&mut Context::from_waker(&waker), buf);
         if polled.is_ready() {
             this.wake.ready.store(true, Ordering::Release);
         }
@@ -98,6 +94,7 @@ mod tests {
     use super::*;
     use futures::io::AsyncReadExt;
     use futures::task::noop_waker;
+    use std::task::Waker;
 
     /// Counts reads; `Pending` (waking nobody) until data is set.
     struct Source {
