@@ -28,6 +28,16 @@ pub struct Broker {
     shared: Arc<Shared>,
 }
 
+/// A [`Broker`] handle that does not keep it alive.
+pub struct WeakBroker(std::sync::Weak<Shared>);
+
+impl WeakBroker {
+    /// The broker, unless it is gone.
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|shared| Broker { shared })
+    }
+}
+
 struct Shared {
     config: Config,
     /// Client id → session, and the connection attached to it.
@@ -43,6 +53,8 @@ struct Shared {
     next_connection: AtomicU64,
     /// Set by [`Broker::stop_connections`]: every connection is to end.
     stopping: std::sync::atomic::AtomicBool,
+    /// Every connection's keepalive deadline, swept by one task.
+    deadlines: crate::keepalive::Deadlines,
     /// Durable state, unless the broker runs in memory.
     store: Option<Persistence>,
     /// Password and ACL files in force; replaced on reload.
@@ -271,6 +283,7 @@ impl Broker {
             stats: Stats::default(),
             next_connection: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            deadlines: crate::keepalive::Deadlines::default(),
             store,
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
@@ -307,6 +320,16 @@ impl Broker {
         for attached in registry.values().filter_map(|e| e.connection.as_ref()) {
             attached.kick.wake();
         }
+    }
+
+    /// The connections' keepalive deadlines.
+    pub fn deadlines(&self) -> &crate::keepalive::Deadlines {
+        &self.shared.deadlines
+    }
+
+    /// A handle that does not keep the broker alive.
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.shared))
     }
 
     /// Whether [`Broker::stop_connections`] was called.

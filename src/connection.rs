@@ -234,7 +234,7 @@ where
         }
         // What the loop keeps while parked; the rest of its state is boxed
         // and exists only while the connection is active (see park).
-        let mut steady = Steady::new(&rt, &broker, client);
+        let mut steady = Steady::new(&rt, &broker, client, &kick);
         let mut wake = Wake::Queued;
         let reason = loop {
             match Box::pin(serve(&rt, &broker, client, &mut link, &kick, &shutdown, &mut steady, wake)).await {
@@ -245,6 +245,7 @@ where
                 },
             }
         };
+        broker.deadlines().disarm(client.conn, steady.deadline);
         finish(&rt, &broker, client, &mut link, reason);
         broker.stats().disconnected();
         if let Some(listener) = &listener_stats {
@@ -667,9 +668,9 @@ fn keepalive(client: &Client) -> Duration {
 /// The part of the connection loop's state that outlives a spell: the rest
 /// is made afresh each time the connection wakes from being parked.
 struct Steady {
-    /// One timer per connection (none for keepalive 0), re-armed only when it
-    /// fires early.
-    timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// When the keepalive deadline falls ([`Deadlines`] key; 0: keepalive
+    /// 0), re-armed only when it passes.
+    deadline: u64,
     last_packet: Instant,
     /// Boxed: most brokers set no max_publish_rate.
     rate: Option<Box<PublishRate>>,
@@ -681,31 +682,30 @@ struct Steady {
 }
 
 impl Steady {
-    fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client) -> Steady {
+    fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client, kick: &Arc<Signal>) -> Steady {
         let mut steady = Steady {
-            timer: None,
+            deadline: 0,
             last_packet: Instant::now(),
             rate: broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r))),
             first_polled: 0,
             may_park: true,
         };
         if client.keep_alive != 0 {
-            steady.arm(rt, keepalive(client));
+            crate::keepalive::start_sweep(rt, broker);
+            steady.arm(broker, client.conn, kick, keepalive(client));
         }
         steady
     }
 
-    fn arm<R: Runtime>(&mut self, rt: &R, after: Duration) {
-        self.timer = Some(Box::pin(rt.sleep(after)));
+    fn arm(&mut self, broker: &Broker, conn: u64, kick: &Arc<Signal>, after: Duration) {
+        self.deadline = broker.deadlines().arm(conn, self.deadline, after, kick);
     }
 
-    /// The keepalive timer; pending for ever without one. Re-armed (or the
-    /// connection closed) by whoever sees it fire.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
+    /// Whether the keepalive deadline passed (never without one): looked at
+    /// on every wake-up, one of which the sweep makes when it passes. Re-armed
+    /// (or the connection closed) by whoever sees it.
+    fn deadline_passed(&self, broker: &Broker) -> bool {
+        self.deadline != 0 && broker.deadlines().now() >= self.deadline
     }
 }
 
@@ -752,7 +752,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Park<'_, S> {
                 Some(Err(e)) => Err(e.into()),
                 None => Err(Close::PeerClosed),
             }
-        } else if this.steady.poll_timer(cx).is_ready() {
+        } else if this.steady.deadline_passed(this.broker) {
             Ok(Wake::Keepalive)
         } else {
             return Poll::Pending;
@@ -781,7 +781,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     broker: &'a Broker,
     client: &'a Client,
     link: &'a mut Transport<S>,
-    kicked: &'a Signal,
+    kicked: &'a Arc<Signal>,
     shutdown: &'a Receiver<()>,
     steady: &'a mut Steady,
     wake: Wake,
@@ -891,7 +891,10 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         let event = match (first_polled + i) % 6 {
                             0 => io.as_mut().poll(cx),
                             1 => std::mem::replace(&mut rung, Poll::Pending),
-                            2 => timer.poll_timer(cx).map(|()| Event::Keepalive),
+                            2 => match timer.deadline_passed(broker) {
+                                true => Poll::Ready(Event::Keepalive),
+                                false => Poll::Pending,
+                            },
                             3 => committed.as_mut().poll(cx).map(|_| Event::Committed),
                             4 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
                             _ => rate_over.as_mut().poll(cx).map(|()| Event::RateOver),
@@ -1008,7 +1011,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         return Step::Closed(Close::Violation(Violation::KeepaliveTimeout));
                     }
                     let next = if idle >= keepalive { keepalive } else { keepalive - idle };
-                    steady.arm(rt, next);
+                    steady.arm(broker, client.conn, kicked, next);
                     // A connection its keepalive timer wakes is idle enough.
                     steady.may_park = true;
                     // What the last packets grew (a PINGRESP's Vec and

@@ -40,6 +40,7 @@ pub mod expiry;
 pub mod gate;
 pub mod handle;
 pub mod http;
+pub mod keepalive;
 pub mod logging;
 pub mod metrics;
 pub mod mosquitto_conf;
