@@ -18,6 +18,7 @@ use crate::store::{Op, Persistence, SessionOwner, Snapshot, Store, Ticket, WalSt
 use crate::topic;
 use crate::trie::Trie;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -73,8 +74,10 @@ struct Entry {
     /// A clean session (discarded when its connection ends).
     clean: bool,
     connection: Option<Attached>,
-    /// When the last connection left (persistent sessions; for expiry).
-    left: Option<SystemTime>,
+    /// When the last connection left (persistent sessions; for expiry), in
+    /// milliseconds since the Unix epoch (8 bytes in every registry slot
+    /// instead of an `Option<SystemTime>`'s 24).
+    left: Option<NonZeroU64>,
     /// The last connection attached (0: none since a restart).
     last_connection: u64,
 }
@@ -193,6 +196,12 @@ pub struct Attachment {
     pub ticket: Ticket,
 }
 
+/// `at` in milliseconds since the Unix epoch (`None` before it).
+fn epoch_millis(at: Option<SystemTime>) -> Option<NonZeroU64> {
+    let since = at?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    NonZeroU64::new(since.as_millis() as u64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -258,7 +267,8 @@ impl Broker {
         let mut trie = Trie::default();
         let now = SystemTime::now();
         for (id, stored) in snapshot.sessions {
-            let left = now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen)));
+            let left =
+                epoch_millis(now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen))));
             let owner = stored.owner.clone().unwrap_or_default();
             let session = Session::restore(id.clone(), stored, config.limits_for(&id));
             let handle = SessionHandle::new(id.clone(), session, store.clone());
@@ -613,7 +623,7 @@ impl Broker {
             self.discard(client_id, &entry.session, &mut ops);
         } else {
             let now = SystemTime::now();
-            entry.left = Some(now);
+            entry.left = epoch_millis(Some(now));
             if self.shared.store.is_some() {
                 ops.push(Op::Session(client_id.clone(), Some(epoch_seconds(now))));
             }
@@ -631,7 +641,8 @@ impl Broker {
             .iter()
             .filter(|(id, e)| {
                 let Some(left) = e.left else { return false };
-                let gone = now.duration_since(left).unwrap_or_default();
+                let gone =
+                    Duration::from_millis(epoch_millis(Some(now)).map_or(0, |n| n.get()).saturating_sub(left.get()));
                 let own = e.session.lock().session.expiry.map(|s| Duration::from_secs(u64::from(s)));
                 let limit = match (own, max_age) {
                     (Some(own), Some(max)) => Some(own.min(max)),

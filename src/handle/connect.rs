@@ -97,8 +97,7 @@ pub fn connect(
         }),
         peer,
         ticket: AtomicU64::new(attachment.ticket.0),
-        copies: Mutex::new(None),
-        pressed: Default::default(),
+        noted: Mutex::new(None),
     };
     client.with_session(|s| s.resend(out));
     client
