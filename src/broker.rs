@@ -56,6 +56,9 @@ struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// Every connection's keepalive deadline, swept by one task.
     deadlines: crate::keepalive::Deadlines,
+    /// The session limits of the configuration, shared by every session
+    /// that has them (all but bridges' with limits of their own).
+    limits: Arc<crate::session::Limits>,
     /// Durable state, unless the broker runs in memory.
     store: Option<Persistence>,
     /// Password and ACL files in force; replaced on reload.
@@ -196,6 +199,14 @@ pub struct Attachment {
     pub ticket: Ticket,
 }
 
+/// `limits`, shared with `default` when they are the same.
+fn shared_limits(default: &Arc<crate::session::Limits>, limits: crate::session::Limits) -> Arc<crate::session::Limits> {
+    match limits == **default {
+        true => default.clone(),
+        false => Arc::new(limits),
+    }
+}
+
 /// `at` in milliseconds since the Unix epoch (`None` before it).
 fn epoch_millis(at: Option<SystemTime>) -> Option<NonZeroU64> {
     let since = at?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
@@ -265,12 +276,13 @@ impl Broker {
         }
         let mut registry = HashMap::new();
         let mut trie = Trie::default();
+        let limits = Arc::new(config.limits());
         let now = SystemTime::now();
         for (id, stored) in snapshot.sessions {
             let left =
                 epoch_millis(now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen))));
             let owner = stored.owner.clone().unwrap_or_default();
-            let session = Session::restore(id.clone(), stored, config.limits_for(&id));
+            let session = Session::restore(id.clone(), stored, shared_limits(&limits, config.limits_for(&id)));
             let handle = SessionHandle::new(id.clone(), session, store.clone());
             {
                 // Deliveries while its client is away are checked against
@@ -294,6 +306,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             deadlines: crate::keepalive::Deadlines::default(),
+            limits,
             store,
             security: RwLock::new(Arc::new(security)),
             hooks: RwLock::new(None),
@@ -500,7 +513,7 @@ impl Broker {
                 let session = Session::new(
                     client_id.clone(),
                     ends_with_connection,
-                    self.shared.config.limits_for(client_id),
+                    shared_limits(&self.shared.limits, self.shared.config.limits_for(client_id)),
                     durable,
                 );
                 (SessionHandle::new(client_id.clone(), session, self.shared.store.clone()), false)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Limits applied to one session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// QoS 1/2 messages sent and not yet acknowledged.
     pub max_inflight: usize,
@@ -170,7 +170,8 @@ pub struct Session {
     durable: bool,
     /// Whether a connection is attached.
     online: bool,
-    limits: Limits,
+    /// Shared by every session with the same limits (48 bytes each otherwise).
+    limits: Arc<Limits>,
     /// The connected client's own limits (5.0): its Receive Maximum caps
     /// the inflight window, its Maximum Packet Size what is sent to it.
     client: ClientLimits,
@@ -216,13 +217,13 @@ pub struct Session {
 impl Session {
     /// A new, empty session; `durable` journals its changes for the store
     /// (only persistent sessions are ever written: pass `!clean && store`).
-    pub fn new(client_id: Arc<str>, clean: bool, limits: Limits, durable: bool) -> Session {
+    pub fn new(client_id: Arc<str>, clean: bool, limits: impl Into<Arc<Limits>>, durable: bool) -> Session {
         Session {
             client_id,
             clean,
             durable,
             online: false,
-            limits,
+            limits: limits.into(),
             client: ClientLimits::default(),
             expiry: None,
             subscriptions: BTreeMap::new(),
@@ -243,7 +244,7 @@ impl Session {
 
     /// Rebuilds a persistent session from the store: messages that were sent
     /// become inflight again (re-sent with DUP=1), the others queued.
-    pub fn restore(client_id: Arc<str>, stored: StoredSession, limits: Limits) -> Session {
+    pub fn restore(client_id: Arc<str>, stored: StoredSession, limits: impl Into<Arc<Limits>>) -> Session {
         let mut session = Session::new(client_id, false, limits, true);
         session.subscriptions.extend(stored.subscriptions);
         session.incoming.extend(stored.incoming);
