@@ -668,8 +668,9 @@ fn keepalive(client: &Client) -> Duration {
 /// The part of the connection loop's state that outlives a spell: the rest
 /// is made afresh each time the connection wakes from being parked.
 struct Steady {
-    /// When the keepalive deadline falls ([`Deadlines`] key; 0: keepalive
-    /// 0), re-armed only when it passes.
+    /// When the keepalive deadline falls (its key in
+    /// [`crate::keepalive::Deadlines`]; 0: keepalive 0), re-armed only when
+    /// it passes.
     deadline: u64,
     last_packet: Instant,
     /// Boxed: most brokers set no max_publish_rate.
