@@ -239,10 +239,16 @@ where
         let reason = loop {
             match Box::pin(serve(&rt, &broker, client, &mut link, &kick, &shutdown, &mut steady, wake)).await {
                 Step::Closed(close) => break close,
-                Step::Parked => match park(&broker, client, &mut link, &kick, &shutdown, &mut steady).await {
-                    Ok(next) => wake = next,
-                    Err(close) => break close,
-                },
+                Step::Parked => {
+                    // A parked connection holds no buffers: its session's
+                    // queues and its outbox are made again when needed.
+                    client.session.lock().session.release_idle(Instant::now());
+                    link.outbox.release_idle();
+                    match park(&broker, client, &mut link, &kick, &shutdown, &mut steady).await {
+                        Ok(next) => wake = next,
+                        Err(close) => break close,
+                    }
+                }
             }
         };
         broker.deadlines().disarm(client.conn, steady.deadline);
@@ -273,10 +279,10 @@ fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     let addr = client.peer;
     match &reason {
         Close::Violation(_) => {
-            let id = &client.id;
+            let id = client.id();
             crate::limited!("protocol violation", log::Level::Warn, "client {id} ({addr}) disconnected: {reason}")
         }
-        _ => log::info!("client {} ({addr}) disconnected: {reason}", client.id),
+        _ => log::info!("client {} ({addr}) disconnected: {reason}", client.id()),
     }
     if client.protocol == Protocol::V5
         && let Some(code) = reason.reason_code()
@@ -312,14 +318,14 @@ fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    broker.detach(&client.id, conn);
+    broker.detach(client.id(), conn);
     if let Some((message, retain, delay)) = delayed {
-        match broker.delay_will(&client.id, &client.session, conn) {
+        match broker.delay_will(client.id(), &client.session, conn) {
             // A connection already resumed the session (a takeover).
             None => {}
             Some(None) => drop(broker.publish(message, retain)),
             Some(Some(pending)) => {
-                let (timer, broker, id) = (rt.clone(), broker.clone(), client.id.clone());
+                let (timer, broker, id) = (rt.clone(), broker.clone(), client.id().clone());
                 rt.spawn(async move {
                     {
                         let sleep = timer.sleep(delay);
@@ -403,8 +409,8 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     };
     match result {
         Ok(client) if !durable(broker, &client).await => {
-            log::warn!("client {} ({addr}): store write failed, refusing the connection", client.id);
-            broker.detach(&client.id, conn);
+            log::warn!("client {} ({addr}): store write failed, refusing the connection", client.id());
+            broker.detach(client.id(), conn);
             None
         }
         // CONNACK and the resent messages go out within the connect
@@ -415,8 +421,8 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Err(e)) => Close::from(e).to_string(),
                 None => format!("CONNACK not taken within {timeout:?}"),
             };
-            log::info!("client {} ({addr}): {why}", client.id);
-            broker.detach(&client.id, conn);
+            log::info!("client {} ({addr}): {why}", client.id());
+            broker.detach(client.id(), conn);
             None
         }
         Err(refusal) => {
@@ -550,7 +556,7 @@ async fn admit(
     };
     log::info!(
         "client {} connected from {} ({version}, clean {} {clean}, keepalive {keep_alive}s{user})",
-        client.id,
+        client.id(),
         peer.addr,
         if client.protocol == Protocol::V5 { "start" } else { "session" },
     );
@@ -672,7 +678,9 @@ struct Steady {
     /// [`crate::keepalive::Deadlines`]; 0: keepalive 0), re-armed only when
     /// it passes.
     deadline: u64,
-    last_packet: Instant,
+    /// When the last packet arrived, on the same clock (8 bytes, not an
+    /// `Instant`'s 16, in every connection).
+    last_packet: u64,
     /// Boxed: most brokers set no max_publish_rate.
     rate: Option<Box<PublishRate>>,
     /// Which wait is polled first (see [`serve`]).
@@ -686,7 +694,7 @@ impl Steady {
     fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client, kick: &Arc<Signal>) -> Steady {
         let mut steady = Steady {
             deadline: 0,
-            last_packet: Instant::now(),
+            last_packet: broker.deadlines().now(),
             rate: broker.config().max_publish_rate.map(|r| Box::new(PublishRate::new(r))),
             first_polled: 0,
             may_park: true,
@@ -724,7 +732,7 @@ fn park<'a, S: AsyncRead + AsyncWrite + Unpin>(
     steady: &'a mut Steady,
 ) -> Park<'a, S> {
     let bell = client.session.rung_unless(kicked, true, client.conn);
-    Park { broker, link, shutdown, steady, bell, began: Instant::now() }
+    Park { broker, link, shutdown, steady, bell, began: broker.deadlines().now() }
 }
 
 /// The future of [`park`].
@@ -734,7 +742,8 @@ struct Park<'a, S> {
     shutdown: &'a Receiver<()>,
     steady: &'a mut Steady,
     bell: crate::signal::TakeUnless<'a>,
-    began: Instant,
+    /// When the wait began, on the keepalive clock.
+    began: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for Park<'_, S> {
@@ -758,7 +767,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Park<'_, S> {
         } else {
             return Poll::Pending;
         };
-        this.steady.may_park = this.began.elapsed() >= PARK_AFTER;
+        this.steady.may_park =
+            this.broker.deadlines().now().saturating_sub(this.began) >= PARK_AFTER.as_millis() as u64;
         Poll::Ready(woken)
     }
 }
@@ -915,7 +925,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             let mut closing = None;
             match event {
                 Event::Packet(Some(Ok(packet))) => {
-                    steady.last_packet = Instant::now();
+                    steady.last_packet = broker.deadlines().now();
                     // What was queued before this packet arrived goes out before
                     // its answer: a PINGRESP or PUBACK never overtakes a
                     // delivery already waiting (select! may have seen the packet
@@ -954,10 +964,11 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         if publish
                             && let Some(r) = steady.rate.as_mut()
-                            && let Some(wait) = r.take(steady.last_packet, 1)
+                            && let now = Instant::now()
+                            && let Some(wait) = r.take(now, 1)
                         {
                             // Over its publish rate: stop reading from this client for a while.
-                            r.until = Some(steady.last_packet + wait);
+                            r.until = Some(now + wait);
                             break;
                         }
                         // A SUBSCRIBE's retained messages can fill the session
@@ -1004,7 +1015,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 Event::Kicked => return Step::Closed(Close::TakenOver),
                 Event::Shutdown => return Step::Closed(Close::Shutdown),
                 Event::Keepalive => {
-                    let idle = steady.last_packet.elapsed();
+                    let idle = Duration::from_millis(broker.deadlines().now().saturating_sub(steady.last_packet));
                     // Silence while midge itself holds the client back is not the
                     // client's (a client that does not read is not held back by
                     // midge: it is closed as any silent one).
@@ -1077,7 +1088,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             let was_held_back =
                 std::mem::replace(&mut held_back, !pressure.is_empty() || held.len() >= MAX_HELD || paused);
             if was_held_back && !held_back {
-                steady.last_packet = Instant::now();
+                steady.last_packet = broker.deadlines().now();
             }
             acks_only = held_back
                 && held.len() < MAX_HELD

@@ -31,6 +31,24 @@ const MAX_SLICES: usize = 256;
 /// Encoded packets waiting to be written.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// What waits to be written: boxed, made on first use and given back
+    /// when empty ([`Outbox::release_idle`]), so an idle connection holds
+    /// 8 bytes of it instead of 80.
+    pending: Option<Box<Pending>>,
+    /// Bytes written since the last [`Outbox::take_sent`].
+    sent: u64,
+    /// The protocol packets are encoded in (3.1.1 until CONNECT says).
+    protocol: Protocol,
+    /// The client's Maximum Packet Size (5.0; `None`: no limit).
+    max_packet_size: Option<u32>,
+    /// Topic aliases assigned to the client's deliveries (5.0, when it
+    /// announced a Topic Alias Maximum).
+    aliases: Option<Box<Aliases>>,
+}
+
+/// The buffers of an [`Outbox`].
+#[derive(Debug, Default)]
+struct Pending {
     /// Everything but the shared payloads.
     buf: BytesMut,
     /// Shared payloads, each with the length of `buf` where it belongs.
@@ -39,15 +57,6 @@ pub struct Outbox {
     shared_len: usize,
     /// Bytes already written of what is waiting.
     written: usize,
-    /// Bytes written since the last [`Outbox::take_sent`].
-    sent: u64,
-    /// The protocol packets are encoded in (3.1.1 until CONNECT says).
-    protocol: Protocol,
-    /// The client's Maximum Packet Size (5.0; `None`: no limit).
-    max_packet_size: Option<usize>,
-    /// Topic aliases assigned to the client's deliveries (5.0, when it
-    /// announced a Topic Alias Maximum).
-    aliases: Option<Box<Aliases>>,
 }
 
 /// Outbound topic aliases: each topic sent gets the next alias until the
@@ -83,53 +92,46 @@ impl Outbox {
 
     /// Limits what is sent to the client's Maximum Packet Size (5.0).
     pub fn set_max_packet_size(&mut self, max: Option<u32>) {
-        self.max_packet_size = max.map(|m| m as usize);
+        self.max_packet_size = max;
     }
 
     /// Encodes a packet after those already waiting (also while a write of
     /// them is under way).
     pub fn push(&mut self, packet: &Packet) -> Result<(), Error> {
-        if let (Packet::Publish(p), Some(aliases)) = (packet, &mut self.aliases) {
-            let aliased = aliases.apply(p);
-            return self.push_publish(&aliased);
-        }
-        match packet {
-            Packet::Publish(p) => self.push_publish(p),
+        let (protocol, max) = (self.protocol, self.max_packet_size);
+        let pending = self.pending.get_or_insert_default();
+        match (packet, &mut self.aliases) {
+            (Packet::Publish(p), Some(aliases)) => {
+                pending.push_publish(protocol, &aliases.apply(p));
+                Ok(())
+            }
+            (Packet::Publish(p), None) => {
+                pending.push_publish(protocol, p);
+                Ok(())
+            }
             _ => {
-                let max = self.max_packet_size.unwrap_or(usize::MAX);
-                codec::encode_within(self.protocol, packet, max, &mut self.buf)
+                let max = max.map_or(usize::MAX, |m| m as usize);
+                codec::encode_within(protocol, packet, max, &mut pending.buf)
             }
         }
-    }
-
-    fn push_publish(&mut self, p: &Publish) -> Result<(), Error> {
-        if p.payload.len() < SHARE_FROM {
-            codec::encode_publish_for(self.protocol, p, &mut self.buf);
-            return Ok(());
-        }
-        codec::encode_publish_head_for(self.protocol, p, &mut self.buf);
-        self.shared.push((self.buf.len(), p.payload.clone()));
-        self.shared_len += p.payload.len();
-        Ok(())
     }
 
     /// Whether nothing is waiting.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.shared.is_empty()
+        self.pending.as_ref().is_none_or(|p| p.buf.is_empty() && p.shared.is_empty())
     }
 
     /// Bytes waiting to be written.
     pub fn waiting(&self) -> usize {
-        self.buf.len() + self.shared_len - self.written
+        self.pending.as_ref().map_or(0, |p| p.buf.len() + p.shared_len - p.written)
     }
 
     /// Gives the buffers' memory back when nothing waits (an idle
     /// connection keeps none).
     pub fn release_idle(&mut self) {
         if self.is_empty() {
-            self.buf = BytesMut::new();
-            self.shared = Vec::new();
+            self.pending = None;
         }
     }
 
@@ -147,6 +149,28 @@ impl Outbox {
     /// `Ready` once everything is written and flushed. Packets pushed while
     /// it is `Pending` are written by the next poll, in order.
     pub fn poll_write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(pending) = self.pending.as_deref_mut() else {
+            return Pin::new(&mut *io).poll_flush(cx);
+        };
+        let total = ready!(pending.poll_write_to(io, cx))?;
+        self.sent += total as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Pending {
+    fn push_publish(&mut self, protocol: Protocol, p: &Publish) {
+        if p.payload.len() < SHARE_FROM {
+            codec::encode_publish_for(protocol, p, &mut self.buf);
+            return;
+        }
+        codec::encode_publish_head_for(protocol, p, &mut self.buf);
+        self.shared.push((self.buf.len(), p.payload.clone()));
+        self.shared_len += p.payload.len();
+    }
+
+    /// [`Outbox::poll_write_to`]: the bytes written once all are.
+    fn poll_write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let total = self.buf.len() + self.shared_len;
         while self.written < total {
             // Nothing shared (the common case): one plain write, without
@@ -168,13 +192,12 @@ impl Outbox {
             }
         }
         ready!(Pin::new(&mut *io).poll_flush(cx))?;
-        self.sent += total as u64;
         self.written = 0;
         self.shared_len = 0;
         self.buf.clear();
         self.shared.clear();
         codec::shrink(&mut self.buf);
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(total))
     }
 
     /// Fills `slices` with what is left after the first `skip` bytes; the
@@ -287,7 +310,7 @@ mod tests {
             for p in &packets {
                 outbox.push(p).unwrap();
             }
-            assert_eq!(outbox.shared.len(), 2, "both large payloads shared, not copied");
+            assert_eq!(outbox.pending.as_ref().unwrap().shared.len(), 2, "both large payloads shared, not copied");
             let mut sink = Trickle { step, data: Vec::new() };
             block_on(outbox.write_to(&mut sink)).unwrap();
             assert_eq!(sink.data, expected, "write size {step}");

@@ -37,7 +37,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientLimits {
     /// Receive Maximum: QoS 1/2 messages it takes unacknowledged.
-    pub receive_maximum: Option<u16>,
+    pub receive_maximum: Option<std::num::NonZeroU16>,
     /// Maximum Packet Size: larger PUBLISHes are not sent to it (MQTT-3.1.2-25).
     pub maximum_packet_size: Option<u32>,
     /// Whether it speaks 5.0 (PUBLISH sizes include properties).
@@ -151,7 +151,7 @@ pub enum Offer {
 }
 
 /// A session's drops not yet counted or reported.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Drops {
     /// Messages taken from the queue and not sent (see [`Session::take_unsent`]).
     unsent: Vec<DropCause>,
@@ -159,17 +159,60 @@ struct Drops {
     reported: (u64, Option<Instant>),
 }
 
+/// What a session holds only while messages pass through it: boxed, made
+/// on first use and given back once empty ([`Session::release_idle`]), so
+/// an idle session (every idle connection has one) carries 8 bytes of it
+/// instead of 150.
+#[derive(Debug)]
+struct Traffic {
+    /// Sent, unacknowledged QoS 1/2 messages in send order.
+    inflight: VecDeque<Inflight>,
+    /// Messages not yet sent, in arrival order.
+    queue: VecDeque<Queued>,
+    /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
+    incoming: BTreeSet<Pid>,
+    /// Changes not yet handed to the store.
+    journal: Vec<Op>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Inflight entries at the back not sent on this connection yet: a
+    /// client that came back with a smaller Receive Maximum gets them as
+    /// its window frees (MQTT-3.3.4-9), before anything new.
+    held_back: usize,
+    drops: Drops,
+}
+
+impl Traffic {
+    const EMPTY: Traffic = Traffic {
+        inflight: VecDeque::new(),
+        queue: VecDeque::new(),
+        incoming: BTreeSet::new(),
+        journal: Vec::new(),
+        queued_bytes: 0,
+        held_back: 0,
+        drops: Drops { unsent: Vec::new(), reported: (0, None) },
+    };
+}
+
+/// What a session without traffic reads.
+static NO_TRAFFIC: Traffic = Traffic::EMPTY;
+
 /// The state of one client's session.
 #[derive(Debug)]
 pub struct Session {
-    /// The client this session belongs to (the key of its stored state).
-    client_id: Arc<str>,
+    /// The client id its changes are journaled under for the store
+    /// (persistent sessions with a store); `None`: nothing is journaled.
+    journaled: Option<Arc<str>>,
     /// Clean session: discarded when the connection ends.
     pub clean: bool,
-    /// Whether changes are journaled for the store.
-    durable: bool,
     /// Whether a connection is attached.
     online: bool,
+    /// Marked stuck (no progress for the slow-consumer timeout with a full
+    /// queue): publishers no longer wait, and what is beyond the limits
+    /// drops. Cleared by the next progress.
+    stuck: bool,
+    /// A publisher was told to wait ([`Offer::Pressed`]) and not yet woken.
+    pressed: bool,
     /// Shared by every session with the same limits (48 bytes each otherwise).
     limits: Arc<Limits>,
     /// The connected client's own limits (5.0): its Receive Maximum caps
@@ -183,35 +226,14 @@ pub struct Session {
     subscriptions: BTreeMap<String, Subscription>,
     /// Sequence number of the last message queued.
     last_seq: u64,
-    /// Sent, unacknowledged QoS 1/2 messages in send order.
-    inflight: VecDeque<Inflight>,
-    /// Messages not yet sent, in arrival order.
-    queue: VecDeque<Queued>,
-    /// Inbound QoS 2 packet ids received and not yet released by PUBREL.
-    incoming: BTreeSet<Pid>,
-    /// Changes not yet handed to the store.
-    journal: Vec<Op>,
-    /// Payload bytes in `queue`.
-    queued_bytes: usize,
     /// Counts deliveries moved out of the queue and acknowledgements: a
     /// client whose count stands still for the slow-consumer timeout while
     /// its queue is full is stuck.
     progress: u64,
-    /// Marked stuck (no progress for the slow-consumer timeout with a full
-    /// queue): publishers no longer wait, and what is beyond the limits
-    /// drops. Cleared by the next progress.
-    stuck: bool,
-    /// A publisher was told to wait ([`Offer::Pressed`]) and not yet woken.
-    pressed: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
-    /// What was dropped and not yet counted or reported (boxed: most
-    /// sessions never drop, and every idle connection has a session).
-    drops: Option<Box<Drops>>,
-    /// Inflight entries at the back not sent on this connection yet: a
-    /// client that came back with a smaller Receive Maximum gets them as
-    /// its window frees (MQTT-3.3.4-9), before anything new.
-    held_back: usize,
+    /// Queues, inflight window, inbound ids, journal (`None`: all empty).
+    traffic: Option<Box<Traffic>>,
 }
 
 impl Session {
@@ -219,26 +241,19 @@ impl Session {
     /// (only persistent sessions are ever written: pass `!clean && store`).
     pub fn new(client_id: Arc<str>, clean: bool, limits: impl Into<Arc<Limits>>, durable: bool) -> Session {
         Session {
-            client_id,
+            journaled: durable.then_some(client_id),
             clean,
-            durable,
             online: false,
+            stuck: false,
+            pressed: false,
             limits: limits.into(),
             client: ClientLimits::default(),
             expiry: None,
             subscriptions: BTreeMap::new(),
             last_seq: 0,
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            incoming: BTreeSet::new(),
-            journal: Vec::new(),
-            queued_bytes: 0,
             progress: 0,
-            stuck: false,
-            pressed: false,
             dropped: 0,
-            drops: None,
-            held_back: 0,
+            traffic: None,
         }
     }
 
@@ -247,44 +262,83 @@ impl Session {
     pub fn restore(client_id: Arc<str>, stored: StoredSession, limits: impl Into<Arc<Limits>>) -> Session {
         let mut session = Session::new(client_id, false, limits, true);
         session.subscriptions.extend(stored.subscriptions);
-        session.incoming.extend(stored.incoming);
         session.expiry = stored.owner.as_ref().and_then(|o| o.expiry);
+        if stored.incoming.is_empty() && stored.messages.is_empty() {
+            return session;
+        }
+        let t = session.traffic_mut();
+        t.incoming.extend(stored.incoming);
+        let mut last_seq = 0;
         for (seq, (message, progress)) in stored.messages {
-            session.last_seq = seq;
+            last_seq = seq;
             match progress {
                 Progress::Queued => {
-                    session.queued_bytes += message.payload.len();
-                    session.queue.push_back(Queued { seq, message, receipt: None, ticket: Ticket::default() });
+                    t.queued_bytes += message.payload.len();
+                    t.queue.push_back(Queued { seq, message, receipt: None, ticket: Ticket::default() });
                 }
                 Progress::Sent | Progress::Released => {
                     let released = progress == Progress::Released;
-                    session.inflight.push_back(Inflight { seq, message, receipt: None, released });
+                    t.inflight.push_back(Inflight { seq, message, receipt: None, released });
                 }
             }
         }
+        session.last_seq = last_seq;
         session
+    }
+
+    /// What passes through it, to read (empty when none is held).
+    fn traffic(&self) -> &Traffic {
+        self.traffic.as_deref().unwrap_or(&NO_TRAFFIC)
+    }
+
+    /// What passes through it, made on first use.
+    fn traffic_mut(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(|| Box::new(Traffic::EMPTY))
+    }
+
+    /// Gives back the memory of its queues and window when they are all
+    /// empty, nothing is left to report and the last drop report is old
+    /// enough not to be repeated early: called when its connection parks.
+    pub fn release_idle(&mut self, now: Instant) {
+        let Some(t) = &self.traffic else { return };
+        let empty = t.inflight.is_empty()
+            && t.queue.is_empty()
+            && t.incoming.is_empty()
+            && t.journal.is_empty()
+            && t.drops.unsent.is_empty()
+            && t.drops.reported.0 == self.dropped
+            && t.drops.reported.1.is_none_or(|at| now.duration_since(at) >= DROP_REPORT_INTERVAL);
+        if empty {
+            self.traffic = None;
+        }
     }
 
     /// Whether its changes are journaled for the store.
     pub fn is_durable(&self) -> bool {
-        self.durable
+        self.journaled.is_some()
     }
 
     /// The changes made since the last call, for the store.
     pub fn take_journal(&mut self) -> Vec<Op> {
-        std::mem::take(&mut self.journal)
+        match self.traffic.as_deref_mut() {
+            Some(t) => std::mem::take(&mut t.journal),
+            None => Vec::new(),
+        }
     }
 
     /// Stops journaling: the session is being discarded, and a newer one may
     /// take its client id in the store.
     pub fn discard(&mut self) {
-        self.durable = false;
-        self.journal.clear();
+        self.journaled = None;
+        if let Some(t) = self.traffic.as_deref_mut() {
+            t.journal.clear();
+        }
     }
 
     fn record(&mut self, op: impl FnOnce(Arc<str>) -> Op) {
-        if self.durable {
-            self.journal.push(op(self.client_id.clone()));
+        if let Some(id) = &self.journaled {
+            let op = op(id.clone());
+            self.traffic_mut().journal.push(op);
         }
     }
 
@@ -296,7 +350,7 @@ impl Session {
     /// The inflight window: the broker's, capped by the client's Receive Maximum.
     fn max_inflight(&self) -> usize {
         match self.client.receive_maximum {
-            Some(max) => self.limits.max_inflight.min(usize::from(max)),
+            Some(max) => self.limits.max_inflight.min(usize::from(max.get())),
             None => self.limits.max_inflight,
         }
     }
@@ -336,7 +390,8 @@ impl Session {
 
     /// Number of messages queued or inflight.
     pub fn pending(&self) -> usize {
-        self.queue.len() + self.inflight.len()
+        let t = self.traffic();
+        t.queue.len() + t.inflight.len()
     }
 
     /// Offers a message for delivery, applying the queue limits (messages
@@ -357,9 +412,10 @@ impl Session {
         if qos0 && !self.online && !self.limits.queue_qos0 {
             return Offer::Skipped;
         }
-        let full = self.queue.len() >= self.limits.max_queued
-            || (!self.queue.is_empty()
-                && self.queued_bytes.saturating_add(message.payload.len()) > self.limits.max_queued_bytes);
+        let t = self.traffic();
+        let full = t.queue.len() >= self.limits.max_queued
+            || (!t.queue.is_empty()
+                && t.queued_bytes.saturating_add(message.payload.len()) > self.limits.max_queued_bytes);
         let offer = match (full, self.online && !self.stuck) {
             (false, _) if !(qos0 && self.stuck) => Offer::Queued,
             (true, true) => {
@@ -375,7 +431,7 @@ impl Session {
         self.last_seq += 1;
         let seq = self.last_seq;
         let mut counted = None;
-        if !qos0 && self.durable {
+        if !qos0 && self.is_durable() {
             self.record(|id| Op::Message(id, seq, Some(message.clone())));
             if let Some(slot) = receipt.filter(|_| message.qos == QoS::AtLeastOnce) {
                 let receipt = slot.get_or_insert_with(Arc::default);
@@ -383,8 +439,9 @@ impl Session {
                 counted = Some(receipt.clone());
             }
         }
-        self.queued_bytes += message.payload.len();
-        self.queue.push_back(Queued { seq, message, receipt: counted, ticket: Ticket::default() });
+        let t = self.traffic_mut();
+        t.queued_bytes += message.payload.len();
+        t.queue.push_back(Queued { seq, message, receipt: counted, ticket: Ticket::default() });
         offer
     }
 
@@ -392,9 +449,10 @@ impl Session {
     /// is down to half its limits (so that publishers resume in batches,
     /// not one message at a time), or the client is offline or stuck.
     pub fn has_room(&self) -> bool {
+        let t = self.traffic();
         !self.online
             || self.stuck
-            || (self.queue.len() <= self.limits.max_queued / 2 && self.queued_bytes <= self.limits.max_queued_bytes / 2)
+            || (t.queue.len() <= self.limits.max_queued / 2 && t.queued_bytes <= self.limits.max_queued_bytes / 2)
     }
 
     /// Deliveries moved out and acknowledgements received so far.
@@ -428,7 +486,7 @@ impl Session {
 
     /// Notes the store commit the last queued message waits for.
     pub fn stamp_last(&mut self, ticket: Ticket) {
-        if let Some(last) = self.queue.back_mut() {
+        if let Some(last) = self.traffic.as_deref_mut().and_then(|t| t.queue.back_mut()) {
             last.ticket = ticket;
         }
     }
@@ -436,14 +494,14 @@ impl Session {
     /// The number of drops to report now, if the last report is at least
     /// [`DROP_REPORT_INTERVAL`] old: drops are logged at most once a second.
     pub fn drop_report(&mut self, now: Instant) -> Option<u64> {
-        let reported = self.drops.as_ref().map_or((0, None), |d| d.reported);
+        let reported = self.traffic().drops.reported;
         let due = match reported.1 {
             Some(last) => now.duration_since(last) >= DROP_REPORT_INTERVAL,
             None => true,
         };
         let count = self.dropped - reported.0;
         (due && count > 0).then(|| {
-            self.drops.get_or_insert_default().reported = (self.dropped, Some(now));
+            self.traffic_mut().drops.reported = (self.dropped, Some(now));
             count
         })
     }
@@ -458,12 +516,12 @@ impl Session {
     /// the receiver drop the next message that reuses its id. The ticket it
     /// waits for is returned.
     pub fn next_packets(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
-        if !self.online {
+        if !self.online || self.traffic.is_none() {
             return None;
         }
-        let before = self.queue.len();
+        let before = self.traffic().queue.len();
         let waiting = self.drain_queue(out, durable);
-        if self.queue.len() < before {
+        if self.traffic().queue.len() < before {
             self.progress += 1;
             self.stuck = false;
         }
@@ -472,25 +530,29 @@ impl Session {
 
     fn drain_queue(&mut self, out: &mut Vec<Packet>, durable: impl Fn(Ticket) -> bool) -> Option<Ticket> {
         let max_inflight = self.max_inflight();
-        while self.held_back > 0 && self.inflight.len() - self.held_back < max_inflight {
-            let f = &self.inflight[self.inflight.len() - self.held_back];
+        let journaled = self.is_durable();
+        let t = self.traffic_mut();
+        while t.held_back > 0 && t.inflight.len() - t.held_back < max_inflight {
+            let f = &t.inflight[t.inflight.len() - t.held_back];
             out.push(f.resent(crate::packet::now_ms()));
-            self.held_back -= 1;
+            t.held_back -= 1;
         }
-        if self.held_back > 0 {
+        if t.held_back > 0 {
             return None;
         }
         let mut now = None;
-        while let Some(front) = self.queue.front() {
+        loop {
+            let t = self.traffic_mut();
+            let front = t.queue.front()?;
             let (seq, qos) = (front.seq, front.message.qos);
-            if qos != QoS::AtMostOnce && (self.inflight.len() >= max_inflight || self.wraps(seq)) {
+            if qos != QoS::AtMostOnce && (t.inflight.len() >= max_inflight || t.wraps(seq)) {
                 return None;
             }
-            if qos == QoS::ExactlyOnce && self.durable && !durable(front.ticket) {
+            if qos == QoS::ExactlyOnce && journaled && !durable(front.ticket) {
                 return Some(front.ticket);
             }
-            let Queued { seq, message, receipt, .. } = self.queue.pop_front().expect("front exists");
-            self.queued_bytes -= message.payload.len();
+            let Queued { seq, message, receipt, .. } = t.queue.pop_front().expect("front exists");
+            t.queued_bytes -= message.payload.len();
             // The clock is read only for a message with an expiry.
             let now_ms = match message.expires {
                 Some(_) => *now.get_or_insert_with(crate::packet::now_ms),
@@ -516,9 +578,8 @@ impl Session {
             out.push(Packet::Publish(packet));
             let Some(message) = kept else { continue };
             self.record(|id| Op::Progress(id, seq, Progress::Sent));
-            self.inflight.push_back(Inflight { seq, message, receipt, released: false });
+            self.traffic_mut().inflight.push_back(Inflight { seq, message, receipt, released: false });
         }
-        None
     }
 
     /// Drops a queued message that will not be sent, for `cause`.
@@ -526,13 +587,16 @@ impl Session {
         if qos != QoS::AtMostOnce {
             self.record(|id| Op::Message(id, seq, None));
         }
-        self.drops.get_or_insert_default().unsent.push(cause);
+        self.traffic_mut().drops.unsent.push(cause);
     }
 
     /// Messages dropped from the queue without being sent since the last
     /// call (expired, too large for the client), by cause, for the counters.
     pub fn take_unsent(&mut self) -> Vec<DropCause> {
-        self.drops.as_mut().map(|d| std::mem::take(&mut d.unsent)).unwrap_or_default()
+        match self.traffic.as_deref_mut() {
+            Some(t) => std::mem::take(&mut t.drops.unsent),
+            None => Vec::new(),
+        }
     }
 
     /// Whether `p` is larger than the connected client's Maximum Packet Size.
@@ -543,20 +607,15 @@ impl Session {
         crate::codec::packet_len(len) > max as usize
     }
 
-    /// Whether `seq`'s packet id may still be in flight: ids repeat every
-    /// 65535 sequence numbers, and the inflight window is in sequence order,
-    /// so only its oldest entry can be that far behind (checked in O(1)).
-    fn wraps(&self, seq: u64) -> bool {
-        self.inflight.front().is_some_and(|oldest| seq.saturating_sub(oldest.seq) >= u64::from(u16::MAX))
-    }
-
     /// On reconnect: re-sends every unacknowledged PUBLISH with DUP set and
     /// every pending PUBREL, in their original order (MQTT-4.4.0-1).
     pub fn resend(&mut self, out: &mut Vec<Packet>) {
+        let max_inflight = self.max_inflight();
+        let Some(t) = self.traffic.as_deref_mut() else { return };
         let now_ms = crate::packet::now_ms();
-        let window = self.inflight.len().min(self.max_inflight());
-        out.extend(self.inflight.iter().take(window).map(|f| f.resent(now_ms)));
-        self.held_back = self.inflight.len() - window;
+        let window = t.inflight.len().min(max_inflight);
+        out.extend(t.inflight.iter().take(window).map(|f| f.resent(now_ms)));
+        t.held_back = t.inflight.len() - window;
     }
 
     /// PUBACK: completes a QoS 1 delivery. Unknown ids are ignored.
@@ -572,7 +631,10 @@ impl Session {
         if ack.reason.is_error() {
             return self.complete(pid, QoS::ExactlyOnce, false);
         }
-        let found = self.inflight.iter_mut().find(|f| f.pid() == pid && f.message.qos == QoS::ExactlyOnce);
+        let found = self
+            .traffic
+            .as_deref_mut()
+            .and_then(|t| t.inflight.iter_mut().find(|f| f.pid() == pid && f.message.qos == QoS::ExactlyOnce));
         let known = found.is_some();
         if let Some(f) = found.filter(|f| !f.released) {
             f.released = true;
@@ -589,12 +651,13 @@ impl Session {
     }
 
     fn complete(&mut self, pid: Pid, qos: QoS, released: bool) {
-        let found = self.inflight.iter().position(|f| f.pid() == pid && f.message.qos == qos && f.released == released);
-        if found.is_some_and(|i| i >= self.inflight.len() - self.held_back) {
+        let Some(t) = self.traffic.as_deref_mut() else { return };
+        let found = t.inflight.iter().position(|f| f.pid() == pid && f.message.qos == qos && f.released == released);
+        if found.is_some_and(|i| i >= t.inflight.len() - t.held_back) {
             // Acknowledged from the last connection before it was re-sent.
-            self.held_back -= 1;
+            t.held_back -= 1;
         }
-        if let Some(f) = found.and_then(|i| self.inflight.remove(i)) {
+        if let Some(f) = found.and_then(|i| t.inflight.remove(i)) {
             self.progress += 1;
             self.record(|id| Op::Message(id, f.seq, None));
             if let Some(receipt) = f.receipt {
@@ -606,7 +669,7 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: returns whether it is new and must be
     /// delivered (a re-sent one before PUBREL is not, MQTT-4.3.3-2).
     pub fn receive_qos2(&mut self, pid: Pid) -> bool {
-        let new = self.incoming.insert(pid);
+        let new = self.traffic_mut().incoming.insert(pid);
         if new {
             self.record(|id| Op::Incoming(id, pid, true));
         }
@@ -616,7 +679,8 @@ impl Session {
     /// [`Session::receive_qos2`] for a client that may have at most `max`
     /// ids unreleased: `None` (and nothing kept) if this new one is over.
     pub fn receive_qos2_within(&mut self, pid: Pid, max: usize) -> Option<bool> {
-        if !self.incoming.contains(&pid) && self.incoming.len() >= max {
+        let incoming = &self.traffic().incoming;
+        if !incoming.contains(&pid) && incoming.len() >= max {
             return None;
         }
         Some(self.receive_qos2(pid))
@@ -629,11 +693,12 @@ impl Session {
     /// is completed with this client when it reconnects, and never sent to
     /// another (MQTT-4.8.2-4/-5).
     pub fn take_shared(&mut self) -> Vec<Message> {
+        let Some(t) = self.traffic.as_deref_mut() else { return Vec::new() };
         // The client is gone: the next connection's resend decides again.
-        self.held_back = 0;
+        t.held_back = 0;
         let mut taken = Vec::new();
         let mut removed = Vec::new();
-        self.inflight.retain(|f| {
+        t.inflight.retain(|f| {
             let keep = f.message.shared.is_none() || f.message.qos == QoS::ExactlyOnce;
             if !keep {
                 removed.push(f.seq);
@@ -642,7 +707,7 @@ impl Session {
             keep
         });
         let mut bytes = 0;
-        self.queue.retain(|q| {
+        t.queue.retain(|q| {
             let keep = q.message.shared.is_none();
             if !keep {
                 bytes += q.message.payload.len();
@@ -653,7 +718,7 @@ impl Session {
             }
             keep
         });
-        self.queued_bytes -= bytes;
+        t.queued_bytes -= bytes;
         for seq in removed {
             self.record(|id| Op::Message(id, seq, None));
         }
@@ -665,9 +730,10 @@ impl Session {
     /// `None` every one (the publisher's session on the far side of a
     /// bridge was new: its ids start over).
     pub fn forget_incoming(&mut self, pid: Option<Pid>) {
+        let Some(t) = self.traffic.as_deref_mut() else { return };
         let pids: Vec<Pid> = match pid {
-            Some(pid) => self.incoming.take(&pid).into_iter().collect(),
-            None => std::mem::take(&mut self.incoming).into_iter().collect(),
+            Some(pid) => t.incoming.take(&pid).into_iter().collect(),
+            None => std::mem::take(&mut t.incoming).into_iter().collect(),
         };
         for pid in pids {
             self.record(|id| Op::Incoming(id, pid, false));
@@ -676,18 +742,27 @@ impl Session {
 
     /// Inbound QoS 2 ids received and not yet released.
     pub fn incoming_len(&self) -> usize {
-        self.incoming.len()
+        self.traffic().incoming.len()
     }
 
     /// PUBREL from the client: forget the id; always answered by PUBCOMP
     /// (5.0: with 0x92 Packet Identifier not found for an unknown id).
     pub fn pubrel(&mut self, pid: Pid, out: &mut Vec<Packet>) {
-        let known = self.incoming.remove(&pid);
+        let known = self.traffic.as_deref_mut().is_some_and(|t| t.incoming.remove(&pid));
         if known {
             self.record(|id| Op::Incoming(id, pid, false));
         }
         let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
         out.push(Packet::Pubcomp(Ack { pid, reason }));
+    }
+}
+
+impl Traffic {
+    /// Whether `seq`'s packet id may still be in flight: ids repeat every
+    /// 65535 sequence numbers, and the inflight window is in sequence order,
+    /// so only its oldest entry can be that far behind (checked in O(1)).
+    fn wraps(&self, seq: u64) -> bool {
+        self.inflight.front().is_some_and(|oldest| seq.saturating_sub(oldest.seq) >= u64::from(u16::MAX))
     }
 }
 
@@ -737,7 +812,7 @@ mod tests {
         s.next_packets(&mut out, |_| true);
         assert_eq!(pids(&out), [(Some(1), false), (Some(2), false), (Some(3), false), (Some(4), false)]);
         // Back with Receive Maximum 2: two re-sent, two held back.
-        s.set_client(ClientLimits { receive_maximum: Some(2), ..ClientLimits::default() });
+        s.set_client(ClientLimits { receive_maximum: std::num::NonZeroU16::new(2), ..ClientLimits::default() });
         out.clear();
         s.resend(&mut out);
         assert_eq!(pids(&out), [(Some(1), true), (Some(2), true)]);
@@ -950,6 +1025,41 @@ mod tests {
         assert_eq!(s.offer(big(1)), Offer::Pressed);
         let mut out = Vec::new();
         s.next_packets(&mut out, |_| true);
-        assert_eq!(s.queued_bytes, 0);
+        assert_eq!(s.traffic().queued_bytes, 0);
+    }
+
+    #[test]
+    fn an_idle_session_gives_its_queues_back_and_keeps_what_is_pending() {
+        let mut s = Session::new("c".into(), false, LIMITS, true);
+        assert!(s.traffic.is_none(), "a new session holds no queues");
+        s.set_online(true);
+        s.offer(message(QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        s.next_packets(&mut out, |_| true);
+        s.release_idle(Instant::now());
+        assert!(s.traffic.is_some(), "kept: a message inflight and journaled changes");
+        s.take_journal();
+        s.release_idle(Instant::now());
+        assert!(s.traffic.is_some(), "kept: a message inflight");
+        s.puback(pid_for(1));
+        s.take_journal();
+        s.release_idle(Instant::now());
+        assert!(s.traffic.is_none(), "given back once empty");
+        // What comes next is as before: the next packet id follows on.
+        s.offer(message(QoS::AtLeastOnce));
+        s.next_packets(&mut out, |_| true);
+        assert_eq!(pids(&out[1..]), vec![(Some(2), false)]);
+    }
+
+    #[test]
+    fn a_drop_report_survives_the_release_until_it_is_due_again() {
+        let mut s = Session::new("c".into(), true, Limits { max_queued: 0, ..LIMITS }, false);
+        assert!(matches!(s.offer(message(QoS::AtLeastOnce)), Offer::Dropped(_)));
+        let now = Instant::now();
+        assert_eq!(s.drop_report(now), Some(1));
+        s.release_idle(now);
+        assert!(matches!(s.offer(message(QoS::AtLeastOnce)), Offer::Dropped(_)));
+        assert_eq!(s.drop_report(now), None, "the last report's time was kept");
+        assert_eq!(s.drop_report(now + DROP_REPORT_INTERVAL), Some(1));
     }
 }

@@ -386,7 +386,11 @@ pub fn prepare(broker: &Broker) {
             username: None,
             clean_start: false,
             expiry: None,
-            client: crate::session::ClientLimits { receive_maximum: Some(1), maximum_packet_size: None, v5: true },
+            client: crate::session::ClientLimits {
+                receive_maximum: std::num::NonZeroU16::new(1),
+                maximum_packet_size: None,
+                v5: true,
+            },
         };
         let attachment = broker.attach_with(&local_id, how, conn, Arc::new(crate::signal::Signal::new()));
         if broker.subscribe(&local_id, &attachment.session, conn, &subscriptions, &mut Vec::new()).is_none() {

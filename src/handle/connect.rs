@@ -40,7 +40,8 @@ pub fn connect(
                 n => Some(n),
             },
             client: ClientLimits {
-                receive_maximum: props.receive_maximum,
+                // Never 0: the codec refuses that CONNECT (a Protocol Error, 3.1.2.11.3).
+                receive_maximum: props.receive_maximum.and_then(std::num::NonZeroU16::new),
                 maximum_packet_size: props.maximum_packet_size,
                 v5: true,
             },
@@ -78,7 +79,6 @@ pub fn connect(
     out.push(Packet::Connack(Box::new(Connack { session_present, reason: ReasonCode::SUCCESS, properties })));
     let max_alias = if v5 { usize::from(config.max_topic_alias) } else { 0 };
     let client = Client {
-        id,
         username,
         conn,
         listener,

@@ -23,8 +23,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// A connected client: what the connection knows beyond its session.
 pub struct Client {
-    /// Client identifier (assigned by the broker when the client sent none).
-    pub id: Arc<str>,
     /// The user name it authenticated as (or its TLS identity).
     pub username: Option<Arc<str>>,
     /// This connection's id; the session belongs to it until a takeover.
@@ -85,6 +83,12 @@ pub struct V5State {
 }
 
 impl Client {
+    /// Client identifier (assigned by the broker when the client sent
+    /// none): its session's, kept there once for both.
+    pub fn id(&self) -> &Arc<str> {
+        self.session.client_id()
+    }
+
     /// Runs `f` on the session if this connection still owns it; `None`
     /// means a newer connection with the same client id took over.
     pub fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
@@ -182,7 +186,7 @@ impl Peer {
 impl Client {
     /// The client as hooks and ACL checks see it.
     pub fn info(&self) -> ClientInfo<'_> {
-        ClientInfo { client_id: &self.id, username: self.username.as_deref(), listener: self.listener }
+        ClientInfo { client_id: self.id(), username: self.username.as_deref(), listener: self.listener }
     }
 }
 
@@ -306,7 +310,7 @@ fn reauthenticate(client: &Client, broker: &Broker, auth: Auth, out: &mut Vec<Pa
     let mut reauth = v5.reauth.lock().unwrap_or_else(PoisonError::into_inner);
     if auth.reason == ReasonCode::RE_AUTHENTICATE {
         let info = ConnectInfo {
-            client_id: &client.id,
+            client_id: client.id(),
             username: client.username.as_deref(),
             password: None,
             peer: client.peer,
@@ -327,7 +331,7 @@ fn reauthenticate(client: &Client, broker: &Broker, auth: Auth, out: &mut Vec<Pa
         AuthStep::Continue(data) => out.push(auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, method, data)),
         AuthStep::Success(data) => {
             *reauth = None;
-            log::info!("client {}: re-authenticated ({method})", client.id);
+            log::info!("client {}: re-authenticated ({method})", client.id());
             out.push(auth_packet(ReasonCode::SUCCESS, method, data));
         }
         AuthStep::Fail => {
@@ -353,7 +357,7 @@ fn disconnect(client: &Client, broker: &Broker, d: &crate::packet::Disconnect) -
                 "DISCONNECT sets a session expiry interval although CONNECT's was 0",
             ));
         }
-        broker.set_session_expiry(&client.id, client.conn, (expiry != u32::MAX).then_some(expiry));
+        broker.set_session_expiry(client.id(), client.conn, (expiry != u32::MAX).then_some(expiry));
     }
     Ok(match d.reason == ReasonCode::DISCONNECT_WITH_WILL {
         true => Flow::DisconnectWithWill,

@@ -47,7 +47,7 @@ pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<P
                 "bad payload format",
                 log::Level::Info,
                 "client {}: PUBLISH to {} says its payload is UTF-8 and it is not: not delivered (0x99)",
-                client.id,
+                client.id(),
                 message.topic
             );
             Routed::Invalid
@@ -198,7 +198,7 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
     if let Some(limit) = broker.config().message_size_limit
         && message.payload.len() > limit
     {
-        let (id, topic, size) = (&client.id, &message.topic, message.payload.len());
+        let (id, topic, size) = (client.id(), &message.topic, message.payload.len());
         crate::limited!(
             "too large publish",
             log::Level::Info,
@@ -216,7 +216,7 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
     // The receipt is made only once a copy is stored.
     let mut receipt = None;
     let counted = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then_some(&mut receipt);
-    let routing = broker.publish_from(Some(&client.id), message, retain, counted, &mut pressed, true);
+    let routing = broker.publish_from(Some(client.id()), message, retain, counted, &mut pressed, true);
     client.wait_for(routing.retained);
     match receipt {
         Some(receipt) => client.wait_for_copies(routing.copies, receipt),

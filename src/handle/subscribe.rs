@@ -13,7 +13,7 @@ use crate::topic;
 pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec<Packet>) -> Flow {
     let guards = broker.guards();
     let max_levels = broker.config().max_topic_levels;
-    let id = &client.id;
+    let id = client.id();
     let refusals: Vec<Option<ReasonCode>> = sub
         .filters
         .iter()
@@ -43,7 +43,7 @@ pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec
         .map(|((f, options), _)| (f.clone(), Subscription { options: *options, id: sub.id }))
         .collect();
     let mut pressed = Vec::new();
-    let subscribed = broker.subscribe(&client.id, &client.session, client.conn, &granted, &mut pressed);
+    let subscribed = broker.subscribe(client.id(), &client.session, client.conn, &granted, &mut pressed);
     let Some((granted_codes, ticket)) = subscribed else {
         return Flow::TakenOver;
     };
@@ -64,7 +64,7 @@ pub fn subscribe(client: &Client, broker: &Broker, sub: Subscribe, out: &mut Vec
 /// Removes the subscriptions and answers UNSUBACK, even for filters that were
 /// not subscribed (MQTT-3.10.4-4/-5); 5.0 says which ones were not (0x11).
 pub fn unsubscribe(client: &Client, broker: &Broker, pid: Pid, filters: &[String], out: &mut Vec<Packet>) -> Flow {
-    let Some((existed, ticket)) = broker.unsubscribe(&client.id, &client.session, client.conn, filters) else {
+    let Some((existed, ticket)) = broker.unsubscribe(client.id(), &client.session, client.conn, filters) else {
         return Flow::TakenOver;
     };
     client.wait_for(ticket);
