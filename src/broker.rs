@@ -12,7 +12,7 @@ use crate::retain::{Retained, Scan};
 use crate::security::{Guards, Hooks, Security};
 use crate::session::{ClientLimits, Message, Offer, Receipt, Session};
 use crate::session_handle::SessionHandle;
-use crate::signal::Signal;
+use crate::signal::{Kick, Signal};
 use crate::stats::{DropCause, Stats};
 use crate::store::{Op, Persistence, SessionOwner, Snapshot, Store, Ticket, WalStore};
 use crate::topic;
@@ -76,20 +76,15 @@ struct Entry {
     session: Arc<SessionHandle>,
     /// A clean session (discarded when its connection ends).
     clean: bool,
-    connection: Option<Attached>,
+    /// The takeover notice of the connection attached (`last_connection`),
+    /// if one is: raising it tells that connection to end.
+    kick: Option<Arc<Kick>>,
     /// When the last connection left (persistent sessions; for expiry), in
     /// milliseconds since the Unix epoch (8 bytes in every registry slot
     /// instead of an `Option<SystemTime>`'s 24).
     left: Option<NonZeroU64>,
     /// The last connection attached (0: none since a restart).
     last_connection: u64,
-}
-
-/// The connection currently attached to a session.
-struct Attached {
-    id: u64,
-    /// Raising it tells the connection to end (client takeover).
-    kick: Arc<Signal>,
 }
 
 struct Subscriber {
@@ -294,7 +289,7 @@ impl Broker {
                     trie.insert(at, key, Subscriber { sub, session: handle.clone(), share });
                 }
             }
-            registry.insert(id, Entry { session: handle, clean: false, connection: None, left, last_connection: 0 });
+            registry.insert(id, Entry { session: handle, clean: false, kick: None, left, last_connection: 0 });
         }
         let shared = Shared {
             config,
@@ -340,8 +335,8 @@ impl Broker {
     pub fn stop_connections(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         let registry = lock(&self.shared.registry);
-        for attached in registry.values().filter_map(|e| e.connection.as_ref()) {
-            attached.kick.wake();
+        for kick in registry.values().filter_map(|e| e.kick.as_ref()) {
+            kick.wake();
         }
     }
 
@@ -392,7 +387,7 @@ impl Broker {
     /// persistent ones among both).
     pub fn session_counts(&self) -> (usize, usize, usize) {
         let registry = lock(&self.shared.registry);
-        let online = registry.values().filter(|e| e.connection.is_some()).count();
+        let online = registry.values().filter(|e| e.kick.is_some()).count();
         let persistent = registry.values().filter(|e| !e.clean).count();
         (online, registry.len() - online, persistent)
     }
@@ -461,7 +456,7 @@ impl Broker {
         username: Option<Arc<str>>,
         clean: bool,
         conn: u64,
-        kick: Arc<Signal>,
+        kick: Arc<Kick>,
     ) -> Attachment {
         self.attach_with(client_id, Attach::v3(0, username, clean), conn, kick)
     }
@@ -475,7 +470,7 @@ impl Broker {
         username: Option<Arc<str>>,
         clean: bool,
         conn: u64,
-        kick: Arc<Signal>,
+        kick: Arc<Kick>,
     ) -> Attachment {
         self.attach_with(client_id, Attach::v3(listener, username, clean), conn, kick)
     }
@@ -486,7 +481,7 @@ impl Broker {
     /// unless Clean Start (MQTT-3.1.2-4/-5), otherwise starts a new one. A
     /// session with an expiry interval other than 0 is durable; who owns it
     /// (listener, user, expiry) is stored with it.
-    pub fn attach_with(&self, client_id: &Arc<str>, how: Attach, conn: u64, kick: Arc<Signal>) -> Attachment {
+    pub fn attach_with(&self, client_id: &Arc<str>, how: Attach, conn: u64, kick: Arc<Kick>) -> Attachment {
         let Attach { listener, username, clean_start, expiry, client } = how;
         let ends_with_connection = expiry == Some(0);
         let mut registry = lock(&self.shared.registry);
@@ -495,7 +490,7 @@ impl Broker {
         let pending_will = lock(&self.shared.delayed_wills).remove(client_id);
         let previous = registry.remove(client_id);
         if let Some(e) = previous.as_ref()
-            && let Some(Attached { kick, .. }) = e.connection.as_ref()
+            && let Some(kick) = e.kick.as_ref()
         {
             kick.raise();
         }
@@ -538,13 +533,8 @@ impl Broker {
             ops.push(Op::Owner(client_id.clone(), SessionOwner { listener, username, expiry }));
         }
         let ticket = self.append(ops);
-        let entry = Entry {
-            session: session.clone(),
-            clean: !persistent,
-            connection: Some(Attached { id: conn, kick }),
-            left: None,
-            last_connection: conn,
-        };
+        let entry =
+            Entry { session: session.clone(), clean: !persistent, kick: Some(kick), left: None, last_connection: conn };
         registry.insert(client_id.clone(), entry);
         Attachment { session, session_present, ticket }
     }
@@ -565,7 +555,7 @@ impl Broker {
         let registry = lock(&self.shared.registry);
         let state = match registry.get(client_id) {
             Some(entry) if Arc::ptr_eq(&entry.session, session) => {
-                match entry.last_connection == conn && entry.connection.is_none() {
+                match entry.last_connection == conn && entry.kick.is_none() {
                     true => WillState::Waiting,
                     false => WillState::Resumed,
                 }
@@ -613,10 +603,10 @@ impl Broker {
     pub fn detach(&self, client_id: &Arc<str>, conn: u64) {
         let mut registry = lock(&self.shared.registry);
         let Some(entry) = registry.get_mut(client_id) else { return };
-        if entry.connection.as_ref().map(|a| a.id) != Some(conn) {
+        if entry.kick.is_none() || entry.last_connection != conn {
             return;
         }
-        entry.connection = None;
+        entry.kick = None;
         let (clean, unfinished) = {
             let mut s = entry.session.lock();
             s.owner = 0;

@@ -26,8 +26,9 @@ pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 /// Server-side MQTT codec: decodes client packets, encodes server packets.
 #[derive(Debug, Clone)]
 pub struct MqttCodec {
-    /// Largest whole packet accepted, fixed header included.
-    max_packet_size: usize,
+    /// Largest whole packet accepted, fixed header included (MQTT's own
+    /// limit, 268,435,460 bytes, fits: 4 bytes in every connection, not 8).
+    max_packet_size: u32,
     /// Bytes decoded since the last [`MqttCodec::take_received`] (what is
     /// sent is counted by the connection's [`Outbox`](crate::outbox::Outbox)).
     received: u64,
@@ -48,7 +49,7 @@ impl MqttCodec {
     /// A codec that refuses packets larger than `max_packet_size` bytes.
     pub fn new(max_packet_size: usize) -> Self {
         MqttCodec {
-            max_packet_size,
+            max_packet_size: u32::try_from(max_packet_size).unwrap_or(u32::MAX),
             received: 0,
             protocol: None,
             oversized_publish: false,
@@ -90,7 +91,7 @@ impl Decoder for MqttCodec {
             return Ok(None);
         };
         let total = body_at + len;
-        if total > self.max_packet_size {
+        if total > self.max_packet_size as usize {
             self.oversized_publish = first >> 4 == 3;
             return Err(Violation::PacketTooLarge.into());
         }

@@ -16,7 +16,7 @@ use crate::runtime::{Runtime, within};
 use crate::security::{AuthStep, ConnectInfo};
 use crate::session::{Message, Receipt};
 use crate::session_handle::SessionHandle;
-use crate::signal::Signal;
+use crate::signal::{Kick, Signal};
 use crate::stats::DropCause;
 use crate::store::{Persistence, Ticket, TicketStatus};
 use async_channel::Receiver;
@@ -38,7 +38,7 @@ use std::{fmt, io};
 /// [`Outbox`] for what it is sent.
 struct Transport<S> {
     /// Reads only: writes go through the outbox to the stream underneath.
-    framed: FramedRead<ReadGate<S>, MqttCodec>,
+    framed: FramedRead<ReadGate<S, Kick>, MqttCodec>,
     outbox: Outbox,
 }
 
@@ -46,8 +46,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     /// asynchronous-codec's 8 KiB read buffer is swapped for an empty one
     /// that grows on demand: an idle connection then holds only what its
     /// last packets needed, not 8 KiB.
-    fn new(stream: S, max_packet_size: usize) -> Transport<S> {
-        let framed = FramedRead::new(ReadGate::new(stream), MqttCodec::new(max_packet_size));
+    fn new(stream: S, max_packet_size: usize, kick: Arc<Kick>) -> Transport<S> {
+        let framed = FramedRead::new(ReadGate::with(stream, kick), MqttCodec::new(max_packet_size));
         let mut parts = framed.into_parts();
         parts.buffer = BytesMut::new();
         Transport { framed: FramedRead::from_parts(parts), outbox: Outbox::new() }
@@ -205,9 +205,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Send,
 {
-    let mut link = Transport::new(stream, broker.config().max_packet_size);
+    let kick = Arc::new(Kick::new());
+    let mut link = Transport::new(stream, broker.config().max_packet_size, kick.clone());
     let peer = Box::new(peer);
-    let kick = Arc::new(Signal::new());
     let conn = broker.next_connection_id();
     async move {
         // Boxed: the CONNECT phase (credentials, a password check on a blocking
@@ -369,7 +369,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Transport<S>,
     peer: &Peer,
     conn: u64,
-    kick: Arc<Signal>,
+    kick: Arc<Kick>,
     out: &mut Vec<Packet>,
 ) -> Option<Client> {
     let (timeout, addr) = (broker.config().connect_timeout, peer.addr);
@@ -538,7 +538,7 @@ async fn admit(
     connect: Connect,
     peer: &Peer,
     conn: u64,
-    kick: Arc<Signal>,
+    kick: Arc<Kick>,
     auth: Option<handle::Authenticated>,
     out: &mut Vec<Packet>,
 ) -> Result<Client, Refusal> {
@@ -691,7 +691,7 @@ struct Steady {
 }
 
 impl Steady {
-    fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client, kick: &Arc<Signal>) -> Steady {
+    fn new<R: Runtime>(rt: &R, broker: &Broker, client: &Client, kick: &Arc<Kick>) -> Steady {
         let mut steady = Steady {
             deadline: 0,
             last_packet: broker.deadlines().now(),
@@ -706,7 +706,7 @@ impl Steady {
         steady
     }
 
-    fn arm(&mut self, broker: &Broker, conn: u64, kick: &Arc<Signal>, after: Duration) {
+    fn arm(&mut self, broker: &Broker, conn: u64, kick: &Arc<Kick>, after: Duration) {
         self.deadline = broker.deadlines().arm(conn, self.deadline, after, kick);
     }
 
@@ -792,7 +792,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     broker: &'a Broker,
     client: &'a Client,
     link: &'a mut Transport<S>,
-    kicked: &'a Arc<Signal>,
+    kicked: &'a Arc<Kick>,
     shutdown: &'a Receiver<()>,
     steady: &'a mut Steady,
     wake: Wake,

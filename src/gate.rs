@@ -19,55 +19,90 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-/// Wraps a stream; reads are gated, writes pass straight through.
+/// Wraps a stream; reads are gated, writes pass straight through. The
+/// gate's state is a [`Readable`] behind `W`'s `Arc`: its own, or one
+/// inside another per-connection allocation ([`crate::signal::Kick`]).
 #[derive(Debug)]
-pub struct ReadGate<S> {
+pub struct ReadGate<S, W = Readable> {
     inner: S,
     /// Passed down as a borrowed waker ([`waker_ref`]): no waker is kept.
-    wake: Arc<Readable>,
+    wake: Arc<W>,
 }
 
+/// Whether a gated read may make progress, and who waits to read.
 #[derive(Debug)]
-struct Readable {
+pub struct Readable {
     /// Set when a read may make progress: initially, and on every wake.
     ready: AtomicBool,
     /// The task waiting to read.
     task: AtomicWaker,
 }
 
+impl Readable {
+    /// Open for the first read.
+    pub fn new() -> Readable {
+        Readable { ready: AtomicBool::new(true), task: AtomicWaker::new() }
+    }
+
+    /// What the inner reader's waker does: opens the gate and wakes the reader.
+    pub fn open(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Default for Readable {
+    fn default() -> Readable {
+        Readable::new()
+    }
+}
+
+impl AsRef<Readable> for Readable {
+    fn as_ref(&self) -> &Readable {
+        self
+    }
+}
+
 impl ArcWake for Readable {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.ready.store(true, Ordering::Release);
-        arc_self.task.wake();
+        arc_self.open();
     }
 }
 
 impl<S> ReadGate<S> {
     /// A gate in front of `inner`, open for the first read.
     pub fn new(inner: S) -> ReadGate<S> {
-        let wake = Arc::new(Readable { ready: AtomicBool::new(true), task: AtomicWaker::new() });
+        ReadGate::with(inner, Arc::new(Readable::new()))
+    }
+}
+
+impl<S, W> ReadGate<S, W> {
+    /// A gate in front of `inner` whose state is in `wake` (waking it must
+    /// call [`Readable::open`]).
+    pub fn with(inner: S, wake: Arc<W>) -> ReadGate<S, W> {
         ReadGate { inner, wake }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ReadGate<S> {
+impl<S: AsyncRead + Unpin, W: ArcWake + AsRef<Readable> + 'static> AsyncRead for ReadGate<S, W> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.wake.task.register(cx.waker());
+        let readable = (*this.wake).as_ref();
+        readable.task.register(cx.waker());
         // Lowered before the read: a wake-up during it raises it again.
-        if !this.wake.ready.swap(false, Ordering::AcqRel) {
+        if !readable.ready.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         let waker = waker_ref(&this.wake);
         let polled = Pin::new(&mut this.inner).poll_read(&mut Context::from_waker(&waker), buf);
         if polled.is_ready() {
-            this.wake.ready.store(true, Ordering::Release);
+            (*this.wake).as_ref().ready.store(true, Ordering::Release);
         }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ReadGate<S> {
+impl<S: AsyncWrite + Unpin, W> AsyncWrite for ReadGate<S, W> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -11,7 +11,7 @@
 
 use crate::broker::Broker;
 use crate::runtime::Runtime;
-use crate::signal::Signal;
+use crate::signal::Kick;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +25,7 @@ pub const SWEEP: Duration = Duration::from_millis(100);
 /// started) and connection id.
 pub struct Deadlines {
     base: Instant,
-    due: Mutex<BTreeMap<(u64, u64), Arc<Signal>>>,
+    due: Mutex<BTreeMap<(u64, u64), Arc<Kick>>>,
     /// A sweep task runs (see [`start_sweep`]).
     sweeping: AtomicBool,
 }
@@ -44,7 +44,7 @@ impl Deadlines {
 
     /// Arms connection `conn`'s deadline `after` from now, in place of the
     /// one armed at `old` (0: none); woken through `kick`. The new key.
-    pub fn arm(&self, conn: u64, old: u64, after: Duration, kick: &Arc<Signal>) -> u64 {
+    pub fn arm(&self, conn: u64, old: u64, after: Duration, kick: &Arc<Kick>) -> u64 {
         let at = (self.now() + after.as_millis() as u64).max(1);
         let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
         if old != 0 {
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn a_sweep_wakes_only_what_passed_and_forgets_it() {
         let d = Deadlines::default();
-        let (early, late) = (Arc::new(Signal::new()), Arc::new(Signal::new()));
+        let (early, late) = (Arc::new(Kick::new()), Arc::new(Kick::new()));
         let at = d.arm(1, 0, Duration::ZERO, &early);
         d.arm(2, 0, Duration::from_secs(3600), &late);
         while d.now() < at {
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn arming_again_replaces_the_old_deadline() {
         let d = Deadlines::default();
-        let kick = Arc::new(Signal::new());
+        let kick = Arc::new(Kick::new());
         let first = d.arm(7, 0, Duration::from_secs(60), &kick);
         let second = d.arm(7, first, Duration::from_secs(90), &kick);
         assert_eq!(d.len(), 1);

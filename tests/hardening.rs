@@ -468,11 +468,11 @@ fn small_payloads_pin_no_large_buffers_smol() {
 fn mqtt_3_1_4_2_a_taken_over_connection_cannot_touch_the_new_session() {
     use midge::packet::QoS;
     use midge::session::Message;
-    use midge::signal::Signal;
+    use midge::signal::Kick;
     let broker = Broker::in_memory(TestBroker::config()).unwrap();
     let id: Arc<str> = "twin".into();
-    let old = broker.attach(&id, None, true, 1, Arc::new(Signal::new()));
-    let new = broker.attach(&id, None, true, 2, Arc::new(Signal::new()));
+    let old = broker.attach(&id, None, true, 1, Arc::new(Kick::new()));
+    let new = broker.attach(&id, None, true, 2, Arc::new(Kick::new()));
     let filters = [("t".to_string(), midge::packet::Subscription::qos(QoS::AtLeastOnce))];
     assert!(broker.subscribe(&id, &new.session, 2, &filters, &mut Vec::new()).is_some());
     assert!(broker.subscribe(&id, &old.session, 1, &filters, &mut Vec::new()).is_none(), "old connection refused");

@@ -392,7 +392,7 @@ pub fn prepare(broker: &Broker) {
                 v5: true,
             },
         };
-        let attachment = broker.attach_with(&local_id, how, conn, Arc::new(crate::signal::Signal::new()));
+        let attachment = broker.attach_with(&local_id, how, conn, Arc::new(crate::signal::Kick::new()));
         if broker.subscribe(&local_id, &attachment.session, conn, &subscriptions, &mut Vec::new()).is_none() {
             log::warn!("bridge {}: its session here was taken over while it was made", bridge.name);
         }

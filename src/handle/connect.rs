@@ -6,7 +6,7 @@ use crate::error::{Refusal, Violation};
 use crate::packet::{Connack, Connect, ConnectCode, Packet, Properties, Protocol, ReasonCode};
 use crate::security::ConnectInfo;
 use crate::session::ClientLimits;
-use crate::signal::Signal;
+use crate::signal::Kick;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,7 +22,7 @@ pub fn connect(
     broker: &Broker,
     connect: Connect,
     admitted: Admitted,
-    kick: Arc<Signal>,
+    kick: Arc<Kick>,
     out: &mut Vec<Packet>,
 ) -> Client {
     let Admitted { id, username, conn, listener, assigned, auth, peer } = admitted;
@@ -81,18 +81,19 @@ pub fn connect(
     let client = Client {
         username,
         conn,
-        listener,
+        // An index into the listeners (or BRIDGE_LISTENER, 65535): it fits.
+        listener: listener as u32,
         session: attachment.session,
         will: connect.will.map(Box::new),
         keep_alive,
         protocol: connect.protocol,
         session_expiry,
-        receive_maximum,
         v5: v5.then(|| {
             Box::new(super::V5State {
                 aliases: Mutex::new(vec![None; max_alias]),
                 auth_method: auth.map(|a| a.method),
                 reauth: Mutex::new(None),
+                receive_maximum,
             })
         }),
         peer,

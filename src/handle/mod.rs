@@ -27,8 +27,9 @@ pub struct Client {
     pub username: Option<Arc<str>>,
     /// This connection's id; the session belongs to it until a takeover.
     pub conn: u64,
-    /// The index of the listener it connected on.
-    pub listener: usize,
+    /// The index of the listener it connected on (a `u32`: 8 bytes less
+    /// in every connection, with the fields beside it).
+    pub listener: u32,
     /// The session, shared with publishers routing to it.
     pub session: Arc<SessionHandle>,
     /// Published if the connection ends without DISCONNECT (boxed: most
@@ -41,9 +42,6 @@ pub struct Client {
     /// The Session Expiry Interval CONNECT asked for (5.0): a DISCONNECT may
     /// change it, but not from 0 (MQTT-3.14.2-2).
     pub session_expiry: Option<u32>,
-    /// The Receive Maximum announced to the client (5.0): QoS 1/2 PUBLISHes
-    /// it may have unacknowledged at once.
-    pub receive_maximum: u16,
     /// What only a 5.0 client has (boxed: 72 bytes that a 3.1.1
     /// connection would carry for its whole life).
     pub v5: Option<Box<V5State>>,
@@ -80,6 +78,9 @@ pub struct V5State {
     pub auth_method: Option<Arc<str>>,
     /// A re-authentication in progress.
     pub reauth: Mutex<Option<Box<dyn AuthExchange>>>,
+    /// The Receive Maximum announced to the client: QoS 1/2 PUBLISHes it
+    /// may have unacknowledged at once.
+    pub receive_maximum: u16,
 }
 
 impl Client {
@@ -186,7 +187,7 @@ impl Peer {
 impl Client {
     /// The client as hooks and ACL checks see it.
     pub fn info(&self) -> ClientInfo<'_> {
-        ClientInfo { client_id: self.id(), username: self.username.as_deref(), listener: self.listener }
+        ClientInfo { client_id: self.id(), username: self.username.as_deref(), listener: self.listener as usize }
     }
 }
 

@@ -66,7 +66,7 @@ pub fn publish(client: &Client, broker: &Broker, mut p: Publish, out: &mut Vec<P
             // MQTT-3.3.4-8: no more unacknowledged QoS 2 PUBLISHes than the
             // Receive Maximum announced in CONNACK (checked before the id
             // is kept). QoS 1 ones are acknowledged as they are handled.
-            let max = if v5 { usize::from(client.receive_maximum) } else { usize::MAX };
+            let max = client.v5.as_ref().map_or(usize::MAX, |v5| usize::from(v5.receive_maximum));
             let Some(new) = client.with_session(|s| s.receive_qos2_within(pid, max)) else {
                 return Ok(Flow::TakenOver);
             };
