@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// Drops are logged at most this often per client.
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Ops a drained journal keeps room for (see [`Session::drain_journal`]).
+const JOURNAL_KEPT: usize = 256;
+
 /// Limits applied to one session.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -324,6 +327,21 @@ impl Session {
             Some(t) => std::mem::take(&mut t.journal),
             None => Vec::new(),
         }
+    }
+
+    /// Hands the journaled changes to `to` (the store's append) and keeps
+    /// the journal's room for the next ones, unless it grew large: a busy
+    /// persistent session journals on every unlock, and a fresh journal
+    /// regrown each time cost more than the store's own work.
+    pub fn drain_journal<T: Default>(&mut self, to: impl FnOnce(std::vec::Drain<'_, Op>) -> T) -> T {
+        let Some(t) = self.traffic.as_deref_mut().filter(|t| !t.journal.is_empty()) else {
+            return T::default();
+        };
+        let done = to(t.journal.drain(..));
+        if t.journal.capacity() > JOURNAL_KEPT {
+            t.journal = Vec::new();
+        }
+        done
     }
 
     /// Stops journaling: the session is being discarded, and a newer one may

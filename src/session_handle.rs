@@ -56,13 +56,14 @@ impl Guard<'_> {
 
     /// Hands the journal to the store, keeping the lock.
     pub fn flush(&mut self) -> Ticket {
-        let ops = self.guard.session.take_journal();
-        match self.store {
-            // Most unlocks change nothing durable (clean sessions, QoS 0):
-            // skip the store's lock, which every connection shares.
-            Some(store) if !ops.is_empty() => store.append(ops),
-            _ => Ticket::default(),
-        }
+        let store = self.store;
+        // Most unlocks change nothing durable (clean sessions, QoS 0): an
+        // empty journal skips the store's lock, which every connection
+        // shares.
+        self.guard.session.drain_journal(|ops| match store {
+            Some(store) => store.append(ops),
+            None => Ticket::default(),
+        })
     }
 }
 

@@ -246,10 +246,10 @@ impl Folder {
     }
 }
 
-/// Hashes a (pointer, sequence number) key: neither is chosen by a client,
-/// so a multiply-rotate hash is enough.
+/// Hashes keys of pointers and sequence numbers: none is chosen by a
+/// client, so a multiply-rotate hash is enough.
 #[derive(Default, Clone, Copy)]
-struct BuildKey;
+pub(crate) struct BuildKey;
 
 impl std::hash::BuildHasher for BuildKey {
     type Hasher = KeyHasher;
@@ -258,7 +258,7 @@ impl std::hash::BuildHasher for BuildKey {
     }
 }
 
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl std::hash::Hasher for KeyHasher {
     fn write(&mut self, bytes: &[u8]) {

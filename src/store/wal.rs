@@ -293,7 +293,7 @@ impl WalStore {
             written,
             segment_bytes: segment_bytes.max(1),
             buf: Vec::new(),
-            bodies: Bodies::new(),
+            bodies: Bodies::default(),
             delta: replayed.ops,
             fold_at: 0,
             folder: Folder::default(),
@@ -578,7 +578,7 @@ fn encode_frame(ops: &[Op], buf: &mut Vec<u8>, bodies: &mut Bodies) {
 /// pointer) already written whole in the frame being encoded, by the index
 /// of that record: a message queued for a hundred persistent sessions is
 /// written once per commit, and each further copy refers to it.
-type Bodies = std::collections::HashMap<BodyKey, u32>;
+type Bodies = std::collections::HashMap<BodyKey, u32, super::BuildKey>;
 
 /// Pointers (only compared: the ops being encoded keep them alive, so equal
 /// pointers mean equal contents), the payload's length and the expiry.
@@ -1066,7 +1066,7 @@ mod tests {
         let mut bytes = Vec::new();
         let mut buf = Vec::new();
         for c in commits {
-            encode_frame(c, &mut buf, &mut Bodies::new());
+            encode_frame(c, &mut buf, &mut Bodies::default());
             bytes.extend_from_slice(&buf);
         }
         fs::write(dir.join(segment_name(n)), bytes).unwrap();
