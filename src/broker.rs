@@ -70,6 +70,27 @@ struct Shared {
     /// Wills waiting for their delay, by client id: raised when a
     /// connection attaches to that id (or a newer will replaces it).
     delayed_wills: Mutex<HashMap<Arc<str>, Arc<PendingWill>>>,
+    /// The other nodes of a cluster, once joined.
+    peers: std::sync::OnceLock<Arc<dyn Peers>>,
+}
+
+/// The rest of a cluster, as the broker sees it: where its messages go
+/// beyond this node and what it tells about its subscriptions. Every call
+/// returns at once (they are made under the subscriptions' lock and on the
+/// publishing connection's turn); the cluster does its I/O elsewhere.
+pub trait Peers: Send + Sync {
+    /// A message published here (by a client, a will or a bridge), to be
+    /// sent on to the nodes whose subscriptions match.
+    fn forward(&self, message: &Message);
+    /// The first subscription on this node to `filter` (a shared
+    /// subscription counts under its inner filter).
+    fn filter_added(&self, filter: &str);
+    /// The last subscription on this node to `filter` went.
+    fn filter_removed(&self, filter: &str);
+    /// The other nodes a message on `topic` would go to now.
+    fn nodes_for(&self, topic: &str) -> Vec<String>;
+    /// The server stops: leave the cluster.
+    fn stop(&self);
 }
 
 struct Entry {
@@ -307,6 +328,7 @@ impl Broker {
             hooks: RwLock::new(None),
             share_cursors: Mutex::new(HashMap::new()),
             delayed_wills: Mutex::new(HashMap::new()),
+            peers: std::sync::OnceLock::new(),
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -370,6 +392,36 @@ impl Broker {
     /// The broker's counters.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Joins a cluster: from now on messages published here go to `peers`
+    /// too, and so do the first and last subscription to each filter
+    /// (every filter subscribed so far is told at once). Returns `false`
+    /// if the broker had joined one already.
+    pub fn join(&self, peers: Arc<dyn Peers>) -> bool {
+        // Under the write lock: no subscription change slips between the
+        // filters told now and the ones told as they change.
+        let trie = self.subscriptions_mut();
+        if self.shared.peers.set(peers.clone()).is_err() {
+            return false;
+        }
+        for filter in trie.filters() {
+            peers.filter_added(&filter);
+        }
+        true
+    }
+
+    /// The cluster this broker joined, if any.
+    pub fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.shared.peers.get()
+    }
+
+    /// Routes a message that another node of the cluster forwarded: to this
+    /// node's subscribers only (it is not forwarded again), not stored as
+    /// retained here. Sessions whose queues are full take it anyway.
+    pub fn publish_forwarded(&self, message: Message) -> Ticket {
+        let routing = self.route(None, message, false, None, &mut Vec::new(), false);
+        routing.retained.max(routing.copies)
     }
 
     /// The store, when the broker is durable.
@@ -697,7 +749,10 @@ impl Broker {
     /// group's cursor, so cursors do not outlive their groups).
     fn remove_slot(&self, trie: &mut Trie<Subscriber>, filter: &str, client_id: &Arc<str>) {
         let (at, key, share) = slot(filter, client_id);
-        trie.remove(at, &key);
+        let gone = trie.remove(at, &key).is_some();
+        if let Some(peers) = self.shared.peers.get().filter(|_| gone && trie.subscribers(at) == 0) {
+            peers.filter_removed(at);
+        }
         if let Some(share) = share {
             lock(&self.shared.share_cursors).remove(&share.group);
         }
@@ -754,7 +809,10 @@ impl Broker {
             let mut trie = self.subscriptions_mut();
             for (filter, sub) in &unique {
                 let (at, key, share) = slot(filter, client_id);
-                trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share });
+                let new = trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share }).is_none();
+                if let Some(peers) = self.shared.peers.get().filter(|_| new && trie.subscribers(at) == 1) {
+                    peers.filter_added(at);
+                }
             }
             (s.commit(), send_retained)
         };
@@ -883,6 +941,22 @@ impl Broker {
     /// QoS 0 and 1 copies are delivered at the turn's end, and a stored
     /// copy's commit is the turn's (see [`crate::deferred`]).
     pub fn publish_from(
+        &self,
+        from: Option<&str>,
+        message: Message,
+        retain: bool,
+        receipt: Option<&mut Option<Arc<Receipt>>>,
+        pressed: &mut Vec<Arc<SessionHandle>>,
+        defer: bool,
+    ) -> Routing {
+        if let Some(peers) = self.shared.peers.get() {
+            peers.forward(&message);
+        }
+        self.route(from, message, retain, receipt, pressed, defer)
+    }
+
+    /// [`Broker::publish_from`] on this node only.
+    fn route(
         &self,
         from: Option<&str>,
         message: Message,

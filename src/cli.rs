@@ -78,6 +78,12 @@ pub struct Args {
     /// serve GET /metrics (Prometheus) and GET /healthz over HTTP on this address (default: off)
     #[argh(option)]
     pub http_listener: Option<SocketAddr>,
+    /// join a cluster through this Redis server, redis://HOST:PORT (with --node-id; needs the cluster feature)
+    #[argh(option)]
+    pub cluster_redis: Option<String>,
+    /// this node's name in the cluster (with --cluster-redis)
+    #[argh(option)]
+    pub node_id: Option<String>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<LevelFilter>,
@@ -204,6 +210,9 @@ pub fn check_config(args: &CheckConfig) -> Result<Checked, String> {
             let _ = writeln!(out, "persistence: on, in {shown} (never mosquitto.db)");
         }
         None => drop(writeln!(out, "persistence: off (in memory)")),
+    }
+    if let Some(cluster) = &c.cluster {
+        let _ = writeln!(out, "cluster: node {} through {}", cluster.node_id, cluster.redis);
     }
     if let Some(addr) = c.http_listener {
         let _ = writeln!(out, "http_listener: {addr}");
@@ -479,6 +488,12 @@ impl Args {
         }
         if let Some(addr) = self.http_listener {
             config.http_listener = Some(addr);
+        }
+        if self.cluster_redis.is_some() || self.node_id.is_some() {
+            let file = config.cluster.take();
+            let redis = self.cluster_redis.or_else(|| file.as_ref().map(|c| c.redis.clone()));
+            let node_id = self.node_id.or_else(|| file.map(|c| c.node_id));
+            config.cluster = crate::config::Cluster::from_parts(redis, node_id)?;
         }
         let threads = match self.threads {
             Some(n) => positive("--threads", n)?,

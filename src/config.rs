@@ -103,6 +103,50 @@ pub struct Config {
     pub shared_subscription_strategy: ShareStrategy,
     /// Bridges to other brokers (mosquitto.conf `connection NAME` blocks).
     pub bridges: Vec<Bridge>,
+    /// The cluster this broker is a node of (`--cluster-redis`, the
+    /// `cluster` feature; see docs/cluster.md); `None`: a single broker.
+    pub cluster: Option<Cluster>,
+}
+
+/// A node's place in a cluster on Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The Redis (or Valkey) server the nodes share: `redis://HOST:PORT`.
+    pub redis: String,
+    /// This node's name, unique in the cluster.
+    pub node_id: String,
+}
+
+impl Cluster {
+    /// Checks a node id: 1 to 64 letters, digits, `-`, `_` or `.` (it is
+    /// part of Redis key names).
+    pub fn check_node_id(id: &str) -> Result<(), String> {
+        let ok = (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        match ok {
+            true => Ok(()),
+            false => Err(format!("node id {id:?}: 1 to 64 letters, digits, '-', '_' or '.'")),
+        }
+    }
+
+    /// Both halves, or neither: a node id without a Redis server (or the
+    /// reverse) is a mistake, not a single broker.
+    pub fn from_parts(redis: Option<String>, node_id: Option<String>) -> Result<Option<Cluster>, String> {
+        match (redis, node_id) {
+            (None, None) => Ok(None),
+            (Some(redis), Some(node_id)) => {
+                Cluster::check_node_id(&node_id)?;
+                if !redis.starts_with("redis://") {
+                    return Err(format!("cluster Redis address {redis:?}: expected redis://HOST:PORT"));
+                }
+                Ok(Some(Cluster { redis, node_id }))
+            }
+            (Some(_), None) => Err("a cluster needs this node's id too (--node-id / node_id)".into()),
+            (None, Some(_)) => {
+                Err("a node id needs the cluster's Redis server too (--cluster-redis / cluster_redis)".into())
+            }
+        }
+    }
 }
 
 /// How a shared subscription (`$share/{name}/{filter}`) picks the one member
@@ -411,6 +455,7 @@ impl Default for Config {
             response_information: None,
             shared_subscription_strategy: ShareStrategy::RoundRobin,
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -195,6 +195,8 @@ struct File {
     log_level: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<u64>>,
     http_listener: Option<Spanned<String>>,
+    cluster_redis: Option<String>,
+    node_id: Option<String>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
     #[serde(default)]
@@ -386,6 +388,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
         })?;
         config.http_listener = Some(parsed);
     }
+    config.cluster =
+        crate::config::Cluster::from_parts(file.cluster_redis, file.node_id).map_err(|e| at.error(None, e))?;
     let log_level = match file.log_level {
         None => None,
         Some(level) => Some(log_level(level.get_ref()).ok_or_else(|| {
@@ -1731,5 +1735,16 @@ topic = [{ pattern = "c" }]
             });
             assert!(documented, "examples/midge.toml does not show {key}");
         }
+    }
+
+    #[test]
+    fn a_cluster_needs_both_its_redis_and_a_node_id() {
+        let c = config("cluster_redis = \"redis://127.0.0.1:6379\"\nnode_id = \"n1\"").cluster.unwrap();
+        assert_eq!((c.redis.as_str(), c.node_id.as_str()), ("redis://127.0.0.1:6379", "n1"));
+        assert_eq!(config("").cluster, None);
+        assert!(error("node_id = \"n1\"").0.contains("needs the cluster's Redis server"));
+        assert!(error("cluster_redis = \"redis://h:1\"").0.contains("needs this node's id"));
+        assert!(error("cluster_redis = \"h:1\"\nnode_id = \"n\"").0.contains("expected redis://HOST:PORT"));
+        assert!(error("cluster_redis = \"redis://h:1\"\nnode_id = \"a b\"").0.contains("letters, digits"));
     }
 }

@@ -30,6 +30,8 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod cli;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod config_file;

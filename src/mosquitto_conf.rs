@@ -247,6 +247,9 @@ struct Reader {
     persistence: bool,
     persistence_location: Option<PathBuf>,
     log_types: Option<LevelFilter>,
+    /// midge's own `cluster_redis` and `node_id` lines, and where the
+    /// last of them was (for an error about the pair).
+    cluster: (Option<String>, Option<String>, Option<At>),
     bridges: Vec<BridgeDraft>,
     /// The bridge the current file's bridge options go to: its last
     /// `connection`, by index in `bridges` (Mosquitto keeps one per file).
@@ -273,6 +276,7 @@ pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
         persistence: false,
         persistence_location: None,
         log_types: None,
+        cluster: (None, None, None),
         bridges: Vec::new(),
         bridge: None,
     };
@@ -438,6 +442,8 @@ impl Reader {
                 }
             }
             "persistence" => self.persistence = boolean(key, value, at)?,
+            "cluster_redis" => (self.cluster.0, self.cluster.2) = (Some(value.to_owned()), Some(at.clone())),
+            "node_id" => (self.cluster.1, self.cluster.2) = (Some(value.to_owned()), Some(at.clone())),
             "persistence_location" => self.persistence_location = Some(path(key, value, at)?),
             "persistence_file" => self.note(key, at, "midge keeps its own store, midge.redb, beside it"),
             "autosave_interval" | "autosave_on_changes" => {
@@ -818,6 +824,9 @@ impl Reader {
             true => Some(self.persistence_location.take().unwrap_or_else(|| PathBuf::from("."))),
             false => None,
         };
+        let (redis, node_id, at) = std::mem::take(&mut self.cluster);
+        self.config.cluster = crate::config::Cluster::from_parts(redis, node_id)
+            .map_err(|m| at.expect("a cluster line was read").error(m))?;
         if self.persistence_location.is_some() && !self.persistence {
             self.settings.notes.push("persistence_location: persistence is off, nothing is stored".to_owned());
         }
@@ -1782,5 +1791,14 @@ mod tests {
         assert_eq!(s.config.listeners, vec![Listener::tcp(addr("127.0.0.1:1883"))]);
         assert_eq!((s.config.allow_anonymous, s.config.data_dir.clone()), (Some(true), None));
         assert!(s.ignored.is_empty() && s.notes.is_empty());
+    }
+
+    #[test]
+    fn cluster_lines_name_the_redis_and_the_node() {
+        let c = config("cluster_redis redis://127.0.0.1:6379\nnode_id edge-1\n").cluster.unwrap();
+        assert_eq!((c.redis.as_str(), c.node_id.as_str()), ("redis://127.0.0.1:6379", "edge-1"));
+        let (e, line) = error("sys_interval 10\nnode_id edge-1\n");
+        assert!(e.contains("needs the cluster's Redis server"), "{e}");
+        assert_eq!(line, Some(2));
     }
 }

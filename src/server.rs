@@ -69,6 +69,9 @@ impl<R: Runtime> Server<R> {
         };
         // Before any client can publish: what it sends for a bridge queues.
         bridge::prepare(&broker);
+        if let Some(cluster) = &broker.config().cluster {
+            join_cluster(&broker, cluster)?;
+        }
         let total = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = async_channel::bounded(1);
         let (alive, done) = async_channel::bounded(1);
@@ -156,6 +159,9 @@ impl<R: Runtime> Server<R> {
     /// [`SHUTDOWN_GRACE`] for their tasks to end.
     pub async fn shutdown(self) {
         self.stop.close();
+        if let Some(peers) = self.broker.peers() {
+            peers.stop();
+        }
         self.broker.stop_connections();
         let all_done = self.done.recv();
         let grace = self.rt.sleep(SHUTDOWN_GRACE);
@@ -167,6 +173,23 @@ impl<R: Runtime> Server<R> {
         logging::flush_suppressed();
         log::info!("broker stopped");
     }
+}
+
+/// Joins the cluster the configuration names (once per broker).
+#[cfg(feature = "cluster")]
+fn join_cluster(broker: &Broker, cluster: &crate::config::Cluster) -> io::Result<()> {
+    if broker.peers().is_none() {
+        crate::cluster::start(broker, cluster).map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cluster"))]
+fn join_cluster(_: &Broker, cluster: &crate::config::Cluster) -> io::Result<()> {
+    Err(io::Error::other(format!(
+        "cluster_redis {}: this midge was built without the cluster feature (cargo build --features cluster)",
+        cluster.redis
+    )))
 }
 
 /// A WebSocket listener's path, for the log line at start.

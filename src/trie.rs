@@ -91,6 +91,35 @@ impl<V> Trie<V> {
         Some(old)
     }
 
+    /// Number of clients subscribed to exactly `filter`.
+    pub fn subscribers(&self, filter: &str) -> usize {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return 0,
+            }
+        }
+        node.subscribers.len()
+    }
+
+    /// Every filter with at least one subscriber (walked with a list of
+    /// nodes still to visit, not by recursion).
+    pub fn filters(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending: Vec<(&Node<V>, String)> =
+            self.root.children.iter().map(|(level, node)| (node, level.to_string())).collect();
+        while let Some((node, path)) = pending.pop() {
+            for (level, child) in &node.children {
+                pending.push((child, format!("{path}/{level}")));
+            }
+            if !node.subscribers.is_empty() {
+                found.push(path);
+            }
+        }
+        found
+    }
+
     /// Number of (filter, client) subscriptions.
     pub fn len(&self) -> usize {
         self.len
@@ -198,5 +227,23 @@ mod tests {
             .unwrap()
             .join()
             .expect("no stack overflow");
+    }
+
+    #[test]
+    fn filters_and_subscribers_name_what_is_subscribed() {
+        let mut trie = Trie::default();
+        for (filter, client) in [("a/+", "x"), ("a/+", "y"), ("/a", "x"), ("a/", "x"), ("a/b/#", "x")] {
+            trie.insert(filter, client.into(), 0u8);
+        }
+        let mut filters = trie.filters();
+        filters.sort();
+        assert_eq!(filters, ["/a", "a/", "a/+", "a/b/#"]);
+        assert_eq!((trie.subscribers("a/+"), trie.subscribers("a/b"), trie.subscribers("x")), (2, 0, 0));
+        trie.remove("a/+", "x");
+        trie.remove("a/b/#", "x");
+        assert_eq!(trie.subscribers("a/+"), 1);
+        let mut filters = trie.filters();
+        filters.sort();
+        assert_eq!(filters, ["/a", "a/", "a/+"], "a level kept only on the way to a/b/# is not a filter");
     }
 }

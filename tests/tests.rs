@@ -11,6 +11,9 @@ mod bad_input;
 mod binary;
 /// Bridges to Mosquitto and to another midge: topics, QoS, faults, loops.
 mod bridge;
+/// A cluster of nodes on Redis: routes and forwarding across nodes.
+#[cfg(feature = "cluster")]
+mod cluster;
 /// Smaller normative statements, one test each, and the check that
 /// docs/conformance.md names only tests that exist.
 mod conformance;

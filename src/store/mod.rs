@@ -13,6 +13,8 @@ mod wal;
 mod writer;
 
 pub use self::redb::{FILE_NAME, RedbStore};
+#[cfg(feature = "cluster")]
+pub(crate) use self::redb::{decode_message, encode_message_into};
 pub use memory::MemoryStore;
 pub use wal::{SEGMENT_BYTES, SEGMENT_BYTES_ENV, WalStore};
 pub use writer::{Persistence, Ticket, TicketStatus};

@@ -319,7 +319,7 @@ fn encode_message(m: &StoredMessage) -> Vec<u8> {
 }
 
 /// [`encode_message`] appended to `out`.
-pub(super) fn encode_message_into(m: &StoredMessage, out: &mut Vec<u8>) {
+pub(crate) fn encode_message_into(m: &StoredMessage, out: &mut Vec<u8>) {
     let qos_at = out.len();
     out.push(m.qos as u8);
     out.push(u8::from(m.retain));
@@ -329,7 +329,7 @@ pub(super) fn encode_message_into(m: &StoredMessage, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.payload);
 }
 
-pub(super) fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
+pub(crate) fn decode_message(bytes: &[u8]) -> Option<StoredMessage> {
     let (&[qos, retain, hi, lo], rest) = bytes.split_first_chunk::<4>()?;
     let len = usize::from(u16::from_be_bytes([hi, lo]));
     let topic = std::str::from_utf8(rest.get(..len)?).ok()?;

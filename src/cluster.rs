@@ -1,0 +1,676 @@
+//! A node of a cluster on Redis (the `cluster` feature; `docs/cluster.md`
+//! has the design and what is not built yet).
+//!
+//! Redis is reached with the `redis` crate's synchronous client on three
+//! threads of the cluster's own, so no async runtime (and no tokio crate)
+//! comes with it and an embedder's executor never runs a blocking call:
+//! - `midge-cluster-routes` renews this node's lease, keeps the replica of
+//!   the other nodes' routes (their filters) and follows their changes;
+//! - `midge-cluster-out` writes this node's route changes and forwards
+//!   messages, one stream entry per destination node and batch;
+//! - `midge-cluster-in` reads this node's stream with a consumer group and
+//!   routes what arrives to the local subscribers only.
+//!
+//! The broker talks to it through [`Peers`]: calls that only read the
+//! replica and hand work to a channel, never waiting for Redis.
+
+use crate::broker::{Broker, Peers};
+use crate::session::Message;
+use crate::trie::Trie;
+use redis::streams::StreamReadReply;
+use redis::{Connection, RedisResult, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a node counts as alive after its last renewal.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How often the lease is renewed (and the membership read).
+const BEAT: Duration = Duration::from_secs(1);
+/// Longest a blocking stream read waits before the thread looks around.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Longest any other Redis call may take before the connection is given
+/// up and made again.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages per forwarded stream entry (and items per pipeline).
+const MAX_BATCH: usize = 512;
+/// Messages waiting for the forwarder; beyond it they are dropped and
+/// counted (Redis is gone or too slow), not queued without bound.
+const MAX_WAITING: usize = 100_000;
+/// Entries kept in the route log (approximately: Redis trims in blocks).
+const ROUTE_LOG_LEN: usize = 100_000;
+/// Entries kept in a node's incoming stream.
+const STREAM_LEN: usize = 100_000;
+/// The consumer group every node reads its own stream with.
+const GROUP: &str = "midge";
+/// Largest message a forwarded batch may declare.
+const MAX_MESSAGE: usize = 256 << 20;
+
+const NODES: &str = "midge:nodes";
+const ROUTE_LOG: &str = "midge:routelog";
+
+fn routes_key(node: &str) -> String {
+    format!("midge:routes:{node}")
+}
+
+fn stream_key(node: &str) -> String {
+    format!("midge:in:{node}")
+}
+
+/// Renews `ARGV[1]`'s lease by `ARGV[2]` ms on Redis's clock and returns
+/// the nodes whose lease has not ended.
+const BEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
+/// This node in the cluster.
+pub struct Cluster {
+    node: Arc<str>,
+    client: redis::Client,
+    replica: RwLock<Replica>,
+    out: Sender<Out>,
+    /// Messages handed to the forwarder and not yet written.
+    waiting: AtomicUsize,
+    stopping: AtomicBool,
+    /// Messages written to other nodes' streams.
+    pub forwarded: AtomicU64,
+    /// Messages read from this node's stream.
+    pub received: AtomicU64,
+    /// Messages not forwarded because too many were waiting.
+    pub dropped: AtomicU64,
+}
+
+/// What the other nodes subscribe to, as this node last read it.
+#[derive(Default)]
+struct Replica {
+    /// Filter, then node id.
+    routes: Trie<()>,
+    /// Each node's filters (to drop a node's routes at once).
+    by_node: HashMap<Arc<str>, HashSet<String>>,
+    /// Nodes whose lease has not ended, this one excluded.
+    live: HashSet<Arc<str>>,
+}
+
+impl Replica {
+    fn add(&mut self, node: &Arc<str>, filter: &str) {
+        if self.by_node.entry(node.clone()).or_default().insert(filter.to_owned()) {
+            self.routes.insert(filter, node.clone(), ());
+        }
+    }
+
+    fn remove(&mut self, node: &str, filter: &str) {
+        if let Some(filters) = self.by_node.get_mut(node)
+            && filters.remove(filter)
+        {
+            self.routes.remove(filter, node);
+        }
+    }
+
+    fn reset(&mut self, node: &str) {
+        for filter in self.by_node.remove(node).unwrap_or_default() {
+            self.routes.remove(&filter, node);
+        }
+    }
+
+    /// The live nodes with a filter matching `topic`, each once.
+    fn nodes_for(&self, topic: &str) -> Vec<Arc<str>> {
+        let mut nodes: Vec<Arc<str>> = Vec::new();
+        self.routes.for_each_match(topic, |node, ()| {
+            if self.live.contains(node) && !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        });
+        nodes
+    }
+}
+
+/// Work for the forwarder, in the order it was handed over.
+enum Out {
+    /// This node's first subscription to a filter (`true`) or its last
+    /// unsubscription (`false`).
+    Route(bool, String),
+    /// A message for these nodes.
+    Message(Vec<Arc<str>>, Message),
+}
+
+fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
+    replica.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(replica: &RwLock<Replica>) -> std::sync::RwLockWriteGuard<'_, Replica> {
+    replica.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Joins the cluster `config` names: checks that Redis answers, starts the
+/// node's threads and tells the broker. An unreachable Redis is an error
+/// here (at start); later it is retried.
+pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Cluster>, String> {
+    let redis = &config.redis;
+    let client = redis::Client::open(redis.as_str()).map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    let mut con = connect(&client).map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    let node: Arc<str> = config.node_id.as_str().into();
+    // What an earlier life of this node left is not its routes now.
+    let reset: RedisResult<()> = redis::pipe()
+        .atomic()
+        .del(routes_key(&node))
+        .ignore()
+        .add_command(log_entry(&node, "reset", ""))
+        .ignore()
+        .query(&mut con);
+    reset.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    let (out, queue) = mpsc::channel();
+    let cluster = Arc::new(Cluster {
+        node: node.clone(),
+        client,
+        replica: RwLock::new(Replica::default()),
+        out,
+        waiting: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        forwarded: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+    });
+    let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name.into()).spawn(run).map(drop).map_err(|e| format!("{name}: {e}"))
+    };
+    let c = cluster.clone();
+    spawn("midge-cluster-routes", Box::new(move || follow_routes(&c, Some(con))))?;
+    let c = cluster.clone();
+    spawn("midge-cluster-out", Box::new(move || forward_out(&c, &queue)))?;
+    let (c, b) = (cluster.clone(), broker.clone());
+    spawn("midge-cluster-in", Box::new(move || receive(&c, &b)))?;
+    if !broker.join(cluster.clone()) {
+        return Err("the broker is in a cluster already".into());
+    }
+    log::info!("cluster: node {node} joined through {redis} (lease {}s)", LEASE.as_secs());
+    Ok(cluster)
+}
+
+fn connect(client: &redis::Client) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    con.set_read_timeout(Some(IO_TIMEOUT + BLOCK))?;
+    Ok(con)
+}
+
+/// A route log entry: `node` did `op` (`+`, `-`, `reset`) on `filter`.
+fn log_entry(node: &str, op: &str, filter: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(ROUTE_LOG).arg("MAXLEN").arg("~").arg(ROUTE_LOG_LEN).arg("*");
+    cmd.arg("node").arg(node).arg("op").arg(op).arg("filter").arg(filter);
+    cmd
+}
+
+impl Cluster {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The other nodes whose lease has not ended, as last read.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = read(&self.replica).live.iter().map(|n| n.to_string()).collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits `d`, or less when the node stops.
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+    }
+}
+
+impl Peers for Cluster {
+    fn forward(&self, message: &Message) {
+        // $SYS is each node's own.
+        if message.topic.starts_with("$SYS") {
+            return;
+        }
+        let nodes = read(&self.replica).nodes_for(&message.topic);
+        if nodes.is_empty() {
+            return;
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::limited!(
+                "cluster forward dropped",
+                log::Level::Warn,
+                "cluster: {MAX_WAITING} messages wait for Redis already: a message to {} not forwarded",
+                message.topic
+            );
+            return;
+        }
+        let _ = self.out.send(Out::Message(nodes, message.clone()));
+    }
+
+    fn filter_added(&self, filter: &str) {
+        let _ = self.out.send(Out::Route(true, filter.to_owned()));
+    }
+
+    fn filter_removed(&self, filter: &str) {
+        let _ = self.out.send(Out::Route(false, filter.to_owned()));
+    }
+
+    fn nodes_for(&self, topic: &str) -> Vec<String> {
+        let mut nodes: Vec<String> = read(&self.replica).nodes_for(topic).iter().map(|n| n.to_string()).collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Leave at once rather than when the lease runs out.
+        let left: RedisResult<()> = connect(&self.client).and_then(|mut con| {
+            redis::pipe()
+                .zrem(NODES, &*self.node)
+                .ignore()
+                .del(routes_key(&self.node))
+                .ignore()
+                .add_command(log_entry(&self.node, "reset", ""))
+                .ignore()
+                .query(&mut con)
+        });
+        match left {
+            Ok(()) => log::info!("cluster: node {} left", self.node),
+            Err(e) => log::warn!("cluster: node {} could not tell Redis it leaves ({e}); its lease ends it", self.node),
+        }
+    }
+}
+
+/// Renews the lease; the live nodes, this one excluded.
+fn beat(con: &mut Connection, node: &Arc<str>) -> RedisResult<HashSet<Arc<str>>> {
+    let live: Vec<String> =
+        redis::cmd("EVAL").arg(BEAT_SCRIPT).arg(1).arg(NODES).arg(&**node).arg(LEASE.as_millis() as u64).query(con)?;
+    Ok(live.into_iter().filter(|n| **n != **node).map(Arc::from).collect())
+}
+
+/// Reads the whole route table of the `live` nodes; returns the route log
+/// id it is current at (changes after it are read from the log).
+fn load_routes(con: &mut Connection, live: &HashSet<Arc<str>>) -> RedisResult<(Replica, String)> {
+    // The log's position first: a change made while the sets are read is
+    // then read again from the log, which is harmless (set semantics).
+    let last: Value = redis::cmd("XREVRANGE").arg(ROUTE_LOG).arg("+").arg("-").arg("COUNT").arg(1).query(con)?;
+    let last = match last {
+        Value::Array(entries) => entries.first().and_then(entry_id),
+        _ => None,
+    };
+    let mut replica = Replica { live: live.clone(), ..Replica::default() };
+    for node in live {
+        let filters: Vec<String> = redis::cmd("SMEMBERS").arg(routes_key(node)).query(con)?;
+        for filter in filters {
+            replica.add(node, &filter);
+        }
+    }
+    Ok((replica, last.unwrap_or_else(|| "0-0".into())))
+}
+
+fn entry_id(entry: &Value) -> Option<String> {
+    match entry {
+        Value::Array(parts) => match parts.first()? {
+            Value::BulkString(id) => String::from_utf8(id.clone()).ok(),
+            Value::SimpleString(id) => Some(id.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The `midge-cluster-routes` thread.
+fn follow_routes(c: &Cluster, mut con: Option<Connection>) {
+    let mut position: Option<String> = None;
+    let mut next_beat = Instant::now();
+    let mut failures = 0u32;
+    while !c.stopping() {
+        let Some(conn) = con.as_mut() else {
+            match connect(&c.client) {
+                Ok(fresh) => (con, position) = (Some(fresh), None),
+                Err(e) => {
+                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
+                    c.pause(backoff(&mut failures));
+                }
+            }
+            continue;
+        };
+        let turn = (|| -> RedisResult<()> {
+            if Instant::now() >= next_beat {
+                let live = beat(conn, &c.node)?;
+                next_beat = Instant::now() + BEAT;
+                let mut replica = write(&c.replica);
+                if replica.live != live {
+                    let joined: Vec<_> = live.difference(&replica.live).cloned().collect();
+                    let gone: Vec<_> = replica.live.difference(&live).cloned().collect();
+                    for node in &joined {
+                        log::info!("cluster: node {node} is live");
+                    }
+                    for node in &gone {
+                        log::info!("cluster: node {node} left or its lease ended");
+                        replica.reset(node);
+                    }
+                    replica.live = live;
+                    // A node that joined: its routes are read whole.
+                    if !joined.is_empty() {
+                        position = None;
+                    }
+                }
+            }
+            let from = match position.clone() {
+                Some(p) => p,
+                None => {
+                    let live = read(&c.replica).live.clone();
+                    let (replica, at) = load_routes(conn, &live)?;
+                    *write(&c.replica) = replica;
+                    position = Some(at.clone());
+                    at
+                }
+            };
+            let block = BLOCK.min(next_beat.saturating_duration_since(Instant::now())).as_millis().max(1) as u64;
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(block)
+                .arg("STREAMS")
+                .arg(ROUTE_LOG)
+                .arg(&from)
+                .query(conn)?;
+            let mut replica = write(&c.replica);
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                let node = text(entry.map.get("node"));
+                let (op, filter) = (text(entry.map.get("op")), text(entry.map.get("filter")));
+                position = Some(entry.id);
+                let (Some(node), Some(op), Some(filter)) = (node, op, filter) else { continue };
+                if *node == *c.node {
+                    continue;
+                }
+                let node: Arc<str> = node.into();
+                match op.as_str() {
+                    "+" => replica.add(&node, &filter),
+                    "-" => replica.remove(&node, &filter),
+                    _ => replica.reset(&node),
+                }
+            }
+            Ok(())
+        })();
+        match turn {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
+                con = None;
+                c.pause(backoff(&mut failures));
+            }
+        }
+    }
+}
+
+/// 100 ms doubling to 2 s.
+fn backoff(failures: &mut u32) -> Duration {
+    *failures = (*failures + 1).min(5);
+    Duration::from_millis(100 << (*failures - 1)).min(Duration::from_secs(2))
+}
+
+/// The `midge-cluster-out` thread.
+fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
+    let mut con: Option<Connection> = None;
+    let mut batch: Vec<Out> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if batch.is_empty() {
+            match queue.recv_timeout(Duration::from_millis(200)) {
+                Ok(item) => batch.push(item),
+                Err(RecvTimeoutError::Timeout) if !c.stopping() => continue,
+                Err(_) => return,
+            }
+            batch.extend(std::iter::from_fn(|| queue.try_recv().ok()).take(MAX_BATCH - 1));
+        }
+        if c.stopping() {
+            return;
+        }
+        if con.is_none() {
+            match connect(&c.client) {
+                Ok(fresh) => con = Some(fresh),
+                Err(e) => {
+                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
+                    c.pause(backoff(&mut failures));
+                    continue;
+                }
+            }
+        }
+        let conn = con.as_mut().expect("connected above");
+        let (pipe, messages) = pipeline(&c.node, &batch);
+        match pipe.query::<()>(conn) {
+            Ok(()) => {
+                failures = 0;
+                let taken = batch.iter().filter(|o| matches!(o, Out::Message(..))).count();
+                c.waiting.fetch_sub(taken, Ordering::AcqRel);
+                c.forwarded.fetch_add(messages, Ordering::Relaxed);
+                batch.clear();
+            }
+            // The batch is sent again on a new connection (a route change
+            // twice is harmless; a message twice is at most a duplicate).
+            Err(e) => {
+                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
+                con = None;
+                c.pause(backoff(&mut failures));
+            }
+        }
+    }
+}
+
+/// One pipeline for a batch: route changes in order, then one stream
+/// entry per destination node with its messages in order. Also returns
+/// the number of message copies.
+fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
+    let mut pipe = redis::pipe();
+    let mut per_node: Vec<(Arc<str>, Vec<u8>)> = Vec::new();
+    let mut copies = 0;
+    for item in batch {
+        match item {
+            Out::Route(add, filter) => {
+                match add {
+                    true => pipe.sadd(routes_key(node), filter).ignore(),
+                    false => pipe.srem(routes_key(node), filter).ignore(),
+                };
+                pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
+            }
+            Out::Message(nodes, message) => {
+                let mut encoded = Vec::new();
+                crate::store::encode_message_into(message, &mut encoded);
+                for dest in nodes {
+                    let at = match per_node.iter().position(|(n, _)| n == dest) {
+                        Some(at) => at,
+                        None => {
+                            per_node.push((dest.clone(), Vec::new()));
+                            per_node.len() - 1
+                        }
+                    };
+                    let buf = &mut per_node[at].1;
+                    buf.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(&encoded);
+                    copies += 1;
+                }
+            }
+        }
+    }
+    for (dest, messages) in per_node {
+        pipe.cmd("XADD")
+            .arg(stream_key(&dest))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_LEN)
+            .arg("*")
+            .arg("from")
+            .arg(node)
+            .arg("m")
+            .arg(messages)
+            .ignore();
+    }
+    (pipe, copies)
+}
+
+/// The messages of a forwarded batch; decoding stops at the first one that
+/// does not fit what is left.
+fn decode_batch(mut bytes: &[u8]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while let Some((len, rest)) = bytes.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > rest.len() || len > MAX_MESSAGE {
+            log::warn!("cluster: a forwarded batch is cut short ({len} bytes declared, {} left)", rest.len());
+            break;
+        }
+        match crate::store::decode_message(&rest[..len]) {
+            Some(m) => messages.push(m),
+            None => log::warn!("cluster: a forwarded message does not decode; skipped"),
+        }
+        bytes = &rest[len..];
+    }
+    messages
+}
+
+/// The `midge-cluster-in` thread.
+fn receive(c: &Cluster, broker: &Broker) {
+    let key = stream_key(&c.node);
+    let mut con: Option<Connection> = None;
+    let mut failures = 0u32;
+    // After a restart, first what was read and not acknowledged before.
+    let mut backlog = true;
+    while !c.stopping() {
+        if con.is_none() {
+            match connect(&c.client).and_then(|mut fresh| create_group(&mut fresh, &key).map(|()| fresh)) {
+                Ok(fresh) => con = Some(fresh),
+                Err(e) => {
+                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
+                    c.pause(backoff(&mut failures));
+                    continue;
+                }
+            }
+        }
+        let conn = con.as_mut().expect("connected above");
+        let turn = (|| -> RedisResult<()> {
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&*c.node)
+                .arg("COUNT")
+                .arg(64)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(if backlog { "0" } else { ">" })
+                .query(conn)?;
+            let mut ids = Vec::new();
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                if let Some(Value::BulkString(bytes)) = entry.map.get("m") {
+                    for message in decode_batch(bytes) {
+                        c.received.fetch_add(1, Ordering::Relaxed);
+                        broker.publish_forwarded(message);
+                    }
+                }
+                ids.push(entry.id);
+            }
+            if ids.is_empty() {
+                backlog = false;
+                return Ok(());
+            }
+            redis::pipe()
+                .cmd("XACK")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&key)
+                .arg(&ids)
+                .ignore()
+                .query(conn)
+        })();
+        match turn {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
+                con = None;
+                c.pause(backoff(&mut failures));
+            }
+        }
+    }
+}
+
+/// Makes the consumer group of this node's stream (and the stream), unless
+/// they exist.
+fn create_group(con: &mut Connection, key: &str) -> RedisResult<()> {
+    let made: RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
+    match made {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::QoS;
+
+    #[test]
+    fn a_replica_matches_each_live_node_once() {
+        let mut r = Replica::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        r.add(&a, "s/+");
+        r.add(&a, "s/#");
+        r.add(&b, "s/1");
+        r.live.insert(a.clone());
+        assert_eq!(r.nodes_for("s/1"), vec![a.clone()], "b is not live");
+        r.live.insert(b.clone());
+        let mut nodes = r.nodes_for("s/1");
+        nodes.sort();
+        assert_eq!(nodes, vec![a.clone(), b.clone()]);
+        r.remove("a", "s/+");
+        assert_eq!(r.nodes_for("s/2"), vec![a.clone()], "s/# is still there");
+        r.reset("a");
+        assert!(r.nodes_for("s/2").is_empty());
+        assert_eq!(r.nodes_for("s/1"), vec![b]);
+    }
+
+    #[test]
+    fn a_batch_decodes_what_was_encoded_and_stops_at_a_short_one() {
+        let m = Message::new("t/1".into(), bytes::Bytes::from_static(b"hello"), QoS::AtLeastOnce, true);
+        let mut one = Vec::new();
+        crate::store::encode_message_into(&m, &mut one);
+        let mut batch = Vec::new();
+        for _ in 0..2 {
+            batch.extend_from_slice(&(one.len() as u32).to_be_bytes());
+            batch.extend_from_slice(&one);
+        }
+        let decoded = decode_batch(&batch);
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(
+            (&*decoded[1].topic, &decoded[1].payload[..], decoded[1].qos, decoded[1].retain),
+            ("t/1", &b"hello"[..], QoS::AtLeastOnce, true)
+        );
+        batch.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode_batch(&batch).len(), 2, "a declared length past the end is not read");
+    }
+}

@@ -1,0 +1,141 @@
+//! A cluster of nodes on Redis (issue 15, in progress; docs/cluster.md):
+//! three nodes on one `redis-server` of the test's own, each node a broker
+//! on either runtime. What is built so far: routes replicated through
+//! Redis, a publish on any node delivered once to every matching
+//! subscriber on every node, a node's last unsubscription and its leaving
+//! taking its routes away.
+
+use crate::support::{TempDir, TestBroker, packets, process::Process};
+use midge::RuntimeKind;
+use midge::config::Cluster;
+use std::time::{Duration, Instant};
+
+/// A `redis-server` on a free port with its own directory, killed on drop.
+struct Redis {
+    _process: Process,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        // redis-server has no "port 0": take one the system hands out.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port_arg = port.to_string();
+        let args = ["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.arg()];
+        let mut process = Process::spawn("redis-server", &args);
+        process.wait_for("Ready to accept connections");
+        Redis { _process: process, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+fn node(kind: RuntimeKind, redis: &Redis, id: &str) -> TestBroker {
+    let url = redis.url();
+    TestBroker::start(kind, |c| c.cluster = Some(Cluster { redis: url, node_id: id.into() }))
+}
+
+/// Waits until `from` forwards a message on `topic` to exactly `nodes`
+/// (the route table and membership travel through Redis on their own
+/// threads; there is no event to await from outside).
+fn wait_for_routes(from: &TestBroker, topic: &str, nodes: &[&str]) {
+    let peers = from.broker.peers().expect("a cluster node");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = peers.nodes_for(topic);
+        if now == nodes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic}: routes to {now:?}, not {nodes:?}, after 15 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// QoS 0, 1 and 2 PUBLISHes from `publisher`, each acknowledged as its QoS
+/// says, then a QoS 0 marker.
+fn publish_all(publisher: &mut crate::support::client::Raw, prefix: &str) {
+    publisher.send(&packets::publish0("s/1", format!("{prefix}0").as_bytes()));
+    publisher.send(&packets::publish("s/1", format!("{prefix}1").as_bytes(), 1, 1));
+    publisher.expect(&packets::ack(0x40, 1));
+    publisher.send(&packets::publish("s/1", format!("{prefix}2").as_bytes(), 2, 2));
+    publisher.expect(&packets::ack(0x50, 2));
+    publisher.send(&packets::ack(0x62, 2));
+    publisher.expect(&packets::ack(0x70, 2));
+    publisher.send(&packets::publish0("s/1", format!("{prefix}-end").as_bytes()));
+}
+
+fn payloads(received: Vec<(String, u8, Vec<u8>, bool)>) -> Vec<(String, u8)> {
+    received.into_iter().map(|(_, qos, payload, _)| (String::from_utf8(payload).unwrap(), qos)).collect()
+}
+
+runtime_kind_test!(
+    /// MQTT-3.3.5-1 across nodes: a message published on any node reaches
+    /// every matching subscription on every node, once per client at the
+    /// subscription's QoS (a client with two matching filters gets one
+    /// copy), in the publisher's order; the publisher's own node delivers
+    /// locally and forwards once per other node.
+    cluster_mqtt_3_3_5_1_a_publish_on_any_node_reaches_every_matching_subscriber_once,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b, c) = (node(kind, &redis, "a"), node(kind, &redis, "b"), node(kind, &redis, "c"));
+        let mut on_b = b.client("sub-b");
+        on_b.subscribe(1, &[("s/+", 1)]);
+        let mut on_c = c.client("sub-c");
+        on_c.subscribe(1, &[("s/#", 2), ("s/1", 0)]);
+        wait_for_routes(&a, "s/1", &["b", "c"]);
+        wait_for_routes(&b, "s/1", &["c"]);
+
+        let mut publisher = a.client("pub-a");
+        publish_all(&mut publisher, "a");
+        let expected = |p: &str, top: u8| {
+            vec![(format!("{p}0"), 0), (format!("{p}1"), 1), (format!("{p}2"), 2.min(top)), (format!("{p}-end"), 0)]
+        };
+        assert_eq!(payloads(on_b.receive_and_ack(4)), expected("a", 1));
+        assert_eq!(payloads(on_c.receive_and_ack(4)), expected("a", 2));
+
+        // From b: b's own subscriber gets it here, c's through the cluster.
+        let mut publisher = b.client("pub-b");
+        publish_all(&mut publisher, "b");
+        assert_eq!(payloads(on_b.receive_and_ack(4)), expected("b", 1));
+        assert_eq!(payloads(on_c.receive_and_ack(4)), expected("b", 2));
+        on_b.expect_nothing_queued();
+        on_c.expect_nothing_queued();
+    }
+);
+
+runtime_kind_test!(
+    /// MQTT-3.10.4-6 across nodes: once a node's last subscription to a
+    /// filter goes (UNSUBSCRIBE), other nodes stop forwarding to it; a node
+    /// that stops leaves the cluster at once, without waiting for its lease.
+    cluster_mqtt_3_10_4_6_unsubscribing_and_leaving_take_a_nodes_routes_away,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b) = (node(kind, &redis, "a"), node(kind, &redis, "b"));
+        let mut first = b.client("first");
+        first.subscribe(1, &[("u/#", 0)]);
+        let mut second = b.client("second");
+        second.subscribe(1, &[("u/#", 0)]);
+        wait_for_routes(&a, "u/1", &["b"]);
+        // One of two subscribers leaving keeps the route.
+        first.send(&packets::unsubscribe(2, &["u/#"]));
+        first.expect(&packets::ack(0xb0, 2));
+        let mut publisher = a.client("pub");
+        publisher.send(&packets::publish("u/1", b"still", 1, 1));
+        publisher.expect(&packets::ack(0x40, 1));
+        assert_eq!(payloads(second.receive_and_ack(1)), vec![("still".to_owned(), 0)]);
+        second.send(&packets::unsubscribe(2, &["u/#"]));
+        second.expect(&packets::ack(0xb0, 2));
+        wait_for_routes(&a, "u/1", &[]);
+
+        let mut again = b.client("again");
+        again.subscribe(1, &[("u/+", 0)]);
+        wait_for_routes(&a, "u/1", &["b"]);
+        drop(again);
+        drop(b);
+        wait_for_routes(&a, "u/1", &[]);
+    }
+);
