@@ -80,8 +80,10 @@ struct Shared {
 /// publishing connection's turn); the cluster does its I/O elsewhere.
 pub trait Peers: Send + Sync {
     /// A message published here (by a client, a will or a bridge), to be
-    /// sent on to the nodes whose subscriptions match.
-    fn forward(&self, message: &Message);
+    /// sent on to the nodes whose subscriptions match. For a QoS 1 or 2
+    /// message that goes anywhere, a receipt completed once it is where
+    /// the other nodes read it: its PUBACK / PUBREC waits for that.
+    fn forward(&self, message: &Message) -> Option<Arc<Receipt>>;
     /// The first subscription on this node to `filter` (a shared
     /// subscription counts under its inner filter).
     fn filter_added(&self, filter: &str);
@@ -949,10 +951,8 @@ impl Broker {
         pressed: &mut Vec<Arc<SessionHandle>>,
         defer: bool,
     ) -> Routing {
-        if let Some(peers) = self.shared.peers.get() {
-            peers.forward(&message);
-        }
-        self.route(from, message, retain, receipt, pressed, defer)
+        let forwarded = self.shared.peers.get().and_then(|peers| peers.forward(&message));
+        Routing { forwarded, ..self.route(from, message, retain, receipt, pressed, defer) }
     }
 
     /// [`Broker::publish_from`] on this node only.
@@ -985,7 +985,12 @@ impl Broker {
             if let Some(routed) =
                 crate::deferred::defer_again(self, &message, generation, receipt.as_deref_mut(), pressed)
             {
-                return Routing { retained: retained_ticket, copies: deferred_copies(&receipt), routed };
+                return Routing {
+                    retained: retained_ticket,
+                    copies: deferred_copies(&receipt),
+                    routed,
+                    forwarded: None,
+                };
             }
         }
         let mut targets: Vec<Target> = Vec::new();
@@ -1005,7 +1010,14 @@ impl Broker {
         targets.sort_unstable_by_key(|(s, sub)| (Arc::as_ptr(s), sub.id, std::cmp::Reverse(sub.options.qos)));
         if defer && shared.is_empty() {
             match crate::deferred::defer_matched(self, &message, generation, targets, receipt.as_deref_mut(), pressed) {
-                Ok(routed) => return Routing { retained: retained_ticket, copies: deferred_copies(&receipt), routed },
+                Ok(routed) => {
+                    return Routing {
+                        retained: retained_ticket,
+                        copies: deferred_copies(&receipt),
+                        routed,
+                        forwarded: None,
+                    };
+                }
                 Err(back) => targets = back,
             }
         }
@@ -1039,7 +1051,7 @@ impl Broker {
             ticket = ticket.max(t);
             routed += 1;
         }
-        Routing { retained: retained_ticket, copies: ticket, routed }
+        Routing { retained: retained_ticket, copies: ticket, routed, forwarded: None }
     }
 
     /// The member of shared subscription `group` that gets the next message,
@@ -1159,7 +1171,7 @@ pub(crate) fn groups(targets: &[Target]) -> std::slice::ChunkBy<'_, Target, impl
 }
 
 /// Where a routed message went, and the commits its acknowledgement waits for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Routing {
     /// The commit of its retained copy (must be durable before the PUBACK).
     pub retained: Ticket,
@@ -1167,4 +1179,7 @@ pub struct Routing {
     pub copies: Ticket,
     /// Sessions it was routed to.
     pub routed: usize,
+    /// Completed once the other nodes of a cluster can read it (a QoS 1
+    /// or 2 message forwarded to any).
+    pub forwarded: Option<Arc<Receipt>>,
 }

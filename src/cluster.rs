@@ -15,7 +15,9 @@
 //! replica and hand work to a channel, never waiting for Redis.
 
 use crate::broker::{Broker, Peers};
-use crate::session::Message;
+use crate::packet::QoS;
+use crate::session::{Message, Receipt};
+use crate::store::{Ticket, TicketStatus};
 use crate::trie::Trie;
 use redis::streams::StreamReadReply;
 use redis::{Connection, RedisResult, Value};
@@ -36,8 +38,10 @@ const BLOCK: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages per forwarded stream entry (and items per pipeline).
 const MAX_BATCH: usize = 512;
-/// Messages waiting for the forwarder; beyond it they are dropped and
-/// counted (Redis is gone or too slow), not queued without bound.
+/// QoS 0 messages waiting for the forwarder; beyond it they are dropped
+/// and counted (Redis is gone or too slow), not queued without bound.
+/// QoS 1 and 2 messages are never dropped: each holds its publisher's
+/// acknowledgement until it is written, which slows the publisher.
 const MAX_WAITING: usize = 100_000;
 /// Entries kept in the route log (approximately: Redis trims in blocks).
 const ROUTE_LOG_LEN: usize = 100_000;
@@ -134,8 +138,9 @@ enum Out {
     /// This node's first subscription to a filter (`true`) or its last
     /// unsubscription (`false`).
     Route(bool, String),
-    /// A message for these nodes.
-    Message(Vec<Arc<str>>, Message),
+    /// A message for these nodes, and the receipt its publisher's
+    /// acknowledgement waits for (QoS 1 and 2).
+    Message(Vec<Arc<str>>, Message, Option<Arc<Receipt>>),
 }
 
 fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -233,14 +238,20 @@ impl Cluster {
 }
 
 impl Peers for Cluster {
-    fn forward(&self, message: &Message) {
+    fn forward(&self, message: &Message) -> Option<Arc<Receipt>> {
         // $SYS is each node's own.
         if message.topic.starts_with("$SYS") {
-            return;
+            return None;
         }
         let nodes = read(&self.replica).nodes_for(&message.topic);
         if nodes.is_empty() {
-            return;
+            return None;
+        }
+        if message.qos != QoS::AtMostOnce {
+            let receipt = Receipt::waiting(1);
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let _ = self.out.send(Out::Message(nodes, message.clone(), Some(receipt.clone())));
+            return Some(receipt);
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -251,9 +262,10 @@ impl Peers for Cluster {
                 "cluster: {MAX_WAITING} messages wait for Redis already: a message to {} not forwarded",
                 message.topic
             );
-            return;
+            return None;
         }
-        let _ = self.out.send(Out::Message(nodes, message.clone()));
+        let _ = self.out.send(Out::Message(nodes, message.clone(), None));
+        None
     }
 
     fn filter_added(&self, filter: &str) {
@@ -463,10 +475,17 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
         match pipe.query::<()>(conn) {
             Ok(()) => {
                 failures = 0;
-                let taken = batch.iter().filter(|o| matches!(o, Out::Message(..))).count();
+                let mut taken = 0;
+                for item in batch.drain(..) {
+                    if let Out::Message(_, _, receipt) = item {
+                        taken += 1;
+                        if let Some(receipt) = receipt {
+                            receipt.complete();
+                        }
+                    }
+                }
                 c.waiting.fetch_sub(taken, Ordering::AcqRel);
                 c.forwarded.fetch_add(messages, Ordering::Relaxed);
-                batch.clear();
             }
             // The batch is sent again on a new connection (a route change
             // twice is harmless; a message twice is at most a duplicate).
@@ -495,7 +514,7 @@ fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
             }
-            Out::Message(nodes, message) => {
+            Out::Message(nodes, message, _) => {
                 let mut encoded = Vec::new();
                 crate::store::encode_message_into(message, &mut encoded);
                 for dest in nodes {
@@ -582,17 +601,31 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .arg(if backlog { "0" } else { ">" })
                 .query(conn)?;
             let mut ids = Vec::new();
+            let mut ticket = Ticket::default();
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 if let Some(Value::BulkString(bytes)) = entry.map.get("m") {
                     for message in decode_batch(bytes) {
                         c.received.fetch_add(1, Ordering::Relaxed);
-                        broker.publish_forwarded(message);
+                        ticket = ticket.max(broker.publish_forwarded(message));
                     }
                 }
                 ids.push(entry.id);
             }
             if ids.is_empty() {
                 backlog = false;
+                return Ok(());
+            }
+            // The entries go from Redis only once this node's persistent
+            // sessions have their copies durably: a crash before that reads
+            // them again (at least once).
+            if let Some(store) = broker.store()
+                && block_on(store.wait(ticket)) == TicketStatus::Failed
+            {
+                crate::limited!(
+                    "cluster store failed",
+                    log::Level::Error,
+                    "cluster: the store failed to commit forwarded messages; they stay in Redis to be read again"
+                );
                 return Ok(());
             }
             redis::pipe()
@@ -615,6 +648,25 @@ fn receive(c: &Cluster, broker: &Broker) {
                 c.pause(backoff(&mut failures));
             }
         }
+    }
+}
+
+/// Runs `future` to completion on this (cluster) thread.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 

@@ -853,7 +853,16 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                 // drained once the outbox is written, Event::Written) queued
                 // messages: one waker, registered inline on both signals.
                 let bell = client.session.rung_unless(kicked, !writing, client.conn).fuse();
-                let (front, receipt) = match held.front().map(|h| h.awaiting(broker)) {
+                // A front whose commit is done waits only for its forward
+                // (which may have completed since the last release: then
+                // the wait ends at once).
+                let forwarding = held
+                    .front()
+                    .filter(|h| h.forwarding().is_some() || h.stored(broker) == TicketStatus::Committed)
+                    .and_then(|h| h.forwarded.clone());
+                let front_stored =
+                    held.front().filter(|h| forwarding.is_none() || h.stored(broker) == TicketStatus::Pending);
+                let (front, receipt) = match front_stored.map(|h| h.awaiting(broker)) {
                     Some((ticket, receipt)) => (Some(ticket), receipt),
                     None => (None, None),
                 };
@@ -876,16 +885,23 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     true => Fuse::terminated(),
                     false => Box::pin(relief(rt, &mut pressure, broker.config().slow_consumer_timeout)).fuse(),
                 };
+                // Boxed: only a cluster node's QoS 1/2 publishers wait so.
+                let forwarded: Fuse<Pin<Box<dyn Future<Output = ()> + Send>>> = match forwarding {
+                    Some(f) => (Box::pin(async move { f.acknowledged().await })
+                        as Pin<Box<dyn Future<Output = ()> + Send>>)
+                        .fuse(),
+                    None => Fuse::terminated(),
+                };
                 let rate_over = match steady.rate.as_ref().and_then(|r| r.until) {
                     None => Fuse::terminated(),
                     Some(until) => Box::pin(rt.sleep(until.saturating_duration_since(Instant::now()))).fuse(),
                 };
-                pin_mut!(io, bell, committed, relieved, rate_over);
+                pin_mut!(io, bell, committed, relieved, rate_over, forwarded);
                 // Polled in turn from a different one each time, as select!
                 // would at random: none is starved by another always ready.
                 // Written out: select!'s branch table made every idle
                 // connection's task larger.
-                steady.first_polled = (steady.first_polled + 1) % 6;
+                steady.first_polled = (steady.first_polled + 1) % 7;
                 let first_polled = steady.first_polled;
                 let timer = &mut *steady;
                 let event = future::poll_fn(|cx| {
@@ -898,8 +914,8 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                     if stopped(shutdown, broker) {
                         return Poll::Ready(Event::Shutdown);
                     }
-                    for i in 0..6 {
-                        let event = match (first_polled + i) % 6 {
+                    for i in 0..7 {
+                        let event = match (first_polled + i) % 7 {
                             0 => io.as_mut().poll(cx),
                             1 => std::mem::replace(&mut rung, Poll::Pending),
                             2 => match timer.deadline_passed(broker) {
@@ -908,6 +924,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
                             },
                             3 => committed.as_mut().poll(cx).map(|_| Event::Committed),
                             4 => relieved.as_mut().poll(cx).map(|()| Event::Relieved),
+                            5 => forwarded.as_mut().poll(cx).map(|()| Event::Committed),
                             _ => rate_over.as_mut().poll(cx).map(|()| Event::RateOver),
                         };
                         if event.is_ready() {
@@ -1140,11 +1157,26 @@ struct Held {
     /// A QoS 1 message's stored copies: their commit, or every copy
     /// acknowledged, whichever comes first.
     copies: Option<(Ticket, Arc<Receipt>)>,
+    /// The message's forward to a cluster's other nodes.
+    forwarded: Option<Arc<Receipt>>,
     packets: Vec<Packet>,
 }
 
 impl Held {
     fn status(&self, broker: &Broker) -> TicketStatus {
+        match self.stored(broker) {
+            TicketStatus::Committed if self.forwarding().is_some() => TicketStatus::Pending,
+            other => other,
+        }
+    }
+
+    /// The forward still to complete, if any.
+    fn forwarding(&self) -> Option<&Arc<Receipt>> {
+        self.forwarded.as_ref().filter(|f| !f.is_done())
+    }
+
+    /// What the store says of what these responses acknowledge.
+    fn stored(&self, broker: &Broker) -> TicketStatus {
         let status = |t| broker.store().map_or(TicketStatus::Committed, |s| s.status(t));
         match (status(self.ticket), &self.copies) {
             (TicketStatus::Committed, Some((_, receipt))) if receipt.is_done() => TicketStatus::Committed,
@@ -1198,8 +1230,9 @@ fn on_packet(
     }
     let ticket = client.take_ticket();
     let copies = client.take_copies();
-    if ticket != Ticket::default() || copies.is_some() || !held.is_empty() {
-        held.push_back(Held { ticket, copies, packets: out.split_off(mark) });
+    let forwarded = client.take_forwarded();
+    if ticket != Ticket::default() || copies.is_some() || forwarded.is_some() || !held.is_empty() {
+        held.push_back(Held { ticket, copies, forwarded, packets: out.split_off(mark) });
     }
     Ok(())
 }

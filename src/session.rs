@@ -99,11 +99,17 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// A receipt waiting for `n` completions (a forward to other nodes).
+    pub fn waiting(n: usize) -> Arc<Receipt> {
+        Arc::new(Receipt { pending: std::sync::atomic::AtomicUsize::new(n), done: event_listener::Event::new() })
+    }
+
     fn add(&self) {
         self.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    fn complete(&self) {
+    /// One counted copy was acknowledged (or forwarded).
+    pub fn complete(&self) {
         if self.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             self.done.notify(usize::MAX);
         }

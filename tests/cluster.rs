@@ -5,7 +5,7 @@
 //! subscriber on every node, a node's last unsubscription and its leaving
 //! taking its routes away.
 
-use crate::support::{TempDir, TestBroker, packets, process::Process};
+use crate::support::{TempDir, TestBroker, packets, process, process::Process};
 use midge::RuntimeKind;
 use midge::config::Cluster;
 use std::time::{Duration, Instant};
@@ -27,6 +27,14 @@ impl Redis {
         let mut process = Process::spawn("redis-server", &args);
         process.wait_for("Ready to accept connections");
         Redis { _process: process, port, _dir: dir }
+    }
+
+    /// Runs `redis-cli` against this server.
+    fn cli(&self, args: &[&str]) {
+        let port = self.port.to_string();
+        let mut all = vec!["-p", &port];
+        all.extend_from_slice(args);
+        assert_eq!(process::run("redis-cli", &all), Some(0), "redis-cli {args:?}");
     }
 
     fn url(&self) -> String {
@@ -137,5 +145,38 @@ runtime_kind_test!(
         drop(again);
         drop(b);
         wait_for_routes(&a, "u/1", &[]);
+    }
+);
+
+runtime_kind_test!(
+    /// MQTT-4.3.2-2 (QoS 1) and MQTT-4.3.3-2 (QoS 2) across nodes: the
+    /// PUBACK / PUBREC means the message is where the other nodes read it.
+    /// While Redis accepts no writes (`CLIENT PAUSE … WRITE`), a publish
+    /// to a filter another node has is not acknowledged; once Redis takes
+    /// it, the acknowledgement comes and the other node's subscriber gets
+    /// the message.
+    cluster_mqtt_4_3_2_2_the_acknowledgement_waits_until_redis_has_the_forward,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b) = (node(kind, &redis, "a"), node(kind, &redis, "b"));
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("w/#", 2)]);
+        wait_for_routes(&a, "w/1", &["b"]);
+        let mut publisher = a.client("pub");
+        redis.cli(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+        publisher.send(&packets::publish("w/1", b"one", 1, 7));
+        publisher.send(&packets::publish("w/2", b"two", 2, 8));
+        publisher.set_read_timeout(Duration::from_millis(500));
+        match publisher.try_recv() {
+            Ok(p) => panic!("acknowledged while Redis took no writes: {}", p.summary()),
+            Err(e) => assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}"),
+        }
+        publisher.set_read_timeout(Duration::from_secs(20));
+        redis.cli(&["CLIENT", "UNPAUSE"]);
+        publisher.expect(&packets::ack(0x40, 7));
+        publisher.expect(&packets::ack(0x50, 8));
+        publisher.send(&packets::ack(0x62, 8));
+        publisher.expect(&packets::ack(0x70, 8));
+        assert_eq!(payloads(sub.receive_and_ack(2)), vec![("one".to_owned(), 1), ("two".to_owned(), 2)]);
     }
 );

@@ -62,6 +62,9 @@ pub struct Noted {
     /// The commit of the stored copies of the QoS 1 message being answered,
     /// and their receipt: its PUBACK waits for either.
     copies: Option<(Ticket, Arc<Receipt>)>,
+    /// The forward of that message to a cluster's other nodes: its
+    /// acknowledgement waits for it too.
+    forwarded: Option<Arc<Receipt>>,
     /// Sessions whose full queues took this client's messages because
     /// their clients are reading: the connection stops reading from this
     /// client until they have room (backpressure instead of loss).
@@ -116,6 +119,17 @@ impl Client {
     /// are committed or all acknowledged.
     pub fn wait_for_copies(&self, ticket: Ticket, receipt: Arc<Receipt>) {
         self.note(|n| n.copies = Some((ticket, receipt)));
+    }
+
+    /// Holds the current responses until the message is forwarded to the
+    /// cluster's other nodes.
+    pub fn wait_for_forward(&self, receipt: Arc<Receipt>) {
+        self.note(|n| n.forwarded = Some(receipt));
+    }
+
+    /// What [`Client::wait_for_forward`] noted since the last call.
+    pub fn take_forwarded(&self) -> Option<Arc<Receipt>> {
+        self.noted.lock().unwrap_or_else(PoisonError::into_inner).as_mut()?.forwarded.take()
     }
 
     /// What [`Client::wait_for_copies`] noted since the last call.

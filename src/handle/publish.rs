@@ -218,6 +218,9 @@ fn route(client: &Client, broker: &Broker, message: Message, retain: bool) -> Ro
     let counted = (message.qos == QoS::AtLeastOnce && broker.store().is_some()).then_some(&mut receipt);
     let routing = broker.publish_from(Some(client.id()), message, retain, counted, &mut pressed, true);
     client.wait_for(routing.retained);
+    if let Some(forwarded) = routing.forwarded {
+        client.wait_for_forward(forwarded);
+    }
     match receipt {
         Some(receipt) => client.wait_for_copies(routing.copies, receipt),
         None => client.wait_for(routing.copies),
