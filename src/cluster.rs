@@ -351,21 +351,16 @@ fn text(value: Option<&Value>) -> Option<String> {
 }
 
 /// The `midge-cluster-routes` thread.
-fn follow_routes(c: &Cluster, mut con: Option<Connection>) {
+fn follow_routes(c: &Cluster, con: Option<Connection>) {
     let mut position: Option<String> = None;
     let mut next_beat = Instant::now();
-    let mut failures = 0u32;
+    let mut link = Link { con, failures: 0 };
     while !c.stopping() {
-        let Some(conn) = con.as_mut() else {
-            match connect(&c.client) {
-                Ok(fresh) => (con, position) = (Some(fresh), None),
-                Err(e) => {
-                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
-                    c.pause(backoff(&mut failures));
-                }
-            }
-            continue;
-        };
+        // A new connection reads the table whole again.
+        if link.con.is_none() {
+            position = None;
+        }
+        let Some(conn) = link.get(c, no_setup) else { continue };
         let turn = (|| -> RedisResult<()> {
             if Instant::now() >= next_beat {
                 let live = beat(conn, &c.node)?;
@@ -426,28 +421,66 @@ fn follow_routes(c: &Cluster, mut con: Option<Connection>) {
             }
             Ok(())
         })();
-        match turn {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
-                con = None;
-                c.pause(backoff(&mut failures));
-            }
-        }
+        link.done(c, turn);
     }
 }
 
-/// 100 ms doubling to 2 s.
-fn backoff(failures: &mut u32) -> Duration {
-    *failures = (*failures + 1).min(5);
-    Duration::from_millis(100 << (*failures - 1)).min(Duration::from_secs(2))
+/// A thread's connection to Redis, made again (after a pause growing from
+/// 100 ms to 2 s) whenever a call on it failed.
+#[derive(Default)]
+struct Link {
+    con: Option<Connection>,
+    failures: u32,
+}
+
+impl Link {
+    /// The connection, made (and set up) if there is none; `None`, after
+    /// a pause, while Redis does not answer.
+    fn get(&mut self, c: &Cluster, setup: impl FnOnce(&mut Connection) -> RedisResult<()>) -> Option<&mut Connection> {
+        if self.con.is_none() {
+            match connect(&c.client).and_then(|mut fresh| setup(&mut fresh).map(|()| fresh)) {
+                Ok(fresh) => self.con = Some(fresh),
+                Err(e) => {
+                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
+                    self.pause(c);
+                    return None;
+                }
+            }
+        }
+        self.con.as_mut()
+    }
+
+    /// Whether `result` of a call on the connection is a success; a
+    /// failure gives the connection up.
+    fn done(&mut self, c: &Cluster, result: RedisResult<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                true
+            }
+            Err(e) => {
+                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
+                self.con = None;
+                self.pause(c);
+                false
+            }
+        }
+    }
+
+    fn pause(&mut self, c: &Cluster) {
+        self.failures = (self.failures + 1).min(5);
+        c.pause(Duration::from_millis(100 << (self.failures - 1)).min(Duration::from_secs(2)));
+    }
+}
+
+fn no_setup(_: &mut Connection) -> RedisResult<()> {
+    Ok(())
 }
 
 /// The `midge-cluster-out` thread.
 fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
-    let mut con: Option<Connection> = None;
+    let mut link = Link::default();
     let mut batch: Vec<Out> = Vec::new();
-    let mut failures = 0u32;
     loop {
         if batch.is_empty() {
             match queue.recv_timeout(Duration::from_millis(200)) {
@@ -460,40 +493,23 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
         if c.stopping() {
             return;
         }
-        if con.is_none() {
-            match connect(&c.client) {
-                Ok(fresh) => con = Some(fresh),
-                Err(e) => {
-                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
-                    c.pause(backoff(&mut failures));
-                    continue;
-                }
-            }
-        }
-        let conn = con.as_mut().expect("connected above");
+        let Some(conn) = link.get(c, no_setup) else { continue };
         let (pipe, messages) = pipeline(&c.node, &batch);
-        match pipe.query::<()>(conn) {
-            Ok(()) => {
-                failures = 0;
-                let mut taken = 0;
-                for item in batch.drain(..) {
-                    if let Out::Message(_, _, receipt) = item {
-                        taken += 1;
-                        if let Some(receipt) = receipt {
-                            receipt.complete();
-                        }
+        // On a failure the batch is sent again on a new connection (a route
+        // change twice is harmless; a message twice is at most a duplicate).
+        let sent = pipe.query::<()>(conn);
+        if link.done(c, sent) {
+            let mut taken = 0;
+            for item in batch.drain(..) {
+                if let Out::Message(_, _, receipt) = item {
+                    taken += 1;
+                    if let Some(receipt) = receipt {
+                        receipt.complete();
                     }
                 }
-                c.waiting.fetch_sub(taken, Ordering::AcqRel);
-                c.forwarded.fetch_add(messages, Ordering::Relaxed);
             }
-            // The batch is sent again on a new connection (a route change
-            // twice is harmless; a message twice is at most a duplicate).
-            Err(e) => {
-                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
-                con = None;
-                c.pause(backoff(&mut failures));
-            }
+            c.waiting.fetch_sub(taken, Ordering::AcqRel);
+            c.forwarded.fetch_add(messages, Ordering::Relaxed);
         }
     }
 }
@@ -571,22 +587,11 @@ fn decode_batch(mut bytes: &[u8]) -> Vec<Message> {
 /// The `midge-cluster-in` thread.
 fn receive(c: &Cluster, broker: &Broker) {
     let key = stream_key(&c.node);
-    let mut con: Option<Connection> = None;
-    let mut failures = 0u32;
+    let mut link = Link::default();
     // After a restart, first what was read and not acknowledged before.
     let mut backlog = true;
     while !c.stopping() {
-        if con.is_none() {
-            match connect(&c.client).and_then(|mut fresh| create_group(&mut fresh, &key).map(|()| fresh)) {
-                Ok(fresh) => con = Some(fresh),
-                Err(e) => {
-                    crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis unreachable: {e}");
-                    c.pause(backoff(&mut failures));
-                    continue;
-                }
-            }
-        }
-        let conn = con.as_mut().expect("connected above");
+        let Some(conn) = link.get(c, |con| create_group(con, &key)) else { continue };
         let turn = (|| -> RedisResult<()> {
             let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
@@ -640,14 +645,7 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .ignore()
                 .query(conn)
         })();
-        match turn {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                crate::limited!("cluster redis", log::Level::Warn, "cluster: Redis: {e}; connecting again");
-                con = None;
-                c.pause(backoff(&mut failures));
-            }
-        }
+        link.done(c, turn);
     }
 }
 
