@@ -80,10 +80,11 @@ struct Shared {
 /// publishing connection's turn); the cluster does its I/O elsewhere.
 pub trait Peers: Send + Sync {
     /// A message published here (by a client, a will or a bridge), to be
-    /// sent on to the nodes whose subscriptions match. For a QoS 1 or 2
-    /// message that goes anywhere, a receipt completed once it is where
-    /// the other nodes read it: its PUBACK / PUBREC waits for that.
-    fn forward(&self, message: &Message) -> Option<Arc<Receipt>>;
+    /// sent on to the nodes whose subscriptions match, and with `retain`
+    /// to the cluster's retained messages. For a QoS 1 or 2 message that
+    /// goes anywhere, a receipt completed once it is where the other nodes
+    /// read it: its PUBACK / PUBREC waits for that.
+    fn forward(&self, message: &Message, retain: bool) -> Option<Arc<Receipt>>;
     /// The first subscription on this node to `filter` (a shared
     /// subscription counts under its inner filter).
     fn filter_added(&self, filter: &str);
@@ -424,6 +425,28 @@ impl Broker {
     pub fn publish_forwarded(&self, message: Message) -> Ticket {
         let routing = self.route(None, message, false, None, &mut Vec::new(), false);
         routing.retained.max(routing.copies)
+    }
+
+    /// Sets (or, with an empty payload, clears) the retained message of a
+    /// topic without delivering it: the cluster's table says so.
+    pub fn retain_from_cluster(&self, message: &Message) -> Ticket {
+        self.keep_retained(message)
+    }
+
+    /// The topics with a retained message here.
+    pub fn retained_topics(&self) -> Vec<Arc<str>> {
+        read(&self.shared.retained).topics()
+    }
+
+    /// Stores `message` as its topic's retained message (an empty payload
+    /// clears it), here and in the store, in the same order.
+    fn keep_retained(&self, message: &Message) -> Ticket {
+        let mut retained = write(&self.shared.retained);
+        retained.set(message);
+        let kept = (!message.payload.is_empty()).then(|| Message { retain: true, ..message.clone() });
+        let ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
+        drop(retained);
+        ticket
     }
 
     /// The store, when the broker is durable.
@@ -951,7 +974,7 @@ impl Broker {
         pressed: &mut Vec<Arc<SessionHandle>>,
         defer: bool,
     ) -> Routing {
-        let forwarded = self.shared.peers.get().and_then(|peers| peers.forward(&message));
+        let forwarded = self.shared.peers.get().and_then(|peers| peers.forward(&message, retain));
         Routing { forwarded, ..self.route(from, message, retain, receipt, pressed, defer) }
     }
 
@@ -972,10 +995,7 @@ impl Broker {
         let mut ticket = Ticket::default();
         let mut retained_ticket = Ticket::default();
         if retain {
-            let mut retained = write(&self.shared.retained);
-            retained.set(&message);
-            let kept = (!message.payload.is_empty()).then(|| Message { retain: true, ..message.clone() });
-            retained_ticket = self.append(vec![Op::Retain(message.topic.clone(), kept)]);
+            retained_ticket = self.keep_retained(&message);
         }
         // In a connection's turn, a message to the same topic as the last
         // goes to the same sessions unless a subscription changed since.

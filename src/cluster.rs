@@ -54,6 +54,10 @@ const MAX_MESSAGE: usize = 256 << 20;
 
 const NODES: &str = "midge:nodes";
 const ROUTE_LOG: &str = "midge:routelog";
+/// Topic → the cluster's retained message (encoded as in the store).
+const RETAINED: &str = "midge:retained";
+/// Every change of `RETAINED`, in the order Redis made them.
+const RETAIN_LOG: &str = "midge:retainlog";
 
 fn routes_key(node: &str) -> String {
     format!("midge:routes:{node}")
@@ -138,9 +142,10 @@ enum Out {
     /// This node's first subscription to a filter (`true`) or its last
     /// unsubscription (`false`).
     Route(bool, String),
-    /// A message for these nodes, and the receipt its publisher's
-    /// acknowledgement waits for (QoS 1 and 2).
-    Message(Vec<Arc<str>>, Message, Option<Arc<Receipt>>),
+    /// A message for these nodes, whether it is the topic's retained
+    /// message now, and the receipt its publisher's acknowledgement waits
+    /// for (QoS 1 and 2).
+    Message(Vec<Arc<str>>, Message, bool, Option<Arc<Receipt>>),
 }
 
 fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -184,7 +189,8 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         std::thread::Builder::new().name(name.into()).spawn(run).map(drop).map_err(|e| format!("{name}: {e}"))
     };
     let c = cluster.clone();
-    spawn("midge-cluster-routes", Box::new(move || follow_routes(&c, Some(con))))?;
+    let b = broker.clone();
+    spawn("midge-cluster-routes", Box::new(move || follow_routes(&c, &b, Some(con))))?;
     let c = cluster.clone();
     spawn("midge-cluster-out", Box::new(move || forward_out(&c, &queue)))?;
     let (c, b) = (cluster.clone(), broker.clone());
@@ -238,20 +244,20 @@ impl Cluster {
 }
 
 impl Peers for Cluster {
-    fn forward(&self, message: &Message) -> Option<Arc<Receipt>> {
+    fn forward(&self, message: &Message, retain: bool) -> Option<Arc<Receipt>> {
         // $SYS is each node's own.
         if message.topic.starts_with("$SYS") {
             return None;
         }
         let nodes = read(&self.replica).nodes_for(&message.topic);
-        if nodes.is_empty() {
+        if nodes.is_empty() && !retain {
             return None;
         }
-        if message.qos != QoS::AtMostOnce {
-            let receipt = Receipt::waiting(1);
+        if message.qos != QoS::AtMostOnce || retain {
+            let receipt = (message.qos != QoS::AtMostOnce).then(|| Receipt::waiting(1));
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let _ = self.out.send(Out::Message(nodes, message.clone(), Some(receipt.clone())));
-            return Some(receipt);
+            let _ = self.out.send(Out::Message(nodes, message.clone(), retain, receipt.clone()));
+            return receipt;
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -264,7 +270,7 @@ impl Peers for Cluster {
             );
             return None;
         }
-        let _ = self.out.send(Out::Message(nodes, message.clone(), None));
+        let _ = self.out.send(Out::Message(nodes, message.clone(), false, None));
         None
     }
 
@@ -350,15 +356,39 @@ fn text(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// Makes this node's retained messages the cluster's table; returns the
+/// retained log's id it is current at.
+fn load_retained(con: &mut Connection, broker: &Broker) -> RedisResult<String> {
+    let last: Value = redis::cmd("XREVRANGE").arg(RETAIN_LOG).arg("+").arg("-").arg("COUNT").arg(1).query(con)?;
+    let last = match last {
+        Value::Array(entries) => entries.first().and_then(entry_id),
+        _ => None,
+    };
+    let table: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL").arg(RETAINED).query(con)?;
+    let mut kept = HashSet::new();
+    for (_, bytes) in table {
+        if let Some(message) = crate::store::decode_message(&bytes) {
+            kept.insert(message.topic.clone());
+            broker.retain_from_cluster(&message);
+        }
+    }
+    // What the cluster cleared while this node was away goes here too.
+    for topic in broker.retained_topics().into_iter().filter(|t| !kept.contains(t)) {
+        broker.retain_from_cluster(&Message::new(topic, bytes::Bytes::new(), QoS::AtMostOnce, true));
+    }
+    Ok(last.unwrap_or_else(|| "0-0".into()))
+}
+
 /// The `midge-cluster-routes` thread.
-fn follow_routes(c: &Cluster, con: Option<Connection>) {
+fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
     let mut position: Option<String> = None;
+    let mut retained_at: Option<String> = None;
     let mut next_beat = Instant::now();
     let mut link = Link { con, failures: 0 };
     while !c.stopping() {
-        // A new connection reads the table whole again.
+        // A new connection reads the tables whole again.
         if link.con.is_none() {
-            position = None;
+            (position, retained_at) = (None, None);
         }
         let Some(conn) = link.get(c, no_setup) else { continue };
         let turn = (|| -> RedisResult<()> {
@@ -393,6 +423,14 @@ fn follow_routes(c: &Cluster, con: Option<Connection>) {
                     at
                 }
             };
+            let retained_from = match retained_at.clone() {
+                Some(p) => p,
+                None => {
+                    let at = load_retained(conn, broker)?;
+                    retained_at = Some(at.clone());
+                    at
+                }
+            };
             let block = BLOCK.min(next_beat.saturating_duration_since(Instant::now())).as_millis().max(1) as u64;
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("COUNT")
@@ -401,10 +439,28 @@ fn follow_routes(c: &Cluster, con: Option<Connection>) {
                 .arg(block)
                 .arg("STREAMS")
                 .arg(ROUTE_LOG)
+                .arg(RETAIN_LOG)
                 .arg(&from)
+                .arg(&retained_from)
                 .query(conn)?;
+            let (mut routes, mut retained) = (Vec::new(), Vec::new());
+            for key in reply.into_iter().flat_map(|r| r.keys) {
+                match key.key.as_str() {
+                    ROUTE_LOG => routes.extend(key.ids),
+                    _ => retained.extend(key.ids),
+                }
+            }
+            // This node's own changes too: the log's order is the cluster's.
+            for entry in retained {
+                if let Some(Value::BulkString(bytes)) = entry.map.get("m")
+                    && let Some(message) = crate::store::decode_message(bytes)
+                {
+                    broker.retain_from_cluster(&message);
+                }
+                retained_at = Some(entry.id);
+            }
             let mut replica = write(&c.replica);
-            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            for entry in routes {
                 let node = text(entry.map.get("node"));
                 let (op, filter) = (text(entry.map.get("op")), text(entry.map.get("filter")));
                 position = Some(entry.id);
@@ -501,7 +557,7 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
         if link.done(c, sent) {
             let mut taken = 0;
             for item in batch.drain(..) {
-                if let Out::Message(_, _, receipt) = item {
+                if let Out::Message(_, _, _, receipt) = item {
                     taken += 1;
                     if let Some(receipt) = receipt {
                         receipt.complete();
@@ -514,11 +570,13 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
     }
 }
 
-/// One pipeline for a batch: route changes in order, then one stream
-/// entry per destination node with its messages in order. Also returns
-/// the number of message copies.
+/// One transaction for a batch: route changes and retained messages in
+/// order, then one stream entry per destination node with its messages in
+/// order. Also returns the number of message copies. A transaction, so
+/// that the retained table and its log change in one order for all.
 fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
     let mut pipe = redis::pipe();
+    pipe.atomic();
     let mut per_node: Vec<(Arc<str>, Vec<u8>)> = Vec::new();
     let mut copies = 0;
     for item in batch {
@@ -530,9 +588,17 @@ fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
             }
-            Out::Message(nodes, message, _) => {
+            Out::Message(nodes, message, retain, _) => {
                 let mut encoded = Vec::new();
                 crate::store::encode_message_into(message, &mut encoded);
+                if *retain {
+                    match message.payload.is_empty() {
+                        true => pipe.hdel(RETAINED, &*message.topic).ignore(),
+                        false => pipe.hset(RETAINED, &*message.topic, &encoded).ignore(),
+                    };
+                    pipe.cmd("XADD").arg(RETAIN_LOG).arg("MAXLEN").arg("~").arg(ROUTE_LOG_LEN).arg("*");
+                    pipe.arg("m").arg(&encoded).ignore();
+                }
                 for dest in nodes {
                     let at = match per_node.iter().position(|(n, _)| n == dest) {
                         Some(at) => at,

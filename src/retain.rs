@@ -67,6 +67,11 @@ impl Retained {
         Scan::Done
     }
 
+    /// Every topic with a retained message.
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        self.messages.keys().cloned().collect()
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.messages.len()

@@ -180,3 +180,48 @@ runtime_kind_test!(
         assert_eq!(payloads(sub.receive_and_ack(2)), vec![("one".to_owned(), 1), ("two".to_owned(), 2)]);
     }
 );
+
+/// Waits until `node` holds a retained message on `topic` (`true`) or none.
+fn wait_for_retained(node: &TestBroker, topic: &str, held: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.broker.retained_topics().iter().any(|t| &**t == topic) != held {
+        assert!(Instant::now() < deadline, "{topic}: retained here is not {held} after 15 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+runtime_kind_test!(
+    /// MQTT-3.3.1-6 and MQTT-3.3.1-10 across nodes: a retained message
+    /// published on one node is sent to a new subscription on any node,
+    /// including a node that joins later; an empty retained message
+    /// published on another node clears it everywhere.
+    cluster_mqtt_3_3_1_6_retained_messages_are_the_clusters,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b) = (node(kind, &redis, "a"), node(kind, &redis, "b"));
+        let mut publisher = a.client("pub");
+        publisher.send(&packets::publish_with("r/1", b"kept", 1, Some(1), true, false));
+        publisher.expect(&packets::ack(0x40, 1));
+        wait_for_retained(&b, "r/1", true);
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("r/#", 1)]);
+        let got = sub.receive_and_ack(1);
+        assert_eq!((got[0].0.as_str(), got[0].2.as_slice(), got[0].3), ("r/1", &b"kept"[..], true));
+
+        let c = node(kind, &redis, "c");
+        wait_for_retained(&c, "r/1", true);
+        let mut late = c.client("late");
+        late.subscribe(1, &[("r/1", 0)]);
+        assert_eq!(late.receive_and_ack(1)[0].2, b"kept");
+
+        // Cleared from c: a and b lose it too.
+        let mut clearing = c.client("clear");
+        clearing.send(&packets::publish_with("r/1", b"", 1, Some(2), true, false));
+        clearing.expect(&packets::ack(0x40, 2));
+        wait_for_retained(&a, "r/1", false);
+        wait_for_retained(&b, "r/1", false);
+        let mut fresh = a.client("fresh");
+        fresh.subscribe(1, &[("r/#", 1)]);
+        fresh.expect_nothing_queued();
+    }
+);
