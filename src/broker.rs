@@ -90,6 +90,9 @@ pub trait Peers: Send + Sync {
     fn filter_added(&self, filter: &str);
     /// The last subscription on this node to `filter` went.
     fn filter_removed(&self, filter: &str);
+    /// A client connected here with this id: the cluster's other nodes
+    /// end their connections with it (a takeover across nodes).
+    fn claim(&self, client_id: &Arc<str>);
     /// The other nodes a message on `topic` would go to now.
     fn nodes_for(&self, topic: &str) -> Vec<String>;
     /// The server stops: leave the cluster.
@@ -431,6 +434,20 @@ impl Broker {
     /// topic without delivering it: the cluster's table says so.
     pub fn retain_from_cluster(&self, message: &Message) -> Ticket {
         self.keep_retained(message)
+    }
+
+    /// Ends the connection attached to `client_id` here, as a takeover
+    /// does (5.0: DISCONNECT 0x8E): another node of the cluster took the
+    /// id. Whether one was attached.
+    pub fn take_over_from_cluster(&self, client_id: &str) -> bool {
+        let registry = lock(&self.shared.registry);
+        match registry.get(client_id).and_then(|e| e.kick.as_ref()) {
+            Some(kick) => {
+                kick.raise();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The topics with a retained message here.

@@ -76,9 +76,30 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";
 
+/// Takes a client id for `ARGV[1]` (the node) with a new fencing token
+/// and tells the previous owner, if another node, to end its connection
+/// (an entry on its stream); returns the token.
+const CLAIM_SCRIPT: &str = r"
+local prev = redis.call('HGET', KEYS[1], 'node')
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', token)
+if prev and prev ~= ARGV[1] then
+  redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token)
+end
+return token
+";
+
+/// Claims of client ids this node remembers, at most (completed ones are
+/// forgotten beyond it).
+const MAX_CLAIMS: usize = 100_000;
+
 /// This node in the cluster.
 pub struct Cluster {
     node: Arc<str>,
+    /// Client ids connected here: the fencing token of this node's claim
+    /// (`None`: not answered yet). A takeover notice with an older token
+    /// than this node's own claim is stale and ignored.
+    claims: std::sync::Mutex<HashMap<Arc<str>, Option<u64>>>,
     client: redis::Client,
     replica: RwLock<Replica>,
     out: Sender<Out>,
@@ -142,6 +163,8 @@ enum Out {
     /// This node's first subscription to a filter (`true`) or its last
     /// unsubscription (`false`).
     Route(bool, String),
+    /// A client id connected here.
+    Claim(Arc<str>),
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
@@ -176,6 +199,7 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
     let (out, queue) = mpsc::channel();
     let cluster = Arc::new(Cluster {
         node: node.clone(),
+        claims: std::sync::Mutex::new(HashMap::new()),
         client,
         replica: RwLock::new(Replica::default()),
         out,
@@ -280,6 +304,17 @@ impl Peers for Cluster {
 
     fn filter_removed(&self, filter: &str) {
         let _ = self.out.send(Out::Route(false, filter.to_owned()));
+    }
+
+    fn claim(&self, client_id: &Arc<str>) {
+        {
+            let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            if claims.len() >= MAX_CLAIMS {
+                claims.retain(|_, token| token.is_none());
+            }
+            claims.insert(client_id.clone(), None);
+        }
+        let _ = self.out.send(Out::Claim(client_id.clone()));
     }
 
     fn nodes_for(&self, topic: &str) -> Vec<String> {
@@ -553,8 +588,20 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
         let (pipe, messages) = pipeline(&c.node, &batch);
         // On a failure the batch is sent again on a new connection (a route
         // change twice is harmless; a message twice is at most a duplicate).
-        let sent = pipe.query::<()>(conn);
-        if link.done(c, sent) {
+        let sent = pipe.query::<Vec<u64>>(conn);
+        let tokens = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+        if link.done(c, sent.map(drop)) {
+            let claimed = batch.iter().filter_map(|o| match o {
+                Out::Claim(id) => Some(id),
+                _ => None,
+            });
+            let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, token) in claimed.zip(tokens) {
+                if let Some(slot @ None) = claims.get_mut(id) {
+                    *slot = Some(token);
+                }
+            }
+            drop(claims);
             let mut taken = 0;
             for item in batch.drain(..) {
                 if let Out::Message(_, _, _, receipt) = item {
@@ -587,6 +634,11 @@ fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
                     false => pipe.srem(routes_key(node), filter).ignore(),
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
+            }
+            // The one command whose answer is kept: the claim's token.
+            Out::Claim(id) => {
+                pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(2).arg(format!("midge:owner:{id}")).arg("midge:fence");
+                pipe.arg(node).arg(&**id).arg(STREAM_LEN);
             }
             Out::Message(nodes, message, retain, _) => {
                 let mut encoded = Vec::new();
@@ -674,6 +726,9 @@ fn receive(c: &Cluster, broker: &Broker) {
             let mut ids = Vec::new();
             let mut ticket = Ticket::default();
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                if let (Some(id), Some(token)) = (text(entry.map.get("kick")), text(entry.map.get("token"))) {
+                    taken_over(c, broker, &id, token.parse().unwrap_or(0));
+                }
                 if let Some(Value::BulkString(bytes)) = entry.map.get("m") {
                     for message in decode_batch(bytes) {
                         c.received.fetch_add(1, Ordering::Relaxed);
@@ -712,6 +767,22 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .query(conn)
         })();
         link.done(c, turn);
+    }
+}
+
+/// Another node took `id` with fencing token `token`: the connection here
+/// ends, unless this node claimed the id again since (a newer token, or a
+/// claim not answered yet, which Redis orders after that one).
+fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64) {
+    let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
+    match claims.get(id) {
+        Some(None) => return,
+        Some(Some(ours)) if *ours > token => return,
+        _ => claims.remove(id),
+    };
+    drop(claims);
+    if broker.take_over_from_cluster(id) {
+        log::info!("cluster: client {id} connected at another node: its connection here ends");
     }
 }
 

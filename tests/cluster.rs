@@ -225,3 +225,27 @@ runtime_kind_test!(
         fresh.expect_nothing_queued();
     }
 );
+
+runtime_kind_test!(
+    /// MQTT-3.1.4-2 across nodes: a client connecting at one node with a
+    /// client id connected at another takes it over; the other node closes
+    /// its connection. Taking it back works the same way, and the notice
+    /// of the first takeover does not close the newest connection.
+    cluster_mqtt_3_1_4_2_a_client_id_connected_at_another_node_is_taken_over,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b) = (node(kind, &redis, "a"), node(kind, &redis, "b"));
+        let mut first = a.client("roaming");
+        let mut second = b.client("roaming");
+        first.expect_closed_or_reset();
+        second.ping();
+        let mut third = a.client("roaming");
+        second.expect_closed_or_reset();
+        third.ping();
+        // Still connected once both nodes' notices were handled: a client
+        // on b that takes nothing over is answered after them.
+        let mut other = b.client("someone-else");
+        other.ping();
+        third.ping();
+    }
+);

@@ -49,6 +49,10 @@ pub fn connect(
     };
     let session_expiry = how.expiry;
     let attachment = broker.attach_with(&id, how, conn, kick);
+    // A bridge's own client exists on every node that runs the bridge.
+    if let Some(peers) = broker.peers().filter(|_| listener != crate::bridge::BRIDGE_LISTENER) {
+        peers.claim(&id);
+    }
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol != Protocol::V31;
     let config = broker.config();
