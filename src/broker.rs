@@ -74,6 +74,23 @@ struct Shared {
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
 }
 
+/// A cluster node's figures, for `$SYS` and the metrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// Live nodes, this one included.
+    pub nodes: u64,
+    /// Filters of the other live nodes in this node's route table.
+    pub routes: u64,
+    /// Message copies written to other nodes' streams.
+    pub forwarded: u64,
+    /// Messages read from this node's stream.
+    pub received: u64,
+    /// QoS 0 messages not forwarded because too many waited for Redis.
+    pub dropped: u64,
+    /// Messages waiting to be written to Redis (the forwarding lag).
+    pub waiting: u64,
+}
+
 /// The rest of a cluster, as the broker sees it: where its messages go
 /// beyond this node and what it tells about its subscriptions. Every call
 /// returns at once (they are made under the subscriptions' lock and on the
@@ -95,6 +112,8 @@ pub trait Peers: Send + Sync {
     fn claim(&self, client_id: &Arc<str>);
     /// The other nodes a message on `topic` would go to now.
     fn nodes_for(&self, topic: &str) -> Vec<String>;
+    /// What `$SYS` and the metrics show of the cluster.
+    fn figures(&self) -> ClusterFigures;
     /// The server stops: leave the cluster.
     fn stop(&self);
 }

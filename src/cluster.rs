@@ -306,6 +306,19 @@ impl Peers for Cluster {
         let _ = self.out.send(Out::Route(false, filter.to_owned()));
     }
 
+    fn figures(&self) -> crate::broker::ClusterFigures {
+        let replica = read(&self.replica);
+        let routes = replica.live.iter().map(|n| replica.by_node.get(n).map_or(0, HashSet::len)).sum::<usize>();
+        crate::broker::ClusterFigures {
+            nodes: replica.live.len() as u64 + 1,
+            routes: routes as u64,
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed) as u64,
+        }
+    }
+
     fn claim(&self, client_id: &Arc<str>) {
         {
             let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);

@@ -228,6 +228,16 @@ impl Collector for BrokerCollector {
         counter(&mut e, "store_commits", "Store transactions committed.", store.commits.load(Relaxed))?;
         let failed = "Store transactions that failed (what they covered was not acknowledged).";
         counter(&mut e, "store_commit_failures", failed, store.failures.load(Relaxed))?;
+        if let Some(peers) = broker.peers() {
+            let f = peers.figures();
+            gauge(&mut e, "cluster_nodes", "Live nodes of the cluster, this one included.", f.nodes)?;
+            gauge(&mut e, "cluster_routes", "Filters of the other live nodes in this node's route table.", f.routes)?;
+            counter(&mut e, "cluster_forwarded_messages", "Message copies forwarded to other nodes.", f.forwarded)?;
+            counter(&mut e, "cluster_received_messages", "Messages other nodes forwarded here.", f.received)?;
+            let dropped = "QoS 0 messages not forwarded: too many waited for Redis.";
+            counter(&mut e, "cluster_dropped_messages", dropped, f.dropped)?;
+            gauge(&mut e, "cluster_waiting_messages", "Messages waiting to be written to Redis.", f.waiting)?;
+        }
         let (sum, count, buckets) = store.histogram();
         family(
             &mut e,

@@ -50,6 +50,20 @@ fn publish_stats(broker: &Broker, started: Instant) {
     for (topic, value) in values {
         publish(broker, topic, value);
     }
+    if let Some(peers) = broker.peers() {
+        let f = peers.figures();
+        let figures = [
+            ("nodes", f.nodes),
+            ("routes", f.routes),
+            ("messages/forwarded", f.forwarded),
+            ("messages/received", f.received),
+            ("messages/dropped", f.dropped),
+            ("messages/waiting", f.waiting),
+        ];
+        for (topic, value) in figures {
+            publish(broker, &format!("cluster/{topic}"), value.to_string());
+        }
+    }
     for bridge in s.bridges() {
         let f = bridge.figures(broker);
         let figures = [

@@ -249,3 +249,60 @@ runtime_kind_test!(
         third.ping();
     }
 );
+
+/// `GET /metrics` from `addr`: each sample line's name (with labels) and value.
+fn metrics(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
+}
+
+runtime_kind_test!(
+    /// The cluster in `$SYS` and on the metrics endpoint: live nodes (this
+    /// one included), the other nodes' filters in the route table, the
+    /// messages forwarded.
+    cluster_membership_routes_and_forwarding_show_in_sys_and_metrics,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let url = redis.url();
+        let a = TestBroker::start(kind, |c| {
+            c.cluster = Some(Cluster { redis: url, node_id: "a".into() });
+            c.http_listener = Some("127.0.0.1:0".parse().unwrap());
+            c.sys_interval = Duration::from_secs(1);
+        });
+        let (b, _c) = (node(kind, &redis, "b"), node(kind, &redis, "c"));
+        let mut sub = b.client("sub");
+        sub.subscribe(1, &[("m/#", 0)]);
+        wait_for_routes(&a, "m/1", &["b"]);
+        let mut publisher = a.client("pub");
+        publisher.send(&packets::publish("m/1", b"x", 1, 1));
+        publisher.expect(&packets::ack(0x40, 1));
+        assert_eq!(payloads(sub.receive_and_ack(1)), vec![("x".to_owned(), 0)]);
+
+        let mut watcher = a.client("watcher");
+        watcher.subscribe(1, &[("$SYS/broker/cluster/#", 0)]);
+        let shows = |topic: &'static str, value: &'static [u8]| {
+            move |p: &crate::support::client::Received| {
+                let (t, _, v) = p.publish();
+                (t == topic && v == value).then_some(())
+            }
+        };
+        watcher.recv_until(Duration::from_secs(15), "3 nodes in $SYS", shows("$SYS/broker/cluster/nodes", b"3"));
+        watcher.recv_until(Duration::from_secs(15), "1 route in $SYS", shows("$SYS/broker/cluster/routes", b"1"));
+        let forwarded = "$SYS/broker/cluster/messages/forwarded";
+        watcher.recv_until(Duration::from_secs(15), "1 forwarded in $SYS", shows(forwarded, b"1"));
+        let m = metrics(a.http.expect("http_listener is set"));
+        assert_eq!(m.get("midge_cluster_nodes"), Some(&3.0), "{m:?}");
+        assert_eq!(m.get("midge_cluster_routes"), Some(&1.0));
+        assert_eq!(m.get("midge_cluster_forwarded_messages_total"), Some(&1.0));
+        assert_eq!(m.get("midge_cluster_dropped_messages_total"), Some(&0.0));
+    }
+);
