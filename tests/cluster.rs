@@ -306,3 +306,104 @@ runtime_kind_test!(
         assert_eq!(m.get("midge_cluster_dropped_messages_total"), Some(&0.0));
     }
 );
+
+/// Publishes QoS 0 on `topic` through `publisher` until `watcher` receives
+/// one: then the publisher's node routes `topic` (and every filter the
+/// watcher's node added before it) to the watcher's node.
+fn probe_routes(publisher: &mut crate::support::client::Raw, watcher: &mut crate::support::client::Raw, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    watcher.set_read_timeout(Duration::from_millis(50));
+    loop {
+        assert!(Instant::now() < deadline, "{topic} never crossed to the other node");
+        publisher.send(&packets::publish0(topic, b"probe"));
+        if watcher.try_recv().is_ok() {
+            break;
+        }
+    }
+    watcher.set_read_timeout(Duration::from_secs(20));
+}
+
+/// kill -9 of the node a publisher is connected to, mid-stream and while
+/// Redis takes no writes: every QoS 1 and QoS 2 message it acknowledged
+/// reaches a persistent subscriber on another node (QoS 2 once), because
+/// the acknowledgement waited for Redis.
+fn kill_9_of_the_publishing_node(runtime: &str, kill_after: usize) {
+    use crate::binary::start_with;
+    use crate::crash::{Subscriber, publish_stream};
+    let redis = Redis::start();
+    let url = redis.url();
+    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
+    let node_args =
+        |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id, "--max-queued-messages", "100000"];
+    let (_b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
+    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
+    sub.subscribe(1, &[("crash/#", 2)]);
+    sub.send(&packets::DISCONNECT);
+    sub.expect_closed();
+    let mut watcher = crate::support::client::Raw::connect(addr_b);
+    watcher.send(&packets::connect("watcher", true, 0));
+    watcher.expect(&packets::CONNACK_ACCEPTED);
+    watcher.subscribe(1, &[("probe", 0)]);
+
+    let (a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
+    let mut prober = crate::support::client::Raw::connect(addr_a);
+    prober.send(&packets::connect("prober", true, 0));
+    prober.expect(&packets::CONNACK_ACCEPTED);
+    probe_routes(&mut prober, &mut watcher, "probe");
+
+    let (progress, reached) = std::sync::mpsc::channel();
+    let publisher = std::thread::spawn(move || publish_stream(addr_a, 20_000, kill_after, progress));
+    reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
+    // The kill lands while Redis takes no writes: whatever a acknowledged
+    // in that time and had not forwarded would be lost. (Time passing is
+    // the point here: there is no event to wait for.)
+    redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(process::run("kill", &["-KILL", &a.id().to_string()]), Some(0));
+    let acked = publisher.join().unwrap();
+    drop(a);
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+
+    // What a acknowledged is in Redis: b delivers it, however late.
+    let mut subscriber = Subscriber::default();
+    let (mut sub, present) = Subscriber::connect_as(addr_b, "crash-sub");
+    assert!(present);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let missing = |s: &Subscriber| {
+        let seen: std::collections::HashSet<u32> = s.delivered.iter().map(|(n, _)| *n).collect();
+        acked.iter().filter(|n| !seen.contains(n)).count()
+    };
+    sub.set_read_timeout(Duration::from_millis(200));
+    while missing(&subscriber) > 0 && Instant::now() < deadline {
+        if let Ok(p) = sub.try_recv() {
+            subscriber.handle(&mut sub, p);
+        }
+    }
+    sub.set_read_timeout(Duration::from_secs(20));
+    subscriber.drain(&mut sub);
+    assert_eq!(missing(&subscriber), 0, "acknowledged messages lost (killed after {kill_after} acks)");
+    let mut counts = std::collections::HashMap::new();
+    subscriber.delivered.iter().for_each(|(n, _)| *counts.entry(*n).or_insert(0) += 1);
+    for (n, qos) in &subscriber.delivered {
+        if *qos == 2 {
+            assert_eq!(counts[n], 1, "QoS 2 message {n} delivered twice");
+        }
+    }
+    assert!(acked.len() >= kill_after);
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn cluster_kill_9_of_the_publishing_node_loses_nothing_acknowledged_smol() {
+    for kill_after in [50, 2000] {
+        kill_9_of_the_publishing_node("smol", kill_after);
+    }
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn cluster_kill_9_of_the_publishing_node_loses_nothing_acknowledged_async_std() {
+    for kill_after in [50, 2000] {
+        kill_9_of_the_publishing_node("async-std", kill_after);
+    }
+}
