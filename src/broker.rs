@@ -469,6 +469,12 @@ impl Broker {
         }
     }
 
+    /// Every filter subscribed here (a shared subscription under its inner
+    /// filter).
+    pub fn subscribed_filters(&self) -> Vec<String> {
+        read(&self.shared.subscriptions).filters()
+    }
+
     /// The topics with a retained message here.
     pub fn retained_topics(&self) -> Vec<Arc<str>> {
         read(&self.shared.retained).topics()

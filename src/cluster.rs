@@ -53,6 +53,8 @@ const GROUP: &str = "midge";
 const MAX_MESSAGE: usize = 256 << 20;
 
 const NODES: &str = "midge:nodes";
+/// Every node that ever joined (whose routes may be in Redis).
+const MEMBERS: &str = "midge:members";
 const ROUTE_LOG: &str = "midge:routelog";
 /// Topic → the cluster's retained message (encoded as in the store).
 const RETAINED: &str = "midge:retained";
@@ -105,6 +107,8 @@ pub struct Cluster {
     out: Sender<Out>,
     /// Messages handed to the forwarder and not yet written.
     waiting: AtomicUsize,
+    /// Everything handed to the forwarder and not yet written.
+    queued: AtomicUsize,
     stopping: AtomicBool,
     /// Messages written to other nodes' streams.
     pub forwarded: AtomicU64,
@@ -146,11 +150,12 @@ impl Replica {
         }
     }
 
-    /// The live nodes with a filter matching `topic`, each once.
+    /// The nodes with a filter matching `topic`, each once: live or not (a
+    /// node that is down finds what was sent meanwhile in its stream).
     fn nodes_for(&self, topic: &str) -> Vec<Arc<str>> {
         let mut nodes: Vec<Arc<str>> = Vec::new();
         self.routes.for_each_match(topic, |node, ()| {
-            if self.live.contains(node) && !nodes.contains(node) {
+            if !nodes.contains(node) {
                 nodes.push(node.clone());
             }
         });
@@ -187,15 +192,19 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
     let client = redis::Client::open(redis.as_str()).map_err(|e| format!("cluster Redis {redis}: {e}"))?;
     let mut con = connect(&client).map_err(|e| format!("cluster Redis {redis}: {e}"))?;
     let node: Arc<str> = config.node_id.as_str().into();
-    // What an earlier life of this node left is not its routes now.
-    let reset: RedisResult<()> = redis::pipe()
-        .atomic()
-        .del(routes_key(&node))
-        .ignore()
-        .add_command(log_entry(&node, "reset", ""))
-        .ignore()
-        .query(&mut con);
-    reset.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    // Routes an earlier life of this node left that its sessions no longer
+    // have go; the ones they still have stay (so that what other nodes
+    // sent while it was down waits in its stream), and join adds the rest.
+    let now: HashSet<String> = broker.subscribed_filters().into_iter().collect();
+    let old: RedisResult<Vec<String>> = redis::cmd("SMEMBERS").arg(routes_key(&node)).query(&mut con);
+    let old = old.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    let mut pipe = redis::pipe();
+    pipe.atomic().sadd(MEMBERS, &*node).ignore();
+    for filter in old.iter().filter(|f| !now.contains(*f)) {
+        pipe.srem(routes_key(&node), filter).ignore().add_command(log_entry(&node, "-", filter)).ignore();
+    }
+    let cleaned: RedisResult<()> = pipe.query(&mut con);
+    cleaned.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
     let (out, queue) = mpsc::channel();
     let cluster = Arc::new(Cluster {
         node: node.clone(),
@@ -204,6 +213,7 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         replica: RwLock::new(Replica::default()),
         out,
         waiting: AtomicUsize::new(0),
+        queued: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         forwarded: AtomicU64::new(0),
         received: AtomicU64::new(0),
@@ -254,6 +264,14 @@ impl Cluster {
         nodes
     }
 
+    /// Hands work to the forwarder.
+    fn send(&self, out: Out) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.out.send(out).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -280,7 +298,7 @@ impl Peers for Cluster {
         if message.qos != QoS::AtMostOnce || retain {
             let receipt = (message.qos != QoS::AtMostOnce).then(|| Receipt::waiting(1));
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let _ = self.out.send(Out::Message(nodes, message.clone(), retain, receipt.clone()));
+            self.send(Out::Message(nodes, message.clone(), retain, receipt.clone()));
             return receipt;
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
@@ -294,16 +312,16 @@ impl Peers for Cluster {
             );
             return None;
         }
-        let _ = self.out.send(Out::Message(nodes, message.clone(), false, None));
+        self.send(Out::Message(nodes, message.clone(), false, None));
         None
     }
 
     fn filter_added(&self, filter: &str) {
-        let _ = self.out.send(Out::Route(true, filter.to_owned()));
+        self.send(Out::Route(true, filter.to_owned()));
     }
 
     fn filter_removed(&self, filter: &str) {
-        let _ = self.out.send(Out::Route(false, filter.to_owned()));
+        self.send(Out::Route(false, filter.to_owned()));
     }
 
     fn figures(&self) -> crate::broker::ClusterFigures {
@@ -327,7 +345,7 @@ impl Peers for Cluster {
             }
             claims.insert(client_id.clone(), None);
         }
-        let _ = self.out.send(Out::Claim(client_id.clone()));
+        self.send(Out::Claim(client_id.clone()));
     }
 
     fn nodes_for(&self, topic: &str) -> Vec<String> {
@@ -337,20 +355,20 @@ impl Peers for Cluster {
     }
 
     fn stop(&self) {
+        // What is handed to the forwarder goes out first (for at most a
+        // few seconds): the route changes of the connections that ended.
+        let until = Instant::now() + IO_TIMEOUT;
+        while self.queued.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Leave at once rather than when the lease runs out.
-        let left: RedisResult<()> = connect(&self.client).and_then(|mut con| {
-            redis::pipe()
-                .zrem(NODES, &*self.node)
-                .ignore()
-                .del(routes_key(&self.node))
-                .ignore()
-                .add_command(log_entry(&self.node, "reset", ""))
-                .ignore()
-                .query(&mut con)
-        });
+        // Leave at once rather than when the lease runs out. The routes of
+        // the persistent sessions here stay: what other nodes send them
+        // waits in this node's stream until it is back.
+        let left: RedisResult<()> =
+            connect(&self.client).and_then(|mut con| redis::cmd("ZREM").arg(NODES).arg(&*self.node).query(&mut con));
         match left {
             Ok(()) => log::info!("cluster: node {} left", self.node),
             Err(e) => log::warn!("cluster: node {} could not tell Redis it leaves ({e}); its lease ends it", self.node),
@@ -367,7 +385,7 @@ fn beat(con: &mut Connection, node: &Arc<str>) -> RedisResult<HashSet<Arc<str>>>
 
 /// Reads the whole route table of the `live` nodes; returns the route log
 /// id it is current at (changes after it are read from the log).
-fn load_routes(con: &mut Connection, live: &HashSet<Arc<str>>) -> RedisResult<(Replica, String)> {
+fn load_routes(con: &mut Connection, live: &HashSet<Arc<str>>, me: &str) -> RedisResult<(Replica, String)> {
     // The log's position first: a change made while the sets are read is
     // then read again from the log, which is harmless (set semantics).
     let last: Value = redis::cmd("XREVRANGE").arg(ROUTE_LOG).arg("+").arg("-").arg("COUNT").arg(1).query(con)?;
@@ -376,10 +394,12 @@ fn load_routes(con: &mut Connection, live: &HashSet<Arc<str>>) -> RedisResult<(R
         _ => None,
     };
     let mut replica = Replica { live: live.clone(), ..Replica::default() };
-    for node in live {
-        let filters: Vec<String> = redis::cmd("SMEMBERS").arg(routes_key(node)).query(con)?;
+    let members: Vec<String> = redis::cmd("SMEMBERS").arg(MEMBERS).query(con)?;
+    for node in members.into_iter().filter(|n| n != me) {
+        let filters: Vec<String> = redis::cmd("SMEMBERS").arg(routes_key(&node)).query(con)?;
+        let node: Arc<str> = node.into();
         for filter in filters {
-            replica.add(node, &filter);
+            replica.add(&node, &filter);
         }
     }
     Ok((replica, last.unwrap_or_else(|| "0-0".into())))
@@ -452,7 +472,6 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
                     }
                     for node in &gone {
                         log::info!("cluster: node {node} left or its lease ended");
-                        replica.reset(node);
                     }
                     replica.live = live;
                     // A node that joined: its routes are read whole.
@@ -465,7 +484,7 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
                 Some(p) => p,
                 None => {
                     let live = read(&c.replica).live.clone();
-                    let (replica, at) = load_routes(conn, &live)?;
+                    let (replica, at) = load_routes(conn, &live, &c.node)?;
                     *write(&c.replica) = replica;
                     position = Some(at.clone());
                     at
@@ -604,6 +623,7 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
         let sent = pipe.query::<Vec<u64>>(conn);
         let tokens = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
         if link.done(c, sent.map(drop)) {
+            c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let claimed = batch.iter().filter_map(|o| match o {
                 Out::Claim(id) => Some(id),
                 _ => None,
@@ -835,18 +855,16 @@ mod tests {
     use crate::packet::QoS;
 
     #[test]
-    fn a_replica_matches_each_live_node_once() {
+    fn a_replica_matches_each_node_once_live_or_not() {
         let mut r = Replica::default();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         r.add(&a, "s/+");
         r.add(&a, "s/#");
         r.add(&b, "s/1");
         r.live.insert(a.clone());
-        assert_eq!(r.nodes_for("s/1"), vec![a.clone()], "b is not live");
-        r.live.insert(b.clone());
         let mut nodes = r.nodes_for("s/1");
         nodes.sort();
-        assert_eq!(nodes, vec![a.clone(), b.clone()]);
+        assert_eq!(nodes, vec![a.clone(), b.clone()], "b is down: its stream keeps what it is sent");
         r.remove("a", "s/+");
         assert_eq!(r.nodes_for("s/2"), vec![a.clone()], "s/# is still there");
         r.reset("a");

@@ -159,15 +159,17 @@ impl<R: Runtime> Server<R> {
     /// [`SHUTDOWN_GRACE`] for their tasks to end.
     pub async fn shutdown(self) {
         self.stop.close();
-        if let Some(peers) = self.broker.peers() {
-            peers.stop();
-        }
         self.broker.stop_connections();
         let all_done = self.done.recv();
         let grace = self.rt.sleep(SHUTDOWN_GRACE);
         pin_mut!(all_done, grace);
         if let Either::Right(_) = select(all_done, grace).await {
             log::warn!("shutdown: some connections did not end within {SHUTDOWN_GRACE:?}");
+        }
+        // After the connections: what their ends change (the routes of
+        // clean sessions) reaches the cluster first.
+        if let Some(peers) = self.broker.peers() {
+            peers.stop();
         }
         self.broker.close();
         logging::flush_suppressed();
