@@ -95,13 +95,26 @@ return token
 /// forgotten beyond it).
 const MAX_CLAIMS: usize = 100_000;
 
+/// This node's claims of one client id.
+#[derive(Default)]
+struct Claim {
+    /// Claims sent and not answered yet.
+    pending: u32,
+    /// The newest answered claim's fencing token.
+    token: u64,
+    /// The newest takeover notice's token that came while claims were
+    /// pending.
+    notice: u64,
+}
+
 /// This node in the cluster.
 pub struct Cluster {
     node: Arc<str>,
-    /// Client ids connected here: the fencing token of this node's claim
-    /// (`None`: not answered yet). A takeover notice with an older token
-    /// than this node's own claim is stale and ignored.
-    claims: std::sync::Mutex<HashMap<Arc<str>, Option<u64>>>,
+    /// Client ids connected here and this node's claims of them: a
+    /// takeover notice with an older token than this node's newest claim is
+    /// stale and ignored; one that comes while a claim is not answered yet
+    /// is decided when it is.
+    claims: std::sync::Mutex<HashMap<Arc<str>, Claim>>,
     client: redis::Client,
     replica: RwLock<Replica>,
     out: Sender<Out>,
@@ -226,7 +239,8 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
     let b = broker.clone();
     spawn("midge-cluster-routes", Box::new(move || follow_routes(&c, &b, Some(con))))?;
     let c = cluster.clone();
-    spawn("midge-cluster-out", Box::new(move || forward_out(&c, &queue)))?;
+    let b = broker.clone();
+    spawn("midge-cluster-out", Box::new(move || forward_out(&c, &b, &queue)))?;
     let (c, b) = (cluster.clone(), broker.clone());
     spawn("midge-cluster-in", Box::new(move || receive(&c, &b)))?;
     if !broker.join(cluster.clone()) {
@@ -341,9 +355,9 @@ impl Peers for Cluster {
         {
             let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
             if claims.len() >= MAX_CLAIMS {
-                claims.retain(|_, token| token.is_none());
+                claims.retain(|_, claim| claim.pending > 0);
             }
-            claims.insert(client_id.clone(), None);
+            claims.entry(client_id.clone()).or_default().pending += 1;
         }
         self.send(Out::Claim(client_id.clone()));
     }
@@ -601,7 +615,7 @@ fn no_setup(_: &mut Connection) -> RedisResult<()> {
 }
 
 /// The `midge-cluster-out` thread.
-fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
+fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
     let mut link = Link::default();
     let mut batch: Vec<Out> = Vec::new();
     loop {
@@ -628,13 +642,23 @@ fn forward_out(c: &Cluster, queue: &Receiver<Out>) {
                 Out::Claim(id) => Some(id),
                 _ => None,
             });
+            let mut kicked = Vec::new();
             let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, token) in claimed.zip(tokens) {
-                if let Some(slot @ None) = claims.get_mut(id) {
-                    *slot = Some(token);
+                if let Some(claim) = claims.get_mut(id) {
+                    claim.pending = claim.pending.saturating_sub(1);
+                    claim.token = claim.token.max(token);
+                    // A notice that came meanwhile, newer than every claim.
+                    if claim.pending == 0 && claim.notice > claim.token {
+                        claims.remove(id);
+                        kicked.push(id.clone());
+                    }
                 }
             }
             drop(claims);
+            for id in kicked {
+                end_taken_over(broker, &id);
+            }
             let mut taken = 0;
             for item in batch.drain(..) {
                 if let Out::Message(_, _, _, receipt) = item {
@@ -742,6 +766,9 @@ fn receive(c: &Cluster, broker: &Broker) {
     // After a restart, first what was read and not acknowledged before.
     let mut backlog = true;
     while !c.stopping() {
+        // On every new connection too: a read whose answer was lost with
+        // the old one left its entries pending for this consumer.
+        backlog |= link.con.is_none();
         let Some(conn) = link.get(c, |con| create_group(con, &key)) else { continue };
         let turn = (|| -> RedisResult<()> {
             let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
@@ -808,12 +835,19 @@ fn receive(c: &Cluster, broker: &Broker) {
 /// claim not answered yet, which Redis orders after that one).
 fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64) {
     let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
-    match claims.get(id) {
-        Some(None) => return,
-        Some(Some(ours)) if *ours > token => return,
+    match claims.get_mut(id) {
+        Some(claim) if claim.pending > 0 => {
+            claim.notice = claim.notice.max(token);
+            return;
+        }
+        Some(claim) if claim.token > token => return,
         _ => claims.remove(id),
     };
     drop(claims);
+    end_taken_over(broker, id);
+}
+
+fn end_taken_over(broker: &Broker, id: &str) {
     if broker.take_over_from_cluster(id) {
         log::info!("cluster: client {id} connected at another node: its connection here ends");
     }
