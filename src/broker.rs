@@ -108,8 +108,9 @@ pub trait Peers: Send + Sync {
     /// The last subscription on this node to `filter` went.
     fn filter_removed(&self, filter: &str);
     /// A client connected here with this id: the cluster's other nodes
-    /// end their connections with it (a takeover across nodes).
-    fn claim(&self, client_id: &Arc<str>);
+    /// end their connections with it (a takeover across nodes). The
+    /// receipt completes once the claim is made; the CONNACK waits for it.
+    fn claim(&self, client_id: &Arc<str>) -> Option<Arc<Receipt>>;
     /// The other nodes a message on `topic` would go to now.
     fn nodes_for(&self, topic: &str) -> Vec<String>;
     /// What `$SYS` and the metrics show of the cluster.

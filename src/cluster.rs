@@ -181,8 +181,8 @@ enum Out {
     /// This node's first subscription to a filter (`true`) or its last
     /// unsubscription (`false`).
     Route(bool, String),
-    /// A client id connected here.
-    Claim(Arc<str>),
+    /// A client id connected here, and the receipt its CONNACK waits for.
+    Claim(Arc<str>, Arc<Receipt>),
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
@@ -351,7 +351,7 @@ impl Peers for Cluster {
         }
     }
 
-    fn claim(&self, client_id: &Arc<str>) {
+    fn claim(&self, client_id: &Arc<str>) -> Option<Arc<Receipt>> {
         {
             let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
             if claims.len() >= MAX_CLAIMS {
@@ -359,7 +359,9 @@ impl Peers for Cluster {
             }
             claims.entry(client_id.clone()).or_default().pending += 1;
         }
-        self.send(Out::Claim(client_id.clone()));
+        let receipt = Receipt::waiting(1);
+        self.send(Out::Claim(client_id.clone(), receipt.clone()));
+        Some(receipt)
     }
 
     fn nodes_for(&self, topic: &str) -> Vec<String> {
@@ -639,7 +641,7 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
         if link.done(c, sent.map(drop)) {
             c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let claimed = batch.iter().filter_map(|o| match o {
-                Out::Claim(id) => Some(id),
+                Out::Claim(id, _) => Some(id),
                 _ => None,
             });
             let mut kicked = Vec::new();
@@ -661,6 +663,9 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             }
             let mut taken = 0;
             for item in batch.drain(..) {
+                if let Out::Claim(_, receipt) = &item {
+                    receipt.complete();
+                }
                 if let Out::Message(_, _, _, receipt) = item {
                     taken += 1;
                     if let Some(receipt) = receipt {
@@ -693,7 +698,7 @@ fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
             }
             // The one command whose answer is kept: the claim's token.
-            Out::Claim(id) => {
+            Out::Claim(id, _) => {
                 pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(2).arg(format!("midge:owner:{id}")).arg("midge:fence");
                 pipe.arg(node).arg(&**id).arg(STREAM_LEN);
             }

@@ -408,7 +408,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     match result {
-        Ok(client) if !durable(broker, &client).await => {
+        Ok(client) if !durable(rt, broker, &client).await => {
             log::warn!("client {} ({addr}): store write failed, refusing the connection", client.id());
             broker.detach(client.id(), conn);
             None
@@ -563,8 +563,21 @@ async fn admit(
     Ok(client)
 }
 
-/// Waits until what CONNECT changed (a new persistent session) is durable.
-async fn durable(broker: &Broker, client: &Client) -> bool {
+/// Longest a CONNACK waits for a cluster's claim of the client id: a node
+/// cut off from Redis still serves its clients.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until what CONNECT changed (a new persistent session) is durable,
+/// and (for a cluster node) the client id is claimed, for a bounded time.
+async fn durable<R: Runtime>(rt: &R, broker: &Broker, client: &Client) -> bool {
+    if let Some(claim) = client.take_forwarded()
+        && within(rt, CLAIM_WAIT, claim.acknowledged()).await.is_none()
+    {
+        log::warn!(
+            "client {}: the cluster's Redis did not answer within {CLAIM_WAIT:?}; connected anyway",
+            client.id()
+        );
+    }
     let ticket = client.take_ticket();
     match broker.store() {
         Some(store) => store.wait(ticket).await != TicketStatus::Failed,

@@ -50,9 +50,7 @@ pub fn connect(
     let session_expiry = how.expiry;
     let attachment = broker.attach_with(&id, how, conn, kick);
     // A bridge's own client exists on every node that runs the bridge.
-    if let Some(peers) = broker.peers().filter(|_| listener != crate::bridge::BRIDGE_LISTENER) {
-        peers.claim(&id);
-    }
+    let claim = broker.peers().filter(|_| listener != crate::bridge::BRIDGE_LISTENER).and_then(|p| p.claim(&id));
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol != Protocol::V31;
     let config = broker.config();
@@ -105,6 +103,11 @@ pub fn connect(
         noted: Mutex::new(None),
     };
     client.with_session(|s| s.resend(out));
+    // The CONNACK waits for the cluster's claim of the id, as it waits for
+    // the store (see connection::durable).
+    if let Some(claim) = claim {
+        client.wait_for_forward(claim);
+    }
     client
 }
 
