@@ -343,20 +343,55 @@ runtime_kind_test!(
     }
 );
 
-/// Publishes QoS 0 on `topic` through `publisher` until `watcher` receives
-/// one: then the publisher's node routes `topic` (and every filter the
-/// watcher's node added before it) to the watcher's node.
-fn probe_routes(publisher: &mut crate::support::client::Raw, watcher: &mut crate::support::client::Raw, topic: &str) {
+/// Publishes QoS 0 probes at node `from` until a subscriber at node `to`
+/// receives one: then `from` routes to `to` every filter `to` had before
+/// (route changes of one node are applied in order).
+fn wait_until_routed(from: std::net::SocketAddr, to: std::net::SocketAddr) {
+    let clean = |addr, id| {
+        let mut c = crate::support::client::Raw::connect(addr);
+        c.send(&packets::connect(id, true, 0));
+        c.expect(&packets::CONNACK_ACCEPTED);
+        c
+    };
+    let (mut watcher, mut prober) = (clean(to, "watcher"), clean(from, "prober"));
+    watcher.subscribe(1, &[("probe", 0)]);
     let deadline = Instant::now() + Duration::from_secs(20);
     watcher.set_read_timeout(Duration::from_millis(50));
     loop {
-        assert!(Instant::now() < deadline, "{topic} never crossed to the other node");
-        publisher.send(&packets::publish0(topic, b"probe"));
+        assert!(Instant::now() < deadline, "probes from {from} never reached {to}");
+        prober.send(&packets::publish0("probe", b"probe"));
         if watcher.try_recv().is_ok() {
-            break;
+            return;
         }
     }
-    watcher.set_read_timeout(Duration::from_secs(20));
+}
+
+/// Connects the persistent session `crash-sub` at `addr` again (Session
+/// Present) and receives until every message in `acked` has come (at most
+/// 30 s; forwarded ones may still be on their way), then until nothing
+/// more comes; panics naming `when` if one is missing.
+fn receive_every_acknowledged(
+    addr: std::net::SocketAddr,
+    subscriber: &mut crate::crash::Subscriber,
+    acked: &[u32],
+    when: &str,
+) {
+    let (mut sub, present) = crate::crash::Subscriber::connect_as(addr, "crash-sub");
+    assert!(present, "the persistent session is still there");
+    let missing = |s: &crate::crash::Subscriber| {
+        let seen: std::collections::HashSet<u32> = s.delivered.iter().map(|(n, _)| *n).collect();
+        acked.iter().filter(|n| !seen.contains(n)).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    sub.set_read_timeout(Duration::from_millis(200));
+    while missing(subscriber) > 0 && Instant::now() < deadline {
+        if let Ok(p) = sub.try_recv() {
+            subscriber.handle(&mut sub, p);
+        }
+    }
+    sub.set_read_timeout(Duration::from_secs(20));
+    subscriber.drain(&mut sub);
+    assert_eq!(missing(subscriber), 0, "acknowledged messages lost ({when})");
 }
 
 /// kill -9 of the node a publisher is connected to, mid-stream and while
@@ -376,16 +411,8 @@ fn kill_9_of_the_publishing_node(runtime: &str, kill_after: usize) {
     sub.subscribe(1, &[("crash/#", 2)]);
     sub.send(&packets::DISCONNECT);
     sub.expect_closed();
-    let mut watcher = crate::support::client::Raw::connect(addr_b);
-    watcher.send(&packets::connect("watcher", true, 0));
-    watcher.expect(&packets::CONNACK_ACCEPTED);
-    watcher.subscribe(1, &[("probe", 0)]);
-
     let (a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    let mut prober = crate::support::client::Raw::connect(addr_a);
-    prober.send(&packets::connect("prober", true, 0));
-    prober.expect(&packets::CONNACK_ACCEPTED);
-    probe_routes(&mut prober, &mut watcher, "probe");
+    wait_until_routed(addr_a, addr_b);
 
     let (progress, reached) = std::sync::mpsc::channel();
     let publisher = std::thread::spawn(move || publish_stream(addr_a, 20_000, kill_after, progress));
@@ -402,22 +429,7 @@ fn kill_9_of_the_publishing_node(runtime: &str, kill_after: usize) {
 
     // What a acknowledged is in Redis: b delivers it, however late.
     let mut subscriber = Subscriber::default();
-    let (mut sub, present) = Subscriber::connect_as(addr_b, "crash-sub");
-    assert!(present);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let missing = |s: &Subscriber| {
-        let seen: std::collections::HashSet<u32> = s.delivered.iter().map(|(n, _)| *n).collect();
-        acked.iter().filter(|n| !seen.contains(n)).count()
-    };
-    sub.set_read_timeout(Duration::from_millis(200));
-    while missing(&subscriber) > 0 && Instant::now() < deadline {
-        if let Ok(p) = sub.try_recv() {
-            subscriber.handle(&mut sub, p);
-        }
-    }
-    sub.set_read_timeout(Duration::from_secs(20));
-    subscriber.drain(&mut sub);
-    assert_eq!(missing(&subscriber), 0, "acknowledged messages lost (killed after {kill_after} acks)");
+    receive_every_acknowledged(addr_b, &mut subscriber, &acked, &format!("killed after {kill_after} acks"));
     let mut counts = std::collections::HashMap::new();
     subscriber.delivered.iter().for_each(|(n, _)| *counts.entry(*n).or_insert(0) += 1);
     for (n, qos) in &subscriber.delivered {
@@ -466,15 +478,8 @@ fn kill_9_of_the_receiving_node(runtime: &str, kill_after: usize) {
         s.receive_until_killed(sub);
         s
     });
-    let mut watcher = crate::support::client::Raw::connect(addr_b);
-    watcher.send(&packets::connect("watcher", true, 0));
-    watcher.expect(&packets::CONNACK_ACCEPTED);
-    watcher.subscribe(1, &[("probe", 0)]);
     let (_a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    let mut prober = crate::support::client::Raw::connect(addr_a);
-    prober.send(&packets::connect("prober", true, 0));
-    prober.expect(&packets::CONNACK_ACCEPTED);
-    probe_routes(&mut prober, &mut watcher, "probe");
+    wait_until_routed(addr_a, addr_b);
 
     let (progress, reached) = std::sync::mpsc::channel();
     let publisher = std::thread::spawn(move || publish_stream(addr_a, 4000, kill_after, progress));
@@ -486,22 +491,7 @@ fn kill_9_of_the_receiving_node(runtime: &str, kill_after: usize) {
     let acked = publisher.join().unwrap();
     assert_eq!(acked.len(), 4000, "the publisher's node acknowledged everything while b was down and back");
 
-    let (mut sub, present) = Subscriber::connect_as(addr_b, "crash-sub");
-    assert!(present, "the persistent session survived the kill");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let missing = |s: &Subscriber| {
-        let seen: std::collections::HashSet<u32> = s.delivered.iter().map(|(n, _)| *n).collect();
-        acked.iter().filter(|n| !seen.contains(n)).count()
-    };
-    sub.set_read_timeout(Duration::from_millis(200));
-    while missing(&subscriber) > 0 && Instant::now() < deadline {
-        if let Ok(p) = sub.try_recv() {
-            subscriber.handle(&mut sub, p);
-        }
-    }
-    sub.set_read_timeout(Duration::from_secs(20));
-    subscriber.drain(&mut sub);
-    assert_eq!(missing(&subscriber), 0, "acknowledged messages lost (b killed after {kill_after} acks)");
+    receive_every_acknowledged(addr_b, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
 }
 
 #[cfg(feature = "smol")]
@@ -543,20 +533,7 @@ fn redis_restart(kind: RuntimeKind) {
     assert_eq!(acked.len(), 3000, "the publisher's node acknowledged everything once Redis was back");
 
     let mut subscriber = Subscriber::default();
-    let (mut sub, present) = Subscriber::connect_as(b.addr, "crash-sub");
-    assert!(present);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let missing = |s: &Subscriber| {
-        let seen: std::collections::HashSet<u32> = s.delivered.iter().map(|(n, _)| *n).collect();
-        acked.iter().filter(|n| !seen.contains(n)).count()
-    };
-    sub.set_read_timeout(Duration::from_millis(200));
-    while missing(&subscriber) > 0 && Instant::now() < deadline {
-        if let Ok(p) = sub.try_recv() {
-            subscriber.handle(&mut sub, p);
-        }
-    }
-    assert_eq!(missing(&subscriber), 0, "acknowledged messages lost across the Redis restart");
+    receive_every_acknowledged(b.addr, &mut subscriber, &acked, "across the Redis restart");
 }
 
 runtime_kind_test!(
