@@ -21,7 +21,7 @@ fn positive(flag: &str, n: usize) -> Result<usize, String> {
     }
 }
 
-/// midge: an MQTT 3.1.1 broker on async-std or smol.
+/// midge: an MQTT 5.0, 3.1.1 and 3.1 broker on async-std or smol.
 #[derive(FromArgs, Debug)]
 pub struct Args {
     /// a configuration file: a .toml file is midge's TOML (see examples/midge.toml), any other is read as Mosquitto's mosquitto.conf

@@ -1,4 +1,4 @@
-//! midge: an MQTT 3.1.1 broker that runs on async-std or smol, standalone or
+//! midge: an MQTT 5.0, 3.1.1 and 3.1 broker that runs on async-std or smol, standalone or
 //! inside your own program.
 //!
 //! Build a [`Broker`] from a [`Config`], start a [`Server`] on a runtime

@@ -93,7 +93,11 @@ impl RedbStore {
         let txn = self.db.begin_read().map_err(corrupt)?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
-            Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(1),
+            // A file with no table at all is new: nothing to upgrade.
+            Err(::redb::TableError::TableDoesNotExist(_)) => {
+                let new = txn.list_tables().map_err(corrupt)?.next().is_none();
+                return Ok(if new { FORMAT } else { 1 });
+            }
             Err(e) => return Err(corrupt(e)),
         };
         Ok(meta.get("format").map_err(corrupt)?.map_or(1, |v| v.value()))
