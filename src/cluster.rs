@@ -157,12 +157,6 @@ impl Replica {
         }
     }
 
-    fn reset(&mut self, node: &str) {
-        for filter in self.by_node.remove(node).unwrap_or_default() {
-            self.routes.remove(&filter, node);
-        }
-    }
-
     /// The nodes with a filter matching `topic`, each once: live or not (a
     /// node that is down finds what was sent meanwhile in its stream).
     fn nodes_for(&self, topic: &str) -> Vec<Arc<str>> {
@@ -257,7 +251,7 @@ fn connect(client: &redis::Client) -> RedisResult<Connection> {
     Ok(con)
 }
 
-/// A route log entry: `node` did `op` (`+`, `-`, `reset`) on `filter`.
+/// A route log entry: `node` added (`+`) or removed (`-`) `filter`.
 fn log_entry(node: &str, op: &str, filter: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(ROUTE_LOG).arg("MAXLEN").arg("~").arg(ROUTE_LOG_LEN).arg("*");
@@ -266,18 +260,6 @@ fn log_entry(node: &str, op: &str, filter: &str) -> redis::Cmd {
 }
 
 impl Cluster {
-    /// This node's id.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// The other nodes whose lease has not ended, as last read.
-    pub fn live_nodes(&self) -> Vec<String> {
-        let mut nodes: Vec<String> = read(&self.replica).live.iter().map(|n| n.to_string()).collect();
-        nodes.sort();
-        nodes
-    }
-
     /// Hands work to the forwarder.
     fn send(&self, out: Out) {
         self.queued.fetch_add(1, Ordering::AcqRel);
@@ -554,8 +536,7 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
                 let node: Arc<str> = node.into();
                 match op.as_str() {
                     "+" => replica.add(&node, &filter),
-                    "-" => replica.remove(&node, &filter),
-                    _ => replica.reset(&node),
+                    _ => replica.remove(&node, &filter),
                 }
             }
             Ok(())
@@ -906,7 +887,7 @@ mod tests {
         assert_eq!(nodes, vec![a.clone(), b.clone()], "b is down: its stream keeps what it is sent");
         r.remove("a", "s/+");
         assert_eq!(r.nodes_for("s/2"), vec![a.clone()], "s/# is still there");
-        r.reset("a");
+        r.remove("a", "s/#");
         assert!(r.nodes_for("s/2").is_empty());
         assert_eq!(r.nodes_for("s/1"), vec![b]);
     }

@@ -52,32 +52,41 @@ fn publish_stats(broker: &Broker, started: Instant) {
     }
     if let Some(peers) = broker.peers() {
         let f = peers.figures();
-        let figures = [
-            ("nodes", f.nodes),
-            ("routes", f.routes),
-            ("messages/forwarded", f.forwarded),
-            ("messages/received", f.received),
-            ("messages/dropped", f.dropped),
-            ("messages/waiting", f.waiting),
-        ];
-        for (topic, value) in figures {
-            publish(broker, &format!("cluster/{topic}"), value.to_string());
-        }
+        publish_figures(
+            broker,
+            "cluster",
+            [
+                ("nodes", f.nodes),
+                ("routes", f.routes),
+                ("messages/forwarded", f.forwarded),
+                ("messages/received", f.received),
+                ("messages/dropped", f.dropped),
+                ("messages/waiting", f.waiting),
+            ],
+        );
     }
     for bridge in s.bridges() {
         let f = bridge.figures(broker);
-        let figures = [
-            ("state", f.connected),
-            ("queued", f.queued),
-            ("connects", f.connects),
-            ("messages/forwarded", f.forwarded),
-            ("messages/received", f.received),
-            ("messages/dropped", f.dropped),
-            ("messages/refused", f.refused),
-        ];
-        for (topic, value) in figures {
-            publish(broker, &format!("bridge/{}/{topic}", bridge.name), value.to_string());
-        }
+        publish_figures(
+            broker,
+            &format!("bridge/{}", bridge.name),
+            [
+                ("state", f.connected),
+                ("queued", f.queued),
+                ("connects", f.connects),
+                ("messages/forwarded", f.forwarded),
+                ("messages/received", f.received),
+                ("messages/dropped", f.dropped),
+                ("messages/refused", f.refused),
+            ],
+        );
+    }
+}
+
+/// Publishes `figures` under `$SYS/broker/{prefix}/`.
+fn publish_figures<const N: usize>(broker: &Broker, prefix: &str, figures: [(&str, u64); N]) {
+    for (topic, value) in figures {
+        publish(broker, &format!("{prefix}/{topic}"), value.to_string());
     }
 }
 

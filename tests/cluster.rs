@@ -265,8 +265,7 @@ runtime_kind_test!(
 runtime_kind_test!(
     /// MQTT-3.1.4-2 across nodes: a client connecting at one node with a
     /// client id connected at another takes it over; the other node closes
-    /// its connection. Taking it back works the same way, and the notice
-    /// of the first takeover does not close the newest connection.
+    /// its connection. Taking it back works the same way.
     cluster_mqtt_3_1_4_2_a_client_id_connected_at_another_node_is_taken_over,
     |kind: RuntimeKind| {
         let redis = Redis::start();
