@@ -117,6 +117,15 @@ pub trait Peers: Send + Sync {
     fn figures(&self) -> ClusterFigures;
     /// The server stops: leave the cluster.
     fn stop(&self);
+    /// Whether this node serves clients: not while it is cut off from the
+    /// cluster (it then refuses CONNECTs with "server unavailable").
+    fn serving(&self) -> bool {
+        true
+    }
+    /// A connection's will as it connects (`Some`: the message, whether it
+    /// is retained, its delay in seconds) or its end (`None`): the cluster
+    /// keeps a copy, which another node fires if this one dies.
+    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>);
 }
 
 struct Entry {
@@ -468,6 +477,21 @@ impl Broker {
             }
             None => false,
         }
+    }
+
+    /// Ends every client connection here (a bridge's own excepted) as a
+    /// takeover does: this cluster node lost Redis. How many were told.
+    pub fn end_connections_cut_off(&self) -> usize {
+        let registry = lock(&self.shared.registry);
+        let config = &self.shared.config;
+        let mut told = 0;
+        for (id, entry) in registry.iter() {
+            if let Some(kick) = entry.kick.as_ref().filter(|_| config.bridge_of_session(id).is_none()) {
+                kick.raise();
+                told += 1;
+            }
+        }
+        told
     }
 
     /// Every filter subscribed here (a shared subscription under its inner

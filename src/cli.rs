@@ -84,6 +84,9 @@ pub struct Args {
     /// this node's name in the cluster (with --cluster-redis)
     #[argh(option)]
     pub node_id: Option<String>,
+    /// seconds a cluster node counts as alive without renewing its lease in Redis (default 10)
+    #[argh(option)]
+    pub cluster_lease: Option<u64>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<LevelFilter>,
@@ -489,11 +492,12 @@ impl Args {
         if let Some(addr) = self.http_listener {
             config.http_listener = Some(addr);
         }
-        if self.cluster_redis.is_some() || self.node_id.is_some() {
+        if self.cluster_redis.is_some() || self.node_id.is_some() || self.cluster_lease.is_some() {
             let file = config.cluster.take();
             let redis = self.cluster_redis.or_else(|| file.as_ref().map(|c| c.redis.clone()));
+            let lease = self.cluster_lease.or_else(|| file.as_ref().map(|c| c.lease.as_secs()));
             let node_id = self.node_id.or_else(|| file.map(|c| c.node_id));
-            config.cluster = crate::config::Cluster::from_parts(redis, node_id)?;
+            config.cluster = crate::config::Cluster::from_parts(redis, node_id, lease)?;
         }
         let threads = match self.threads {
             Some(n) => positive("--threads", n)?,

@@ -9,7 +9,9 @@
 //! - `midge-cluster-out` writes this node's route changes and forwards
 //!   messages, one stream entry per destination node and batch;
 //! - `midge-cluster-in` reads this node's stream with a consumer group and
-//!   routes what arrives to the local subscribers only.
+//!   routes what arrives to the local subscribers only;
+//! - `midge-cluster-lease` closes this node's clients once its lease would
+//!   have run out without a renewal (it lost Redis), until it is back.
 //!
 //! The broker talks to it through [`Peers`]: calls that only read the
 //! replica and hand work to a channel, never waiting for Redis.
@@ -27,8 +29,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// How long a node counts as alive after its last renewal.
-pub const LEASE: Duration = Duration::from_secs(10);
 /// How often the lease is renewed (and the membership read).
 const BEAT: Duration = Duration::from_secs(1);
 /// Longest a blocking stream read waits before the thread looks around.
@@ -68,6 +68,67 @@ fn routes_key(node: &str) -> String {
 fn stream_key(node: &str) -> String {
     format!("midge:in:{node}")
 }
+
+/// The wills of a node's connections: field `{life}:{conn}:{client id}`,
+/// value [`encode_will`].
+fn wills_key(node: &str) -> String {
+    format!("midge:wills:{node}")
+}
+
+/// A will as the cluster keeps it: delay (seconds, 4 bytes), retain (1
+/// byte), the message as the store encodes it (its expiry is set anew when
+/// it is published).
+fn encode_will(message: &Message, retain: bool, delay: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + message.topic.len() + message.payload.len());
+    out.extend_from_slice(&delay.to_be_bytes());
+    out.push(u8::from(retain));
+    let timeless = Message { expires: None, ..message.clone() };
+    crate::store::encode_message_into(&timeless, &mut out);
+    out
+}
+
+/// [`encode_will`] read back: the message (its expiry from now), retain, delay.
+fn decode_will(bytes: &[u8]) -> Option<(Message, bool, u32)> {
+    let (delay, rest) = bytes.split_first_chunk::<4>()?;
+    let (&retain, rest) = rest.split_first()?;
+    let mut message = crate::store::decode_message(rest)?;
+    let expiry = message.properties.as_ref().and_then(|p| p.message_expiry);
+    message.expires = expiry.map(crate::packet::expires_in);
+    message.retain = false;
+    Some((message, retain == 1, u32::from_be_bytes(*delay)))
+}
+
+/// Takes the wills to fire off Redis: every will of a member node whose
+/// lease ended, and with `ARGV[3]` = 1 those of this node (`ARGV[1]`)
+/// kept by an earlier life than `ARGV[2]` (before a crash, or before it was
+/// cut off). Returns `node, client id, will, owner now` for each, so that
+/// a delayed will of a client that connected again is not fired. One
+/// script: of the nodes that see a lease end, one takes each will.
+const TAKE_WILLS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
+  local mine = m == ARGV[1]
+  local lease = redis.call('ZSCORE', 'midge:nodes', m)
+  if (mine and ARGV[3] == '1') or (not mine and (not lease or tonumber(lease) < now)) then
+    local key = 'midge:wills:' .. m
+    local all = redis.call('HGETALL', key)
+    for i = 1, #all, 2 do
+      local life, id = string.match(all[i], '^(%d+):%d+:(.*)$')
+      if life and (not mine or tonumber(life) < tonumber(ARGV[2])) then
+        redis.call('HDEL', key, all[i])
+        local owner = redis.call('HGET', 'midge:owner:' .. id, 'node') or ''
+        table.insert(out, m)
+        table.insert(out, id)
+        table.insert(out, all[i + 1])
+        table.insert(out, owner)
+      end
+    end
+  end
+end
+return out
+";
 
 /// Renews `ARGV[1]`'s lease by `ARGV[2]` ms on Redis's clock and returns
 /// the nodes whose lease has not ended.
@@ -118,6 +179,18 @@ pub struct Cluster {
     client: redis::Client,
     replica: RwLock<Replica>,
     out: Sender<Out>,
+    /// How long this node counts as alive after a renewal.
+    lease: Duration,
+    /// Whether this node serves clients: not once its lease would have
+    /// run out without a renewal, until Redis answers again.
+    serving: AtomicBool,
+    /// When the last renewal that Redis answered was sent, in ms after
+    /// `epoch`.
+    renewed: AtomicU64,
+    epoch: Instant,
+    /// This node's life: a fencing token taken at start and on rejoining
+    /// after being cut off. A will kept by an earlier life is fired.
+    life: AtomicU64,
     /// Messages handed to the forwarder and not yet written.
     waiting: AtomicUsize,
     /// Everything handed to the forwarder and not yet written.
@@ -177,6 +250,9 @@ enum Out {
     Route(bool, String),
     /// A client id connected here, and the receipt its CONNACK waits for.
     Claim(Arc<str>, Arc<Receipt>),
+    /// A connection's will (encoded) as it connected, or its end: the
+    /// life it connected in, the connection, its client id.
+    Will(u64, u64, Arc<str>, Option<Vec<u8>>),
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
@@ -212,6 +288,8 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
     }
     let cleaned: RedisResult<()> = pipe.query(&mut con);
     cleaned.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
+    let life: RedisResult<u64> = redis::cmd("INCR").arg("midge:fence").query(&mut con);
+    let life = life.map_err(|e| format!("cluster Redis {redis}: {e}"))?;
     let (out, queue) = mpsc::channel();
     let cluster = Arc::new(Cluster {
         node: node.clone(),
@@ -219,6 +297,12 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         client,
         replica: RwLock::new(Replica::default()),
         out,
+        lease: config.lease,
+        serving: AtomicBool::new(true),
+        // The first beat comes before the lease thread looks.
+        renewed: AtomicU64::new(0),
+        epoch: Instant::now(),
+        life: AtomicU64::new(life),
         waiting: AtomicUsize::new(0),
         queued: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -237,10 +321,12 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
     spawn("midge-cluster-out", Box::new(move || forward_out(&c, &b, &queue)))?;
     let (c, b) = (cluster.clone(), broker.clone());
     spawn("midge-cluster-in", Box::new(move || receive(&c, &b)))?;
+    let (c, b) = (cluster.clone(), broker.clone());
+    spawn("midge-cluster-lease", Box::new(move || watch_lease(&c, &b)))?;
     if !broker.join(cluster.clone()) {
         return Err("the broker is in a cluster already".into());
     }
-    log::info!("cluster: node {node} joined through {redis} (lease {}s)", LEASE.as_secs());
+    log::info!("cluster: node {node} joined through {redis} (lease {}s)", config.lease.as_secs());
     Ok(cluster)
 }
 
@@ -346,6 +432,16 @@ impl Peers for Cluster {
         Some(receipt)
     }
 
+    fn serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>) {
+        let life = self.life.load(Ordering::Acquire);
+        let encoded = will.map(|(message, retain, delay)| encode_will(message, retain, delay));
+        self.send(Out::Will(life, conn, client_id.clone(), encoded));
+    }
+
     fn nodes_for(&self, topic: &str) -> Vec<String> {
         let mut nodes: Vec<String> = read(&self.replica).nodes_for(topic).iter().map(|n| n.to_string()).collect();
         nodes.sort();
@@ -375,9 +471,9 @@ impl Peers for Cluster {
 }
 
 /// Renews the lease; the live nodes, this one excluded.
-fn beat(con: &mut Connection, node: &Arc<str>) -> RedisResult<HashSet<Arc<str>>> {
+fn beat(con: &mut Connection, node: &Arc<str>, lease: Duration) -> RedisResult<HashSet<Arc<str>>> {
     let live: Vec<String> =
-        redis::cmd("EVAL").arg(BEAT_SCRIPT).arg(1).arg(NODES).arg(&**node).arg(LEASE.as_millis() as u64).query(con)?;
+        redis::cmd("EVAL").arg(BEAT_SCRIPT).arg(1).arg(NODES).arg(&**node).arg(lease.as_millis() as u64).query(con)?;
     Ok(live.into_iter().filter(|n| **n != **node).map(Arc::from).collect())
 }
 
@@ -451,6 +547,10 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
     let mut retained_at: Option<String> = None;
     let mut next_beat = Instant::now();
     let mut link = Link { con, failures: 0 };
+    // Wills an earlier life of this node kept are taken on start and on
+    // rejoining; those of nodes whose lease ended, after every beat.
+    let mut take_own = true;
+    let mut delayed: Vec<DelayedWill> = Vec::new();
     while !c.stopping() {
         // A new connection reads the tables whole again.
         if link.con.is_none() {
@@ -458,9 +558,20 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
         }
         let Some(conn) = link.get(c, no_setup) else { continue };
         let turn = (|| -> RedisResult<()> {
+            let mut beaten = false;
             if Instant::now() >= next_beat {
-                let live = beat(conn, &c.node)?;
+                let sent = Instant::now();
+                let live = beat(conn, &c.node, c.lease)?;
+                c.renewed.store(sent.duration_since(c.epoch).as_millis() as u64, Ordering::Release);
+                beaten = true;
                 next_beat = Instant::now() + BEAT;
+                if !c.serving() && !take_own {
+                    // Back after being cut off: a new life, whose wills are
+                    // told from those of the connections just closed.
+                    let life: u64 = redis::cmd("INCR").arg("midge:fence").query(conn)?;
+                    c.life.store(life, Ordering::Release);
+                    take_own = true;
+                }
                 let mut replica = write(&c.replica);
                 if replica.live != live {
                     let joined: Vec<_> = live.difference(&replica.live).cloned().collect();
@@ -496,7 +607,18 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
                     at
                 }
             };
-            let block = BLOCK.min(next_beat.saturating_duration_since(Instant::now())).as_millis().max(1) as u64;
+            if beaten {
+                take_wills(c, broker, conn, take_own, &mut delayed)?;
+                if std::mem::take(&mut take_own) && !c.serving.swap(true, Ordering::AcqRel) {
+                    log::warn!("cluster: node {} has Redis again: serving clients again", c.node);
+                }
+            }
+            fire_due_wills(broker, conn, &mut delayed)?;
+            let mut wake = next_beat;
+            if let Some(first) = delayed.iter().map(|d| d.due).min() {
+                wake = wake.min(first);
+            }
+            let block = BLOCK.min(wake.saturating_duration_since(Instant::now())).as_millis().max(1) as u64;
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(1000)
@@ -542,6 +664,106 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
             Ok(())
         })();
         link.done(c, turn);
+    }
+}
+
+/// A will taken from a node that died, waiting for its delay.
+struct DelayedWill {
+    due: Instant,
+    /// The node it was kept by and its client id: it is fired only if that
+    /// node still owns the id then (the client did not connect again).
+    node: String,
+    id: String,
+    message: Message,
+    retain: bool,
+}
+
+/// Takes the wills to fire (see [`TAKE_WILLS_SCRIPT`]): publishes each now
+/// or, with a delay, keeps it in `delayed`.
+fn take_wills(
+    c: &Cluster,
+    broker: &Broker,
+    conn: &mut Connection,
+    own: bool,
+    delayed: &mut Vec<DelayedWill>,
+) -> RedisResult<()> {
+    let life = c.life.load(Ordering::Acquire);
+    let taken: Vec<Value> =
+        redis::cmd("EVAL").arg(TAKE_WILLS_SCRIPT).arg(0).arg(&*c.node).arg(life).arg(u8::from(own)).query(conn)?;
+    for will in taken.chunks_exact(4) {
+        let (Some(node), Some(id), Some(owner)) = (text(Some(&will[0])), text(Some(&will[1])), text(Some(&will[3])))
+        else {
+            continue;
+        };
+        let Some((message, retain, delay)) = (match &will[2] {
+            Value::BulkString(bytes) => decode_will(bytes),
+            _ => None,
+        }) else {
+            log::warn!("cluster: the will of client {id} (node {node}) does not decode; not published");
+            continue;
+        };
+        match delay {
+            0 => {
+                log::info!("cluster: node {node} ended without client {id}'s connection ending: publishing its will");
+                broker.publish(message, retain);
+            }
+            // The client connected again (somewhere): its will waits no more.
+            _ if !owner.is_empty() && owner != node => {}
+            secs => {
+                let due = Instant::now() + Duration::from_secs(u64::from(secs));
+                delayed.push(DelayedWill { due, node, id, message, retain });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the delayed wills whose delay is over, unless their client
+/// connected again meanwhile.
+fn fire_due_wills(broker: &Broker, conn: &mut Connection, delayed: &mut Vec<DelayedWill>) -> RedisResult<()> {
+    let now = Instant::now();
+    while let Some(at) = delayed.iter().position(|d| d.due <= now) {
+        let owner: Option<String> =
+            redis::cmd("HGET").arg(format!("midge:owner:{}", delayed[at].id)).arg("node").query(conn)?;
+        let will = delayed.swap_remove(at);
+        if owner.is_none_or(|o| o == will.node) {
+            log::info!(
+                "cluster: client {}'s will delay is over (node {} ended): publishing its will",
+                will.id,
+                will.node
+            );
+            broker.publish(will.message, will.retain);
+        }
+    }
+    Ok(())
+}
+
+/// The `midge-cluster-lease` thread: once this node's lease would have run
+/// out without a renewal (less a margin: the other nodes must not see it
+/// end while this node still serves), it closes its clients and refuses new
+/// ones until a renewal goes through again (`follow_routes`).
+fn watch_lease(c: &Cluster, broker: &Broker) {
+    let margin = Duration::from_secs(1).min(c.lease / 5);
+    let mut told = Instant::now();
+    while !c.stopping() {
+        c.pause(Duration::from_millis(100));
+        let renewed = c.epoch + Duration::from_millis(c.renewed.load(Ordering::Acquire));
+        if renewed.elapsed() + margin < c.lease {
+            continue;
+        }
+        if c.serving.swap(false, Ordering::AcqRel) {
+            let n = broker.end_connections_cut_off();
+            log::warn!(
+                "cluster: node {} could not renew its lease for {:?}: closing its {n} clients (use another node) until Redis answers",
+                c.node,
+                renewed.elapsed()
+            );
+            told = Instant::now();
+        } else if told.elapsed() >= BEAT {
+            // One that came in as the node was cut off.
+            broker.end_connections_cut_off();
+            told = Instant::now();
+        }
     }
 }
 
@@ -614,7 +836,7 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             return;
         }
         let Some(conn) = link.get(c, no_setup) else { continue };
-        let (pipe, messages) = pipeline(&c.node, &batch);
+        let (pipe, messages) = pipeline(&c.node, c.life.load(Ordering::Acquire), &batch);
         // On a failure the batch is sent again on a new connection (a route
         // change twice is harmless; a message twice is at most a duplicate).
         let sent = pipe.query::<Vec<u64>>(conn);
@@ -664,7 +886,9 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
 /// order, then one stream entry per destination node with its messages in
 /// order. Also returns the number of message copies. A transaction, so
 /// that the retained table and its log change in one order for all.
-fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
+/// A will kept in an earlier `life` than this one is not written: its
+/// connection was closed when the node was cut off.
+fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut per_node: Vec<(Arc<str>, Vec<u8>)> = Vec::new();
@@ -677,6 +901,14 @@ fn pipeline(node: &str, batch: &[Out]) -> (redis::Pipeline, u64) {
                     false => pipe.srem(routes_key(node), filter).ignore(),
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
+            }
+            Out::Will(at, conn, id, will) => {
+                let field = format!("{at}:{conn}:{id}");
+                match will {
+                    Some(will) if *at == life => pipe.hset(wills_key(node), field, will).ignore(),
+                    Some(_) => continue,
+                    None => pipe.hdel(wills_key(node), field).ignore(),
+                };
             }
             // The one command whose answer is kept: the claim's token.
             Out::Claim(id, _) => {

@@ -115,9 +115,22 @@ pub struct Cluster {
     pub redis: String,
     /// This node's name, unique in the cluster.
     pub node_id: String,
+    /// How long the node counts as alive after its last renewal in Redis
+    /// (renewed every second): the other nodes take its wills over once
+    /// it ends, and a node that could not renew it closes its clients just
+    /// before.
+    pub lease: std::time::Duration,
 }
 
 impl Cluster {
+    /// The lease unless configured: 10 s.
+    pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// A node `node_id` of the cluster on `redis`, with the default lease.
+    pub fn new(redis: impl Into<String>, node_id: impl Into<String>) -> Cluster {
+        Cluster { redis: redis.into(), node_id: node_id.into(), lease: Cluster::LEASE }
+    }
+
     /// Checks a node id: 1 to 64 letters, digits, `-`, `_` or `.` (it is
     /// part of Redis key names).
     pub fn check_node_id(id: &str) -> Result<(), String> {
@@ -131,15 +144,28 @@ impl Cluster {
 
     /// Both halves, or neither: a node id without a Redis server (or the
     /// reverse) is a mistake, not a single broker.
-    pub fn from_parts(redis: Option<String>, node_id: Option<String>) -> Result<Option<Cluster>, String> {
+    /// A lease, in seconds, from 3 to 3600 (the lease is renewed every
+    /// second), and only for a cluster.
+    pub fn from_parts(
+        redis: Option<String>,
+        node_id: Option<String>,
+        lease: Option<u64>,
+    ) -> Result<Option<Cluster>, String> {
+        if let Some(secs) = lease
+            && !(3..=3600).contains(&secs)
+        {
+            return Err(format!("cluster lease {secs}s: from 3 to 3600 seconds"));
+        }
         match (redis, node_id) {
+            (None, None) if lease.is_some() => Err("a cluster lease needs a cluster (--cluster-redis)".into()),
             (None, None) => Ok(None),
             (Some(redis), Some(node_id)) => {
                 Cluster::check_node_id(&node_id)?;
                 if !redis.starts_with("redis://") {
                     return Err(format!("cluster Redis address {redis:?}: expected redis://HOST:PORT"));
                 }
-                Ok(Some(Cluster { redis, node_id }))
+                let lease = lease.map_or(Cluster::LEASE, std::time::Duration::from_secs);
+                Ok(Some(Cluster { lease, ..Cluster::new(redis, node_id) }))
             }
             (Some(_), None) => Err("a cluster needs this node's id too (--node-id / node_id)".into()),
             (None, Some(_)) => {

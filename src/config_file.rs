@@ -197,6 +197,7 @@ struct File {
     http_listener: Option<Spanned<String>>,
     cluster_redis: Option<String>,
     node_id: Option<String>,
+    cluster_lease: Option<u64>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
     #[serde(default)]
@@ -388,8 +389,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<FileSettings, ConfigError> {
         })?;
         config.http_listener = Some(parsed);
     }
-    config.cluster =
-        crate::config::Cluster::from_parts(file.cluster_redis, file.node_id).map_err(|e| at.error(None, e))?;
+    config.cluster = crate::config::Cluster::from_parts(file.cluster_redis, file.node_id, file.cluster_lease)
+        .map_err(|e| at.error(None, e))?;
     let log_level = match file.log_level {
         None => None,
         Some(level) => Some(log_level(level.get_ref()).ok_or_else(|| {
@@ -1746,5 +1747,12 @@ topic = [{ pattern = "c" }]
         assert!(error("cluster_redis = \"redis://h:1\"").0.contains("needs this node's id"));
         assert!(error("cluster_redis = \"h:1\"\nnode_id = \"n\"").0.contains("expected redis://HOST:PORT"));
         assert!(error("cluster_redis = \"redis://h:1\"\nnode_id = \"a b\"").0.contains("letters, digits"));
+        assert_eq!(c.lease, std::time::Duration::from_secs(10), "the default lease");
+        let short = config("cluster_redis = \"redis://h:1\"\nnode_id = \"n\"\ncluster_lease = 3").cluster.unwrap();
+        assert_eq!(short.lease, std::time::Duration::from_secs(3));
+        assert!(
+            error("cluster_redis = \"redis://h:1\"\nnode_id = \"n\"\ncluster_lease = 1").0.contains("from 3 to 3600")
+        );
+        assert!(error("cluster_lease = 5").0.contains("needs a cluster"));
     }
 }

@@ -14,7 +14,7 @@ use crate::outbox::Outbox;
 use crate::packet::{Connack, Connect, Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::runtime::{Runtime, within};
 use crate::security::{AuthStep, ConnectInfo};
-use crate::session::{Message, Receipt};
+use crate::session::Receipt;
 use crate::session_handle::SessionHandle;
 use crate::signal::{Kick, Signal};
 use crate::stats::DropCause;
@@ -116,6 +116,9 @@ enum Close {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// This cluster node lost Redis for its lease: it gives its clients up
+    /// (another node fires their wills from Redis).
+    CutOff,
     /// The store could not commit what the client sent.
     StoreFailed,
 }
@@ -125,7 +128,7 @@ impl Close {
     /// (MQTT-3.1.2-8/-10), a broker shutdown included: it goes to
     /// persistent sessions and the store before the store closes.
     fn publishes_will(&self) -> bool {
-        !matches!(self, Close::Disconnect)
+        !matches!(self, Close::Disconnect | Close::CutOff)
     }
 
     /// The reason code of the DISCONNECT a 5.0 client is sent before the
@@ -136,6 +139,7 @@ impl Close {
         match self {
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::CutOff => Some(ReasonCode::USE_ANOTHER_SERVER),
             Close::Violation(v) => Some(v.reason_code()),
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
             Close::Disconnect | Close::DisconnectWithWill | Close::PeerClosed | Close::Io(_) => None,
@@ -153,6 +157,7 @@ impl fmt::Display for Close {
             Close::Violation(v) => write!(f, "protocol violation: {v}"),
             Close::TakenOver => f.write_str("taken over by a new connection with the same client id"),
             Close::Shutdown => f.write_str("broker shutting down"),
+            Close::CutOff => f.write_str("this cluster node lost Redis for its lease: use another node"),
             Close::StoreFailed => f.write_str("store write failed, not acknowledging what the client sent"),
         }
     }
@@ -252,6 +257,12 @@ where
             }
         };
         broker.deadlines().disarm(client.conn, steady.deadline);
+        // A cluster node cut off from Redis ends its connections as a
+        // takeover does, with a reason of its own.
+        let reason = match reason {
+            Close::TakenOver if broker.peers().is_some_and(|p| !p.serving()) => Close::CutOff,
+            other => other,
+        };
         finish(&rt, &broker, client, &mut link, reason);
         broker.stats().disconnected();
         if let Some(listener) = &listener_stats {
@@ -292,23 +303,19 @@ fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         let _ = link.push(&mut vec![Packet::Disconnect(Box::new(Disconnect { reason: code, properties }))]);
     }
     let mut delayed = None;
+    // The cluster's copy of the will goes, unless another node is to fire it.
+    if client.will.is_some()
+        && !matches!(reason, Close::CutOff)
+        && let Some(peers) = broker.peers()
+    {
+        peers.keep_will(conn, client.id(), None);
+    }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
-        let will = *will;
-        let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
-        let message = Message {
-            properties: will.properties,
-            expires: expires.map(crate::packet::expires_in),
-            ..Message::new(will.topic, will.payload, will.qos, false)
-        };
-        // The Will Delay Interval, cut short by the session's own end
-        // (3.1.3.2.2); a shutdown publishes every will now.
+        let message = handle::will_message(&will);
+        // A shutdown publishes every will now.
         let delay = match reason {
             Close::Shutdown => 0,
-            _ => {
-                let cap =
-                    broker.config().session_expiry.map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
-                will.delay.unwrap_or(0).min(client.session_expiry.unwrap_or(u32::MAX)).min(cap)
-            }
+            _ => handle::will_delay(broker, &will, client.session_expiry),
         };
         // The same rules as a PUBLISH: `$SYS`, the ACL and the hooks.
         if handle::allowed(broker, &client.info(), &message, true) {

@@ -250,6 +250,8 @@ struct Reader {
     /// midge's own `cluster_redis` and `node_id` lines, and where the
     /// last of them was (for an error about the pair).
     cluster: (Option<String>, Option<String>, Option<At>),
+    /// midge's own `cluster_lease` line (seconds).
+    cluster_lease: Option<u64>,
     bridges: Vec<BridgeDraft>,
     /// The bridge the current file's bridge options go to: its last
     /// `connection`, by index in `bridges` (Mosquitto keeps one per file).
@@ -277,6 +279,7 @@ pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
         persistence_location: None,
         log_types: None,
         cluster: (None, None, None),
+        cluster_lease: None,
         bridges: Vec::new(),
         bridge: None,
     };
@@ -444,6 +447,9 @@ impl Reader {
             "persistence" => self.persistence = boolean(key, value, at)?,
             "cluster_redis" => (self.cluster.0, self.cluster.2) = (Some(value.to_owned()), Some(at.clone())),
             "node_id" => (self.cluster.1, self.cluster.2) = (Some(value.to_owned()), Some(at.clone())),
+            "cluster_lease" => {
+                (self.cluster_lease, self.cluster.2) = (Some(integer(key, value, at)?), Some(at.clone()))
+            }
             "persistence_location" => self.persistence_location = Some(path(key, value, at)?),
             "persistence_file" => self.note(key, at, "midge keeps its own store, midge.redb, beside it"),
             "autosave_interval" | "autosave_on_changes" => {
@@ -825,7 +831,7 @@ impl Reader {
             false => None,
         };
         let (redis, node_id, at) = std::mem::take(&mut self.cluster);
-        self.config.cluster = crate::config::Cluster::from_parts(redis, node_id)
+        self.config.cluster = crate::config::Cluster::from_parts(redis, node_id, self.cluster_lease)
             .map_err(|m| at.expect("a cluster line was read").error(m))?;
         if self.persistence_location.is_some() && !self.persistence {
             self.settings.notes.push("persistence_location: persistence is off, nothing is stored".to_owned());
@@ -1797,6 +1803,8 @@ mod tests {
     fn cluster_lines_name_the_redis_and_the_node() {
         let c = config("cluster_redis redis://127.0.0.1:6379\nnode_id edge-1\n").cluster.unwrap();
         assert_eq!((c.redis.as_str(), c.node_id.as_str()), ("redis://127.0.0.1:6379", "edge-1"));
+        let c = config("cluster_redis redis://h:1\nnode_id n\ncluster_lease 4\n").cluster.unwrap();
+        assert_eq!(c.lease, std::time::Duration::from_secs(4));
         let (e, line) = error("sys_interval 10\nnode_id edge-1\n");
         assert!(e.contains("needs the cluster's Redis server"), "{e}");
         assert_eq!(line, Some(2));

@@ -76,11 +76,69 @@ impl Redis {
 /// A node; its queues take a whole test's stream (past the default 1000,
 /// a persistent session's queue drops and counts what does not fit).
 fn node(kind: RuntimeKind, redis: &Redis, id: &str) -> TestBroker {
-    let url = redis.url();
+    node_at(kind, &redis.url(), id, Cluster::LEASE)
+}
+
+/// A node reaching Redis at `url`, with `lease`.
+fn node_at(kind: RuntimeKind, url: &str, id: &str, lease: Duration) -> TestBroker {
     TestBroker::start(kind, |c| {
-        c.cluster = Some(Cluster { redis: url, node_id: id.into() });
+        c.cluster = Some(Cluster { lease, ..Cluster::new(url, id) });
         c.max_queued = 100_000;
     })
+}
+
+/// A TCP relay to a Redis server that the test can cut (every connection
+/// through it closed, new ones closed as they come) and restore: a node
+/// reaching Redis through it is cut off from the cluster.
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(redis: &Redis) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = ("127.0.0.1", redis.port);
+        let relay = Relay { port, cut: Default::default(), open: Default::default() };
+        let (cut, open) = (relay.cut.clone(), relay.open.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming().flatten() {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(upstream) else { continue };
+                let mut open = open.lock().unwrap();
+                open.extend([down.try_clone().unwrap(), up.try_clone().unwrap()]);
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                pipe(down.try_clone().unwrap(), up.try_clone().unwrap());
+                pipe(up, down);
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
 }
 
 /// Waits until `from` forwards a message on `topic` to exactly `nodes`
@@ -309,7 +367,7 @@ runtime_kind_test!(
         let redis = Redis::start();
         let url = redis.url();
         let a = TestBroker::start(kind, |c| {
-            c.cluster = Some(Cluster { redis: url, node_id: "a".into() });
+            c.cluster = Some(Cluster::new(url, "a"));
             c.http_listener = Some("127.0.0.1:0".parse().unwrap());
             c.sys_interval = Duration::from_secs(1);
         });
@@ -540,3 +598,155 @@ runtime_kind_test!(
     cluster_a_redis_restart_loses_nothing_acknowledged,
     redis_restart
 );
+
+/// A CONNECT for `id` with a QoS 1 will on `topic` (MQTT 3.1.1).
+fn with_will(id: &str, topic: &str) -> Vec<u8> {
+    packets::Connect { client_id: id, will: Some((topic, b"gone", 1, false)), ..packets::Connect::default() }.bytes()
+}
+
+runtime_kind_test!(
+    /// A node cut off from Redis (a relay the test cuts) serves its clients
+    /// until its lease would run out, then closes them (5.0: DISCONNECT
+    /// 0x9C, use another server) and refuses new ones with CONNACK 0x03
+    /// (server unavailable) rather than risk two owners; its clients' wills
+    /// are fired once, by the node that sees its lease end (MQTT-3.1.2-8
+    /// across nodes). Once Redis answers again it serves by itself, and
+    /// messages cross between the nodes again.
+    cluster_a_node_cut_off_from_redis_gives_its_clients_up_after_its_lease_and_rejoins,
+    |kind: RuntimeKind| {
+        use crate::support::client::Raw;
+        use crate::support::v5::V5;
+        let redis = Redis::start();
+        let relay = Relay::to(&redis);
+        let lease = Duration::from_secs(3);
+        let a = node_at(kind, &redis.url(), "a", lease);
+        let b = node_at(kind, &relay.url(), "b", lease);
+        let mut heir = a.client("heir");
+        heir.subscribe(1, &[("will/#", 1)]);
+        wait_for_routes(&b, "will/b", &["a"]);
+        // Its CONNACK means the cluster has its will.
+        let mut doomed = Raw::connect(b.addr);
+        doomed.send(&with_will("doomed", "will/b"));
+        doomed.expect(&packets::CONNACK_ACCEPTED);
+        let (mut doomed5, _) = V5::accepted(b.addr, "doomed5", |_| {});
+        doomed.ping();
+
+        let cut = Instant::now();
+        relay.cut();
+        doomed.expect_closed_or_reset();
+        doomed5.expect_disconnect(midge::v5::ReasonCode::USE_ANOTHER_SERVER);
+        // Kept serving for a while, and at most its lease and a beat.
+        assert!(cut.elapsed() >= Duration::from_millis(500), "closed {:?} after the cut", cut.elapsed());
+        assert!(cut.elapsed() <= lease + Duration::from_secs(2), "closed {:?} after the cut", cut.elapsed());
+        let got = heir.receive_and_ack(1);
+        assert_eq!((got[0].0.as_str(), got[0].2.as_slice()), ("will/b", &b"gone"[..]), "a fired b's client's will");
+        let mut refused = Raw::connect(b.addr);
+        refused.send(&packets::connect("late", true, 60));
+        refused.expect(&[0x20, 2, 0, 3]);
+        refused.expect_closed_or_reset();
+
+        relay.restore();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut back = loop {
+            let mut c = Raw::connect(b.addr);
+            c.send(&packets::connect("back", true, 60));
+            let answer = c.recv();
+            if (answer.header, answer.body.as_slice()) == (0x20, &[0u8, 0][..]) {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "b still refuses clients 20 s after Redis is back");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        back.subscribe(1, &[("x/#", 1)]);
+        wait_for_routes(&a, "x/1", &["b"]);
+        let mut publisher = a.client("pub");
+        publisher.send(&packets::publish("x/1", b"again", 1, 1));
+        publisher.expect(&packets::ack(0x40, 1));
+        assert_eq!(payloads(back.receive_and_ack(1)), vec![("again".to_owned(), 1)]);
+        // The will came once: b's own look at its wills found it taken.
+        publisher.send(&packets::publish("will/marker", b"m", 1, 2));
+        publisher.expect(&packets::ack(0x40, 2));
+        assert_eq!(heir.receive_and_ack(1)[0].0, "will/marker");
+    }
+);
+
+/// kill -9 of a node: the node that sees its lease end fires its clients'
+/// wills (MQTT-3.1.2-8 across nodes), one with a Will Delay Interval after
+/// its delay (MQTT-3.1.3-9), none for a client that connected again at
+/// another node within its delay.
+fn wills_of_a_killed_node(runtime: &str) {
+    use crate::binary::start_with;
+    use crate::support::client::Raw;
+    use crate::support::v5::V5;
+    use midge::v5::{Properties, Will};
+    let redis = Redis::start();
+    let url = redis.url();
+    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
+    let node_args = |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id, "--cluster-lease", "3"];
+    let (_a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
+    let (b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
+    let mut heir = Raw::connect(addr_a);
+    heir.send(&packets::connect("heir", true, 0));
+    heir.expect(&packets::CONNACK_ACCEPTED);
+    heir.subscribe(1, &[("will/#", 1)]);
+    wait_until_routed(addr_b, addr_a);
+    let mut now = Raw::connect(addr_b);
+    now.send(&with_will("now", "will/now"));
+    now.expect(&packets::CONNACK_ACCEPTED);
+    let delayed = |id: &str, delay: u32| {
+        V5::accepted(addr_b, id, |c| {
+            c.clean_start = false;
+            c.properties.session_expiry = Some(60);
+            let properties = std::sync::Arc::new(Properties { will_delay: Some(delay), ..Properties::default() });
+            let (topic, payload) = (format!("will/{id}").into(), bytes::Bytes::from_static(b"late"));
+            c.will = Some(Will { topic, payload, qos: midge::packet::QoS::AtLeastOnce, retain: false, properties });
+        })
+        .0
+    };
+    let (_later, _back) = (delayed("later", 2), delayed("back", 3));
+
+    let killed = Instant::now();
+    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
+    drop(b);
+    let (_again, _) = V5::accepted(addr_a, "back", |c| {
+        c.clean_start = false;
+        c.properties.session_expiry = Some(60);
+    });
+    let got = heir.receive_and_ack(1);
+    assert_eq!((got[0].0.as_str(), got[0].2.as_slice()), ("will/now", &b"gone"[..]));
+    let got = heir.receive_and_ack(1);
+    assert_eq!(got[0].0, "will/later");
+    assert!(killed.elapsed() >= Duration::from_secs(2), "will/later came {:?} after the kill", killed.elapsed());
+    // will/back would be due a second after will/later: it must not come.
+    // (Time passing is the point: there is no event to await.)
+    std::thread::sleep(Duration::from_millis(1500));
+    heir.expect_nothing_queued();
+
+    // Killed and back within its lease (10 s here): the node itself fires
+    // what its earlier life kept, before the others could see it gone.
+    let long = ["--cluster-redis", url.as_str(), "--node-id", "b"];
+    let (b, addr_b) = start_with(runtime, &data_b, &long);
+    wait_until_routed(addr_b, addr_a);
+    let mut quick = Raw::connect(addr_b);
+    quick.send(&with_will("quick", "will/quick"));
+    quick.expect(&packets::CONNACK_ACCEPTED);
+    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
+    drop(b);
+    let restarted = Instant::now();
+    let (_b, _) = start_with(runtime, &data_b, &long);
+    let got = heir.receive_and_ack(1);
+    assert_eq!(got[0].0, "will/quick");
+    assert!(restarted.elapsed() < Duration::from_secs(8), "fired {:?} after the restart", restarted.elapsed());
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn cluster_mqtt_3_1_2_8_a_killed_nodes_wills_fire_on_another_node_smol() {
+    wills_of_a_killed_node("smol");
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn cluster_mqtt_3_1_2_8_a_killed_nodes_wills_fire_on_another_node_async_std() {
+    wills_of_a_killed_node("async-std");
+}

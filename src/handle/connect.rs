@@ -49,6 +49,19 @@ pub fn connect(
     };
     let session_expiry = how.expiry;
     let attachment = broker.attach_with(&id, how, conn, kick);
+    // The cluster keeps a copy of the will: another node fires it if this
+    // one dies (a will the ACL refuses now is not kept). Written before the
+    // claim the CONNACK waits for: once connected, the will is there.
+    if let (Some(peers), Some(will)) = (broker.peers(), &connect.will)
+        && listener != crate::bridge::BRIDGE_LISTENER
+    {
+        let message = super::will_message(will);
+        let who = crate::security::ClientInfo { client_id: &id, username: username.as_deref(), listener };
+        if !message.topic.starts_with("$SYS") && broker.guards().allow_publish(&who, &message) {
+            let delay = super::will_delay(broker, will, session_expiry);
+            peers.keep_will(conn, &id, Some((&message, will.retain, delay)));
+        }
+    }
     // A bridge's own client exists on every node that runs the bridge.
     let claim = broker.peers().filter(|_| listener != crate::bridge::BRIDGE_LISTENER).and_then(|p| p.claim(&id));
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
@@ -187,6 +200,12 @@ pub async fn authenticate(
     let guards = broker.guards();
     if peer.listener == crate::bridge::BRIDGE_LISTENER {
         return Ok(None);
+    }
+    // A cluster node cut off from Redis serves no one: the client is to
+    // use another node (a bridge's own client above is this node's).
+    if broker.peers().is_some_and(|p| !p.serving()) {
+        let why = "this cluster node lost Redis: use another node".into();
+        return Err(Refusal::Policy(ConnectCode::ServerUnavailable, why));
     }
     // A bridge's own session is the bridge's: a client taking it over would
     // discard or read what waits for the remote.

@@ -385,3 +385,21 @@ fn pong(out: &mut Vec<Packet>) -> Flow {
     out.push(Packet::Pingresp);
     Flow::Continue
 }
+
+/// The message a will publishes, expiring its Message Expiry Interval from
+/// now.
+pub fn will_message(will: &Will) -> crate::session::Message {
+    let expires = will.properties.as_ref().and_then(|p| p.message_expiry);
+    crate::session::Message {
+        properties: will.properties.clone(),
+        expires: expires.map(crate::packet::expires_in),
+        ..crate::session::Message::new(will.topic.clone(), will.payload.clone(), will.qos, false)
+    }
+}
+
+/// A will's delay in seconds: its Will Delay Interval, cut short by the
+/// session's own end (3.1.3.2.2) and the broker's session expiry.
+pub fn will_delay(broker: &Broker, will: &Will, session_expiry: Option<u32>) -> u32 {
+    let cap = broker.config().session_expiry.map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+    will.delay.unwrap_or(0).min(session_expiry.unwrap_or(u32::MAX)).min(cap)
+}
