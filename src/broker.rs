@@ -91,6 +91,56 @@ pub struct ClusterFigures {
     pub waiting: u64,
 }
 
+/// Where a message published here goes beyond this node.
+#[derive(Default)]
+pub struct Forward {
+    /// Completed once the other nodes can read it (QoS 1 and 2).
+    pub receipt: Option<Arc<Receipt>>,
+    /// Shared subscription groups whose copy another node delivers.
+    pub elsewhere: Vec<Arc<str>>,
+}
+
+/// Which of this node's subscriptions a message goes to.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Published here, by client `from` if any (a No Local subscription of
+    /// its own does not get it): all of them but the shared subscription
+    /// groups named (their copy goes to another node of the cluster).
+    Local { from: Option<&'a str>, except: &'a [Arc<str>] },
+    /// Forwarded by another node: the subscriptions that are not shared
+    /// (if `plain`) and the groups named.
+    Forwarded { plain: bool, groups: &'a [Arc<str>] },
+}
+
+impl Scope<'_> {
+    fn plain(&self) -> bool {
+        match self {
+            Scope::Local { .. } => true,
+            Scope::Forwarded { plain, .. } => *plain,
+        }
+    }
+
+    fn group(&self, group: &Arc<str>) -> bool {
+        match self {
+            Scope::Local { except, .. } => !except.contains(group),
+            Scope::Forwarded { groups, .. } => groups.contains(group),
+        }
+    }
+
+    fn from(&self) -> Option<&str> {
+        match self {
+            Scope::Local { from, .. } => *from,
+            Scope::Forwarded { .. } => None,
+        }
+    }
+}
+
+/// The route a subscription sits under in a cluster: its filter, or for a
+/// shared one its group (the whole `$share/{group}/{filter}`).
+fn route_of<'a>(at: &'a str, share: &'a Option<Box<Share>>) -> &'a str {
+    share.as_ref().map_or(at, |s| &s.group)
+}
+
 /// The rest of a cluster, as the broker sees it: where its messages go
 /// beyond this node and what it tells about its subscriptions. Every call
 /// returns at once (they are made under the subscriptions' lock and on the
@@ -100,13 +150,15 @@ pub trait Peers: Send + Sync {
     /// sent on to the nodes whose subscriptions match, and with `retain`
     /// to the cluster's retained messages. For a QoS 1 or 2 message that
     /// goes anywhere, a receipt completed once it is where the other nodes
-    /// read it: its PUBACK / PUBREC waits for that.
-    fn forward(&self, message: &Message, retain: bool) -> Option<Arc<Receipt>>;
-    /// The first subscription on this node to `filter` (a shared
-    /// subscription counts under its inner filter).
-    fn filter_added(&self, filter: &str);
-    /// The last subscription on this node to `filter` went.
-    fn filter_removed(&self, filter: &str);
+    /// read it: its PUBACK / PUBREC waits for that. A shared subscription
+    /// group with members on several nodes gets one copy cluster-wide:
+    /// the groups whose copy another node delivers are in `elsewhere`.
+    fn forward(&self, message: &Message, retain: bool) -> Forward;
+    /// A subscription on this node was added under `route`: its filter, or
+    /// for a shared subscription its whole `$share/{group}/{filter}`.
+    fn subscription_added(&self, route: &str);
+    /// A subscription on this node under `route` went.
+    fn subscription_removed(&self, route: &str);
     /// A client connected here with this id: the cluster's other nodes
     /// end their connections with it (a takeover across nodes). The
     /// receipt completes once the claim is made; the CONNACK waits for it.
@@ -430,19 +482,17 @@ impl Broker {
     }
 
     /// Joins a cluster: from now on messages published here go to `peers`
-    /// too, and so do the first and last subscription to each filter
-    /// (every filter subscribed so far is told at once). Returns `false`
-    /// if the broker had joined one already.
+    /// too, and so does every subscription added or removed (every one so
+    /// far is told at once). Returns `false` if the broker had joined one
+    /// already.
     pub fn join(&self, peers: Arc<dyn Peers>) -> bool {
         // Under the write lock: no subscription change slips between the
-        // filters told now and the ones told as they change.
+        // subscriptions told now and the ones told as they change.
         let trie = self.subscriptions_mut();
         if self.shared.peers.set(peers.clone()).is_err() {
             return false;
         }
-        for filter in trie.filters() {
-            peers.filter_added(&filter);
-        }
+        trie.for_each(|filter, _, s| peers.subscription_added(route_of(filter, &s.share)));
         true
     }
 
@@ -454,8 +504,12 @@ impl Broker {
     /// Routes a message that another node of the cluster forwarded: to this
     /// node's subscribers only (it is not forwarded again), not stored as
     /// retained here. Sessions whose queues are full take it anyway.
-    pub fn publish_forwarded(&self, message: Message) -> Ticket {
-        let routing = self.route(None, message, false, None, &mut Vec::new(), false);
+    /// Only the subscriptions that are not shared (if `plain`) and the
+    /// shared subscription `groups` named get it: the publishing node
+    /// picked this node for their copy.
+    pub fn publish_forwarded(&self, message: Message, plain: bool, groups: &[Arc<str>]) -> Ticket {
+        let scope = Scope::Forwarded { plain, groups };
+        let routing = self.route(message, false, None, &mut Vec::new(), false, scope);
         routing.retained.max(routing.copies)
     }
 
@@ -494,10 +548,16 @@ impl Broker {
         told
     }
 
-    /// Every filter subscribed here (a shared subscription under its inner
-    /// filter).
+    /// The route of every subscription here (its filter, or a shared
+    /// subscription's whole `$share/{group}/{filter}`), each once.
     pub fn subscribed_filters(&self) -> Vec<String> {
-        read(&self.shared.subscriptions).filters()
+        let mut routes = std::collections::HashSet::new();
+        read(&self.shared.subscriptions).for_each(|filter, _, s| {
+            if !routes.contains(route_of(filter, &s.share)) {
+                routes.insert(route_of(filter, &s.share).to_owned());
+            }
+        });
+        routes.into_iter().collect()
     }
 
     /// The topics with a retained message here.
@@ -842,8 +902,8 @@ impl Broker {
     fn remove_slot(&self, trie: &mut Trie<Subscriber>, filter: &str, client_id: &Arc<str>) {
         let (at, key, share) = slot(filter, client_id);
         let gone = trie.remove(at, &key).is_some();
-        if let Some(peers) = self.shared.peers.get().filter(|_| gone && trie.subscribers(at) == 0) {
-            peers.filter_removed(at);
+        if let Some(peers) = self.shared.peers.get().filter(|_| gone) {
+            peers.subscription_removed(route_of(at, &share));
         }
         if let Some(share) = share {
             lock(&self.shared.share_cursors).remove(&share.group);
@@ -901,10 +961,12 @@ impl Broker {
             let mut trie = self.subscriptions_mut();
             for (filter, sub) in &unique {
                 let (at, key, share) = slot(filter, client_id);
-                let new = trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share }).is_none();
-                if let Some(peers) = self.shared.peers.get().filter(|_| new && trie.subscribers(at) == 1) {
-                    peers.filter_added(at);
+                if let Some(peers) = self.shared.peers.get()
+                    && !trie.contains(at, &key)
+                {
+                    peers.subscription_added(route_of(at, &share));
                 }
+                trie.insert(at, key, Subscriber { sub: *sub, session: session.clone(), share });
             }
             (s.commit(), send_retained)
         };
@@ -1041,19 +1103,23 @@ impl Broker {
         pressed: &mut Vec<Arc<SessionHandle>>,
         defer: bool,
     ) -> Routing {
-        let forwarded = self.shared.peers.get().and_then(|peers| peers.forward(&message, retain));
-        Routing { forwarded, ..self.route(from, message, retain, receipt, pressed, defer) }
+        let Some(peers) = self.shared.peers.get() else {
+            return self.route(message, retain, receipt, pressed, defer, Scope::Local { from, except: &[] });
+        };
+        let Forward { receipt: forwarded, elsewhere } = peers.forward(&message, retain);
+        let scope = Scope::Local { from, except: &elsewhere };
+        Routing { forwarded, ..self.route(message, retain, receipt, pressed, defer, scope) }
     }
 
     /// [`Broker::publish_from`] on this node only.
     fn route(
         &self,
-        from: Option<&str>,
         message: Message,
         retain: bool,
         mut receipt: Option<&mut Option<Arc<Receipt>>>,
         pressed: &mut Vec<Arc<SessionHandle>>,
         defer: bool,
+        scope: Scope<'_>,
     ) -> Routing {
         // QoS 0 copies are never stored: only a retained or QoS 1/2 message
         // can change the store in more than one append.
@@ -1085,11 +1151,14 @@ impl Broker {
         let generation = {
             let trie = read(&self.shared.subscriptions);
             trie.for_each_match(&message.topic, |client, s| match &s.share {
-                None if !(s.sub.options.no_local && from == Some(&**client)) => {
+                None if scope.plain() && !(s.sub.options.no_local && scope.from() == Some(&**client)) => {
                     targets.push((s.session.clone(), s.sub))
                 }
                 None => {}
-                Some(share) => shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone())),
+                Some(share) if scope.group(&share.group) => {
+                    shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone()))
+                }
+                Some(_) => {}
             });
             // Read under the lock that every change takes to write.
             self.shared.subscriptions_changed.load(Ordering::Acquire)

@@ -16,7 +16,7 @@
 //! The broker talks to it through [`Peers`]: calls that only read the
 //! replica and hand work to a channel, never waiting for Redis.
 
-use crate::broker::{Broker, Peers};
+use crate::broker::{Broker, Forward, Peers};
 use crate::packet::QoS;
 use crate::session::{Message, Receipt};
 use crate::store::{Ticket, TicketStatus};
@@ -188,6 +188,12 @@ pub struct Cluster {
     /// `epoch`.
     renewed: AtomicU64,
     epoch: Instant,
+    /// This node's subscriptions by route (filter, or a shared one's
+    /// group): the first adds the route in Redis, the last removes it.
+    local: std::sync::Mutex<HashMap<Box<str>, u32>>,
+    /// Where each shared subscription group spanning nodes gets its next
+    /// message: the node after the last one picked.
+    cursors: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     /// This node's life: a fencing token taken at start and on rejoining
     /// after being cut off. A will kept by an earlier life is fired.
     life: AtomicU64,
@@ -207,40 +213,82 @@ pub struct Cluster {
 /// What the other nodes subscribe to, as this node last read it.
 #[derive(Default)]
 struct Replica {
-    /// Filter, then node id.
-    routes: Trie<()>,
-    /// Each node's filters (to drop a node's routes at once).
+    /// Filter, then node id; for a shared subscription group, its inner
+    /// filter, then `{node}\0{group}`, with the group.
+    routes: Trie<Option<Arc<str>>>,
+    /// Each node's routes (to drop a node's routes at once).
     by_node: HashMap<Arc<str>, HashSet<String>>,
     /// Nodes whose lease has not ended, this one excluded.
     live: HashSet<Arc<str>>,
 }
 
+/// Where in the replica's trie a route sits: its filter, its key, its
+/// group.
+fn replica_slot<'r>(node: &Arc<str>, route: &'r str) -> (&'r str, Arc<str>, Option<Arc<str>>) {
+    match crate::topic::shared(route) {
+        Some((_, inner)) => (inner, format!("{node}\0{route}").into(), Some(route.into())),
+        None => (route, node.clone(), None),
+    }
+}
+
+/// Where a message goes beyond this node: each destination once, with
+/// whether its subscriptions that are not shared get it and the shared
+/// subscription groups it delivers for.
+type Destinations = Vec<(Arc<str>, bool, Vec<Arc<str>>)>;
+
 impl Replica {
-    fn add(&mut self, node: &Arc<str>, filter: &str) {
-        if self.by_node.entry(node.clone()).or_default().insert(filter.to_owned()) {
-            self.routes.insert(filter, node.clone(), ());
+    fn add(&mut self, node: &Arc<str>, route: &str) {
+        if self.by_node.entry(node.clone()).or_default().insert(route.to_owned()) {
+            let (at, key, group) = replica_slot(node, route);
+            self.routes.insert(at, key, group);
         }
     }
 
-    fn remove(&mut self, node: &str, filter: &str) {
-        if let Some(filters) = self.by_node.get_mut(node)
-            && filters.remove(filter)
-        {
-            self.routes.remove(filter, node);
+    fn remove(&mut self, node: &str, route: &str) {
+        let Some((node, routes)) = self.by_node.get_key_value(node) else { return };
+        if !routes.contains(route) {
+            return;
+        }
+        let node = node.clone();
+        let (at, key, _) = replica_slot(&node, route);
+        self.routes.remove(at, &key);
+        if let Some(routes) = self.by_node.get_mut(&node) {
+            routes.remove(route);
         }
     }
 
-    /// The nodes with a filter matching `topic`, each once: live or not (a
-    /// node that is down finds what was sent meanwhile in its stream).
-    fn nodes_for(&self, topic: &str) -> Vec<Arc<str>> {
-        let mut nodes: Vec<Arc<str>> = Vec::new();
-        self.routes.for_each_match(topic, |node, ()| {
-            if !nodes.contains(node) {
-                nodes.push(node.clone());
+    /// The nodes with a route matching `topic`, each once: whether a
+    /// subscription there that is not shared matches, and the shared
+    /// subscription groups there that match. Live or not (a node that is
+    /// down finds what was sent meanwhile in its stream).
+    fn matches(&self, topic: &str) -> Destinations {
+        let mut nodes: Destinations = Vec::new();
+        self.routes.for_each_match(topic, |key, group| {
+            let node = key_node(key);
+            let at = match nodes.iter().position(|(n, ..)| **n == *node) {
+                Some(at) => at,
+                None => {
+                    let node = self.by_node.get_key_value(node).map_or_else(|| node.into(), |(n, _)| n.clone());
+                    nodes.push((node, false, Vec::new()));
+                    nodes.len() - 1
+                }
+            };
+            match group {
+                None => nodes[at].1 = true,
+                Some(group) => nodes[at].2.push(group.clone()),
             }
         });
         nodes
     }
+
+    fn nodes_for(&self, topic: &str) -> Vec<Arc<str>> {
+        self.matches(topic).into_iter().map(|(node, ..)| node).collect()
+    }
+}
+
+/// The node of a replica trie's key.
+fn key_node(key: &str) -> &str {
+    key.split_once('\0').map_or(key, |(node, _)| node)
 }
 
 /// Work for the forwarder, in the order it was handed over.
@@ -256,7 +304,7 @@ enum Out {
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
-    Message(Vec<Arc<str>>, Message, bool, Option<Arc<Receipt>>),
+    Message(Destinations, Message, bool, Option<Arc<Receipt>>),
 }
 
 fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -298,6 +346,8 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         replica: RwLock::new(Replica::default()),
         out,
         lease: config.lease,
+        local: std::sync::Mutex::new(HashMap::new()),
+        cursors: std::sync::Mutex::new(HashMap::new()),
         serving: AtomicBool::new(true),
         // The first beat comes before the lease thread looks.
         renewed: AtomicU64::new(0),
@@ -367,21 +417,70 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Picks, for each shared subscription group in `nodes`, the one node
+    /// whose members get the message (this one too, if it has members),
+    /// each in turn; the other nodes' entries lose the group (and a node
+    /// left with nothing to deliver goes). Returns the groups another node
+    /// delivers.
+    fn pick_for_groups(&self, nodes: &mut Destinations) -> Vec<Arc<str>> {
+        if nodes.iter().all(|(_, _, groups)| groups.is_empty()) {
+            return Vec::new();
+        }
+        let mut groups: Vec<Arc<str>> = nodes.iter().flat_map(|(_, _, g)| g.iter().cloned()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if cursors.len() >= MAX_CLAIMS {
+            cursors.clear();
+        }
+        let mut elsewhere = Vec::new();
+        for group in groups {
+            // The candidates in a fixed order: this node (if it has
+            // members), then the others by name.
+            let mut at: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].2.contains(&group)).collect();
+            at.sort_unstable_by(|&a, &b| nodes[a].0.cmp(&nodes[b].0));
+            let here = local.contains_key(&*group);
+            let cursor = cursors.entry(group.clone()).or_insert(0);
+            let n = at.len() + usize::from(here);
+            let pick = *cursor % n;
+            *cursor = cursor.wrapping_add(1);
+            let chosen = match here {
+                true if pick == 0 => None,
+                true => Some(at[pick - 1]),
+                false => Some(at[pick]),
+            };
+            for &i in &at {
+                if Some(i) != chosen {
+                    nodes[i].2.retain(|g| *g != group);
+                }
+            }
+            if chosen.is_some() {
+                elsewhere.push(group);
+            }
+        }
+        nodes.retain(|(_, plain, groups)| *plain || !groups.is_empty());
+        elsewhere
+    }
+}
+
 impl Peers for Cluster {
-    fn forward(&self, message: &Message, retain: bool) -> Option<Arc<Receipt>> {
+    fn forward(&self, message: &Message, retain: bool) -> Forward {
         // $SYS is each node's own.
         if message.topic.starts_with("$SYS") {
-            return None;
+            return Forward::default();
         }
-        let nodes = read(&self.replica).nodes_for(&message.topic);
+        let mut nodes = read(&self.replica).matches(&message.topic);
+        let elsewhere = self.pick_for_groups(&mut nodes);
         if nodes.is_empty() && !retain {
-            return None;
+            return Forward { receipt: None, elsewhere };
         }
         if message.qos != QoS::AtMostOnce || retain {
             let receipt = (message.qos != QoS::AtMostOnce).then(|| Receipt::waiting(1));
             self.waiting.fetch_add(1, Ordering::AcqRel);
             self.send(Out::Message(nodes, message.clone(), retain, receipt.clone()));
-            return receipt;
+            return Forward { receipt, elsewhere };
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -392,18 +491,29 @@ impl Peers for Cluster {
                 "cluster: {MAX_WAITING} messages wait for Redis already: a message to {} not forwarded",
                 message.topic
             );
-            return None;
+            return Forward { receipt: None, elsewhere };
         }
         self.send(Out::Message(nodes, message.clone(), false, None));
-        None
+        Forward { receipt: None, elsewhere }
     }
 
-    fn filter_added(&self, filter: &str) {
-        self.send(Out::Route(true, filter.to_owned()));
+    fn subscription_added(&self, route: &str) {
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = local.entry(route.into()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.send(Out::Route(true, route.to_owned()));
+        }
     }
 
-    fn filter_removed(&self, filter: &str) {
-        self.send(Out::Route(false, filter.to_owned()));
+    fn subscription_removed(&self, route: &str) {
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = local.get_mut(route) else { return };
+        *count -= 1;
+        if *count == 0 {
+            local.remove(route);
+            self.send(Out::Route(false, route.to_owned()));
+        }
     }
 
     fn figures(&self) -> crate::broker::ClusterFigures {
@@ -926,7 +1036,7 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
                     pipe.cmd("XADD").arg(RETAIN_LOG).arg("MAXLEN").arg("~").arg(ROUTE_LOG_LEN).arg("*");
                     pipe.arg("m").arg(&encoded).ignore();
                 }
-                for dest in nodes {
+                for (dest, plain, groups) in nodes {
                     let at = match per_node.iter().position(|(n, _)| n == dest) {
                         Some(at) => at,
                         None => {
@@ -934,9 +1044,7 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
                             per_node.len() - 1
                         }
                     };
-                    let buf = &mut per_node[at].1;
-                    buf.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-                    buf.extend_from_slice(&encoded);
+                    encode_record(&mut per_node[at].1, *plain, groups, &encoded);
                     copies += 1;
                 }
             }
@@ -951,30 +1059,67 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
             .arg("*")
             .arg("from")
             .arg(node)
-            .arg("m")
+            .arg("b")
             .arg(messages)
             .ignore();
     }
     (pipe, copies)
 }
 
-/// The messages of a forwarded batch; decoding stops at the first one that
-/// does not fit what is left.
-fn decode_batch(mut bytes: &[u8]) -> Vec<Message> {
-    let mut messages = Vec::new();
+/// One message of a forwarded batch: its length (4 bytes, what follows),
+/// whether the destination's subscriptions that are not shared get it (1
+/// byte), the shared subscription groups it delivers for (a count, 4
+/// bytes, then each as 2 bytes of length and the name), the message as the
+/// store encodes it.
+fn encode_record(buf: &mut Vec<u8>, plain: bool, groups: &[Arc<str>], encoded: &[u8]) {
+    let len = 5 + groups.iter().map(|g| 2 + g.len()).sum::<usize>() + encoded.len();
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.push(u8::from(plain));
+    buf.extend_from_slice(&(groups.len() as u32).to_be_bytes());
+    for group in groups {
+        // A filter is at most 65,535 bytes (MQTT-1.5.4).
+        buf.extend_from_slice(&(group.len() as u16).to_be_bytes());
+        buf.extend_from_slice(group.as_bytes());
+    }
+    buf.extend_from_slice(encoded);
+}
+
+/// A forwarded message: whether the subscriptions here that are not
+/// shared get it, and the shared subscription groups it is for.
+type Record = (Message, bool, Vec<Arc<str>>);
+
+/// The messages of a forwarded batch ([`encode_record`]); decoding stops at
+/// the first one that does not fit what is left.
+fn decode_batch(mut bytes: &[u8]) -> Vec<Record> {
+    let mut records = Vec::new();
     while let Some((len, rest)) = bytes.split_first_chunk::<4>() {
         let len = u32::from_be_bytes(*len) as usize;
         if len > rest.len() || len > MAX_MESSAGE {
             log::warn!("cluster: a forwarded batch is cut short ({len} bytes declared, {} left)", rest.len());
             break;
         }
-        match crate::store::decode_message(&rest[..len]) {
-            Some(m) => messages.push(m),
+        match decode_record(&rest[..len]) {
+            Some(r) => records.push(r),
             None => log::warn!("cluster: a forwarded message does not decode; skipped"),
         }
         bytes = &rest[len..];
     }
-    messages
+    records
+}
+
+fn decode_record(bytes: &[u8]) -> Option<Record> {
+    let (&plain, rest) = bytes.split_first()?;
+    let (count, mut rest) = rest.split_first_chunk::<4>()?;
+    // Each group takes 2 bytes at least: a count past that is not believed.
+    let count = u32::from_be_bytes(*count) as usize;
+    let mut groups = Vec::with_capacity(count.min(rest.len() / 2));
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        groups.push(std::str::from_utf8(after.get(..len)?).ok()?.into());
+        rest = &after[len..];
+    }
+    Some((crate::store::decode_message(rest)?, plain == 1, groups))
 }
 
 /// The `midge-cluster-in` thread.
@@ -1007,10 +1152,10 @@ fn receive(c: &Cluster, broker: &Broker) {
                 if let (Some(id), Some(token)) = (text(entry.map.get("kick")), text(entry.map.get("token"))) {
                     taken_over(c, broker, &id, token.parse().unwrap_or(0));
                 }
-                if let Some(Value::BulkString(bytes)) = entry.map.get("m") {
-                    for message in decode_batch(bytes) {
+                if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
+                    for (message, plain, groups) in decode_batch(bytes) {
                         c.received.fetch_add(1, Ordering::Relaxed);
-                        ticket = ticket.max(broker.publish_forwarded(message));
+                        ticket = ticket.max(broker.publish_forwarded(message, plain, &groups));
                     }
                 }
                 ids.push(entry.id);
@@ -1121,7 +1266,24 @@ mod tests {
         assert_eq!(r.nodes_for("s/2"), vec![a.clone()], "s/# is still there");
         r.remove("a", "s/#");
         assert!(r.nodes_for("s/2").is_empty());
-        assert_eq!(r.nodes_for("s/1"), vec![b]);
+        assert_eq!(r.nodes_for("s/1"), vec![b.clone()]);
+
+        // Shared subscription groups: under their inner filter, each node
+        // once with the groups it has.
+        r.add(&a, "$share/g/s/#");
+        r.add(&b, "$share/g/s/+");
+        r.add(&b, "$share/h/s/1");
+        let mut m = r.matches("s/1");
+        m.sort();
+        m.iter_mut().for_each(|(_, _, groups)| groups.sort());
+        let group = |g: &str| -> Arc<str> { g.into() };
+        let b_groups = vec![group("$share/g/s/+"), group("$share/h/s/1")];
+        assert_eq!(m, vec![(a.clone(), false, vec![group("$share/g/s/#")]), (b.clone(), true, b_groups)]);
+        r.remove("b", "$share/h/s/1");
+        r.remove("b", "s/1");
+        assert_eq!(r.matches("s/1").len(), 2);
+        r.remove("b", "$share/g/s/+");
+        assert_eq!(r.matches("s/1"), vec![(a, false, vec![group("$share/g/s/#")])]);
     }
 
     #[test]
@@ -1130,15 +1292,16 @@ mod tests {
         let mut one = Vec::new();
         crate::store::encode_message_into(&m, &mut one);
         let mut batch = Vec::new();
-        for _ in 0..2 {
-            batch.extend_from_slice(&(one.len() as u32).to_be_bytes());
-            batch.extend_from_slice(&one);
-        }
+        encode_record(&mut batch, true, &[], &one);
+        encode_record(&mut batch, false, &["$share/g/t/+".into(), "$share/h/#".into()], &one);
         let decoded = decode_batch(&batch);
         assert_eq!(decoded.len(), 2);
+        let (m, plain, groups) = &decoded[1];
+        assert_eq!((&*m.topic, &m.payload[..], m.qos, m.retain), ("t/1", &b"hello"[..], QoS::AtLeastOnce, true));
+        assert_eq!((decoded[0].1, decoded[0].2.len()), (true, 0));
         assert_eq!(
-            (&*decoded[1].topic, &decoded[1].payload[..], decoded[1].qos, decoded[1].retain),
-            ("t/1", &b"hello"[..], QoS::AtLeastOnce, true)
+            (*plain, groups.iter().map(|g| &**g).collect::<Vec<_>>()),
+            (false, vec!["$share/g/t/+", "$share/h/#"])
         );
         batch.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode_batch(&batch).len(), 2, "a declared length past the end is not read");

@@ -103,6 +103,33 @@ impl<V> Trie<V> {
         node.subscribers.len()
     }
 
+    /// Whether `client` has a subscription to exactly `filter`.
+    pub fn contains(&self, filter: &str, client: &str) -> bool {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.subscribers.contains_key(client)
+    }
+
+    /// Calls `f` with every subscription's filter, client and value
+    /// (walked with a list of nodes still to visit, not by recursion).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &Arc<str>, &V)) {
+        let mut pending: Vec<(&Node<V>, String)> =
+            self.root.children.iter().map(|(level, node)| (node, level.to_string())).collect();
+        while let Some((node, path)) = pending.pop() {
+            for (level, child) in &node.children {
+                pending.push((child, format!("{path}/{level}")));
+            }
+            for (client, value) in &node.subscribers {
+                f(&path, client, value);
+            }
+        }
+    }
+
     /// Every filter with at least one subscriber (walked with a list of
     /// nodes still to visit, not by recursion).
     pub fn filters(&self) -> Vec<String> {

@@ -750,3 +750,68 @@ fn cluster_mqtt_3_1_2_8_a_killed_nodes_wills_fire_on_another_node_smol() {
 fn cluster_mqtt_3_1_2_8_a_killed_nodes_wills_fire_on_another_node_async_std() {
     wills_of_a_killed_node("async-std");
 }
+
+runtime_kind_test!(
+    /// MQTT-4.8.2-3 across nodes: a shared subscription group with members
+    /// on three nodes gets each message once, at one member of one node
+    /// (the nodes take turns), while a subscription that is not shared
+    /// still gets every message; members on one node share that node's
+    /// turns.
+    cluster_mqtt_4_8_2_3_a_shared_subscription_group_spanning_nodes_gets_each_message_once,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let (a, b, c) = (node(kind, &redis, "a"), node(kind, &redis, "b"), node(kind, &redis, "c"));
+        let mut members = Vec::new();
+        for (at, id) in [(&a, "m-a"), (&b, "m-b1"), (&b, "m-b2"), (&c, "m-c")] {
+            let mut member = at.client(id);
+            member.subscribe(1, &[("$share/g/s/#", 1)]);
+            members.push(member);
+        }
+        let mut plain = c.client("plain");
+        plain.subscribe(1, &[("s/#", 1)]);
+        // A node's route changes arrive in order: once its last one is
+        // at a, so are the others.
+        let mut probes = Vec::new();
+        for (at, name) in [(&b, "b"), (&c, "c")] {
+            let mut probe = at.client(&format!("probe-{name}"));
+            probe.subscribe(1, &[(&format!("probe/{name}"), 0)]);
+            wait_for_routes(&a, &format!("probe/{name}"), &[name]);
+            probes.push(probe);
+        }
+        let mut publisher = a.client("pub");
+        const N: u16 = 30;
+        for i in 1..=N {
+            publisher.send(&packets::publish("s/1", i.to_string().as_bytes(), 1, i));
+            publisher.expect(&packets::ack(0x40, i));
+        }
+        let every: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+        // In tens: more than the inflight window unacknowledged stalls.
+        let got: Vec<String> = (0..N / 10).flat_map(|_| payloads(plain.receive_and_ack(10))).map(|(p, _)| p).collect();
+        assert_eq!(got, every, "the subscription that is not shared gets every message, in order");
+
+        let mut seen: Vec<Vec<String>> = vec![Vec::new(); members.len()];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for m in &mut members {
+            m.set_read_timeout(Duration::from_millis(50));
+        }
+        while seen.iter().map(Vec::len).sum::<usize>() < every.len() {
+            assert!(Instant::now() < deadline, "the group got {seen:?} of {N} after 20 s");
+            for (m, seen) in members.iter_mut().zip(&mut seen) {
+                if let Ok(p) = m.try_recv() {
+                    let (_, pid, payload) = p.publish();
+                    m.send(&packets::ack(0x40, pid.expect("QoS 1")));
+                    seen.push(String::from_utf8(payload).unwrap());
+                }
+            }
+        }
+        for m in &mut members {
+            m.set_read_timeout(Duration::from_secs(20));
+            m.expect_nothing_queued();
+        }
+        let mut all: Vec<String> = seen.concat();
+        all.sort_by_key(|p| p.parse::<u16>().unwrap());
+        assert_eq!(all, every, "each message once in the group: {seen:?}");
+        let per_node = [seen[0].len(), seen[1].len() + seen[2].len(), seen[3].len()];
+        assert!(per_node.iter().all(|&n| n > 0), "every node's members took turns: {seen:?}");
+    }
+);
