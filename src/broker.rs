@@ -507,9 +507,18 @@ impl Broker {
     /// Only the subscriptions that are not shared (if `plain`) and the
     /// shared subscription `groups` named get it: the publishing node
     /// picked this node for their copy.
-    pub fn publish_forwarded(&self, message: Message, plain: bool, groups: &[Arc<str>]) -> Ticket {
+    /// `pressed` gets every session whose full queue took it anyway because
+    /// its client is reading: the caller reads no more from the other
+    /// node until they have room ([`crate::session_handle::Waiting`]).
+    pub fn publish_forwarded(
+        &self,
+        message: Message,
+        plain: bool,
+        groups: &[Arc<str>],
+        pressed: &mut Vec<Arc<SessionHandle>>,
+    ) -> Ticket {
         let scope = Scope::Forwarded { plain, groups };
-        let routing = self.route(message, false, None, &mut Vec::new(), false, scope);
+        let routing = self.route(message, false, None, pressed, false, scope);
         routing.retained.max(routing.copies)
     }
 

@@ -47,6 +47,11 @@ const MAX_WAITING: usize = 100_000;
 const ROUTE_LOG_LEN: usize = 100_000;
 /// Entries kept in a node's incoming stream.
 const STREAM_LEN: usize = 100_000;
+/// Entries a live node's stream may hold unread before the forwarder waits
+/// for it to read them (which slows the publishers of QoS 1 and 2 here,
+/// their acknowledgements waiting for the forwarder): far below
+/// `STREAM_LEN`, so that a live node's stream is never trimmed.
+const MAX_BEHIND: u64 = 1000;
 /// The consumer group every node reads its own stream with.
 const GROUP: &str = "midge";
 /// Largest message a forwarded batch may declare.
@@ -946,12 +951,16 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             return;
         }
         let Some(conn) = link.get(c, no_setup) else { continue };
-        let (pipe, messages) = pipeline(&c.node, c.life.load(Ordering::Acquire), &batch);
+        let (pipe, messages, dests) = pipeline(&c.node, c.life.load(Ordering::Acquire), &batch);
         // On a failure the batch is sent again on a new connection (a route
         // change twice is harmless; a message twice is at most a duplicate).
         let sent = pipe.query::<Vec<u64>>(conn);
-        let tokens = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+        let mut tokens = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
         if link.done(c, sent.map(drop)) {
+            // The claims' tokens, then each destination's stream length.
+            let lengths = tokens.split_off(tokens.len().saturating_sub(dests.len()));
+            let behind: Vec<Arc<str>> =
+                dests.into_iter().zip(lengths).filter(|(_, len)| *len > MAX_BEHIND).map(|(d, _)| d).collect();
             c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let claimed = batch.iter().filter_map(|o| match o {
                 Out::Claim(id, _) => Some(id),
@@ -988,7 +997,36 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             }
             c.waiting.fetch_sub(taken, Ordering::AcqRel);
             c.forwarded.fetch_add(messages, Ordering::Relaxed);
+            for dest in behind {
+                wait_until_read(c, &mut link, &dest);
+            }
         }
+    }
+}
+
+/// Waits while live node `dest` has more than [`MAX_BEHIND`] entries unread
+/// in its stream: it is slower than what is sent to it, and the publishers
+/// here are slowed rather than its stream trimmed. A node that is down
+/// (its lease ended) is not waited for: its stream keeps what it is sent, up
+/// to `STREAM_LEN` entries (the oldest go beyond that).
+fn wait_until_read(c: &Cluster, link: &mut Link, dest: &Arc<str>) {
+    let key = stream_key(dest);
+    while !c.stopping() && read(&c.replica).live.contains(dest) {
+        let Some(conn) = link.get(c, no_setup) else { return };
+        let len: RedisResult<u64> = redis::cmd("XLEN").arg(&key).query(conn);
+        let Ok(len) = len else {
+            link.done(c, len.map(drop));
+            return;
+        };
+        if len <= MAX_BEHIND / 2 {
+            return;
+        }
+        crate::limited!(
+            "cluster behind",
+            log::Level::Warn,
+            "cluster: node {dest} has {len} entries unread: forwarding waits (publishers here are slowed)"
+        );
+        c.pause(Duration::from_millis(10));
     }
 }
 
@@ -998,7 +1036,8 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
 /// that the retained table and its log change in one order for all.
 /// A will kept in an earlier `life` than this one is not written: its
 /// connection was closed when the node was cut off.
-fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
+/// The destinations, in the order their stream lengths are answered.
+fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<Arc<str>>) {
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut per_node: Vec<(Arc<str>, Vec<u8>)> = Vec::new();
@@ -1050,6 +1089,7 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
             }
         }
     }
+    let mut dests = Vec::with_capacity(per_node.len());
     for (dest, messages) in per_node {
         pipe.cmd("XADD")
             .arg(stream_key(&dest))
@@ -1062,8 +1102,10 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64) {
             .arg("b")
             .arg(messages)
             .ignore();
+        pipe.cmd("XLEN").arg(stream_key(&dest));
+        dests.push(dest);
     }
-    (pipe, copies)
+    (pipe, copies, dests)
 }
 
 /// One message of a forwarded batch: its length (4 bytes, what follows),
@@ -1148,6 +1190,7 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .query(conn)?;
             let mut ids = Vec::new();
             let mut ticket = Ticket::default();
+            let mut pressed = Vec::new();
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 if let (Some(id), Some(token)) = (text(entry.map.get("kick")), text(entry.map.get("token"))) {
                     taken_over(c, broker, &id, token.parse().unwrap_or(0));
@@ -1155,7 +1198,7 @@ fn receive(c: &Cluster, broker: &Broker) {
                 if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
                     for (message, plain, groups) in decode_batch(bytes) {
                         c.received.fetch_add(1, Ordering::Relaxed);
-                        ticket = ticket.max(broker.publish_forwarded(message, plain, &groups));
+                        ticket = ticket.max(broker.publish_forwarded(message, plain, &groups, &mut pressed));
                     }
                 }
                 ids.push(entry.id);
@@ -1187,7 +1230,14 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .arg(&key)
                 .arg(&ids)
                 .ignore()
-                .query(conn)
+                .query::<()>(conn)?;
+            // Backpressure: nothing more is read while a reading subscriber
+            // here has a full queue (what waits stays in Redis, and the
+            // publishing nodes slow down once it grows, see MAX_BEHIND).
+            pressed.sort_unstable_by_key(Arc::as_ptr);
+            pressed.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
+            Ok(())
         })();
         link.done(c, turn);
     }

@@ -15,7 +15,7 @@ use crate::packet::{Connack, Connect, Disconnect, Packet, Properties, Protocol, 
 use crate::runtime::{Runtime, within};
 use crate::security::{AuthStep, ConnectInfo};
 use crate::session::Receipt;
-use crate::session_handle::SessionHandle;
+use crate::session_handle::Waiting;
 use crate::signal::{Kick, Signal};
 use crate::stats::DropCause;
 use crate::store::{Persistence, Ticket, TicketStatus};
@@ -616,51 +616,19 @@ const MAX_UNWRITTEN: usize = 256 * 1024;
 
 /// A session this connection's client filled, waited for until it has room
 /// again or its client makes no progress for the slow-consumer timeout.
-struct Waiting {
-    session: Arc<SessionHandle>,
-    /// Its progress count when last looked at, and since when it stands.
-    progress: u64,
-    since: Instant,
-}
-
 /// Completes once every session in `pressure` has room again, or is marked
 /// stuck after making no progress for `timeout` (then its publishers go on
 /// and what does not fit in its queue is dropped).
 async fn relief<R: Runtime>(rt: &R, pressure: &mut Vec<Waiting>, timeout: Duration) {
     while let Some(w) = pressure.last_mut() {
-        let listener = w.session.listen_for_room();
-        let (room, progress) = {
-            let mut s = w.session.lock();
-            let room = s.session.has_room();
-            if !room {
-                // Whoever drains the queue next wakes us, even if another
-                // publisher's wake-up already went by.
-                s.session.expect_waiter();
+        match w.look(timeout) {
+            None => drop(pressure.pop()),
+            Some((listener, left)) => {
+                let deadline = rt.sleep(left);
+                pin_mut!(deadline);
+                select(listener, deadline).await;
             }
-            (room, s.session.progress())
-        };
-        if room {
-            pressure.pop();
-            continue;
         }
-        if progress != w.progress {
-            (w.progress, w.since) = (progress, Instant::now());
-        }
-        let waited = w.since.elapsed();
-        if waited >= timeout {
-            if w.session.lock().session.mark_stuck() {
-                log::warn!(
-                    "client {}: queue full and no progress for {timeout:?} (slow_consumer_timeout): publishers no longer wait for it, what does not fit is dropped",
-                    w.session.client_id()
-                );
-            }
-            w.session.wake_publishers();
-            pressure.pop();
-            continue;
-        }
-        let deadline = rt.sleep(timeout - waited);
-        pin_mut!(deadline);
-        select(listener, deadline).await;
     }
 }
 
@@ -1075,8 +1043,7 @@ fn serve<'a, R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             }
             for session in client.take_pressed() {
                 if !pressure.iter().any(|w| Arc::ptr_eq(&w.session, &session)) {
-                    let progress = session.lock().session.progress();
-                    pressure.push(Waiting { session, progress, since: Instant::now() });
+                    pressure.push(Waiting::new(session));
                 }
             }
             if !release(broker, &mut held, out) {

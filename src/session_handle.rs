@@ -239,3 +239,70 @@ impl SessionHandle {
         }
     }
 }
+
+/// A publisher held back by a session whose queue it filled
+/// ([`Offer::Pressed`]), until the session has room again or is marked
+/// stuck.
+pub struct Waiting {
+    /// The session with a full queue.
+    pub session: Arc<SessionHandle>,
+    /// Its progress count when last looked at, and since when it stands.
+    progress: u64,
+    since: Instant,
+}
+
+impl Waiting {
+    /// Waiting for `session`, from now.
+    pub fn new(session: Arc<SessionHandle>) -> Waiting {
+        let progress = session.lock().session.progress();
+        Waiting { session, progress, since: Instant::now() }
+    }
+
+    /// `None` once the session has room, or once it made no progress for
+    /// `timeout` (it is marked stuck then: its publishers go on and what
+    /// does not fit in its queue is dropped); otherwise what to wait on,
+    /// for at most how long, before looking again.
+    pub fn look(&mut self, timeout: std::time::Duration) -> Option<(EventListener, std::time::Duration)> {
+        let listener = self.session.listen_for_room();
+        let (room, progress) = {
+            let mut s = self.session.lock();
+            let room = s.session.has_room();
+            if !room {
+                // Whoever drains the queue next wakes us, even if another
+                // publisher's wake-up already went by.
+                s.session.expect_waiter();
+            }
+            (room, s.session.progress())
+        };
+        if room {
+            return None;
+        }
+        if progress != self.progress {
+            (self.progress, self.since) = (progress, Instant::now());
+        }
+        let waited = self.since.elapsed();
+        if waited < timeout {
+            return Some((listener, timeout - waited));
+        }
+        if self.session.lock().session.mark_stuck() {
+            log::warn!(
+                "client {}: queue full and no progress for {timeout:?} (slow_consumer_timeout): publishers no longer wait for it, what does not fit is dropped",
+                self.session.client_id()
+            );
+        }
+        self.session.wake_publishers();
+        None
+    }
+
+    /// Blocks this (non-async) thread until every session in `pressure` has
+    /// room or is marked stuck, as a connection's reads pause.
+    pub fn wait_all(pressure: Vec<Arc<SessionHandle>>, timeout: std::time::Duration) {
+        use event_listener::Listener;
+        for session in pressure {
+            let mut w = Waiting::new(session);
+            while let Some((listener, left)) = w.look(timeout) {
+                listener.wait_timeout(left);
+            }
+        }
+    }
+}

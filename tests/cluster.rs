@@ -815,3 +815,69 @@ runtime_kind_test!(
         assert!(per_node.iter().all(|&n| n > 0), "every node's members took turns: {seen:?}");
     }
 );
+
+runtime_kind_test!(
+    /// Backpressure across nodes: a subscriber on node b that reads
+    /// nothing (its window and its queue of 10 full) stops b reading its
+    /// stream, and once the stream holds a thousand entries node a's
+    /// forwarder waits, so the publisher on a is no longer acknowledged:
+    /// slowed, not dropped. Once the subscriber reads, every message
+    /// arrives, in order, and nothing was dropped on either node.
+    cluster_a_subscriber_that_does_not_read_slows_the_publisher_on_another_node,
+    |kind: RuntimeKind| {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let redis = Redis::start();
+        let a = node(kind, &redis, "a");
+        let url = redis.url();
+        let b = TestBroker::start(kind, |c| {
+            c.cluster = Some(Cluster::new(url, "b"));
+            c.max_queued = 10;
+            c.slow_consumer_timeout = Duration::from_secs(120);
+        });
+        let mut sub = b.client("slow");
+        sub.subscribe(1, &[("bp/#", 1)]);
+        wait_for_routes(&a, "bp/1", &["b"]);
+        // a waits only for a node it sees live (a node that is down keeps
+        // what it is sent in its stream).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while a.broker.peers().unwrap().figures().nodes < 2 {
+            assert!(Instant::now() < deadline, "a does not see b live after 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        const N: usize = 3000;
+        let acked = std::sync::Arc::new(AtomicUsize::new(0));
+        let (count, addr) = (acked.clone(), a.addr);
+        let publisher = std::thread::spawn(move || {
+            let mut p = crate::support::client::Raw::connect(addr);
+            p.send(&packets::connect("bp-pub", true, 0));
+            p.expect(&packets::CONNACK_ACCEPTED);
+            p.set_read_timeout(Duration::from_secs(60));
+            for i in 1..=N {
+                let pid = (i % 60_000 + 1) as u16;
+                p.send(&packets::publish("bp/1", i.to_string().as_bytes(), 1, pid));
+                p.expect(&packets::ack(0x40, pid));
+                count.store(i, Ordering::SeqCst);
+            }
+        });
+        // The publisher stalls: its count stands still for half a second.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = (0, Instant::now());
+        loop {
+            let now = acked.load(Ordering::SeqCst);
+            assert!(now < N, "all {N} acknowledged while the subscriber read nothing");
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now > 0 && last.1.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the publisher neither finished nor stalled in 60 s ({now})");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let got: Vec<String> = (0..N / 10).flat_map(|_| payloads(sub.receive_and_ack(10))).map(|(p, _)| p).collect();
+        publisher.join().unwrap();
+        let every: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+        assert!(got == every, "every message once, in order ({} received)", got.len());
+        assert_eq!(b.broker.stats().queue_drops(), 0, "nothing dropped on b");
+        assert_eq!(a.broker.peers().unwrap().figures().dropped, 0);
+    }
+);
