@@ -938,6 +938,8 @@ fn no_setup(_: &mut Connection) -> RedisResult<()> {
 fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
     let mut link = Link::default();
     let mut batch: Vec<Out> = Vec::new();
+    // Live nodes that stopped reading their stream: not waited for.
+    let mut not_reading: HashSet<Arc<str>> = HashSet::new();
     loop {
         if batch.is_empty() {
             match queue.recv_timeout(Duration::from_millis(200)) {
@@ -959,8 +961,14 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
         if link.done(c, sent.map(drop)) {
             // The claims' tokens, then each destination's stream length.
             let lengths = tokens.split_off(tokens.len().saturating_sub(dests.len()));
-            let behind: Vec<Arc<str>> =
-                dests.into_iter().zip(lengths).filter(|(_, len)| *len > MAX_BEHIND).map(|(d, _)| d).collect();
+            let mut behind = Vec::new();
+            for (dest, len) in dests.into_iter().zip(lengths) {
+                match len > MAX_BEHIND {
+                    true if !not_reading.contains(&dest) => behind.push(dest),
+                    true => {}
+                    false => drop(not_reading.remove(&dest)),
+                }
+            }
             c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let claimed = batch.iter().filter_map(|o| match o {
                 Out::Claim(id, _) => Some(id),
@@ -997,8 +1005,11 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             }
             c.waiting.fetch_sub(taken, Ordering::AcqRel);
             c.forwarded.fetch_add(messages, Ordering::Relaxed);
+            let timeout = broker.config().slow_consumer_timeout;
             for dest in behind {
-                wait_until_read(c, &mut link, &dest);
+                if !wait_until_read(c, &mut link, &dest, timeout) {
+                    not_reading.insert(dest);
+                }
             }
         }
     }
@@ -1008,18 +1019,29 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
 /// in its stream: it is slower than what is sent to it, and the publishers
 /// here are slowed rather than its stream trimmed. A node that is down
 /// (its lease ended) is not waited for: its stream keeps what it is sent, up
-/// to `STREAM_LEN` entries (the oldest go beyond that).
-fn wait_until_read(c: &Cluster, link: &mut Link, dest: &Arc<str>) {
+/// to `STREAM_LEN` entries (the oldest go beyond that). Nor is a node
+/// that reads nothing for `timeout` (`slow_consumer_timeout`): `false`
+/// then, and it is not waited for again until it has caught up.
+fn wait_until_read(c: &Cluster, link: &mut Link, dest: &Arc<str>, timeout: Duration) -> bool {
     let key = stream_key(dest);
+    let mut least = (u64::MAX, Instant::now());
     while !c.stopping() && read(&c.replica).live.contains(dest) {
-        let Some(conn) = link.get(c, no_setup) else { return };
+        let Some(conn) = link.get(c, no_setup) else { return true };
         let len: RedisResult<u64> = redis::cmd("XLEN").arg(&key).query(conn);
         let Ok(len) = len else {
             link.done(c, len.map(drop));
-            return;
+            return true;
         };
         if len <= MAX_BEHIND / 2 {
-            return;
+            return true;
+        }
+        if len < least.0 {
+            least = (len, Instant::now());
+        } else if least.1.elapsed() >= timeout {
+            log::warn!(
+                "cluster: node {dest} read nothing of its {len} waiting entries for {timeout:?} (slow_consumer_timeout): forwarding no longer waits for it"
+            );
+            return false;
         }
         crate::limited!(
             "cluster behind",
@@ -1028,6 +1050,7 @@ fn wait_until_read(c: &Cluster, link: &mut Link, dest: &Arc<str>) {
         );
         c.pause(Duration::from_millis(10));
     }
+    true
 }
 
 /// One transaction for a batch: route changes and retained messages in

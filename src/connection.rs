@@ -614,8 +614,6 @@ const MAX_HELD: usize = 1024;
 /// from the session only once the outbox is written.)
 const MAX_UNWRITTEN: usize = 256 * 1024;
 
-/// A session this connection's client filled, waited for until it has room
-/// again or its client makes no progress for the slow-consumer timeout.
 /// Completes once every session in `pressure` has room again, or is marked
 /// stuck after making no progress for `timeout` (then its publishers go on
 /// and what does not fit in its queue is dropped).

@@ -298,10 +298,12 @@ impl Waiting {
     /// room or is marked stuck, as a connection's reads pause.
     pub fn wait_all(pressure: Vec<Arc<SessionHandle>>, timeout: std::time::Duration) {
         use event_listener::Listener;
-        for session in pressure {
-            let mut w = Waiting::new(session);
-            while let Some((listener, left)) = w.look(timeout) {
-                listener.wait_timeout(left);
+        // All from now, so that each one's timeout runs at once.
+        let mut pressure: Vec<Waiting> = pressure.into_iter().map(Waiting::new).collect();
+        while let Some(w) = pressure.last_mut() {
+            match w.look(timeout) {
+                None => drop(pressure.pop()),
+                Some((listener, left)) => drop(listener.wait_timeout(left)),
             }
         }
     }

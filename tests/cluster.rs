@@ -816,49 +816,61 @@ runtime_kind_test!(
     }
 );
 
-runtime_kind_test!(
-    /// Backpressure across nodes: a subscriber on node b that reads
-    /// nothing (its window and its queue of 10 full) stops b reading its
-    /// stream, and once the stream holds a thousand entries node a's
-    /// forwarder waits, so the publisher on a is no longer acknowledged:
-    /// slowed, not dropped. Once the subscriber reads, every message
-    /// arrives, in order, and nothing was dropped on either node.
-    cluster_a_subscriber_that_does_not_read_slows_the_publisher_on_another_node,
-    |kind: RuntimeKind| {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let redis = Redis::start();
-        let a = node(kind, &redis, "a");
-        let url = redis.url();
-        let b = TestBroker::start(kind, |c| {
-            c.cluster = Some(Cluster::new(url, "b"));
-            c.max_queued = 10;
-            c.slow_consumer_timeout = Duration::from_secs(120);
-        });
-        let mut sub = b.client("slow");
-        sub.subscribe(1, &[("bp/#", 1)]);
-        wait_for_routes(&a, "bp/1", &["b"]);
-        // a waits only for a node it sees live (a node that is down keeps
-        // what it is sent in its stream).
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while a.broker.peers().unwrap().figures().nodes < 2 {
-            assert!(Instant::now() < deadline, "a does not see b live after 15 s");
+/// A subscriber on node b that reads nothing (its window and its queue of
+/// 10 full) stops b reading its stream; once the stream holds a thousand
+/// entries node a's forwarder waits, so the publisher on a is no longer
+/// acknowledged: slowed, not dropped. With `a_gives_up` (a's
+/// slow_consumer_timeout of 1 s, not 120 s), a stops waiting for b once b
+/// read nothing that long, and the publisher finishes while the subscriber
+/// still reads nothing. Either way, once the subscriber reads, every
+/// message arrives, in order, and nothing was dropped on either node.
+fn backpressure(kind: RuntimeKind, a_gives_up: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = Redis::start();
+    let url = redis.url();
+    let a_timeout = Duration::from_secs(if a_gives_up { 1 } else { 120 });
+    let a = TestBroker::start(kind, |c| {
+        c.cluster = Some(Cluster::new(url.clone(), "a"));
+        c.slow_consumer_timeout = a_timeout;
+    });
+    let b = TestBroker::start(kind, |c| {
+        c.cluster = Some(Cluster::new(url, "b"));
+        c.max_queued = 10;
+        c.slow_consumer_timeout = Duration::from_secs(120);
+    });
+    let mut sub = b.client("slow");
+    sub.subscribe(1, &[("bp/#", 1)]);
+    wait_for_routes(&a, "bp/1", &["b"]);
+    // a waits only for a node it sees live (a node that is down keeps
+    // what it is sent in its stream).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.broker.peers().unwrap().figures().nodes < 2 {
+        assert!(Instant::now() < deadline, "a does not see b live after 15 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const N: usize = 3000;
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
+    let (count, addr) = (acked.clone(), a.addr);
+    let publisher = std::thread::spawn(move || {
+        let mut p = crate::support::client::Raw::connect(addr);
+        p.send(&packets::connect("bp-pub", true, 0));
+        p.expect(&packets::CONNACK_ACCEPTED);
+        p.set_read_timeout(Duration::from_secs(60));
+        for i in 1..=N {
+            let pid = (i % 60_000 + 1) as u16;
+            p.send(&packets::publish("bp/1", i.to_string().as_bytes(), 1, pid));
+            p.expect(&packets::ack(0x40, pid));
+            count.store(i, Ordering::SeqCst);
+        }
+    });
+    if a_gives_up {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::SeqCst) < N {
+            let now = acked.load(Ordering::SeqCst);
+            assert!(Instant::now() < deadline, "{now} of {N} acknowledged after 60 s: a still waits for b");
             std::thread::sleep(Duration::from_millis(20));
         }
-        const N: usize = 3000;
-        let acked = std::sync::Arc::new(AtomicUsize::new(0));
-        let (count, addr) = (acked.clone(), a.addr);
-        let publisher = std::thread::spawn(move || {
-            let mut p = crate::support::client::Raw::connect(addr);
-            p.send(&packets::connect("bp-pub", true, 0));
-            p.expect(&packets::CONNACK_ACCEPTED);
-            p.set_read_timeout(Duration::from_secs(60));
-            for i in 1..=N {
-                let pid = (i % 60_000 + 1) as u16;
-                p.send(&packets::publish("bp/1", i.to_string().as_bytes(), 1, pid));
-                p.expect(&packets::ack(0x40, pid));
-                count.store(i, Ordering::SeqCst);
-            }
-        });
+    } else {
         // The publisher stalls: its count stands still for half a second.
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = (0, Instant::now());
@@ -873,11 +885,24 @@ runtime_kind_test!(
             assert!(Instant::now() < deadline, "the publisher neither finished nor stalled in 60 s ({now})");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let got: Vec<String> = (0..N / 10).flat_map(|_| payloads(sub.receive_and_ack(10))).map(|(p, _)| p).collect();
-        publisher.join().unwrap();
-        let every: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
-        assert!(got == every, "every message once, in order ({} received)", got.len());
-        assert_eq!(b.broker.stats().queue_drops(), 0, "nothing dropped on b");
-        assert_eq!(a.broker.peers().unwrap().figures().dropped, 0);
     }
+    let got: Vec<String> = (0..N / 10).flat_map(|_| payloads(sub.receive_and_ack(10))).map(|(p, _)| p).collect();
+    publisher.join().unwrap();
+    let every: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+    assert!(got == every, "every message once, in order ({} received)", got.len());
+    assert_eq!(b.broker.stats().queue_drops(), 0, "nothing dropped on b");
+    assert_eq!(a.broker.peers().unwrap().figures().dropped, 0);
+}
+
+runtime_kind_test!(
+    /// See [`backpressure`]: the publisher is slowed.
+    cluster_a_subscriber_that_does_not_read_slows_the_publisher_on_another_node,
+    |kind: RuntimeKind| backpressure(kind, false)
+);
+
+runtime_kind_test!(
+    /// See [`backpressure`]: a node that reads nothing for the publishing
+    /// node's slow_consumer_timeout is no longer waited for.
+    cluster_a_node_that_reads_nothing_for_the_slow_consumer_timeout_is_no_longer_waited_for,
+    |kind: RuntimeKind| backpressure(kind, true)
 );
