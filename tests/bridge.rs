@@ -7,7 +7,7 @@ use crate::crash::{self, Subscriber};
 use crate::support::client::{Raw, read_packet};
 use crate::support::packets::{self, PUBACK, PUBCOMP, PUBREC, PUBREL, ack};
 use crate::support::process::{Process, run};
-use crate::support::{TempDir, TestBroker};
+use crate::support::{TempDir, TestBroker, free_port};
 use midge::config::{Bridge, BridgeDirection, BridgeTopic};
 use midge::packet::{Protocol, QoS};
 use std::collections::{HashMap, HashSet};
@@ -18,11 +18,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
-/// A port that was free a moment ago, for a configuration file.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A Mosquitto broker on `port` (anonymous, in memory unless `extra` says
 /// otherwise), started and waited for.

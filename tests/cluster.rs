@@ -33,8 +33,8 @@ impl Redis {
 
     fn with(durable: bool) -> Redis {
         let dir = TempDir::new("redis");
-        // redis-server has no "port 0": take one the system hands out.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // redis-server has no "port 0".
+        let port = crate::support::free_port();
         let mut redis = Redis { process: None, port, dir, durable };
         redis.run();
         redis

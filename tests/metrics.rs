@@ -1,12 +1,12 @@
 use crate::support::client::TIMEOUT;
 use crate::support::packets::{self, Connect, DISCONNECT, PUBACK, ack};
 use crate::support::process::Process;
-use crate::support::{TempDir, TestBroker};
+use crate::support::{TempDir, TestBroker, free_port};
 use midge::packet::ConnectCode;
 use midge::security::{ClientInfo, ConnectInfo, Hooks};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -412,11 +412,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A port free a moment ago, for a program that must be told one.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A query through Prometheus' HTTP API: the first result's value, if any.

@@ -6,7 +6,7 @@
 use crate::support::client::Raw;
 use crate::support::packets::{self, CONNACK_ACCEPTED, Connect, PUBACK, ack};
 use crate::support::process::{LINE_TIMEOUT, Process, run};
-use crate::support::{TempDir, TestBroker};
+use crate::support::{TempDir, TestBroker, free_port};
 use midge::RuntimeKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,12 +17,6 @@ const MIDGE: &str = env!("CARGO_BIN_EXE_midge");
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const DEBIAN_CONF: &str = "/etc/mosquitto/mosquitto.conf";
 const EXAMPLE_CONF: &str = "/usr/share/doc/mosquitto/examples/mosquitto.conf";
-
-/// A port that was free a moment ago (bound on port 0, then closed), for
-/// programs that need a number in their configuration file.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Runs `midge ARGS` to completion: exit code, stdout, stderr.
 fn midge(args: &[&str]) -> (Option<i32>, String, String) {

@@ -167,6 +167,37 @@ fn femme_once() -> Option<()> {
     Some(())
 }
 
+/// A port for a program that must be told one in its arguments or
+/// configuration file (redis-server, Mosquitto, a `mosquitto.conf`): free
+/// when probed, and drawn at random from below the system's ephemeral range
+/// (32768–60999 on Linux), so that no other test's port-0 listener or
+/// outgoing connection takes it between the probe and the program's bind.
+/// Never the same port twice in one test process.
+pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_768;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen: HashSet<u16> = given.iter().copied().collect();
+    let random = RandomState::new();
+    for attempt in 0u64.. {
+        let draw = random.hash_one((std::process::id(), attempt, std::time::Instant::now()));
+        let port = LOW + (draw % u64::from(HIGH - LOW)) as u16;
+        if seen.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+        assert!(attempt < 10_000, "no free port in {LOW}..{HIGH}");
+    }
+    unreachable!()
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
