@@ -14,7 +14,7 @@ use crate::session::{ClientLimits, Message, Offer, Receipt, Session};
 use crate::session_handle::SessionHandle;
 use crate::signal::{Kick, Signal};
 use crate::stats::{DropCause, Stats};
-use crate::store::{Op, Persistence, SessionOwner, Snapshot, Store, Ticket, WalStore};
+use crate::store::{Op, Persistence, SessionOwner, Snapshot, Store, StoredSession, Ticket, WalStore};
 use crate::topic;
 use crate::trie::Trie;
 use std::collections::HashMap;
@@ -72,6 +72,8 @@ struct Shared {
     delayed_wills: Mutex<HashMap<Arc<str>, Arc<PendingWill>>>,
     /// The other nodes of a cluster, once joined.
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
+    /// The store's [`Op::Mark`] values as read at start.
+    marks: std::collections::BTreeMap<Arc<str>, bytes::Bytes>,
 }
 
 /// A cluster node's figures, for `$SYS` and the metrics endpoint.
@@ -159,10 +161,12 @@ pub trait Peers: Send + Sync {
     fn subscription_added(&self, route: &str);
     /// A subscription on this node under `route` went.
     fn subscription_removed(&self, route: &str);
-    /// A client connected here with this id: the cluster's other nodes
-    /// end their connections with it (a takeover across nodes). The
-    /// receipt completes once the claim is made; the CONNACK waits for it.
-    fn claim(&self, client_id: &Arc<str>) -> Option<Arc<Receipt>>;
+    /// A client connects here with this id: the cluster's other nodes end
+    /// their connections with it (a takeover across nodes). With
+    /// `take_session`, a persistent session another node held is taken
+    /// over (without, it is deleted). Completes once the claim is made;
+    /// the session is attached after that.
+    fn claim(&self, client_id: &Arc<str>, take_session: bool) -> Option<Arc<Claimed>>;
     /// The other nodes a message on `topic` would go to now.
     fn nodes_for(&self, topic: &str) -> Vec<String>;
     /// What `$SYS` and the metrics show of the cluster.
@@ -176,8 +180,25 @@ pub trait Peers: Send + Sync {
     }
     /// A connection's will as it connects (`Some`: the message, whether it
     /// is retained, its delay in seconds) or its end (`None`): the cluster
-    /// keeps a copy, which another node fires if this one dies.
-    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>);
+    /// keeps a copy, which another node fires if this one dies; the
+    /// receipt (for a will kept) completes once it is.
+    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>) -> Option<Arc<Receipt>>;
+}
+
+/// A claim of a client id across the cluster ([`Peers::claim`]).
+#[derive(Debug)]
+pub struct Claimed {
+    /// Completes once Redis answered.
+    pub receipt: Arc<Receipt>,
+    /// `Some` if another node owned the id: with the persistent session
+    /// it held, if one is taken over.
+    pub session: Mutex<Option<Option<StoredSession>>>,
+}
+
+impl Default for Claimed {
+    fn default() -> Self {
+        Claimed { receipt: Receipt::waiting(1), session: Mutex::new(None) }
+    }
 }
 
 struct Entry {
@@ -328,6 +349,35 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A persistent session as stored, made live: its registry entry; each of
+/// its subscriptions is handed to `subscribe` (the filter it matches with,
+/// its key, the subscriber).
+fn restored(
+    id: &Arc<str>,
+    stored: StoredSession,
+    limits: &Arc<crate::session::Limits>,
+    config: &Config,
+    store: Option<Persistence>,
+    now: SystemTime,
+    mut subscribe: impl FnMut(&str, Arc<str>, Subscriber),
+) -> Entry {
+    let left = epoch_millis(now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen))));
+    let owner = stored.owner.clone().unwrap_or_default();
+    let session = Session::restore(id.clone(), stored, shared_limits(limits, config.limits_for(id)));
+    let handle = SessionHandle::new(id.clone(), session, store);
+    {
+        // Deliveries while its client is away are checked against the ACL
+        // of the listener and user it last connected as.
+        let mut s = handle.lock();
+        (s.listener, s.username) = (owner.listener, owner.username);
+        for (filter, sub) in s.session.subscriptions() {
+            let (at, key, share) = slot(filter, id);
+            subscribe(at, key, Subscriber { sub, session: handle.clone(), share });
+        }
+    }
+    Entry { session: handle, clean: false, kick: None, left, last_connection: 0 }
+}
+
 fn epoch_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -337,6 +387,22 @@ impl Broker {
     /// is durable in `data_dir` (restoring what is stored there), or in
     /// memory when `data_dir` is `None`.
     pub fn open(config: Config) -> Result<Broker, OpenError> {
+        // A cluster node keeps its persistent sessions in Redis, where
+        // another node can take them over.
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &config.cluster {
+            if let Some(dir) = &config.data_dir {
+                log::info!(
+                    "cluster node: persistent sessions are kept in the cluster's Redis; data directory {} is not used",
+                    dir.display()
+                );
+            }
+            let bridges = config.clone();
+            let store = crate::cluster::RedisStore::open(&cluster.redis, &cluster.node_id, move |id| {
+                bridges.bridge_of_session(id).is_some()
+            })?;
+            return Broker::with_store(config, Box::new(store));
+        }
         match config.data_dir.clone() {
             Some(dir) => {
                 let security = Security::load(&config).map_err(OpenError::Config)?;
@@ -382,22 +448,10 @@ impl Broker {
         let limits = Arc::new(config.limits());
         let now = SystemTime::now();
         for (id, stored) in snapshot.sessions {
-            let left =
-                epoch_millis(now.checked_sub(Duration::from_secs(epoch_seconds(now).saturating_sub(stored.last_seen))));
-            let owner = stored.owner.clone().unwrap_or_default();
-            let session = Session::restore(id.clone(), stored, shared_limits(&limits, config.limits_for(&id)));
-            let handle = SessionHandle::new(id.clone(), session, store.clone());
-            {
-                // Deliveries while its client is away are checked against
-                // the ACL of the listener and user it last connected as.
-                let mut s = handle.lock();
-                (s.listener, s.username) = (owner.listener, owner.username);
-                for (filter, sub) in s.session.subscriptions() {
-                    let (at, key, share) = slot(filter, &id);
-                    trie.insert(at, key, Subscriber { sub, session: handle.clone(), share });
-                }
-            }
-            registry.insert(id, Entry { session: handle, clean: false, kick: None, left, last_connection: 0 });
+            let entry = restored(&id, stored, &limits, &config, store.clone(), now, |at, key, s| {
+                trie.insert(at, key, s);
+            });
+            registry.insert(id, entry);
         }
         let shared = Shared {
             config,
@@ -416,6 +470,7 @@ impl Broker {
             share_cursors: Mutex::new(HashMap::new()),
             delayed_wills: Mutex::new(HashMap::new()),
             peers: std::sync::OnceLock::new(),
+            marks: snapshot.marks,
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -528,18 +583,44 @@ impl Broker {
         self.keep_retained(message)
     }
 
-    /// Ends the connection attached to `client_id` here, as a takeover
-    /// does (5.0: DISCONNECT 0x8E): another node of the cluster took the
-    /// id. Whether one was attached.
-    pub fn take_over_from_cluster(&self, client_id: &str) -> bool {
-        let registry = lock(&self.shared.registry);
-        match registry.get(client_id).and_then(|e| e.kick.as_ref()) {
-            Some(kick) => {
-                kick.raise();
-                true
-            }
-            None => false,
-        }
+    /// Another node of the cluster took `client_id` over: the connection
+    /// attached here ends as a takeover does (5.0: DISCONNECT 0x8E), and
+    /// the session goes from this node without a store write (a persistent
+    /// one is the new owner's in Redis now, which refuses this node's
+    /// writes to it). Whether there was a connection.
+    pub fn release_to_cluster(&self, client_id: &str) -> bool {
+        let mut registry = lock(&self.shared.registry);
+        let Some((id, entry)) = registry.remove_entry(client_id) else { return false };
+        let attached = entry.kick.as_ref().inspect(|kick| kick.raise()).is_some();
+        // Its `Op::Session(id, None)` is not written.
+        self.discard(&id, &entry.session, &mut Vec::new());
+        attached
+    }
+
+    /// A CONNECT here took `client_id` over from another node of the
+    /// cluster, before the client is attached: what this node still has
+    /// of an earlier session with that id is stale and goes (without a
+    /// store write), and the persistent session the other node held, if
+    /// taken over, becomes this node's as Redis kept it (its subscriptions
+    /// routed here).
+    pub fn adopt_from_cluster(&self, client_id: &Arc<str>, stored: Option<StoredSession>) {
+        self.release_to_cluster(client_id);
+        let Some(stored) = stored else { return };
+        let mut registry = lock(&self.shared.registry);
+        let (shared, peers) = (&self.shared, self.shared.peers.get());
+        let mut trie = self.subscriptions_mut();
+        let now = SystemTime::now();
+        let entry =
+            restored(client_id, stored, &shared.limits, &shared.config, shared.store.clone(), now, |at, key, s| {
+                if let Some(peers) = peers
+                    && !trie.contains(at, &key)
+                {
+                    peers.subscription_added(route_of(at, &s.share));
+                }
+                trie.insert(at, key, s);
+            });
+        drop(trie);
+        registry.insert(client_id.clone(), entry);
     }
 
     /// Ends every client connection here (a bridge's own excepted) as a
@@ -588,6 +669,12 @@ impl Broker {
     /// The store, when the broker is durable.
     pub fn store(&self) -> Option<&Persistence> {
         self.shared.store.as_ref()
+    }
+
+    /// The value the store held under `key` ([`Op::Mark`]) when the broker
+    /// started.
+    pub fn mark_at_start(&self, key: &str) -> Option<&bytes::Bytes> {
+        self.shared.marks.get(key)
     }
 
     /// Clients known to the broker: connected, plus persistent sessions

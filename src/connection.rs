@@ -308,7 +308,7 @@ fn finish<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
         && !matches!(reason, Close::CutOff)
         && let Some(peers) = broker.peers()
     {
-        peers.keep_will(conn, client.id(), None);
+        let _ = peers.keep_will(conn, client.id(), None);
     }
     if let Some(will) = client.will.take().filter(|_| reason.publishes_will()) {
         let message = handle::will_message(&will);
@@ -399,7 +399,7 @@ async fn accept<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
             link.outbox.set_max_packet_size(connect.properties.maximum_packet_size);
             let deadline = Instant::now() + timeout;
             match authenticate_enhanced(rt, broker, link, peer, &connect, deadline).await {
-                Ok(auth) => admit(broker, *connect, peer, conn, kick, auth, out).await,
+                Ok(auth) => admit(rt, broker, *connect, peer, conn, kick, auth, out).await,
                 Err(refusal) => Err(refusal),
             }
         }
@@ -540,7 +540,9 @@ async fn authenticate_enhanced<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Applies the client-id rules, limits and credentials to a CONNECT, then
 /// attaches the client to its session.
-async fn admit(
+#[allow(clippy::too_many_arguments)]
+async fn admit<R: Runtime>(
+    rt: &R,
     broker: &Broker,
     connect: Connect,
     peer: &Peer,
@@ -551,6 +553,24 @@ async fn admit(
 ) -> Result<Client, Refusal> {
     let id = handle::admit(broker, &connect, conn)?;
     let username = handle::authenticate(broker, &connect, &id, peer).await?;
+    // A cluster node claims the id before the session is attached: the
+    // other nodes end their connections with it, and the session's writes
+    // to Redis, fenced by the claim, come after it. A bridge's own client
+    // exists on every node that runs the bridge: it claims nothing.
+    let claim = broker
+        .peers()
+        .filter(|_| peer.listener != crate::bridge::BRIDGE_LISTENER)
+        .and_then(|p| p.claim(&id, !connect.clean_session));
+    if let Some(claim) = claim {
+        if within(rt, CLAIM_WAIT, claim.receipt.acknowledged()).await.is_none() {
+            log::warn!("client {id}: the cluster's Redis did not answer within {CLAIM_WAIT:?}; connected anyway");
+        } else if let Some(stored) = claim.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            if stored.is_some() {
+                log::info!("client {id}: its session was at another node of the cluster; it is this node's now");
+            }
+            broker.adopt_from_cluster(&id, stored);
+        }
+    }
     let (clean, keep_alive) = (connect.clean_session, connect.keep_alive);
     let assigned = connect.client_id.is_empty();
     let admitted = Admitted { id, username, conn, listener: peer.listener, assigned, auth, peer: peer.addr };
@@ -575,10 +595,10 @@ async fn admit(
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits until what CONNECT changed (a new persistent session) is durable,
-/// and (for a cluster node) the client id is claimed, for a bounded time.
+/// and (for a cluster node) Redis has the will, for a bounded time.
 async fn durable<R: Runtime>(rt: &R, broker: &Broker, client: &Client) -> bool {
-    if let Some(claim) = client.take_forwarded()
-        && within(rt, CLAIM_WAIT, claim.acknowledged()).await.is_none()
+    if let Some(kept) = client.take_forwarded()
+        && within(rt, CLAIM_WAIT, kept.acknowledged()).await.is_none()
     {
         log::warn!(
             "client {}: the cluster's Redis did not answer within {CLAIM_WAIT:?}; connected anyway",

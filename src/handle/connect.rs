@@ -50,8 +50,9 @@ pub fn connect(
     let session_expiry = how.expiry;
     let attachment = broker.attach_with(&id, how, conn, kick);
     // The cluster keeps a copy of the will: another node fires it if this
-    // one dies (a will the ACL refuses now is not kept). Written before the
-    // claim the CONNACK waits for: once connected, the will is there.
+    // one dies (a will the ACL refuses now is not kept). The CONNACK waits
+    // for it: once connected, the will is there.
+    let mut will_kept = None;
     if let (Some(peers), Some(will)) = (broker.peers(), &connect.will)
         && listener != crate::bridge::BRIDGE_LISTENER
     {
@@ -59,11 +60,9 @@ pub fn connect(
         let who = crate::security::ClientInfo { client_id: &id, username: username.as_deref(), listener };
         if !message.topic.starts_with("$SYS") && broker.guards().allow_publish(&who, &message) {
             let delay = super::will_delay(broker, will, session_expiry);
-            peers.keep_will(conn, &id, Some((&message, will.retain, delay)));
+            will_kept = peers.keep_will(conn, &id, Some((&message, will.retain, delay)));
         }
     }
-    // A bridge's own client exists on every node that runs the bridge.
-    let claim = broker.peers().filter(|_| listener != crate::bridge::BRIDGE_LISTENER).and_then(|p| p.claim(&id));
     // MQTT 3.1 has no Session Present flag: that byte is reserved there.
     let session_present = attachment.session_present && connect.protocol != Protocol::V31;
     let config = broker.config();
@@ -116,10 +115,10 @@ pub fn connect(
         noted: Mutex::new(None),
     };
     client.with_session(|s| s.resend(out));
-    // The CONNACK waits for the cluster's claim of the id, as it waits for
+    // The CONNACK waits for the cluster's copy of the will, as it waits for
     // the store (see connection::durable).
-    if let Some(claim) = claim {
-        client.wait_for_forward(claim);
+    if let Some(kept) = will_kept {
+        client.wait_for_forward(kept);
     }
     client
 }

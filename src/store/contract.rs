@@ -80,6 +80,10 @@ pub fn scenario() -> (Vec<Op>, Snapshot) {
         Op::Session(b.clone(), None),
         Op::Message("nobody".into(), 1, Some(message("n", b"orphan", QoS::AtLeastOnce))),
         Op::Session(a.clone(), Some(200)),
+        Op::Mark("k/1".into(), Some(bytes::Bytes::from_static(b"one"))),
+        Op::Mark("k/2".into(), Some(bytes::Bytes::from_static(b"two"))),
+        Op::Mark("k/1".into(), Some(bytes::Bytes::from_static(b"1"))),
+        Op::Mark("k/2".into(), None),
     ];
     let mut expected = Snapshot::default();
     expected.retained.insert("r/1".into(), retained("r/1", b"one", QoS::AtLeastOnce));
@@ -93,6 +97,7 @@ pub fn scenario() -> (Vec<Op>, Snapshot) {
     session.messages.insert(4, (message5(), Progress::Queued));
     session.incoming.push(8);
     expected.sessions.insert(a, session);
+    expected.marks.insert("k/1".into(), bytes::Bytes::from_static(b"1"));
     (ops, expected)
 }
 

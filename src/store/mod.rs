@@ -14,12 +14,13 @@ mod writer;
 
 pub use self::redb::{FILE_NAME, RedbStore};
 #[cfg(feature = "cluster")]
-pub(crate) use self::redb::{decode_message, encode_message_into};
+pub(crate) use self::redb::{decode_message, decode_options, decode_owner, encode_message_into, encode_owner};
 pub use memory::MemoryStore;
 pub use wal::{SEGMENT_BYTES, SEGMENT_BYTES_ENV, WalStore};
 pub use writer::{Persistence, Ticket, TicketStatus};
 
 use crate::packet::{Message, Pid, Subscription};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::{fmt, io};
@@ -36,7 +37,7 @@ pub enum Progress {
 }
 
 impl Progress {
-    fn from_u8(value: u8) -> Progress {
+    pub(crate) fn from_u8(value: u8) -> Progress {
         match value {
             1 => Progress::Sent,
             2 => Progress::Released,
@@ -80,6 +81,10 @@ pub enum Op {
     Progress(Arc<str>, u64, Progress),
     /// An inbound QoS 2 packet id received (`true`) or released (`false`).
     Incoming(Arc<str>, Pid, bool),
+    /// Set (`Some`) or clear (`None`) a value of midge's own under a key:
+    /// a cluster node's last applied entry of its Redis stream, committed
+    /// with the copies that entry made (format 4).
+    Mark(Arc<str>, Option<Bytes>),
 }
 
 /// A persistent session as stored.
@@ -104,6 +109,8 @@ pub struct Snapshot {
     pub retained: BTreeMap<Arc<str>, Message>,
     /// Persistent sessions by client id.
     pub sessions: BTreeMap<Arc<str>, StoredSession>,
+    /// Values set by [`Op::Mark`].
+    pub marks: BTreeMap<Arc<str>, Bytes>,
 }
 
 impl Snapshot {
@@ -152,6 +159,8 @@ impl Snapshot {
                     s.incoming.push(*pid);
                 }
             }
+            Op::Mark(key, Some(value)) => drop(self.marks.insert(key.clone(), value.clone())),
+            Op::Mark(key, None) => drop(self.marks.remove(key)),
         }
     }
 }
@@ -159,7 +168,8 @@ impl Snapshot {
 /// Drops from one commit's ops what a later op in the same commit undoes,
 /// so that it is never written: a message queued and acknowledged within
 /// one group commit (its add, its progress and its removal), a progress
-/// overwritten by a later one, a retained message replaced or cleared.
+/// overwritten by a later one, a retained message replaced or cleared, a
+/// mark set again.
 /// Applying the folded ops gives the state the original ones give, for
 /// ops as the broker appends them: a message's sequence number is new when
 /// it is added (never already stored for its session).
@@ -214,11 +224,16 @@ impl Folder {
         let (keep, added, progressed) = (&mut self.keep, &mut self.added, &mut self.progressed);
         added.clear();
         progressed.clear();
-        let mut retained: HashMap<&str, usize> = HashMap::new();
+        let (mut retained, mut marks): (HashMap<&str, usize>, HashMap<&str, usize>) = Default::default();
         for (i, op) in ops.iter().enumerate().map(|(i, op)| (i + offset, op)) {
             match op {
                 Op::Retain(topic, _) => {
                     if let Some(before) = retained.insert(topic, i) {
+                        keep[before] = false;
+                    }
+                }
+                Op::Mark(key, _) => {
+                    if let Some(before) = marks.insert(key, i) {
                         keep[before] = false;
                     }
                 }
@@ -398,6 +413,7 @@ mod fold_tests {
                 4 | 5 => Op::Message(id, seq, None),
                 6 | 7 => Op::Progress(id, seq, if next(2) == 0 { Progress::Sent } else { Progress::Released }),
                 8 => Op::Retain("r".into(), (next(2) == 0).then(|| message("r"))),
+                9 if next(2) == 0 => Op::Mark("m".into(), (next(3) > 0).then(|| Bytes::from(next(100).to_string()))),
                 _ => Op::Incoming(id, next(4) as u16 + 1, next(2) == 0),
             });
         }

@@ -28,6 +28,8 @@ const INCOMING: TableDefinition<'_, (&str, u16), ()> = TableDefinition::new("inc
 const OWNERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("owners");
 /// Format 2: the Subscription Identifier of a subscription (5.0).
 const SUBSCRIPTION_IDS: TableDefinition<'_, (&str, &str), u32> = TableDefinition::new("subscription_ids");
+/// Format 4: [`Op::Mark`]'s values.
+const MARKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("marks");
 /// What the file is: `format` = [`FORMAT`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -47,9 +49,12 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 ///   the same directory (see [`super::wal`]). A format 1 or 2 file is
 ///   upgraded by recording `wal` = 1: no segment exists yet. A midge that
 ///   reads only format 2 refuses it (it would not read the log).
+/// - 4 (the cluster): `marks`, and their log records; upgrading is
+///   creating the table. A midge that reads only format 3 refuses it (its
+///   log may hold records it does not know).
 ///
 /// A file from a newer midge is refused.
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 
 /// The first log segment not in the checkpoint (format 3).
 const WAL_KEY: &str = "wal";
@@ -129,6 +134,7 @@ impl RedbStore {
         txn.open_table(INCOMING).map_err(corrupt)?;
         txn.open_table(OWNERS).map_err(corrupt)?;
         txn.open_table(SUBSCRIPTION_IDS).map_err(corrupt)?;
+        txn.open_table(MARKS).map_err(corrupt)?;
         txn.commit().map_err(write_error)
     }
 }
@@ -163,6 +169,14 @@ impl RedbStore {
             meta.insert("format", format).unwrap();
             meta.remove(WAL_KEY).unwrap();
         }
+        txn.commit().unwrap();
+    }
+
+    /// Makes the file look as a format 3 midge left it: no `marks` table.
+    pub(super) fn make_format_3(&self) {
+        let txn = self.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 3).unwrap();
+        txn.delete_table(MARKS).unwrap();
         txn.commit().unwrap();
     }
 }
@@ -218,6 +232,7 @@ fn apply_ops(txn: &WriteTransaction, ops: &[Op]) -> Result<(), ::redb::Error> {
         incoming: txn.open_table(INCOMING)?,
         owners: txn.open_table(OWNERS)?,
         subscription_ids: txn.open_table(SUBSCRIPTION_IDS)?,
+        marks: txn.open_table(MARKS)?,
     };
     for op in ops {
         t.apply(op)?;
@@ -234,6 +249,7 @@ struct Tables<'t> {
     incoming: Table<'t, (&'static str, u16), ()>,
     owners: Table<'t, &'static str, &'static [u8]>,
     subscription_ids: Table<'t, (&'static str, &'static str), u32>,
+    marks: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl Tables<'_> {
@@ -245,6 +261,8 @@ impl Tables<'_> {
             Op::Retain(topic, None) => drop(self.retained.remove(&**topic)?),
             Op::Session(id, Some(seen)) => drop(self.sessions.insert(&**id, seen)?),
             Op::Session(id, None) => self.delete_session(id)?,
+            Op::Mark(key, Some(value)) => drop(self.marks.insert(&**key, &**value)?),
+            Op::Mark(key, None) => drop(self.marks.remove(&**key)?),
             _ if !self.has_session(op)? => {}
             Op::Subscription(id, filter, Some(sub)) => {
                 self.subscriptions.insert((&**id, filter.as_str()), sub.options.to_byte())?;
@@ -284,7 +302,7 @@ impl Tables<'_> {
             | Op::Progress(id, ..)
             | Op::Incoming(id, ..)
             | Op::Owner(id, _) => id,
-            Op::Retain(..) | Op::Session(..) => return Ok(true),
+            Op::Retain(..) | Op::Session(..) | Op::Mark(..) => return Ok(true),
         };
         Ok(self.sessions.get(&**id)?.is_some())
     }
@@ -414,7 +432,7 @@ fn decode_extra<'a>(bytes: &'a [u8], m: &mut Message) -> Option<&'a [u8]> {
 
 /// `listener (u16), expiry flag (u8) and interval (u32), user name length
 /// (u16, 0xFFFF for none) and user name`.
-pub(super) fn encode_owner(o: &SessionOwner) -> Vec<u8> {
+pub(crate) fn encode_owner(o: &SessionOwner) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + o.username.as_ref().map_or(0, |u| u.len()));
     out.extend_from_slice(&(o.listener.min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.push(u8::from(o.expiry.is_some()));
@@ -429,7 +447,7 @@ pub(super) fn encode_owner(o: &SessionOwner) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
+pub(crate) fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
     let (&[l0, l1, has_expiry, e0, e1, e2, e3, u0, u1], rest) = bytes.split_first_chunk::<9>()?;
     let username = match u16::from_be_bytes([u0, u1]) {
         u16::MAX => None,
@@ -443,7 +461,7 @@ pub(super) fn decode_owner(bytes: &[u8]) -> Option<SessionOwner> {
 }
 
 /// A subscription options byte (section 3.8.3.1); format 1 stored the QoS alone.
-pub(super) fn decode_options(byte: u8) -> Option<SubscriptionOptions> {
+pub(crate) fn decode_options(byte: u8) -> Option<SubscriptionOptions> {
     let retain_handling = match (byte >> 4) & 0x03 {
         0 => RetainHandling::OnSubscribe,
         1 => RetainHandling::OnNewSubscription,
@@ -466,6 +484,10 @@ fn load(db: &Database) -> Result<Snapshot, ::redb::Error> {
         if let Some(m) = decode_retained(topic.value(), value.value()) {
             snapshot.retained.insert(m.topic.clone(), m);
         }
+    }
+    for entry in txn.open_table(MARKS)?.iter()? {
+        let (key, value) = entry?;
+        snapshot.marks.insert(key.value().into(), Bytes::copy_from_slice(value.value()));
     }
     for entry in txn.open_table(SESSIONS)?.iter()? {
         let (id, seen) = entry?;

@@ -1,4 +1,4 @@
-//! The durable store (format 3): an append-only log of every commit, fsync'd
+//! The durable store (format 3 and on): an append-only log of every commit, fsync'd
 //! before the commit returns, and a redb checkpoint that a background thread
 //! brings up to date from the log.
 //!
@@ -603,6 +603,8 @@ mod tag {
     pub const INCOMING: u8 = 11;
     /// A copy of a message written whole earlier in the same frame.
     pub const COPY: u8 = 12;
+    /// Format 4: [`super::Op::Mark`] (key, 0 or 1, then the value).
+    pub const MARK: u8 = 13;
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -706,6 +708,14 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, bodies: &mut Bodies) {
             put_str(out, id);
             out.extend_from_slice(&pid.to_le_bytes());
             out.push(u8::from(*received));
+        }
+        Op::Mark(key, value) => {
+            out.push(tag::MARK);
+            put_str(out, key);
+            out.push(u8::from(value.is_some()));
+            if let Some(value) = value {
+                put_blob(out, |out| out.extend_from_slice(value));
+            }
         }
     }
 }
@@ -850,6 +860,14 @@ impl<'a> Reader<'a, '_> {
                 let (id, pid) = (self.id()?, self.u16()?);
                 Op::Incoming(id, pid, self.u8()? == 1)
             }
+            tag::MARK => {
+                let key: Arc<str> = self.str()?.into();
+                match self.u8()? {
+                    0 => Op::Mark(key, None),
+                    1 => Op::Mark(key, Some(bytes::Bytes::copy_from_slice(self.blob()?))),
+                    _ => return None,
+                }
+            }
             _ => return None,
         })
     }
@@ -908,6 +926,9 @@ mod tests {
                         Op::Retain(topic, (next(3) > 0).then_some(retained))
                     }
                     10 => Op::Subscription(id, format!("f/{}", next(3)), Some(Subscription::qos(QoS::AtLeastOnce))),
+                    11 if next(3) == 0 => {
+                        Op::Mark(format!("m/{}", next(2)).into(), (next(3) > 0).then(|| Bytes::from(seq.to_string())))
+                    }
                     _ => Op::Incoming(id, next(5) as u16 + 1, next(2) == 0),
                 });
             }
@@ -940,6 +961,7 @@ mod tests {
         if got == want {
             return;
         }
+        assert_eq!(got.marks, want.marks, "{context}: marks");
         if got.retained != want.retained {
             panic!("{context}: retained differ: {:?} vs {:?}", got.retained.keys(), want.retained.keys());
         }
@@ -1133,7 +1155,32 @@ mod tests {
         store.crash();
         let mut want = contract::scenario().1;
         more.iter().for_each(|c| want.apply(c));
-        same(&reopen(&dir.0), &want, "after commits in format 3");
+        same(&reopen(&dir.0), &want, "after commits in format 4");
+        assert_eq!(RedbStore::open(&dir.0, false).unwrap().format().unwrap(), super::super::redb::FORMAT);
+    }
+
+    #[test]
+    fn a_format_3_store_and_its_log_open_intact_and_are_upgraded() {
+        let dir = Dir::new("format3");
+        let unmarked = |commits: Vec<Vec<Op>>| -> Vec<Vec<Op>> {
+            commits.into_iter().map(|c| c.into_iter().filter(|op| !matches!(op, Op::Mark(..))).collect()).collect()
+        };
+        let old = unmarked(commits(5, 200));
+        {
+            let mut store = WalStore::open_with(&dir.0, false, 512).unwrap();
+            old.iter().for_each(|c| store.apply(c).unwrap());
+            store.crash();
+        }
+        assert!(!segments(&dir.0).unwrap().is_empty(), "the log has segments to replay");
+        RedbStore::open(&dir.0, false).unwrap().make_format_3();
+        let mut store = WalStore::open_with(&dir.0, false, 512).unwrap();
+        same(&store.load().unwrap(), &expected(&old), "format 3 as read");
+        let more = commits(6, 100);
+        more.iter().for_each(|c| store.apply(c).unwrap());
+        store.crash();
+        let mut want = expected(&old);
+        more.iter().for_each(|c| want.apply(c));
+        same(&reopen(&dir.0), &want, "after commits in format 4");
         assert_eq!(RedbStore::open(&dir.0, false).unwrap().format().unwrap(), super::super::redb::FORMAT);
     }
 
@@ -1158,7 +1205,7 @@ mod tests {
         drop(store);
         let mut want = before;
         more.iter().for_each(|c| want.apply(c));
-        same(&reopen(&dir.0), &want, "after commits in format 3");
+        same(&reopen(&dir.0), &want, "after commits in format 4");
     }
 
     #[test]

@@ -16,7 +16,11 @@
 //! The broker talks to it through [`Peers`]: calls that only read the
 //! replica and hand work to a channel, never waiting for Redis.
 
-use crate::broker::{Broker, Forward, Peers};
+mod store;
+
+pub use store::RedisStore;
+
+use crate::broker::{Broker, Claimed, Forward, Peers};
 use crate::packet::QoS;
 use crate::session::{Message, Receipt};
 use crate::store::{Ticket, TicketStatus};
@@ -146,15 +150,28 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 
 /// Takes a client id for `ARGV[1]` (the node) with a new fencing token
 /// and tells the previous owner, if another node, to end its connection
-/// (an entry on its stream); returns the token.
+/// (an entry on its stream). A persistent session that node held
+/// (`KEYS[3]`) becomes this node's with `ARGV[4]` = `1` (its fields are
+/// returned), and is deleted otherwise (a clean start). Returns the token,
+/// whether another node owned the id, and the fields.
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'node')
 local token = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', token)
+local session = {}
+local moved = 0
 if prev and prev ~= ARGV[1] then
+  moved = 1
   redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token)
+  redis.call('SREM', 'midge:sessions:' .. prev, KEYS[3])
+  if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('SADD', 'midge:sessions:' .. ARGV[1], KEYS[3])
+    session = redis.call('HGETALL', KEYS[3])
+  else
+    redis.call('DEL', KEYS[3])
+  end
 end
-return token
+return {token, moved, session}
 ";
 
 /// Claims of client ids this node remembers, at most (completed ones are
@@ -301,11 +318,13 @@ enum Out {
     /// This node's first subscription to a filter (`true`) or its last
     /// unsubscription (`false`).
     Route(bool, String),
-    /// A client id connected here, and the receipt its CONNACK waits for.
-    Claim(Arc<str>, Arc<Receipt>),
+    /// A client id connecting here, whether it takes a persistent session
+    /// another node held, and what its CONNECT waits for.
+    Claim(Arc<str>, bool, Arc<Claimed>),
     /// A connection's will (encoded) as it connected, or its end: the
-    /// life it connected in, the connection, its client id.
-    Will(u64, u64, Arc<str>, Option<Vec<u8>>),
+    /// life it connected in, the connection, its client id, and the
+    /// receipt its CONNACK waits for.
+    Will(u64, u64, Arc<str>, Option<Vec<u8>>, Option<Arc<Receipt>>),
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
@@ -534,7 +553,7 @@ impl Peers for Cluster {
         }
     }
 
-    fn claim(&self, client_id: &Arc<str>) -> Option<Arc<Receipt>> {
+    fn claim(&self, client_id: &Arc<str>, take_session: bool) -> Option<Arc<Claimed>> {
         {
             let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
             if claims.len() >= MAX_CLAIMS {
@@ -542,19 +561,21 @@ impl Peers for Cluster {
             }
             claims.entry(client_id.clone()).or_default().pending += 1;
         }
-        let receipt = Receipt::waiting(1);
-        self.send(Out::Claim(client_id.clone(), receipt.clone()));
-        Some(receipt)
+        let claimed = Arc::new(Claimed::default());
+        self.send(Out::Claim(client_id.clone(), take_session, claimed.clone()));
+        Some(claimed)
     }
 
     fn serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
 
-    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>) {
+    fn keep_will(&self, conn: u64, client_id: &Arc<str>, will: Option<(&Message, bool, u32)>) -> Option<Arc<Receipt>> {
         let life = self.life.load(Ordering::Acquire);
         let encoded = will.map(|(message, retain, delay)| encode_will(message, retain, delay));
-        self.send(Out::Will(life, conn, client_id.clone(), encoded));
+        let receipt = encoded.as_ref().map(|_| Receipt::waiting(1));
+        self.send(Out::Will(life, conn, client_id.clone(), encoded, receipt.clone()));
+        receipt
     }
 
     fn nodes_for(&self, topic: &str) -> Vec<String> {
@@ -956,13 +977,13 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
         let (pipe, messages, dests) = pipeline(&c.node, c.life.load(Ordering::Acquire), &batch);
         // On a failure the batch is sent again on a new connection (a route
         // change twice is harmless; a message twice is at most a duplicate).
-        let sent = pipe.query::<Vec<u64>>(conn);
-        let mut tokens = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+        let sent = pipe.query::<Vec<Value>>(conn);
+        let mut replies = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
         if link.done(c, sent.map(drop)) {
-            // The claims' tokens, then each destination's stream length.
-            let lengths = tokens.split_off(tokens.len().saturating_sub(dests.len()));
+            // The claims' answers, then each destination's stream length.
+            let lengths = replies.split_off(replies.len().saturating_sub(dests.len()));
             let mut behind = Vec::new();
-            for (dest, len) in dests.into_iter().zip(lengths) {
+            for (dest, len) in dests.into_iter().zip(lengths.iter().map(int)) {
                 match len > MAX_BEHIND {
                     true if !not_reading.contains(&dest) => behind.push(dest),
                     true => {}
@@ -971,12 +992,16 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             }
             c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let claimed = batch.iter().filter_map(|o| match o {
-                Out::Claim(id, _) => Some(id),
+                Out::Claim(id, _, claimed) => Some((id, claimed)),
                 _ => None,
             });
             let mut kicked = Vec::new();
             let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
-            for (id, token) in claimed.zip(tokens) {
+            for ((id, claimed), reply) in claimed.zip(replies) {
+                let (token, moved, session) = claim_reply(reply);
+                if moved {
+                    *claimed.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
+                }
                 if let Some(claim) = claims.get_mut(id) {
                     claim.pending = claim.pending.saturating_sub(1);
                     claim.token = claim.token.max(token);
@@ -993,8 +1018,10 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
             }
             let mut taken = 0;
             for item in batch.drain(..) {
-                if let Out::Claim(_, receipt) = &item {
-                    receipt.complete();
+                match &item {
+                    Out::Claim(_, _, claimed) => claimed.receipt.complete(),
+                    Out::Will(.., Some(receipt)) => receipt.complete(),
+                    _ => {}
                 }
                 if let Out::Message(_, _, _, receipt) = item {
                     taken += 1;
@@ -1074,7 +1101,7 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
             }
-            Out::Will(at, conn, id, will) => {
+            Out::Will(at, conn, id, will, _) => {
                 let field = format!("{at}:{conn}:{id}");
                 match will {
                     Some(will) if *at == life => pipe.hset(wills_key(node), field, will).ignore(),
@@ -1083,9 +1110,13 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                 };
             }
             // The one command whose answer is kept: the claim's token.
-            Out::Claim(id, _) => {
-                pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(2).arg(format!("midge:owner:{id}")).arg("midge:fence");
-                pipe.arg(node).arg(&**id).arg(STREAM_LEN);
+            Out::Claim(id, take, _) => {
+                pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(3).arg(format!("midge:owner:{id}")).arg("midge:fence");
+                pipe.arg(store::session_key(id)).arg(node).arg(&**id).arg(STREAM_LEN).arg(if *take {
+                    "1"
+                } else {
+                    "0"
+                });
             }
             Out::Message(nodes, message, retain, _) => {
                 let mut encoded = Vec::new();
@@ -1188,11 +1219,64 @@ fn decode_record(bytes: &[u8]) -> Option<Record> {
 }
 
 /// The `midge-cluster-in` thread.
+/// An integer reply (0 if it is not one).
+fn int(value: &Value) -> u64 {
+    match value {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A claim's answer: its fencing token, whether another node owned the
+/// id, and the session taken over.
+fn claim_reply(reply: Value) -> (u64, bool, Option<crate::store::StoredSession>) {
+    let Value::Array(mut parts) = reply else { return (0, false, None) };
+    let last = parts.pop();
+    let (token, moved) = (parts.first().map_or(0, int), parts.get(1).map_or(0, int) == 1);
+    let fields = match last {
+        Some(Value::Array(fields)) if !fields.is_empty() => fields,
+        _ => return (token, moved, None),
+    };
+    let mut pairs = Vec::with_capacity(fields.len() / 2);
+    let mut fields = fields.into_iter();
+    while let (Some(Value::BulkString(field)), Some(Value::BulkString(value))) = (fields.next(), fields.next()) {
+        pairs.push((field, value));
+    }
+    (token, moved, store::decode_session(pairs).map(|(_, session)| session))
+}
+
+/// A stream entry id (`{ms}-{seq}`) as numbers, in Redis's order.
+fn entry_order(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The store key ([`crate::store::Op::Mark`]) of the last entry of `stream`
+/// whose copies this node committed.
+fn applied_key(stream: &str) -> Arc<str> {
+    format!("cluster:applied:{stream}").into()
+}
+
+/// Test hook: a receiving node that has committed the copies an entry made
+/// for its persistent sessions stops there, before acknowledging the entry
+/// to Redis, and says so, so that a test can kill it at that point.
+pub const STALL_BEFORE_ACK_ENV: &str = "MIDGE_TEST_CLUSTER_STALL_BEFORE_ACK";
+
 fn receive(c: &Cluster, broker: &Broker) {
     let key = stream_key(&c.node);
     let mut link = Link::default();
     // After a restart, first what was read and not acknowledged before.
     let mut backlog = true;
+    // Exactly once across a crash between the store's commit and the XACK:
+    // the last entry whose copies were committed is committed with them,
+    // and an entry read again (after a restart, or a connection lost before
+    // the XACK's answer) at or below it is acknowledged without routing it
+    // again. Only entries read again: a new entry at or below it would
+    // mean Redis lost its stream (a reset, a failover to a replica behind),
+    // and it is routed as any other.
+    let mark = applied_key(&key);
+    let mut applied = broker.mark_at_start(&mark).and_then(|v| std::str::from_utf8(v).ok()).and_then(entry_order);
+    let stall_before_ack = std::env::var_os(STALL_BEFORE_ACK_ENV).is_some();
     while !c.stopping() {
         // On every new connection too: a read whose answer was lost with
         // the old one left its entries pending for this consumer.
@@ -1214,16 +1298,36 @@ fn receive(c: &Cluster, broker: &Broker) {
             let mut ids = Vec::new();
             let mut ticket = Ticket::default();
             let mut pressed = Vec::new();
+            let mut last = applied;
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                let order = entry_order(&entry.id);
+                if backlog && order.is_some() && order <= applied {
+                    log::debug!(
+                        "cluster: entry {} of {key} was applied before: acknowledged, not routed again",
+                        entry.id
+                    );
+                    ids.push(entry.id);
+                    continue;
+                }
                 if let (Some(id), Some(token)) = (text(entry.map.get("kick")), text(entry.map.get("token"))) {
                     taken_over(c, broker, &id, token.parse().unwrap_or(0));
                 }
                 if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
+                    // The copies and the mark in one commit.
+                    let hold = broker.store().map(crate::store::Persistence::hold);
+                    let mut made = Ticket::default();
                     for (message, plain, groups) in decode_batch(bytes) {
                         c.received.fetch_add(1, Ordering::Relaxed);
-                        ticket = ticket.max(broker.publish_forwarded(message, plain, &groups, &mut pressed));
+                        made = made.max(broker.publish_forwarded(message, plain, &groups, &mut pressed));
                     }
+                    if let Some(store) = broker.store().filter(|_| made != Ticket::default()) {
+                        let value = bytes::Bytes::from(entry.id.clone());
+                        made = made.max(store.append([crate::store::Op::Mark(mark.clone(), Some(value))]));
+                    }
+                    drop(hold);
+                    ticket = ticket.max(made);
                 }
+                last = last.max(order);
                 ids.push(entry.id);
             }
             if ids.is_empty() {
@@ -1242,6 +1346,13 @@ fn receive(c: &Cluster, broker: &Broker) {
                     "cluster: the store failed to commit forwarded messages; they stay in Redis to be read again"
                 );
                 return Ok(());
+            }
+            applied = last;
+            if stall_before_ack && ticket != Ticket::default() {
+                log::warn!("cluster: {STALL_BEFORE_ACK_ENV}: copies committed, stalling before the XACK");
+                loop {
+                    std::thread::park();
+                }
             }
             redis::pipe()
                 .cmd("XACK")
@@ -1284,7 +1395,7 @@ fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64) {
 }
 
 fn end_taken_over(broker: &Broker, id: &str) {
-    if broker.take_over_from_cluster(id) {
+    if broker.release_to_cluster(id) {
         log::info!("cluster: client {id} connected at another node: its connection here ends");
     }
 }
