@@ -110,8 +110,9 @@ enum Scope<'a> {
     /// groups named (their copy goes to another node of the cluster).
     Local { from: Option<&'a str>, except: &'a [Arc<str>] },
     /// Forwarded by another node: the subscriptions that are not shared
-    /// (if `plain`) and the groups named.
-    Forwarded { plain: bool, groups: &'a [Arc<str>] },
+    /// (if `plain`) and the groups named, of the client ids in `only` if
+    /// given.
+    Forwarded { plain: bool, groups: &'a [Arc<str>], only: Option<&'a std::collections::HashSet<Arc<str>>> },
 }
 
 impl Scope<'_> {
@@ -126,6 +127,13 @@ impl Scope<'_> {
         match self {
             Scope::Local { except, .. } => !except.contains(group),
             Scope::Forwarded { groups, .. } => groups.contains(group),
+        }
+    }
+
+    fn admits(&self, client: &str) -> bool {
+        match self {
+            Scope::Forwarded { only: Some(only), .. } => only.contains(client),
+            _ => true,
         }
     }
 
@@ -561,7 +569,9 @@ impl Broker {
     /// retained here. Sessions whose queues are full take it anyway.
     /// Only the subscriptions that are not shared (if `plain`) and the
     /// shared subscription `groups` named get it: the publishing node
-    /// picked this node for their copy.
+    /// picked this node for their copy. With `only`, only those client
+    /// ids' sessions get it (what a dead node was sent, for the sessions
+    /// taken from it).
     /// `pressed` gets every session whose full queue took it anyway because
     /// its client is reading: the caller reads no more from the other
     /// node until they have room ([`crate::session_handle::Waiting`]).
@@ -570,9 +580,10 @@ impl Broker {
         message: Message,
         plain: bool,
         groups: &[Arc<str>],
+        only: Option<&std::collections::HashSet<Arc<str>>>,
         pressed: &mut Vec<Arc<SessionHandle>>,
     ) -> Ticket {
-        let scope = Scope::Forwarded { plain, groups };
+        let scope = Scope::Forwarded { plain, groups, only };
         let routing = self.route(message, false, None, pressed, false, scope);
         routing.retained.max(routing.copies)
     }
@@ -1247,11 +1258,14 @@ impl Broker {
         let generation = {
             let trie = read(&self.shared.subscriptions);
             trie.for_each_match(&message.topic, |client, s| match &s.share {
-                None if scope.plain() && !(s.sub.options.no_local && scope.from() == Some(&**client)) => {
+                None if scope.plain()
+                    && scope.admits(client)
+                    && !(s.sub.options.no_local && scope.from() == Some(&**client)) =>
+                {
                     targets.push((s.session.clone(), s.sub))
                 }
                 None => {}
-                Some(share) if scope.group(&share.group) => {
+                Some(share) if scope.group(&share.group) && scope.admits(&share.client) => {
                     shared.push((share.group.clone(), s.session.clone(), s.sub, share.client.clone()))
                 }
                 Some(_) => {}

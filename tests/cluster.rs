@@ -778,6 +778,60 @@ fn kill_9_and_reconnect_elsewhere(runtime: &str) {
     qos_2_once(&subscriber);
 }
 
+/// kill -9 of the node a persistent subscriber's session is on, mid-stream
+/// from a publisher on another node, and no restart: once its lease ends
+/// the publisher's node takes the session over with what waited in the
+/// dead node's stream, and the client connecting there gets every message
+/// the publisher's node acknowledged, before the kill and after, QoS 2
+/// once.
+fn kill_9_mid_stream_and_failover(runtime: &str, kill_after: usize) {
+    use crate::binary::start_with;
+    use crate::crash::{Subscriber, publish_stream};
+    let redis = Redis::durable();
+    let url = redis.url();
+    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
+    let node_args = |id: &'static str| {
+        ["--cluster-redis", url.as_str(), "--node-id", id, "--cluster-lease", "3", "--max-queued-messages", "100000"]
+    };
+    let (b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
+    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
+    sub.subscribe(1, &[("crash/#", 2)]);
+    let online = std::thread::spawn(move || {
+        let mut s = Subscriber::default();
+        s.receive_until_killed(sub);
+        s
+    });
+    let (mut a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
+    wait_until_routed(addr_a, addr_b);
+    let (progress, reached) = std::sync::mpsc::channel();
+    let publisher = std::thread::spawn(move || publish_stream(addr_a, 3000, kill_after, progress));
+    reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
+    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
+    drop(b);
+    let mut subscriber = online.join().unwrap();
+    let acked = publisher.join().unwrap();
+    assert_eq!(acked.len(), 3000, "a acknowledged everything, b dead or not");
+    a.wait_for_within("persistent session(s) are this node's now", Duration::from_secs(30));
+    receive_every_acknowledged(addr_a, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
+    qos_2_once(&subscriber);
+}
+
+#[cfg(feature = "smol")]
+#[test]
+fn cluster_kill_9_mid_stream_the_sessions_fail_over_with_nothing_lost_smol() {
+    for kill_after in [50, 1500] {
+        kill_9_mid_stream_and_failover("smol", kill_after);
+    }
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn cluster_kill_9_mid_stream_the_sessions_fail_over_with_nothing_lost_async_std() {
+    for kill_after in [50, 1500] {
+        kill_9_mid_stream_and_failover("async-std", kill_after);
+    }
+}
+
 #[cfg(feature = "smol")]
 #[test]
 fn cluster_mqtt_3_2_2_2_kill_9_of_a_sessions_node_and_its_client_reconnects_elsewhere_smol() {

@@ -141,6 +141,45 @@ return out
 
 /// Renews `ARGV[1]`'s lease by `ARGV[2]` ms on Redis's clock and returns
 /// the nodes whose lease has not ended.
+/// Takes over, for node `ARGV[1]`, the persistent sessions of every node
+/// whose lease ended (owned by it still: a client that connected elsewhere
+/// took its own), and removes that node's routes (logged, before this
+/// node routes the sessions' subscriptions: no node ever routes to both).
+/// Returns, per node: its id, its last applied stream entry, and each
+/// session's fields. One script: of the nodes that see a lease end, one
+/// takes each session.
+const TAKE_SESSIONS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
+  local lease = redis.call('ZSCORE', 'midge:nodes', m)
+  if m ~= ARGV[1] and (not lease or tonumber(lease) < now) then
+    local index = 'midge:sessions:' .. m
+    local keys = redis.call('SMEMBERS', index)
+    if #keys > 0 then
+      local routes = 'midge:routes:' .. m
+      for _, filter in ipairs(redis.call('SMEMBERS', routes)) do
+        redis.call('XADD', 'midge:routelog', 'MAXLEN', '~', ARGV[2], '*', 'node', m, 'op', '-', 'filter', filter)
+      end
+      redis.call('DEL', routes)
+      local taken = {m, redis.call('HGET', 'midge:marks:' .. m, 'cluster:applied:midge:in:' .. m) or ''}
+      for _, key in ipairs(keys) do
+        local id = redis.call('HGET', key, 'id')
+        if id and redis.call('HGET', 'midge:owner:' .. id, 'node') == m then
+          redis.call('HSET', 'midge:owner:' .. id, 'node', ARGV[1], 'token', redis.call('INCR', 'midge:fence'))
+          redis.call('SADD', 'midge:sessions:' .. ARGV[1], key)
+          table.insert(taken, redis.call('HGETALL', key))
+        end
+        redis.call('SREM', index, key)
+      end
+      table.insert(out, taken)
+    end
+  end
+end
+return out
+";
+
 const BEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -678,7 +717,7 @@ fn load_retained(con: &mut Connection, broker: &Broker) -> RedisResult<String> {
 }
 
 /// The `midge-cluster-routes` thread.
-fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
+fn follow_routes(c: &Arc<Cluster>, broker: &Broker, con: Option<Connection>) {
     let mut position: Option<String> = None;
     let mut retained_at: Option<String> = None;
     let mut next_beat = Instant::now();
@@ -745,11 +784,12 @@ fn follow_routes(c: &Cluster, broker: &Broker, con: Option<Connection>) {
             };
             if beaten {
                 take_wills(c, broker, conn, take_own, &mut delayed)?;
+                take_sessions(c, broker, conn)?;
                 if std::mem::take(&mut take_own) && !c.serving.swap(true, Ordering::AcqRel) {
                     log::warn!("cluster: node {} has Redis again: serving clients again", c.node);
                 }
             }
-            fire_due_wills(broker, conn, &mut delayed)?;
+            fire_due_wills(c, broker, conn, &mut delayed)?;
             let mut wake = next_beat;
             if let Some(first) = delayed.iter().map(|d| d.due).min() {
                 wake = wake.min(first);
@@ -856,13 +896,22 @@ fn take_wills(
 
 /// Publishes the delayed wills whose delay is over, unless their client
 /// connected again meanwhile.
-fn fire_due_wills(broker: &Broker, conn: &mut Connection, delayed: &mut Vec<DelayedWill>) -> RedisResult<()> {
+fn fire_due_wills(
+    c: &Cluster,
+    broker: &Broker,
+    conn: &mut Connection,
+    delayed: &mut Vec<DelayedWill>,
+) -> RedisResult<()> {
     let now = Instant::now();
     while let Some(at) = delayed.iter().position(|d| d.due <= now) {
         let owner: Option<String> =
             redis::cmd("HGET").arg(format!("midge:owner:{}", delayed[at].id)).arg("node").query(conn)?;
         let will = delayed.swap_remove(at);
-        if owner.is_none_or(|o| o == will.node) {
+        // This node owning it by taking the dead node's sessions over is
+        // not the client connecting again (that claims the id here).
+        let taken_over = owner.as_deref() == Some(&*c.node)
+            && !c.claims.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&*will.id);
+        if owner.is_none_or(|o| o == will.node) || taken_over {
             log::info!(
                 "cluster: client {}'s will delay is over (node {} ended): publishing its will",
                 will.id,
@@ -1233,16 +1282,55 @@ fn claim_reply(reply: Value) -> (u64, bool, Option<crate::store::StoredSession>)
     let Value::Array(mut parts) = reply else { return (0, false, None) };
     let last = parts.pop();
     let (token, moved) = (parts.first().map_or(0, int), parts.get(1).map_or(0, int) == 1);
-    let fields = match last {
-        Some(Value::Array(fields)) if !fields.is_empty() => fields,
-        _ => return (token, moved, None),
+    let session = match last {
+        Some(Value::Array(fields)) if !fields.is_empty() => session_fields(fields).map(|(_, session)| session),
+        _ => None,
     };
+    (token, moved, session)
+}
+
+/// A session's hash as a script returns it (`HGETALL`: field, value, ...).
+fn session_fields(fields: Vec<Value>) -> Option<(Arc<str>, crate::store::StoredSession)> {
     let mut pairs = Vec::with_capacity(fields.len() / 2);
     let mut fields = fields.into_iter();
     while let (Some(Value::BulkString(field)), Some(Value::BulkString(value))) = (fields.next(), fields.next()) {
         pairs.push((field, value));
     }
-    (token, moved, store::decode_session(pairs).map(|(_, session)| session))
+    store::decode_session(pairs)
+}
+
+/// Takes over the persistent sessions of the nodes whose lease ended (see
+/// [`TAKE_SESSIONS_SCRIPT`]), and delivers to them what waits in those
+/// nodes' streams (a thread per node, [`drain_dead_stream`]).
+fn take_sessions(c: &Arc<Cluster>, broker: &Broker, conn: &mut Connection) -> RedisResult<()> {
+    let taken: Vec<Value> =
+        redis::cmd("EVAL").arg(TAKE_SESSIONS_SCRIPT).arg(0).arg(&*c.node).arg(ROUTE_LOG_LEN).query(conn)?;
+    for from in taken {
+        let Value::Array(parts) = from else { continue };
+        let mut parts = parts.into_iter();
+        let (Some(node), mark) = (text(parts.next().as_ref()), text(parts.next().as_ref())) else { continue };
+        let mut only = HashSet::new();
+        for fields in parts {
+            let Value::Array(fields) = fields else { continue };
+            match session_fields(fields) {
+                Some((id, session)) => {
+                    broker.adopt_from_cluster(&id, Some(session));
+                    only.insert(id);
+                }
+                None => log::warn!("cluster: a session of node {node} in Redis cannot be read; skipped"),
+            }
+        }
+        log::info!("cluster: node {node}'s lease ended: its {} persistent session(s) are this node's now", only.len());
+        let applied = mark.as_deref().and_then(entry_order);
+        let (c, b) = (c.clone(), broker.clone());
+        let spawned = std::thread::Builder::new()
+            .name("midge-cluster-take".into())
+            .spawn(move || drain_dead_stream(&c, &b, &node, only, applied));
+        if let Err(e) = spawned {
+            log::error!("cluster: cannot start a thread to deliver what waits for the sessions taken over: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// A stream entry id (`{ms}-{seq}`) as numbers, in Redis's order.
@@ -1262,26 +1350,121 @@ fn applied_key(stream: &str) -> Arc<str> {
 /// to Redis, and says so, so that a test can kill it at that point.
 pub const STALL_BEFORE_ACK_ENV: &str = "MIDGE_TEST_CLUSTER_STALL_BEFORE_ACK";
 
+/// What a node applies from one stream: its own, or a dead node's whose
+/// sessions it took over.
+struct Applier {
+    key: String,
+    /// Where the last entry applied is committed ([`applied_key`]).
+    mark: Arc<str>,
+    /// The last entry whose copies were committed.
+    applied: Option<(u64, u64)>,
+    /// Only these sessions get the messages (a dead node's stream).
+    only: Option<HashSet<Arc<str>>>,
+}
+
+impl Applier {
+    /// Routes `entries` here, each entry's copies and its mark in one
+    /// commit, waits for the store, and acknowledges and deletes them in
+    /// Redis. Exactly once across a crash between the commit and the
+    /// XACK: an entry read `again` (after a restart, or a connection lost
+    /// before the XACK's answer) at or below the last one applied is
+    /// acknowledged without being routed again. Only entries read again: a
+    /// new entry at or below it would mean Redis lost the stream (a reset,
+    /// a failover to a replica behind), and it is routed as any other.
+    /// The sessions whose queue is full are added to `pressed`. `Ok(false)`:
+    /// the store failed (the entries stay in Redis).
+    fn apply(
+        &mut self,
+        c: &Cluster,
+        broker: &Broker,
+        conn: &mut Connection,
+        entries: Vec<redis::streams::StreamId>,
+        again: bool,
+        pressed: &mut Vec<Arc<crate::session_handle::SessionHandle>>,
+    ) -> RedisResult<bool> {
+        let (mut ids, mut ticket, mut last) = (Vec::new(), Ticket::default(), self.applied);
+        for entry in entries {
+            let order = entry_order(&entry.id);
+            if again && order.is_some() && order <= self.applied {
+                log::debug!("cluster: entry {} of {} was applied before: not routed again", entry.id, self.key);
+                ids.push(entry.id);
+                continue;
+            }
+            if let (Some(id), Some(token), None) =
+                (text(entry.map.get("kick")), text(entry.map.get("token")), self.only.as_ref())
+            {
+                taken_over(c, broker, &id, token.parse().unwrap_or(0));
+            }
+            if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
+                // The copies and the mark in one commit.
+                let hold = broker.store().map(crate::store::Persistence::hold);
+                let mut made = Ticket::default();
+                for (message, plain, groups) in decode_batch(bytes) {
+                    c.received.fetch_add(1, Ordering::Relaxed);
+                    made = made.max(broker.publish_forwarded(message, plain, &groups, self.only.as_ref(), pressed));
+                }
+                if let Some(store) = broker.store().filter(|_| made != Ticket::default()) {
+                    let value = bytes::Bytes::from(entry.id.clone());
+                    made = made.max(store.append([crate::store::Op::Mark(self.mark.clone(), Some(value))]));
+                }
+                drop(hold);
+                ticket = ticket.max(made);
+            }
+            last = last.max(order);
+            ids.push(entry.id);
+        }
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        // The entries go from Redis only once this node's persistent
+        // sessions have their copies durably: a crash before that reads
+        // them again (at least once).
+        if let Some(store) = broker.store()
+            && block_on(store.wait(ticket)) == TicketStatus::Failed
+        {
+            crate::limited!(
+                "cluster store failed",
+                log::Level::Error,
+                "cluster: the store failed to commit forwarded messages; they stay in Redis to be read again"
+            );
+            return Ok(false);
+        }
+        self.applied = last;
+        if ticket != Ticket::default() && std::env::var_os(STALL_BEFORE_ACK_ENV).is_some() {
+            log::warn!("cluster: {STALL_BEFORE_ACK_ENV}: copies committed, stalling before the XACK");
+            loop {
+                std::thread::park();
+            }
+        }
+        let key = &self.key;
+        redis::pipe()
+            .cmd("XACK")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key)
+            .arg(&ids)
+            .ignore()
+            .query::<()>(conn)?;
+        Ok(true)
+    }
+}
+
 fn receive(c: &Cluster, broker: &Broker) {
     let key = stream_key(&c.node);
+    let mark = applied_key(&key);
+    let applied = broker.mark_at_start(&mark).and_then(|v| std::str::from_utf8(v).ok()).and_then(entry_order);
+    let mut applier = Applier { key, mark, applied, only: None };
     let mut link = Link::default();
     // After a restart, first what was read and not acknowledged before.
     let mut backlog = true;
-    // Exactly once across a crash between the store's commit and the XACK:
-    // the last entry whose copies were committed is committed with them,
-    // and an entry read again (after a restart, or a connection lost before
-    // the XACK's answer) at or below it is acknowledged without routing it
-    // again. Only entries read again: a new entry at or below it would
-    // mean Redis lost its stream (a reset, a failover to a replica behind),
-    // and it is routed as any other.
-    let mark = applied_key(&key);
-    let mut applied = broker.mark_at_start(&mark).and_then(|v| std::str::from_utf8(v).ok()).and_then(entry_order);
-    let stall_before_ack = std::env::var_os(STALL_BEFORE_ACK_ENV).is_some();
     while !c.stopping() {
         // On every new connection too: a read whose answer was lost with
         // the old one left its entries pending for this consumer.
         backlog |= link.con.is_none();
-        let Some(conn) = link.get(c, |con| create_group(con, &key)) else { continue };
+        let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else { continue };
         let turn = (|| -> RedisResult<()> {
             let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
@@ -1292,79 +1475,18 @@ fn receive(c: &Cluster, broker: &Broker) {
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
-                .arg(&key)
+                .arg(&applier.key)
                 .arg(if backlog { "0" } else { ">" })
                 .query(conn)?;
-            let mut ids = Vec::new();
-            let mut ticket = Ticket::default();
-            let mut pressed = Vec::new();
-            let mut last = applied;
-            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                let order = entry_order(&entry.id);
-                if backlog && order.is_some() && order <= applied {
-                    log::debug!(
-                        "cluster: entry {} of {key} was applied before: acknowledged, not routed again",
-                        entry.id
-                    );
-                    ids.push(entry.id);
-                    continue;
-                }
-                if let (Some(id), Some(token)) = (text(entry.map.get("kick")), text(entry.map.get("token"))) {
-                    taken_over(c, broker, &id, token.parse().unwrap_or(0));
-                }
-                if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
-                    // The copies and the mark in one commit.
-                    let hold = broker.store().map(crate::store::Persistence::hold);
-                    let mut made = Ticket::default();
-                    for (message, plain, groups) in decode_batch(bytes) {
-                        c.received.fetch_add(1, Ordering::Relaxed);
-                        made = made.max(broker.publish_forwarded(message, plain, &groups, &mut pressed));
-                    }
-                    if let Some(store) = broker.store().filter(|_| made != Ticket::default()) {
-                        let value = bytes::Bytes::from(entry.id.clone());
-                        made = made.max(store.append([crate::store::Op::Mark(mark.clone(), Some(value))]));
-                    }
-                    drop(hold);
-                    ticket = ticket.max(made);
-                }
-                last = last.max(order);
-                ids.push(entry.id);
-            }
-            if ids.is_empty() {
+            let entries: Vec<_> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if entries.is_empty() {
                 backlog = false;
                 return Ok(());
             }
-            // The entries go from Redis only once this node's persistent
-            // sessions have their copies durably: a crash before that reads
-            // them again (at least once).
-            if let Some(store) = broker.store()
-                && block_on(store.wait(ticket)) == TicketStatus::Failed
-            {
-                crate::limited!(
-                    "cluster store failed",
-                    log::Level::Error,
-                    "cluster: the store failed to commit forwarded messages; they stay in Redis to be read again"
-                );
+            let mut pressed = Vec::new();
+            if !applier.apply(c, broker, conn, entries, backlog, &mut pressed)? {
                 return Ok(());
             }
-            applied = last;
-            if stall_before_ack && ticket != Ticket::default() {
-                log::warn!("cluster: {STALL_BEFORE_ACK_ENV}: copies committed, stalling before the XACK");
-                loop {
-                    std::thread::park();
-                }
-            }
-            redis::pipe()
-                .cmd("XACK")
-                .arg(&key)
-                .arg(GROUP)
-                .arg(&ids)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&key)
-                .arg(&ids)
-                .ignore()
-                .query::<()>(conn)?;
             // Backpressure: nothing more is read while a reading subscriber
             // here has a full queue (what waits stays in Redis, and the
             // publishing nodes slow down once it grows, see MAX_BEHIND).
@@ -1375,6 +1497,70 @@ fn receive(c: &Cluster, broker: &Broker) {
         })();
         link.done(c, turn);
     }
+}
+
+/// How long the stream of a dead node whose sessions this node took over
+/// is read after nothing more came: the other nodes route to this one
+/// instead once they read the route changes, a moment later.
+const DRAIN_QUIET: Duration = Duration::from_secs(5);
+
+/// Delivers what waits in the stream of `dead` (whose persistent sessions,
+/// `only`, this node took over) to those sessions: first what it had read
+/// and not acknowledged (its last applied entry `applied` and those before
+/// it excepted: their copies are in the sessions already), then what it
+/// never read, until nothing came for [`DRAIN_QUIET`].
+fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc<str>>, applied: Option<(u64, u64)>) {
+    let key = stream_key(dead);
+    let mark = applied_key(&key);
+    let mut applier = Applier { key, mark, applied, only: Some(only) };
+    let mut link = Link::default();
+    let mut quiet_since = Instant::now();
+    let mut claimed_all = false;
+    while !c.stopping() && quiet_since.elapsed() < DRAIN_QUIET {
+        let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else { continue };
+        let turn = (|| -> RedisResult<()> {
+            let (entries, again) = if claimed_all {
+                let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&*c.node)
+                    .arg("COUNT")
+                    .arg(64)
+                    .arg("BLOCK")
+                    .arg(BLOCK.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&applier.key)
+                    .arg(">")
+                    .query(conn)?;
+                (reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect::<Vec<_>>(), false)
+            } else {
+                // What any consumer read and did not acknowledge (the dead
+                // node, or this one before a lost answer), as this node's.
+                let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&applier.key)
+                    .arg(GROUP)
+                    .arg(&*c.node)
+                    .arg(0)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(64)
+                    .query(conn)?;
+                claimed_all = reply.claimed.is_empty();
+                (reply.claimed, true)
+            };
+            if !entries.is_empty() {
+                quiet_since = Instant::now();
+            }
+            let mut pressed = Vec::new();
+            applier.apply(c, broker, conn, entries, again, &mut pressed)?;
+            pressed.sort_unstable_by_key(Arc::as_ptr);
+            pressed.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
+            Ok(())
+        })();
+        link.done(c, turn);
+    }
+    log::info!("cluster: the stream of node {dead} is delivered to the sessions taken from it");
 }
 
 /// Another node took `id` with fencing token `token`: the connection here
