@@ -11,6 +11,8 @@
 #   RUNS=5 DURATION=5 bash benches/cluster.sh
 #   FSYNC=everysec bash benches/cluster.sh   # Redis appendfsync (default always, as docs/cluster.md recommends)
 #   SCENARIOS="fanin-q1 fanout-q0 fanout-q1 latency-q1" bash benches/cluster.sh
+#   SCENARIOS="fanin-p-q1 fanout-p-q1" bash benches/cluster.sh   # -p: persistent subscribers
+#     (a cluster node keeps persistent sessions in Redis, a single node in its store)
 #
 # loadgen keeps its end-to-end window (a publisher runs at most 500
 # messages ahead of what its subscribers received) and reports loss. Every
@@ -83,10 +85,13 @@ stop() { for p in "$@"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done;
 run() {
     local mode=$1 sc=$2 scenario qos args=()
     scenario=${sc%-q*}; qos=${sc##*-q}
+    if [ "${scenario%-p}" != "$scenario" ]; then
+        scenario=${scenario%-p}; args+=(--persistent)
+    fi
     case $scenario in
-        fanin) args=(--clients 10) ;;
-        fanout) args=(--clients 10) ;;
-        latency) args=(--rate 10000) ;;
+        fanin) args+=(--clients 10) ;;
+        fanout) args+=(--clients 10) ;;
+        latency) args+=(--rate 10000) ;;
     esac
     local pub sub
     case $mode in

@@ -442,6 +442,40 @@ runtime_kind_test!(
     }
 );
 
+runtime_kind_test!(
+    /// MQTT-3.1.2-23 across nodes: a session whose Session Expiry Interval
+    /// passed while its client was away ends (in Redis too): its client
+    /// connecting to another node afterwards finds none (Session Present
+    /// 0), while one that has not expired moves with its client.
+    cluster_mqtt_3_1_2_23_a_session_expires_wherever_its_client_connects_next,
+    |kind: RuntimeKind| {
+        use crate::support::v5::V5;
+        let redis = Redis::start();
+        let (a, b) = (node(kind, &redis, "a"), node(kind, &redis, "b"));
+        let expiring = |addr, id: &str, secs| {
+            V5::accepted(addr, id, |c| {
+                c.clean_start = false;
+                c.properties.session_expiry = Some(secs);
+            })
+        };
+        let (mut short, _) = expiring(a.addr, "short", 1);
+        short.subscribe("exp/#", 1);
+        short.disconnect();
+        let (mut long, _) = expiring(a.addr, "long", 60);
+        long.subscribe("exp/#", 1);
+        long.disconnect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while redis.query(&["EXISTS", "midge:session:short"]) != "0" {
+            assert!(Instant::now() < deadline, "the expired session is still in Redis");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (_short, connack) = expiring(b.addr, "short", 60);
+        assert!(!connack.session_present, "the expired session came back");
+        let (_long, connack) = expiring(b.addr, "long", 60);
+        assert!(connack.session_present, "the session that had not expired moved to b");
+    }
+);
+
 /// Fencing: a node's writes to a persistent session in Redis are applied
 /// only while the node owns the client id. Once another node claimed it,
 /// the first can neither queue, acknowledge nor delete anything of it; its

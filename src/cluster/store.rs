@@ -40,13 +40,13 @@ fn marks_key(node: &str) -> String {
 /// Applies a commit's ops: `ARGV[1]` is the node, then five arguments per
 /// op: kind, hash, client id (empty: not fenced), field, value. Kinds: `S`
 /// a session made or refreshed, `X` deleted, `H` / `D` a field set /
-/// removed, `P` a message's progress (only while the message is there),
+/// removed (`D`: the value names a second field removed), `P` a message's progress (only while the message is there),
 /// `K` / `k` a mark set / removed. A field op on a session that does not
 /// exist does nothing (as in every store). Returns how many ops were
 /// refused because another node owns their client id.
 const APPLY_SCRIPT: &str = r"
 local node, index, marks = ARGV[1], KEYS[1], KEYS[2]
-local owned = {}
+local owned, exists = {}, {}
 local refused = 0
 local i = 2
 while i + 4 <= #ARGV do
@@ -64,16 +64,24 @@ while i + 4 <= #ARGV do
   elseif kind == 'S' then
     redis.call('HSET', key, 'seen', value, 'id', field)
     redis.call('SADD', index, key)
+    exists[key] = true
   elseif kind == 'X' then
     redis.call('DEL', key)
     redis.call('SREM', index, key)
+    exists[key] = false
   elseif kind == 'K' then
     redis.call('HSET', marks, field, value)
   elseif kind == 'k' then
     redis.call('HDEL', marks, field)
-  elseif redis.call('EXISTS', key) == 1 then
-    if kind == 'H' then
+  else
+    if exists[key] == nil then
+      exists[key] = redis.call('EXISTS', key) == 1
+    end
+    if not exists[key] then
+    elseif kind == 'H' then
       redis.call('HSET', key, field, value)
+    elseif kind == 'D' and value ~= '' then
+      redis.call('HDEL', key, field, value)
     elseif kind == 'D' then
       redis.call('HDEL', key, field)
     elseif kind == 'P' and redis.call('HEXISTS', key, 'msg:' .. field) == 1 then
@@ -145,13 +153,13 @@ impl RedisStore {
                     let key = self.key(id);
                     let mut value = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
                     crate::store::encode_message_into(m, &mut value);
+                    // A message's number is new in its session: no
+                    // progress of an earlier one is left under it.
                     push("H", &key, format!("msg:{seq}").as_bytes(), &value);
-                    push("D", &key, format!("prog:{seq}").as_bytes(), b"");
                 }
                 Op::Message(id, seq, None) => {
-                    let key = self.key(id);
-                    push("D", &key, format!("msg:{seq}").as_bytes(), b"");
-                    push("D", &key, format!("prog:{seq}").as_bytes(), b"");
+                    let fields = (format!("msg:{seq}"), format!("prog:{seq}"));
+                    push("D", &self.key(id), fields.0.as_bytes(), fields.1.as_bytes());
                 }
                 Op::Progress(id, seq, progress) => {
                     push("P", &self.key(id), seq.to_string().as_bytes(), &[b'0' + *progress as u8])
