@@ -628,25 +628,92 @@ fn receive_every_acknowledged(
     assert_eq!(missing(subscriber), 0, "acknowledged messages lost ({when})");
 }
 
+/// Two midge processes on one Redis, for the kill -9 tests: node b with
+/// the persistent session `crash-sub` (QoS 2 on `crash/#`), its client
+/// left reading in a thread until b dies (`online`) or disconnected, then
+/// node a, whose routes reach b. `extra` goes on both nodes' command line,
+/// `b_env` in b's environment.
+struct Pair {
+    redis: Redis,
+    runtime: &'static str,
+    extra: Vec<&'static str>,
+    /// Node a's data directory, kept for as long as a runs.
+    _data_a: TempDir,
+    data_b: TempDir,
+    a: Process,
+    addr_a: std::net::SocketAddr,
+    b: Process,
+    addr_b: std::net::SocketAddr,
+    online: Option<std::thread::JoinHandle<crate::crash::Subscriber>>,
+}
+
+impl Pair {
+    fn start(
+        runtime: &'static str,
+        redis: Redis,
+        extra: &[&'static str],
+        b_env: &[(&str, &str)],
+        online: bool,
+    ) -> Pair {
+        use crate::crash::Subscriber;
+        let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
+        let (b, addr_b) = Self::run(runtime, &redis, extra, &data_b, "b", b_env);
+        let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
+        sub.subscribe(1, &[("crash/#", 2)]);
+        let online = match online {
+            true => Some(std::thread::spawn(move || {
+                let mut s = Subscriber::default();
+                s.receive_until_killed(sub);
+                s
+            })),
+            false => {
+                sub.send(&packets::DISCONNECT);
+                sub.expect_closed();
+                None
+            }
+        };
+        let (a, addr_a) = Self::run(runtime, &redis, extra, &data_a, "a", &[]);
+        wait_until_routed(addr_a, addr_b);
+        Pair { redis, runtime, extra: extra.to_vec(), _data_a: data_a, data_b, a, addr_a, b, addr_b, online }
+    }
+
+    fn run(
+        runtime: &str,
+        redis: &Redis,
+        extra: &[&str],
+        data: &TempDir,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> (Process, std::net::SocketAddr) {
+        let url = redis.url();
+        let mut args = vec!["--cluster-redis", url.as_str(), "--node-id", id];
+        args.extend_from_slice(extra);
+        crate::binary::start_with_env(runtime, data, &args, env)
+    }
+
+    /// Starts node b again on its data directory.
+    fn restart_b(&mut self) {
+        (self.b, self.addr_b) = Self::run(self.runtime, &self.redis, &self.extra, &self.data_b, "b", &[]);
+    }
+
+    /// What the online client of `crash-sub` received until b died.
+    fn online_received(&mut self) -> crate::crash::Subscriber {
+        self.online.take().expect("an online subscriber").join().unwrap()
+    }
+}
+
+fn kill_9(p: &Process) {
+    assert_eq!(process::run("kill", &["-KILL", &p.id().to_string()]), Some(0));
+}
+
 /// kill -9 of the node a publisher is connected to, mid-stream and while
 /// Redis takes no writes: every QoS 1 and QoS 2 message it acknowledged
 /// reaches a persistent subscriber on another node (QoS 2 once), because
 /// the acknowledgement waited for Redis.
-fn kill_9_of_the_publishing_node(runtime: &str, kill_after: usize) {
-    use crate::binary::start_with;
+fn kill_9_of_the_publishing_node(runtime: &'static str, kill_after: usize) {
     use crate::crash::{Subscriber, publish_stream};
-    let redis = Redis::start();
-    let url = redis.url();
-    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
-    let node_args =
-        |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id, "--max-queued-messages", "100000"];
-    let (_b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
-    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
-    sub.subscribe(1, &[("crash/#", 2)]);
-    sub.send(&packets::DISCONNECT);
-    sub.expect_closed();
-    let (a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    wait_until_routed(addr_a, addr_b);
+    let pair = Pair::start(runtime, Redis::start(), &["--max-queued-messages", "100000"], &[], false);
+    let (redis, addr_a, addr_b) = (&pair.redis, pair.addr_a, pair.addr_b);
 
     let (progress, reached) = std::sync::mpsc::channel();
     let publisher = std::thread::spawn(move || publish_stream(addr_a, 20_000, kill_after, progress));
@@ -656,9 +723,8 @@ fn kill_9_of_the_publishing_node(runtime: &str, kill_after: usize) {
     // the point here: there is no event to wait for.)
     redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
     std::thread::sleep(Duration::from_millis(150));
-    assert_eq!(process::run("kill", &["-KILL", &a.id().to_string()]), Some(0));
+    kill_9(&pair.a);
     let acked = publisher.join().unwrap();
-    drop(a);
     redis.cli(&["CLIENT", "UNPAUSE"]);
 
     // What a acknowledged is in Redis: b delivers it, however late.
@@ -701,36 +767,20 @@ fn cluster_kill_9_of_the_publishing_node_loses_nothing_acknowledged_async_std() 
 /// message the publisher's node acknowledged reaches the subscriber, those
 /// sent while its node was down included (they wait in its stream), and
 /// every QoS 2 message once.
-fn kill_9_of_the_receiving_node(runtime: &str, kill_after: usize) {
-    use crate::binary::start_with;
-    use crate::crash::{Subscriber, publish_stream};
-    let redis = Redis::start();
-    let url = redis.url();
-    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
-    let node_args =
-        |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id, "--max-queued-messages", "100000"];
-    let (b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
-    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
-    sub.subscribe(1, &[("crash/#", 2)]);
-    let online = std::thread::spawn(move || {
-        let mut s = Subscriber::default();
-        s.receive_until_killed(sub);
-        s
-    });
-    let (_a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    wait_until_routed(addr_a, addr_b);
-
+fn kill_9_of_the_receiving_node(runtime: &'static str, kill_after: usize) {
+    use crate::crash::publish_stream;
+    let mut pair = Pair::start(runtime, Redis::start(), &["--max-queued-messages", "100000"], &[], true);
+    let addr_a = pair.addr_a;
     let (progress, reached) = std::sync::mpsc::channel();
     let publisher = std::thread::spawn(move || publish_stream(addr_a, 4000, kill_after, progress));
     reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
-    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
-    let mut subscriber = online.join().unwrap();
-    drop(b);
-    let (_b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
+    kill_9(&pair.b);
+    let mut subscriber = pair.online_received();
+    pair.restart_b();
     let acked = publisher.join().unwrap();
     assert_eq!(acked.len(), 4000, "the publisher's node acknowledged everything while b was down and back");
 
-    receive_every_acknowledged(addr_b, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
+    receive_every_acknowledged(pair.addr_b, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
     qos_2_once(&subscriber);
 }
 
@@ -741,32 +791,19 @@ fn kill_9_of_the_receiving_node(runtime: &str, kill_after: usize) {
 /// Redis hands the entry over again; the node knows it applied it (the
 /// entry's id was committed with the copies) and does not queue its
 /// messages twice (QoS 1 ones neither). Nothing acknowledged is lost.
-fn kill_9_between_commit_and_xack(runtime: &str) {
-    use crate::binary::{start_with, start_with_env};
+fn kill_9_between_commit_and_xack(runtime: &'static str) {
     use crate::crash::{Subscriber, publish_stream};
-    let redis = Redis::start();
-    let url = redis.url();
-    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
-    let node_args = |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id];
     let stall = [(midge::cluster::STALL_BEFORE_ACK_ENV, "1")];
-    let (mut b, addr_b) = start_with_env(runtime, &data_b, &node_args("b"), &stall);
-    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
-    sub.subscribe(1, &[("crash/#", 2)]);
-    sub.send(&packets::DISCONNECT);
-    sub.expect_closed();
-    let (_a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    wait_until_routed(addr_a, addr_b);
-
+    let mut pair = Pair::start(runtime, Redis::start(), &[], &stall, false);
     let (progress, _) = std::sync::mpsc::channel();
-    let acked = publish_stream(addr_a, 200, 0, progress);
+    let acked = publish_stream(pair.addr_a, 200, 0, progress);
     assert_eq!(acked.len(), 200, "a acknowledged every message (Redis has them)");
-    b.wait_for("stalling before the XACK");
-    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
-    drop(b);
-    let (_b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
+    pair.b.wait_for("stalling before the XACK");
+    kill_9(&pair.b);
+    pair.restart_b();
 
     let mut subscriber = Subscriber::default();
-    receive_every_acknowledged(addr_b, &mut subscriber, &acked, "b killed between its commit and its XACK");
+    receive_every_acknowledged(pair.addr_b, &mut subscriber, &acked, "b killed between its commit and its XACK");
     assert!(subscriber.delivered.iter().any(|(_, qos)| *qos == 2), "QoS 2 messages were among them");
     qos_2_once(&subscriber);
     // The session was offline throughout: nothing was sent twice, so a
@@ -781,34 +818,22 @@ fn kill_9_between_commit_and_xack(runtime: &str) {
 /// client connects to another node and gets every message that node had
 /// received for it (its queue is in Redis), QoS 2 once. (What was still
 /// in the killed node's stream is not delivered there yet: docs/cluster.md.)
-fn kill_9_and_reconnect_elsewhere(runtime: &str) {
-    use crate::binary::start_with;
+fn kill_9_and_reconnect_elsewhere(runtime: &'static str) {
     use crate::crash::{Subscriber, publish_stream};
-    let redis = Redis::durable();
-    let url = redis.url();
-    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
-    let node_args = |id: &'static str| ["--cluster-redis", url.as_str(), "--node-id", id];
-    let (b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
-    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
-    sub.subscribe(1, &[("crash/#", 2)]);
-    sub.send(&packets::DISCONNECT);
-    sub.expect_closed();
-    let (_a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    wait_until_routed(addr_a, addr_b);
+    let pair = Pair::start(runtime, Redis::durable(), &[], &[], false);
     let (progress, _) = std::sync::mpsc::channel();
-    let acked = publish_stream(addr_a, 500, 0, progress);
+    let acked = publish_stream(pair.addr_a, 500, 0, progress);
     assert_eq!(acked.len(), 500);
     // b has every message once its stream is read and acknowledged.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while redis.query(&["XLEN", "midge:in:b"]) != "0" {
+    while pair.redis.query(&["XLEN", "midge:in:b"]) != "0" {
         assert!(Instant::now() < deadline, "b never read its stream");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
-    drop(b);
+    kill_9(&pair.b);
 
     let mut subscriber = Subscriber::default();
-    receive_every_acknowledged(addr_a, &mut subscriber, &acked, "b killed, the client at a");
+    receive_every_acknowledged(pair.addr_a, &mut subscriber, &acked, "b killed, the client at a");
     qos_2_once(&subscriber);
 }
 
@@ -818,34 +843,19 @@ fn kill_9_and_reconnect_elsewhere(runtime: &str) {
 /// dead node's stream, and the client connecting there gets every message
 /// the publisher's node acknowledged, before the kill and after, QoS 2
 /// once.
-fn kill_9_mid_stream_and_failover(runtime: &str, kill_after: usize) {
-    use crate::binary::start_with;
-    use crate::crash::{Subscriber, publish_stream};
-    let redis = Redis::durable();
-    let url = redis.url();
-    let (data_a, data_b) = (TempDir::new("cluster-a"), TempDir::new("cluster-b"));
-    let node_args = |id: &'static str| {
-        ["--cluster-redis", url.as_str(), "--node-id", id, "--cluster-lease", "3", "--max-queued-messages", "100000"]
-    };
-    let (b, addr_b) = start_with(runtime, &data_b, &node_args("b"));
-    let (mut sub, _) = Subscriber::connect_as(addr_b, "crash-sub");
-    sub.subscribe(1, &[("crash/#", 2)]);
-    let online = std::thread::spawn(move || {
-        let mut s = Subscriber::default();
-        s.receive_until_killed(sub);
-        s
-    });
-    let (mut a, addr_a) = start_with(runtime, &data_a, &node_args("a"));
-    wait_until_routed(addr_a, addr_b);
+fn kill_9_mid_stream_and_failover(runtime: &'static str, kill_after: usize) {
+    use crate::crash::publish_stream;
+    let extra = ["--cluster-lease", "3", "--max-queued-messages", "100000"];
+    let mut pair = Pair::start(runtime, Redis::durable(), &extra, &[], true);
+    let addr_a = pair.addr_a;
     let (progress, reached) = std::sync::mpsc::channel();
     let publisher = std::thread::spawn(move || publish_stream(addr_a, 3000, kill_after, progress));
     reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
-    assert_eq!(process::run("kill", &["-KILL", &b.id().to_string()]), Some(0));
-    drop(b);
-    let mut subscriber = online.join().unwrap();
+    kill_9(&pair.b);
+    let mut subscriber = pair.online_received();
     let acked = publisher.join().unwrap();
     assert_eq!(acked.len(), 3000, "a acknowledged everything, b dead or not");
-    a.wait_for_within("persistent session(s) are this node's now", Duration::from_secs(30));
+    pair.a.wait_for_within("persistent session(s) are this node's now", Duration::from_secs(30));
     receive_every_acknowledged(addr_a, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
     qos_2_once(&subscriber);
 }

@@ -107,15 +107,25 @@ fn decode_will(bytes: &[u8]) -> Option<(Message, bool, u32)> {
     Some((message, retain == 1, u32::from_be_bytes(*delay)))
 }
 
+/// Lua: `now`, Redis's clock in milliseconds (the nodes' clocks do not matter).
+macro_rules! lua_now {
+    () => {
+        "
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
 /// Takes the wills to fire off Redis: every will of a member node whose
 /// lease ended, and with `ARGV[3]` = 1 those of this node (`ARGV[1]`)
 /// kept by an earlier life than `ARGV[2]` (before a crash, or before it was
 /// cut off). Returns `node, client id, will, owner now` for each, so that
 /// a delayed will of a client that connected again is not fired. One
 /// script: of the nodes that see a lease end, one takes each will.
-const TAKE_WILLS_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const TAKE_WILLS_SCRIPT: &str = concat!(
+    lua_now!(),
+    r"
 local out = {}
 for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
   local mine = m == ARGV[1]
@@ -137,10 +147,9 @@ for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
   end
 end
 return out
-";
+"
+);
 
-/// Renews `ARGV[1]`'s lease by `ARGV[2]` ms on Redis's clock and returns
-/// the nodes whose lease has not ended.
 /// Takes over, for node `ARGV[1]`, the persistent sessions of every node
 /// whose lease ended (owned by it still: a client that connected elsewhere
 /// took its own), and removes that node's routes (logged, before this
@@ -148,9 +157,9 @@ return out
 /// Returns, per node: its id, its last applied stream entry, and each
 /// session's fields. One script: of the nodes that see a lease end, one
 /// takes each session.
-const TAKE_SESSIONS_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const TAKE_SESSIONS_SCRIPT: &str = concat!(
+    lua_now!(),
+    r"
 local out = {}
 for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
   local lease = redis.call('ZSCORE', 'midge:nodes', m)
@@ -178,14 +187,18 @@ for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
   end
 end
 return out
-";
+"
+);
 
-const BEAT_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// Renews `ARGV[1]`'s lease by `ARGV[2]` ms on Redis's clock and returns
+/// the nodes whose lease has not ended.
+const BEAT_SCRIPT: &str = concat!(
+    lua_now!(),
+    r"
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-";
+"
+);
 
 /// Takes a client id for `ARGV[1]` (the node) with a new fencing token
 /// and tells the previous owner, if another node, to end its connection
@@ -1363,6 +1376,25 @@ struct Applier {
 }
 
 impl Applier {
+    /// Reads up to 64 entries of the stream as this node's consumer:
+    /// from `from` (`0`: what it read and did not acknowledge; `>`: new
+    /// ones, waiting up to [`BLOCK`] for some).
+    fn read(&self, c: &Cluster, conn: &mut Connection, from: &str) -> RedisResult<Vec<redis::streams::StreamId>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&*c.node)
+            .arg("COUNT")
+            .arg(64)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(from)
+            .query(conn)?;
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+    }
+
     /// Routes `entries` here, each entry's copies and its mark in one
     /// commit, waits for the store, and acknowledges and deletes them in
     /// Redis. Exactly once across a crash between the commit and the
@@ -1466,19 +1498,7 @@ fn receive(c: &Cluster, broker: &Broker) {
         backlog |= link.con.is_none();
         let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else { continue };
         let turn = (|| -> RedisResult<()> {
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&*c.node)
-                .arg("COUNT")
-                .arg(64)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&applier.key)
-                .arg(if backlog { "0" } else { ">" })
-                .query(conn)?;
-            let entries: Vec<_> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            let entries = applier.read(c, conn, if backlog { "0" } else { ">" })?;
             if entries.is_empty() {
                 backlog = false;
                 return Ok(());
@@ -1520,19 +1540,7 @@ fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc
         let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else { continue };
         let turn = (|| -> RedisResult<()> {
             let (entries, again) = if claimed_all {
-                let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&*c.node)
-                    .arg("COUNT")
-                    .arg(64)
-                    .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&applier.key)
-                    .arg(">")
-                    .query(conn)?;
-                (reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect::<Vec<_>>(), false)
+                (applier.read(c, conn, ">")?, false)
             } else {
                 // What any consumer read and did not acknowledge (the dead
                 // node, or this one before a lost answer), as this node's.
