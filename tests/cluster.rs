@@ -478,8 +478,10 @@ runtime_kind_test!(
 
 /// Fencing: a node's writes to a persistent session in Redis are applied
 /// only while the node owns the client id. Once another node claimed it,
-/// the first can neither queue, acknowledge nor delete anything of it; its
-/// writes to sessions it still owns go through in the same commit.
+/// the first can neither queue, acknowledge nor delete anything of it (a
+/// message it queued for it goes to the new owner's stream, for that
+/// session, instead of being lost); its writes to sessions it still owns
+/// go through in the same commit.
 #[test]
 fn cluster_a_node_that_lost_a_client_id_cannot_write_its_session() {
     use midge::session::Message;
@@ -518,6 +520,8 @@ fn cluster_a_node_that_lost_a_client_id_cannot_write_its_session() {
     assert_eq!(fields("lost"), ["msg:1"], "b's session is as a left it when b claimed it");
     assert_eq!(fields("mine"), ["msg:1", "msg:2"], "a's own session took its write");
     assert_eq!(redis.query(&["SISMEMBER", "midge:sessions:a", "midge:session:lost"]), "1", "not deleted by a");
+    let sent_on = redis.query(&["XRANGE", "midge:in:b", "-", "+"]);
+    assert!(sent_on.contains("to") && sent_on.contains("lost") && sent_on.contains("t/2"), "sent on to b: {sent_on}");
 }
 
 /// `GET /metrics` from `addr`: each sample line's name (with labels) and value.
@@ -1255,3 +1259,214 @@ runtime_kind_test!(
     cluster_a_node_that_reads_nothing_for_the_slow_consumer_timeout_is_no_longer_waited_for,
     |kind: RuntimeKind| backpressure(kind, true)
 );
+
+/// The model of [`cluster_model_based_routing_and_ownership_across_three_nodes`].
+#[derive(Default, Clone)]
+struct Owed {
+    /// The node its session is on (`None`: no session).
+    at: Option<usize>,
+    online: bool,
+    clean: bool,
+    filters: std::collections::BTreeSet<&'static str>,
+    /// Messages queued while offline, in order.
+    queued: Vec<u32>,
+    /// Every message it received (a QoS 1 copy may come again after its
+    /// session moved: at least once).
+    seen: std::collections::HashSet<u32>,
+}
+
+const MODEL_FILTERS: [&str; 4] = ["m/0", "m/1", "m/+", "m/#"];
+const MODEL_TOPICS: [&str; 3] = ["m/0", "m/1", "m/2"];
+
+fn model_matches(filter: &str, topic: &str) -> bool {
+    filter == topic || filter == "m/#" || (filter == "m/+" && topic.starts_with("m/"))
+}
+
+/// Receives the PUBLISH of message `n` (a QoS 1 copy of one seen before may
+/// come first, once its session moved), acknowledges it.
+fn model_receive(c: &mut crate::support::client::Raw, owed: &mut Owed, n: u32, who: &str) {
+    loop {
+        let p = c.recv();
+        assert_eq!(p.header >> 4, 3, "{who}: a PUBLISH, not {:#x}", p.header);
+        let (_, pid, payload) = p.publish();
+        c.send(&packets::ack(0x40, pid.expect("QoS 1")));
+        let got: u32 = String::from_utf8(payload).unwrap().parse().unwrap();
+        if got == n {
+            owed.seen.insert(n);
+            return;
+        }
+        assert!(owed.seen.contains(&got), "{who}: got message {got}, expected {n}");
+    }
+}
+
+/// Reads until a PINGRESP (after a PINGREQ) or, with `closing`, until the
+/// broker closes: only copies of messages `owed` saw before may come
+/// meanwhile (a QoS 1 copy again after its session moved).
+fn model_settle(c: &mut crate::support::client::Raw, owed: &Owed, closing: bool, who: &str) {
+    if !closing {
+        c.send(&packets::PINGREQ);
+    }
+    model_settle_until(c, owed, if closing { 0 } else { 13 }, who);
+}
+
+/// Reads until a packet of type `until` (0: until the broker closes),
+/// acknowledging copies of messages `owed` saw before that come meanwhile.
+fn model_settle_until(c: &mut crate::support::client::Raw, owed: &Owed, until: u8, who: &str) {
+    let closing = until == 0;
+    loop {
+        let p = match c.try_recv() {
+            Ok(p) => p,
+            Err(_) if closing => return,
+            Err(e) => panic!("{who}: {e}"),
+        };
+        match p.header >> 4 {
+            kind if kind == until => return,
+            3 => {
+                let (_, pid, payload) = p.publish();
+                let got: u32 = String::from_utf8(payload).unwrap().parse().unwrap();
+                assert!(owed.seen.contains(&got), "{who}: message {got} nobody was owed");
+                if !closing {
+                    c.send(&packets::ack(0x40, pid.unwrap()));
+                }
+            }
+            other => panic!("{who}: packet type {other}"),
+        }
+    }
+}
+
+runtime_kind_test!(
+    /// A model-based test of routing and client id ownership across three
+    /// nodes: random CONNECTs (clean or persistent, at any node, taking
+    /// over a connection at another), SUBSCRIBEs, QoS 1 PUBLISHes and
+    /// DISCONNECTs by five clients, checked against a reference model of
+    /// where each session is and what each client is owed: every message
+    /// reaches every matching session once (MQTT-3.3.5-1) wherever its
+    /// client is connected, an offline persistent session gets what was
+    /// published meanwhile when its client comes back at any node with
+    /// Session Present 1 (MQTT-3.2.2-2), a clean one starts empty. Before a
+    /// PUBLISH the test waits until the publisher's node routes the topic
+    /// to the nodes the model says (the route table travels through
+    /// Redis); nothing else is waited for.
+    cluster_model_based_routing_and_ownership_across_three_nodes,
+    |kind: RuntimeKind| {
+        for seed in 1..=6 {
+            model_run(kind, seed);
+        }
+    }
+);
+
+/// One random sequence of [`cluster_model_based_routing_and_ownership_across_three_nodes`].
+fn model_run(kind: RuntimeKind, seed: u64) {
+    {
+        let redis = Redis::start();
+        let names = ["n0", "n1", "n2"];
+        let nodes: Vec<TestBroker> = names.iter().map(|n| node(kind, &redis, n)).collect();
+        let clients = 5;
+        let mut model: Vec<Owed> = vec![Owed::default(); clients];
+        let mut conns: Vec<Option<crate::support::client::Raw>> = (0..clients).map(|_| None).collect();
+        let mut next = midge::store::random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ kind.name().len() as u64);
+        let (mut message, mut pid) = (0u32, 0u16);
+        for step in 0..120 {
+            let c = next(clients as u64) as usize;
+            let id = format!("model-{c}");
+            let who = format!("seed {seed}, step {step}, {id}");
+            match next(10) {
+                // CONNECT at a random node (a takeover if connected).
+                0..=2 => {
+                    let (n, clean) = (next(3) as usize, next(3) == 0);
+                    let mut raw = nodes[n].raw();
+                    raw.send(&packets::connect(&id, clean, 0));
+                    let connack = raw.recv();
+                    assert_eq!((connack.header, connack.body[1]), (0x20, 0), "{who}: CONNACK");
+                    let owed = &mut model[c];
+                    let had = owed.at.is_some() && !owed.clean && !clean;
+                    assert_eq!(connack.body[0] == 1, had, "{who}: Session Present");
+                    if !had {
+                        owed.filters.clear();
+                        owed.queued.clear();
+                    }
+                    (owed.at, owed.online, owed.clean) = (Some(n), true, clean);
+                    conns[c] = None;
+                    for q in std::mem::take(&mut owed.queued) {
+                        model_receive(&mut raw, owed, q, &who);
+                    }
+                    conns[c] = Some(raw);
+                }
+                3 | 4 if model[c].online => {
+                    let filter = MODEL_FILTERS[next(4) as usize];
+                    pid = pid % 60000 + 1;
+                    let raw = conns[c].as_mut().unwrap();
+                    raw.send(&packets::subscribe(pid, &[(filter, 1)]));
+                    model_settle_until(raw, &model[c], 9, &who);
+                    model[c].filters.insert(filter);
+                }
+                5..=8 if model[c].online => {
+                    let topic = MODEL_TOPICS[next(3) as usize];
+                    let from = model[c].at.unwrap();
+                    let mut to: Vec<&str> = (0..names.len())
+                        .filter(|&n| n != from)
+                        .filter(|&n| {
+                            model.iter().any(|o| o.at == Some(n) && o.filters.iter().any(|f| model_matches(f, topic)))
+                        })
+                        .map(|n| names[n])
+                        .collect();
+                    to.sort();
+                    wait_for_routes(&nodes[from], topic, &to);
+                    message += 1;
+                    pid = pid % 60000 + 1;
+                    let publisher = conns[c].as_mut().unwrap();
+                    publisher.send(&packets::publish(topic, message.to_string().as_bytes(), 1, pid));
+                    // Its own copy (it may be subscribed) can come before the PUBACK.
+                    let mut acked = false;
+                    let self_copy = model[c].filters.iter().any(|f| model_matches(f, topic));
+                    let mut own_seen = !self_copy;
+                    while !(acked && own_seen) {
+                        let p = publisher.recv();
+                        match p.header >> 4 {
+                            4 => acked = true,
+                            3 => {
+                                let (_, got_pid, payload) = p.publish();
+                                publisher.send(&packets::ack(0x40, got_pid.unwrap()));
+                                let got: u32 = String::from_utf8(payload).unwrap().parse().unwrap();
+                                if got == message {
+                                    own_seen = true;
+                                    model[c].seen.insert(got);
+                                } else {
+                                    assert!(model[c].seen.contains(&got), "{who}: got {got}, publishing {message}");
+                                }
+                            }
+                            other => panic!("{who}: packet type {other}"),
+                        }
+                    }
+                    for d in (0..clients).filter(|&d| d != c) {
+                        let owed = &mut model[d];
+                        if owed.at.is_none() || !owed.filters.iter().any(|f| model_matches(f, topic)) {
+                            continue;
+                        }
+                        match owed.online {
+                            true => model_receive(conns[d].as_mut().unwrap(), owed, message, &format!("{who} -> {d}")),
+                            false => owed.queued.push(message),
+                        }
+                    }
+                }
+                9 if model[c].online => {
+                    let mut raw = conns[c].take().unwrap();
+                    raw.send(&packets::DISCONNECT);
+                    model_settle(&mut raw, &model[c], true, &who);
+                    let owed = &mut model[c];
+                    owed.online = false;
+                    if owed.clean {
+                        *owed = Owed { seen: std::mem::take(&mut owed.seen), ..Owed::default() };
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (c, conn) in conns.iter_mut().enumerate() {
+            if let Some(conn) = conn {
+                model_settle(conn, &model[c], false, "at the end");
+                model_settle(conn, &model[c], false, "at the end");
+            }
+        }
+    }
+}

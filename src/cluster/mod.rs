@@ -1427,21 +1427,32 @@ impl Applier {
             {
                 taken_over(c, broker, &id, token.parse().unwrap_or(0));
             }
+            // A message queued at another node for a session this one took
+            // over meanwhile: for that session only.
+            let to = match (text(entry.map.get("to")), entry.map.get("m")) {
+                (Some(id), Some(Value::BulkString(bytes))) => crate::store::decode_message(bytes).map(|m| (id, m)),
+                _ => None,
+            };
+            // The copies and the mark in one commit.
+            let hold = broker.store().map(crate::store::Persistence::hold);
+            let mut made = Ticket::default();
+            if let Some((id, message)) = to.filter(|(id, _)| self.only.as_ref().is_none_or(|o| o.contains(id.as_str())))
+            {
+                let only = HashSet::from([Arc::<str>::from(id)]);
+                made = made.max(broker.publish_forwarded(message, true, &[], Some(&only), pressed));
+            }
             if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
-                // The copies and the mark in one commit.
-                let hold = broker.store().map(crate::store::Persistence::hold);
-                let mut made = Ticket::default();
                 for (message, plain, groups) in decode_batch(bytes) {
                     c.received.fetch_add(1, Ordering::Relaxed);
                     made = made.max(broker.publish_forwarded(message, plain, &groups, self.only.as_ref(), pressed));
                 }
-                if let Some(store) = broker.store().filter(|_| made != Ticket::default()) {
-                    let value = bytes::Bytes::from(entry.id.clone());
-                    made = made.max(store.append([crate::store::Op::Mark(self.mark.clone(), Some(value))]));
-                }
-                drop(hold);
-                ticket = ticket.max(made);
             }
+            if let Some(store) = broker.store().filter(|_| made != Ticket::default()) {
+                let value = bytes::Bytes::from(entry.id.clone());
+                made = made.max(store.append([crate::store::Op::Mark(self.mark.clone(), Some(value))]));
+            }
+            drop(hold);
+            ticket = ticket.max(made);
             last = last.max(order);
             ids.push(entry.id);
         }

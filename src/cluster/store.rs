@@ -42,25 +42,31 @@ fn marks_key(node: &str) -> String {
 /// a session made or refreshed, `X` deleted, `H` / `D` a field set /
 /// removed (`D`: the value names a second field removed), `P` a message's progress (only while the message is there),
 /// `K` / `k` a mark set / removed. A field op on a session that does not
-/// exist does nothing (as in every store). Returns how many ops were
-/// refused because another node owns their client id.
+/// exist does nothing (as in every store). A message queued for a session
+/// another node owns now (it took the session over while this node still
+/// routed to it) is sent on to that node's stream for that session
+/// (`to`, `m`) instead of being lost, unless the session is gone (a clean
+/// start there). Returns how many ops were refused.
 const APPLY_SCRIPT: &str = r"
-local node, index, marks = ARGV[1], KEYS[1], KEYS[2]
-local owned, exists = {}, {}
+local node, index, marks, len = ARGV[1], KEYS[1], KEYS[2], ARGV[2]
+local owner, exists = {}, {}
 local refused = 0
-local i = 2
+local i = 3
 while i + 4 <= #ARGV do
   local kind, key, id, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
   local ok = true
   if id ~= '' then
-    if owned[id] == nil then
-      owned[id] = redis.call('HGET', 'midge:owner:' .. id, 'node') == node
+    if owner[id] == nil then
+      owner[id] = redis.call('HGET', 'midge:owner:' .. id, 'node') or ''
     end
-    ok = owned[id]
+    ok = owner[id] == node
   end
   if not ok then
     refused = refused + 1
+    if kind == 'H' and string.sub(field, 1, 4) == 'msg:' and owner[id] ~= '' and redis.call('EXISTS', key) == 1 then
+      redis.call('XADD', 'midge:in:' .. owner[id], 'MAXLEN', '~', len, '*', 'to', id, 'm', value)
+    end
   elseif kind == 'S' then
     redis.call('HSET', key, 'seen', value, 'id', field)
     redis.call('SADD', index, key)
@@ -130,6 +136,7 @@ impl RedisStore {
     fn script(&self, ops: &[Op]) -> Option<redis::Cmd> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPLY_SCRIPT).arg(2).arg(sessions_key(&self.node)).arg(marks_key(&self.node)).arg(&*self.node);
+        cmd.arg(super::STREAM_LEN);
         let mut any = false;
         let mut push = |kind: &str, (key, fence): &(String, String), field: &[u8], value: &[u8]| {
             cmd.arg(kind).arg(key).arg(fence).arg(field).arg(value);
@@ -190,7 +197,7 @@ impl Store for RedisStore {
                         crate::limited!(
                             "cluster fenced",
                             log::Level::Warn,
-                            "cluster: {refused} session write(s) refused: another node owns their client id now"
+                            "cluster: {refused} session write(s) refused: another node owns their client id now (messages queued for it are sent on to that node)"
                         );
                     }
                     return Ok(());

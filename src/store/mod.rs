@@ -357,10 +357,10 @@ impl From<io::Error> for StoreError {
 #[cfg(test)]
 pub(crate) mod contract;
 
-/// A xorshift generator for the store's randomised tests: `next(n)` is
-/// in `0..n`.
-#[cfg(test)]
-pub(crate) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
+/// A xorshift generator for randomised tests (the store's, and the
+/// cluster's model-based test): `next(n)` is in `0..n`.
+#[doc(hidden)]
+pub fn random(seed: u64) -> impl FnMut(u64) -> u64 {
     let mut x = seed | 1;
     move |n: u64| {
         x ^= x << 13;
