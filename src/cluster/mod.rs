@@ -1548,7 +1548,15 @@ fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc
     let mut quiet_since = Instant::now();
     let mut claimed_all = false;
     while !c.stopping() && quiet_since.elapsed() < DRAIN_QUIET {
-        let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else { continue };
+        // Back: it reads its stream itself (for the sessions it has now).
+        if read(&c.replica).live.contains(dead) {
+            log::warn!("cluster: node {dead} is back: what is left in its stream is its own to read");
+            return;
+        }
+        let Some(conn) = link.get(c, |con| create_group(con, &applier.key)) else {
+            quiet_since = Instant::now();
+            continue;
+        };
         let turn = (|| -> RedisResult<()> {
             let (entries, again) = if claimed_all {
                 (applier.read(c, conn, ">")?, false)
@@ -1577,6 +1585,10 @@ fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc
             crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
             Ok(())
         })();
+        // Quiet means read and found empty, not Redis gone.
+        if turn.is_err() {
+            quiet_since = Instant::now();
+        }
         link.done(c, turn);
     }
     log::info!("cluster: the stream of node {dead} is delivered to the sessions taken from it");
