@@ -74,6 +74,12 @@ struct Shared {
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
     /// The store's [`Op::Mark`] values as read at start.
     marks: std::collections::BTreeMap<Arc<str>, bytes::Bytes>,
+    /// A cluster node's PUBLISH (forwarded, then routed here) holds it to
+    /// read, a session adopted from another node to write: each message
+    /// is forwarded and routed either before the adoption (and its copy
+    /// for the session comes from the other node's stream) or after it
+    /// (and comes here), never half and half.
+    adopting: RwLock<()>,
 }
 
 /// A cluster node's figures, for `$SYS` and the metrics endpoint.
@@ -175,6 +181,9 @@ pub trait Peers: Send + Sync {
     /// over (without, it is deleted). Completes once the claim is made;
     /// the session is attached after that.
     fn claim(&self, client_id: &Arc<str>, take_session: bool) -> Option<Arc<Claimed>>;
+    /// The session a claim took from another node ([`Peers::claim`]) is
+    /// live here now, its subscriptions told.
+    fn adopted(&self, _client_id: &Arc<str>) {}
     /// The other nodes a message on `topic` would go to now.
     fn nodes_for(&self, topic: &str) -> Vec<String>;
     /// What `$SYS` and the metrics show of the cluster.
@@ -479,6 +488,7 @@ impl Broker {
             delayed_wills: Mutex::new(HashMap::new()),
             peers: std::sync::OnceLock::new(),
             marks: snapshot.marks,
+            adopting: RwLock::new(()),
         };
         Broker { shared: Arc::new(shared) }
     }
@@ -615,6 +625,7 @@ impl Broker {
     /// taken over, becomes this node's as Redis kept it (its subscriptions
     /// routed here).
     pub fn adopt_from_cluster(&self, client_id: &Arc<str>, stored: Option<StoredSession>) {
+        let _gate = write(&self.shared.adopting);
         self.release_to_cluster(client_id);
         let Some(stored) = stored else { return };
         let mut registry = lock(&self.shared.registry);
@@ -632,6 +643,9 @@ impl Broker {
             });
         drop(trie);
         registry.insert(client_id.clone(), entry);
+        if let Some(peers) = peers {
+            peers.adopted(client_id);
+        }
     }
 
     /// Ends every client connection here (a bridge's own excepted) as a
@@ -1213,6 +1227,7 @@ impl Broker {
         let Some(peers) = self.shared.peers.get() else {
             return self.route(message, retain, receipt, pressed, defer, Scope::Local { from, except: &[] });
         };
+        let _gate = read(&self.shared.adopting);
         let Forward { receipt: forwarded, elsewhere } = peers.forward(&message, retain);
         let scope = Scope::Local { from, except: &elsewhere };
         Routing { forwarded, ..self.route(message, retain, receipt, pressed, defer, scope) }

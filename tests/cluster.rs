@@ -629,7 +629,9 @@ fn receive_every_acknowledged(
     }
     sub.set_read_timeout(Duration::from_secs(20));
     subscriber.drain(&mut sub);
-    assert_eq!(missing(subscriber), 0, "acknowledged messages lost ({when})");
+    let seen: std::collections::HashSet<u32> = subscriber.delivered.iter().map(|(n, _)| *n).collect();
+    let lost: Vec<u32> = acked.iter().copied().filter(|n| !seen.contains(n)).take(20).collect();
+    assert_eq!(missing(subscriber), 0, "acknowledged messages lost ({when}), the first: {lost:?}");
 }
 
 /// Two midge processes on one Redis, for the kill -9 tests: node b with
@@ -842,12 +844,13 @@ fn kill_9_and_reconnect_elsewhere(runtime: &'static str) {
 }
 
 /// kill -9 of the node a persistent subscriber's session is on, mid-stream
-/// from a publisher on another node, and no restart: once its lease ends
-/// the publisher's node takes the session over with what waited in the
-/// dead node's stream, and the client connecting there gets every message
-/// the publisher's node acknowledged, before the kill and after, QoS 2
-/// once.
-fn kill_9_mid_stream_and_failover(runtime: &'static str, kill_after: usize) {
+/// from a publisher on another node, and no restart: the client connecting
+/// to the publisher's node gets every message that node acknowledged,
+/// before the kill and after, QoS 2 once; whether it connects once the
+/// dead node's lease ended (the publisher's node took the session over
+/// with what waited in the dead node's stream) or `at_once` (it takes the
+/// session itself, and gets what waited there once the lease ends).
+fn kill_9_mid_stream_and_failover(runtime: &'static str, kill_after: usize, at_once: bool) {
     use crate::crash::publish_stream;
     let extra = ["--cluster-lease", "3", "--max-queued-messages", "100000"];
     let mut pair = Pair::start(runtime, Redis::durable(), &extra, &[], true);
@@ -857,26 +860,35 @@ fn kill_9_mid_stream_and_failover(runtime: &'static str, kill_after: usize) {
     reached.recv_timeout(Duration::from_secs(60)).expect("publisher made progress");
     kill_9(&pair.b);
     let mut subscriber = pair.online_received();
+    if at_once {
+        // Back before the publisher is done, and before b's lease ends.
+        let (c, present) = crate::crash::Subscriber::connect_as(addr_a, "crash-sub");
+        assert!(present, "the session came from Redis");
+        drop(c);
+    }
     let acked = publisher.join().unwrap();
     assert_eq!(acked.len(), 3000, "a acknowledged everything, b dead or not");
-    pair.a.wait_for_within("persistent session(s) are this node's now", Duration::from_secs(30));
-    receive_every_acknowledged(addr_a, &mut subscriber, &acked, &format!("b killed after {kill_after} acks"));
+    if !at_once {
+        pair.a.wait_for_within("persistent session(s) are this node's now", Duration::from_secs(30));
+    }
+    let when = format!("b killed after {kill_after} acks, client back {}", if at_once { "at once" } else { "later" });
+    receive_every_acknowledged(addr_a, &mut subscriber, &acked, &when);
     qos_2_once(&subscriber);
 }
 
 #[cfg(feature = "smol")]
 #[test]
 fn cluster_kill_9_mid_stream_the_sessions_fail_over_with_nothing_lost_smol() {
-    for kill_after in [50, 1500] {
-        kill_9_mid_stream_and_failover("smol", kill_after);
+    for (kill_after, at_once) in [(50, false), (1500, false), (50, true), (1500, true)] {
+        kill_9_mid_stream_and_failover("smol", kill_after, at_once);
     }
 }
 
 #[cfg(feature = "async-std")]
 #[test]
 fn cluster_kill_9_mid_stream_the_sessions_fail_over_with_nothing_lost_async_std() {
-    for kill_after in [50, 1500] {
-        kill_9_mid_stream_and_failover("async-std", kill_after);
+    for (kill_after, at_once) in [(50, false), (1500, false), (50, true), (1500, true)] {
+        kill_9_mid_stream_and_failover("async-std", kill_after, at_once);
     }
 }
 

@@ -205,16 +205,17 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 /// (an entry on its stream). A persistent session that node held
 /// (`KEYS[3]`) becomes this node's with `ARGV[4]` = `1` (its fields are
 /// returned), and is deleted otherwise (a clean start). Returns the token,
-/// whether another node owned the id, and the fields.
+/// whether another node owned the id, that node and the id of the notice
+/// on its stream, and the fields.
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'node')
 local token = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', token)
 local session = {}
-local moved = 0
+local moved, kick = 0, ''
 if prev and prev ~= ARGV[1] then
   moved = 1
-  redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token)
+  kick = redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token)
   redis.call('SREM', 'midge:sessions:' .. prev, KEYS[3])
   if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('SADD', 'midge:sessions:' .. ARGV[1], KEYS[3])
@@ -223,7 +224,7 @@ if prev and prev ~= ARGV[1] then
     redis.call('DEL', KEYS[3])
   end
 end
-return {token, moved, session}
+return {token, moved, prev or '', kick, session}
 ";
 
 /// Claims of client ids this node remembers, at most (completed ones are
@@ -282,6 +283,25 @@ pub struct Cluster {
     pub received: AtomicU64,
     /// Messages not forwarded because too many were waiting.
     pub dropped: AtomicU64,
+    /// Persistent sessions taken from another node by a CONNECT here:
+    /// that node, the client id, where the claim's notice (then the marker
+    /// written once the session was live here, [`Out::Adopted`]) is in
+    /// that node's stream, and when. Should that node's lease end, what
+    /// its stream held for the session before that is delivered here
+    /// ([`drain_moved`]). Forgotten after two leases.
+    moved: std::sync::Mutex<Vec<Moved>>,
+}
+
+/// Sessions taken from one node: client id, where what that node held
+/// for it ends in its stream.
+type MovedFrom = Vec<(Arc<str>, (u64, u64))>;
+
+/// See [`Cluster::moved`].
+struct Moved {
+    from: Arc<str>,
+    id: Arc<str>,
+    kick: (u64, u64),
+    at: Instant,
 }
 
 /// What the other nodes subscribe to, as this node last read it.
@@ -377,6 +397,10 @@ enum Out {
     /// life it connected in, the connection, its client id, and the
     /// receipt its CONNACK waits for.
     Will(u64, u64, Arc<str>, Option<Vec<u8>>, Option<Arc<Receipt>>),
+    /// A session taken from that node is live here (after its routes): a
+    /// marker on that node's stream, where what it held for the session
+    /// ends ([`drain_moved`]).
+    Adopted(Arc<str>, Arc<str>),
     /// A message for these nodes, whether it is the topic's retained
     /// message now, and the receipt its publisher's acknowledgement waits
     /// for (QoS 1 and 2).
@@ -435,6 +459,7 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         forwarded: AtomicU64::new(0),
         received: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        moved: std::sync::Mutex::new(Vec::new()),
     });
     let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(run).map(drop).map_err(|e| format!("{name}: {e}"))
@@ -472,6 +497,39 @@ fn log_entry(node: &str, op: &str, filter: &str) -> redis::Cmd {
 }
 
 impl Cluster {
+    fn remember_move(&self, from: Arc<str>, id: Arc<str>, kick: (u64, u64)) {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        let forget = self.lease * 2;
+        moved.retain(|m| m.at.elapsed() < forget);
+        if moved.len() < MAX_CLAIMS {
+            moved.push(Moved { from, id, kick, at: Instant::now() });
+        }
+    }
+
+    /// Where the marker of a session taken from `from` is in its stream.
+    fn marked(&self, from: &str, id: &str, marker: (u64, u64)) {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = moved.iter_mut().rev().find(|m| *m.id == *id && *m.from == *from) {
+            m.kick = m.kick.max(marker);
+        }
+    }
+
+    /// The sessions taken from nodes that are not live (see
+    /// [`Cluster::moved`]), by node; forgotten here.
+    fn moved_from_dead(&self) -> HashMap<Arc<str>, MovedFrom> {
+        let live = read(&self.replica).live.clone();
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut from: HashMap<Arc<str>, Vec<_>> = HashMap::new();
+        moved.retain(|m| match live.contains(&m.from) {
+            true => true,
+            false => {
+                from.entry(m.from.clone()).or_default().push((m.id.clone(), m.kick));
+                false
+            }
+        });
+        from
+    }
+
     /// Hands work to the forwarder.
     fn send(&self, out: Out) {
         self.queued.fetch_add(1, Ordering::AcqRel);
@@ -571,6 +629,13 @@ impl Peers for Cluster {
         }
         self.send(Out::Message(nodes, message.clone(), false, None));
         Forward { receipt: None, elsewhere }
+    }
+
+    fn adopted(&self, client_id: &Arc<str>) {
+        let moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = moved.iter().rev().find(|m| m.id == *client_id) {
+            self.send(Out::Adopted(m.from.clone(), client_id.clone()));
+        }
     }
 
     fn subscription_added(&self, route: &str) {
@@ -798,6 +863,7 @@ fn follow_routes(c: &Arc<Cluster>, broker: &Broker, con: Option<Connection>) {
             if beaten {
                 take_wills(c, broker, conn, take_own, &mut delayed)?;
                 take_sessions(c, broker, conn)?;
+                drain_moved_from_dead(c, broker);
                 if std::mem::take(&mut take_own) && !c.serving.swap(true, Ordering::AcqRel) {
                     log::warn!("cluster: node {} has Redis again: serving clients again", c.node);
                 }
@@ -1021,9 +1087,14 @@ fn no_setup(_: &mut Connection) -> RedisResult<()> {
 fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
     let mut link = Link::default();
     let mut batch: Vec<Out> = Vec::new();
+    // What follows a marker in what was taken from the queue: the next batch.
+    let mut after_marker: Vec<Out> = Vec::new();
     // Live nodes that stopped reading their stream: not waited for.
     let mut not_reading: HashSet<Arc<str>> = HashSet::new();
     loop {
+        if batch.is_empty() && !after_marker.is_empty() {
+            batch = std::mem::take(&mut after_marker);
+        }
         if batch.is_empty() {
             match queue.recv_timeout(Duration::from_millis(200)) {
                 Ok(item) => batch.push(item),
@@ -1031,6 +1102,15 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                 Err(_) => return,
             }
             batch.extend(std::iter::from_fn(|| queue.try_recv().ok()).take(MAX_BATCH - 1));
+        }
+        // A batch ends at a marker (written after the batch's messages):
+        // what was queued after it goes in the stream after it.
+        if let Some(at) = batch.iter().position(|o| matches!(o, Out::Adopted(..)))
+            && at + 1 < batch.len()
+        {
+            let mut rest = batch.split_off(at + 1);
+            rest.append(&mut after_marker);
+            after_marker = rest;
         }
         if c.stopping() {
             return;
@@ -1042,7 +1122,10 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
         let sent = pipe.query::<Vec<Value>>(conn);
         let mut replies = sent.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
         if link.done(c, sent.map(drop)) {
-            // The claims' answers, then each destination's stream length.
+            // The claims' answers, each destination's stream length, the
+            // markers' ids.
+            let adopted = batch.iter().filter(|o| matches!(o, Out::Adopted(..))).count();
+            let markers = replies.split_off(replies.len().saturating_sub(adopted));
             let lengths = replies.split_off(replies.len().saturating_sub(dests.len()));
             let mut behind = Vec::new();
             for (dest, len) in dests.into_iter().zip(lengths.iter().map(int)) {
@@ -1053,14 +1136,25 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                 }
             }
             c.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            let mut markers = markers.into_iter();
+            for item in &batch {
+                if let Out::Adopted(from, id) = item
+                    && let Some(marker) = text(markers.next().as_ref()).as_deref().and_then(entry_order)
+                {
+                    c.marked(from, id, marker);
+                }
+            }
             let claimed = batch.iter().filter_map(|o| match o {
-                Out::Claim(id, _, claimed) => Some((id, claimed)),
+                Out::Claim(id, _, done) => Some((id, done)),
                 _ => None,
             });
             let mut kicked = Vec::new();
             let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
             for ((id, claimed), reply) in claimed.zip(replies) {
-                let (token, moved, session) = claim_reply(reply);
+                let ClaimReply { token, moved, from, session } = claim_reply(reply);
+                if let (Some((node, kick)), Some(_)) = (from, &session) {
+                    c.remember_move(node, id.clone(), kick);
+                }
                 if moved {
                     *claimed.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
                 }
@@ -1163,6 +1257,8 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                 };
                 pipe.add_command(log_entry(node, if *add { "+" } else { "-" }, filter)).ignore();
             }
+            // Written last, after the batches (see below).
+            Out::Adopted(..) => {}
             Out::Will(at, conn, id, will, _) => {
                 let field = format!("{at}:{conn}:{id}");
                 match will {
@@ -1220,6 +1316,14 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
             .ignore();
         pipe.cmd("XLEN").arg(stream_key(&dest));
         dests.push(dest);
+    }
+    // A marker goes after the batch entries of the messages queued before
+    // it (an answer kept: the marker's id).
+    for item in batch {
+        if let Out::Adopted(from, id) = item {
+            pipe.cmd("XADD").arg(stream_key(from)).arg("MAXLEN").arg("~").arg(STREAM_LEN).arg("*");
+            pipe.arg("adopted").arg(&**id);
+        }
     }
     (pipe, copies, dests)
 }
@@ -1291,15 +1395,31 @@ fn int(value: &Value) -> u64 {
 
 /// A claim's answer: its fencing token, whether another node owned the
 /// id, and the session taken over.
-fn claim_reply(reply: Value) -> (u64, bool, Option<crate::store::StoredSession>) {
-    let Value::Array(mut parts) = reply else { return (0, false, None) };
+fn claim_reply(reply: Value) -> ClaimReply {
+    let Value::Array(mut parts) = reply else { return ClaimReply::default() };
     let last = parts.pop();
     let (token, moved) = (parts.first().map_or(0, int), parts.get(1).map_or(0, int) == 1);
+    let from = match (text(parts.get(2)), text(parts.get(3)).as_deref().and_then(entry_order)) {
+        (Some(node), Some(kick)) if moved => Some((Arc::from(node), kick)),
+        _ => None,
+    };
     let session = match last {
         Some(Value::Array(fields)) if !fields.is_empty() => session_fields(fields).map(|(_, session)| session),
         _ => None,
     };
-    (token, moved, session)
+    ClaimReply { token, moved, from, session }
+}
+
+/// A claim's answer ([`CLAIM_SCRIPT`]).
+#[derive(Default)]
+struct ClaimReply {
+    token: u64,
+    /// Another node owned the id.
+    moved: bool,
+    /// That node, and where the claim's notice is in its stream.
+    from: Option<(Arc<str>, (u64, u64))>,
+    /// The persistent session taken over.
+    session: Option<crate::store::StoredSession>,
 }
 
 /// A session's hash as a script returns it (`HGETALL`: field, value, ...).
@@ -1592,6 +1712,77 @@ fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc
         link.done(c, turn);
     }
     log::info!("cluster: the stream of node {dead} is delivered to the sessions taken from it");
+}
+
+/// Starts [`drain_moved`] for every node that is not live and had sessions
+/// taken from it here.
+fn drain_moved_from_dead(c: &Arc<Cluster>, broker: &Broker) {
+    for (node, moved) in c.moved_from_dead() {
+        let (c, b) = (c.clone(), broker.clone());
+        let spawned = std::thread::Builder::new()
+            .name("midge-cluster-moved".into())
+            .spawn(move || drain_moved(&c, &b, &node, &moved));
+        if let Err(e) = spawned {
+            log::error!("cluster: cannot start a thread to deliver what waits for moved sessions: {e}");
+        }
+    }
+}
+
+/// Delivers to the sessions CONNECTs here took from `dead` (`moved`: each
+/// client id and where its marker is in the dead node's stream) what that
+/// stream held for them and the dead node never applied: its entries
+/// after the last one it applied and before each marker (what came after
+/// it was routed here directly: the marker follows the session's routes). The
+/// stream is read, not consumed: a node that takes the dead node's other
+/// sessions over reads it too, for those.
+fn drain_moved(c: &Cluster, broker: &Broker, dead: &str, moved: &[(Arc<str>, (u64, u64))]) {
+    let key = stream_key(dead);
+    let Some(end) = moved.iter().map(|(_, kick)| *kick).max() else { return };
+    let delivered = (|| -> RedisResult<usize> {
+        let mut con = connect(&c.client)?;
+        let mark: Option<String> =
+            redis::cmd("HGET").arg(store::marks_key(dead)).arg(&*applied_key(&key)).query(&mut con)?;
+        let applied = mark.as_deref().and_then(entry_order);
+        let (mut from, mut delivered, mut ticket) = ("-".to_owned(), 0, Ticket::default());
+        let mut pressed = Vec::new();
+        loop {
+            let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&from)
+                .arg(format!("{}-{}", end.0, end.1))
+                .arg("COUNT")
+                .arg(64)
+                .query(&mut con)?;
+            if page.ids.is_empty() {
+                break;
+            }
+            for entry in page.ids {
+                from = format!("({}", entry.id);
+                let order = entry_order(&entry.id);
+                let Some(Value::BulkString(bytes)) = entry.map.get("b").filter(|_| order > applied) else { continue };
+                let only: HashSet<Arc<str>> =
+                    moved.iter().filter(|(_, kick)| order < Some(*kick)).map(|(id, _)| id.clone()).collect();
+                if only.is_empty() {
+                    continue;
+                }
+                for (message, plain, groups) in decode_batch(bytes) {
+                    ticket = ticket.max(broker.publish_forwarded(message, plain, &groups, Some(&only), &mut pressed));
+                    delivered += 1;
+                }
+            }
+        }
+        if let Some(store) = broker.store() {
+            block_on(store.wait(ticket));
+        }
+        Ok(delivered)
+    })();
+    match delivered {
+        Ok(n) => log::info!(
+            "cluster: {n} message(s) node {dead} had not delivered went to the {} session(s) taken from it here",
+            moved.len()
+        ),
+        Err(e) => log::warn!("cluster: reading what node {dead} had not delivered failed: {e}"),
+    }
 }
 
 /// Another node took `id` with fencing token `token`: the connection here

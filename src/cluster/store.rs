@@ -33,7 +33,8 @@ fn bridge_session_key(node: &str, id: &str) -> String {
     format!("midge:bridge-session:{node}:{id}")
 }
 
-fn marks_key(node: &str) -> String {
+/// A node's marks ([`Op::Mark`]).
+pub(super) fn marks_key(node: &str) -> String {
     format!("midge:marks:{node}")
 }
 
