@@ -823,7 +823,7 @@ fn kill_9_between_commit_and_xack(runtime: &'static str) {
 /// kill -9 of the node a persistent subscriber's session is on: its
 /// client connects to another node and gets every message that node had
 /// received for it (its queue is in Redis), QoS 2 once. (What was still
-/// in the killed node's stream is not delivered there yet: docs/cluster.md.)
+/// in the killed node's stream: `kill_9_mid_stream_and_failover`.)
 fn kill_9_and_reconnect_elsewhere(runtime: &'static str) {
     use crate::crash::{Subscriber, publish_stream};
     let pair = Pair::start(runtime, Redis::durable(), &[], &[], false);
