@@ -1593,7 +1593,8 @@ impl Applier {
             return Ok(false);
         }
         self.applied = last;
-        if ticket != Ticket::default() && std::env::var_os(STALL_BEFORE_ACK_ENV).is_some() {
+        static STALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if ticket != Ticket::default() && *STALL.get_or_init(|| std::env::var_os(STALL_BEFORE_ACK_ENV).is_some()) {
             log::warn!("cluster: {STALL_BEFORE_ACK_ENV}: copies committed, stalling before the XACK");
             loop {
                 std::thread::park();
@@ -1613,6 +1614,15 @@ impl Applier {
             .query::<()>(conn)?;
         Ok(true)
     }
+}
+
+/// Backpressure: nothing more is read from a stream while a reading
+/// subscriber here has a full queue (what waits stays in Redis, and the
+/// publishing nodes slow down once it grows, see [`MAX_BEHIND`]).
+fn wait_for_room(broker: &Broker, mut pressed: Vec<Arc<crate::session_handle::SessionHandle>>) {
+    pressed.sort_unstable_by_key(Arc::as_ptr);
+    pressed.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
 }
 
 fn receive(c: &Cluster, broker: &Broker) {
@@ -1638,12 +1648,7 @@ fn receive(c: &Cluster, broker: &Broker) {
             if !applier.apply(c, broker, conn, entries, backlog, &mut pressed)? {
                 return Ok(());
             }
-            // Backpressure: nothing more is read while a reading subscriber
-            // here has a full queue (what waits stays in Redis, and the
-            // publishing nodes slow down once it grows, see MAX_BEHIND).
-            pressed.sort_unstable_by_key(Arc::as_ptr);
-            pressed.dedup_by(|a, b| Arc::ptr_eq(a, b));
-            crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
+            wait_for_room(broker, pressed);
             Ok(())
         })();
         link.done(c, turn);
@@ -1700,9 +1705,7 @@ fn drain_dead_stream(c: &Cluster, broker: &Broker, dead: &str, only: HashSet<Arc
             }
             let mut pressed = Vec::new();
             applier.apply(c, broker, conn, entries, again, &mut pressed)?;
-            pressed.sort_unstable_by_key(Arc::as_ptr);
-            pressed.dedup_by(|a, b| Arc::ptr_eq(a, b));
-            crate::session_handle::Waiting::wait_all(pressed, broker.config().slow_consumer_timeout);
+            wait_for_room(broker, pressed);
             Ok(())
         })();
         // Quiet means read and found empty, not Redis gone.
@@ -1774,6 +1777,7 @@ fn drain_moved(c: &Cluster, broker: &Broker, dead: &str, moved: &[(Arc<str>, (u6
         if let Some(store) = broker.store() {
             block_on(store.wait(ticket));
         }
+        wait_for_room(broker, pressed);
         Ok(delivered)
     })();
     match delivered {
