@@ -497,8 +497,10 @@ fn cluster_a_node_that_lost_a_client_id_cannot_write_its_session() {
     for id in [&mine, &lost] {
         store.apply(&[Op::Session(id.clone(), Some(1)), Op::Message(id.clone(), 1, Some(message("t/1")))]).unwrap();
     }
-    // Node b claims "lost".
+    // Node b claims "lost" (as the claim script does: owner, and where the
+    // session came from).
     redis.cli(&["HSET", "midge:owner:lost", "node", "b", "token", "3"]);
+    redis.cli(&["HSET", "midge:session:lost", "from", "a"]);
     store
         .apply(&[
             Op::Message(lost.clone(), 1, None),

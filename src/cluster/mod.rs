@@ -219,6 +219,7 @@ if prev and prev ~= ARGV[1] then
   redis.call('SREM', 'midge:sessions:' .. prev, KEYS[3])
   if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('SADD', 'midge:sessions:' .. ARGV[1], KEYS[3])
+    redis.call('HSET', KEYS[3], 'from', prev)
     session = redis.call('HGETALL', KEYS[3])
   else
     redis.call('DEL', KEYS[3])

@@ -46,8 +46,9 @@ pub(super) fn marks_key(node: &str) -> String {
 /// exist does nothing (as in every store). A message queued for a session
 /// another node owns now (it took the session over while this node still
 /// routed to it) is sent on to that node's stream for that session
-/// (`to`, `m`) instead of being lost, unless the session is gone (a clean
-/// start there). Returns how many ops were refused.
+/// (`to`, `m`) instead of being lost, if the session there is the one
+/// taken from this node (`from`, written by the claim; not a new one after
+/// a clean start). Returns how many ops were refused.
 const APPLY_SCRIPT: &str = r"
 local node, index, marks, len = ARGV[1], KEYS[1], KEYS[2], ARGV[2]
 local owner, exists = {}, {}
@@ -65,7 +66,7 @@ while i + 4 <= #ARGV do
   end
   if not ok then
     refused = refused + 1
-    if kind == 'H' and string.sub(field, 1, 4) == 'msg:' and owner[id] ~= '' and redis.call('EXISTS', key) == 1 then
+    if kind == 'H' and string.sub(field, 1, 4) == 'msg:' and owner[id] ~= '' and redis.call('HGET', key, 'from') == node then
       redis.call('XADD', 'midge:in:' .. owner[id], 'MAXLEN', '~', len, '*', 'to', id, 'm', value)
     end
   elseif kind == 'S' then
