@@ -163,6 +163,32 @@ fn wait_for_routes(from: &TestBroker, topic: &str, nodes: &[&str]) {
     }
 }
 
+/// Waits until each of `nodes` has read and acknowledged every entry of its
+/// stream: what was forwarded to it is in its sessions (a node acknowledges
+/// an entry once it applied it).
+fn wait_for_applied(redis: &Redis, nodes: &[&str]) {
+    let field = |reply: &str, name: &str| -> String {
+        let lines: Vec<&str> = reply.lines().collect();
+        let at = lines.iter().position(|l| *l == name).unwrap_or_else(|| panic!("no {name} in {reply:?}"));
+        lines.get(at + 1).copied().unwrap_or_default().to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in nodes {
+        let key = format!("midge:in:{node}");
+        loop {
+            let stream = redis.query(&["XINFO", "STREAM", &key]);
+            let groups = redis.query(&["XINFO", "GROUPS", &key]);
+            let (last, read) = (field(&stream, "last-generated-id"), field(&groups, "last-delivered-id"));
+            let pending = field(&groups, "pending");
+            if last == read && pending == "0" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node} has not applied its stream after 15 s: {groups}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// QoS 0, 1 and 2 PUBLISHes from `publisher`, each acknowledged as its QoS
 /// says, then a QoS 0 marker.
 fn publish_all(publisher: &mut crate::support::client::Raw, prefix: &str) {
@@ -1360,7 +1386,8 @@ runtime_kind_test!(
     /// Session Present 1 (MQTT-3.2.2-2), a clean one starts empty. Before a
     /// PUBLISH the test waits until the publisher's node routes the topic
     /// to the nodes the model says (the route table travels through
-    /// Redis); nothing else is waited for.
+    /// Redis), after it until those nodes applied what they were forwarded;
+    /// nothing else is waited for.
     cluster_model_based_routing_and_ownership_across_three_nodes,
     |kind: RuntimeKind| {
         for seed in 1..=6 {
@@ -1452,6 +1479,11 @@ fn model_run(kind: RuntimeKind, seed: u64) {
                             other => panic!("{who}: packet type {other}"),
                         }
                     }
+                    // What the other nodes were forwarded is in their sessions
+                    // before the model says so (a message still on its way
+                    // is matched when it arrives: to a subscription made
+                    // meanwhile, behind a message queued meanwhile).
+                    wait_for_applied(&redis, &to);
                     for d in (0..clients).filter(|&d| d != c) {
                         let owed = &mut model[d];
                         if owed.at.is_none() || !owed.filters.iter().any(|f| model_matches(f, topic)) {
