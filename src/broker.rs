@@ -210,11 +210,14 @@ pub struct Claimed {
     /// `Some` if another node owned the id: with the persistent session
     /// it held, if one is taken over.
     pub session: Mutex<Option<Option<StoredSession>>>,
+    /// Held until the claim is dropped (the CONNECT adopted what it took
+    /// over, or gave up): what the cluster waits for meanwhile.
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Default for Claimed {
     fn default() -> Self {
-        Claimed { receipt: Receipt::waiting(1), session: Mutex::new(None) }
+        Claimed { receipt: Receipt::waiting(1), session: Mutex::new(None), guard: None }
     }
 }
 
@@ -610,8 +613,24 @@ impl Broker {
     /// one is the new owner's in Redis now, which refuses this node's
     /// writes to it). Whether there was a connection.
     pub fn release_to_cluster(&self, client_id: &str) -> bool {
+        self.release(client_id, |_| {})
+    }
+
+    /// [`Broker::release_to_cluster`] for a session another node took
+    /// over: `handing` gets the session's filters that are not shared
+    /// before they leave the trie, while no PUBLISH here is routed (what
+    /// matches them from then on is the cluster's to pass on to the new
+    /// owner).
+    pub fn hand_over_to_cluster(&self, client_id: &str, handing: impl FnOnce(Vec<String>)) -> bool {
+        let _gate = write(&self.shared.adopting);
+        self.release(client_id, handing)
+    }
+
+    fn release(&self, client_id: &str, handing: impl FnOnce(Vec<String>)) -> bool {
         let mut registry = lock(&self.shared.registry);
         let Some((id, entry)) = registry.remove_entry(client_id) else { return false };
+        let filters = entry.session.lock().session.subscriptions().map(|(f, _)| f.to_owned()).collect::<Vec<_>>();
+        handing(filters.into_iter().filter(|f| crate::topic::shared(f).is_none()).collect());
         let attached = entry.kick.as_ref().inspect(|kick| kick.raise()).is_some();
         // Its `Op::Session(id, None)` is not written.
         self.discard(&id, &entry.session, &mut Vec::new());

@@ -592,7 +592,7 @@ async fn admit<R: Runtime>(
 
 /// Longest a CONNACK waits for a cluster's claim of the client id: a node
 /// cut off from Redis still serves its clients.
-const CLAIM_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits until what CONNECT changed (a new persistent session) is durable,
 /// and (for a cluster node) Redis has the will, for a bounded time.

@@ -8,6 +8,7 @@
 use crate::support::{TempDir, TestBroker, packets, process, process::Process};
 use midge::RuntimeKind;
 use midge::config::Cluster;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` on a free port with its own directory, killed on drop.
@@ -151,11 +152,21 @@ impl Relay {
 /// (the route table and membership travel through Redis on their own
 /// threads; there is no event to await from outside).
 fn wait_for_routes(from: &TestBroker, topic: &str, nodes: &[&str]) {
+    wait_for_routes_as(from, topic, nodes, |now| now == nodes);
+}
+
+/// Waits until `from` routes `topic` to `nodes` at least (a node a
+/// session left keeps its routes for a while, see docs/cluster.md).
+fn wait_for_routes_including(from: &TestBroker, topic: &str, nodes: &[&str]) {
+    wait_for_routes_as(from, topic, nodes, |now| nodes.iter().all(|n| now.iter().any(|m| m == n)));
+}
+
+fn wait_for_routes_as(from: &TestBroker, topic: &str, nodes: &[&str], done: impl Fn(&[String]) -> bool) {
     let peers = from.broker.peers().expect("a cluster node");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = peers.nodes_for(topic);
-        if now == nodes {
+        if done(&now) {
             return;
         }
         assert!(Instant::now() < deadline, "{topic}: routes to {now:?}, not {nodes:?}, after 15 s");
@@ -444,6 +455,110 @@ runtime_kind_test!(
         assert_eq!(mover.recv().publish().2, b"from b");
         mover.expect_nothing_queued();
     }
+);
+
+/// Reads and acknowledges QoS 1 PUBLISHes on `c` until the broker closes
+/// it or `until` says enough, collecting their payloads as numbers.
+fn read_numbers(
+    c: &mut crate::support::client::Raw,
+    got: &mut std::collections::BTreeSet<u32>,
+    until: impl Fn(&std::collections::BTreeSet<u32>) -> bool,
+) {
+    while !until(got) {
+        let Ok(p) = c.try_recv() else { return };
+        if p.header >> 4 != 3 {
+            continue;
+        }
+        let (_, pid, payload) = p.publish();
+        let _ = c.try_send(&packets::ack(0x40, pid.expect("QoS 1")));
+        got.insert(String::from_utf8(payload).unwrap().parse().unwrap());
+    }
+}
+
+/// A persistent session moves from a to b while a publisher at `at` (a,
+/// b, or a third node c) publishes to it without pause: every message
+/// acknowledged to the publisher reaches the client, at a before the
+/// takeover or at b after (MQTT-4.3.2-2 across a takeover; a copy may
+/// come twice, at least once).
+fn takeover_under_flow(kind: RuntimeKind, at: &str) {
+    let redis = Redis::start();
+    let (a, b, c) = (node(kind, &redis, "a"), node(kind, &redis, "b"), node(kind, &redis, "c"));
+    let publishing = match at {
+        "a" => &a,
+        "b" => &b,
+        _ => &c,
+    };
+    let (mut old, _) = persistent(&a, "flowing");
+    old.subscribe(1, &[("flow/#", 1)]);
+    wait_for_routes(&c, "flow/1", &["a"]);
+    wait_for_routes(&b, "flow/1", &["a"]);
+    const N: u32 = 3000;
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
+    let (count, addr) = (acked.clone(), publishing.addr);
+    let publisher = std::thread::spawn(move || {
+        let mut p = crate::support::client::Raw::connect(addr);
+        p.send(&packets::connect("flow-pub", true, 0));
+        p.expect(&packets::CONNACK_ACCEPTED);
+        for i in 1..=N {
+            let pid = (i % 60_000 + 1) as u16;
+            p.send(&packets::publish("flow/1", i.to_string().as_bytes(), 1, pid));
+            p.expect(&packets::ack(0x40, pid));
+            count.store(i as usize, Ordering::SeqCst);
+        }
+    });
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let old_seen = seen.clone();
+    let old_reader = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        read_numbers(&mut old, &mut got, |got| {
+            old_seen.store(got.len(), Ordering::SeqCst);
+            false
+        });
+        got
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::SeqCst) < 500 {
+        assert!(Instant::now() < deadline, "the subscriber at a got too little in 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (mut new, present) = persistent(&b, "flowing");
+    assert!(present, "Session Present: the session came from a");
+    let mut got = std::collections::BTreeSet::new();
+    let new_reader_deadline = Instant::now() + Duration::from_secs(60);
+    read_numbers(&mut new, &mut got, |got| got.contains(&N) || Instant::now() > new_reader_deadline);
+    publisher.join().unwrap();
+    got.extend(old_reader.join().unwrap());
+    // What came after N's copy (copies again of what the old connection
+    // had and did not acknowledge, a message that travelled longer).
+    new.set_read_timeout(Duration::from_millis(500));
+    read_numbers(&mut new, &mut got, |_| false);
+    let lost: Vec<u32> = (1..=N).filter(|n| !got.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost across the takeover: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
+
+runtime_kind_test!(
+    /// See [`takeover_under_flow`]: the publisher at the node the session
+    /// leaves.
+    cluster_mqtt_4_3_2_2_a_session_taken_over_mid_stream_loses_nothing_published_where_it_was,
+    |kind: RuntimeKind| takeover_under_flow(kind, "a")
+);
+
+runtime_kind_test!(
+    /// See [`takeover_under_flow`]: the publisher at the node the session
+    /// goes to.
+    cluster_mqtt_4_3_2_2_a_session_taken_over_mid_stream_loses_nothing_published_where_it_goes,
+    |kind: RuntimeKind| takeover_under_flow(kind, "b")
+);
+
+runtime_kind_test!(
+    /// See [`takeover_under_flow`]: the publisher at a third node.
+    cluster_mqtt_4_3_2_2_a_session_taken_over_mid_stream_loses_nothing_published_elsewhere,
+    |kind: RuntimeKind| takeover_under_flow(kind, "c")
 );
 
 runtime_kind_test!(
@@ -1218,7 +1333,6 @@ runtime_kind_test!(
 /// still reads nothing. Either way, once the subscriber reads, every
 /// message arrives, in order, and nothing was dropped on either node.
 fn backpressure(kind: RuntimeKind, a_gives_up: bool) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let redis = Redis::start();
     let url = redis.url();
     let a_timeout = Duration::from_secs(if a_gives_up { 1 } else { 120 });
@@ -1452,7 +1566,7 @@ fn model_run(kind: RuntimeKind, seed: u64) {
                         .map(|n| names[n])
                         .collect();
                     to.sort();
-                    wait_for_routes(&nodes[from], topic, &to);
+                    wait_for_routes_including(&nodes[from], topic, &to);
                     message += 1;
                     pid = pid % 60000 + 1;
                     let publisher = conns[c].as_mut().unwrap();

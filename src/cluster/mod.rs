@@ -16,6 +16,7 @@
 //! The broker talks to it through [`Peers`]: calls that only read the
 //! replica and hand work to a channel, never waiting for Redis.
 
+mod handover;
 mod store;
 
 pub use store::RedisStore;
@@ -215,7 +216,7 @@ local session = {}
 local moved, kick = 0, ''
 if prev and prev ~= ARGV[1] then
   moved = 1
-  kick = redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token)
+  kick = redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token, 'by', ARGV[1])
   redis.call('SREM', 'midge:sessions:' .. prev, KEYS[3])
   if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('SADD', 'midge:sessions:' .. ARGV[1], KEYS[3])
@@ -240,8 +241,10 @@ struct Claim {
     /// The newest answered claim's fencing token.
     token: u64,
     /// The newest takeover notice's token that came while claims were
-    /// pending.
+    /// pending, the node that sent it and where it is in this node's
+    /// stream.
     notice: u64,
+    notice_by: Option<(Arc<str>, (u64, u64))>,
 }
 
 /// This node in the cluster.
@@ -291,6 +294,11 @@ pub struct Cluster {
     /// its stream held for the session before that is delivered here
     /// ([`drain_moved`]). Forgotten after two leases.
     moved: std::sync::Mutex<Vec<Moved>>,
+    /// Sessions taken from here by a CONNECT at another node, for a while
+    /// ([`handover`]).
+    handing: handover::Handing,
+    /// This node's claims that may take a session, until adopted.
+    taking: Arc<handover::Claims>,
 }
 
 /// Sessions taken from one node: client id, where what that node held
@@ -403,9 +411,10 @@ enum Out {
     /// ends ([`drain_moved`]).
     Adopted(Arc<str>, Arc<str>),
     /// A message for these nodes, whether it is the topic's retained
-    /// message now, and the receipt its publisher's acknowledgement waits
-    /// for (QoS 1 and 2).
-    Message(Destinations, Message, bool, Option<Arc<Receipt>>),
+    /// message now, the receipt its publisher's acknowledgement waits for
+    /// (QoS 1 and 2), and the sessions handed over from here it goes on
+    /// to (their new owner, their client id).
+    Message(Destinations, Message, bool, Option<Arc<Receipt>>, Vec<(Arc<str>, Arc<str>)>),
 }
 
 fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -461,6 +470,8 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         received: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         moved: std::sync::Mutex::new(Vec::new()),
+        handing: handover::Handing::default(),
+        taking: Arc::default(),
     });
     let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(run).map(drop).map_err(|e| format!("{name}: {e}"))
@@ -498,6 +509,39 @@ fn log_entry(node: &str, op: &str, filter: &str) -> redis::Cmd {
 }
 
 impl Cluster {
+    /// Ends the notes of sessions handed over (their routes here go, if
+    /// nothing else here subscribes).
+    fn forget(&self, notes: Vec<handover::Handed>) {
+        for note in notes {
+            for filter in &note.filters {
+                self.subscription_removed(filter);
+            }
+        }
+    }
+
+    /// Keeps a note of session `id` that `owner` took over (its notice at
+    /// `notice` in this node's stream), and this node's routes for its
+    /// `filters`, while they are released here (see [`handover`]).
+    fn handing_over(&self, id: &str, owner: Arc<str>, notice: (u64, u64), filters: Vec<String>) {
+        self.forget(self.handing.take(|h| *h.id == *id));
+        if filters.is_empty() || owner == self.node {
+            return;
+        }
+        for filter in &filters {
+            self.subscription_added(filter);
+        }
+        let (id, at) = (Arc::<str>::from(id), Instant::now());
+        let note = handover::Handed { id: id.clone(), owner, filters, notice, at, adopted: false };
+        if let Err(note) = self.handing.add(note) {
+            crate::limited!(
+                "cluster handover notes",
+                log::Level::Warn,
+                "cluster: too many sessions handed over at once: what still comes here for {id} is not passed on"
+            );
+            self.forget(vec![note]);
+        }
+    }
+
     fn remember_move(&self, from: Arc<str>, id: Arc<str>, kick: (u64, u64)) {
         let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
         let forget = self.lease * 2;
@@ -608,13 +652,15 @@ impl Peers for Cluster {
         }
         let mut nodes = read(&self.replica).matches(&message.topic);
         let elsewhere = self.pick_for_groups(&mut nodes);
-        if nodes.is_empty() && !retain {
+        let direct = |owner: &str| nodes.iter().any(|(n, plain, _)| **n == *owner && *plain);
+        let passed = self.handing.passed_on(&message.topic, None, direct);
+        if nodes.is_empty() && passed.is_empty() && !retain {
             return Forward { receipt: None, elsewhere };
         }
         if message.qos != QoS::AtMostOnce || retain {
             let receipt = (message.qos != QoS::AtMostOnce).then(|| Receipt::waiting(1));
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            self.send(Out::Message(nodes, message.clone(), retain, receipt.clone()));
+            self.send(Out::Message(nodes, message.clone(), retain, receipt.clone(), passed));
             return Forward { receipt, elsewhere };
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
@@ -628,7 +674,7 @@ impl Peers for Cluster {
             );
             return Forward { receipt: None, elsewhere };
         }
-        self.send(Out::Message(nodes, message.clone(), false, None));
+        self.send(Out::Message(nodes, message.clone(), false, None, passed));
         Forward { receipt: None, elsewhere }
     }
 
@@ -679,7 +725,10 @@ impl Peers for Cluster {
             }
             claims.entry(client_id.clone()).or_default().pending += 1;
         }
-        let claimed = Arc::new(Claimed::default());
+        // The session comes back here, or ends: nothing more goes on.
+        self.forget(self.handing.take(|h| h.id == *client_id));
+        let guard = take_session.then(|| Box::new(self.taking.begin()) as Box<dyn std::any::Any + Send + Sync>);
+        let claimed = Arc::new(Claimed { guard, ..Claimed::default() });
         self.send(Out::Claim(client_id.clone(), take_session, claimed.clone()));
         Some(claimed)
     }
@@ -1164,14 +1213,15 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                     claim.token = claim.token.max(token);
                     // A notice that came meanwhile, newer than every claim.
                     if claim.pending == 0 && claim.notice > claim.token {
+                        let by = claim.notice_by.take();
                         claims.remove(id);
-                        kicked.push(id.clone());
+                        kicked.push((id.clone(), by));
                     }
                 }
             }
             drop(claims);
-            for id in kicked {
-                end_taken_over(broker, &id);
+            for (id, by) in kicked {
+                end_taken_over(c, broker, &id, by);
             }
             let mut taken = 0;
             for item in batch.drain(..) {
@@ -1180,7 +1230,7 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                     Out::Will(.., Some(receipt)) => receipt.complete(),
                     _ => {}
                 }
-                if let Out::Message(_, _, _, receipt) = item {
+                if let Out::Message(_, _, _, receipt, _) = item {
                     taken += 1;
                     if let Some(receipt) = receipt {
                         receipt.complete();
@@ -1277,9 +1327,12 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                     "0"
                 });
             }
-            Out::Message(nodes, message, retain, _) => {
+            Out::Message(nodes, message, retain, _, passed) => {
                 let mut encoded = Vec::new();
                 crate::store::encode_message_into(message, &mut encoded);
+                for (owner, id) in passed {
+                    pass_on(&mut pipe, owner, id, &encoded);
+                }
                 if *retain {
                     match message.payload.is_empty() {
                         true => pipe.hdel(RETAINED, &*message.topic).ignore(),
@@ -1288,7 +1341,11 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                     pipe.cmd("XADD").arg(RETAIN_LOG).arg("MAXLEN").arg("~").arg(ROUTE_LOG_LEN).arg("*");
                     pipe.arg("m").arg(&encoded).ignore();
                 }
-                for (dest, plain, groups) in nodes {
+                // Each destination's place in this batch, and which of
+                // them get it as plain (told to each).
+                let mut places = Vec::with_capacity(nodes.len());
+                let mut direct = 0u64;
+                for (dest, plain, _) in nodes {
                     let at = match per_node.iter().position(|(n, _)| n == dest) {
                         Some(at) => at,
                         None => {
@@ -1296,13 +1353,20 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                             per_node.len() - 1
                         }
                     };
-                    encode_record(&mut per_node[at].1, *plain, groups, &encoded);
+                    if *plain && at < 64 {
+                        direct |= 1 << at;
+                    }
+                    places.push(at);
+                }
+                for ((_, plain, groups), at) in nodes.iter().zip(places) {
+                    encode_record(&mut per_node[at].1, *plain, direct, groups, &encoded);
                     copies += 1;
                 }
             }
         }
     }
     let mut dests = Vec::with_capacity(per_node.len());
+    let names = per_node.iter().map(|(n, _)| &**n).collect::<Vec<_>>().join("\n");
     for (dest, messages) in per_node {
         pipe.cmd("XADD")
             .arg(stream_key(&dest))
@@ -1312,6 +1376,8 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
             .arg("*")
             .arg("from")
             .arg(node)
+            .arg("d")
+            .arg(&names)
             .arg("b")
             .arg(messages)
             .ignore();
@@ -1329,15 +1395,24 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
     (pipe, copies, dests)
 }
 
+/// A message for the session `id` only, at its new owner (see
+/// [`handover`]).
+fn pass_on(pipe: &mut redis::Pipeline, owner: &str, id: &str, encoded: &[u8]) {
+    pipe.cmd("XADD").arg(stream_key(owner)).arg("MAXLEN").arg("~").arg(STREAM_LEN).arg("*");
+    pipe.arg("to").arg(id).arg("m").arg(encoded).ignore();
+}
+
 /// One message of a forwarded batch: its length (4 bytes, what follows),
 /// whether the destination's subscriptions that are not shared get it (1
-/// byte), the shared subscription groups it delivers for (a count, 4
-/// bytes, then each as 2 bytes of length and the name), the message as the
-/// store encodes it.
-fn encode_record(buf: &mut Vec<u8>, plain: bool, groups: &[Arc<str>], encoded: &[u8]) {
-    let len = 5 + groups.iter().map(|g| 2 + g.len()).sum::<usize>() + encoded.len();
+/// byte), which of the batch's destinations (the entry's `d`, by place,
+/// the first 64) get it so (8 bytes), the shared subscription groups it
+/// delivers for (a count, 4 bytes, then each as 2 bytes of length and the
+/// name), the message as the store encodes it.
+fn encode_record(buf: &mut Vec<u8>, plain: bool, direct: u64, groups: &[Arc<str>], encoded: &[u8]) {
+    let len = 13 + groups.iter().map(|g| 2 + g.len()).sum::<usize>() + encoded.len();
     buf.extend_from_slice(&(len as u32).to_be_bytes());
     buf.push(u8::from(plain));
+    buf.extend_from_slice(&direct.to_be_bytes());
     buf.extend_from_slice(&(groups.len() as u32).to_be_bytes());
     for group in groups {
         // A filter is at most 65,535 bytes (MQTT-1.5.4).
@@ -1348,8 +1423,9 @@ fn encode_record(buf: &mut Vec<u8>, plain: bool, groups: &[Arc<str>], encoded: &
 }
 
 /// A forwarded message: whether the subscriptions here that are not
-/// shared get it, and the shared subscription groups it is for.
-type Record = (Message, bool, Vec<Arc<str>>);
+/// shared get it, which of its entry's destinations get it so, and the
+/// shared subscription groups it is for.
+type Record = (Message, bool, u64, Vec<Arc<str>>);
 
 /// The messages of a forwarded batch ([`encode_record`]); decoding stops at
 /// the first one that does not fit what is left.
@@ -1372,6 +1448,7 @@ fn decode_batch(mut bytes: &[u8]) -> Vec<Record> {
 
 fn decode_record(bytes: &[u8]) -> Option<Record> {
     let (&plain, rest) = bytes.split_first()?;
+    let (direct, rest) = rest.split_first_chunk::<8>()?;
     let (count, mut rest) = rest.split_first_chunk::<4>()?;
     // Each group takes 2 bytes at least: a count past that is not believed.
     let count = u32::from_be_bytes(*count) as usize;
@@ -1382,7 +1459,7 @@ fn decode_record(bytes: &[u8]) -> Option<Record> {
         groups.push(std::str::from_utf8(after.get(..len)?).ok()?.into());
         rest = &after[len..];
     }
-    Some((crate::store::decode_message(rest)?, plain == 1, groups))
+    Some((crate::store::decode_message(rest)?, plain == 1, u64::from_be_bytes(*direct), groups))
 }
 
 /// The `midge-cluster-in` thread.
@@ -1536,6 +1613,10 @@ impl Applier {
         pressed: &mut Vec<Arc<crate::session_handle::SessionHandle>>,
     ) -> RedisResult<bool> {
         let (mut ids, mut ticket, mut last) = (Vec::new(), Ticket::default(), self.applied);
+        // What goes on to sessions handed over from here (this node's own
+        // stream only): new owner, client id, the message encoded.
+        let mut passed: Vec<(Arc<str>, Arc<str>, Vec<u8>)> = Vec::new();
+        let own = self.only.is_none();
         for entry in entries {
             let order = entry_order(&entry.id);
             if again && order.is_some() && order <= self.applied {
@@ -1543,15 +1624,27 @@ impl Applier {
                 ids.push(entry.id);
                 continue;
             }
-            if let (Some(id), Some(token), None) =
-                (text(entry.map.get("kick")), text(entry.map.get("token")), self.only.as_ref())
-            {
-                taken_over(c, broker, &id, token.parse().unwrap_or(0));
+            if own {
+                c.forget(c.handing.expired(order));
+            }
+            if let (Some(id), Some(token), true) = (text(entry.map.get("kick")), text(entry.map.get("token")), own) {
+                let by = text(entry.map.get("by")).zip(order).map(|(by, at)| (Arc::<str>::from(by), at));
+                taken_over(c, broker, &id, token.parse().unwrap_or(0), by);
+            }
+            if let (Some(id), true) = (text(entry.map.get("adopted")), own) {
+                c.handing.adopted(&id);
             }
             // A message queued at another node for a session this one took
-            // over meanwhile: for that session only.
+            // over meanwhile: for that session only (or on to the node it
+            // went to from here).
             let to = match (text(entry.map.get("to")), entry.map.get("m")) {
-                (Some(id), Some(Value::BulkString(bytes))) => crate::store::decode_message(bytes).map(|m| (id, m)),
+                (Some(id), Some(Value::BulkString(bytes))) => match c.handing.owner_of(&id).filter(|_| own) {
+                    Some(owner) => {
+                        passed.push((owner, id.into(), bytes.clone()));
+                        None
+                    }
+                    None => crate::store::decode_message(bytes).map(|m| (id, m)),
+                },
                 _ => None,
             };
             // The copies and the mark in one commit.
@@ -1563,8 +1656,28 @@ impl Applier {
                 made = made.max(broker.publish_forwarded(message, true, &[], Some(&only), pressed));
             }
             if let Some(Value::BulkString(bytes)) = entry.map.get("b") {
-                for (message, plain, groups) in decode_batch(bytes) {
+                let from = text(entry.map.get("from"));
+                let names = text(entry.map.get("d")).unwrap_or_default();
+                let names: Vec<&str> = names.split('\n').collect();
+                for (message, plain, direct, groups) in decode_batch(bytes) {
                     c.received.fetch_add(1, Ordering::Relaxed);
+                    let handed = match own && plain && c.handing.any() {
+                        true => {
+                            let sent = |owner: &str| {
+                                names
+                                    .iter()
+                                    .position(|n| *n == owner)
+                                    .is_some_and(|at| at < 64 && direct >> at & 1 == 1)
+                            };
+                            c.handing.passed_on(&message.topic, from.as_deref(), sent)
+                        }
+                        false => Vec::new(),
+                    };
+                    if !handed.is_empty() {
+                        let mut encoded = Vec::new();
+                        crate::store::encode_message_into(&message, &mut encoded);
+                        passed.extend(handed.into_iter().map(|(owner, id)| (owner, id, encoded.clone())));
+                    }
                     made = made.max(broker.publish_forwarded(message, plain, &groups, self.only.as_ref(), pressed));
                 }
             }
@@ -1602,17 +1715,16 @@ impl Applier {
             }
         }
         let key = &self.key;
-        redis::pipe()
-            .cmd("XACK")
-            .arg(key)
-            .arg(GROUP)
-            .arg(&ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(key)
-            .arg(&ids)
-            .ignore()
-            .query::<()>(conn)?;
+        // What goes on to a session handed over leaves with the entries it
+        // came in (one transaction).
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (owner, id, encoded) in &passed {
+            pass_on(&mut pipe, owner, id, encoded);
+        }
+        pipe.cmd("XACK").arg(key).arg(GROUP).arg(&ids).ignore();
+        pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
+        pipe.query::<()>(conn)?;
         Ok(true)
     }
 }
@@ -1643,7 +1755,16 @@ fn receive(c: &Cluster, broker: &Broker) {
             let entries = applier.read(c, conn, if backlog { "0" } else { ">" })?;
             if entries.is_empty() {
                 backlog = false;
+                c.forget(c.handing.expired(None));
                 return Ok(());
+            }
+            // An entry may have been written after a claim here took its
+            // session: it is routed once the session is here.
+            if !c.taking.wait_for_earlier(crate::connection::CLAIM_WAIT) {
+                log::warn!(
+                    "cluster: a claim here took more than {:?}: what came meanwhile is routed anyway",
+                    crate::connection::CLAIM_WAIT
+                );
             }
             let mut pressed = Vec::new();
             if !applier.apply(c, broker, conn, entries, backlog, &mut pressed)? {
@@ -1769,7 +1890,7 @@ fn drain_moved(c: &Cluster, broker: &Broker, dead: &str, moved: &[(Arc<str>, (u6
                 if only.is_empty() {
                     continue;
                 }
-                for (message, plain, groups) in decode_batch(bytes) {
+                for (message, plain, _, groups) in decode_batch(bytes) {
                     ticket = ticket.max(broker.publish_forwarded(message, plain, &groups, Some(&only), &mut pressed));
                     delivered += 1;
                 }
@@ -1793,22 +1914,31 @@ fn drain_moved(c: &Cluster, broker: &Broker, dead: &str, moved: &[(Arc<str>, (u6
 /// Another node took `id` with fencing token `token`: the connection here
 /// ends, unless this node claimed the id again since (a newer token, or a
 /// claim not answered yet, which Redis orders after that one).
-fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64) {
+/// A takeover notice for `id` with fencing `token`, from node `by` (at
+/// that place in this node's stream).
+fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64, by: Option<(Arc<str>, (u64, u64))>) {
     let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
     match claims.get_mut(id) {
         Some(claim) if claim.pending > 0 => {
-            claim.notice = claim.notice.max(token);
+            if token > claim.notice {
+                (claim.notice, claim.notice_by) = (token, by);
+            }
             return;
         }
         Some(claim) if claim.token > token => return,
         _ => claims.remove(id),
     };
     drop(claims);
-    end_taken_over(broker, id);
+    end_taken_over(c, broker, id, by);
 }
 
-fn end_taken_over(broker: &Broker, id: &str) {
-    if broker.release_to_cluster(id) {
+fn end_taken_over(c: &Cluster, broker: &Broker, id: &str, by: Option<(Arc<str>, (u64, u64))>) {
+    let released = broker.hand_over_to_cluster(id, |filters| {
+        if let Some((owner, notice)) = by {
+            c.handing_over(id, owner, notice, filters);
+        }
+    });
+    if released {
         log::info!("cluster: client {id} connected at another node: its connection here ends");
     }
 }
@@ -1889,13 +2019,14 @@ mod tests {
         let mut one = Vec::new();
         crate::store::encode_message_into(&m, &mut one);
         let mut batch = Vec::new();
-        encode_record(&mut batch, true, &[], &one);
-        encode_record(&mut batch, false, &["$share/g/t/+".into(), "$share/h/#".into()], &one);
+        encode_record(&mut batch, true, 0b101, &[], &one);
+        encode_record(&mut batch, false, 1 << 63, &["$share/g/t/+".into(), "$share/h/#".into()], &one);
         let decoded = decode_batch(&batch);
         assert_eq!(decoded.len(), 2);
-        let (m, plain, groups) = &decoded[1];
+        let (m, plain, direct, groups) = &decoded[1];
         assert_eq!((&*m.topic, &m.payload[..], m.qos, m.retain), ("t/1", &b"hello"[..], QoS::AtLeastOnce, true));
-        assert_eq!((decoded[0].1, decoded[0].2.len()), (true, 0));
+        assert_eq!((decoded[0].1, decoded[0].2, decoded[0].3.len()), (true, 0b101, 0));
+        assert_eq!(*direct, 1 << 63);
         assert_eq!(
             (*plain, groups.iter().map(|g| &**g).collect::<Vec<_>>()),
             (false, vec!["$share/g/t/+", "$share/h/#"])
