@@ -24,10 +24,19 @@ pub(super) const WINDOW: Duration = Duration::from_secs(60);
 /// node still sends here for it is not passed on).
 const MAX_HANDED: usize = 100_000;
 
+/// Where a message for a session handed over goes: its new owner, its
+/// client id, and the fencing token of the claim that took it (the new
+/// owner routes it only while that claim is its newest of the id).
+#[derive(Clone)]
+pub(super) struct To {
+    pub owner: Arc<str>,
+    pub id: Arc<str>,
+    pub token: u64,
+}
+
 /// A session this node held that a CONNECT at `owner` took over.
 pub(super) struct Handed {
-    pub id: Arc<str>,
-    pub owner: Arc<str>,
+    pub to: To,
     /// Its subscriptions that are not shared (this node keeps routing them
     /// here meanwhile).
     pub filters: Vec<String>,
@@ -52,8 +61,8 @@ impl Handed {
             return false;
         }
         match from {
-            Some(from) if *from == *self.owner => !self.adopted,
-            _ => !direct(&self.owner),
+            Some(from) if *from == *self.to.owner => !self.adopted,
+            _ => !direct(&self.to.owner),
         }
     }
 
@@ -120,32 +129,27 @@ impl Handing {
         self.take(|h| h.over(reached))
     }
 
-    /// `(new owner, client id)` of each session handed over that a message
-    /// on `topic` from `from` goes on to (see [`Handed::passes_on`]).
-    pub fn passed_on(
-        &self,
-        topic: &str,
-        from: Option<&str>,
-        direct: impl Fn(&str) -> bool,
-    ) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Each session handed over that a message on `topic` from `from` goes
+    /// on to (see [`Handed::passes_on`]).
+    pub fn passed_on(&self, topic: &str, from: Option<&str>, direct: impl Fn(&str) -> bool) -> Vec<To> {
         if !self.any() {
             return Vec::new();
         }
         let notes = self.notes();
-        notes.iter().filter(|h| h.passes_on(topic, from, &direct)).map(|h| (h.owner.clone(), h.id.clone())).collect()
+        notes.iter().filter(|h| h.passes_on(topic, from, &direct)).map(|h| h.to.clone()).collect()
     }
 
-    /// The new owner of `id`, if it was handed over from here.
-    pub fn owner_of(&self, id: &str) -> Option<Arc<str>> {
+    /// Where `id` went, if it was handed over from here.
+    pub fn owner_of(&self, id: &str) -> Option<To> {
         if !self.any() {
             return None;
         }
-        self.notes().iter().rev().find(|h| *h.id == *id).map(|h| h.owner.clone())
+        self.notes().iter().rev().find(|h| *h.to.id == *id).map(|h| h.to.clone())
     }
 
     /// The new owner's marker for `id` was read.
     pub fn adopted(&self, id: &str) {
-        if let Some(h) = self.notes().iter_mut().rev().find(|h| *h.id == *id) {
+        if let Some(h) = self.notes().iter_mut().rev().find(|h| *h.to.id == *id) {
             h.adopted = true;
         }
     }

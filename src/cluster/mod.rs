@@ -203,7 +203,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 
 /// Takes a client id for `ARGV[1]` (the node) with a new fencing token
 /// and tells the previous owner, if another node, to end its connection
-/// (an entry on its stream). A persistent session that node held
+/// (an entry on its stream, naming this node if the session is taken). A persistent session that node held
 /// (`KEYS[3]`) becomes this node's with `ARGV[4]` = `1` (its fields are
 /// returned), and is deleted otherwise (a clean start). Returns the token,
 /// whether another node owned the id, that node and the id of the notice
@@ -216,9 +216,15 @@ local session = {}
 local moved, kick = 0, ''
 if prev and prev ~= ARGV[1] then
   moved = 1
-  kick = redis.call('XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token, 'by', ARGV[1])
+  local take = ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1
+  local notice = {'XADD', 'midge:in:' .. prev, 'MAXLEN', '~', ARGV[3], '*', 'kick', ARGV[2], 'token', token}
+  if take then
+    table.insert(notice, 'by')
+    table.insert(notice, ARGV[1])
+  end
+  kick = redis.call(unpack(notice))
   redis.call('SREM', 'midge:sessions:' .. prev, KEYS[3])
-  if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  if take then
     redis.call('SADD', 'midge:sessions:' .. ARGV[1], KEYS[3])
     redis.call('HSET', KEYS[3], 'from', prev)
     session = redis.call('HGETALL', KEYS[3])
@@ -240,6 +246,8 @@ struct Claim {
     pending: u32,
     /// The newest answered claim's fencing token.
     token: u64,
+    /// The newest answered clean start's token (it made a new session).
+    clean: u64,
     /// The newest takeover notice's token that came while claims were
     /// pending, the node that sent it and where it is in this node's
     /// stream.
@@ -414,7 +422,7 @@ enum Out {
     /// message now, the receipt its publisher's acknowledgement waits for
     /// (QoS 1 and 2), and the sessions handed over from here it goes on
     /// to (their new owner, their client id).
-    Message(Destinations, Message, bool, Option<Arc<Receipt>>, Vec<(Arc<str>, Arc<str>)>),
+    Message(Destinations, Message, bool, Option<Arc<Receipt>>, Vec<handover::To>),
 }
 
 fn read(replica: &RwLock<Replica>) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -519,11 +527,18 @@ impl Cluster {
         }
     }
 
+    /// Whether a clean start here made a new session of `id` after the
+    /// claim with `token`.
+    fn newer_claim(&self, id: &str, token: u64) -> bool {
+        let claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        claims.get(id).is_some_and(|claim| claim.clean > token)
+    }
+
     /// Keeps a note of session `id` that `owner` took over (its notice at
     /// `notice` in this node's stream), and this node's routes for its
     /// `filters`, while they are released here (see [`handover`]).
-    fn handing_over(&self, id: &str, owner: Arc<str>, notice: (u64, u64), filters: Vec<String>) {
-        self.forget(self.handing.take(|h| *h.id == *id));
+    fn handing_over(&self, id: &str, owner: Arc<str>, token: u64, notice: (u64, u64), filters: Vec<String>) {
+        self.forget(self.handing.take(|h| *h.to.id == *id));
         if filters.is_empty() || owner == self.node {
             return;
         }
@@ -531,7 +546,8 @@ impl Cluster {
             self.subscription_added(filter);
         }
         let (id, at) = (Arc::<str>::from(id), Instant::now());
-        let note = handover::Handed { id: id.clone(), owner, filters, notice, at, adopted: false };
+        let to = handover::To { owner, id: id.clone(), token };
+        let note = handover::Handed { to, filters, notice, at, adopted: false };
         if let Err(note) = self.handing.add(note) {
             crate::limited!(
                 "cluster handover notes",
@@ -726,7 +742,7 @@ impl Peers for Cluster {
             claims.entry(client_id.clone()).or_default().pending += 1;
         }
         // The session comes back here, or ends: nothing more goes on.
-        self.forget(self.handing.take(|h| h.id == *client_id));
+        self.forget(self.handing.take(|h| h.to.id == *client_id));
         let guard = take_session.then(|| Box::new(self.taking.begin()) as Box<dyn std::any::Any + Send + Sync>);
         let claimed = Arc::new(Claimed { guard, ..Claimed::default() });
         self.send(Out::Claim(client_id.clone(), take_session, claimed.clone()));
@@ -1195,12 +1211,12 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                 }
             }
             let claimed = batch.iter().filter_map(|o| match o {
-                Out::Claim(id, _, done) => Some((id, done)),
+                Out::Claim(id, take, done) => Some((id, *take, done)),
                 _ => None,
             });
             let mut kicked = Vec::new();
             let mut claims = c.claims.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((id, claimed), reply) in claimed.zip(replies) {
+            for ((id, take, claimed), reply) in claimed.zip(replies) {
                 let ClaimReply { token, moved, from, session } = claim_reply(reply);
                 if let (Some((node, kick)), Some(_)) = (from, &session) {
                     c.remember_move(node, id.clone(), kick);
@@ -1211,17 +1227,20 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                 if let Some(claim) = claims.get_mut(id) {
                     claim.pending = claim.pending.saturating_sub(1);
                     claim.token = claim.token.max(token);
+                    if !take {
+                        claim.clean = claim.clean.max(token);
+                    }
                     // A notice that came meanwhile, newer than every claim.
                     if claim.pending == 0 && claim.notice > claim.token {
-                        let by = claim.notice_by.take();
+                        let (notice, by) = (claim.notice, claim.notice_by.take());
                         claims.remove(id);
-                        kicked.push((id.clone(), by));
+                        kicked.push((id.clone(), notice, by));
                     }
                 }
             }
             drop(claims);
-            for (id, by) in kicked {
-                end_taken_over(c, broker, &id, by);
+            for (id, notice, by) in kicked {
+                end_taken_over(c, broker, &id, notice, by);
             }
             let mut taken = 0;
             for item in batch.drain(..) {
@@ -1330,8 +1349,8 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
             Out::Message(nodes, message, retain, _, passed) => {
                 let mut encoded = Vec::new();
                 crate::store::encode_message_into(message, &mut encoded);
-                for (owner, id) in passed {
-                    pass_on(&mut pipe, owner, id, &encoded);
+                for to in passed {
+                    pass_on(&mut pipe, to, &encoded);
                 }
                 if *retain {
                     match message.payload.is_empty() {
@@ -1397,9 +1416,9 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
 
 /// A message for the session `id` only, at its new owner (see
 /// [`handover`]).
-fn pass_on(pipe: &mut redis::Pipeline, owner: &str, id: &str, encoded: &[u8]) {
-    pipe.cmd("XADD").arg(stream_key(owner)).arg("MAXLEN").arg("~").arg(STREAM_LEN).arg("*");
-    pipe.arg("to").arg(id).arg("m").arg(encoded).ignore();
+fn pass_on(pipe: &mut redis::Pipeline, to: &handover::To, encoded: &[u8]) {
+    pipe.cmd("XADD").arg(stream_key(&to.owner)).arg("MAXLEN").arg("~").arg(STREAM_LEN).arg("*");
+    pipe.arg("to").arg(&*to.id).arg("token").arg(to.token).arg("m").arg(encoded).ignore();
 }
 
 /// One message of a forwarded batch: its length (4 bytes, what follows),
@@ -1615,7 +1634,7 @@ impl Applier {
         let (mut ids, mut ticket, mut last) = (Vec::new(), Ticket::default(), self.applied);
         // What goes on to sessions handed over from here (this node's own
         // stream only): new owner, client id, the message encoded.
-        let mut passed: Vec<(Arc<str>, Arc<str>, Vec<u8>)> = Vec::new();
+        let mut passed: Vec<(handover::To, Vec<u8>)> = Vec::new();
         let own = self.only.is_none();
         for entry in entries {
             let order = entry_order(&entry.id);
@@ -1639,8 +1658,17 @@ impl Applier {
             // went to from here).
             let to = match (text(entry.map.get("to")), entry.map.get("m")) {
                 (Some(id), Some(Value::BulkString(bytes))) => match c.handing.owner_of(&id).filter(|_| own) {
-                    Some(owner) => {
-                        passed.push((owner, id.into(), bytes.clone()));
+                    Some(to) => {
+                        passed.push((to, bytes.clone()));
+                        None
+                    }
+                    // Passed on for the session a claim here took: not for
+                    // one a later clean start here made.
+                    None if text(entry.map.get("token"))
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .is_some_and(|token| c.newer_claim(&id, token)) =>
+                    {
+                        log::debug!("cluster: a message passed on for {id}'s session taken before: not delivered");
                         None
                     }
                     None => crate::store::decode_message(bytes).map(|m| (id, m)),
@@ -1676,7 +1704,7 @@ impl Applier {
                     if !handed.is_empty() {
                         let mut encoded = Vec::new();
                         crate::store::encode_message_into(&message, &mut encoded);
-                        passed.extend(handed.into_iter().map(|(owner, id)| (owner, id, encoded.clone())));
+                        passed.extend(handed.into_iter().map(|to| (to, encoded.clone())));
                     }
                     made = made.max(broker.publish_forwarded(message, plain, &groups, self.only.as_ref(), pressed));
                 }
@@ -1719,8 +1747,8 @@ impl Applier {
         // came in (one transaction).
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (owner, id, encoded) in &passed {
-            pass_on(&mut pipe, owner, id, encoded);
+        for (to, encoded) in &passed {
+            pass_on(&mut pipe, to, encoded);
         }
         pipe.cmd("XACK").arg(key).arg(GROUP).arg(&ids).ignore();
         pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
@@ -1929,13 +1957,15 @@ fn taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64, by: Option<(Ar
         _ => claims.remove(id),
     };
     drop(claims);
-    end_taken_over(c, broker, id, by);
+    end_taken_over(c, broker, id, token, by);
 }
 
-fn end_taken_over(c: &Cluster, broker: &Broker, id: &str, by: Option<(Arc<str>, (u64, u64))>) {
+/// Ends what is here of `id` for a claim elsewhere with `token`: with `by`
+/// (the claiming node, and where its notice is here), it took the session.
+fn end_taken_over(c: &Cluster, broker: &Broker, id: &str, token: u64, by: Option<(Arc<str>, (u64, u64))>) {
     let released = broker.hand_over_to_cluster(id, |filters| {
         if let Some((owner, notice)) = by {
-            c.handing_over(id, owner, notice, filters);
+            c.handing_over(id, owner, token, notice, filters);
         }
     });
     if released {
