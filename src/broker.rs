@@ -213,11 +213,15 @@ pub struct Claimed {
     /// Held until the claim is dropped (the CONNECT adopted what it took
     /// over, or gave up): what the cluster waits for meanwhile.
     pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Set when the claim was answered while this node was taking over a
+    /// dead node's sessions: completes once they are here (the session
+    /// this claim found this node's may be one of them).
+    pub after: Mutex<Option<Arc<Receipt>>>,
 }
 
 impl Default for Claimed {
     fn default() -> Self {
-        Claimed { receipt: Receipt::waiting(1), session: Mutex::new(None), guard: None }
+        Claimed { receipt: Receipt::waiting(1), session: Mutex::new(None), guard: None, after: Mutex::new(None) }
     }
 }
 

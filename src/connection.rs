@@ -562,7 +562,14 @@ async fn admit<R: Runtime>(
         .filter(|_| peer.listener != crate::bridge::BRIDGE_LISTENER)
         .and_then(|p| p.claim(&id, !connect.clean_session));
     if let Some(claim) = claim {
-        if within(rt, CLAIM_WAIT, claim.receipt.acknowledged()).await.is_none() {
+        let answered = within(rt, CLAIM_WAIT, claim.receipt.acknowledged()).await.is_some();
+        let taking = claim.after.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(taking) = taking.filter(|_| answered)
+            && within(rt, CLAIM_WAIT, taking.acknowledged()).await.is_none()
+        {
+            log::warn!("client {id}: this node took over a dead node's sessions for more than {CLAIM_WAIT:?}");
+        }
+        if !answered {
             log::warn!("client {id}: the cluster's Redis did not answer within {CLAIM_WAIT:?}; connected anyway");
         } else if let Some(stored) = claim.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             if stored.is_some() {

@@ -567,6 +567,47 @@ runtime_kind_test!(
 );
 
 runtime_kind_test!(
+    /// A node whose lease ended with thousands of persistent sessions: one
+    /// live node takes every one of them (in replies of at most 1,000), and
+    /// each resumes there with Session Present 1 (MQTT-3.2.2-2), also a
+    /// client that connects there while it takes them.
+    cluster_mqtt_3_2_2_2_thousands_of_a_dead_nodes_sessions_are_all_taken_over,
+    |kind: RuntimeKind| {
+        let redis = Redis::start();
+        let seen = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+        // What a node "ghost" that died left: 2,500 sessions it owned.
+        let made = "for i = 1, tonumber(ARGV[1]) do
+              local id = 'ghost-' .. i
+              redis.call('HSET', 'midge:session:' .. id, 'id', id, 'seen', ARGV[2])
+              redis.call('SADD', 'midge:sessions:ghost', 'midge:session:' .. id)
+              redis.call('HSET', 'midge:owner:' .. id, 'node', 'ghost', 'token', 1)
+            end
+            return redis.call('SADD', 'midge:members', 'ghost')";
+        assert_eq!(redis.query(&["EVAL", made, "0", "2500", &seen]), "1");
+        let a = node(kind, &redis, "a");
+        // Clients that connect while a takes the sessions over (before,
+        // their claim takes theirs; meanwhile, it waits for a to have it).
+        for i in (1..=2500).step_by(25) {
+            let id = format!("ghost-{i}");
+            let (_, present) = persistent(&a, &id);
+            assert!(present, "{id}: Session Present, connecting while a takes the sessions over");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while redis.query(&["SCARD", "midge:sessions:a"]) != "2500" {
+            let left = redis.query(&["SCARD", "midge:sessions:ghost"]);
+            assert!(Instant::now() < deadline, "a took {} of 2500 sessions in 15 s", 2500 - left.parse::<i32>().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(redis.query(&["SCARD", "midge:sessions:ghost"]), "0");
+        for id in ["ghost-1", "ghost-1234", "ghost-2500"] {
+            assert_eq!(redis.query(&["HGET", &format!("midge:owner:{id}"), "node"]), "a");
+            let (_, present) = persistent(&a, id);
+            assert!(present, "{id}: Session Present, its session is a's now");
+        }
+    }
+);
+
+runtime_kind_test!(
     /// A clean start at another node ends the session the client had
     /// elsewhere (MQTT-3.1.2-4 across nodes): nothing of it comes back.
     cluster_mqtt_3_1_2_4_a_clean_start_at_another_node_ends_the_session_there,

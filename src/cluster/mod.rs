@@ -156,17 +156,20 @@ return out
 /// took its own), and removes that node's routes (logged, before this
 /// node routes the sessions' subscriptions: no node ever routes to both).
 /// Returns, per node: its id, its last applied stream entry, and each
-/// session's fields. One script: of the nodes that see a lease end, one
-/// takes each session.
+/// session's fields, at most `ARGV[3]` sessions in all (it is called
+/// again until it returns nothing). One script: of the nodes that see a
+/// lease end, one takes each session.
 const TAKE_SESSIONS_SCRIPT: &str = concat!(
     lua_now!(),
     r"
 local out = {}
+local budget = tonumber(ARGV[3])
 for _, m in ipairs(redis.call('SMEMBERS', 'midge:members')) do
   local lease = redis.call('ZSCORE', 'midge:nodes', m)
-  if m ~= ARGV[1] and (not lease or tonumber(lease) < now) then
+  if budget > 0 and m ~= ARGV[1] and (not lease or tonumber(lease) < now) then
     local index = 'midge:sessions:' .. m
-    local keys = redis.call('SMEMBERS', index)
+    local keys = redis.call('SRANDMEMBER', index, budget)
+    budget = budget - #keys
     if #keys > 0 then
       local routes = 'midge:routes:' .. m
       for _, filter in ipairs(redis.call('SMEMBERS', routes)) do
@@ -203,9 +206,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 
 /// Takes a client id for `ARGV[1]` (the node) with a new fencing token
 /// and tells the previous owner, if another node, to end its connection
-/// (an entry on its stream, naming this node if the session is taken). A persistent session that node held
-/// (`KEYS[3]`) becomes this node's with `ARGV[4]` = `1` (its fields are
-/// returned), and is deleted otherwise (a clean start). Returns the token,
+/// (an entry on its stream, naming this node if the session is taken). A
+/// persistent session that node held (`KEYS[3]`) becomes this node's with
+/// `ARGV[4]` = `1` (its fields are returned), and is deleted otherwise (a
+/// clean start). Returns the token,
 /// whether another node owned the id, that node and the id of the notice
 /// on its stream, and the fields.
 const CLAIM_SCRIPT: &str = r"
@@ -234,6 +238,10 @@ if prev and prev ~= ARGV[1] then
 end
 return {token, moved, prev or '', kick, session}
 ";
+
+/// Sessions a node whose lease ended gives up per reply of
+/// [`TAKE_SESSIONS_SCRIPT`] (it is called until none is left).
+const TAKE_BATCH: usize = 1000;
 
 /// Claims of client ids this node remembers, at most (completed ones are
 /// forgotten beyond it).
@@ -307,6 +315,9 @@ pub struct Cluster {
     handing: handover::Handing,
     /// This node's claims that may take a session, until adopted.
     taking: Arc<handover::Claims>,
+    /// While this node takes over a dead node's sessions: completes once
+    /// they are here ([`Claimed::after`]).
+    taking_over: std::sync::Mutex<Option<Arc<Receipt>>>,
 }
 
 /// Sessions taken from one node: client id, where what that node held
@@ -480,6 +491,7 @@ pub fn start(broker: &Broker, config: &crate::config::Cluster) -> Result<Arc<Clu
         moved: std::sync::Mutex::new(Vec::new()),
         handing: handover::Handing::default(),
         taking: Arc::default(),
+        taking_over: std::sync::Mutex::new(None),
     });
     let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(run).map(drop).map_err(|e| format!("{name}: {e}"))
@@ -1224,6 +1236,8 @@ fn forward_out(c: &Cluster, broker: &Broker, queue: &Receiver<Out>) {
                 if moved {
                     *claimed.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
                 }
+                let taking = c.taking_over.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                *claimed.after.lock().unwrap_or_else(PoisonError::into_inner) = taking;
                 if let Some(claim) = claims.get_mut(id) {
                     claim.pending = claim.pending.saturating_sub(1);
                     claim.token = claim.token.max(token);
@@ -1533,23 +1547,56 @@ fn session_fields(fields: Vec<Value>) -> Option<(Arc<str>, crate::store::StoredS
 /// [`TAKE_SESSIONS_SCRIPT`]), and delivers to them what waits in those
 /// nodes' streams (a thread per node, [`drain_dead_stream`]).
 fn take_sessions(c: &Arc<Cluster>, broker: &Broker, conn: &mut Connection) -> RedisResult<()> {
-    let taken: Vec<Value> =
-        redis::cmd("EVAL").arg(TAKE_SESSIONS_SCRIPT).arg(0).arg(&*c.node).arg(ROUTE_LOG_LEN).query(conn)?;
-    for from in taken {
-        let Value::Array(parts) = from else { continue };
-        let mut parts = parts.into_iter();
-        let (Some(node), mark) = (text(parts.next().as_ref()), text(parts.next().as_ref())) else { continue };
-        let mut only = HashSet::new();
-        for fields in parts {
-            let Value::Array(fields) = fields else { continue };
-            match session_fields(fields) {
-                Some((id, session)) => {
-                    broker.adopt_from_cluster(&id, Some(session));
-                    only.insert(id);
+    // A CONNECT here whose claim finds the session this node's already
+    // waits until it is here (see `Claimed::after`).
+    struct Taking<'c>(&'c Cluster, Arc<Receipt>);
+    impl Drop for Taking<'_> {
+        fn drop(&mut self) {
+            *self.0.taking_over.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            self.1.complete();
+        }
+    }
+    let taking = Taking(c, Receipt::waiting(1));
+    *c.taking_over.lock().unwrap_or_else(PoisonError::into_inner) = Some(taking.1.clone());
+    // Each dead node once, with every session taken from it (in replies of
+    // at most TAKE_BATCH sessions each).
+    let mut dead: Vec<(String, Option<String>, HashSet<Arc<str>>)> = Vec::new();
+    loop {
+        let taken: Vec<Value> = redis::cmd("EVAL")
+            .arg(TAKE_SESSIONS_SCRIPT)
+            .arg(0)
+            .arg(&*c.node)
+            .arg(ROUTE_LOG_LEN)
+            .arg(TAKE_BATCH)
+            .query(conn)?;
+        if taken.is_empty() {
+            break;
+        }
+        for from in taken {
+            let Value::Array(parts) = from else { continue };
+            let mut parts = parts.into_iter();
+            let (Some(node), mark) = (text(parts.next().as_ref()), text(parts.next().as_ref())) else { continue };
+            let at = match dead.iter().position(|(n, ..)| *n == node) {
+                Some(at) => at,
+                None => {
+                    dead.push((node.clone(), mark, HashSet::new()));
+                    dead.len() - 1
                 }
-                None => log::warn!("cluster: a session of node {node} in Redis cannot be read; skipped"),
+            };
+            for fields in parts {
+                let Value::Array(fields) = fields else { continue };
+                match session_fields(fields) {
+                    Some((id, session)) => {
+                        broker.adopt_from_cluster(&id, Some(session));
+                        dead[at].2.insert(id);
+                    }
+                    None => log::warn!("cluster: a session of node {node} in Redis cannot be read; skipped"),
+                }
             }
         }
+    }
+    drop(taking);
+    for (node, mark, only) in dead {
         log::info!("cluster: node {node}'s lease ended: its {} persistent session(s) are this node's now", only.len());
         let applied = mark.as_deref().and_then(entry_order);
         let (c, b) = (c.clone(), broker.clone());
