@@ -365,6 +365,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+thread_local! {
+    /// Whether this thread holds a [`Gate`].
+    static GATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Holds off a cluster node's adoption and handing over of sessions
+/// ([`Broker::gate`]).
+pub struct Gate<'a> {
+    _held: RwLockReadGuard<'a, ()>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        GATED.with(|g| g.set(false));
+    }
+}
+
+impl Broker {
+    /// For a cluster node, holds off the adoption and the handing over of
+    /// sessions until dropped, so that every PUBLISH this thread routes
+    /// meanwhile, with the copies a connection's turn defers until its
+    /// end ([`crate::deferred::Turn`]), either reaches a session before
+    /// it goes to another node or sees that it went. `None` on a single
+    /// node, or if this thread holds one already (PUBLISHes in a turn).
+    pub fn gate(&self) -> Option<Gate<'_>> {
+        self.shared.peers.get()?;
+        if GATED.with(std::cell::Cell::get) {
+            return None;
+        }
+        let held = read(&self.shared.adopting);
+        GATED.with(|g| g.set(true));
+        Some(Gate { _held: held })
+    }
+}
+
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(PoisonError::into_inner)
 }
@@ -1250,7 +1285,7 @@ impl Broker {
         let Some(peers) = self.shared.peers.get() else {
             return self.route(message, retain, receipt, pressed, defer, Scope::Local { from, except: &[] });
         };
-        let _gate = read(&self.shared.adopting);
+        let _gate = self.gate();
         let Forward { receipt: forwarded, elsewhere } = peers.forward(&message, retain);
         let scope = Scope::Local { from, except: &elsewhere };
         Routing { forwarded, ..self.route(message, retain, receipt, pressed, defer, scope) }

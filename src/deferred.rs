@@ -120,6 +120,9 @@ thread_local! {
 pub struct Turn<'a> {
     broker: &'a Broker,
     client: &'a Client,
+    /// A cluster node's sessions neither come nor go during a turn: its
+    /// deferred copies reach the sessions they were matched to.
+    _gate: Option<crate::broker::Gate<'a>>,
 }
 
 impl<'a> Turn<'a> {
@@ -130,7 +133,7 @@ impl<'a> Turn<'a> {
             p.open += 1;
             p.ticket = Ticket::default();
         });
-        Turn { broker, client }
+        Turn { broker, client, _gate: broker.gate() }
     }
 
     /// Delivers what was deferred, and says what the acknowledgements
