@@ -462,6 +462,32 @@ runtime_kind_test!(
     }
 );
 
+/// A thread that publishes `1` to `n` (as text) on `topic` at QoS 1, each
+/// after the last's PUBACK (which may wait up to 60 s), and the count
+/// acknowledged so far.
+fn publish_numbered(
+    addr: std::net::SocketAddr,
+    id: &'static str,
+    topic: &'static str,
+    n: usize,
+) -> (std::sync::Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = acked.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut p = crate::support::client::Raw::connect(addr);
+        p.send(&packets::connect(id, true, 0));
+        p.expect(&packets::CONNACK_ACCEPTED);
+        p.set_read_timeout(Duration::from_secs(60));
+        for i in 1..=n {
+            let pid = (i % 60_000 + 1) as u16;
+            p.send(&packets::publish(topic, i.to_string().as_bytes(), 1, pid));
+            p.expect(&packets::ack(0x40, pid));
+            count.store(i, Ordering::SeqCst);
+        }
+    });
+    (acked, publisher)
+}
+
 /// Reads and acknowledges QoS 1 PUBLISHes on `c` until the broker closes
 /// it or `until` says enough, collecting their payloads as numbers.
 fn read_numbers(
@@ -498,19 +524,7 @@ fn takeover_under_flow(kind: RuntimeKind, at: &str) {
     wait_for_routes(&c, "flow/1", &["a"]);
     wait_for_routes(&b, "flow/1", &["a"]);
     const N: u32 = 3000;
-    let acked = std::sync::Arc::new(AtomicUsize::new(0));
-    let (count, addr) = (acked.clone(), publishing.addr);
-    let publisher = std::thread::spawn(move || {
-        let mut p = crate::support::client::Raw::connect(addr);
-        p.send(&packets::connect("flow-pub", true, 0));
-        p.expect(&packets::CONNACK_ACCEPTED);
-        for i in 1..=N {
-            let pid = (i % 60_000 + 1) as u16;
-            p.send(&packets::publish("flow/1", i.to_string().as_bytes(), 1, pid));
-            p.expect(&packets::ack(0x40, pid));
-            count.store(i as usize, Ordering::SeqCst);
-        }
-    });
+    let (_, publisher) = publish_numbered(publishing.addr, "flow-pub", "flow/1", N as usize);
     let seen = std::sync::Arc::new(AtomicUsize::new(0));
     let old_seen = seen.clone();
     let old_reader = std::thread::spawn(move || {
@@ -1402,20 +1416,7 @@ fn backpressure(kind: RuntimeKind, a_gives_up: bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     const N: usize = 3000;
-    let acked = std::sync::Arc::new(AtomicUsize::new(0));
-    let (count, addr) = (acked.clone(), a.addr);
-    let publisher = std::thread::spawn(move || {
-        let mut p = crate::support::client::Raw::connect(addr);
-        p.send(&packets::connect("bp-pub", true, 0));
-        p.expect(&packets::CONNACK_ACCEPTED);
-        p.set_read_timeout(Duration::from_secs(60));
-        for i in 1..=N {
-            let pid = (i % 60_000 + 1) as u16;
-            p.send(&packets::publish("bp/1", i.to_string().as_bytes(), 1, pid));
-            p.expect(&packets::ack(0x40, pid));
-            count.store(i, Ordering::SeqCst);
-        }
-    });
+    let (acked, publisher) = publish_numbered(a.addr, "bp-pub", "bp/1", N);
     if a_gives_up {
         let deadline = Instant::now() + Duration::from_secs(60);
         while acked.load(Ordering::SeqCst) < N {
