@@ -108,6 +108,9 @@ impl Handing {
 
     /// Takes out the notes `gone` says, returns them.
     pub fn take(&self, mut gone: impl FnMut(&Handed) -> bool) -> Vec<Handed> {
+        if !self.any() {
+            return Vec::new();
+        }
         let mut notes = self.notes();
         let mut taken = Vec::new();
         let mut at = 0;

@@ -1376,22 +1376,20 @@ fn pipeline(node: &str, life: u64, batch: &[Out]) -> (redis::Pipeline, u64, Vec<
                 }
                 // Each destination's place in this batch, and which of
                 // them get it as plain (told to each).
-                let mut places = Vec::with_capacity(nodes.len());
+                let place =
+                    |per_node: &[(Arc<str>, Vec<u8>)], dest: &Arc<str>| per_node.iter().position(|(n, _)| n == dest);
                 let mut direct = 0u64;
                 for (dest, plain, _) in nodes {
-                    let at = match per_node.iter().position(|(n, _)| n == dest) {
-                        Some(at) => at,
-                        None => {
-                            per_node.push((dest.clone(), Vec::new()));
-                            per_node.len() - 1
-                        }
-                    };
+                    let at = place(&per_node, dest).unwrap_or_else(|| {
+                        per_node.push((dest.clone(), Vec::new()));
+                        per_node.len() - 1
+                    });
                     if *plain && at < 64 {
                         direct |= 1 << at;
                     }
-                    places.push(at);
                 }
-                for ((_, plain, groups), at) in nodes.iter().zip(places) {
+                for (dest, plain, groups) in nodes {
+                    let Some(at) = place(&per_node, dest) else { continue };
                     encode_record(&mut per_node[at].1, *plain, direct, groups, &encoded);
                     copies += 1;
                 }
